@@ -1,0 +1,1 @@
+//! Reference statistics and the forward pass with a plan applied.

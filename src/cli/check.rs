@@ -1,0 +1,10 @@
+//! `circuit check`.
+
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn execute(_args: Args) -> miette::Result<ExitCode> {
+    Err(miette::miette!("`circuit check` is not implemented yet"))
+}

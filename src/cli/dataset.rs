@@ -1,0 +1,10 @@
+//! `circuit dataset`.
+
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn execute(_args: Args) -> miette::Result<ExitCode> {
+    Err(miette::miette!("`circuit dataset` is not implemented yet"))
+}

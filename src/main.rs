@@ -1,0 +1,53 @@
+//! The `circuit` command line: argument parsing and dispatch only; each subcommand lives in
+//! `circuit::cli`.
+
+use std::process::ExitCode;
+
+use circuit::cli;
+use clap::{Parser, Subcommand};
+
+/// Circuit hypotheses as .circuit files, evaluated for faithfulness on a real transformer.
+#[derive(Parser, Debug)]
+#[command(name = "circuit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a model on prompts and print the most likely next tokens.
+    Run(cli::run::Args),
+    /// Parse and resolve .circuit files; report every error and warning.
+    Check(cli::check::Args),
+    /// Rewrite .circuit files in canonical form.
+    Fmt(cli::fmt::Args),
+    /// List, generate or inspect datasets.
+    Dataset(cli::dataset::Args),
+    /// Evaluate circuits: faithfulness against the full model and the empty circuit.
+    Eval(cli::eval::Args),
+    /// Run every `expect` in .circuit files as a test suite.
+    Test(cli::test::Args),
+    /// Compare two versions of a .circuit file: what changed and how the metrics moved.
+    Diff(cli::diff::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cli::run::execute(args),
+        Command::Check(args) => cli::check::execute(args),
+        Command::Fmt(args) => cli::fmt::execute(args),
+        Command::Dataset(args) => cli::dataset::execute(args),
+        Command::Eval(args) => cli::eval::execute(args),
+        Command::Test(args) => cli::test::execute(args),
+        Command::Diff(args) => cli::diff::execute(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(2)
+        }
+    }
+}

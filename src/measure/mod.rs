@@ -1,0 +1,1 @@
+//! Metrics at END and faithfulness.

@@ -1,0 +1,294 @@
+//! A model's `config.json`, reduced to what the engine and the resolver need.
+//!
+//! The resolver reads only this file (never the weights), so `circuit check` is instant even
+//! for large models.
+
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use serde_json::Value;
+use thiserror::Error;
+
+/// The two architecture families the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// `model_type: gpt2`: LayerNorm, learned positions, gelu_new MLP, Conv1D weights, tied lm_head.
+    Gpt2,
+    /// `model_type: llama`: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention.
+    Llama,
+}
+
+/// Shape and hyper-parameters of a transformer, in one vocabulary for both families.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub n_layers: usize,
+    /// Query heads per layer.
+    pub n_heads: usize,
+    /// Key/value heads per layer (`< n_heads` under grouped-query attention).
+    pub n_kv_heads: usize,
+    pub d_model: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab_size: usize,
+    /// Longest prompt the position embeddings (or rotary table) support.
+    pub n_ctx: usize,
+    /// LayerNorm / RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// Rotary base (Llama only).
+    pub rope_theta: f32,
+    /// Whether the unembedding shares the token embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Activation name as written in the config (`gelu_new`, `silu`, ...).
+    pub activation: String,
+    pub bos_token_id: Option<u32>,
+}
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read model config {path}")]
+    #[diagnostic(
+        code(circuit::model::config_missing),
+        help("a model folder holds config.json, model.safetensors and tokenizer.json, as downloaded from the HuggingFace hub")
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {message}")]
+    #[diagnostic(code(circuit::model::config_json))]
+    Json { path: PathBuf, message: String },
+    #[error("{path}: unsupported model_type {model_type:?}")]
+    #[diagnostic(
+        code(circuit::model::unknown_model_type),
+        help("supported model types are \"gpt2\" and \"llama\"")
+    )]
+    UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{path}: missing or invalid field `{field}` (expected {expected})")]
+    #[diagnostic(code(circuit::model::config_field))]
+    Field {
+        path: PathBuf,
+        field: String,
+        expected: String,
+    },
+}
+
+impl ModelConfig {
+    /// Reads `config.json` from a model folder.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_json_str(&text, &path)
+    }
+
+    /// Parses the text of a `config.json`; `path` is used in error messages only.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let json: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let fields = Fields { json: &json, path };
+        let model_type = fields.string("model_type")?;
+        match model_type.as_str() {
+            "gpt2" => {
+                let d_model = fields.usize("n_embd")?;
+                let n_heads = fields.usize("n_head")?;
+                let d_mlp = fields.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+                fields.check_divisible("n_embd", d_model, "n_head", n_heads)?;
+                Ok(ModelConfig {
+                    architecture: Architecture::Gpt2,
+                    n_layers: fields.usize("n_layer")?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    d_model,
+                    d_head: d_model / n_heads,
+                    d_mlp,
+                    vocab_size: fields.usize("vocab_size")?,
+                    n_ctx: match fields.opt_usize("n_positions")? {
+                        Some(n) => n,
+                        None => fields.usize("n_ctx")?,
+                    },
+                    norm_eps: fields.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    tie_word_embeddings: true,
+                    activation: fields
+                        .opt_string("activation_function")?
+                        .unwrap_or_else(|| "gelu_new".to_string()),
+                    bos_token_id: fields.opt_usize("bos_token_id")?.map(|v| v as u32),
+                })
+            }
+            "llama" => {
+                let d_model = fields.usize("hidden_size")?;
+                let n_heads = fields.usize("num_attention_heads")?;
+                let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+                let d_head = match fields.opt_usize("head_dim")? {
+                    Some(d) => d,
+                    None => {
+                        fields.check_divisible(
+                            "hidden_size",
+                            d_model,
+                            "num_attention_heads",
+                            n_heads,
+                        )?;
+                        d_model / n_heads
+                    }
+                };
+                fields.check_divisible(
+                    "num_attention_heads",
+                    n_heads,
+                    "num_key_value_heads",
+                    n_kv_heads,
+                )?;
+                Ok(ModelConfig {
+                    architecture: Architecture::Llama,
+                    n_layers: fields.usize("num_hidden_layers")?,
+                    n_heads,
+                    n_kv_heads,
+                    d_model,
+                    d_head,
+                    d_mlp: fields.usize("intermediate_size")?,
+                    vocab_size: fields.usize("vocab_size")?,
+                    n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+                    rope_theta: fields.opt_f32("rope_theta")?.unwrap_or(10000.0),
+                    tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+                    activation: fields
+                        .opt_string("hidden_act")?
+                        .unwrap_or_else(|| "silu".to_string()),
+                    bos_token_id: fields.opt_usize("bos_token_id")?.map(|v| v as u32),
+                })
+            }
+            other => Err(ConfigError::UnknownModelType {
+                path: path.to_path_buf(),
+                model_type: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// Typed access to config fields with errors that name the file and the field.
+struct Fields<'a> {
+    json: &'a Value,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn err(&self, field: &str, expected: &str) -> ConfigError {
+        ConfigError::Field {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+    fn present(&self, field: &str) -> Option<&Value> {
+        self.json.get(field).filter(|v| !v.is_null())
+    }
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(field, "a positive integer")),
+        }
+    }
+    fn usize(&self, field: &str) -> Result<usize, ConfigError> {
+        self.opt_usize(field)?
+            .ok_or_else(|| self.err(field, "a positive integer"))
+    }
+    fn opt_f32(&self, field: &str) -> Result<Option<f32>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|x| Some(x as f32))
+                .ok_or_else(|| self.err(field, "a number")),
+        }
+    }
+    fn opt_bool(&self, field: &str) -> Result<Option<bool>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(field, "true or false")),
+        }
+    }
+    fn opt_string(&self, field: &str) -> Result<Option<String>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.err(field, "a string")),
+        }
+    }
+    fn string(&self, field: &str) -> Result<String, ConfigError> {
+        self.opt_string(field)?
+            .ok_or_else(|| self.err(field, "a string"))
+    }
+    fn check_divisible(
+        &self,
+        field: &str,
+        value: usize,
+        by_field: &str,
+        by: usize,
+    ) -> Result<(), ConfigError> {
+        if value.is_multiple_of(by) {
+            Ok(())
+        } else {
+            Err(self.err(field, &format!("a multiple of {by_field} ({by})")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stories260k_config() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K");
+        let config = ModelConfig::from_dir(&dir).unwrap();
+        assert_eq!(config.architecture, Architecture::Llama);
+        assert_eq!(
+            (config.n_layers, config.n_heads, config.n_kv_heads),
+            (5, 8, 4)
+        );
+        assert_eq!((config.d_model, config.d_head, config.d_mlp), (64, 8, 172));
+        assert_eq!(config.vocab_size, 512);
+        assert!(!config.tie_word_embeddings);
+    }
+
+    #[test]
+    fn gpt2_defaults_n_inner_to_four_times_width() {
+        let text = r#"{"model_type":"gpt2","n_layer":12,"n_head":12,"n_embd":768,
+                       "n_positions":1024,"vocab_size":50257,"n_inner":null}"#;
+        let config = ModelConfig::from_json_str(text, Path::new("config.json")).unwrap();
+        assert_eq!(config.d_mlp, 3072);
+        assert_eq!(config.d_head, 64);
+        assert_eq!(config.n_kv_heads, 12);
+    }
+
+    #[test]
+    fn unknown_model_type_is_named() {
+        let text = r#"{"model_type":"mamba"}"#;
+        let err = ModelConfig::from_json_str(text, Path::new("m/config.json")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownModelType { ref model_type, .. } if model_type == "mamba")
+        );
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = r#"{"model_type":"gpt2","n_layer":2,"n_head":2,"n_embd":8}"#;
+        let err = ModelConfig::from_json_str(text, Path::new("config.json")).unwrap_err();
+        assert!(err.to_string().contains("vocab_size"), "{err}");
+    }
+}

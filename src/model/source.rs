@@ -1,0 +1,47 @@
+//! Where a model comes from: a built-in model compiled into the binary, or a HuggingFace folder.
+
+use std::path::{Path, PathBuf};
+
+use super::config::{ConfigError, ModelConfig};
+
+/// A model as a `.circuit` file or `--model` names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ModelSource {
+    /// A model compiled into the binary, by name (see [`super::builtin`]).
+    Builtin(String),
+    /// A HuggingFace folder (config.json, model.safetensors, tokenizer.json).
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// Interprets `spec` as written by a user: a built-in model's name, or else a folder path,
+    /// relative to `base_dir` (the folder of the `.circuit` file, or the working directory).
+    pub fn parse(spec: &str, base_dir: &Path) -> ModelSource {
+        if super::builtin::is_builtin(spec) {
+            ModelSource::Builtin(spec.to_string())
+        } else {
+            ModelSource::Dir(base_dir.join(spec))
+        }
+    }
+
+    /// The built-in default model: what every command uses when no model is named.
+    pub fn default_model() -> ModelSource {
+        ModelSource::Builtin(super::builtin::DEFAULT_MODEL_NAME.to_string())
+    }
+
+    /// The model's config alone: cheap, never reads weights.
+    pub fn config(&self) -> Result<ModelConfig, ConfigError> {
+        match self {
+            ModelSource::Builtin(name) => super::builtin::config(name),
+            ModelSource::Dir(dir) => ModelConfig::from_dir(dir),
+        }
+    }
+
+    /// How the model is named in reports.
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelSource::Builtin(name) => name.clone(),
+            ModelSource::Dir(dir) => dir.display().to_string(),
+        }
+    }
+}

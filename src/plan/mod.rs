@@ -1,0 +1,2 @@
+//! The ablation plan a resolved circuit compiles to: per prompt, which head outputs, edge terms
+//! and MLP outputs keep their clean values.

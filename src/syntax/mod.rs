@@ -1,0 +1,1 @@
+//! The `.circuit` grammar, AST with byte spans, parser, formatter and syntax diagnostics.
