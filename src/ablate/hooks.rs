@@ -102,8 +102,8 @@ impl PlanInterventions<'_> {
         let shape = self.plan.shape;
         let mut x = resid.to_owned(); // (B, T, D)
         let upstream_heads_until = match downstream {
-            Downstream::Head(h, _) => h.layer,   // layers < L
-            Downstream::Mlp(l) => l + 1,         // layers ≤ L
+            Downstream::Head(h, _) => h.layer,    // layers < L
+            Downstream::Mlp(l) => l + 1,          // layers ≤ L
             Downstream::Logits => shape.n_layers, // all
         };
         let upstream_mlps_until = match downstream {

@@ -8,7 +8,10 @@ pub mod hooks;
 pub mod reference;
 
 pub use hooks::PlanInterventions;
-pub use reference::{LayerActivations, ReferenceError, ReferenceNeeds, ReferenceValues};
+pub use reference::{
+    check_lengths, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds,
+    ReferenceValues,
+};
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use miette::Diagnostic;
-use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
 use thiserror::Error;
 
 use crate::resolve::bound::{AblationKind, HeadId};
@@ -106,11 +106,8 @@ impl ReferenceValues {
         }
     }
 
-    /// Checks lengths and builds the reference values from a reference forward pass.
-    ///
-    /// `ref_lens[r]` is reference prompt `r`'s token count, `eval_lens[b]` evaluated prompt
-    /// `b`'s; `describe_eval(b)` names an evaluated prompt in errors. Under resample, evaluated
-    /// prompt `b` is paired with reference prompt `b mod R`.
+    /// Builds the reference values from one reference forward pass over every reference
+    /// prompt (see [`ReferenceBuilder`] for batches).
     pub fn build(
         kind: AblationKind,
         layers: &[LayerActivations],
@@ -119,58 +116,10 @@ impl ReferenceValues {
         describe_eval: &dyn Fn(usize) -> String,
         needs: &ReferenceNeeds,
     ) -> Result<ReferenceValues, ReferenceError> {
-        if kind == AblationKind::Zero {
-            return Ok(ReferenceValues::zero(eval_lens.len()));
-        }
-        let n_ref = ref_lens.len();
-        if n_ref == 0 {
-            return Err(ReferenceError::Empty);
-        }
-        let source_of_prompt: Vec<usize> = match kind {
-            AblationKind::Mean => vec![0; eval_lens.len()],
-            _ => (0..eval_lens.len()).map(|b| b % n_ref).collect(),
-        };
         check_lengths(kind, ref_lens, eval_lens, describe_eval)?;
-
-        let common_len = *ref_lens.iter().max().expect("non-empty");
-        let mut values = ReferenceValues {
-            kind,
-            source_of_prompt,
-            z: Vec::with_capacity(layers.len()),
-            mlp_out: Vec::with_capacity(layers.len()),
-            head_out: Vec::new(),
-            edge_terms: BTreeMap::new(),
-        };
-        for (layer, acts) in layers.iter().enumerate() {
-            let t = common_len;
-            let z = acts.z.slice(s![.., ..t, .., ..]);
-            let mlp_out = acts.mlp_out.slice(s![.., ..t, ..]);
-            match kind {
-                AblationKind::Mean => {
-                    values.z.push(mean_over_prompts4(z));
-                    values.mlp_out.push(mean_over_prompts3(mlp_out));
-                    if needs.head_outputs {
-                        values
-                            .head_out
-                            .push(mean_over_prompts4(acts.head_out.slice(s![.., ..t, .., ..])));
-                    }
-                }
-                _ => {
-                    values.z.push(z.to_owned());
-                    values.mlp_out.push(mlp_out.to_owned());
-                    if needs.head_outputs {
-                        values
-                            .head_out
-                            .push(acts.head_out.slice(s![.., ..t, .., ..]).to_owned());
-                    }
-                }
-            }
-            for head in needs.edge_heads.iter().filter(|h| h.layer == layer) {
-                let terms = edge_terms(acts, head.head, t, kind == AblationKind::Mean);
-                values.edge_terms.insert(*head, terms);
-            }
-        }
-        Ok(values)
+        let mut builder = ReferenceBuilder::new(kind, needs.clone(), eval_lens.len(), ref_lens);
+        builder.add_batch(layers);
+        Ok(builder.finish())
     }
 
     /// Number of sources (1 for mean, R for resample, 0 for zero).
@@ -181,7 +130,10 @@ impl ReferenceValues {
     /// Whether this covers what a plan needs (edge heads and head outputs).
     pub fn covers(&self, needs: &ReferenceNeeds) -> bool {
         self.kind == AblationKind::Zero
-            || (needs.edge_heads.iter().all(|h| self.edge_terms.contains_key(h))
+            || (needs
+                .edge_heads
+                .iter()
+                .all(|h| self.edge_terms.contains_key(h))
                 && (!needs.head_outputs || !self.head_out.is_empty()))
     }
 
@@ -211,7 +163,12 @@ impl ReferenceValues {
     }
 
     /// The replacement MLP output at `t` of evaluated prompt `prompt`, `(D,)`; `None` = zero.
-    pub fn mlp_out(&self, layer: usize, prompt: usize, t: usize) -> Option<ndarray::ArrayView1<'_, f32>> {
+    pub fn mlp_out(
+        &self,
+        layer: usize,
+        prompt: usize,
+        t: usize,
+    ) -> Option<ndarray::ArrayView1<'_, f32>> {
         let src = self.source_of_prompt[prompt];
         self.mlp_out.get(layer).map(|m| m.slice(s![src, t, ..]))
     }
@@ -235,7 +192,11 @@ impl ReferenceValues {
     }
 }
 
-fn check_lengths(
+/// Checks that per-position statistics are meaningful: under mean ablation every reference
+/// prompt and every evaluated prompt has the same token count; under resample each evaluated
+/// prompt `b` has the token count of its partner, reference prompt `b mod R`. Run it before the
+/// reference forward pass, so a bad dataset costs nothing.
+pub fn check_lengths(
     kind: AblationKind,
     ref_lens: &[usize],
     eval_lens: &[usize],
@@ -243,9 +204,11 @@ fn check_lengths(
 ) -> Result<(), ReferenceError> {
     match kind {
         AblationKind::Zero => Ok(()),
+        _ if ref_lens.is_empty() => Err(ReferenceError::Empty),
         AblationKind::Mean => {
             let first_len = ref_lens[0];
-            if let Some((index, &len)) = ref_lens.iter().enumerate().find(|(_, &l)| l != first_len) {
+            if let Some((index, &len)) = ref_lens.iter().enumerate().find(|(_, &l)| l != first_len)
+            {
                 return Err(ReferenceError::RefLengthsDiffer {
                     first_index: 0,
                     first_len,
@@ -280,45 +243,150 @@ fn check_lengths(
     }
 }
 
-/// Mean over the prompt axis in f64, in a fixed order (deterministic across thread counts):
-/// `(R, a, b, c)` → `(1, a, b, c)`.
-fn mean_over_prompts4(x: ArrayView4<f32>) -> Array4<f32> {
-    let n = x.shape()[0];
-    let mut acc = ndarray::Array3::<f64>::zeros(x.raw_dim().remove_axis(Axis(0)));
-    for prompt in x.outer_iter() {
-        acc.zip_mut_with(&prompt, |a, &v| *a += v as f64);
-    }
-    acc.mapv(|a| (a / n as f64) as f32).insert_axis(Axis(0))
+/// Accumulates reference values over batches of the reference forward pass, in prompt order
+/// (sums in f64 in a fixed order, so the result does not depend on the batch size's threads).
+pub struct ReferenceBuilder {
+    kind: AblationKind,
+    needs: ReferenceNeeds,
+    n_eval: usize,
+    ref_lens: Vec<usize>,
+    /// Token count every source array is padded to.
+    max_len: usize,
+    /// Reference prompts seen so far.
+    seen: usize,
+    /// Per layer, `(S, T, H, d)` in f64 (sums under mean).
+    z: Vec<ndarray::Array4<f64>>,
+    mlp_out: Vec<ndarray::Array3<f64>>,
+    head_out: Vec<ndarray::Array4<f64>>,
+    edge_terms: BTreeMap<HeadId, ndarray::Array4<f64>>,
 }
 
-/// As [`mean_over_prompts4`], `(R, a, b)` → `(1, a, b)`.
-fn mean_over_prompts3(x: ArrayView3<f32>) -> Array3<f32> {
-    let n = x.shape()[0];
-    let mut acc = ndarray::Array2::<f64>::zeros(x.raw_dim().remove_axis(Axis(0)));
-    for prompt in x.outer_iter() {
-        acc.zip_mut_with(&prompt, |a, &v| *a += v as f64);
+impl ReferenceBuilder {
+    /// `ref_lens`: every reference prompt's token count, in the order batches will arrive.
+    pub fn new(
+        kind: AblationKind,
+        needs: ReferenceNeeds,
+        n_eval: usize,
+        ref_lens: &[usize],
+    ) -> ReferenceBuilder {
+        ReferenceBuilder {
+            kind,
+            needs,
+            n_eval,
+            ref_lens: ref_lens.to_vec(),
+            max_len: ref_lens.iter().copied().max().unwrap_or(0),
+            seen: 0,
+            z: Vec::new(),
+            mlp_out: Vec::new(),
+            head_out: Vec::new(),
+            edge_terms: BTreeMap::new(),
+        }
     }
-    acc.mapv(|a| (a / n as f64) as f32).insert_axis(Axis(0))
-}
 
-/// The terms `A[q,k]·v[k]` of one head, `(S, T_q, T_k, d)`: averaged over the reference prompts
-/// (`S = 1`) when `mean`, else per reference prompt (`S = R`). Keys after the query are zero.
-fn edge_terms(acts: &LayerActivations, head: usize, t: usize, mean: bool) -> Array4<f32> {
-    let n_ref = acts.pattern.shape()[0];
-    let d = acts.v.shape()[3];
-    let n_src = if mean { 1 } else { n_ref };
-    let mut acc = Array4::<f64>::zeros((n_src, t, t, d));
-    for r in 0..n_ref {
-        let src = if mean { 0 } else { r };
-        for q in 0..t {
-            for k in 0..=q {
-                let a = acts.pattern[[r, head, q, k]] as f64;
-                for i in 0..d {
-                    acc[[src, q, k, i]] += a * acts.v[[r, k, head, i]] as f64;
+    fn n_sources(&self) -> usize {
+        match self.kind {
+            AblationKind::Mean => 1,
+            _ => self.ref_lens.len(),
+        }
+    }
+
+    /// Adds one batch of reference prompts (the next ones in order), every layer.
+    pub fn add_batch(&mut self, layers: &[LayerActivations]) {
+        if self.kind == AblationKind::Zero || layers.is_empty() {
+            return;
+        }
+        let n_src = self.n_sources();
+        let t_all = self.max_len;
+        let n_batch = layers[0].z.shape()[0];
+        if self.z.is_empty() {
+            for acts in layers {
+                let (_, _, h, d) = acts.z.dim();
+                let d_model = acts.mlp_out.shape()[2];
+                self.z.push(ndarray::Array4::zeros((n_src, t_all, h, d)));
+                self.mlp_out
+                    .push(ndarray::Array3::zeros((n_src, t_all, d_model)));
+                if self.needs.head_outputs {
+                    self.head_out
+                        .push(ndarray::Array4::zeros((n_src, t_all, h, d_model)));
+                }
+            }
+            for head in &self.needs.edge_heads {
+                let d = layers[head.layer].z.shape()[3];
+                self.edge_terms
+                    .insert(*head, ndarray::Array4::zeros((n_src, t_all, t_all, d)));
+            }
+        }
+        for row in 0..n_batch {
+            let r = self.seen + row;
+            let len = self.ref_lens[r];
+            let src = if self.kind == AblationKind::Mean {
+                0
+            } else {
+                r
+            };
+            for (layer, acts) in layers.iter().enumerate() {
+                let mut z = self.z[layer].slice_mut(s![src, ..len, .., ..]);
+                z.zip_mut_with(&acts.z.slice(s![row, ..len, .., ..]), |a, &x| {
+                    *a += x as f64
+                });
+                let mut m = self.mlp_out[layer].slice_mut(s![src, ..len, ..]);
+                m.zip_mut_with(&acts.mlp_out.slice(s![row, ..len, ..]), |a, &x| {
+                    *a += x as f64
+                });
+                if self.needs.head_outputs {
+                    let mut o = self.head_out[layer].slice_mut(s![src, ..len, .., ..]);
+                    o.zip_mut_with(&acts.head_out.slice(s![row, ..len, .., ..]), |a, &x| {
+                        *a += x as f64
+                    });
+                }
+            }
+            for (head, terms) in self.edge_terms.iter_mut() {
+                let acts = &layers[head.layer];
+                let d = acts.v.shape()[3];
+                for q in 0..len {
+                    for k in 0..=q {
+                        let a = acts.pattern[[row, head.head, q, k]] as f64;
+                        for i in 0..d {
+                            terms[[src, q, k, i]] += a * acts.v[[row, k, head.head, i]] as f64;
+                        }
+                    }
                 }
             }
         }
+        self.seen += n_batch;
     }
-    let scale = if mean { 1.0 / n_ref as f64 } else { 1.0 };
-    acc.mapv(|x| (x * scale) as f32)
+
+    /// The reference values (means divided out, converted to f32).
+    pub fn finish(self) -> ReferenceValues {
+        if self.kind == AblationKind::Zero {
+            return ReferenceValues::zero(self.n_eval);
+        }
+        let n_ref = self.ref_lens.len().max(1);
+        let scale = if self.kind == AblationKind::Mean {
+            1.0 / n_ref as f64
+        } else {
+            1.0
+        };
+        let to_f32_4 = |a: ndarray::Array4<f64>| a.mapv(|x| (x * scale) as f32);
+        let source_of_prompt = match self.kind {
+            AblationKind::Mean => vec![0; self.n_eval],
+            _ => (0..self.n_eval).map(|b| b % n_ref).collect(),
+        };
+        ReferenceValues {
+            kind: self.kind,
+            source_of_prompt,
+            z: self.z.into_iter().map(to_f32_4).collect(),
+            mlp_out: self
+                .mlp_out
+                .into_iter()
+                .map(|a| a.mapv(|x| (x * scale) as f32))
+                .collect(),
+            head_out: self.head_out.into_iter().map(to_f32_4).collect(),
+            edge_terms: self
+                .edge_terms
+                .into_iter()
+                .map(|(h, a)| (h, to_f32_4(a)))
+                .collect(),
+        }
+    }
 }

@@ -91,7 +91,12 @@ const SHAPE: PlanShape = PlanShape {
 };
 
 /// Runs edit_z of `plan` on the clean activations and returns the edited z.
-fn edited_z(plan: &Plan, refs: &ReferenceValues, clean: &Attention, edge: EdgeAblation) -> Array4<f32> {
+fn edited_z(
+    plan: &Plan,
+    refs: &ReferenceValues,
+    clean: &Attention,
+    edge: EdgeAblation,
+) -> Array4<f32> {
     let hooks = PlanInterventions {
         plan,
         reference: refs,
@@ -142,7 +147,12 @@ fn zero_and_resample_ablation() {
     for b in 0..3 {
         plan.head_keep[0][[b, 4, 1]] = false;
     }
-    let zero = edited_z(&plan, &ReferenceValues::zero(3), &clean, EdgeAblation::EdgeMean);
+    let zero = edited_z(
+        &plan,
+        &ReferenceValues::zero(3),
+        &clean,
+        EdgeAblation::EdgeMean,
+    );
     assert!(zero.slice(s![.., 4, 1, ..]).iter().all(|&x| x == 0.0));
     let resample = reference(AblationKind::Resample, &refs_acts, 3);
     let z = edited_z(&plan, &resample, &clean, EdgeAblation::EdgeMean);
@@ -171,16 +181,30 @@ fn edge_plan(n: usize, query: usize, keys: Vec<usize>) -> Plan {
 #[test]
 fn every_edge_kept_is_the_clean_node_and_none_kept_is_the_ablated_node() {
     let clean = attention(2, 3);
-    for kind in [AblationKind::Mean, AblationKind::Resample, AblationKind::Zero] {
+    for kind in [
+        AblationKind::Mean,
+        AblationKind::Resample,
+        AblationKind::Zero,
+    ] {
         let refs_acts = attention(3, 4);
         let refs = match kind {
             AblationKind::Zero => ReferenceValues::zero(2),
             _ => reference(kind, &refs_acts, 2),
         };
-        let all = edited_z(&edge_plan(2, 3, vec![0, 1, 2, 3]), &refs, &clean, EdgeAblation::EdgeMean);
+        let all = edited_z(
+            &edge_plan(2, 3, vec![0, 1, 2, 3]),
+            &refs,
+            &clean,
+            EdgeAblation::EdgeMean,
+        );
         assert_eq!(all, clean.z, "{kind:?}: every edge kept");
 
-        let none = edited_z(&edge_plan(2, 3, vec![]), &refs, &clean, EdgeAblation::EdgeMean);
+        let none = edited_z(
+            &edge_plan(2, 3, vec![]),
+            &refs,
+            &clean,
+            EdgeAblation::EdgeMean,
+        );
         let mut node_plan = full_plan(2);
         node_plan.head_keep[0][[0, 3, 1]] = false;
         node_plan.head_keep[0][[1, 3, 1]] = false;
@@ -195,7 +219,12 @@ fn some_edges_kept_follows_the_edge_mean_formula() {
     let refs_acts = attention(4, 6);
     let refs = reference(AblationKind::Mean, &refs_acts, 2);
     for keys in [vec![1], vec![0, 2, 4], vec![0, 1, 3, 4]] {
-        let z = edited_z(&edge_plan(2, 4, keys.clone()), &refs, &clean, EdgeAblation::EdgeMean);
+        let z = edited_z(
+            &edge_plan(2, 4, keys.clone()),
+            &refs,
+            &clean,
+            EdgeAblation::EdgeMean,
+        );
         for b in 0..2 {
             for i in 0..D_HEAD {
                 // Spelled out: kept terms clean, dropped terms as their reference mean.
@@ -215,11 +244,17 @@ fn some_edges_kept_follows_the_edge_mean_formula() {
                     }
                 }
                 let got = z[[b, 4, 1, i]] as f64;
-                assert!((got - expected).abs() < 1e-6, "keys {keys:?}: {got} vs {expected}");
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "keys {keys:?}: {got} vs {expected}"
+                );
             }
         }
         // Other heads and queries untouched.
-        assert_eq!(z.slice(s![.., ..4, .., ..]), clean.z.slice(s![.., ..4, .., ..]));
+        assert_eq!(
+            z.slice(s![.., ..4, .., ..]),
+            clean.z.slice(s![.., ..4, .., ..])
+        );
         assert_eq!(z.slice(s![.., 4, 0, ..]), clean.z.slice(s![.., 4, 0, ..]));
     }
 }
@@ -243,7 +278,10 @@ fn knockout_blocks_dropped_scores_and_leaves_z_alone() {
         .map(|((_, h, q, k), _)| (h, q, k))
         .collect();
     assert_eq!(blocked, vec![(1, 3, 0), (1, 3, 2)]);
-    assert_eq!(edited_z(&plan, &refs, &clean, EdgeAblation::Knockout), clean.z);
+    assert_eq!(
+        edited_z(&plan, &refs, &clean, EdgeAblation::Knockout),
+        clean.z
+    );
 }
 
 #[test]
@@ -261,7 +299,10 @@ fn mlp_ablation_and_batch_offsets() {
     };
     let mut mlp_out = Array3::<f32>::from_elem((2, T, D_MODEL), 7.0);
     hooks.edit_mlp_out(0, &mut mlp_out.view_mut());
-    assert_eq!(mlp_out.slice(s![1, 2, ..]), refs_acts.mlp_out.slice(s![1, 2, ..]));
+    assert_eq!(
+        mlp_out.slice(s![1, 2, ..]),
+        refs_acts.mlp_out.slice(s![1, 2, ..])
+    );
     assert_eq!(mlp_out.iter().filter(|&&x| x != 7.0).count(), D_MODEL);
 }
 
@@ -285,5 +326,8 @@ fn reference_length_errors_name_both_lengths() {
     )
     .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("prompt 1") && text.contains("7 tokens") && text.contains("has 5"), "{text}");
+    assert!(
+        text.contains("prompt 1") && text.contains("7 tokens") && text.contains("has 5"),
+        "{text}"
+    );
 }

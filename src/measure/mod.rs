@@ -6,11 +6,15 @@
 //! per-prompt normalized scores (normalize first, then look at the distribution) are reported
 //! as quantiles beside it, because the two orders give different numbers.
 
+pub mod evaluate;
+
 use std::collections::BTreeMap;
 
 use ndarray::ArrayView2;
 
 use crate::resolve::bound::Metric;
+
+pub use evaluate::{AblationSettings, EvalPrompts, Evaluation, Evaluator, PromptMetrics};
 
 /// Every metric, in report order.
 pub const ALL_METRICS: [Metric; 5] = [
@@ -54,8 +58,10 @@ pub fn per_prompt_metrics(
     full_logits: ArrayView2<f32>,
     targets: &[Targets],
 ) -> BTreeMap<Metric, Vec<f64>> {
-    let mut out: BTreeMap<Metric, Vec<f64>> =
-        ALL_METRICS.iter().map(|&m| (m, Vec::with_capacity(targets.len()))).collect();
+    let mut out: BTreeMap<Metric, Vec<f64>> = ALL_METRICS
+        .iter()
+        .map(|&m| (m, Vec::with_capacity(targets.len())))
+        .collect();
     for (b, target) in targets.iter().enumerate() {
         let row = logits.row(b);
         let logp = log_softmax(row);
@@ -67,13 +73,25 @@ pub fn per_prompt_metrics(
         let kl: f64 = full_logp
             .iter()
             .zip(&logp)
-            .map(|(&lf, &lc)| if lf == f64::NEG_INFINITY { 0.0 } else { lf.exp() * (lf - lc) })
+            .map(|(&lf, &lc)| {
+                if lf == f64::NEG_INFINITY {
+                    0.0
+                } else {
+                    lf.exp() * (lf - lc)
+                }
+            })
             .sum();
         // Top-1 with ties going to the lowest id, as argmax does everywhere else.
         let top = row
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+            .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+                if x > bv {
+                    (i, x)
+                } else {
+                    (bi, bv)
+                }
+            })
             .0;
         out.get_mut(&Metric::LogitDiff).unwrap().push(logit_diff);
         out.get_mut(&Metric::Prob).unwrap().push(logp[answer].exp());
@@ -148,7 +166,11 @@ pub struct Scores {
 /// Normalizes per-prompt metric values of the three runs.
 pub fn scores(full: &[f64], circuit: &[f64], empty: &[f64]) -> Scores {
     let (f, c, e) = (mean(full), mean(circuit), mean(empty));
-    let faithfulness = if f != e { Some((c - e) / (f - e)) } else { None };
+    let faithfulness = if f != e {
+        Some((c - e) / (f - e))
+    } else {
+        None
+    };
     let ratio = if f != 0.0 { Some(c / f) } else { None };
     let per_prompt: Vec<f64> = full
         .iter()
@@ -215,7 +237,10 @@ mod tests {
     #[test]
     fn quantiles_interpolate_like_numpy() {
         let q = quantiles(&[4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
-        assert_eq!((q.min, q.q25, q.median, q.q75, q.max), (1.0, 2.0, 3.0, 4.0, 5.0));
+        assert_eq!(
+            (q.min, q.q25, q.median, q.q75, q.max),
+            (1.0, 2.0, 3.0, 4.0, 5.0)
+        );
         let q = quantiles(&[0.0, 1.0]).unwrap();
         assert_eq!(q.q25, 0.25);
         assert!(quantiles(&[]).is_none());

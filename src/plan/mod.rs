@@ -33,7 +33,9 @@ pub trait PromptPositions {
 /// from a prompt, an offset leaving it) pass through as the dataset reported them.
 #[derive(Debug, Error, Diagnostic)]
 pub enum PlanError {
-    #[error("circuit `{circuit}`: position {position} is outside {prompt}, which has {len} tokens")]
+    #[error(
+        "circuit `{circuit}`: position {position} is outside {prompt}, which has {len} tokens"
+    )]
     #[diagnostic(
         code(circuit::plan::position_outside_prompt),
         help("positions are token indices 0..{len}; check the offsets used with this label")
@@ -235,11 +237,7 @@ impl Plan {
         for (downstream, mask) in &self.path_inputs {
             put(usize::MAX - 1);
             let (tag, a, b) = match *downstream {
-                Downstream::Head(h, which) => (
-                    1 + which as usize,
-                    h.layer,
-                    h.head,
-                ),
+                Downstream::Head(h, which) => (1 + which as usize, h.layer, h.head),
                 Downstream::Mlp(l) => (10, l, 0),
                 Downstream::Logits => (11, 0, 0),
             };
@@ -359,14 +357,13 @@ fn item_set(item: &PositionItem) -> PositionSet {
 /// Layers and heads must exist in the model, and path edges must go forward. The resolver
 /// checks names against the config already; this guards the plan against hand-built circuits.
 fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), PlanError> {
-    let outside = |component: String, what: &'static str, limit: String| {
-        PlanError::ComponentOutside {
+    let outside =
+        |component: String, what: &'static str, limit: String| PlanError::ComponentOutside {
             circuit: circuit.name.clone(),
             component,
             what,
             limit,
-        }
-    };
+        };
     let check_head = |h: &HeadId| -> Result<(), PlanError> {
         if h.layer >= shape.n_layers {
             return Err(outside(
@@ -396,7 +393,10 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
     };
     circuit.heads.keys().try_for_each(check_head)?;
     circuit.mlps.keys().try_for_each(|&l| check_layer(l))?;
-    circuit.qk_edges.iter().try_for_each(|e| check_head(&e.head))?;
+    circuit
+        .qk_edges
+        .iter()
+        .try_for_each(|e| check_head(&e.head))?;
     for edge in &circuit.path_edges {
         match edge.from {
             Upstream::Head(h) => check_head(&h)?,

@@ -233,7 +233,8 @@ fn path_edges_mark_kept_upstream_per_position() {
 #[test]
 fn equal_plans_have_equal_keys_and_different_plans_differ() {
     let mut a = circuit();
-    a.heads.insert(h(0, 1), set(&[label("S1", 0), label("S2", 0)]));
+    a.heads
+        .insert(h(0, 1), set(&[label("S1", 0), label("S2", 0)]));
     let mut b = circuit();
     b.name = "b".to_string();
     b.heads.insert(

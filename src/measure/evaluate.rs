@@ -1,0 +1,341 @@
+//! Evaluating circuits on a model: compile each circuit to a plan, run the full model, the
+//! empty circuit and every distinct plan once, and collect per-prompt metrics.
+//!
+//! Cost: one forward pass over the evaluated prompts per distinct plan (the full model and the
+//! empty circuit included), plus one cached forward pass over the reference prompts when the
+//! ablation needs reference values. Plans are memoized by content, so a circuit that compiles
+//! to the same masks as one already run (a variant written another way, the empty circuit
+//! itself) costs nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ndarray::{s, Array2, Array4, Axis};
+
+use super::{per_prompt_metrics, scores, Scores, Targets};
+use crate::ablate::{
+    check_lengths, LayerActivations, PlanInterventions, ReferenceBuilder, ReferenceNeeds,
+    ReferenceValues,
+};
+use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
+use crate::plan::{compile, Plan, PlanShape, PromptPositions};
+use crate::resolve::bound::{
+    AblationKind, BoundCircuit, EdgeAblation, Metric, Quantity, Scope, Settings,
+};
+
+/// The settings that change what a circuit's ablation computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AblationSettings {
+    pub ablation: AblationKind,
+    pub edge_ablation: EdgeAblation,
+    pub scope: Scope,
+}
+
+impl From<&Settings> for AblationSettings {
+    fn from(s: &Settings) -> Self {
+        AblationSettings {
+            ablation: s.ablation,
+            edge_ablation: s.edge_ablation,
+            scope: s.scope,
+        }
+    }
+}
+
+/// Per-prompt values of every metric for one run.
+pub type PromptMetrics = BTreeMap<Metric, Vec<f64>>;
+
+/// The prompts circuits are evaluated on.
+pub struct EvalPrompts<'a> {
+    /// Token ids, BOS included when the tokenizer adds it.
+    pub ids: Vec<Vec<u32>>,
+    pub targets: Vec<Targets>,
+    /// How position names resolve in each prompt.
+    pub positions: Vec<&'a dyn PromptPositions>,
+}
+
+/// Runs circuits against one model, prompt set and reference set.
+pub struct Evaluator<'a> {
+    model: &'a Model,
+    settings: AblationSettings,
+    prompts: EvalPrompts<'a>,
+    reference_ids: Vec<Vec<u32>>,
+    /// Prompts per forward call (bounds memory; results do not depend on it).
+    pub batch_size: usize,
+    reference: Option<(ReferenceNeeds, ReferenceValues)>,
+    full_logits: Option<Array2<f32>>,
+    memo: HashMap<String, PromptMetrics>,
+    /// Forward passes over a whole prompt set so far (evaluated or reference), for the cost
+    /// guarantee in docs/performance.md.
+    pub forward_passes: usize,
+    /// Called after each forward batch with the number of prompts it held.
+    pub on_batch: Option<Box<dyn Fn(usize) + 'a>>,
+}
+
+/// Results of evaluating some circuits: per-prompt metrics of the full model, the empty
+/// circuit and each circuit.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub full: PromptMetrics,
+    pub empty: PromptMetrics,
+    /// In the order asked for.
+    pub circuits: Vec<(String, PromptMetrics)>,
+}
+
+impl Evaluation {
+    pub fn circuit(&self, name: &str) -> Option<&PromptMetrics> {
+        self.circuits
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m)
+    }
+
+    /// Full / circuit / empty means of `metric` and the faithfulness they give.
+    pub fn scores(&self, circuit: &str, metric: Metric) -> Option<Scores> {
+        let c = self.circuit(circuit)?;
+        Some(scores(
+            &self.full[&metric],
+            &c[&metric],
+            &self.empty[&metric],
+        ))
+    }
+
+    /// A quantity an expectation reads; `None` when undefined (faithfulness when full and
+    /// empty agree, ratio when the full model's metric is 0) or the circuit is unknown.
+    pub fn quantity(&self, circuit: &str, quantity: Quantity, metric: Metric) -> Option<f64> {
+        let mean = |m: &PromptMetrics, metric: Metric| super::mean(&m[&metric]);
+        match quantity {
+            Quantity::Faithfulness => self.scores(circuit, metric)?.faithfulness,
+            Quantity::Ratio => self.scores(circuit, metric)?.ratio,
+            Quantity::Metric(m) => Some(mean(self.circuit(circuit)?, m)),
+            Quantity::Full(m) => Some(mean(&self.full, m)),
+            Quantity::Empty(m) => Some(mean(&self.empty, m)),
+        }
+    }
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(
+        model: &'a Model,
+        settings: AblationSettings,
+        prompts: EvalPrompts<'a>,
+        reference_ids: Vec<Vec<u32>>,
+    ) -> Evaluator<'a> {
+        Evaluator {
+            model,
+            settings,
+            prompts,
+            reference_ids,
+            batch_size: 32,
+            reference: None,
+            full_logits: None,
+            memo: HashMap::new(),
+            forward_passes: 0,
+            on_batch: None,
+        }
+    }
+
+    fn shape(&self) -> PlanShape {
+        PlanShape {
+            n_layers: self.model.config.n_layers,
+            n_heads: self.model.config.n_heads,
+        }
+    }
+
+    fn prompt_lens(&self) -> Vec<usize> {
+        self.prompts.ids.iter().map(Vec::len).collect()
+    }
+
+    /// Compiles a circuit for the evaluated prompts.
+    pub fn compile(&self, circuit: &BoundCircuit) -> miette::Result<Plan> {
+        compile(
+            circuit,
+            self.settings.scope,
+            self.shape(),
+            &self.prompts.positions,
+        )
+    }
+
+    /// Checks reference lengths before any forward pass (a bad dataset costs nothing).
+    pub fn check_reference(&self) -> miette::Result<()> {
+        if self.settings.ablation == AblationKind::Zero {
+            return Ok(());
+        }
+        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
+        check_lengths(
+            self.settings.ablation,
+            &ref_lens,
+            &self.prompt_lens(),
+            &|b| self.prompts.positions[b].describe(),
+        )?;
+        Ok(())
+    }
+
+    /// Evaluates `circuits` (plus the full model and the empty circuit).
+    pub fn evaluate(&mut self, circuits: &[&BoundCircuit]) -> miette::Result<Evaluation> {
+        // Compile everything first: a position error in the last circuit costs no forward pass.
+        let plans: Vec<Plan> = circuits
+            .iter()
+            .map(|c| self.compile(c))
+            .collect::<miette::Result<_>>()?;
+        self.check_reference()?;
+        let lens = self.prompt_lens();
+        let empty_plan = Plan::empty(self.shape(), &lens, self.settings.scope);
+
+        let mut needs = ReferenceNeeds::default();
+        for plan in &plans {
+            needs.edge_heads.extend(plan.edge_heads());
+            needs.head_outputs |= plan.has_path_edges();
+        }
+        self.ensure_reference(&needs)?;
+
+        let full = self.run(&Plan::full(self.shape(), &lens, self.settings.scope))?;
+        let empty = self.run(&empty_plan)?;
+        let mut results = Vec::with_capacity(circuits.len());
+        for (circuit, plan) in circuits.iter().zip(&plans) {
+            results.push((circuit.name.clone(), self.run(plan)?));
+        }
+        Ok(Evaluation {
+            full,
+            empty,
+            circuits: results,
+        })
+    }
+
+    /// Builds the reference values if they are missing or do not cover `needs`.
+    fn ensure_reference(&mut self, needs: &ReferenceNeeds) -> miette::Result<()> {
+        if let Some((have, values)) = &self.reference {
+            if values.covers(needs) {
+                return Ok(());
+            }
+            let mut union = have.clone();
+            union.edge_heads.extend(needs.edge_heads.iter().copied());
+            union.head_outputs |= needs.head_outputs;
+            let values = self.reference_values(&union)?;
+            self.reference = Some((union, values));
+            return Ok(());
+        }
+        let values = self.reference_values(needs)?;
+        self.reference = Some((needs.clone(), values));
+        Ok(())
+    }
+
+    /// One cached forward pass over the reference prompts, in batches.
+    fn reference_values(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
+        let n_eval = self.prompts.ids.len();
+        if self.settings.ablation == AblationKind::Zero {
+            return Ok(ReferenceValues::zero(n_eval));
+        }
+        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
+        let mut builder =
+            ReferenceBuilder::new(self.settings.ablation, needs.clone(), n_eval, &ref_lens);
+        let options = ForwardOptions {
+            all_logits: false,
+            cache: true,
+        };
+        let group = self.model.config.n_heads / self.model.config.n_kv_heads;
+        for chunk in self.reference_ids.chunks(self.batch_size.max(1)) {
+            let out = self.model.forward(chunk, &options, &NoInterventions)?;
+            let cache = out.cache.expect("the cache was asked for");
+            // Values by query head: key/value head g serves query heads g·group .. (g+1)·group.
+            let values_by_query_head: Vec<Array4<f32>> = cache
+                .layers
+                .iter()
+                .map(|layer| {
+                    if group == 1 {
+                        layer.v.clone()
+                    } else {
+                        let (b, t, _, d) = layer.v.dim();
+                        let n_heads = layer.z.shape()[2];
+                        Array4::from_shape_fn((b, t, n_heads, d), |(b, t, h, i)| {
+                            layer.v[[b, t, h / group, i]]
+                        })
+                    }
+                })
+                .collect();
+            let layers: Vec<LayerActivations> = cache
+                .layers
+                .iter()
+                .zip(&values_by_query_head)
+                .map(|(layer, v)| LayerActivations {
+                    z: layer.z.view(),
+                    pattern: layer.pattern.view(),
+                    v: v.view(),
+                    mlp_out: layer.mlp_out.view(),
+                    head_out: layer.head_out.view(),
+                })
+                .collect();
+            builder.add_batch(&layers);
+            if let Some(f) = &self.on_batch {
+                f(chunk.len());
+            }
+        }
+        self.forward_passes += 1;
+        Ok(builder.finish())
+    }
+
+    /// END logits `(B, V)` of the evaluated prompts under `hooks_for(batch range)`.
+    fn end_logits<'h>(
+        &mut self,
+        hooks_for: &dyn Fn(std::ops::Range<usize>) -> Box<dyn Interventions + 'h>,
+    ) -> miette::Result<Array2<f32>> {
+        let n = self.prompts.ids.len();
+        let batch = self.batch_size.max(1);
+        let mut logits: Option<Array2<f32>> = None;
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            let hooks = hooks_for(start..end);
+            let out = self.model.forward(
+                &self.prompts.ids[start..end],
+                &ForwardOptions::default(),
+                hooks.as_ref(),
+            )?;
+            let rows = out.logits.index_axis(Axis(1), 0).to_owned(); // (b, V)
+            let all = logits.get_or_insert_with(|| Array2::zeros((n, rows.ncols())));
+            all.slice_mut(s![start..end, ..]).assign(&rows);
+            if let Some(f) = &self.on_batch {
+                f(end - start);
+            }
+        }
+        self.forward_passes += 1;
+        Ok(logits.unwrap_or_else(|| Array2::zeros((0, 0))))
+    }
+
+    /// Per-prompt metrics of one plan; memoized by the plan's content.
+    pub fn run(&mut self, plan: &Plan) -> miette::Result<PromptMetrics> {
+        if self.full_logits.is_none() {
+            let full = self.end_logits(&|_| Box::new(NoInterventions))?;
+            self.full_logits = Some(full);
+        }
+        let key = plan.content_key();
+        if let Some(hit) = self.memo.get(&key) {
+            return Ok(hit.clone());
+        }
+        let logits = if plan.is_identity() {
+            self.full_logits.clone().expect("computed above")
+        } else {
+            let needs = ReferenceNeeds {
+                edge_heads: plan.edge_heads(),
+                head_outputs: plan.has_path_edges(),
+            };
+            self.ensure_reference(&needs)?;
+            let reference = self.reference.take().expect("ensured above");
+            let edge_ablation = self.settings.edge_ablation;
+            let result = self.end_logits(&|prompts| {
+                Box::new(PlanInterventions {
+                    plan,
+                    reference: &reference.1,
+                    edge_ablation,
+                    prompts,
+                })
+            });
+            self.reference = Some(reference);
+            result?
+        };
+        let metrics = per_prompt_metrics(
+            logits.view(),
+            self.full_logits.as_ref().expect("computed above").view(),
+            &self.prompts.targets,
+        );
+        self.memo.insert(key, metrics.clone());
+        Ok(metrics)
+    }
+}
