@@ -91,7 +91,7 @@ fn members(kind: &str) -> Vec<String> {
 #[test]
 fn same_seed_same_jsonl_other_seed_other_prompts() {
     for (name, params) in all_variants(16) {
-        let mut with_seed = |seed| {
+        let with_seed = |seed| {
             let mut p = params.clone();
             p.push(("seed", int(seed)));
             write(&generate(&name, &p))
@@ -342,7 +342,8 @@ fn under_stories260k_multi_token_answers_get_the_clear_error() {
 
 #[test]
 fn bad_parameters_are_clear_errors() {
-    let cases: Vec<(&str, Vec<(&str, ParamValue)>, &str)> = vec![
+    type Case = (&'static str, Vec<(&'static str, ParamValue)>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "seqcont.numerals",
             vec![("len", int(7))],
