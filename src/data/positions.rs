@@ -43,3 +43,32 @@ pub enum PositionSet {
     All,
     Items(Vec<PositionItem>),
 }
+
+impl Position {
+    /// A position with no offset.
+    pub fn at(anchor: Anchor) -> Position {
+        Position { anchor, offset: 0 }
+    }
+
+    /// The position named in messages and tables: `S1`, `S1+1`, `END-1`, `BOS`, and `first(S1)`
+    /// for a slot's first token.
+    pub fn display_name(&self) -> String {
+        let anchor = match &self.anchor {
+            Anchor::End => "END".to_string(),
+            Anchor::Bos => "BOS".to_string(),
+            Anchor::Label {
+                name,
+                token: SlotToken::Last,
+            } => name.clone(),
+            Anchor::Label {
+                name,
+                token: SlotToken::First,
+            } => format!("first({name})"),
+        };
+        match self.offset {
+            0 => anchor,
+            o if o > 0 => format!("{anchor}+{o}"),
+            o => format!("{anchor}{o}"),
+        }
+    }
+}
