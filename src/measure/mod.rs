@@ -7,6 +7,7 @@
 //! as quantiles beside it, because the two orders give different numbers.
 
 pub mod evaluate;
+pub mod file;
 
 use std::collections::BTreeMap;
 
