@@ -27,7 +27,12 @@ fn per_prompt(text: &str, circuit: &str) -> Vec<Vec<f64>> {
         &ResolveOptions::default(),
     )
     .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
-    let run = run_file(&resolved.file, &[circuit.to_string()], RunOptions::default()).unwrap();
+    let run = run_file(
+        &resolved.file,
+        &[circuit.to_string()],
+        RunOptions::default(),
+    )
+    .unwrap();
     let metrics = run.evaluation.circuit(circuit).unwrap();
     ALL_METRICS.iter().map(|m| metrics[m].clone()).collect()
 }
