@@ -182,7 +182,7 @@ fn write_random_gpt2(dir: &Path) {
         offset += bytes;
     }
     let mut header = serde_json::Value::Object(header).to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
