@@ -6,7 +6,7 @@
 //! let model = Model::load(std::path::Path::new("models/gpt2"))?;
 //! let ids = model.encode_prompt("The cat sat")?;
 //! let out = model.forward(&[ids], &ForwardOptions::default(), &NoInterventions)?;
-//! let next_token_logits = out.logits.row(0); // (1, V) → row 0 is (V,)
+//! let next_token_logits = out.logits.slice(ndarray::s![0, 0, ..]); // (V,)
 //! # Ok::<(), circuit::model::ModelError>(())
 //! ```
 
