@@ -311,6 +311,8 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
         Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),
         None => ModelSource::default_model(),
     };
+    // Named as the user wrote it, so the output does not depend on the working directory.
+    let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
     let tokenizer = load_tokenizer(&model)?;
     let dataset: Dataset = crate::data::load(&source)?;
     let inspected: Vec<Inspected> = dataset
@@ -349,7 +351,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     let text = if args.json {
         let mut out = serde_json::to_string_pretty(&inspect_json(
             &dataset,
-            &model,
+            &model_name,
             &tokenizer,
             &inspected,
             &alias_notes,
@@ -358,7 +360,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
         out.push('\n');
         out
     } else {
-        inspect_text(&dataset, &model, &tokenizer, &inspected, &alias_notes)
+        inspect_text(&dataset, &model_name, &tokenizer, &inspected, &alias_notes)
     };
     print_stdout(&text)?;
     if n_errors > 0 {
@@ -372,7 +374,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
 
 fn inspect_text(
     dataset: &Dataset,
-    model: &ModelSource,
+    model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
     alias_notes: &[crate::data::AliasNote],
@@ -383,7 +385,7 @@ fn inspect_text(
         dataset.clean.len(),
         dataset.reference.len(),
         if dataset.paired { " (paired)" } else { "" },
-        model.display_name()
+        model
     );
     for p in inspected {
         out.push_str(&format!(
@@ -458,7 +460,7 @@ fn inspect_text(
 
 fn inspect_json(
     dataset: &Dataset,
-    model: &ModelSource,
+    model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
     alias_notes: &[crate::data::AliasNote],
@@ -504,7 +506,7 @@ fn inspect_json(
         .collect();
     json!({
         "dataset": dataset.name,
-        "model": model.display_name(),
+        "model": model,
         "paired": dataset.paired,
         "prompts": prompts,
         "alias_notes": alias_notes,
