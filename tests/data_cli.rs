@@ -217,7 +217,11 @@ fn inspect_rejects_generator_flags_on_files_and_missing_files() {
         GPT2,
     ]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("apply to built-in datasets"));
+    assert!(
+        stderr(&output).contains("circuit::cli::dataset_params"),
+        "{}",
+        stderr(&output)
+    );
 
     let output = circuit(&[
         "dataset",

@@ -78,12 +78,20 @@ struct GeneratorParams {
     /// "last" or "first": which shown member is the distractor (seqcont only; default last).
     #[arg(long)]
     distractor: Option<String>,
+    /// Use only this lexicon template, 0..=3 (ioi only; default: random per prompt).
+    #[arg(long)]
+    template: Option<i64>,
 }
 
 impl GeneratorParams {
     fn to_map(&self) -> BTreeMap<String, ParamValue> {
         let mut map = BTreeMap::new();
-        let ints = [("n", self.n), ("seed", self.seed), ("len", self.len)];
+        let ints = [
+            ("n", self.n),
+            ("seed", self.seed),
+            ("len", self.len),
+            ("template", self.template),
+        ];
         for (key, value) in ints {
             if let Some(v) = value {
                 map.insert(key.to_string(), ParamValue::Int(v));
@@ -180,7 +188,8 @@ fn dataset_source(spec: &str, params: &GeneratorParams) -> miette::Result<Datase
     if !params.is_empty() {
         return Err(miette!(
             code = "circuit::cli::dataset_params",
-            "--n, --seed, --len, --form and --distractor apply to built-in datasets, not to the file {spec}"
+            help = "--n, --seed, --len, --form, --distractor and --template apply to built-in datasets",
+            "{spec} is a file: generator parameters do not apply to it"
         ));
     }
     Ok(DatasetSource::File(path.to_path_buf()))
