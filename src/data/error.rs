@@ -116,7 +116,10 @@ pub enum DataError {
     },
 
     #[error("{prompt}: position {position} is token {index}, outside the prompt's {len} tokens (0..={last})")]
-    #[diagnostic(code(circuit::data::position_outside_prompt))]
+    #[diagnostic(
+        code(circuit::data::position_outside_prompt),
+        help("an offset must stay inside every prompt; `circuit dataset inspect` shows each prompt's tokens")
+    )]
     OutsidePrompt {
         prompt: PromptId,
         position: String,
@@ -143,7 +146,7 @@ pub enum DataError {
     #[error("{prompt}: BOS is named, but this tokenizer adds no BOS token")]
     #[diagnostic(
         code(circuit::data::no_bos),
-        help("GPT-2's tokenizer adds no BOS; position 0 of the prompt is its first text token")
+        help("some tokenizers (GPT-2's) add no BOS; token 0 is then the prompt's first text token, which a label names")
     )]
     NoBos { prompt: PromptId },
 
