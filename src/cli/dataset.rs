@@ -247,6 +247,8 @@ fn inspect_record<'a>(
     let distractor_ids = plain(&record.distractor, "distractor");
     let aliases = match &tokens {
         Some(t) => {
+            // Aliases depend on positions only; the answer ids are not read, so placeholders
+            // stand in for answers that may not be single tokens here.
             let prompt = crate::data::TokenizedPrompt {
                 set,
                 index,
