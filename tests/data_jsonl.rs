@@ -110,6 +110,15 @@ fn malformed_lines_name_the_line_number() {
             "{bad}: {message}"
         );
         assert!(message.starts_with("test.jsonl:3: "), "{message}");
+        // The report points into line 3 (after line 1 and the blank line 2).
+        let DataError::Jsonl { at, .. } = &err else {
+            unreachable!()
+        };
+        let line_start = good.len() + 2;
+        assert!(
+            at.offset() >= line_start && at.offset() + at.len() <= line_start + bad.len(),
+            "{bad}: {at:?}"
+        );
         assert!(message.contains(needle), "{bad}: {message}");
     }
 }

@@ -68,6 +68,12 @@ pub enum DataError {
         /// One-based line number.
         line: usize,
         message: String,
+        /// The file, so the report shows the line.
+        #[source_code]
+        source_code: std::sync::Arc<miette::NamedSource<String>>,
+        /// The line, or the point in it where JSON parsing stopped.
+        #[label("here")]
+        at: miette::SourceSpan,
     },
 
     #[error("{path} holds no prompts")]
