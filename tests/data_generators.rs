@@ -440,3 +440,15 @@ fn uniform_token_length_under_gpt2() {
     .collect();
     assert_eq!(uniform, expected);
 }
+
+/// Two prompts of every built-in and form, seed 0: the formats the default model is trained on,
+/// pinned for review.
+#[test]
+fn sample_of_every_builtin() {
+    let mut out = String::new();
+    for (name, params) in all_variants(2) {
+        out.push_str(&format!("# {name} {params:?}\n"));
+        out.push_str(&write(&generate(&name, &params)));
+    }
+    insta::assert_snapshot!(out);
+}
