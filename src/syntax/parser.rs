@@ -188,11 +188,11 @@ impl Builder<'_> {
                     _ => {
                         let mut inner = children(what).into_iter();
                         let scope_pair = inner.next().unwrap();
-                        let scope = if children(scope_pair).is_empty() {
-                            // `heads` alone: the `and mlps` keywords are the only children.
-                            ScopeKw::Heads
-                        } else {
+                        // `heads` alone has one keyword child; `heads and mlps` has three.
+                        let scope = if scope_pair.into_inner().count() > 1 {
                             ScopeKw::HeadsAndMlps
+                        } else {
+                            ScopeKw::Heads
                         };
                         let method = match inner.next().unwrap().as_str() {
                             "zero" => NodeMethod::Zero,
