@@ -818,15 +818,24 @@ impl<'a> Binder<'a> {
         if let Some(base) = &circuit.base {
             match self.circuit_names.get(&base.name).copied() {
                 None => {
-                    let names: Vec<String> = defs.iter().map(|d| d.0.name.name.clone()).collect();
+                    let mut names: Vec<String> = Vec::new();
+                    for def in defs {
+                        if !names.contains(&def.0.name.name) {
+                            names.push(def.0.name.name.clone());
+                        }
+                    }
                     let mut d = SourceDiagnostic::error(
                         "circuit::resolve::unknown_circuit",
                         format!("no circuit named `{}`", base.name),
                     )
                     .with_label(base.span.clone(), "extends an undefined circuit");
-                    if let Some(s) = did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
-                        d = d.with_help(format!("did you mean `{s}`?"));
-                    }
+                    d = match did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d.with_help(format!(
+                            "a circuit can extend any circuit of the same file: {}",
+                            backticked(&names)
+                        )),
+                    };
                     self.error(d);
                 }
                 Some(b) if stack.contains(&b) => {

@@ -232,3 +232,42 @@ fn check_statement(st: &Statement) {
         }
     }
 }
+
+/// Every model is GPT-2 small's shape, whatever the file names (for files using built-ins).
+pub struct AnyModelEnvironment;
+
+impl Environment for AnyModelEnvironment {
+    fn model_config(&self, _source: &ModelSource) -> Result<ModelConfig, String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(GPT2_SMALL);
+        ModelConfig::from_dir(&dir).map_err(|e| e.to_string())
+    }
+    fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
+        FakeEnvironment.dataset_labels(source)
+    }
+}
+
+/// Resolves with [`AnyModelEnvironment`], panicking with the rendered diagnostics on failure.
+pub fn resolve_ok(text: &str) -> Resolved {
+    resolve_source(
+        "t.circuit",
+        text,
+        Path::new("base"),
+        &AnyModelEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_or_else(|d| panic!("does not resolve:\n{}", d.render_plain(100)))
+}
+
+/// Resolves with [`AnyModelEnvironment`], expecting failure.
+pub fn resolve_err(text: &str) -> Diagnostics {
+    match resolve_source(
+        "t.circuit",
+        text,
+        Path::new("base"),
+        &AnyModelEnvironment,
+        &ResolveOptions::default(),
+    ) {
+        Ok(_) => panic!("should not resolve:\n{text}"),
+        Err(d) => d,
+    }
+}
