@@ -250,6 +250,7 @@ fn comment_texts(text: &str) -> Vec<String> {
 /// The formatter's contract on one valid text.
 fn check_round_trip(text: &str) {
     let first = parse_str("t.circuit", text).expect("valid text parses");
+    language_support::check_spans(&first, text);
     let formatted = format_file(&first);
     let second = parse_str("t.circuit", &formatted).unwrap_or_else(|d| {
         panic!(
@@ -348,4 +349,24 @@ fn deep_nesting_is_an_error_not_a_crash() {
     assert_eq!(err.items[0].code, "circuit::parse::too_complex");
     let wide = format!("circuit c {{ expect 1{} > 0 }}", " + 1".repeat(10_000));
     assert!(parse_str("t.circuit", &wide).is_err());
+}
+
+#[test]
+fn tricky_comment_placements_round_trip() {
+    let cases = [
+        "circuit c # between name and brace\n{\n  9.1 @ END\n}\n",
+        "circuit c extends # inside the header\n  b {\n}\ncircuit b {}\n",
+        "circuit c { 9.1 @ END } # after a one-line circuit\n",
+        "circuit c {\n  9.1 @ # inside a statement\n    END, # and again\n    S1\n}\n",
+        "heads g = 1.1 heads h = 2.2 # two statements on one line\n",
+        "# only comments\n\n\n# after blank lines\n",
+        "model \"m#not a comment\"  # a comment\n",
+        "circuit c {\n\n\n  # a comment after blank lines at the start of a body\n  9.1\n}\n",
+        "circuit c {}\n# end\n\n\n",
+        "circuit c {\n  9.1 @ END\n\n\n  # before the brace, after blank lines\n}\n",
+        "metric kl\r\n# windows line endings\r\ncircuit c {\r\n  9.1 @ END  # x\r\n}\r\n",
+    ];
+    for case in cases {
+        check_round_trip(case);
+    }
 }

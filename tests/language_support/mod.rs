@@ -79,8 +79,19 @@ pub fn check_spans(file: &File, text: &str) {
     for c in &file.end_comments {
         inside(&c.span, &whole, "comment");
     }
+    let trimmed = |span: &Span| {
+        let slice = &text[span.clone()];
+        assert!(
+            !slice.ends_with(char::is_whitespace) && !slice.starts_with(char::is_whitespace),
+            "span {span:?} has untrimmed whitespace: {slice:?}"
+        );
+    };
     for item in &file.items {
         inside(&item.span, &file.span, "item");
+        trimmed(&item.span);
+        if let ItemKind::Circuit(c) = &item.kind {
+            c.body.iter().for_each(|st| trimmed(&st.span));
+        }
         for c in item.trivia.leading.iter().chain(&item.trivia.trailing) {
             inside(&c.span, &whole, "comment");
             assert!(
