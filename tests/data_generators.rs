@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use circuit::data::jsonl::write;
 use circuit::data::tokenized::tokenize_prompt;
 use circuit::data::{
-    check_paired_lengths, label_names, load, tokenize_dataset, DataError, Dataset, DatasetSource,
-    ParamValue, PromptSet,
+    check_equal_lengths, check_paired_lengths, label_names, load, tokenize_dataset, DataError,
+    Dataset, DatasetSource, ParamValue, PromptSet,
 };
 use circuit::model::Tokenizer;
 
@@ -251,6 +251,18 @@ fn ioi_prompts_and_abc_references() {
         assert_eq!(reference.slot_text("OBJECT"), clean.slot_text("OBJECT"));
         assert!(clean.prompt.ends_with(" to"));
     }
+    // A fixed template changes only the sentence, not the names drawn.
+    let fixed = generate(
+        "ioi",
+        &[("n", int(64)), ("seed", int(9)), ("template", int(1))],
+    );
+    for (free, fixed) in d.clean.iter().zip(&fixed.clean) {
+        assert!(
+            fixed.prompt.starts_with("When ") && fixed.prompt.ends_with("decided to give it to")
+        );
+        assert_eq!(free.slot_text("IO"), fixed.slot_text("IO"));
+        assert_eq!(free.slot_text("S2"), fixed.slot_text("S2"));
+    }
 }
 
 #[test]
@@ -377,6 +389,11 @@ fn bad_parameters_are_clear_errors() {
             "unknown parameter `size`",
         ),
         ("ioi", vec![("len", int(3))], "unknown parameter `len`"),
+        (
+            "ioi",
+            vec![("template", int(4))],
+            "`template` is 4; it must be in 0..=3",
+        ),
     ];
     for (name, params, needle) in cases {
         let err = load(&source(name, &params)).unwrap_err();
@@ -389,4 +406,49 @@ fn bad_parameters_are_clear_errors() {
     assert!(matches!(err, DataError::UnknownBuiltin { .. }));
     let help = miette::Diagnostic::help(&err).unwrap().to_string();
     assert!(help.contains("seqcont.numerals"), "{help}");
+}
+
+/// Which built-ins have one token length across all clean and reference prompts under GPT-2, as
+/// mean ablation by token position needs (docs/datasets.md states the result).
+#[test]
+fn uniform_token_length_under_gpt2() {
+    let mut variants = all_variants(64);
+    for template in 0..4 {
+        variants.push((
+            "ioi".into(),
+            vec![("n", int(64)), ("template", int(template))],
+        ));
+    }
+    let mut uniform = Vec::new();
+    for (name, params) in variants {
+        let tokenized = tokenize_dataset(&generate(&name, &params), gpt2())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        match check_equal_lengths(&tokenized.clean, &tokenized.reference) {
+            Ok(()) => uniform.push(format!("{name} {params:?}")),
+            Err(err) => assert!(matches!(err, DataError::ReferenceLength { .. }), "{err}"),
+        }
+    }
+    let expected: Vec<String> = [
+        ("seqcont.numerals", "bare"),
+        ("seqcont.months", "bare"),
+        ("seqcont.days", "bare"),
+        ("seqcont.letters", "bare"),
+    ]
+    .iter()
+    .map(|(name, form)| format!("{name} {:?}", vec![("n", int(64)), ("form", text(form))]))
+    .chain((0..4).map(|t| format!("ioi {:?}", vec![("n", int(64)), ("template", int(t))])))
+    .collect();
+    assert_eq!(uniform, expected);
+}
+
+/// Two prompts of every built-in and form, seed 0: the formats the default model is trained on,
+/// pinned for review.
+#[test]
+fn sample_of_every_builtin() {
+    let mut out = String::new();
+    for (name, params) in all_variants(2) {
+        out.push_str(&format!("# {name} {params:?}\n"));
+        out.push_str(&write(&generate(&name, &params)));
+    }
+    insta::assert_snapshot!(out);
 }

@@ -110,6 +110,15 @@ fn malformed_lines_name_the_line_number() {
             "{bad}: {message}"
         );
         assert!(message.starts_with("test.jsonl:3: "), "{message}");
+        // The report points into line 3 (after line 1 and the blank line 2).
+        let DataError::Jsonl { at, .. } = &err else {
+            unreachable!()
+        };
+        let line_start = good.len() + 2;
+        assert!(
+            at.offset() >= line_start && at.offset() + at.len() <= line_start + bad.len(),
+            "{bad}: {at:?}"
+        );
         assert!(message.contains(needle), "{bad}: {message}");
     }
 }
@@ -188,4 +197,46 @@ fn label_names_of_a_file_are_those_every_prompt_defines() {
     let err = load(&missing).unwrap_err();
     assert!(matches!(err, DataError::Read { .. }));
     assert!(err.to_string().contains("absent.jsonl"));
+}
+
+mod properties {
+    use std::collections::BTreeMap;
+
+    use circuit::data::jsonl::fill_template;
+    use circuit::data::Span;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Character spans of any Unicode text convert to byte spans that slice the same
+        /// characters, and back.
+        #[test]
+        fn char_spans_round_trip(text in "\\PC{1,40}", a in 0usize..40, b in 0usize..40) {
+            let chars: Vec<char> = text.chars().collect();
+            let (start, end) = (a.min(b) % chars.len(), (a.max(b) % chars.len()) + 1);
+            prop_assume!(start < end);
+            let span = Span::from_chars(&text, start, end).unwrap();
+            let expected: String = chars[start..end].iter().collect();
+            prop_assert_eq!(&text[span.start..span.end], expected.as_str());
+            prop_assert_eq!(span.to_chars(&text), (start, end));
+        }
+
+        /// Every template slot's span holds exactly its filler, whatever the fillers contain.
+        #[test]
+        fn template_spans_hold_their_fillers(
+            fillers in proptest::collection::vec("[^{}]{1,8}", 1..5),
+            glue in proptest::collection::vec("[^{}]{0,5}", 6),
+        ) {
+            let mut template = glue[0].clone();
+            let mut map = BTreeMap::new();
+            for (i, filler) in fillers.iter().enumerate() {
+                template.push_str(&format!("{{F{i}}}{}", glue[i + 1]));
+                map.insert(format!("F{i}"), filler.clone());
+            }
+            let (prompt, slots) = fill_template(&template, &map).unwrap();
+            for (i, filler) in fillers.iter().enumerate() {
+                let span = slots[&format!("F{i}")];
+                prop_assert_eq!(&prompt[span.start..span.end], filler.as_str());
+            }
+        }
+    }
 }

@@ -424,3 +424,22 @@ fn open_unknown_builtin_is_a_clear_error() {
         .starts_with("circuit::model::"));
     assert!(format!("{err:?}").contains("no-such-model"), "{err:?}");
 }
+
+#[test]
+fn unsupported_gpt2_setting() {
+    let dir = copy_fixture();
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace(
+            "\"scale_attn_by_inverse_layer_idx\": false",
+            "\"scale_attn_by_inverse_layer_idx\": true",
+        ),
+    )
+    .unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported",
+        &["scale_attn_by_inverse_layer_idx"],
+    );
+}

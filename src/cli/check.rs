@@ -2,7 +2,7 @@
 //! their dataset's labels; print every error and warning.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::model::ModelSource;
@@ -26,12 +26,12 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let options = ResolveOptions {
         model_override: args
             .model
             .as_deref()
-            .map(|spec| ModelSource::parse(spec, &cwd)),
+            // Relative to the working directory, kept relative so messages show it as typed.
+            .map(|spec| ModelSource::parse(spec, Path::new(""))),
     };
     let color = !args.json && std::io::stderr().is_terminal();
     let mut any_error = false;
@@ -55,9 +55,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 }
                 json.push(value);
             } else if color {
-                eprint!("{}", d.render_colored(WIDTH));
+                eprintln!("{}", d.render_colored(WIDTH));
             } else {
-                eprint!("{}", d.render_plain(WIDTH));
+                eprintln!("{}", d.render_plain(WIDTH));
             }
         }
     }

@@ -78,12 +78,20 @@ struct GeneratorParams {
     /// "last" or "first": which shown member is the distractor (seqcont only; default last).
     #[arg(long)]
     distractor: Option<String>,
+    /// Use only this lexicon template, 0..=3 (ioi only; default: random per prompt).
+    #[arg(long)]
+    template: Option<i64>,
 }
 
 impl GeneratorParams {
     fn to_map(&self) -> BTreeMap<String, ParamValue> {
         let mut map = BTreeMap::new();
-        let ints = [("n", self.n), ("seed", self.seed), ("len", self.len)];
+        let ints = [
+            ("n", self.n),
+            ("seed", self.seed),
+            ("len", self.len),
+            ("template", self.template),
+        ];
         for (key, value) in ints {
             if let Some(v) = value {
                 map.insert(key.to_string(), ParamValue::Int(v));
@@ -180,7 +188,8 @@ fn dataset_source(spec: &str, params: &GeneratorParams) -> miette::Result<Datase
     if !params.is_empty() {
         return Err(miette!(
             code = "circuit::cli::dataset_params",
-            "--n, --seed, --len, --form and --distractor apply to built-in datasets, not to the file {spec}"
+            help = "--n, --seed, --len, --form, --distractor and --template apply to built-in datasets",
+            "{spec} is a file: generator parameters do not apply to it"
         ));
     }
     Ok(DatasetSource::File(path.to_path_buf()))
@@ -238,6 +247,8 @@ fn inspect_record<'a>(
     let distractor_ids = plain(&record.distractor, "distractor");
     let aliases = match &tokens {
         Some(t) => {
+            // Aliases depend on positions only; the answer ids are not read, so placeholders
+            // stand in for answers that may not be single tokens here.
             let prompt = crate::data::TokenizedPrompt {
                 set,
                 index,
@@ -311,6 +322,8 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
         Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),
         None => ModelSource::default_model(),
     };
+    // Named as the user wrote it, so the output does not depend on the working directory.
+    let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
     let tokenizer = load_tokenizer(&model)?;
     let dataset: Dataset = crate::data::load(&source)?;
     let inspected: Vec<Inspected> = dataset
@@ -349,7 +362,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     let text = if args.json {
         let mut out = serde_json::to_string_pretty(&inspect_json(
             &dataset,
-            &model,
+            &model_name,
             &tokenizer,
             &inspected,
             &alias_notes,
@@ -358,7 +371,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
         out.push('\n');
         out
     } else {
-        inspect_text(&dataset, &model, &tokenizer, &inspected, &alias_notes)
+        inspect_text(&dataset, &model_name, &tokenizer, &inspected, &alias_notes)
     };
     print_stdout(&text)?;
     if n_errors > 0 {
@@ -372,7 +385,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
 
 fn inspect_text(
     dataset: &Dataset,
-    model: &ModelSource,
+    model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
     alias_notes: &[crate::data::AliasNote],
@@ -383,7 +396,7 @@ fn inspect_text(
         dataset.clean.len(),
         dataset.reference.len(),
         if dataset.paired { " (paired)" } else { "" },
-        model.display_name()
+        model
     );
     for p in inspected {
         out.push_str(&format!(
@@ -458,7 +471,7 @@ fn inspect_text(
 
 fn inspect_json(
     dataset: &Dataset,
-    model: &ModelSource,
+    model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
     alias_notes: &[crate::data::AliasNote],
@@ -504,7 +517,7 @@ fn inspect_json(
         .collect();
     json!({
         "dataset": dataset.name,
-        "model": model.display_name(),
+        "model": model,
         "paired": dataset.paired,
         "prompts": prompts,
         "alias_notes": alias_notes,

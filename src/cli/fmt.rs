@@ -50,7 +50,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                     } else {
                         d.render_plain(100)
                     };
-                    eprint!("{rendered}");
+                    eprintln!("{rendered}");
                 }
                 failed = true;
                 continue;

@@ -22,7 +22,8 @@ pub struct BuiltinInfo {
 
 const SEQCONT_PARAMS: &str =
     "n (prompts, 64), seed (0), len (members shown, 2..=6, 4), form (\"bare\" | \"template\"), distractor (\"last\" | \"first\")";
-const IOI_PARAMS: &str = "n (prompts, 64), seed (0)";
+const IOI_PARAMS: &str =
+    "n (prompts, 64), seed (0), template (index of one lexicon template, 0..=3; default: random per prompt)";
 
 /// Every built-in generator, in the order `--list` prints them.
 pub const BUILTINS: [BuiltinInfo; 6] = [
@@ -99,6 +100,9 @@ pub struct SeqParams {
 pub struct IoiParams {
     pub n: usize,
     pub seed: u64,
+    /// Use only this template of the lexicon (so every prompt has the same shape); `None`
+    /// draws one per prompt.
+    pub template: Option<usize>,
 }
 
 /// A built-in dataset with its parameters checked.
@@ -183,8 +187,13 @@ pub fn spec(name: &str, params: &BTreeMap<String, ParamValue>) -> Result<Builtin
     let n = reader.int("n", 64, 1, MAX_PROMPTS)? as usize;
     let seed = reader.int("seed", 0, 0, i64::MAX)? as u64;
     if name == "ioi" {
-        reader.check_known(&["n", "seed"])?;
-        return Ok(BuiltinSpec::Ioi(IoiParams { n, seed }));
+        reader.check_known(&["n", "seed", "template"])?;
+        let last_template = lexicon()?.ioi.templates.len() as i64 - 1;
+        let template = match reader.params.get("template") {
+            None => None,
+            Some(_) => Some(reader.int("template", 0, 0, last_template)? as usize),
+        };
+        return Ok(BuiltinSpec::Ioi(IoiParams { n, seed, template }));
     }
     reader.check_known(&["n", "seed", "len", "form", "distractor"])?;
     let len = reader.int("len", 4, 2, 6)? as usize;
@@ -396,7 +405,9 @@ fn ioi(lexicon: &Lexicon, p: &IoiParams) -> Result<Sets, DataError> {
     let (mut clean, mut reference) = (Vec::with_capacity(p.n), Vec::with_capacity(p.n));
     for _ in 0..p.n {
         // Draw order is part of the format: template, IO and S, place, object, then A, B, C.
-        let template = &ioi.templates[below(&mut rng, ioi.templates.len())];
+        // Drawn even when fixed, so the names of prompt i do not depend on `template`.
+        let drawn = below(&mut rng, ioi.templates.len());
+        let template = &ioi.templates[p.template.unwrap_or(drawn)];
         let io_s = distinct(&mut rng, ioi.names.len(), 2);
         let place = &ioi.places[below(&mut rng, ioi.places.len())];
         let object = &ioi.objects[below(&mut rng, ioi.objects.len())];

@@ -68,6 +68,12 @@ pub enum DataError {
         /// One-based line number.
         line: usize,
         message: String,
+        /// The file, so the report shows the line.
+        #[source_code]
+        source_code: std::sync::Arc<miette::NamedSource<String>>,
+        /// The line, or the point in it where JSON parsing stopped.
+        #[label("here")]
+        at: miette::SourceSpan,
     },
 
     #[error("{path} holds no prompts")]
@@ -116,7 +122,10 @@ pub enum DataError {
     },
 
     #[error("{prompt}: position {position} is token {index}, outside the prompt's {len} tokens (0..={last})")]
-    #[diagnostic(code(circuit::data::position_outside_prompt))]
+    #[diagnostic(
+        code(circuit::data::position_outside_prompt),
+        help("an offset must stay inside every prompt; `circuit dataset inspect` shows each prompt's tokens")
+    )]
     OutsidePrompt {
         prompt: PromptId,
         position: String,
@@ -143,7 +152,7 @@ pub enum DataError {
     #[error("{prompt}: BOS is named, but this tokenizer adds no BOS token")]
     #[diagnostic(
         code(circuit::data::no_bos),
-        help("GPT-2's tokenizer adds no BOS; position 0 of the prompt is its first text token")
+        help("some tokenizers (GPT-2's) add no BOS; token 0 is then the prompt's first text token, which a label names")
     )]
     NoBos { prompt: PromptId },
 

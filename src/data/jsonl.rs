@@ -134,6 +134,57 @@ fn build_record(raw: &RawRecord, base: Option<(&RawRecord, &Record)>) -> Result<
     })
 }
 
+/// Byte offset and length (without its newline) of each line of `text`, as `str::lines` splits.
+fn line_extents(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for piece in text.split_inclusive('\n') {
+        let content = piece.strip_suffix('\n').unwrap_or(piece);
+        let content = content.strip_suffix('\r').unwrap_or(content);
+        out.push((start, content.len()));
+        start += piece.len();
+    }
+    out
+}
+
+/// The error for line `line` (one-based) of a file, pointing at byte `column` (one-based) of
+/// the line when known, else at the whole line.
+fn line_error(
+    text: &str,
+    path: &Path,
+    line: usize,
+    column: Option<usize>,
+    message: String,
+) -> DataError {
+    let (start, len) = line_extents(text)
+        .get(line - 1)
+        .copied()
+        .unwrap_or((text.len(), 0));
+    let at = match column {
+        Some(c) if c >= 1 && c - 1 < len => (start + c - 1, 1).into(),
+        _ => (start, len).into(),
+    };
+    DataError::Jsonl {
+        path: path.to_path_buf(),
+        line,
+        message,
+        source_code: std::sync::Arc::new(miette::NamedSource::new(
+            path.display().to_string(),
+            text.to_string(),
+        )),
+        at,
+    }
+}
+
+/// A serde_json message without its " at line L column C" suffix.
+fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    }
+}
+
 /// Parses a JSONL dataset; `path` names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
     let mut clean = Vec::new();
@@ -144,16 +195,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
     let (mut first_paired, mut first_unpaired) = (None, None);
     for (line_index, line) in text.lines().enumerate() {
         let line_number = line_index + 1;
-        let err = |message: String| DataError::Jsonl {
-            path: path.to_path_buf(),
-            line: line_number,
-            message,
-        };
+        let err = |message: String| line_error(text, path, line_number, None, message);
         if line.trim().is_empty() {
             continue;
         }
-        let raw: RawRecord =
-            serde_json::from_str(line).map_err(|e| err(format!("not a dataset record: {e}")))?;
+        let raw: RawRecord = serde_json::from_str(line).map_err(|e| {
+            let column = (e.line() == 1).then_some(e.column());
+            line_error(
+                text,
+                path,
+                line_number,
+                column,
+                // serde_json counts lines within this line; the report gives the file's.
+                format!("not a dataset record: {}", without_position(&e)),
+            )
+        })?;
         let record = build_record(&raw, None).map_err(&err)?;
         let set = raw.set.as_deref().unwrap_or("clean");
         match set {
@@ -189,21 +245,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
         }
     }
     if let (Some(p), Some(u)) = (first_paired, first_unpaired) {
-        return Err(DataError::Jsonl {
-            path: path.to_path_buf(),
-            line: p.max(u),
-            message: format!(
+        return Err(line_error(
+            text,
+            path,
+            p.max(u),
+            None,
+            format!(
                 "line {p} has a paired `reference` but line {u} has none; pair every prompt or none"
             ),
-        });
+        ));
     }
     if !paired_reference.is_empty() && !unpaired_reference.is_empty() {
-        return Err(DataError::Jsonl {
-            path: path.to_path_buf(),
-            line: unpaired_reference[0].0,
-            message: "`set: \"reference\"` lines cannot be mixed with paired `reference` records"
-                .into(),
-        });
+        return Err(line_error(
+            text,
+            path,
+            unpaired_reference[0].0,
+            None,
+            "`set: \"reference\"` lines cannot be mixed with paired `reference` records".into(),
+        ));
     }
     if clean.is_empty() {
         return Err(DataError::Empty {
@@ -224,11 +283,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
         for (index, (line, record)) in records.iter().enumerate() {
             record
                 .validate(&prompt_id(set, index, record))
-                .map_err(|e| DataError::Jsonl {
-                    path: path.to_path_buf(),
-                    line: *line,
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| line_error(text, path, *line, None, e.to_string()))?;
         }
     }
     let name = path

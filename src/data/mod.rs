@@ -34,9 +34,10 @@ pub fn load(source: &DatasetSource) -> Result<Dataset, DataError> {
     }
 }
 
-/// The slot labels every prompt of the dataset defines (END and BOS are not slot labels), in
-/// the order they appear in the prompts. Cheap for built-ins: parameters are checked but no
-/// prompt is generated and no tokenizer is needed. A file is read and validated.
+/// The slot labels every prompt of the dataset defines (END and BOS are not slot labels).
+/// Built-ins: parameters are checked, but no prompt is generated and no tokenizer is needed;
+/// the order is fixed (`S1`…`S{len}`; `IO`, `S1`, `S2`, `PLACE`, `OBJECT`). A file is read and
+/// validated; its labels come in the order they appear in its first prompt.
 pub fn label_names(source: &DatasetSource) -> Result<Vec<String>, DataError> {
     match source {
         DatasetSource::Builtin { name, params } => {

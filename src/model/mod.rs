@@ -6,7 +6,7 @@
 //! let model = Model::load(std::path::Path::new("models/gpt2"))?;
 //! let ids = model.encode_prompt("The cat sat")?;
 //! let out = model.forward(&[ids], &ForwardOptions::default(), &NoInterventions)?;
-//! let next_token_logits = out.logits.row(0); // (1, V) → row 0 is (V,)
+//! let next_token_logits = out.logits.slice(ndarray::s![0, 0, ..]); // (V,)
 //! # Ok::<(), circuit::model::ModelError>(())
 //! ```
 
@@ -129,6 +129,9 @@ impl Model {
     /// `model.safetensors.index.json`), `tokenizer.json`.
     pub fn load(dir: &Path) -> Result<Model, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
+        // Readable: from_dir just read it.
+        let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+        reject_unsupported_settings(&config_text)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         let files = WeightFiles::open_dir(dir, architecture_name(&config))?;
@@ -154,6 +157,7 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let label = PathBuf::from(format!("<built-in model {name}>"));
         let config = ModelConfig::from_json_str(config_json, &label.join("config.json"))?;
+        reject_unsupported_settings(config_json)?;
         let tokenizer_path = label.join("tokenizer.json");
         let tokenizer = Tokenizer::from_bytes(tokenizer_json, &tokenizer_path)?;
         let files = WeightFiles::from_static(
@@ -324,6 +328,33 @@ fn architecture_name(config: &ModelConfig) -> &'static str {
     match config.architecture {
         Architecture::Gpt2 => "GPT-2",
         Architecture::Llama => "Llama",
+    }
+}
+
+/// Config flags that change the math in ways the engine does not implement (`ModelConfig` has
+/// already rejected unknown architectures and scaled rotary embeddings).
+fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
+    let json: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+    let flag = |name: &str| json.get(name).and_then(serde_json::Value::as_bool);
+    let unsupported = [
+        (
+            "scale_attn_by_inverse_layer_idx",
+            flag("scale_attn_by_inverse_layer_idx") == Some(true),
+        ),
+        (
+            "scale_attn_weights",
+            flag("scale_attn_weights") == Some(false),
+        ),
+        (
+            "add_cross_attention",
+            flag("add_cross_attention") == Some(true),
+        ),
+    ];
+    match unsupported.iter().find(|(_, bad)| *bad) {
+        Some((name, _)) => Err(ModelError::Unsupported {
+            what: format!("config.json sets `{name}` to a value the engine does not implement"),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -72,13 +72,29 @@ struct Binder<'a> {
     circuit_names: HashMap<String, usize>,
 }
 
+/// The candidate closest to `word`, if any is close: one edit away, or similar by
+/// Jaro-Winkler. Ties go to the candidate whose trailing number is nearest (`S5` → `S4`).
 fn did_you_mean<'n>(word: &str, candidates: impl IntoIterator<Item = &'n str>) -> Option<String> {
+    fn trailing_number(s: &str) -> Option<i64> {
+        let digits: String = s.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+        digits.chars().rev().collect::<String>().parse().ok()
+    }
+    let target = trailing_number(word);
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score >= 0.75)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c.to_string())
+        .filter(|c| *c != word)
+        .map(|c| {
+            let distance = strsim::levenshtein(word, c);
+            let similarity = strsim::jaro_winkler(word, c);
+            let number_gap = match (target, trailing_number(c)) {
+                (Some(a), Some(b)) => (a - b).unsigned_abs(),
+                _ => u64::MAX,
+            };
+            (distance, similarity, number_gap, c)
+        })
+        .filter(|(distance, similarity, _, _)| *distance <= 1 || *similarity >= 0.8)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)))
+        .map(|(_, _, _, c)| c.to_string())
 }
 
 fn backticked(names: &[String]) -> String {
@@ -523,6 +539,9 @@ impl<'a> Binder<'a> {
                 }
                 ast::HeadsAtom::Group(id) => {
                     if matches!(self.group_cache.get(&id.name), Some(None)) {
+                        if let Some(g) = self.groups.get_mut(&id.name) {
+                            g.used = true;
+                        }
                         self.error(
                             SourceDiagnostic::error(
                                 "circuit::resolve::group_cycle",
@@ -799,15 +818,24 @@ impl<'a> Binder<'a> {
         if let Some(base) = &circuit.base {
             match self.circuit_names.get(&base.name).copied() {
                 None => {
-                    let names: Vec<String> = defs.iter().map(|d| d.0.name.name.clone()).collect();
+                    let mut names: Vec<String> = Vec::new();
+                    for def in defs {
+                        if !names.contains(&def.0.name.name) {
+                            names.push(def.0.name.name.clone());
+                        }
+                    }
                     let mut d = SourceDiagnostic::error(
                         "circuit::resolve::unknown_circuit",
                         format!("no circuit named `{}`", base.name),
                     )
                     .with_label(base.span.clone(), "extends an undefined circuit");
-                    if let Some(s) = did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
-                        d = d.with_help(format!("did you mean `{s}`?"));
-                    }
+                    d = match did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d.with_help(format!(
+                            "a circuit can extend any circuit of the same file: {}",
+                            backticked(&names)
+                        )),
+                    };
                     self.error(d);
                 }
                 Some(b) if stack.contains(&b) => {

@@ -116,7 +116,10 @@ fn comment_start_in_line(line: &str) -> Option<usize> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset].matches('\n').count()
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
 }
 
 /// Whether `text[a..b]` contains a line holding only whitespace (a blank line). The first and

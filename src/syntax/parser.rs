@@ -188,11 +188,11 @@ impl Builder<'_> {
                     _ => {
                         let mut inner = children(what).into_iter();
                         let scope_pair = inner.next().unwrap();
-                        let scope = if children(scope_pair).is_empty() {
-                            // `heads` alone: the `and mlps` keywords are the only children.
-                            ScopeKw::Heads
-                        } else {
+                        // `heads` alone has one keyword child; `heads and mlps` has three.
+                        let scope = if scope_pair.into_inner().count() > 1 {
                             ScopeKw::HeadsAndMlps
+                        } else {
+                            ScopeKw::Heads
                         };
                         let method = match inner.next().unwrap().as_str() {
                             "zero" => NodeMethod::Zero,
@@ -748,13 +748,33 @@ pub fn pest_error_to_diagnostic(err: &pest::error::Error<Rule>, text: &str) -> S
     // pest's rule positives name everything but punctuation; the detailed parse attempts add
     // the punctuation tokens that were tried at the same position.
     if let Some(attempts) = err.parse_attempts() {
-        if attempts.max_position == offset {
-            for token in attempts.expected_tokens() {
-                let token = token.to_string();
-                if PUNCTUATION.contains(&token.as_str()) {
-                    expected.push(format!("`{token}`"));
+        // pest's classic position only counts rules; a missing `:` or `->` after a complete
+        // head list fails further on, on a literal. Prefer that furthest position when it
+        // names something useful.
+        let punctuation: Vec<String> = attempts
+            .expected_tokens()
+            .into_iter()
+            .map(|t| t.to_string())
+            .filter(|t| PUNCTUATION.contains(&t.as_str()))
+            .map(|t| format!("`{t}`"))
+            .collect();
+        if attempts.max_position > offset && !punctuation.is_empty() {
+            offset = attempts.max_position;
+            expected = punctuation;
+            for stack in attempts.call_stacks() {
+                if let Some(rule) = stack.deepest.get_rule() {
+                    // Only rules that can follow a complete item are worth naming here; the
+                    // enclosing list rules would repeat what was already parsed.
+                    if matches!(
+                        rule,
+                        Rule::offset | Rule::comparison | Rule::add_op | Rule::mul_op
+                    ) {
+                        expected.push(readable_rule(*rule).to_string());
+                    }
                 }
             }
+        } else if attempts.max_position == offset {
+            expected.extend(punctuation);
         }
     }
     offset = skip_trivia(text, offset.min(text.len()));
