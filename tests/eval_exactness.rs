@@ -286,3 +286,66 @@ fn one_circuit_costs_four_forward_passes() {
     evaluator.evaluate(&[&c, &copy]).unwrap();
     assert_eq!(evaluator.forward_passes, 4);
 }
+
+/// Path edges into the logits: keeping every upstream component is the full model; keeping
+/// none at END rebuilds the final residual stream from reference outputs only, which is what
+/// the empty circuit's final stream is (every head and MLP replaced by its reference value),
+/// so its faithfulness is 0 up to rounding.
+fn path_edges_into_logits(setup: Setup) {
+    use circuit::resolve::bound::{Downstream, PathEdge, Upstream};
+    let (l, h_) = n_layers_heads(&setup);
+    let s = settings(
+        AblationKind::Mean,
+        EdgeAblation::EdgeMean,
+        Scope::HeadsAndMlps,
+    );
+    let path = |from: Upstream, positions: PositionSet| PathEdge {
+        from,
+        to: Downstream::Logits,
+        positions,
+        span: 0..0,
+    };
+    let mut all_kept = everything("all_kept", l, h_);
+    for layer in 0..l {
+        for head in 0..h_ {
+            all_kept
+                .path_edges
+                .push(path(Upstream::Head(h(layer, head)), PositionSet::All));
+        }
+        all_kept
+            .path_edges
+            .push(path(Upstream::Mlp(layer), PositionSet::All));
+    }
+    let mut none_at_end = everything("none_at_end", l, h_);
+    none_at_end
+        .path_edges
+        .push(path(Upstream::Head(h(0, 0)), at(&[label("S1", 0)])));
+    let eval = evaluate(&setup, s, &[&all_kept, &none_at_end]);
+    for metric in [Metric::LogitDiff, Metric::Logprob] {
+        let f = eval
+            .scores("all_kept", metric)
+            .unwrap()
+            .faithfulness
+            .unwrap();
+        assert!(
+            (f - 1.0).abs() < 1e-6,
+            "{metric:?}: every path kept gives {f}"
+        );
+        let f = eval
+            .scores("none_at_end", metric)
+            .unwrap()
+            .faithfulness
+            .unwrap();
+        assert!(f.abs() < 1e-4, "{metric:?}: no path kept at END gives {f}");
+    }
+}
+
+#[test]
+fn stories_path_edges_into_the_logits() {
+    path_edges_into_logits(stories());
+}
+
+#[test]
+fn gpt2_path_edges_into_the_logits() {
+    path_edges_into_logits(gpt2());
+}
