@@ -16,10 +16,21 @@ fn stories() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
 }
 
+/// One reference-value cache for every CLI test (entries are keyed by content), so the tests
+/// never write to the user's cache and later runs exercise cache hits.
+fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join("circuit-eval-cli-test-cache")
+}
+
 fn run(args: &[&str], threads: &str) -> Output {
+    run_with_cache(args, threads, cache_dir().to_str().unwrap())
+}
+
+fn run_with_cache(args: &[&str], threads: &str, cache: &str) -> Output {
     Command::new(BIN)
         .args(args)
         .env("RAYON_NUM_THREADS", threads)
+        .env("CIRCUIT_CACHE_DIR", cache)
         .env("NO_COLOR", "1")
         .output()
         .expect("the binary runs")
@@ -37,10 +48,19 @@ fn stderr(o: &Output) -> String {
 fn eval_json_is_byte_identical_across_runs_and_thread_counts() {
     let file = fixture("friends.circuit");
     let dir = tempfile::tempdir().unwrap();
+    let fresh_cache = dir.path().join("cache");
+    let fresh_cache = fresh_cache.to_str().unwrap();
+    // Computed with 1 and 2 threads (no cache), then computed and stored, then read back.
+    let runs = [
+        ("1", "off"),
+        ("2", "off"),
+        ("2", fresh_cache),
+        ("1", fresh_cache),
+    ];
     let mut outputs = Vec::new();
-    for (i, threads) in ["1", "2", "2"].iter().enumerate() {
+    for (i, (threads, cache)) in runs.iter().enumerate() {
         let out = dir.path().join(format!("run{i}.json"));
-        let o = run(
+        let o = run_with_cache(
             &[
                 "eval",
                 file.to_str().unwrap(),
@@ -49,6 +69,7 @@ fn eval_json_is_byte_identical_across_runs_and_thread_counts() {
                 out.to_str().unwrap(),
             ],
             threads,
+            cache,
         );
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stdout(&o).is_empty(), "-o writes the file, not stdout");
@@ -56,6 +77,12 @@ fn eval_json_is_byte_identical_across_runs_and_thread_counts() {
     }
     assert_eq!(outputs[0], outputs[1], "1 thread vs 2 threads");
     assert_eq!(outputs[1], outputs[2], "two runs");
+    assert_eq!(
+        outputs[2], outputs[3],
+        "reference values read back from the disk cache"
+    );
+    let cached: Vec<_> = std::fs::read_dir(fresh_cache).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one cache entry for one reference set");
     let json: serde_json::Value = serde_json::from_slice(&outputs[0]).unwrap();
     let circuits = json["circuits"].as_array().unwrap();
     assert_eq!(circuits.len(), 3);
@@ -257,6 +284,7 @@ fn diff_against_a_git_revision() {
             stories().to_str().unwrap(),
         ])
         .current_dir(dir.path())
+        .env("CIRCUIT_CACHE_DIR", "off")
         .output()
         .unwrap();
     let out = stdout(&o);

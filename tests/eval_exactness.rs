@@ -349,3 +349,35 @@ fn stories_path_edges_into_the_logits() {
 fn gpt2_path_edges_into_the_logits() {
     path_edges_into_logits(gpt2());
 }
+
+#[test]
+fn reference_values_are_cached_on_disk_by_content() {
+    let setup = stories();
+    let cache = tempfile::tempdir().unwrap();
+    let s = settings(
+        AblationKind::Mean,
+        EdgeAblation::EdgeMean,
+        Scope::HeadsAndMlps,
+    );
+    let mut c = circuit("c");
+    c.heads.insert(h(2, 5), at(&[end(0)]));
+    c.qk_edges.push(edge(h(2, 5), label("S1", 0), end(0)));
+    let run = |expect_passes: usize| {
+        let positions: Vec<&dyn PromptPositions> =
+            setup.data.positions.iter().map(|p| p as _).collect();
+        let prompts = EvalPrompts {
+            ids: setup.data.clean.clone(),
+            targets: setup.data.targets.clone(),
+            positions,
+        };
+        let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
+        evaluator.disk_cache = Some(cache.path().to_path_buf());
+        let evaluation = evaluator.evaluate(&[&c]).unwrap();
+        assert_eq!(evaluator.forward_passes, expect_passes);
+        evaluation
+    };
+    let first = run(4);
+    let second = run(3); // the reference pass is read from disk
+    assert_same(&first, "c", &second, "c", 0.0);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+}

@@ -390,3 +390,140 @@ impl ReferenceBuilder {
         }
     }
 }
+
+/// On-disk form of [`ReferenceValues`]: a safetensors file (f32, little-endian) whose tensors
+/// are `z.{layer}`, `mlp_out.{layer}`, `head_out.{layer}`, `edge.{layer}.{head}` and
+/// `source_of_prompt`, with the ablation kind in the metadata. Values round-trip bit for bit.
+impl ReferenceValues {
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        use safetensors::tensor::TensorView;
+        use safetensors::Dtype;
+        let f32_bytes = |a: &[f32]| a.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut push = |name: String, shape: &[usize], data: Vec<f32>| {
+            named.push((name, shape.to_vec(), f32_bytes(&data)));
+        };
+        for (l, a) in self.z.iter().enumerate() {
+            push(format!("z.{l}"), a.shape(), a.iter().copied().collect());
+        }
+        for (l, a) in self.mlp_out.iter().enumerate() {
+            push(
+                format!("mlp_out.{l}"),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        for (l, a) in self.head_out.iter().enumerate() {
+            push(
+                format!("head_out.{l}"),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        for (h, a) in &self.edge_terms {
+            push(
+                format!("edge.{}.{}", h.layer, h.head),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        let sources: Vec<u8> = self
+            .source_of_prompt
+            .iter()
+            .flat_map(|&s| (s as u64).to_le_bytes())
+            .collect();
+        let mut views: Vec<(String, TensorView)> = named
+            .iter()
+            .map(|(name, shape, data)| {
+                (
+                    name.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match"),
+                )
+            })
+            .collect();
+        views.push((
+            "source_of_prompt".to_string(),
+            TensorView::new(Dtype::U64, vec![self.source_of_prompt.len()], &sources)
+                .expect("sizes match"),
+        ));
+        let metadata = [("kind".to_string(), format!("{:?}", self.kind))].into();
+        safetensors::serialize(views, Some(metadata)).expect("reference values serialize")
+    }
+
+    /// Reads what [`ReferenceValues::to_safetensors`] wrote; `None` if the bytes are not such
+    /// a file (a stale or damaged cache entry is recomputed, never trusted).
+    pub fn from_safetensors(bytes: &[u8]) -> Option<ReferenceValues> {
+        use safetensors::{Dtype, SafeTensors};
+        let (_, meta) = SafeTensors::read_metadata(bytes).ok()?;
+        let kind = match meta.metadata().as_ref()?.get("kind")?.as_str() {
+            "Mean" => AblationKind::Mean,
+            "Resample" => AblationKind::Resample,
+            "Zero" => AblationKind::Zero,
+            _ => return None,
+        };
+        let tensors = SafeTensors::deserialize(bytes).ok()?;
+        let floats = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
+            let t = tensors.tensor(name).ok()?;
+            if t.dtype() != Dtype::F32 {
+                return None;
+            }
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Some((t.shape().to_vec(), data))
+        };
+        let array4 = |name: &str| -> Option<Array4<f32>> {
+            let (shape, data) = floats(name)?;
+            let shape: [usize; 4] = shape.try_into().ok()?;
+            Array4::from_shape_vec(shape, data).ok()
+        };
+        let array3 = |name: &str| -> Option<Array3<f32>> {
+            let (shape, data) = floats(name)?;
+            let shape: [usize; 3] = shape.try_into().ok()?;
+            Array3::from_shape_vec(shape, data).ok()
+        };
+        let count = |prefix: &str| {
+            tensors
+                .names()
+                .iter()
+                .filter(|n| n.starts_with(prefix))
+                .count()
+        };
+        let z = (0..count("z."))
+            .map(|l| array4(&format!("z.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let mlp_out = (0..count("mlp_out."))
+            .map(|l| array3(&format!("mlp_out.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let head_out = (0..count("head_out."))
+            .map(|l| array4(&format!("head_out.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let mut edge_terms = BTreeMap::new();
+        for name in tensors.names() {
+            if let Some(rest) = name.strip_prefix("edge.") {
+                let (layer, head) = rest.split_once('.')?;
+                let head = HeadId {
+                    layer: layer.parse().ok()?,
+                    head: head.parse().ok()?,
+                };
+                edge_terms.insert(head, array4(name)?);
+            }
+        }
+        let sources = tensors.tensor("source_of_prompt").ok()?;
+        let source_of_prompt = sources
+            .data()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+            .collect();
+        Some(ReferenceValues {
+            kind,
+            source_of_prompt,
+            z,
+            mlp_out,
+            head_out,
+            edge_terms,
+        })
+    }
+}

@@ -63,6 +63,7 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
         on_total: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
+        disk_cache: crate::measure::file::cache_dir(),
     };
     let result = run_file(&resolved.file, circuits, options);
     if let Some(bar) = bar {

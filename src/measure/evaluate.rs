@@ -68,6 +68,9 @@ pub struct Evaluator<'a> {
     pub forward_passes: usize,
     /// Called after each forward batch with the number of prompts it held.
     pub on_batch: Option<Box<dyn Fn(usize) + 'a>>,
+    /// A folder where reference values are cached between runs, keyed by content (see
+    /// [`Evaluator::reference_cache_key`]); `None` disables the cache.
+    pub disk_cache: Option<std::path::PathBuf>,
 }
 
 /// Results of evaluating some circuits: per-prompt metrics of the full model, the empty
@@ -130,6 +133,7 @@ impl<'a> Evaluator<'a> {
             memo: HashMap::new(),
             forward_passes: 0,
             on_batch: None,
+            disk_cache: None,
         }
     }
 
@@ -218,12 +222,64 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    /// One cached forward pass over the reference prompts, in batches.
+    /// The content key of the reference values for `needs`: sha256 of the model's weights,
+    /// the reference prompts' token ids (which fix the dataset and the tokenizer), the ablation
+    /// kind, the number of evaluated prompts (resample pairing) and what is needed.
+    pub fn reference_cache_key(&self, needs: &ReferenceNeeds) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"circuit reference values v1\n");
+        hasher.update(self.model.weights_hash().as_bytes());
+        hasher.update(format!(
+            "{:?} {}\n",
+            self.settings.ablation,
+            self.prompts.ids.len()
+        ));
+        for head in &needs.edge_heads {
+            hasher.update(format!("edge {head}\n"));
+        }
+        hasher.update(format!("head_outputs {}\n", needs.head_outputs));
+        for prompt in &self.reference_ids {
+            hasher.update((prompt.len() as u64).to_le_bytes());
+            for id in prompt {
+                hasher.update(id.to_le_bytes());
+            }
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    /// Reference values for `needs`: from the disk cache when present, else one forward pass.
     fn reference_values(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
         let n_eval = self.prompts.ids.len();
         if self.settings.ablation == AblationKind::Zero {
             return Ok(ReferenceValues::zero(n_eval));
         }
+        let cache_file = self.disk_cache.as_ref().map(|dir| {
+            dir.join(format!(
+                "reference-{}.safetensors",
+                self.reference_cache_key(needs)
+            ))
+        });
+        if let Some(path) = &cache_file {
+            if let Some(values) = std::fs::read(path)
+                .ok()
+                .and_then(|bytes| ReferenceValues::from_safetensors(&bytes))
+            {
+                return Ok(values);
+            }
+        }
+        let values = self.reference_forward(needs)?;
+        if let Some(path) = &cache_file {
+            // A cache is an optimization: failing to write it is not an error.
+            let _ = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+                .and_then(|_| crate::util::write_atomic(path, &values.to_safetensors()));
+        }
+        Ok(values)
+    }
+
+    /// One cached forward pass over the reference prompts, in batches.
+    fn reference_forward(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
+        let n_eval = self.prompts.ids.len();
         let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
         let mut builder =
             ReferenceBuilder::new(self.settings.ablation, needs.clone(), n_eval, &ref_lens);

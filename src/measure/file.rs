@@ -89,6 +89,8 @@ pub struct RunOptions<'a> {
     pub on_batch: Option<Box<dyn Fn(usize) + 'a>>,
     /// Called once the total number of prompt-forwards is known.
     pub on_total: Option<Box<dyn Fn(usize) + 'a>>,
+    /// Cache reference values on disk in this folder (the CLI passes [`cache_dir`]).
+    pub disk_cache: Option<std::path::PathBuf>,
 }
 
 /// Evaluates `circuits` (names; all of the file's circuits when empty) of `file`, plus the
@@ -207,6 +209,7 @@ pub fn run_file(
         on_total(reference_prompts.len() + n * (2 + circuits.len()));
     }
     evaluator.on_batch = options.on_batch;
+    evaluator.disk_cache = options.disk_cache;
     let refs: Vec<&BoundCircuit> = circuits.iter().collect();
     let evaluation = evaluator.evaluate(&refs)?;
     Ok(FileRun {
@@ -236,4 +239,18 @@ pub fn unknown_circuit(file: &BoundFile, name: &str) -> miette::Report {
         help = help,
         "no circuit named `{name}` in this file"
     )
+}
+
+/// Where reference values are cached between runs: `$CIRCUIT_CACHE_DIR` (`off` disables it),
+/// else `$XDG_CACHE_HOME/circuit`, else `$HOME/.cache/circuit`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    match std::env::var_os("CIRCUIT_CACHE_DIR") {
+        Some(v) if v == "off" || v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(|v| PathBuf::from(v).join("circuit"))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/circuit"))),
+    }
 }
