@@ -102,10 +102,11 @@ fn child(dir: &Path) {
         let median = times[REPETITIONS / 2];
         let rows = if all_logits { BATCH * SEQ } else { BATCH };
         println!(
-            "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s",
+            "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s; CPU time median {:.2} s",
             times[0],
             times[REPETITIONS - 1],
-            flops(rows) / median / 1e9
+            flops(rows) / median / 1e9,
+            cpu_times[REPETITIONS / 2],
         );
     }
     let peak = peak_rss_bytes();
@@ -115,6 +116,23 @@ fn child(dir: &Path) {
         peak / weight_bytes,
         weight_bytes / 1e6
     );
+}
+
+/// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ
+/// = 100 ticks per second). Unlike wall time it barely moves when other processes share the
+/// cores, so it is reported next to the wall-clock median.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resets VmHWM (Linux: writing 5 to clear_refs), so the peak covers load + forwards only.
