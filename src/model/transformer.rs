@@ -231,8 +231,9 @@ impl Transformer {
             // ---- attention -------------------------------------------------------------
             let x = layer.attn_norm.apply(resid_pre.view()); // (N, D)
             let mut q = layer.q.apply(x.view()); // (N, H·d)
-                                                 // Keys and values indexed by query head (copies of the shared head under GQA), so a
-                                                 // path edge can give one query head its own k/v input.
+
+            // Keys and values indexed by query head (copies of the shared head under GQA), so a
+            // path edge can give one query head its own k/v input.
             let mut k = expand_kv(layer.k.apply(x.view()), group, d_head); // (N, H·d)
             let mut v = expand_kv(layer.v.apply(x.view()), group, d_head); // (N, H·d)
 
@@ -283,12 +284,15 @@ impl Transformer {
                 .into_shape_with_order((batch, seq, n_heads, d_head))
                 .unwrap(); // (B, T, H, d)
 
-            let mut scores = causal_scores(&q4, &k4, 1.0 / (d_head as f32).sqrt()); // (B, H, T, T)
-                                                                                    // Intervention point: pre-softmax scores (attention knockout).
+            let scale = 1.0 / (d_head as f32).sqrt();
+            let mut scores = causal_scores(&q4, &k4, scale); // (B, H, T, T)
+
+            // Intervention point: pre-softmax scores (attention knockout).
             hooks.edit_scores(layer_index, &mut scores.view_mut());
             let pattern = softmax_rows(&scores); // (B, H, T, T)
             let mut z = weighted_values(&pattern, &v4); // (B, T, H, d)
-                                                        // Intervention point: per-head outputs before W_O (node and QK-edge ablation).
+
+            // Intervention point: per-head outputs before W_O (node and QK-edge ablation).
             hooks.edit_z(layer_index, pattern.view(), v4.view(), &mut z.view_mut());
 
             let z_rows = z
@@ -328,7 +332,8 @@ impl Transformer {
                 None => layer.mlp_norm.apply(resid_mid.view()),
             }; // (N, D)
             let mut mlp_out = to3(&layer.mlp.apply(x.view())); // (B, T, D)
-                                                               // Intervention point: MLP output.
+
+            // Intervention point: MLP output.
             hooks.edit_mlp_out(layer_index, &mut mlp_out.view_mut());
             let mlp_rows = mlp_out
                 .view()
