@@ -92,26 +92,28 @@ pub(crate) enum Positions {
     Learned {
         wpe: Array2<f32>, // (n_ctx, D)
     },
-    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`.
+    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`, rotated by
+    /// `position · inv_freq[i]`. The cos/sin tables are built per forward for its `T`
+    /// positions (a table for the whole context can be large for long-context models).
     Rotary {
-        cos: Array2<f32>, // (n_ctx, d/2)
-        sin: Array2<f32>, // (n_ctx, d/2)
+        inv_freq: Vec<f32>, // (d/2,)
     },
 }
 
 impl Positions {
-    /// The rotary tables, computed in f32 as HF does (`inv_freq = 1 / theta^(2i/d)`).
-    pub(crate) fn rotary(n_ctx: usize, d_head: usize, theta: f32) -> Positions {
-        let half = d_head / 2;
-        let inv_freq: Vec<f32> = (0..half)
+    /// `inv_freq[i] = 1 / theta^(2i/d)`, in f32 as HF computes it.
+    pub(crate) fn rotary(d_head: usize, theta: f32) -> Positions {
+        let inv_freq = (0..d_head / 2)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / d_head as f32))
             .collect();
-        let angle = Array2::from_shape_fn((n_ctx, half), |(t, i)| t as f32 * inv_freq[i]);
-        Positions::Rotary {
-            cos: angle.mapv(f32::cos),
-            sin: angle.mapv(f32::sin),
-        }
+        Positions::Rotary { inv_freq }
     }
+}
+
+/// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
+fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+    let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
+    (angle.mapv(f32::cos), angle.mapv(f32::sin))
 }
 
 pub(crate) enum Mlp {
@@ -270,9 +272,10 @@ impl Transformer {
                 }
             }
 
-            if let Positions::Rotary { cos, sin } = &self.positions {
-                rotate(&mut q, cos, sin, seq, d_head);
-                rotate(&mut k, cos, sin, seq, d_head);
+            if let Positions::Rotary { inv_freq } = &self.positions {
+                let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
+                rotate(&mut q, &cos, &sin, seq, d_head);
+                rotate(&mut k, &cos, &sin, seq, d_head);
             }
             let q4 = q
                 .into_shape_with_order((batch, seq, n_heads, d_head))
