@@ -564,3 +564,34 @@ fn per_head_outputs(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_new_via_exp_equals_the_tanh_form() {
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            let u =
+                (2.0f64 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
+            let reference = 0.5 * x as f64 * (1.0 + u.tanh());
+            let got = gelu_new(x) as f64;
+            assert!(
+                (got - reference).abs() <= 1e-6 * (1.0 + reference.abs()),
+                "x = {x}: {got} vs {reference}"
+            );
+        }
+        assert_eq!(gelu_new(-1e4), 0.0);
+        assert_eq!(gelu_new(1e4), 1e4);
+    }
+
+    #[test]
+    fn softmax_of_a_fully_masked_row_is_zero() {
+        let mut scores = Array4::<f32>::from_elem((1, 1, 2, 2), f32::NEG_INFINITY);
+        scores[[0, 0, 1, 0]] = 0.5;
+        scores[[0, 0, 1, 1]] = 0.5;
+        let pattern = softmax_rows(&scores);
+        assert_eq!(pattern.as_slice().unwrap(), &[0.0, 0.0, 0.5, 0.5]);
+    }
+}
