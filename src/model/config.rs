@@ -119,7 +119,7 @@ impl ModelConfig {
                     activation: fields
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
-                    bos_token_id: fields.opt_usize("bos_token_id")?.map(|v| v as u32),
+                    bos_token_id: fields.opt_token_id("bos_token_id")?,
                 })
             }
             "llama" => {
@@ -155,12 +155,12 @@ impl ModelConfig {
                     vocab_size: fields.usize("vocab_size")?,
                     n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
                     norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-                    rope_theta: fields.opt_f32("rope_theta")?.unwrap_or(10000.0),
+                    rope_theta: fields.rope_theta()?,
                     tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
                     activation: fields
                         .opt_string("hidden_act")?
                         .unwrap_or_else(|| "silu".to_string()),
-                    bos_token_id: fields.opt_usize("bos_token_id")?.map(|v| v as u32),
+                    bos_token_id: fields.opt_token_id("bos_token_id")?,
                 })
             }
             other => Err(ConfigError::UnknownModelType {
@@ -198,6 +198,17 @@ impl Fields<'_> {
                 .ok_or_else(|| self.err(field, "a positive integer")),
         }
     }
+    /// A token id: 0 is a valid id, unlike the sizes read by `opt_usize`.
+    fn opt_token_id(&self, field: &str) -> Result<Option<u32>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| self.err(field, "a token id (a non-negative integer)")),
+        }
+    }
     fn usize(&self, field: &str) -> Result<usize, ConfigError> {
         self.opt_usize(field)?
             .ok_or_else(|| self.err(field, "a positive integer"))
@@ -232,6 +243,36 @@ impl Fields<'_> {
     fn string(&self, field: &str) -> Result<String, ConfigError> {
         self.opt_string(field)?
             .ok_or_else(|| self.err(field, "a string"))
+    }
+    /// `rope_theta`, or (transformers ≥ 5) `rope_parameters.rope_theta`; default 10000.
+    /// Scaled rotary variants (`rope_type` other than "default", `rope_scaling`) are rejected.
+    fn rope_theta(&self) -> Result<f32, ConfigError> {
+        if self.present("rope_scaling").is_some() {
+            return Err(self.err(
+                "rope_scaling",
+                "null (scaled rotary embeddings are not supported)",
+            ));
+        }
+        let Some(params) = self.present("rope_parameters") else {
+            return Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0));
+        };
+        let nested = Fields {
+            json: params,
+            path: self.path,
+        };
+        match nested.opt_string("rope_type")?.as_deref() {
+            None | Some("default") => {}
+            Some(_) => {
+                return Err(self.err(
+                    "rope_parameters.rope_type",
+                    "\"default\" (scaled rotary embeddings are not supported)",
+                ))
+            }
+        }
+        match nested.opt_f32("rope_theta")? {
+            Some(theta) => Ok(theta),
+            None => Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0)),
+        }
     }
     fn check_divisible(
         &self,

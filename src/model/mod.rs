@@ -1,13 +1,384 @@
 //! The transformer engine: HuggingFace model folders (GPT-2 and Llama families) run in f32 on
 //! the CPU with ndarray, exposing named intervention points and an activation cache.
+//!
+//! ```no_run
+//! use circuit::model::{Model, ForwardOptions, NoInterventions};
+//! let model = Model::load(std::path::Path::new("models/gpt2"))?;
+//! let ids = model.encode_prompt("The cat sat")?;
+//! let out = model.forward(&[ids], &ForwardOptions::default(), &NoInterventions)?;
+//! let next_token_logits = out.logits.slice(ndarray::s![0, 0, ..]); // (V,)
+//! # Ok::<(), circuit::model::ModelError>(())
+//! ```
 
 pub mod builtin;
 pub mod config;
+mod error;
+mod gpt2;
 pub mod interventions;
+mod llama;
 pub mod source;
 pub mod tokenizer;
+mod transformer;
+mod weights;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{Array2, Array3, Array4, Axis};
+use sha2::{Digest, Sha256};
 
 pub use config::{Architecture, ModelConfig};
+pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
+
+use transformer::Transformer;
+use weights::WeightFiles;
+
+/// What a forward pass computes besides the END logits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    /// Logits at every position `(B, T, V)` instead of only each prompt's last token `(B, 1, V)`.
+    pub all_logits: bool,
+    /// Record every intermediate in an [`ActivationCache`].
+    pub cache: bool,
+}
+
+/// The result of [`Model::forward`].
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `(B, 1, V)` with `all_logits = false`: row `b` holds the logits at prompt `b`'s last real
+    /// token. `(B, T, V)` with `all_logits = true` (positions past a prompt's length are padding:
+    /// finite, but meaningless).
+    pub logits: Array3<f32>,
+    /// Real token count per prompt.
+    pub lengths: Vec<usize>,
+    /// Present when [`ForwardOptions::cache`] was set.
+    pub cache: Option<ActivationCache>,
+}
+
+/// Every intermediate of a forward pass. Prompts are right-padded to `T`; rows past a prompt's
+/// length are padding.
+#[derive(Debug)]
+pub struct ActivationCache {
+    pub layers: Vec<LayerCache>,
+    /// Token (+ learned position) embedding, `(B, T, D)`.
+    pub embed: Array3<f32>,
+    /// The residual stream the unembedding reads, before the final norm, `(B, T, D)` (after
+    /// [`Interventions::unembed_input`]).
+    pub resid_final: Array3<f32>,
+}
+
+/// One layer's intermediates, as actually used by the forward (after interventions).
+#[derive(Debug)]
+pub struct LayerCache {
+    /// `(B, T, D)`
+    pub resid_pre: Array3<f32>,
+    /// `(B, T, H, d)`, after rotary for Llama.
+    pub q: Array4<f32>,
+    /// `(B, T, Hkv, d)`, after rotary. Under grouped-query attention with a per-head
+    /// [`Interventions::head_input`] edit, the value seen by the first query head of each group.
+    pub k: Array4<f32>,
+    /// `(B, T, Hkv, d)` (same caveat as `k`).
+    pub v: Array4<f32>,
+    /// `(B, H, T, T)` scaled, causally masked (`-inf`), after [`Interventions::edit_scores`].
+    pub scores: Array4<f32>,
+    /// `(B, H, T, T)` softmax of `scores` (all-zero rows where no score is finite).
+    pub pattern: Array4<f32>,
+    /// `(B, T, H, d)` after [`Interventions::edit_z`].
+    pub z: Array4<f32>,
+    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias.
+    pub head_out: Array4<f32>,
+    /// `(B, T, D)`: the attention output including its bias.
+    pub attn_out: Array3<f32>,
+    /// `(B, T, D)`: `resid_pre + attn_out`.
+    pub resid_mid: Array3<f32>,
+    /// `(B, T, D)` after [`Interventions::edit_mlp_out`].
+    pub mlp_out: Array3<f32>,
+    /// `(B, T, D)`: `resid_mid + mlp_out`.
+    pub resid_post: Array3<f32>,
+}
+
+/// Where the weight bytes came from, for [`Model::weights_hash`].
+enum WeightOrigin {
+    Files(Vec<PathBuf>),
+    Static(&'static [u8]),
+}
+
+/// A loaded model: config, tokenizer and f32 weights.
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    transformer: Transformer,
+    origin: WeightOrigin,
+    weights_hash: OnceLock<String>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads a HuggingFace folder: `config.json`, `model.safetensors` (or a sharded
+    /// `model.safetensors.index.json`), `tokenizer.json`.
+    pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        // Readable: from_dir just read it.
+        let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+        reject_unsupported_settings(&config_text)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+        let files = WeightFiles::open_dir(dir, architecture_name(&config))?;
+        let transformer = build(&config, &files)?;
+        drop(files); // unmap: only the converted f32 arrays stay resident
+        check_vocab(&tokenizer, &transformer, &tokenizer_path)?;
+        Ok(Model {
+            config,
+            tokenizer,
+            transformer,
+            origin: WeightOrigin::Files(weights::weight_file_list(dir)?),
+            weights_hash: OnceLock::new(),
+        })
+    }
+
+    /// For models compiled into the binary (`include_bytes!`): `config.json` text, safetensors
+    /// bytes, `tokenizer.json` bytes. `name` labels the model in errors.
+    pub fn from_static(
+        name: &str,
+        config_json: &str,
+        safetensors: &'static [u8],
+        tokenizer_json: &[u8],
+    ) -> Result<Model, ModelError> {
+        let label = PathBuf::from(format!("<built-in model {name}>"));
+        let config = ModelConfig::from_json_str(config_json, &label.join("config.json"))?;
+        reject_unsupported_settings(config_json)?;
+        let tokenizer_path = label.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json, &tokenizer_path)?;
+        let files = WeightFiles::from_static(
+            safetensors,
+            label.join("model.safetensors"),
+            architecture_name(&config),
+        )?;
+        let transformer = build(&config, &files)?;
+        check_vocab(&tokenizer, &transformer, &tokenizer_path)?;
+        Ok(Model {
+            config,
+            tokenizer,
+            transformer,
+            origin: WeightOrigin::Static(safetensors),
+            weights_hash: OnceLock::new(),
+        })
+    }
+
+    /// Opens a model as a `.circuit` file or `--model` names it.
+    pub fn open(source: &ModelSource) -> Result<Model, ModelError> {
+        match source {
+            ModelSource::Dir(dir) => Model::load(dir),
+            // The built-in models are added by their own issue; until `builtin::load` exists,
+            // report the builtin module's own explanation (or that the engine cannot load it).
+            ModelSource::Builtin(name) => match builtin::config(name) {
+                Err(e) => Err(e.into()),
+                Ok(_) => Err(ModelError::BuiltinUnavailable {
+                    name: name.clone(),
+                    message: "this build cannot load built-in weights yet".to_string(),
+                }),
+            },
+        }
+    }
+
+    /// sha256 (hex) of the weight file bytes (shards concatenated in index order), computed once.
+    /// A cache key for statistics computed from this model.
+    pub fn weights_hash(&self) -> &str {
+        self.weights_hash.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            match &self.origin {
+                WeightOrigin::Static(bytes) => hasher.update(bytes),
+                WeightOrigin::Files(paths) => {
+                    for path in paths {
+                        // The files were readable at load time; if one vanished since, hash
+                        // its name instead so the key still changes rather than panicking.
+                        match std::fs::File::open(path) {
+                            Ok(mut file) => {
+                                let mut buffer = vec![0u8; 1 << 20];
+                                while let Ok(n) = file.read(&mut buffer) {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                    hasher.update(&buffer[..n]);
+                                }
+                            }
+                            Err(_) => hasher.update(path.display().to_string().as_bytes()),
+                        }
+                    }
+                }
+            }
+            hex::encode(hasher.finalize())
+        })
+    }
+
+    /// Tokenizes a prompt (BOS added if the tokenizer adds one) and checks it fits the model.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let ids = self.tokenizer.encode(text)?.ids;
+        self.check_prompt(&ids, || format!("{text:?}"))?;
+        Ok(ids)
+    }
+
+    fn check_prompt(&self, ids: &[u32], name: impl Fn() -> String) -> Result<(), ModelError> {
+        if ids.is_empty() {
+            return Err(ModelError::EmptyPrompt { prompt: name() });
+        }
+        if ids.len() > self.config.n_ctx {
+            return Err(ModelError::PromptTooLong {
+                prompt: name(),
+                len: ids.len(),
+                n_ctx: self.config.n_ctx,
+            });
+        }
+        let vocab = self.transformer.embed.nrows();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                prompt: name(),
+                id,
+                vocab,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a batch of prompts (token ids; lengths may differ) through the model. Prompts are
+    /// right-padded with id 0; under the causal mask no real token attends to padding, so each
+    /// prompt's results equal running it alone.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        options: &ForwardOptions,
+        hooks: &dyn Interventions,
+    ) -> Result<ForwardOutput, ModelError> {
+        for (i, ids) in tokens.iter().enumerate() {
+            self.check_prompt(ids, || format!("#{i}"))?;
+        }
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let seq = lengths.iter().copied().max().unwrap_or(0);
+        if tokens.is_empty() {
+            let vocab = self.transformer.embed.nrows();
+            return Ok(ForwardOutput {
+                logits: Array3::zeros((0, 1, vocab)),
+                lengths,
+                cache: None,
+            });
+        }
+        let mut ids = Array2::<u32>::zeros((tokens.len(), seq)); // (B, T), right-padded with 0
+        for (mut row, prompt) in ids.axis_iter_mut(Axis(0)).zip(tokens) {
+            for (slot, &id) in row.iter_mut().zip(prompt) {
+                *slot = id;
+            }
+        }
+        let (logits, cache) =
+            self.transformer
+                .forward(&ids, &lengths, options.all_logits, options.cache, hooks);
+        Ok(ForwardOutput {
+            logits,
+            lengths,
+            cache,
+        })
+    }
+
+    /// Greedy continuation: appends `n_new` argmax tokens to `ids` (stops at the context end).
+    pub fn generate_greedy(&self, ids: &[u32], n_new: usize) -> Result<Vec<u32>, ModelError> {
+        let mut ids = ids.to_vec();
+        for _ in 0..n_new {
+            if ids.len() >= self.config.n_ctx {
+                break;
+            }
+            let out = self.forward(
+                std::slice::from_ref(&ids),
+                &ForwardOptions::default(),
+                &NoInterventions,
+            )?;
+            let logits = out.logits.slice(ndarray::s![0, 0, ..]);
+            let next = logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+                    if x > best.1 {
+                        (i, x)
+                    } else {
+                        best
+                    }
+                })
+                .0;
+            ids.push(next as u32);
+        }
+        Ok(ids)
+    }
+
+    /// Rows of the token embedding (may exceed the tokenizer's vocabulary: GPT-2 pads it).
+    pub fn n_embedding_rows(&self) -> usize {
+        self.transformer.embed.nrows()
+    }
+}
+
+fn architecture_name(config: &ModelConfig) -> &'static str {
+    match config.architecture {
+        Architecture::Gpt2 => "GPT-2",
+        Architecture::Llama => "Llama",
+    }
+}
+
+/// Config flags that change the math in ways the engine does not implement (`ModelConfig` has
+/// already rejected unknown architectures and scaled rotary embeddings).
+fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
+    let json: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+    let flag = |name: &str| json.get(name).and_then(serde_json::Value::as_bool);
+    let unsupported = [
+        (
+            "scale_attn_by_inverse_layer_idx",
+            flag("scale_attn_by_inverse_layer_idx") == Some(true),
+        ),
+        (
+            "scale_attn_weights",
+            flag("scale_attn_weights") == Some(false),
+        ),
+        (
+            "add_cross_attention",
+            flag("add_cross_attention") == Some(true),
+        ),
+    ];
+    match unsupported.iter().find(|(_, bad)| *bad) {
+        Some((name, _)) => Err(ModelError::Unsupported {
+            what: format!("config.json sets `{name}` to a value the engine does not implement"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
+    match config.architecture {
+        Architecture::Gpt2 => gpt2::load(config, files),
+        Architecture::Llama => llama::load(config, files),
+    }
+}
+
+/// A tokenizer that can produce ids past the embedding is an error; an embedding padded larger
+/// than the tokenizer (as GPT-2's often is) is fine.
+fn check_vocab(
+    tokenizer: &Tokenizer,
+    transformer: &Transformer,
+    tokenizer_path: &Path,
+) -> Result<(), ModelError> {
+    let rows = transformer.embed.nrows();
+    if tokenizer.vocab_size() > rows {
+        return Err(ModelError::VocabMismatch {
+            path: tokenizer_path.to_path_buf(),
+            tokenizer_vocab: tokenizer.vocab_size(),
+            embedding_rows: rows,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Forward-pass speed and memory on a GPT-2-small-shaped model with random weights (12 layers,
+//! 12 heads, d_model 768, vocab 50257): 32 prompts × 16 tokens, END logits and all-position
+//! logits, 1 and 2 threads. Compare with `scripts/bench_hf.py` (same shapes, HF transformers).
+//!
+//!     cargo bench --bench forward                 # both thread counts
+//!     cargo bench --bench forward -- --threads 2  # one
+//!
+//! The weights (498 MB of f32) are generated into a temporary folder, never committed. Each
+//! thread count runs in a child process, because matrixmultiply and rayon size their thread
+//! pools once per process (MATMUL_NUM_THREADS, RAYON_NUM_THREADS).
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use circuit::model::{ForwardOptions, Model, NoInterventions};
+use rand::{Rng, SeedableRng};
+
+const LAYERS: usize = 12;
+const D: usize = 768;
+const VOCAB: usize = 50257;
+const N_CTX: usize = 1024;
+const BATCH: usize = 32;
+const SEQ: usize = 16;
+const REPETITIONS: usize = 7;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; ignore it.
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(Path::new(&args[i + 1]));
+        return;
+    }
+    let threads: Vec<usize> = match args.iter().position(|a| a == "--threads") {
+        Some(i) => vec![args[i + 1].parse().expect("--threads N")],
+        None => vec![1, 2],
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    write_random_gpt2(dir.path());
+    eprintln!(
+        "wrote random GPT-2-small weights in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for n in threads {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--child", dir.path().to_str().unwrap()])
+            .env("RAYON_NUM_THREADS", n.to_string())
+            .env("MATMUL_NUM_THREADS", n.to_string())
+            .status()
+            .expect("run child");
+        assert!(status.success());
+    }
+}
+
+/// FLOPs of one forward: per token and layer `24·D²` (q, k, v, o, MLP) plus `4·T·D` (scores
+/// and z over the full T×T block), plus `2·D·V` per unembedded row.
+fn flops(unembedded_rows: usize) -> f64 {
+    let tokens = (BATCH * SEQ) as f64;
+    let d = D as f64;
+    tokens * LAYERS as f64 * (24.0 * d * d + 4.0 * SEQ as f64 * d)
+        + unembedded_rows as f64 * 2.0 * d * VOCAB as f64
+}
+
+fn child(dir: &Path) {
+    reset_peak_rss();
+    let started = Instant::now();
+    let model = Model::load(dir).expect("load");
+    let load_s = started.elapsed().as_secs_f64();
+    let weight_bytes = std::fs::metadata(dir.join("model.safetensors"))
+        .unwrap()
+        .len() as f64;
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let prompts: Vec<Vec<u32>> = (0..BATCH)
+        .map(|_| {
+            (0..SEQ)
+                .map(|_| rng.random_range(0..VOCAB as u32))
+                .collect()
+        })
+        .collect();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
+    println!("threads {threads}: load {load_s:.2} s");
+    for (label, all_logits) in [("END logits", false), ("all-position logits", true)] {
+        let options = ForwardOptions {
+            all_logits,
+            cache: false,
+        };
+        model
+            .forward(&prompts, &options, &NoInterventions)
+            .expect("warm-up");
+        let mut cpu_times = Vec::with_capacity(REPETITIONS);
+        let mut times: Vec<f64> = (0..REPETITIONS)
+            .map(|_| {
+                let (t, cpu) = (Instant::now(), process_cpu_seconds());
+                let out = model.forward(&prompts, &options, &NoInterventions).unwrap();
+                std::hint::black_box(&out.logits);
+                cpu_times.push(process_cpu_seconds() - cpu);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        cpu_times.sort_by(f64::total_cmp);
+        let median = times[REPETITIONS / 2];
+        let rows = if all_logits { BATCH * SEQ } else { BATCH };
+        println!(
+            "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s; CPU time median {:.2} s",
+            times[0],
+            times[REPETITIONS - 1],
+            flops(rows) / median / 1e9,
+            cpu_times[REPETITIONS / 2],
+        );
+    }
+    let peak = peak_rss_bytes();
+    println!(
+        "threads {threads}: peak RSS {:.0} MB = {:.2} × weight bytes ({:.0} MB)",
+        peak / 1e6,
+        peak / weight_bytes,
+        weight_bytes / 1e6
+    );
+}
+
+/// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ
+/// = 100 ticks per second). Unlike wall time it barely moves when other processes share the
+/// cores, so it is reported next to the wall-clock median.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resets VmHWM (Linux: writing 5 to clear_refs), so the peak covers load + forwards only.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_bytes() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb * 1024.0)
+}
+
+/// A GPT-2-small folder with random weights, written tensor by tensor (never all in memory).
+/// The tokenizer is the tiny test fixture's (300 ids ≤ 50257 embedding rows is allowed; the
+/// bench feeds token ids directly).
+fn write_random_gpt2(dir: &Path) {
+    let config = serde_json::json!({
+        "model_type": "gpt2", "n_layer": LAYERS, "n_head": 12, "n_embd": D,
+        "n_positions": N_CTX, "vocab_size": VOCAB, "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/gpt2-tiny/tokenizer.json");
+    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
+
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("wte.weight".into(), vec![VOCAB, D]),
+        ("wpe.weight".into(), vec![N_CTX, D]),
+    ];
+    for i in 0..LAYERS {
+        for (name, shape) in [
+            ("ln_1.weight", vec![D]),
+            ("ln_1.bias", vec![D]),
+            ("attn.c_attn.weight", vec![D, 3 * D]),
+            ("attn.c_attn.bias", vec![3 * D]),
+            ("attn.c_proj.weight", vec![D, D]),
+            ("attn.c_proj.bias", vec![D]),
+            ("ln_2.weight", vec![D]),
+            ("ln_2.bias", vec![D]),
+            ("mlp.c_fc.weight", vec![D, 4 * D]),
+            ("mlp.c_fc.bias", vec![4 * D]),
+            ("mlp.c_proj.weight", vec![4 * D, D]),
+            ("mlp.c_proj.bias", vec![D]),
+        ] {
+            tensors.push((format!("h.{i}.{name}"), shape));
+        }
+    }
+    tensors.push(("ln_f.weight".into(), vec![D]));
+    tensors.push(("ln_f.bias".into(), vec![D]));
+
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in &tensors {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(
+            format!("transformer.{name}"),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::Value::Object(header).to_string();
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(header.as_bytes()).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for (name, shape) in &tensors {
+        let n: usize = shape.iter().product();
+        let is_gain =
+            name.ends_with("ln_1.weight") || name.ends_with("ln_2.weight") || name == "ln_f.weight";
+        for _ in 0..n {
+            let x: f32 = if is_gain {
+                1.0
+            } else {
+                rng.random_range(-0.04..0.04)
+            };
+            out.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    out.flush().unwrap();
+}

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Writes the engine's parity fixtures under tests/fixtures/models/ with HuggingFace transformers.
+
+Every fixture is a reference no one here wrote: random-weight models built and run by
+`transformers`, and the real pretrained stories260K run by `transformers` too. The Rust tests
+(tests/engine_parity.rs) load the same folders with `circuit::model::Model` and compare.
+
+    /tmp/venv/bin/python scripts/make_reference.py            # rewrites the fixtures
+    /tmp/venv/bin/pip install -r scripts/requirements.txt     # the pinned versions
+
+Per model folder:
+  config.json, model.safetensors, tokenizer.json   (what `Model::load` reads; not for stories260K,
+                                                    whose files stay in ../shared/models)
+  expected.safetensors    for prompt i: `prompt{i}.ids` (T,) i64, `prompt{i}.logits` (T, V) f32,
+                          `prompt{i}.hidden` (L+1, T, D) HF hidden_states (last one after the final
+                          norm), `prompt{i}.attn` (L, H, T, T) eager attention patterns
+  expected.json           the prompt texts (and for stories260K the greedy continuation)
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "fixtures" / "models"
+STORIES = ROOT.parent / "shared" / "models" / "stories260K"
+
+PROMPTS = [
+    "Once upon a time",
+    "The cat sat",
+    "A",
+    "Tom and Lily went to the park to play with a red ball.",
+]
+
+CORPUS = [
+    "Once upon a time there was a little girl named Lily. She loved to play outside in the park.",
+    "The cat sat on the mat. The dog sat on the log. Tom and Lily went to the park.",
+    "A red ball, a blue ball and a green ball. They played with the ball all day long.",
+] * 20
+
+
+def tiny_tokenizer(vocab_size: int, add_bos: bool) -> Tokenizer:
+    """A byte-level BPE with `vocab_size` ids, trained on a few sentences (GPT-2 style)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Replaces HF's init (std 0.02, zero biases, unit norms) by larger random values, so that
+    every weight (biases and norm gains included) moves the logits and a wrong index shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "ln" in name or "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
+            else:
+                p.copy_(0.15 * noise)
+
+
+def run_reference(model, tok: Tokenizer, prompts, folder: Path, extra=None):
+    tensors = {}
+    for i, text in enumerate(prompts):
+        ids = tok.encode(text).ids
+        with torch.no_grad():
+            out = model(
+                torch.tensor([ids]),
+                output_hidden_states=True,
+                output_attentions=True,
+            )
+        tensors[f"prompt{i}.ids"] = torch.tensor(ids, dtype=torch.int64)
+        tensors[f"prompt{i}.logits"] = out.logits[0].float().contiguous()
+        tensors[f"prompt{i}.hidden"] = torch.stack([h[0] for h in out.hidden_states]).float().contiguous()
+        tensors[f"prompt{i}.attn"] = torch.stack([a[0] for a in out.attentions]).float().contiguous()
+    save_file(tensors, str(folder / "expected.safetensors"))
+    meta = {"prompts": prompts, "generator": "scripts/make_reference.py",
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__}
+    meta.update(extra or {})
+    (folder / "expected.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def save_model(model, tok: Tokenizer, folder: Path, dtype):
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    model.to(dtype).save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    # save_pretrained may add generation_config.json; the engine does not read it.
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    # The reference is HF loading the saved folder and computing in f32 from the values as
+    # stored (rounded to dtype), as the engine does. (Casting the in-memory model back would
+    # also leave buffers such as Llama's rotary inv_freq rounded to the storage dtype.)
+    return type(model).from_pretrained(folder, dtype=torch.float32,
+                                       attn_implementation="eager").eval()
+
+
+def gpt2_tiny():
+    """3 layers, 5 heads, d_model 80, an MLP width (160) that is not 4·d, vocab 300, F32."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = GPT2Config(n_layer=3, n_head=5, n_embd=80, n_inner=160, vocab_size=300,
+                        n_positions=48, layer_norm_epsilon=1e-5, bos_token_id=0,
+                        eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    randomize(model, 1)
+    folder = OUT / "gpt2-tiny"
+    model = save_model(model, tok, folder, torch.float32)
+    run_reference(model, tok, PROMPTS, folder)
+
+
+def gpt2_f16():
+    """2 layers, 4 heads, d_model 32, vocab 300 (> tokenizer's 280: padded embeddings), F16."""
+    tok = tiny_tokenizer(280, add_bos=False)
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=300, n_positions=32,
+                        bos_token_id=0, eos_token_id=0,
+                        attn_implementation="eager")
+    torch.manual_seed(2)
+    model = GPT2LMHeadModel(config).eval()
+    randomize(model, 3)
+    folder = OUT / "gpt2-f16"
+    model = save_model(model, tok, folder, torch.float16)
+    run_reference(model, tok, PROMPTS, folder)
+
+
+def llama_gqa_bf16():
+    """2 layers, 6 query heads sharing 2 key/value heads, head 8, rope_theta 500, BF16."""
+    tok = tiny_tokenizer(300, add_bos=True)
+    config = LlamaConfig(hidden_size=48, intermediate_size=100, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, vocab_size=300,
+                         max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500.0,
+                         bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(config).eval()
+    randomize(model, 5)
+    folder = OUT / "llama-gqa-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    run_reference(model, tok, PROMPTS, folder)
+
+
+def stories260k():
+    """Only the reference outputs are committed; the model stays in ../shared/models."""
+    tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
+    model = LlamaForCausalLM.from_pretrained(STORIES, attn_implementation="eager").eval()
+    ids = tok.encode("Once upon a time").ids
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)
+    continuation = tok.decode(generated[0, len(ids):].tolist())
+    print("stories260K greedy:", repr(continuation))
+    folder = OUT / "stories260K"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_reference(model, tok, PROMPTS, folder,
+                  {"greedy_prompt": "Once upon a time", "greedy_new_tokens": 20,
+                   "greedy_continuation": continuation})
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    gpt2_tiny()
+    gpt2_f16()
+    llama_gqa_bf16()
+    stories260k()
+    total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    print(f"fixtures: {total / 1e6:.2f} MB in {OUT}")

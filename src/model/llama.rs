@@ -1,0 +1,91 @@
+//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`]. `nn.Linear`
+//! stores `(out, in)`; a transposed view gives the `(in, out)` the forward multiplies by.
+
+use ndarray::{Array1, Array2};
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
+use super::weights::WeightFiles;
+
+pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
+    if config.activation != "silu" {
+        return Err(ModelError::Unsupported {
+            what: format!(
+                "Llama hidden_act {:?} (only silu is implemented)",
+                config.activation
+            ),
+        });
+    }
+    if !config.d_head.is_multiple_of(2) {
+        return Err(ModelError::Unsupported {
+            what: format!(
+                "rotary embeddings need an even head size, not {}",
+                config.d_head
+            ),
+        });
+    }
+    let (d, m, vocab) = (config.d_model, config.d_mlp, config.vocab_size);
+    let (q_width, kv_width) = (
+        config.n_heads * config.d_head,
+        config.n_kv_heads * config.d_head,
+    );
+    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>, ModelError> {
+        let values = files.tensor(name, &[rows, cols])?;
+        Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
+    };
+    // nn.Linear(d_in → d_out), bias only if the file has one (attention_bias / mlp_bias).
+    let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear, ModelError> {
+        let bias_name = format!("{name}.bias");
+        let bias = if files.contains(&bias_name) {
+            Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
+            bias,
+        })
+    };
+    let rms_norm = |name: &str| -> Result<Norm, ModelError> {
+        Ok(Norm::Rms {
+            weight: Array1::from(files.tensor(&format!("{name}.weight"), &[d])?),
+            eps: config.norm_eps,
+        })
+    };
+
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for i in 0..config.n_layers {
+        let l = format!("model.layers.{i}");
+        let o = linear(&format!("{l}.self_attn.o_proj"), q_width, d)?;
+        layers.push(Layer {
+            attn_norm: rms_norm(&format!("{l}.input_layernorm"))?,
+            q: linear(&format!("{l}.self_attn.q_proj"), d, q_width)?,
+            k: linear(&format!("{l}.self_attn.k_proj"), d, kv_width)?,
+            v: linear(&format!("{l}.self_attn.v_proj"), d, kv_width)?,
+            o_bias: o.bias.clone().unwrap_or_else(|| Array1::zeros(d)),
+            o,
+            mlp_norm: rms_norm(&format!("{l}.post_attention_layernorm"))?,
+            mlp: Mlp::SwiGlu {
+                gate: linear(&format!("{l}.mlp.gate_proj"), d, m)?,
+                up: linear(&format!("{l}.mlp.up_proj"), d, m)?,
+                down: linear(&format!("{l}.mlp.down_proj"), m, d)?,
+            },
+        });
+    }
+    let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");
+    Ok(Transformer {
+        n_heads: config.n_heads,
+        n_kv_heads: config.n_kv_heads,
+        d_head: config.d_head,
+        embed: matrix("model.embed_tokens.weight", vocab, d)?,
+        positions: Positions::rotary(config.d_head, config.rope_theta),
+        layers,
+        final_norm: rms_norm("model.norm")?,
+        unembed: if tied {
+            None
+        } else {
+            Some(matrix("lm_head.weight", vocab, d)?)
+        },
+    })
+}

@@ -1,0 +1,597 @@
+//! The forward pass shared by GPT-2 and Llama, written to mirror the math.
+//!
+//! Both families are one residual stream with, per layer, `resid_mid = resid_pre + attn(norm(resid_pre))`
+//! and `resid_post = resid_mid + mlp(norm(resid_mid))`; they differ only in the norm (LayerNorm /
+//! RMSNorm), the positions (learned / rotary), the MLP (gelu_new / SwiGLU) and whether key/value
+//! heads are shared (grouped-query attention). Those differences are the enums below; the
+//! loaders (`gpt2.rs`, `llama.rs`) fill them from the safetensors names.
+//!
+//! Every intervention hook of [`Interventions`] is called at exactly one place in
+//! [`Transformer::forward`]. Shapes: `B` prompts right-padded to `T` tokens, `N = B·T` rows when
+//! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
+//! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
+
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use super::interventions::{ComponentOutputs, HeadInput, Interventions};
+use super::{ActivationCache, LayerCache};
+
+/// LayerNorm (GPT-2) or RMSNorm (Llama), applied per row.
+pub(crate) enum Norm {
+    Layer {
+        weight: Array1<f32>, // (D,)
+        bias: Array1<f32>,   // (D,)
+        eps: f32,
+    },
+    Rms {
+        weight: Array1<f32>, // (D,)
+        eps: f32,
+    },
+}
+
+impl Norm {
+    /// (N, D) → (N, D)
+    pub(crate) fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let mut out = x.as_standard_layout().into_owned();
+        let width = out.ncols();
+        out.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(width)
+            .for_each(|row| match self {
+                Norm::Layer { weight, bias, eps } => {
+                    let mean = row.iter().sum::<f32>() / width as f32;
+                    let var =
+                        row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / width as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                        *x = (*x - mean) * inv * w + b;
+                    }
+                }
+                Norm::Rms { weight, eps } => {
+                    let mean_sq = row.iter().map(|x| x * x).sum::<f32>() / width as f32;
+                    let inv = 1.0 / (mean_sq + eps).sqrt();
+                    for (x, w) in row.iter_mut().zip(weight) {
+                        *x = w * (*x * inv);
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// A dense layer `y = x·W + b`, with `W` as `(in, out)` (for HF `nn.Linear`, a transposed view
+/// of the stored `(out, in)` matrix: no copy).
+pub(crate) struct Linear {
+    pub weight: Array2<f32>,       // (in, out)
+    pub bias: Option<Array1<f32>>, // (out,)
+}
+
+impl Linear {
+    /// (N, in) → (N, out)
+    fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        let mut y = x.dot(&self.weight);
+        if let Some(bias) = &self.bias {
+            y += bias;
+        }
+        y
+    }
+
+    /// Only output columns `cols` of the layer: (N, in) → (N, cols.len())
+    fn apply_columns(&self, x: ArrayView2<f32>, cols: std::ops::Range<usize>) -> Array2<f32> {
+        let mut y = x.dot(&self.weight.slice(s![.., cols.clone()]));
+        if let Some(bias) = &self.bias {
+            y += &bias.slice(s![cols]);
+        }
+        y
+    }
+}
+
+/// How positions enter: added learned embeddings (GPT-2) or rotary q/k rotations (Llama).
+pub(crate) enum Positions {
+    Learned {
+        wpe: Array2<f32>, // (n_ctx, D)
+    },
+    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`, rotated by
+    /// `position · inv_freq[i]`. The cos/sin tables are built per forward for its `T`
+    /// positions (a table for the whole context can be large for long-context models).
+    Rotary {
+        inv_freq: Vec<f32>, // (d/2,)
+    },
+}
+
+impl Positions {
+    /// `inv_freq[i] = 1 / theta^(2i/d)`, in f32 as HF computes it.
+    pub(crate) fn rotary(d_head: usize, theta: f32) -> Positions {
+        let inv_freq = (0..d_head / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d_head as f32))
+            .collect();
+        Positions::Rotary { inv_freq }
+    }
+}
+
+/// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
+fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+    let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
+    (angle.mapv(f32::cos), angle.mapv(f32::sin))
+}
+
+pub(crate) enum Mlp {
+    /// GPT-2: `c_proj(gelu_new(c_fc(x)))`.
+    GeluNew { fc: Linear, proj: Linear },
+    /// Llama: `down(silu(gate(x)) * up(x))`.
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+}
+
+impl Mlp {
+    /// (N, D) → (N, D)
+    fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        match self {
+            Mlp::GeluNew { fc, proj } => {
+                let mut hidden = fc.apply(x); // (N, M)
+                hidden.par_mapv_inplace(gelu_new);
+                proj.apply(hidden.view())
+            }
+            Mlp::SwiGlu { gate, up, down } => {
+                let mut hidden = gate.apply(x); // (N, M)
+                let up = up.apply(x); // (N, M)
+                hidden.par_mapv_inplace(silu);
+                hidden *= &up;
+                down.apply(hidden.view())
+            }
+        }
+    }
+}
+
+/// `0.5·x·(1 + tanh(u))` with `u = √(2/π)(x + 0.044715x³)`, written as `x / (1 + e^(-2u))`
+/// (the same function; one `exp` is several times cheaper than `tanh`).
+#[inline]
+pub(crate) fn gelu_new(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// One transformer block's weights.
+pub(crate) struct Layer {
+    pub attn_norm: Norm,
+    pub q: Linear, // (D, H·d)
+    pub k: Linear, // (D, Hkv·d)
+    pub v: Linear, // (D, Hkv·d)
+    pub o: Linear, // (H·d, D)
+    /// The output bias of `o`, zeros where the model has none (handed to path-edge hooks).
+    pub o_bias: Array1<f32>, // (D,)
+    pub mlp_norm: Norm,
+    pub mlp: Mlp,
+}
+
+/// A whole model's weights, in one vocabulary for both families.
+pub(crate) struct Transformer {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub embed: Array2<f32>, // (V, D)
+    pub positions: Positions,
+    pub layers: Vec<Layer>,
+    pub final_norm: Norm,
+    /// `None`: tied to `embed`.
+    pub unembed: Option<Array2<f32>>, // (V, D)
+}
+
+impl Transformer {
+    /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
+    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token.
+    pub(crate) fn forward(
+        &self,
+        ids: &Array2<u32>,
+        lengths: &[usize],
+        all_logits: bool,
+        want_cache: bool,
+        hooks: &dyn Interventions,
+    ) -> (Array3<f32>, Option<ActivationCache>) {
+        let (batch, seq) = ids.dim();
+        let n_rows = batch * seq;
+        let d_model = self.embed.ncols();
+        let (n_heads, d_head) = (self.n_heads, self.d_head);
+        let group = n_heads / self.n_kv_heads;
+        let to3 = |a: &Array2<f32>| {
+            a.clone()
+                .into_shape_with_order((batch, seq, a.ncols()))
+                .expect("rows are B·T")
+        };
+
+        // Token (+ learned position) embedding.
+        let mut resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
+        for (row, mut out) in resid.axis_iter_mut(Axis(0)).enumerate() {
+            let (token, position) = (ids[[row / seq, row % seq]] as usize, row % seq);
+            out.assign(&self.embed.row(token));
+            if let Positions::Learned { wpe } = &self.positions {
+                out += &wpe.row(position);
+            }
+        }
+        let embed = to3(&resid); // (B, T, D)
+
+        let record_outputs = hooks.needs_component_outputs();
+        let mut head_outs: Vec<Array4<f32>> = Vec::new(); // per layer (B, T, H, D)
+        let mut attn_biases: Vec<Array1<f32>> = Vec::new(); // per layer (D,)
+        let mut mlp_outs: Vec<Array3<f32>> = Vec::new(); // per layer (B, T, D)
+        let mut layer_caches = Vec::new();
+
+        for (layer_index, layer) in self.layers.iter().enumerate() {
+            let resid_pre = resid; // (N, D)
+            let resid_pre3 = to3(&resid_pre); // (B, T, D)
+
+            // ---- attention -------------------------------------------------------------
+            let x = layer.attn_norm.apply(resid_pre.view()); // (N, D)
+            let mut q = layer.q.apply(x.view()); // (N, H·d)
+
+            // Keys and values indexed by query head (copies of the shared head under GQA), so a
+            // path edge can give one query head its own k/v input.
+            let mut k = expand_kv(layer.k.apply(x.view()), group, d_head); // (N, H·d)
+            let mut v = expand_kv(layer.v.apply(x.view()), group, d_head); // (N, H·d)
+
+            // Intervention point: per-head q/k/v inputs (path edges into a head).
+            {
+                let outputs = ComponentOutputs {
+                    embed: embed.view(),
+                    head_out: &head_outs,
+                    attn_bias: &attn_biases,
+                    mlp_out: &mlp_outs,
+                };
+                for head in 0..n_heads {
+                    for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                        let Some(input) =
+                            hooks.head_input(layer_index, head, which, resid_pre3.view(), &outputs)
+                        else {
+                            continue;
+                        };
+                        let input = input
+                            .into_shape_with_order((n_rows, d_model))
+                            .expect("head_input returns (B, T, D)");
+                        let x_head = layer.attn_norm.apply(input.view()); // (N, D)
+                        let (linear, source_head, target) = match which {
+                            HeadInput::Q => (&layer.q, head, &mut q),
+                            HeadInput::K => (&layer.k, head / group, &mut k),
+                            HeadInput::V => (&layer.v, head / group, &mut v),
+                        };
+                        let cols = source_head * d_head..(source_head + 1) * d_head;
+                        let projected = linear.apply_columns(x_head.view(), cols); // (N, d)
+                        target
+                            .slice_mut(s![.., head * d_head..(head + 1) * d_head])
+                            .assign(&projected);
+                    }
+                }
+            }
+
+            if let Positions::Rotary { inv_freq } = &self.positions {
+                let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
+                rotate(&mut q, &cos, &sin, seq, d_head);
+                rotate(&mut k, &cos, &sin, seq, d_head);
+            }
+            let q4 = q
+                .into_shape_with_order((batch, seq, n_heads, d_head))
+                .unwrap(); // (B, T, H, d)
+            let k4 = k
+                .into_shape_with_order((batch, seq, n_heads, d_head))
+                .unwrap(); // (B, T, H, d)
+            let v4 = v
+                .into_shape_with_order((batch, seq, n_heads, d_head))
+                .unwrap(); // (B, T, H, d)
+
+            let scale = 1.0 / (d_head as f32).sqrt();
+            let mut scores = causal_scores(&q4, &k4, scale); // (B, H, T, T)
+
+            // Intervention point: pre-softmax scores (attention knockout).
+            hooks.edit_scores(layer_index, &mut scores.view_mut());
+            let pattern = softmax_rows(&scores); // (B, H, T, T)
+            let mut z = weighted_values(&pattern, &v4); // (B, T, H, d)
+
+            // Intervention point: per-head outputs before W_O (node and QK-edge ablation).
+            hooks.edit_z(layer_index, pattern.view(), v4.view(), &mut z.view_mut());
+
+            let z_rows = z
+                .view()
+                .into_shape_with_order((n_rows, n_heads * d_head))
+                .unwrap(); // (N, H·d)
+            let attn_out = layer.o.apply(z_rows); // (N, D)
+            let head_out = (want_cache || record_outputs)
+                .then(|| per_head_outputs(&z_rows, &layer.o.weight, batch, seq, n_heads)); // (B, T, H, D)
+            let resid_mid = &resid_pre + &attn_out; // (N, D)
+            let resid_mid3 = to3(&resid_mid);
+
+            if record_outputs {
+                head_outs.push(head_out.clone().expect("computed when recording"));
+                attn_biases.push(layer.o_bias.clone());
+            }
+
+            // ---- MLP -------------------------------------------------------------------
+            // Intervention point: the residual stream the MLP reads (path edges into an MLP).
+            let mlp_input = hooks.mlp_input(
+                layer_index,
+                resid_mid3.view(),
+                &ComponentOutputs {
+                    embed: embed.view(),
+                    head_out: &head_outs,
+                    attn_bias: &attn_biases,
+                    mlp_out: &mlp_outs,
+                },
+            );
+            let x = match mlp_input {
+                Some(input) => layer.mlp_norm.apply(
+                    input
+                        .into_shape_with_order((n_rows, d_model))
+                        .expect("mlp_input returns (B, T, D)")
+                        .view(),
+                ),
+                None => layer.mlp_norm.apply(resid_mid.view()),
+            }; // (N, D)
+            let mut mlp_out = to3(&layer.mlp.apply(x.view())); // (B, T, D)
+
+            // Intervention point: MLP output.
+            hooks.edit_mlp_out(layer_index, &mut mlp_out.view_mut());
+            let mlp_rows = mlp_out
+                .view()
+                .into_shape_with_order((n_rows, d_model))
+                .unwrap();
+            resid = &resid_mid + &mlp_rows; // (N, D)
+
+            if record_outputs {
+                mlp_outs.push(mlp_out.clone());
+            }
+            if want_cache {
+                let kv_heads = |a: &Array4<f32>| {
+                    // The key/value head g is stored at query head g·group (its first user).
+                    a.slice(s![.., .., ..;group, ..]).to_owned()
+                };
+                layer_caches.push(LayerCache {
+                    resid_pre: resid_pre3,
+                    k: kv_heads(&k4),
+                    v: kv_heads(&v4),
+                    q: q4,
+                    scores,
+                    pattern,
+                    z,
+                    head_out: head_out.expect("computed for the cache"),
+                    attn_out: to3(&attn_out),
+                    resid_mid: resid_mid3,
+                    mlp_out,
+                    resid_post: to3(&resid),
+                });
+            }
+        }
+
+        // Intervention point: the residual stream the unembedding reads.
+        let unembed_input = hooks.unembed_input(
+            to3(&resid).view(),
+            &ComponentOutputs {
+                embed: embed.view(),
+                head_out: &head_outs,
+                attn_bias: &attn_biases,
+                mlp_out: &mlp_outs,
+            },
+        );
+        if let Some(input) = unembed_input {
+            resid = input
+                .into_shape_with_order((n_rows, d_model))
+                .expect("unembed_input returns (B, T, D)");
+        }
+
+        let unembed = self.unembed.as_ref().unwrap_or(&self.embed); // (V, D)
+        let vocab = unembed.nrows();
+        let logits = if all_logits {
+            let normed = self.final_norm.apply(resid.view()); // (N, D)
+            normed
+                .dot(&unembed.t())
+                .into_shape_with_order((batch, seq, vocab))
+                .unwrap() // (B, T, V)
+        } else {
+            // Only each prompt's last real row: the unembedding dominates at short lengths.
+            let last_rows = resid.select(
+                Axis(0),
+                &lengths
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &len)| b * seq + len - 1)
+                    .collect::<Vec<_>>(),
+            ); // (B, D)
+            let normed = self.final_norm.apply(last_rows.view()); // (B, D)
+            normed
+                .dot(&unembed.t())
+                .into_shape_with_order((batch, 1, vocab))
+                .unwrap() // (B, 1, V)
+        };
+
+        let cache = want_cache.then(|| ActivationCache {
+            layers: layer_caches,
+            embed,
+            resid_final: to3(&resid),
+        });
+        (logits, cache)
+    }
+}
+
+/// (N, Hkv·d) → (N, H·d): each key/value head repeated for the `group` query heads sharing it.
+fn expand_kv(kv: Array2<f32>, group: usize, d_head: usize) -> Array2<f32> {
+    if group == 1 {
+        return kv;
+    }
+    let (rows, kv_width) = kv.dim();
+    let n_kv = kv_width / d_head;
+    Array2::from_shape_fn((rows, n_kv * group * d_head), |(r, c)| {
+        let (head, i) = (c / d_head, c % d_head);
+        kv[[r, (head / group) * d_head + i]]
+    })
+}
+
+/// Rotates each head's vector of `x` `(N, H·d)` by its row's position (`row % seq`).
+fn rotate(x: &mut Array2<f32>, cos: &Array2<f32>, sin: &Array2<f32>, seq: usize, d_head: usize) {
+    let half = d_head / 2;
+    let width = x.ncols();
+    x.as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(row, values)| {
+            let (cos, sin) = (cos.row(row % seq), sin.row(row % seq));
+            for head in values.chunks_mut(d_head) {
+                for i in 0..half {
+                    let (x1, x2) = (head[i], head[i + half]);
+                    head[i] = x1 * cos[i] - x2 * sin[i];
+                    head[i + half] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        });
+}
+
+/// Scaled `q·k` for every (prompt, head), `-inf` above the diagonal: (B, H, T, T).
+fn causal_scores(q: &Array4<f32>, k: &Array4<f32>, scale: f32) -> Array4<f32> {
+    let (batch, seq, n_heads, d_head) = q.dim();
+    let (q, k) = (q.as_slice().unwrap(), k.as_slice().unwrap());
+    let mut scores = Array4::<f32>::zeros((batch, n_heads, seq, seq));
+    scores
+        .as_slice_mut()
+        .unwrap()
+        .par_chunks_mut(seq * seq)
+        .enumerate()
+        .for_each(|(bh, block)| {
+            let (b, h) = (bh / n_heads, bh % n_heads);
+            let offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
+            for tq in 0..seq {
+                let q_row = &q[offset(tq)..offset(tq) + d_head];
+                for tk in 0..seq {
+                    block[tq * seq + tk] = if tk <= tq {
+                        let dot: f32 = q_row
+                            .iter()
+                            .zip(&k[offset(tk)..offset(tk) + d_head])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        dot * scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+        });
+    scores
+}
+
+/// Softmax over the last axis; a row with no finite score becomes all zeros (reads nothing).
+fn softmax_rows(scores: &Array4<f32>) -> Array4<f32> {
+    let mut pattern = scores.as_standard_layout().into_owned();
+    let seq = pattern.dim().3;
+    pattern
+        .as_slice_mut()
+        .unwrap()
+        .par_chunks_mut(seq)
+        .for_each(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                return;
+            }
+            let mut sum = 0.0;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for x in row.iter_mut() {
+                *x /= sum;
+            }
+        });
+    pattern
+}
+
+/// `z[b, q, h] = Σ_k pattern[b, h, q, k] · v[b, k, h]`: (B, T, H, d).
+fn weighted_values(pattern: &Array4<f32>, v: &Array4<f32>) -> Array4<f32> {
+    let (batch, seq, n_heads, d_head) = v.dim();
+    let v = v.as_slice().unwrap();
+    let p = pattern.as_standard_layout();
+    let p = p.as_slice().unwrap();
+    let mut z = Array4::<f32>::zeros((batch, seq, n_heads, d_head));
+    z.as_slice_mut()
+        .unwrap()
+        .par_chunks_mut(n_heads * d_head)
+        .enumerate()
+        .for_each(|(bq, out)| {
+            let (b, tq) = (bq / seq, bq % seq);
+            for h in 0..n_heads {
+                let weights = &p[((b * n_heads + h) * seq + tq) * seq..][..seq];
+                let out = &mut out[h * d_head..(h + 1) * d_head];
+                for (tk, &w) in weights.iter().enumerate() {
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let start = ((b * seq + tk) * n_heads + h) * d_head;
+                    for (o, x) in out.iter_mut().zip(&v[start..start + d_head]) {
+                        *o += w * x;
+                    }
+                }
+            }
+        });
+    z
+}
+
+/// Each head's own write `z_h · W_O^h` (no bias): (B, T, H, D).
+fn per_head_outputs(
+    z_rows: &ArrayView2<f32>, // (N, H·d)
+    w_o: &Array2<f32>,        // (H·d, D)
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+) -> Array4<f32> {
+    let d_head = z_rows.ncols() / n_heads;
+    let d_model = w_o.ncols();
+    let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model));
+    for h in 0..n_heads {
+        let cols = h * d_head..(h + 1) * d_head;
+        let written = z_rows
+            .slice(s![.., cols.clone()])
+            .dot(&w_o.slice(s![cols, ..])); // (N, D)
+        out.slice_mut(s![.., .., h, ..]).assign(
+            &written
+                .into_shape_with_order((batch, seq, d_model))
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_new_via_exp_equals_the_tanh_form() {
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            let u =
+                (2.0f64 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
+            let reference = 0.5 * x as f64 * (1.0 + u.tanh());
+            let got = gelu_new(x) as f64;
+            assert!(
+                (got - reference).abs() <= 1e-6 * (1.0 + reference.abs()),
+                "x = {x}: {got} vs {reference}"
+            );
+        }
+        assert_eq!(gelu_new(-1e4), 0.0);
+        assert_eq!(gelu_new(1e4), 1e4);
+    }
+
+    #[test]
+    fn softmax_of_a_fully_masked_row_is_zero() {
+        let mut scores = Array4::<f32>::from_elem((1, 1, 2, 2), f32::NEG_INFINITY);
+        scores[[0, 0, 1, 0]] = 0.5;
+        scores[[0, 0, 1, 1]] = 0.5;
+        let pattern = softmax_rows(&scores);
+        assert_eq!(pattern.as_slice().unwrap(), &[0.0, 0.0, 0.5, 0.5]);
+    }
+}

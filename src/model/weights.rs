@@ -1,0 +1,272 @@
+//! safetensors weight files: memory-mapped, validated, converted tensor by tensor to f32.
+//!
+//! Each tensor is converted once into an owned f32 array; right after, its pages of the map are
+//! released (`MADV_DONTNEED`), so the process never holds the file and its converted copy at
+//! the same time (peak ≈ the f32 weights plus one tensor), whatever the dtype on disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, SafeTensorError};
+use safetensors::{Dtype, SafeTensors};
+
+use super::error::ModelError;
+
+/// The bytes of one safetensors file: a read-only map of a file, or bytes compiled in.
+enum Bytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Static(bytes) => bytes,
+        }
+    }
+}
+
+/// One safetensors file with its parsed header.
+struct Shard {
+    path: PathBuf,
+    bytes: Bytes,
+    /// Byte offset of the data section (8 + header length).
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// All weight files of a model, tensors looked up by name.
+pub(crate) struct WeightFiles {
+    shards: Vec<Shard>,
+    /// Tensor name → index into `shards`.
+    location: HashMap<String, usize>,
+    /// Architecture name used in "tensor missing" errors.
+    architecture: String,
+}
+
+fn describe(err: &SafeTensorError) -> String {
+    match err {
+        SafeTensorError::HeaderTooSmall => {
+            "the file is shorter than the 8-byte header length (truncated)".to_string()
+        }
+        SafeTensorError::HeaderTooLarge => {
+            "the header length exceeds the 100 MB limit (oversized or corrupt header)".to_string()
+        }
+        SafeTensorError::InvalidHeaderLength => {
+            "the header length points past the end of the file (truncated header)".to_string()
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the data section does not match the sizes in the header (truncated data)".to_string()
+        }
+        other => format!("{other}"),
+    }
+}
+
+impl WeightFiles {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub(crate) fn open_dir(dir: &Path, architecture: &str) -> Result<Self, ModelError> {
+        let files = weight_file_list(dir)?;
+        let mut shards = Vec::with_capacity(files.len());
+        for path in files {
+            let file = std::fs::File::open(&path).map_err(|source| ModelError::WeightsRead {
+                path: path.clone(),
+                source,
+            })?;
+            let len = file
+                .metadata()
+                .map_err(|source| ModelError::WeightsRead {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            if len < 8 {
+                return Err(ModelError::BadSafetensors {
+                    path,
+                    problem: describe(&SafeTensorError::HeaderTooSmall),
+                });
+            }
+            // SAFETY: the map is read-only; like every mmap reader we rely on the model file not
+            // being truncated or rewritten while it is loaded (it is released after loading).
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::WeightsRead {
+                path: path.clone(),
+                source,
+            })?;
+            shards.push(Shard::parse(path, Bytes::Mapped(map))?);
+        }
+        Self::index(shards, architecture)
+    }
+
+    /// Weights compiled into the binary; `label` names them in errors.
+    pub(crate) fn from_static(
+        bytes: &'static [u8],
+        label: PathBuf,
+        architecture: &str,
+    ) -> Result<Self, ModelError> {
+        Self::index(
+            vec![Shard::parse(label, Bytes::Static(bytes))?],
+            architecture,
+        )
+    }
+
+    fn index(shards: Vec<Shard>, architecture: &str) -> Result<Self, ModelError> {
+        let mut location = HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in shard.metadata.tensors().into_keys() {
+                location.insert(name, i);
+            }
+        }
+        Ok(WeightFiles {
+            shards,
+            location,
+            architecture: architecture.to_string(),
+        })
+    }
+
+    /// Path used in messages about the weights as a whole.
+    pub(crate) fn main_path(&self) -> &Path {
+        &self.shards[0].path
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// Reads tensor `name` as f32, checking that its shape is `expected`.
+    pub(crate) fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let Some(&index) = self.location.get(name) else {
+            return Err(ModelError::TensorMissing {
+                path: self.main_path().to_path_buf(),
+                tensor: name.to_string(),
+                architecture: self.architecture.clone(),
+            });
+        };
+        let shard = &self.shards[index];
+        let info = shard
+            .metadata
+            .info(name)
+            .expect("tensor listed in the index");
+        if info.shape != expected {
+            return Err(ModelError::TensorShape {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                found: info.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let (start, end) = info.data_offsets;
+        let range = shard.data_start + start..shard.data_start + end;
+        let bytes = &shard.bytes.as_slice()[range.clone()];
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::TensorDtype {
+                    path: shard.path.clone(),
+                    tensor: name.to_string(),
+                    found: format!("{other:?}"),
+                })
+            }
+        };
+        shard.release(range);
+        Ok(values)
+    }
+}
+
+impl Shard {
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<Self, ModelError> {
+        let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| {
+            ModelError::BadSafetensors {
+                path: path.clone(),
+                problem: describe(&e),
+            }
+        })?;
+        Ok(Shard {
+            path,
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    /// Drops the map's resident pages of a converted tensor (they are never read again).
+    fn release(&self, range: std::ops::Range<usize>) {
+        if let Bytes::Mapped(map) = &self.bytes {
+            // Only whole pages inside the range may be released.
+            let page = 4096;
+            let start = range.start.div_ceil(page) * page;
+            let end = range.end / page * page;
+            if end > start {
+                // SAFETY: a read-only shared file map; DONTNEED only drops resident pages, which
+                // the kernel re-reads from the file if touched again. No reference into these
+                // pages outlives this call (the converted values are owned).
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// The shard files named by a `model.safetensors.index.json`, in first-use order.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::WeightsRead {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let bad = |problem: &str| ModelError::BadShardIndex {
+        path: index.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(&format!("not JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for file in map.values() {
+        let name = file
+            .as_str()
+            .ok_or_else(|| bad("weight_map values must be file names"))?;
+        if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+            return Err(bad(&format!("shard {name:?} is not a plain file name")));
+        }
+        let path = dir.join(name);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    if files.is_empty() {
+        return Err(bad("`weight_map` is empty"));
+    }
+    Ok(files)
+}
+
+/// The files whose bytes [`weights_hash`](super::Model::weights_hash) covers, in order.
+pub(crate) fn weight_file_list(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if !single.exists() && index.exists() {
+        shard_files(&index)
+    } else {
+        Ok(vec![single])
+    }
+}

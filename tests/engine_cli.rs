@@ -1,0 +1,169 @@
+//! `circuit run` end to end (the built binary), including its bad-input exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stories() -> PathBuf {
+    root().join("../shared/models/stories260K")
+}
+
+fn circuit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_circuit"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn run_generates_the_known_stories260k_continuation() {
+    let model = stories();
+    let out = circuit(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--generate",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            r#"continuation: ", there was a little girl named Lily. She loved to play outsid""#
+        ),
+        "{text}"
+    );
+    // Top-5 lines by default, "," first.
+    assert!(text.contains(r#" 1. ","#), "{text}");
+    assert!(text.contains(" 5. "), "{text}");
+    assert!(!text.contains(" 6. "), "{text}");
+}
+
+#[test]
+fn run_json_with_logits_matches_transformers_end_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "Once upon a time\n\nThe cat sat\n").unwrap();
+    let model = stories();
+    let out = circuit(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--json",
+        "--logits",
+        "--top",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let items = json["prompts"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "the blank line is skipped");
+    assert_eq!(items[0]["prompt"], "Once upon a time");
+    assert_eq!(items[0]["top"].as_array().unwrap().len(), 3);
+
+    // The END logits of each prompt against HF's (prompts 0 and 1 of the stories260K fixture).
+    let bytes =
+        std::fs::read(root().join("tests/fixtures/models/stories260K/expected.safetensors"))
+            .unwrap();
+    let expected = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let logits: Vec<f32> = item["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let view = expected.tensor(&format!("prompt{i}.logits")).unwrap();
+        let (t, v) = (view.shape()[0], view.shape()[1]);
+        assert_eq!(logits.len(), v);
+        let hf: Vec<f32> = view.data()[(t - 1) * v * 4..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let max = logits
+            .iter()
+            .zip(&hf)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max <= 1e-4, "prompt {i}: max |Δlogit| {max:e}");
+        // The top token is the argmax of those logits, and probabilities are a softmax.
+        let argmax = (0..v)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
+        assert_eq!(item["top"][0]["token_id"], argmax);
+        let p: f64 = item["top"][0]["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0);
+    }
+}
+
+#[test]
+fn run_without_model_explains_the_missing_builtin() {
+    let out = circuit(&["run", "--prompt", "hello"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("circuit::model::"), "{err}");
+    assert!(err.contains("built-in model"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn run_rejects_an_empty_prompt() {
+    let model = root().join("tests/fixtures/models/gpt2-tiny");
+    let out = circuit(&["run", "--model", model.to_str().unwrap(), "--prompt", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("circuit::model::empty_prompt"), "{err}");
+    assert!(err.contains(r#"prompt "" is empty"#), "{err}");
+}
+
+#[test]
+fn run_rejects_a_prompt_longer_than_the_context() {
+    let model = root().join("tests/fixtures/models/gpt2-tiny");
+    let long = "The cat sat on the mat. ".repeat(10);
+    let out = circuit(&["run", "--model", model.to_str().unwrap(), "--prompt", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("circuit::model::prompt_too_long"), "{err}");
+    assert!(err.contains("context of 48"), "{err}");
+    assert!(
+        err.contains("The cat sat on the mat."),
+        "names the prompt: {err}"
+    );
+}
+
+#[test]
+fn run_requires_a_prompt_and_a_readable_prompts_file() {
+    let model = root().join("tests/fixtures/models/gpt2-tiny");
+    let out = circuit(&["run", "--model", model.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("circuit::run::no_prompt"));
+    let out = circuit(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        "/nonexistent/prompts.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("circuit::run::prompts_file") && err.contains("/nonexistent/prompts.txt"),
+        "{err}"
+    );
+}

@@ -1,0 +1,445 @@
+//! Loading: the layouts a HuggingFace folder may come in (sharded, names without the
+//! `transformer.` prefix, compiled-in bytes), and bad input, one test each: a clear
+//! `circuit::model::*` diagnostic naming the file, tensor or prompt and what was expected, never
+//! a panic. Broken folders are built here in tempdirs from the gpt2-tiny fixture.
+
+use std::path::{Path, PathBuf};
+
+use circuit::model::{ForwardOptions, Model, ModelError, NoInterventions};
+use miette::Diagnostic;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2-tiny")
+}
+
+/// A copy of the gpt2-tiny folder.
+fn copy_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+/// Rewrites `model.safetensors` in `dir`: `edit` gets each tensor and returns what to store
+/// instead (`None` drops it).
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            edit(&name, view.dtype(), view.shape(), view.data())
+                .map(|(dtype, shape, data)| (name, dtype, shape, data))
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn unchanged(
+    _: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    data: &[u8],
+) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
+    Some((dtype, shape.to_vec(), data.to_vec()))
+}
+
+/// Loads and expects an error with diagnostic `code` whose message contains every `needle`.
+fn load_error(dir: &Path, code: &str, needles: &[&str]) -> ModelError {
+    let err = Model::load(dir).expect_err("loading must fail");
+    check(&err, code, needles);
+    err
+}
+
+fn check(err: &ModelError, code: &str, needles: &[&str]) {
+    let got_code = err.code().map(|c| c.to_string()).unwrap_or_default();
+    assert_eq!(got_code, code, "{err}");
+    let message = format!("{err}");
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} not in: {message}");
+    }
+}
+
+#[test]
+fn missing_config() {
+    let dir = copy_fixture();
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::config_missing",
+        &["config.json"],
+    );
+}
+
+#[test]
+fn missing_weights() {
+    let dir = copy_fixture();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let err = load_error(
+        dir.path(),
+        "circuit::model::weights_missing",
+        &["model.safetensors"],
+    );
+    assert!(err.help().is_some());
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = copy_fixture();
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    load_error(dir.path(), "circuit::model::tokenizer", &["tokenizer.json"]);
+}
+
+#[test]
+fn missing_shard_of_a_sharded_model() {
+    let dir = copy_fixture();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {"transformer.wte.weight": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::weights_missing",
+        &["model-00001-of-00002.safetensors"],
+    );
+}
+
+#[test]
+fn unknown_model_type() {
+    let dir = copy_fixture();
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"gpt2\"", "\"mamba\""),
+    )
+    .unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::unknown_model_type",
+        &["mamba", "config.json"],
+    );
+}
+
+#[test]
+fn tensor_missing() {
+    let dir = copy_fixture();
+    rewrite_weights(dir.path(), |name, dtype, shape, data| {
+        (name != "transformer.h.1.mlp.c_fc.weight")
+            .then(|| unchanged(name, dtype, shape, data).unwrap())
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_missing",
+        &["transformer.h.1.mlp.c_fc.weight", "model.safetensors"],
+    );
+}
+
+#[test]
+fn tensor_of_wrong_shape() {
+    let dir = copy_fixture();
+    rewrite_weights(dir.path(), |name, dtype, shape, data| {
+        if name == "transformer.ln_f.bias" {
+            Some((dtype, vec![79], data[..79 * 4].to_vec()))
+        } else {
+            unchanged(name, dtype, shape, data)
+        }
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_shape",
+        &["transformer.ln_f.bias", "[79]", "[80]"],
+    );
+}
+
+#[test]
+fn tensor_of_wrong_dtype() {
+    let dir = copy_fixture();
+    rewrite_weights(dir.path(), |name, dtype, shape, data| {
+        if name == "transformer.wpe.weight" {
+            Some((Dtype::I32, shape.to_vec(), data.to_vec()))
+        } else {
+            unchanged(name, dtype, shape, data)
+        }
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_dtype",
+        &["transformer.wpe.weight", "I32", "F32, F16 or BF16"],
+    );
+}
+
+#[test]
+fn truncated_safetensors_header() {
+    let dir = copy_fixture();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    // The 8-byte length survives, the JSON header it announces does not.
+    std::fs::write(&path, &bytes[..100]).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &["model.safetensors", "truncated"],
+    );
+    // Shorter than the length field itself.
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &["model.safetensors", "truncated"],
+    );
+}
+
+#[test]
+fn truncated_safetensors_data() {
+    let dir = copy_fixture();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &["model.safetensors", "truncated"],
+    );
+}
+
+#[test]
+fn oversized_safetensors_header() {
+    let dir = copy_fixture();
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = 200_000_000u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&path, bytes).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &["model.safetensors", "100 MB"],
+    );
+}
+
+#[test]
+fn tokenizer_vocab_larger_than_the_embedding() {
+    // Shrink the model's vocabulary to 250 rows; the tokenizer still has 300 ids.
+    let dir = copy_fixture();
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"vocab_size\": 300", "\"vocab_size\": 250"),
+    )
+    .unwrap();
+    rewrite_weights(dir.path(), |name, dtype, shape, data| {
+        if name == "transformer.wte.weight" {
+            Some((
+                dtype,
+                vec![250, shape[1]],
+                data[..250 * shape[1] * 4].to_vec(),
+            ))
+        } else {
+            unchanged(name, dtype, shape, data)
+        }
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::vocab_mismatch",
+        &["tokenizer.json", "300", "250"],
+    );
+}
+
+#[test]
+fn empty_prompt() {
+    let model = Model::load(&fixture()).unwrap();
+    let err = model.encode_prompt("").unwrap_err();
+    check(&err, "circuit::model::empty_prompt", &["\"\""]);
+    let err = model
+        .forward(
+            &[vec![5, 6], vec![]],
+            &ForwardOptions::default(),
+            &NoInterventions,
+        )
+        .unwrap_err();
+    check(&err, "circuit::model::empty_prompt", &["#1"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context() {
+    let model = Model::load(&fixture()).unwrap();
+    let err = model
+        .forward(&[vec![7; 49]], &ForwardOptions::default(), &NoInterventions)
+        .unwrap_err();
+    check(
+        &err,
+        "circuit::model::prompt_too_long",
+        &["#0", "49 tokens", "context of 48"],
+    );
+    let long = "Tom and Lily went to the park. ".repeat(5);
+    let err = model.encode_prompt(&long).unwrap_err();
+    check(
+        &err,
+        "circuit::model::prompt_too_long",
+        &["Tom and Lily went to the park."],
+    );
+}
+
+#[test]
+fn token_id_outside_the_vocabulary() {
+    let model = Model::load(&fixture()).unwrap();
+    let err = model
+        .forward(
+            &[vec![1, 300]],
+            &ForwardOptions::default(),
+            &NoInterventions,
+        )
+        .unwrap_err();
+    check(&err, "circuit::model::token_out_of_range", &["300", "#0"]);
+}
+
+#[test]
+fn sharded_weights_load_like_a_single_file() {
+    // Split the fixture's tensors over two shard files with an index, as HF does for big models.
+    let dir = copy_fixture();
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut map = serde_json::Map::new();
+    let mut shards: [Vec<(String, TensorView)>; 2] = [vec![], vec![]];
+    for (i, (name, view)) in tensors.tensors().into_iter().enumerate() {
+        let shard = i % 2;
+        map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", shard + 1).into(),
+        );
+        shards[shard].push((name, view));
+    }
+    for (i, shard) in shards.into_iter().enumerate() {
+        let path = dir
+            .path()
+            .join(format!("model-0000{}-of-00002.safetensors", i + 1));
+        safetensors::serialize_to_file(shard, None, &path).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let sharded = Model::load(dir.path()).unwrap();
+    let single = Model::load(&fixture()).unwrap();
+    let ids = vec![single.encode_prompt("The cat sat").unwrap()];
+    let a = sharded
+        .forward(&ids, &ForwardOptions::default(), &NoInterventions)
+        .unwrap();
+    let b = single
+        .forward(&ids, &ForwardOptions::default(), &NoInterventions)
+        .unwrap();
+    assert_eq!(a.logits, b.logits);
+    assert_ne!(sharded.weights_hash(), single.weights_hash());
+    assert_eq!(single.weights_hash().len(), 64);
+}
+
+fn end_logits(model: &Model) -> ndarray::Array3<f32> {
+    let ids = vec![model.encode_prompt("The cat sat").unwrap()];
+    model
+        .forward(&ids, &ForwardOptions::default(), &NoInterventions)
+        .unwrap()
+        .logits
+}
+
+#[test]
+fn gpt2_tensor_names_without_the_transformer_prefix() {
+    let dir = copy_fixture();
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, TensorView)> = tensors
+        .tensors()
+        .into_iter()
+        .inspect(|(name, _)| assert!(name.starts_with("transformer.")))
+        .map(|(name, view)| (name.trim_start_matches("transformer.").to_string(), view))
+        .collect();
+    safetensors::serialize_to_file(renamed, None, &dir.path().join("model.safetensors")).unwrap();
+    let unprefixed = Model::load(dir.path()).unwrap();
+    assert_eq!(
+        end_logits(&unprefixed),
+        end_logits(&Model::load(&fixture()).unwrap())
+    );
+}
+
+#[test]
+fn from_static_equals_load_and_hashes_the_file() {
+    let read = |f: &str| std::fs::read(fixture().join(f)).unwrap();
+    let weights: &'static [u8] = Box::leak(read("model.safetensors").into_boxed_slice());
+    let config = String::from_utf8(read("config.json")).unwrap();
+    let model = Model::from_static("tiny", &config, weights, &read("tokenizer.json")).unwrap();
+    let loaded = Model::load(&fixture()).unwrap();
+    assert_eq!(end_logits(&model), end_logits(&loaded));
+    use sha2::Digest;
+    let expected = hex::encode(sha2::Sha256::digest(weights));
+    assert_eq!(model.weights_hash(), expected);
+    assert_eq!(loaded.weights_hash(), expected);
+}
+
+#[test]
+fn from_static_names_the_builtin_model_in_errors() {
+    let config = std::fs::read_to_string(fixture().join("config.json")).unwrap();
+    let err = Model::from_static("tiny", &config, b"\x05", b"{}").unwrap_err();
+    check(
+        &err,
+        "circuit::model::tokenizer",
+        &["<built-in model tiny>"],
+    );
+    let tokenizer = std::fs::read(fixture().join("tokenizer.json")).unwrap();
+    let err = Model::from_static("tiny", &config, b"\x05", &tokenizer).unwrap_err();
+    check(
+        &err,
+        "circuit::model::bad_safetensors",
+        &["<built-in model tiny>/model.safetensors"],
+    );
+}
+
+#[test]
+fn open_unknown_builtin_is_a_clear_error() {
+    let source = circuit::model::ModelSource::Builtin("no-such-model".to_string());
+    let err = Model::open(&source).unwrap_err();
+    assert!(err
+        .code()
+        .unwrap()
+        .to_string()
+        .starts_with("circuit::model::"));
+    assert!(format!("{err:?}").contains("no-such-model"), "{err:?}");
+}
+
+#[test]
+fn unsupported_gpt2_setting() {
+    let dir = copy_fixture();
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace(
+            "\"scale_attn_by_inverse_layer_idx\": false",
+            "\"scale_attn_by_inverse_layer_idx\": true",
+        ),
+    )
+    .unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported",
+        &["scale_attn_by_inverse_layer_idx"],
+    );
+}

@@ -1,0 +1,248 @@
+//! The engine against HuggingFace transformers: fixtures written by scripts/make_reference.py
+//! (random GPT-2 in F32 and F16, random GQA Llama in BF16, the real stories260K), compared to
+//! 1e-4 in the logits, plus HF's hidden states and eager attention patterns for the cache.
+
+use std::path::{Path, PathBuf};
+
+use circuit::model::{ForwardOptions, Model, NoInterventions};
+use ndarray::{s, ArrayD, ArrayViewD, IxDyn};
+use safetensors::SafeTensors;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn stories_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
+}
+
+/// The HF outputs of one fixture folder.
+struct Expected {
+    prompts: Vec<String>,
+    ids: Vec<Vec<u32>>,
+    logits: Vec<ArrayD<f32>>, // per prompt (T, V)
+    hidden: Vec<ArrayD<f32>>, // per prompt (L+1, T, D)
+    attn: Vec<ArrayD<f32>>,   // per prompt (L, H, T, T)
+    meta: serde_json::Value,
+}
+
+fn expected(name: &str) -> Expected {
+    let dir = fixture_dir(name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let prompts: Vec<String> = meta["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let f32_tensor = |key: String| {
+        let view = tensors.tensor(&key).unwrap();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(view.shape()), values).unwrap()
+    };
+    let mut e = Expected {
+        prompts: prompts.clone(),
+        ids: vec![],
+        logits: vec![],
+        hidden: vec![],
+        attn: vec![],
+        meta,
+    };
+    for i in 0..prompts.len() {
+        let ids = tensors.tensor(&format!("prompt{i}.ids")).unwrap();
+        e.ids.push(
+            ids.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect(),
+        );
+        e.logits.push(f32_tensor(format!("prompt{i}.logits")));
+        e.hidden.push(f32_tensor(format!("prompt{i}.hidden")));
+        e.attn.push(f32_tensor(format!("prompt{i}.attn")));
+    }
+    e
+}
+
+/// Asserts max |got − want| ≤ `tolerance`; on failure prints the first differing values and the
+/// max difference (as llm.c's test_gpt2 does).
+fn assert_close(label: &str, got: ArrayViewD<f32>, want: ArrayViewD<f32>, tolerance: f32) {
+    assert_eq!(got.shape(), want.shape(), "{label}: shapes differ");
+    let mut max_diff = 0.0f32;
+    let mut first_bad = Vec::new();
+    for (index, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        let diff = (g - w).abs();
+        if (diff.is_nan() || diff > tolerance) && first_bad.len() < 5 {
+            first_bad.push(format!("  flat index {index}: got {g}, expected {w}"));
+        }
+        if diff > max_diff || diff.is_nan() {
+            max_diff = if diff.is_nan() { f32::NAN } else { diff };
+        }
+    }
+    if !first_bad.is_empty() || max_diff.is_nan() {
+        panic!(
+            "{label}: max |Δ| = {max_diff:e} > {tolerance:e}; first differing values:\n{}",
+            first_bad.join("\n")
+        );
+    }
+    eprintln!("{label}: max |Δ| = {max_diff:e}");
+}
+
+/// Tokenization, all-position logits per prompt, END logits, and the batch of all prompts.
+fn check_logits(model: &Model, name: &str, e: &Expected) {
+    for (i, prompt) in e.prompts.iter().enumerate() {
+        let ids = model.encode_prompt(prompt).unwrap();
+        assert_eq!(ids, e.ids[i], "{name}: tokenization of {prompt:?}");
+        let all = ForwardOptions {
+            all_logits: true,
+            cache: false,
+        };
+        let out = model
+            .forward(std::slice::from_ref(&ids), &all, &NoInterventions)
+            .unwrap();
+        assert_close(
+            &format!("{name} prompt {i} all-position logits"),
+            out.logits.slice(s![0, .., ..]).into_dyn(),
+            e.logits[i].view(),
+            TOLERANCE,
+        );
+        let end = model
+            .forward(&[ids], &ForwardOptions::default(), &NoInterventions)
+            .unwrap();
+        let last = e.logits[i].shape()[0] - 1;
+        assert_close(
+            &format!("{name} prompt {i} END logits"),
+            end.logits.slice(s![0, 0, ..]).into_dyn(),
+            e.logits[i].slice(s![last, ..]).into_dyn(),
+            TOLERANCE,
+        );
+    }
+    // All prompts in one right-padded batch: the same numbers at every real position.
+    let batch = model
+        .forward(
+            &e.ids,
+            &ForwardOptions {
+                all_logits: true,
+                cache: false,
+            },
+            &NoInterventions,
+        )
+        .unwrap();
+    for (i, ids) in e.ids.iter().enumerate() {
+        assert_eq!(batch.lengths[i], ids.len());
+        assert_close(
+            &format!("{name} prompt {i} in a batch"),
+            batch.logits.slice(s![i, ..ids.len(), ..]).into_dyn(),
+            e.logits[i].view(),
+            TOLERANCE,
+        );
+    }
+}
+
+/// The cache against HF: `hidden_states[0]` is the embedding, `hidden_states[l+1]` the residual
+/// after layer `l` (the last one after the final norm, so not compared), `attentions[l]` the
+/// pattern.
+fn check_cache(model: &Model, name: &str, e: &Expected) {
+    let options = ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let out = model.forward(&e.ids, &options, &NoInterventions).unwrap();
+    let cache = out.cache.unwrap();
+    let n_layers = model.config.n_layers;
+    assert_eq!(cache.layers.len(), n_layers);
+    for (i, ids) in e.ids.iter().enumerate() {
+        let t = ids.len();
+        assert_close(
+            &format!("{name} prompt {i} embed"),
+            cache.embed.slice(s![i, ..t, ..]).into_dyn(),
+            e.hidden[i].slice(s![0, .., ..]).into_dyn(),
+            TOLERANCE,
+        );
+        for layer in 0..n_layers {
+            if layer + 1 < n_layers {
+                assert_close(
+                    &format!("{name} prompt {i} resid_post layer {layer}"),
+                    cache.layers[layer]
+                        .resid_post
+                        .slice(s![i, ..t, ..])
+                        .into_dyn(),
+                    e.hidden[i].slice(s![layer + 1, .., ..]).into_dyn(),
+                    TOLERANCE,
+                );
+            }
+            assert_close(
+                &format!("{name} prompt {i} pattern layer {layer}"),
+                cache.layers[layer]
+                    .pattern
+                    .slice(s![i, .., ..t, ..t])
+                    .into_dyn(),
+                e.attn[i].slice(s![layer, .., .., ..]).into_dyn(),
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn gpt2_tiny_f32_matches_transformers() {
+    let model = Model::load(&fixture_dir("gpt2-tiny")).unwrap();
+    assert_eq!((model.config.n_layers, model.config.n_heads), (3, 5));
+    assert_eq!((model.config.d_model, model.config.d_mlp), (80, 160));
+    let e = expected("gpt2-tiny");
+    check_logits(&model, "gpt2-tiny", &e);
+    check_cache(&model, "gpt2-tiny", &e);
+}
+
+#[test]
+fn gpt2_f16_with_padded_embedding_matches_transformers() {
+    let model = Model::load(&fixture_dir("gpt2-f16")).unwrap();
+    // The embedding (300 rows) is larger than the tokenizer (280 ids): allowed.
+    assert!(model.tokenizer.vocab_size() < model.n_embedding_rows());
+    let e = expected("gpt2-f16");
+    check_logits(&model, "gpt2-f16", &e);
+    check_cache(&model, "gpt2-f16", &e);
+}
+
+#[test]
+fn llama_gqa_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("llama-gqa-bf16")).unwrap();
+    assert_eq!((model.config.n_heads, model.config.n_kv_heads), (6, 2));
+    assert_eq!(model.config.rope_theta, 500.0);
+    let e = expected("llama-gqa-bf16");
+    check_logits(&model, "llama-gqa-bf16", &e);
+    check_cache(&model, "llama-gqa-bf16", &e);
+}
+
+#[test]
+fn stories260k_matches_transformers() {
+    let model = Model::load(&stories_dir()).unwrap();
+    let e = expected("stories260K");
+    check_logits(&model, "stories260K", &e);
+    check_cache(&model, "stories260K", &e);
+}
+
+#[test]
+fn stories260k_greedy_continuation() {
+    let model = Model::load(&stories_dir()).unwrap();
+    let prompt = model.encode_prompt("Once upon a time").unwrap();
+    let generated = model.generate_greedy(&prompt, 20).unwrap();
+    let text = model.tokenizer.decode(&generated[prompt.len()..]);
+    assert_eq!(
+        text,
+        ", there was a little girl named Lily. She loved to play outsid"
+    );
+    // The same string HF transformers generated when the fixture was written.
+    let e = expected("stories260K");
+    assert_eq!(text, e.meta["greedy_continuation"].as_str().unwrap());
+}
