@@ -7,8 +7,7 @@ use circuit::model::Tokenizer;
 
 fn gpt2() -> Tokenizer {
     Tokenizer::from_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/gpt2-tokenizer/tokenizer.json"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tokenizer/tokenizer.json"),
     )
     .unwrap()
 }
