@@ -90,22 +90,26 @@ fn child(dir: &Path) {
         model
             .forward(&prompts, &options, &NoInterventions)
             .expect("warm-up");
+        let mut cpu_times = Vec::with_capacity(REPETITIONS);
         let mut times: Vec<f64> = (0..REPETITIONS)
             .map(|_| {
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), process_cpu_seconds());
                 let out = model.forward(&prompts, &options, &NoInterventions).unwrap();
                 std::hint::black_box(&out.logits);
+                cpu_times.push(process_cpu_seconds() - cpu);
                 t.elapsed().as_secs_f64()
             })
             .collect();
         times.sort_by(f64::total_cmp);
+        cpu_times.sort_by(f64::total_cmp);
         let median = times[REPETITIONS / 2];
         let rows = if all_logits { BATCH * SEQ } else { BATCH };
         println!(
-            "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s",
+            "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s; CPU time median {:.2} s",
             times[0],
             times[REPETITIONS - 1],
-            flops(rows) / median / 1e9
+            flops(rows) / median / 1e9,
+            cpu_times[REPETITIONS / 2],
         );
     }
     let peak = peak_rss_bytes();
@@ -115,6 +119,23 @@ fn child(dir: &Path) {
         peak / weight_bytes,
         weight_bytes / 1e6
     );
+}
+
+/// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ
+/// = 100 ticks per second). Unlike wall time it barely moves when other processes share the
+/// cores, so it is reported next to the wall-clock median.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Resets VmHWM (Linux: writing 5 to clear_refs), so the peak covers load + forwards only.

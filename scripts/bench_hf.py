@@ -35,17 +35,19 @@ def main():
         for label, keep in (("END logits", 1), ("all-position logits", 0)):
             with torch.inference_mode():
                 model(ids, logits_to_keep=keep, use_cache=False)  # warm-up
-                times = []
+                times, cpu_times = [], []
                 for _ in range(REPS):
-                    t = time.perf_counter()
+                    t, cpu = time.perf_counter(), time.process_time()
                     out = model(ids, logits_to_keep=keep, use_cache=False)
                     times.append(time.perf_counter() - t)
+                    cpu_times.append(time.process_time() - cpu)
             assert out.logits.shape[1] == (1 if keep == 1 else SEQ)
             median = statistics.median(times)
             rows = BATCH if keep == 1 else BATCH * SEQ
             print(f"HF threads {threads}: {label:<20} median {median:.3f} s "
                   f"(min {min(times):.3f}, max {max(times):.3f}) over {REPS} runs, "
-                  f"{flops(rows) / median / 1e9:.1f} GFLOP/s")
+                  f"{flops(rows) / median / 1e9:.1f} GFLOP/s; "
+                  f"CPU time median {statistics.median(cpu_times):.2f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"HF peak RSS {peak / 1e6:.0f} MB (whole process, torch included) = "
           f"{peak / weight_bytes:.2f} x weight bytes ({weight_bytes / 1e6:.0f} MB); "

@@ -113,16 +113,6 @@ fn run_json_with_logits_matches_transformers_end_logits() {
 }
 
 #[test]
-fn run_without_model_explains_the_missing_builtin() {
-    let out = circuit(&["run", "--prompt", "hello"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
-    assert!(err.contains("circuit::model::"), "{err}");
-    assert!(err.contains("built-in model"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-#[test]
 fn run_rejects_an_empty_prompt() {
     let model = root().join("tests/fixtures/models/gpt2-tiny");
     let out = circuit(&["run", "--model", model.to_str().unwrap(), "--prompt", ""]);

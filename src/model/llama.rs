@@ -79,7 +79,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         n_kv_heads: config.n_kv_heads,
         d_head: config.d_head,
         embed: matrix("model.embed_tokens.weight", vocab, d)?,
-        positions: Positions::rotary(config.n_ctx, config.d_head, config.rope_theta),
+        positions: Positions::rotary(config.d_head, config.rope_theta),
         layers,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {

@@ -180,15 +180,7 @@ impl Model {
     pub fn open(source: &ModelSource) -> Result<Model, ModelError> {
         match source {
             ModelSource::Dir(dir) => Model::load(dir),
-            // The built-in models are added by their own issue; until `builtin::load` exists,
-            // report the builtin module's own explanation (or that the engine cannot load it).
-            ModelSource::Builtin(name) => match builtin::config(name) {
-                Err(e) => Err(e.into()),
-                Ok(_) => Err(ModelError::BuiltinUnavailable {
-                    name: name.clone(),
-                    message: "this build cannot load built-in weights yet".to_string(),
-                }),
-            },
+            ModelSource::Builtin(name) => builtin::load(name),
         }
     }
 

@@ -92,26 +92,28 @@ pub(crate) enum Positions {
     Learned {
         wpe: Array2<f32>, // (n_ctx, D)
     },
-    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`.
+    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`, rotated by
+    /// `position · inv_freq[i]`. The cos/sin tables are built per forward for its `T`
+    /// positions (a table for the whole context can be large for long-context models).
     Rotary {
-        cos: Array2<f32>, // (n_ctx, d/2)
-        sin: Array2<f32>, // (n_ctx, d/2)
+        inv_freq: Vec<f32>, // (d/2,)
     },
 }
 
 impl Positions {
-    /// The rotary tables, computed in f32 as HF does (`inv_freq = 1 / theta^(2i/d)`).
-    pub(crate) fn rotary(n_ctx: usize, d_head: usize, theta: f32) -> Positions {
-        let half = d_head / 2;
-        let inv_freq: Vec<f32> = (0..half)
+    /// `inv_freq[i] = 1 / theta^(2i/d)`, in f32 as HF computes it.
+    pub(crate) fn rotary(d_head: usize, theta: f32) -> Positions {
+        let inv_freq = (0..d_head / 2)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / d_head as f32))
             .collect();
-        let angle = Array2::from_shape_fn((n_ctx, half), |(t, i)| t as f32 * inv_freq[i]);
-        Positions::Rotary {
-            cos: angle.mapv(f32::cos),
-            sin: angle.mapv(f32::sin),
-        }
+        Positions::Rotary { inv_freq }
     }
+}
+
+/// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
+fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+    let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
+    (angle.mapv(f32::cos), angle.mapv(f32::sin))
 }
 
 pub(crate) enum Mlp {
@@ -231,8 +233,9 @@ impl Transformer {
             // ---- attention -------------------------------------------------------------
             let x = layer.attn_norm.apply(resid_pre.view()); // (N, D)
             let mut q = layer.q.apply(x.view()); // (N, H·d)
-                                                 // Keys and values indexed by query head (copies of the shared head under GQA), so a
-                                                 // path edge can give one query head its own k/v input.
+
+            // Keys and values indexed by query head (copies of the shared head under GQA), so a
+            // path edge can give one query head its own k/v input.
             let mut k = expand_kv(layer.k.apply(x.view()), group, d_head); // (N, H·d)
             let mut v = expand_kv(layer.v.apply(x.view()), group, d_head); // (N, H·d)
 
@@ -269,9 +272,10 @@ impl Transformer {
                 }
             }
 
-            if let Positions::Rotary { cos, sin } = &self.positions {
-                rotate(&mut q, cos, sin, seq, d_head);
-                rotate(&mut k, cos, sin, seq, d_head);
+            if let Positions::Rotary { inv_freq } = &self.positions {
+                let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
+                rotate(&mut q, &cos, &sin, seq, d_head);
+                rotate(&mut k, &cos, &sin, seq, d_head);
             }
             let q4 = q
                 .into_shape_with_order((batch, seq, n_heads, d_head))
@@ -283,12 +287,15 @@ impl Transformer {
                 .into_shape_with_order((batch, seq, n_heads, d_head))
                 .unwrap(); // (B, T, H, d)
 
-            let mut scores = causal_scores(&q4, &k4, 1.0 / (d_head as f32).sqrt()); // (B, H, T, T)
-                                                                                    // Intervention point: pre-softmax scores (attention knockout).
+            let scale = 1.0 / (d_head as f32).sqrt();
+            let mut scores = causal_scores(&q4, &k4, scale); // (B, H, T, T)
+
+            // Intervention point: pre-softmax scores (attention knockout).
             hooks.edit_scores(layer_index, &mut scores.view_mut());
             let pattern = softmax_rows(&scores); // (B, H, T, T)
             let mut z = weighted_values(&pattern, &v4); // (B, T, H, d)
-                                                        // Intervention point: per-head outputs before W_O (node and QK-edge ablation).
+
+            // Intervention point: per-head outputs before W_O (node and QK-edge ablation).
             hooks.edit_z(layer_index, pattern.view(), v4.view(), &mut z.view_mut());
 
             let z_rows = z
@@ -328,7 +335,8 @@ impl Transformer {
                 None => layer.mlp_norm.apply(resid_mid.view()),
             }; // (N, D)
             let mut mlp_out = to3(&layer.mlp.apply(x.view())); // (B, T, D)
-                                                               // Intervention point: MLP output.
+
+            // Intervention point: MLP output.
             hooks.edit_mlp_out(layer_index, &mut mlp_out.view_mut());
             let mlp_rows = mlp_out
                 .view()
@@ -555,4 +563,35 @@ fn per_head_outputs(
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_new_via_exp_equals_the_tanh_form() {
+        for i in -2000..=2000 {
+            let x = i as f32 / 100.0;
+            let u =
+                (2.0f64 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3));
+            let reference = 0.5 * x as f64 * (1.0 + u.tanh());
+            let got = gelu_new(x) as f64;
+            assert!(
+                (got - reference).abs() <= 1e-6 * (1.0 + reference.abs()),
+                "x = {x}: {got} vs {reference}"
+            );
+        }
+        assert_eq!(gelu_new(-1e4), 0.0);
+        assert_eq!(gelu_new(1e4), 1e4);
+    }
+
+    #[test]
+    fn softmax_of_a_fully_masked_row_is_zero() {
+        let mut scores = Array4::<f32>::from_elem((1, 1, 2, 2), f32::NEG_INFINITY);
+        scores[[0, 0, 1, 0]] = 0.5;
+        scores[[0, 0, 1, 1]] = 0.5;
+        let pattern = softmax_rows(&scores);
+        assert_eq!(pattern.as_slice().unwrap(), &[0.0, 0.0, 0.5, 0.5]);
+    }
 }
