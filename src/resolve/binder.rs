@@ -422,7 +422,10 @@ impl<'a> Binder<'a> {
                         self.error(what(*b));
                         vec![]
                     }
-                    _ => (*a..=*b).collect(),
+                    Some(_) => (*a..=*b).collect(),
+                    // Without the model's shape nothing can be bound (an error is already
+                    // reported), and an unchecked range could be arbitrarily large.
+                    None => vec![],
                 }
             }
             (ast::Selector::All(_), Some(n)) => (0..n).collect(),
@@ -556,6 +559,9 @@ impl<'a> Binder<'a> {
                 }
             }
         }
+        // Keep the first occurrence of each head: groups of groups stay as small as the model.
+        let mut seen = HashSet::new();
+        heads.retain(|h| seen.insert(*h));
         self.group_cache
             .insert(name.to_string(), Some(heads.clone()));
         heads
