@@ -169,6 +169,9 @@ fn run(kind: &str, path: &Path) -> String {
             assert!(diagnostics.has_errors());
             for d in &diagnostics.items {
                 assert!(d.code.starts_with("circuit::"), "{}", d.code);
+                if d.code.starts_with("circuit::resolve::") {
+                    assert!(d.help.is_some(), "{} in {name} has no help line", d.code);
+                }
                 for label in &d.labels {
                     assert!(label.span.end <= text.len(), "label outside the file");
                 }
