@@ -1023,7 +1023,8 @@ impl<'a> Binder<'a> {
                                             upstream_name(up)
                                         ),
                                     )
-                                    .with_label(span, "not in the circuit"),
+                                    .with_label(span, "not in the circuit")
+                                    .with_help("`drop` removes what the base circuit or an earlier statement kept; check the name, or delete the statement"),
                                 );
                             }
                         }
