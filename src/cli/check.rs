@@ -1,10 +1,83 @@
-//! `circuit check`.
+//! `circuit check`: parse and resolve `.circuit` files against their model's config.json and
+//! their dataset's labels; print every error and warning.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use crate::model::ModelSource;
+use crate::resolve::{load_file, RealEnvironment, ResolveOptions};
 
-pub fn execute(_args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`circuit check` is not implemented yet"))
+/// Width diagnostics are wrapped to.
+const WIDTH: usize = 100;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .circuit files to check.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Use this model folder (or built-in name) instead of each file's `model` setting;
+    /// only its config.json is read.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<String>,
+    /// Print diagnostics as JSON on stdout (one array for all files) instead of rendering them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn execute(args: Args) -> miette::Result<ExitCode> {
+    let options = ResolveOptions {
+        model_override: args
+            .model
+            .as_deref()
+            // Relative to the working directory, kept relative so messages show it as typed.
+            .map(|spec| ModelSource::parse(spec, Path::new(""))),
+    };
+    let color = !args.json && std::io::stderr().is_terminal();
+    let mut any_error = false;
+    let mut json = Vec::new();
+    let (mut errors, mut warnings) = (0, 0);
+    for path in &args.files {
+        let diagnostics = match load_file(path, &RealEnvironment, &options) {
+            Ok(resolved) => resolved.warnings,
+            Err(diagnostics) => {
+                any_error = true;
+                diagnostics
+            }
+        };
+        errors += diagnostics.error_count();
+        warnings += diagnostics.warning_count();
+        for d in &diagnostics.items {
+            if args.json {
+                let mut value = d.to_json();
+                if value["file"].is_null() {
+                    value["file"] = serde_json::Value::String(path.display().to_string());
+                }
+                json.push(value);
+            } else if color {
+                eprintln!("{}", d.render_colored(WIDTH));
+            } else {
+                eprintln!("{}", d.render_plain(WIDTH));
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("diagnostics serialize")
+        );
+    } else {
+        let files = args.files.len();
+        eprintln!(
+            "checked {files} file{}: {errors} error{}, {warnings} warning{}",
+            if files == 1 { "" } else { "s" },
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+        );
+    }
+    Ok(if any_error {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,3 +1,125 @@
 //! Binding names in a parsed circuit file to a model's config and a dataset's labels.
+//!
+//! Entry points for other stages:
+//! - [`load_file`]: read, parse and resolve a `.circuit` file;
+//! - [`resolve_source`]: the same for text in memory (e.g. a file at a git revision);
+//! - [`Environment`]: what the resolver asks of the world (a model's config, a dataset's
+//!   labels); [`RealEnvironment`] reads `config.json` only, never weights or prompts.
+//!
+//! Every error of a file is collected (not only the first); warnings are returned alongside a
+//! successful result. Render diagnostics with [`Diagnostics::render_plain`] or by turning them
+//! into a `miette::Report` (`Diagnostics` implements `miette::Diagnostic`).
 
+mod binder;
 pub mod bound;
+pub mod env_data_shim;
+
+use std::path::Path;
+
+use crate::data::DatasetSource;
+use crate::model::{ModelConfig, ModelSource};
+pub use crate::syntax::{Diagnostics, Severity, SourceDiagnostic, SourceFile};
+use bound::BoundFile;
+
+/// What the resolver needs to know about the model and the dataset. Errors are plain messages;
+/// the resolver labels them at the statement that named the model or dataset.
+pub trait Environment {
+    /// The model's shape (layers, heads). Must not read weights.
+    fn model_config(&self, source: &ModelSource) -> Result<ModelConfig, String>;
+    /// The slot labels every prompt of the dataset defines (`S1`.. or `IO`, `S1`, `S2`);
+    /// `END` and `BOS` are always available and need not be listed.
+    fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String>;
+}
+
+/// The environment of the command line: model configs from disk (or built in), dataset labels
+/// from the data stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealEnvironment;
+
+impl Environment for RealEnvironment {
+    fn model_config(&self, source: &ModelSource) -> Result<ModelConfig, String> {
+        if let ModelSource::Dir(dir) = source {
+            if !dir.is_dir() {
+                return Err(format!("the model folder {} does not exist", dir.display()));
+            }
+        }
+        source.config().map_err(|e| error_chain(&e))
+    }
+
+    fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
+        // MERGE: replace with `crate::data::label_names(source).map_err(|e| error_chain(&e))`.
+        env_data_shim::label_names(source)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+/// Options that change what a file means.
+#[derive(Clone, Debug, Default)]
+pub struct ResolveOptions {
+    /// Use this model instead of the file's `model` setting (`--model DIR`).
+    pub model_override: Option<ModelSource>,
+}
+
+/// A resolved file and the warnings found on the way.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub file: BoundFile,
+    /// Warnings only (never errors), in source order, each carrying the file's text.
+    pub warnings: Diagnostics,
+}
+
+/// Parses and resolves `text`. `name` is how reports name the file; `base_dir` is the folder
+/// relative model and dataset paths are taken from. On failure, the diagnostics hold every
+/// error and warning of the file.
+pub fn resolve_source(
+    name: &str,
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Environment,
+    options: &ResolveOptions,
+) -> Result<Resolved, Diagnostics> {
+    let source = SourceFile::new(name, text);
+    let file = crate::syntax::parse(&source)?;
+    let (bound, diagnostics) = binder::bind(&file, &source, base_dir, env, options);
+    let diagnostics = diagnostics.finish(&source);
+    match bound {
+        Some(file) if !diagnostics.has_errors() => Ok(Resolved {
+            file,
+            warnings: diagnostics,
+        }),
+        _ => Err(diagnostics),
+    }
+}
+
+/// Reads, parses and resolves a `.circuit` file; relative paths in it are taken from its
+/// folder.
+pub fn load_file(
+    path: &Path,
+    env: &dyn Environment,
+    options: &ResolveOptions,
+) -> Result<Resolved, Diagnostics> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut d = Diagnostics::new();
+        d.push(
+            SourceDiagnostic::error("circuit::check::read", format!("cannot read {name}: {e}"))
+                .with_help("check the path; `circuit check` takes .circuit files"),
+        );
+        d
+    })?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    resolve_source(&name, &text, base_dir, env, options)
+}

@@ -1,0 +1,250 @@
+//! Golden tests of `circuit check` and `circuit fmt` as a user runs them: exit codes, stdout
+//! and stderr (no colour: the output is not a terminal).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn circuit(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_circuit"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the circuit binary runs");
+    {
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Exit code, stdout and stderr in one snapshot.
+fn transcript(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+#[test]
+fn check_clean_file() {
+    let out = circuit(&["check", "tests/fixtures/ok/ioi.circuit"], None);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_file_with_warnings_exits_zero() {
+    let out = circuit(&["check", "tests/fixtures/ok/warnings.circuit"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("circuit::resolve::duplicate_head"));
+    assert!(text(&out.stderr).contains("0 errors, 10 warnings"));
+}
+
+#[test]
+fn check_syntax_error() {
+    let out = circuit(
+        &["check", "tests/fixtures/err/syntax_missing_at.circuit"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_unknown_head() {
+    let out = circuit(&["check", "tests/fixtures/err/unknown_head.circuit"], None);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_unknown_label() {
+    let out = circuit(&["check", "tests/fixtures/err/unknown_label.circuit"], None);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_missing_model_folder() {
+    let out = circuit(&["check", "tests/fixtures/err/missing_model.circuit"], None);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_model_override() {
+    // The file's model folder is missing; --model points at a real config instead.
+    let out = circuit(
+        &[
+            "check",
+            "--model",
+            "tests/fixtures/configs/gpt2-small",
+            "tests/fixtures/err/missing_model.circuit",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = circuit(
+        &[
+            "check",
+            "--model",
+            "no/such/dir",
+            "tests/fixtures/ok/ioi.circuit",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_several_files_and_a_missing_one() {
+    let out = circuit(
+        &[
+            "check",
+            "tests/fixtures/ok/ioi.circuit",
+            "tests/fixtures/does_not_exist.circuit",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn check_json() {
+    let out = circuit(
+        &[
+            "check",
+            "--json",
+            "tests/fixtures/err/unknown_label.circuit",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &json[0];
+    assert_eq!(first["code"], "circuit::resolve::unknown_label");
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["file"], "tests/fixtures/err/unknown_label.circuit");
+    assert_eq!(
+        (first["line"].as_u64(), first["column"].as_u64()),
+        (Some(4), Some(13))
+    );
+    let (start, end) = (
+        first["span"]["start"].as_u64().unwrap() as usize,
+        first["span"]["end"].as_u64().unwrap() as usize,
+    );
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/err/unknown_label.circuit"),
+    )
+    .unwrap();
+    assert_eq!(&source[start..end], "S3");
+    assert!(first["help"].as_str().unwrap().contains("`IO`, `S1`, `S2`"));
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+#[test]
+fn fmt_check_lists_unformatted_files() {
+    let formatted = circuit(&["fmt", "--check", "tests/fixtures/ok/ioi.circuit"], None);
+    assert_eq!(
+        formatted.status.code(),
+        Some(0),
+        "{}",
+        text(&formatted.stderr)
+    );
+    assert!(formatted.stdout.is_empty());
+    let out = circuit(
+        &[
+            "fmt",
+            "--check",
+            "tests/fixtures/ok/ioi.circuit",
+            "tests/fixtures/ok/comments.circuit",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn fmt_stdin_to_stdout() {
+    let out = circuit(
+        &["fmt", "-"],
+        Some("model   \"m\"   # note\ncircuit c{9.1@END,S1+1 expect ratio>=0.5}"),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(transcript(&out));
+}
+
+#[test]
+fn fmt_syntax_error_exits_one_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.circuit");
+    std::fs::write(&path, "circuit c {\n  9.1 @\n}\n").unwrap();
+    let out = circuit(&["fmt", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("circuit::parse::syntax"));
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "circuit c {\n  9.1 @\n}\n"
+    );
+}
+
+#[test]
+fn fmt_rewrites_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.circuit");
+    let original = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ok/comments.circuit"),
+    )
+    .unwrap();
+    std::fs::write(&path, &original).unwrap();
+    let p = path.to_str().unwrap();
+    assert_eq!(circuit(&["fmt", "--check", p], None).status.code(), Some(1));
+    assert_eq!(circuit(&["fmt", p], None).status.code(), Some(0));
+    let rewritten = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(rewritten, original);
+    assert_eq!(circuit(&["fmt", "--check", p], None).status.code(), Some(0));
+    // Only the file itself is left in the folder (the temporary file was renamed over it).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn check_against_the_real_stories260k_config() {
+    // A Llama folder (5 layers × 8 heads): only its config.json is read.
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/models/stories260K");
+    let out = circuit(
+        &["check", "--model", model, "tests/fixtures/ok/ioi.circuit"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("this model has 5 layers × 8 heads: heads 0.0 to 4.7"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`9.9`: layer 9 does not exist in this model"),
+        "{stderr}"
+    );
+    let fits = "dataset d = ioi\ncircuit c {\n  4.7 @ END\n  0..4.* @ S1+1\n  mlp 4\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.circuit");
+    std::fs::write(&path, fits).unwrap();
+    let out = circuit(&["check", "--model", model, path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
