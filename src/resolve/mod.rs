@@ -12,7 +12,6 @@
 
 mod binder;
 pub mod bound;
-pub mod env_data_shim;
 
 use std::path::Path;
 
