@@ -159,16 +159,12 @@ fn print_stdout(text: &str) -> miette::Result<()> {
     }
 }
 
-/// The tokenizer of a model. Built-in models are resolved here, in one place, once the default
-/// model lands.
+/// The tokenizer of a model: a folder's tokenizer.json, or the one embedded in the binary for a
+/// built-in model.
 pub fn load_tokenizer(model: &ModelSource) -> miette::Result<Tokenizer> {
     match model {
         ModelSource::Dir(dir) => Ok(Tokenizer::from_file(&dir.join("tokenizer.json"))?),
-        ModelSource::Builtin(name) => Err(miette!(
-            code = "circuit::cli::builtin_tokenizer",
-            help = "pass a model folder holding tokenizer.json: --model DIR",
-            "the built-in model `{name}` is not available in this build yet"
-        )),
+        ModelSource::Builtin(name) => Ok(crate::model::builtin::tokenizer(name)?),
     }
 }
 
