@@ -222,3 +222,29 @@ fn fmt_rewrites_in_place() {
     // Only the file itself is left in the folder (the temporary file was renamed over it).
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn check_against_the_real_stories260k_config() {
+    // A Llama folder (5 layers × 8 heads): only its config.json is read.
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/models/stories260K");
+    let out = circuit(
+        &["check", "--model", model, "tests/fixtures/ok/ioi.circuit"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("this model has 5 layers × 8 heads: heads 0.0 to 4.7"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`9.9`: layer 9 does not exist in this model"),
+        "{stderr}"
+    );
+    let fits = "dataset d = ioi\ncircuit c {\n  4.7 @ END\n  0..4.* @ S1+1\n  mlp 4\n}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.circuit");
+    std::fs::write(&path, fits).unwrap();
+    let out = circuit(&["check", "--model", model, path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -151,6 +151,9 @@ fn run(kind: &str, path: &Path) -> String {
     match resolve_in(&relative_dir(path), &name, &text) {
         Ok(resolved) => {
             assert_eq!(kind, "ok", "{name} should not resolve");
+            for d in &resolved.warnings.items {
+                assert!(d.help.is_some(), "{} in {name} has no help line", d.code);
+            }
             out.push_str("== diagnostics ==\n");
             out.push_str(&resolved.warnings.render_plain(100));
             out.push_str("== bound ==\n");
@@ -169,6 +172,9 @@ fn run(kind: &str, path: &Path) -> String {
             assert!(diagnostics.has_errors());
             for d in &diagnostics.items {
                 assert!(d.code.starts_with("circuit::"), "{}", d.code);
+                if d.code.starts_with("circuit::resolve::") {
+                    assert!(d.help.is_some(), "{} in {name} has no help line", d.code);
+                }
                 for label in &d.labels {
                     assert!(label.span.end <= text.len(), "label outside the file");
                 }

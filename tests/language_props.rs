@@ -276,7 +276,11 @@ fn check_round_trip(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+    // 300 cases by default (fast in CI); PROPTEST_CASES=N for a longer search.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn generated_files_survive_formatting(text in file_text()) {

@@ -325,3 +325,27 @@ fn failures_convert_into_a_miette_report() {
     let text = format!("{report:?}");
     assert!(text.contains("layer 12 does not exist"), "{text}");
 }
+
+#[test]
+fn nested_groups_do_not_blow_up() {
+    // 30 levels, each naming the previous group three times: 3^30 heads if not deduplicated.
+    let mut text = String::from("heads g0 = 1.1, 2.*\n");
+    for i in 1..30 {
+        let p = i - 1;
+        text.push_str(&format!("heads g{i} = g{p}, g{p}, g{p}\n"));
+    }
+    text.push_str("circuit c { g29 @ END }\n");
+    let file = resolve_ok(&text).file;
+    assert_eq!(file.circuits[0].heads.len(), 13);
+}
+
+#[test]
+fn huge_ranges_without_a_model_are_not_expanded() {
+    let d = language_support::resolve_in(
+        "tests/fixtures/ok",
+        "t.circuit",
+        "model \"missing\"\ncircuit c { 0..18446744073709551615.* @ END\n mlp 0..18446744073709551615 }",
+    )
+    .unwrap_err();
+    assert_eq!(d.items[0].code, "circuit::resolve::model");
+}

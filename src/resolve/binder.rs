@@ -177,7 +177,8 @@ impl<'a> Binder<'a> {
                                 format!("the dataset `{}` is defined twice", name.name),
                             )
                             .with_label(name.span.clone(), "defined again here")
-                            .with_label(prev_span, "first defined here"),
+                            .with_label(prev_span, "first defined here")
+                            .with_help("give each dataset its own name"),
                         );
                         continue;
                     }
@@ -273,6 +274,9 @@ impl<'a> Binder<'a> {
                 if let Some(span) = evaluated.1.clone() {
                     d = d.with_label(span, "this dataset");
                 }
+                d = d.with_help(
+                    "`circuit dataset --list` lists the built-in datasets; a JSONL path is relative to this file",
+                );
                 self.error(d);
             }
         }
@@ -375,7 +379,8 @@ impl<'a> Binder<'a> {
                                 "circuit::resolve::duplicate_param",
                                 format!("the parameter `{}` is given twice", p.key.name),
                             )
-                            .with_label(p.span.clone(), "given again here"),
+                            .with_label(p.span.clone(), "given again here")
+                            .with_help("give each parameter once"),
                         );
                     }
                 }
@@ -422,7 +427,10 @@ impl<'a> Binder<'a> {
                         self.error(what(*b));
                         vec![]
                     }
-                    _ => (*a..=*b).collect(),
+                    Some(_) => (*a..=*b).collect(),
+                    // Without the model's shape nothing can be bound (an error is already
+                    // reported), and an unchecked range could be arbitrarily large.
+                    None => vec![],
                 }
             }
             (ast::Selector::All(_), Some(n)) => (0..n).collect(),
@@ -500,7 +508,8 @@ impl<'a> Binder<'a> {
                             format!("the group `{}` is defined twice", name.name),
                         )
                         .with_label(name.span.clone(), "defined again here")
-                        .with_label(prev_span, "first defined here"),
+                        .with_label(prev_span, "first defined here")
+                        .with_help("rename one of them, or merge them: `heads NAME = A, B`"),
                     );
                     continue;
                 }
@@ -556,6 +565,9 @@ impl<'a> Binder<'a> {
                 }
             }
         }
+        // Keep the first occurrence of each head: groups of groups stay as small as the model.
+        let mut seen = HashSet::new();
+        heads.retain(|h| seen.insert(*h));
         self.group_cache
             .insert(name.to_string(), Some(heads.clone()));
         heads
@@ -710,7 +722,8 @@ impl<'a> Binder<'a> {
                     "circuit::resolve::offset_before_bos",
                     format!("`BOS{}` is before the prompt's first token", p.offset),
                 )
-                .with_label(p.span.clone(), "outside every prompt"),
+                .with_label(p.span.clone(), "outside every prompt")
+                .with_help("BOS is position 0; use BOS, BOS+1, ... for later tokens"),
             );
         }
         pos::Position {
@@ -760,7 +773,8 @@ impl<'a> Binder<'a> {
                             format!("the circuit `{}` is defined twice", c.name.name),
                         )
                         .with_label(c.name.span.clone(), "defined again here")
-                        .with_label(prev_span, "first defined here"),
+                        .with_label(prev_span, "first defined here")
+                        .with_help("circuit names must be unique in a file; a variant can be `circuit NEW extends OLD`"),
                     );
                 } else {
                     self.circuit_names.insert(c.name.name.clone(), defs.len());
@@ -1009,7 +1023,8 @@ impl<'a> Binder<'a> {
                                             upstream_name(up)
                                         ),
                                     )
-                                    .with_label(span, "not in the circuit"),
+                                    .with_label(span, "not in the circuit")
+                                    .with_help("`drop` removes what the base circuit or an earlier statement kept; check the name, or delete the statement"),
                                 );
                             }
                         }

@@ -255,6 +255,21 @@ impl Diagnostics {
         self
     }
 
+    /// Every diagnostic rendered for stderr: coloured when stderr is a terminal, plain
+    /// otherwise, 100 columns wide. What `circuit check` prints.
+    pub fn render_for_stderr(&self) -> String {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            self.items
+                .iter()
+                .map(|d| d.render_colored(100))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            self.render_plain(100)
+        }
+    }
+
     /// Every diagnostic rendered without colour, separated by blank lines.
     pub fn render_plain(&self, width: usize) -> String {
         self.items

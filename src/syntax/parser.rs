@@ -145,7 +145,6 @@ impl Builder<'_> {
 
     fn item(&mut self, pair: Pair<Rule>) -> ItemKind {
         let rule = pair.as_rule();
-        let span = self.trimmed(&pair);
         let mut parts = children(pair).into_iter();
         match rule {
             Rule::model_setting => ItemKind::Model(string_lit(parts.next().unwrap())),
@@ -239,7 +238,6 @@ impl Builder<'_> {
                         }
                     }
                 }
-                let _ = span;
                 ItemKind::Circuit(Circuit {
                     name,
                     base,
@@ -587,10 +585,9 @@ impl Builder<'_> {
             }
             _ => {
                 // A parenthesized expression: the parentheses widen the span only.
-                let open = span_of(&primary).start;
-                let inner = self.sum(primary);
-                let _ = open;
-                inner
+                // A parenthesized expression: the tree keeps no parentheses (the formatter
+                // puts back exactly those the tree needs).
+                self.sum(primary)
             }
         };
         for start in negs.into_iter().rev() {
