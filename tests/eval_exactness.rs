@@ -316,11 +316,50 @@ fn path_edges_into_logits(setup: Setup) {
             .path_edges
             .push(path(Upstream::Mlp(layer), PositionSet::All));
     }
+    // Into a head's q, k and v inputs, every upstream component kept: the stream is rebuilt
+    // from the same outputs, so nothing changes (up to rounding of the rebuilt sum).
+    use circuit::model::HeadInput;
+    let target = h(l - 1, 1);
+    for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+        for layer in 0..l - 1 {
+            for head in 0..h_ {
+                all_kept.path_edges.push(PathEdge {
+                    from: Upstream::Head(h(layer, head)),
+                    to: Downstream::Head(target, which),
+                    positions: PositionSet::All,
+                    span: 0..0,
+                });
+            }
+            all_kept.path_edges.push(PathEdge {
+                from: Upstream::Mlp(layer),
+                to: Downstream::Head(target, which),
+                positions: PositionSet::All,
+                span: 0..0,
+            });
+        }
+    }
+    // Into the last head's value input, nothing kept at END: a real change.
+    let mut v_cut = everything("v_cut", l, h_);
+    v_cut.path_edges.push(PathEdge {
+        from: Upstream::Head(h(0, 0)),
+        to: Downstream::Head(target, HeadInput::V),
+        positions: at(&[label("S1", 0)]),
+        span: 0..0,
+    });
     let mut none_at_end = everything("none_at_end", l, h_);
     none_at_end
         .path_edges
         .push(path(Upstream::Head(h(0, 0)), at(&[label("S1", 0)])));
-    let eval = evaluate(&setup, s, &[&all_kept, &none_at_end]);
+    let eval = evaluate(&setup, s, &[&all_kept, &none_at_end, &v_cut]);
+    let f = eval
+        .scores("v_cut", Metric::LogitDiff)
+        .unwrap()
+        .faithfulness
+        .unwrap();
+    assert!(
+        (f - 1.0).abs() > 1e-6,
+        "cutting a value input changes the output: {f}"
+    );
     for metric in [Metric::LogitDiff, Metric::Logprob] {
         let f = eval
             .scores("all_kept", metric)
