@@ -151,9 +151,9 @@ fn test_command_prints_one_line_per_expectation_and_a_summary() {
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
     assert!(lines[0].starts_with("ok   ") && lines[0].contains("base: faithfulness >= 0.4 ("));
-    assert_eq!(*lines.last().unwrap(), "4 passed, 0 failed");
+    assert_eq!(*lines.last().unwrap(), "5 passed, 0 failed");
 }
 
 #[test]
