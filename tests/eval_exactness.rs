@@ -390,7 +390,7 @@ fn gpt2_path_edges_into_the_logits() {
 }
 
 #[test]
-fn reference_values_are_cached_on_disk_by_content() {
+fn results_and_reference_values_are_cached_on_disk_by_content() {
     let setup = stories();
     let cache = tempfile::tempdir().unwrap();
     let s = settings(
@@ -401,7 +401,10 @@ fn reference_values_are_cached_on_disk_by_content() {
     let mut c = circuit("c");
     c.heads.insert(h(2, 5), at(&[end(0)]));
     c.qk_edges.push(edge(h(2, 5), label("S1", 0), end(0)));
-    let run = |expect_passes: usize| {
+    let mut other = c.clone();
+    other.name = "other".to_string();
+    other.heads.insert(h(3, 1), PositionSet::All);
+    let run = |circuit: &BoundCircuit, expect_passes: usize| {
         let positions: Vec<&dyn PromptPositions> =
             setup.data.positions.iter().map(|p| p as _).collect();
         let prompts = EvalPrompts {
@@ -411,12 +414,18 @@ fn reference_values_are_cached_on_disk_by_content() {
         };
         let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
         evaluator.disk_cache = Some(cache.path().to_path_buf());
-        let evaluation = evaluator.evaluate(&[&c]).unwrap();
-        assert_eq!(evaluator.forward_passes, expect_passes);
+        let evaluation = evaluator.evaluate(&[circuit]).unwrap();
+        assert_eq!(evaluator.forward_passes, expect_passes, "{}", circuit.name);
         evaluation
     };
-    let first = run(4);
-    let second = run(3); // the reference pass is read from disk
+    let first = run(&c, 4); // reference, full, empty, circuit
+    let second = run(&c, 0); // everything read back
     assert_same(&first, "c", &second, "c", 0.0);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    assert_eq!(first.full, second.full);
+    assert_eq!(first.empty, second.empty);
+    // A new circuit: its own pass and the full model's logits (for kl); the reference
+    // values and the empty circuit come from the cache.
+    let third = run(&other, 2);
+    let fresh = evaluate(&setup, s, &[&other]);
+    assert_same(&third, "other", &fresh, "other", 0.0);
 }
