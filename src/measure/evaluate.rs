@@ -232,6 +232,7 @@ impl<'a> Evaluator<'a> {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(b"circuit reference values v1\n");
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
         hasher.update(self.model.weights_hash().as_bytes());
         hasher.update(format!(
             "{:?} {}\n",
@@ -414,6 +415,7 @@ impl<'a> Evaluator<'a> {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(b"circuit per-prompt metrics v1\n");
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
         hasher.update(self.model.weights_hash().as_bytes());
         hasher.update(format!(
             "{:?} {:?} {:?}\n",
