@@ -81,8 +81,18 @@ fn eval_json_is_byte_identical_across_runs_and_thread_counts() {
         outputs[2], outputs[3],
         "reference values read back from the disk cache"
     );
-    let cached: Vec<_> = std::fs::read_dir(fresh_cache).unwrap().collect();
-    assert_eq!(cached.len(), 1, "one cache entry for one reference set");
+    let cached: Vec<String> = std::fs::read_dir(fresh_cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let count = |prefix: &str| cached.iter().filter(|n| n.starts_with(prefix)).count();
+    assert_eq!(count("reference-"), 1, "one reference set: {cached:?}");
+    // full, empty, base, wider (`nothing` compiles to the empty circuit's plan).
+    assert_eq!(
+        count("metrics-"),
+        4,
+        "one entry per distinct plan: {cached:?}"
+    );
     let json: serde_json::Value = serde_json::from_slice(&outputs[0]).unwrap();
     let circuits = json["circuits"].as_array().unwrap();
     assert_eq!(circuits.len(), 3);
@@ -151,9 +161,9 @@ fn test_command_prints_one_line_per_expectation_and_a_summary() {
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
     assert!(lines[0].starts_with("ok   ") && lines[0].contains("base: faithfulness >= 0.4 ("));
-    assert_eq!(*lines.last().unwrap(), "4 passed, 0 failed");
+    assert_eq!(*lines.last().unwrap(), "5 passed, 0 failed");
 }
 
 #[test]

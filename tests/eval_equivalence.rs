@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
+use circuit::cli::eval::DataEnvironment;
 use circuit::measure::file::{run_file, RunOptions};
 use circuit::measure::ALL_METRICS;
-use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions};
+use circuit::resolve::{resolve_source, ResolveOptions};
 
 const HEADER: &str = r#"
 model "../../../../shared/models/stories260K"
@@ -23,7 +24,7 @@ fn per_prompt(text: &str, circuit: &str) -> Vec<Vec<f64>> {
         "equivalence.circuit",
         &source,
         &base,
-        &RealEnvironment,
+        &DataEnvironment,
         &ResolveOptions::default(),
     )
     .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));

@@ -316,11 +316,50 @@ fn path_edges_into_logits(setup: Setup) {
             .path_edges
             .push(path(Upstream::Mlp(layer), PositionSet::All));
     }
+    // Into a head's q, k and v inputs, every upstream component kept: the stream is rebuilt
+    // from the same outputs, so nothing changes (up to rounding of the rebuilt sum).
+    use circuit::model::HeadInput;
+    let target = h(l - 1, 1);
+    for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+        for layer in 0..l - 1 {
+            for head in 0..h_ {
+                all_kept.path_edges.push(PathEdge {
+                    from: Upstream::Head(h(layer, head)),
+                    to: Downstream::Head(target, which),
+                    positions: PositionSet::All,
+                    span: 0..0,
+                });
+            }
+            all_kept.path_edges.push(PathEdge {
+                from: Upstream::Mlp(layer),
+                to: Downstream::Head(target, which),
+                positions: PositionSet::All,
+                span: 0..0,
+            });
+        }
+    }
+    // Into the last head's value input, nothing kept at END: a real change.
+    let mut v_cut = everything("v_cut", l, h_);
+    v_cut.path_edges.push(PathEdge {
+        from: Upstream::Head(h(0, 0)),
+        to: Downstream::Head(target, HeadInput::V),
+        positions: at(&[label("S1", 0)]),
+        span: 0..0,
+    });
     let mut none_at_end = everything("none_at_end", l, h_);
     none_at_end
         .path_edges
         .push(path(Upstream::Head(h(0, 0)), at(&[label("S1", 0)])));
-    let eval = evaluate(&setup, s, &[&all_kept, &none_at_end]);
+    let eval = evaluate(&setup, s, &[&all_kept, &none_at_end, &v_cut]);
+    let f = eval
+        .scores("v_cut", Metric::LogitDiff)
+        .unwrap()
+        .faithfulness
+        .unwrap();
+    assert!(
+        (f - 1.0).abs() > 1e-6,
+        "cutting a value input changes the output: {f}"
+    );
     for metric in [Metric::LogitDiff, Metric::Logprob] {
         let f = eval
             .scores("all_kept", metric)
@@ -351,7 +390,7 @@ fn gpt2_path_edges_into_the_logits() {
 }
 
 #[test]
-fn reference_values_are_cached_on_disk_by_content() {
+fn results_and_reference_values_are_cached_on_disk_by_content() {
     let setup = stories();
     let cache = tempfile::tempdir().unwrap();
     let s = settings(
@@ -362,7 +401,10 @@ fn reference_values_are_cached_on_disk_by_content() {
     let mut c = circuit("c");
     c.heads.insert(h(2, 5), at(&[end(0)]));
     c.qk_edges.push(edge(h(2, 5), label("S1", 0), end(0)));
-    let run = |expect_passes: usize| {
+    let mut other = c.clone();
+    other.name = "other".to_string();
+    other.heads.insert(h(3, 1), PositionSet::All);
+    let run = |circuit: &BoundCircuit, expect_passes: usize| {
         let positions: Vec<&dyn PromptPositions> =
             setup.data.positions.iter().map(|p| p as _).collect();
         let prompts = EvalPrompts {
@@ -372,12 +414,18 @@ fn reference_values_are_cached_on_disk_by_content() {
         };
         let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
         evaluator.disk_cache = Some(cache.path().to_path_buf());
-        let evaluation = evaluator.evaluate(&[&c]).unwrap();
-        assert_eq!(evaluator.forward_passes, expect_passes);
+        let evaluation = evaluator.evaluate(&[circuit]).unwrap();
+        assert_eq!(evaluator.forward_passes, expect_passes, "{}", circuit.name);
         evaluation
     };
-    let first = run(4);
-    let second = run(3); // the reference pass is read from disk
+    let first = run(&c, 4); // reference, full, empty, circuit
+    let second = run(&c, 0); // everything read back
     assert_same(&first, "c", &second, "c", 0.0);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    assert_eq!(first.full, second.full);
+    assert_eq!(first.empty, second.empty);
+    // A new circuit: its own pass and the full model's logits (for kl); the reference
+    // values and the empty circuit come from the cache.
+    let third = run(&other, 2);
+    let fresh = evaluate(&setup, s, &[&other]);
+    assert_same(&third, "other", &fresh, "other", 0.0);
 }

@@ -8,7 +8,7 @@ use std::process::{Command, ExitCode};
 use crate::model::ModelSource;
 use crate::report::diff::{circuit_changes, render, settings_changes};
 use crate::report::FileReport;
-use crate::resolve::{resolve_source, RealEnvironment, ResolveOptions, Resolved};
+use crate::resolve::{resolve_source, ResolveOptions, Resolved};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -83,7 +83,8 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved>
     let options = ResolveOptions {
         model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
     };
-    resolve_source(spec, &text, &base, &RealEnvironment, &options).map_err(miette::Report::new)
+    resolve_source(spec, &text, &base, &super::eval::DataEnvironment, &options)
+        .map_err(miette::Report::new)
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {

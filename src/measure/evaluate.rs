@@ -71,6 +71,8 @@ pub struct Evaluator<'a> {
     /// A folder where reference values are cached between runs, keyed by content (see
     /// [`Evaluator::reference_cache_key`]); `None` disables the cache.
     pub disk_cache: Option<std::path::PathBuf>,
+    /// Reference needs of every plan compiled so far, so one reference pass serves them all.
+    planned_needs: ReferenceNeeds,
 }
 
 /// Results of evaluating some circuits: per-prompt metrics of the full model, the empty
@@ -134,6 +136,7 @@ impl<'a> Evaluator<'a> {
             forward_passes: 0,
             on_batch: None,
             disk_cache: None,
+            planned_needs: ReferenceNeeds::default(),
         }
     }
 
@@ -184,12 +187,12 @@ impl<'a> Evaluator<'a> {
         let lens = self.prompt_lens();
         let empty_plan = Plan::empty(self.shape(), &lens, self.settings.scope);
 
-        let mut needs = ReferenceNeeds::default();
+        // The reference pass runs lazily (a run whose results are all cached needs none), but
+        // once, covering every plan.
         for plan in &plans {
-            needs.edge_heads.extend(plan.edge_heads());
-            needs.head_outputs |= plan.has_path_edges();
+            self.planned_needs.edge_heads.extend(plan.edge_heads());
+            self.planned_needs.head_outputs |= plan.has_path_edges();
         }
-        self.ensure_reference(&needs)?;
 
         let full = self.run(&Plan::full(self.shape(), &lens, self.settings.scope))?;
         let empty = self.run(&empty_plan)?;
@@ -229,6 +232,7 @@ impl<'a> Evaluator<'a> {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(b"circuit reference values v1\n");
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
         hasher.update(self.model.weights_hash().as_bytes());
         hasher.update(format!(
             "{:?} {}\n",
@@ -357,21 +361,28 @@ impl<'a> Evaluator<'a> {
 
     /// Per-prompt metrics of one plan; memoized by the plan's content.
     pub fn run(&mut self, plan: &Plan) -> miette::Result<PromptMetrics> {
-        if self.full_logits.is_none() {
-            let full = self.end_logits(&|_| Box::new(NoInterventions))?;
-            self.full_logits = Some(full);
-        }
         let key = plan.content_key();
         if let Some(hit) = self.memo.get(&key) {
             return Ok(hit.clone());
         }
+        let cache_file = self
+            .disk_cache
+            .as_ref()
+            .map(|dir| dir.join(format!("metrics-{}.json", self.results_cache_key(&key))));
+        if let Some(hit) = cache_file.as_ref().and_then(|path| read_metrics(path)) {
+            self.memo.insert(key, hit.clone());
+            return Ok(hit);
+        }
+        if self.full_logits.is_none() {
+            let full = self.end_logits(&|_| Box::new(NoInterventions))?;
+            self.full_logits = Some(full);
+        }
         let logits = if plan.is_identity() {
             self.full_logits.clone().expect("computed above")
         } else {
-            let needs = ReferenceNeeds {
-                edge_heads: plan.edge_heads(),
-                head_outputs: plan.has_path_edges(),
-            };
+            let mut needs = self.planned_needs.clone();
+            needs.edge_heads.extend(plan.edge_heads());
+            needs.head_outputs |= plan.has_path_edges();
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
             let edge_ablation = self.settings.edge_ablation;
@@ -391,7 +402,67 @@ impl<'a> Evaluator<'a> {
             self.full_logits.as_ref().expect("computed above").view(),
             &self.prompts.targets,
         );
+        if let Some(path) = &cache_file {
+            write_metrics(path, &metrics);
+        }
         self.memo.insert(key, metrics.clone());
         Ok(metrics)
     }
+
+    /// The content key of one plan's per-prompt metrics: the model's weights, the ablation
+    /// settings, the evaluated prompts and their targets, the reference prompts and the plan.
+    pub fn results_cache_key(&self, plan_key: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"circuit per-prompt metrics v1\n");
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hasher.update(self.model.weights_hash().as_bytes());
+        hasher.update(format!(
+            "{:?} {:?} {:?}\n",
+            self.settings.ablation, self.settings.edge_ablation, self.settings.scope
+        ));
+        for (prompt, target) in self.prompts.ids.iter().zip(&self.prompts.targets) {
+            hasher.update((prompt.len() as u64).to_le_bytes());
+            prompt.iter().for_each(|id| hasher.update(id.to_le_bytes()));
+            hasher.update(target.answer.to_le_bytes());
+            hasher.update(target.distractor.to_le_bytes());
+        }
+        hasher.update(b"reference\n");
+        for prompt in &self.reference_ids {
+            hasher.update((prompt.len() as u64).to_le_bytes());
+            prompt.iter().for_each(|id| hasher.update(id.to_le_bytes()));
+        }
+        hasher.update(plan_key.as_bytes());
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// Per-prompt metrics as JSON with every f64 stored as its bit pattern, so a cached run
+/// reproduces a computed one bit for bit.
+fn write_metrics(path: &std::path::Path, metrics: &PromptMetrics) {
+    let bits: BTreeMap<&str, Vec<u64>> = metrics
+        .iter()
+        .map(|(&m, values)| {
+            (
+                super::metric_name(m),
+                values.iter().map(|x| x.to_bits()).collect(),
+            )
+        })
+        .collect();
+    let text = serde_json::to_string(&bits).expect("metrics serialize");
+    // A cache is an optimization: failing to write it is not an error.
+    let _ = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+        .and_then(|_| crate::util::write_atomic(path, text.as_bytes()));
+}
+
+/// Reads what [`write_metrics`] wrote; `None` for a missing or damaged entry.
+fn read_metrics(path: &std::path::Path) -> Option<PromptMetrics> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let bits: BTreeMap<String, Vec<u64>> = serde_json::from_str(&text).ok()?;
+    let mut out = PromptMetrics::new();
+    for metric in super::ALL_METRICS {
+        let values = bits.get(super::metric_name(metric))?;
+        out.insert(metric, values.iter().map(|&b| f64::from_bits(b)).collect());
+    }
+    Some(out)
 }
