@@ -46,8 +46,7 @@ impl Environment for RealEnvironment {
     }
 
     fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
-        // MERGE: replace with `crate::data::label_names(source).map_err(|e| error_chain(&e))`.
-        env_data_shim::label_names(source)
+        crate::data::label_names(source).map_err(|e| error_chain(&e))
     }
 }
 
