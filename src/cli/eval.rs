@@ -1,10 +1,109 @@
-//! `circuit eval`.
+//! `circuit eval`: faithfulness of each circuit of a file against the full model and the empty
+//! circuit, as a table, JSON or markdown.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use crate::measure::file::{run_file, FileRun, RunOptions};
+use crate::model::ModelSource;
+use crate::report::FileReport;
+use crate::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
 
-pub fn execute(_args: Args) -> miette::Result<ExitCode> {
-    Err(miette::miette!("`circuit eval` is not implemented yet"))
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .circuit file to evaluate.
+    pub file: PathBuf,
+    /// Evaluate only this circuit (repeatable); default: every circuit of the file.
+    #[arg(long = "circuit", value_name = "NAME")]
+    pub circuits: Vec<String>,
+    /// Machine-readable output (deterministic: byte-identical across runs and thread counts).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// A markdown table.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Write the report to this file (atomically) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Use this model folder instead of the file's `model` setting.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+}
+
+/// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
+pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
+    let options = ResolveOptions {
+        model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
+    };
+    let resolved = load_file(path, &RealEnvironment, &options).map_err(miette::Report::new)?;
+    if !resolved.warnings.is_empty() {
+        eprintln!("{}", resolved.warnings.render_plain(100));
+    }
+    Ok(resolved)
+}
+
+/// Evaluates circuits of a resolved file with a progress bar on stderr when it is a terminal.
+pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<FileRun> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} evaluating [{bar:30}] {pos}/{len} prompt passes ({elapsed})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let options = RunOptions {
+        on_batch: bar
+            .clone()
+            .map(|b| Box::new(move |n: usize| b.inc(n as u64)) as Box<dyn Fn(usize)>),
+        on_total: bar
+            .clone()
+            .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
+        disk_cache: crate::measure::file::cache_dir(),
+    };
+    let result = run_file(&resolved.file, circuits, options);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+/// Writes `text` to `output` atomically, or to stdout.
+pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
+    match output {
+        Some(path) => crate::util::write_atomic(path, text.as_bytes()).map_err(|e| {
+            miette::miette!(
+                code = "circuit::eval::write",
+                "cannot write {}: {e}",
+                path.display()
+            )
+        }),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+pub fn execute(args: Args) -> miette::Result<ExitCode> {
+    let resolved = resolve(&args.file, args.model.as_deref())?;
+    let run = evaluate(&resolved, &args.circuits)?;
+    let report = FileReport::new(
+        &args.file.display().to_string(),
+        &resolved.file.settings,
+        &run,
+    );
+    let text = if args.json {
+        report.to_json()
+    } else if args.markdown {
+        report.to_markdown()
+    } else {
+        report.to_text()
+    };
+    emit(&text, args.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
 }

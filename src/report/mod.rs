@@ -1,1 +1,339 @@
 //! Rendering results: text, JSON, markdown, diff.
+//!
+//! Every report states what was in force: the aggregation order, the ablation kind, the edge
+//! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
+
+pub mod diff;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::measure::evaluate::Evaluation;
+use crate::measure::file::{FileRun, Provenance};
+use crate::measure::{mean, metric_name, Quantiles, ALL_METRICS};
+use crate::resolve::bound::{
+    AblationKind, Alignment, BoundCircuit, EdgeAblation, Metric, Scope, Settings,
+};
+
+/// The sentence every report carries, because the order changes the number.
+pub const AGGREGATION: &str =
+    "metric averaged over prompts first, then normalized: (m(C) - m(empty)) / (m(full) - m(empty))";
+
+/// The settings in force, as reports print them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SettingsReport {
+    pub metric: &'static str,
+    pub ablation: &'static str,
+    pub edge_ablation: &'static str,
+    pub scope: &'static str,
+    pub reference: String,
+    pub alignment: &'static str,
+    pub aggregation: &'static str,
+}
+
+impl SettingsReport {
+    pub fn new(settings: &Settings, provenance: &Provenance) -> SettingsReport {
+        SettingsReport {
+            metric: metric_name(settings.metric),
+            ablation: match settings.ablation {
+                AblationKind::Mean => "mean",
+                AblationKind::Zero => "zero",
+                AblationKind::Resample => "resample",
+            },
+            edge_ablation: match settings.edge_ablation {
+                EdgeAblation::EdgeMean => "edge_mean",
+                EdgeAblation::Knockout => "knockout",
+            },
+            scope: match settings.scope {
+                Scope::Heads => "heads",
+                Scope::HeadsAndMlps => "heads_and_mlps",
+            },
+            reference: format!(
+                "{} ({} prompts)",
+                provenance.reference, provenance.n_reference
+            ),
+            alignment: match settings.alignment {
+                Alignment::Position => "position",
+                Alignment::Label => "label",
+            },
+            aggregation: AGGREGATION,
+        }
+    }
+}
+
+/// A metric's prompt means for the three runs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RunMeans {
+    pub full: f64,
+    pub circuit: f64,
+    pub empty: f64,
+}
+
+/// What a circuit contains, counted.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Contents {
+    pub heads: usize,
+    pub mlps: usize,
+    pub qk_edges: usize,
+    pub path_edges: usize,
+}
+
+/// One circuit's results.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CircuitReport {
+    pub name: String,
+    /// The file's metric.
+    pub metric: &'static str,
+    pub full: f64,
+    pub circuit: f64,
+    pub empty: f64,
+    /// `None` (JSON `null`) when the full model and the empty circuit agree.
+    pub faithfulness: Option<f64>,
+    /// m(C) / m(full); `None` when m(full) = 0.
+    pub ratio: Option<f64>,
+    /// Quantiles of the per-prompt normalized metric.
+    pub per_prompt_faithfulness: Option<Quantiles>,
+    /// Every metric's means, for expectations and diffs.
+    pub metrics: BTreeMap<&'static str, RunMeans>,
+    pub contents: Contents,
+}
+
+/// A whole file's report.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileReport {
+    pub file: String,
+    pub provenance: Provenance,
+    pub settings: SettingsReport,
+    pub notes: Vec<String>,
+    pub circuits: Vec<CircuitReport>,
+}
+
+fn circuit_report(
+    circuit: &BoundCircuit,
+    evaluation: &Evaluation,
+    metric: Metric,
+) -> CircuitReport {
+    let scores = evaluation
+        .scores(&circuit.name, metric)
+        .expect("every evaluated circuit has results");
+    let per_circuit = evaluation
+        .circuit(&circuit.name)
+        .expect("every evaluated circuit has results");
+    let metrics = ALL_METRICS
+        .iter()
+        .map(|&m| {
+            (
+                metric_name(m),
+                RunMeans {
+                    full: mean(&evaluation.full[&m]),
+                    circuit: mean(&per_circuit[&m]),
+                    empty: mean(&evaluation.empty[&m]),
+                },
+            )
+        })
+        .collect();
+    CircuitReport {
+        name: circuit.name.clone(),
+        metric: metric_name(metric),
+        full: scores.full,
+        circuit: scores.circuit,
+        empty: scores.empty,
+        faithfulness: scores.faithfulness,
+        ratio: scores.ratio,
+        per_prompt_faithfulness: scores.per_prompt_faithfulness,
+        metrics,
+        contents: Contents {
+            heads: circuit.heads.len(),
+            mlps: circuit.mlps.len(),
+            qk_edges: circuit.qk_edges.len(),
+            path_edges: circuit.path_edges.len(),
+        },
+    }
+}
+
+impl FileReport {
+    pub fn new(file: &str, settings: &Settings, run: &FileRun) -> FileReport {
+        FileReport {
+            file: file.to_string(),
+            provenance: run.provenance.clone(),
+            settings: SettingsReport::new(settings, &run.provenance),
+            notes: run.notes.clone(),
+            circuits: run
+                .circuits
+                .iter()
+                .map(|c| circuit_report(c, &run.evaluation, settings.metric))
+                .collect(),
+        }
+    }
+
+    /// Pretty JSON with a trailing newline. Deterministic: fields in declaration order, maps
+    /// sorted, floats in shortest round-trip form.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a report serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Plain-text tables, one per circuit.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let p = &self.provenance;
+        let s = &self.settings;
+        let _ = writeln!(out, "{}", self.file);
+        let _ = writeln!(
+            out,
+            "  model      {} (weights sha256 {})",
+            p.model,
+            short(&p.model_sha256)
+        );
+        let _ = writeln!(
+            out,
+            "  dataset    {} ({} prompts, sha256 {})",
+            p.dataset,
+            p.n_prompts,
+            short(&p.dataset_sha256)
+        );
+        let _ = writeln!(out, "  reference  {}", s.reference);
+        let _ = writeln!(
+            out,
+            "  ablation   {} by {}, edges by {}, aligned by {}",
+            s.scope, s.ablation, s.edge_ablation, s.alignment
+        );
+        let _ = writeln!(out, "  metric     {} at END", s.metric);
+        let _ = writeln!(out, "  aggregation {}", s.aggregation);
+        for note in &self.notes {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        for c in &self.circuits {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "circuit {} ({} heads, {} mlps, {} qk edges, {} path edges)",
+                c.name,
+                c.contents.heads,
+                c.contents.mlps,
+                c.contents.qk_edges,
+                c.contents.path_edges
+            );
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>12} {:>12} {:>12}",
+                "metric", "full", "circuit", "empty"
+            );
+            for (name, m) in &c.metrics {
+                let marker = if *name == c.metric { "*" } else { " " };
+                let _ = writeln!(
+                    out,
+                    "{marker} {:<12} {:>12} {:>12} {:>12}",
+                    name,
+                    num(m.full),
+                    num(m.circuit),
+                    num(m.empty)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  faithfulness {}   ratio {}",
+                opt(c.faithfulness),
+                opt(c.ratio)
+            );
+            match &c.per_prompt_faithfulness {
+                Some(q) => {
+                    let _ = writeln!(
+                        out,
+                        "  per prompt   min {}  q25 {}  median {}  q75 {}  max {}  (n = {})",
+                        num(q.min),
+                        num(q.q25),
+                        num(q.median),
+                        num(q.q75),
+                        num(q.max),
+                        q.n_prompts
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  per prompt   undefined (full and empty agree on every prompt)"
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// A markdown section per file with one table row per circuit.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let p = &self.provenance;
+        let s = &self.settings;
+        let _ = writeln!(out, "## `{}`\n", self.file);
+        let _ = writeln!(out, "| setting | value |\n| --- | --- |");
+        let _ = writeln!(
+            out,
+            "| model | `{}` (weights sha256 `{}`) |",
+            p.model,
+            short(&p.model_sha256)
+        );
+        let _ = writeln!(
+            out,
+            "| dataset | `{}` ({} prompts, sha256 `{}`) |",
+            p.dataset,
+            p.n_prompts,
+            short(&p.dataset_sha256)
+        );
+        let _ = writeln!(out, "| reference | {} |", s.reference);
+        let _ = writeln!(
+            out,
+            "| ablation | {} by {}, edges by {} |",
+            s.scope, s.ablation, s.edge_ablation
+        );
+        let _ = writeln!(out, "| alignment | {} |", s.alignment);
+        let _ = writeln!(out, "| metric | {} at END |", s.metric);
+        let _ = writeln!(out, "| aggregation | {} |\n", s.aggregation);
+        for note in &self.notes {
+            let _ = writeln!(out, "> note: {note}\n");
+        }
+        let _ = writeln!(
+            out,
+            "| circuit | {m} full | {m} circuit | {m} empty | faithfulness | ratio | per-prompt min / median / max |",
+            m = s.metric
+        );
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+        for c in &self.circuits {
+            let quantiles = c
+                .per_prompt_faithfulness
+                .as_ref()
+                .map(|q| format!("{} / {} / {}", num(q.min), num(q.median), num(q.max)))
+                .unwrap_or_else(|| "–".to_string());
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                num(c.full),
+                num(c.circuit),
+                num(c.empty),
+                opt(c.faithfulness),
+                opt(c.ratio),
+                quantiles
+            );
+        }
+        out
+    }
+}
+
+/// Numbers in text and markdown: four decimals (JSON keeps full precision).
+pub fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.4}")
+    } else {
+        "undefined".to_string()
+    }
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map(num).unwrap_or_else(|| "undefined".to_string())
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

@@ -1,0 +1,529 @@
+//! Reference values: what an ablated activation becomes.
+//!
+//! Every reference value is stored with a leading *source* axis `S`: under mean ablation there
+//! is one source (the mean over the reference prompts, per token position); under resample
+//! there is one source per reference prompt and each evaluated prompt reads its paired one;
+//! under zero ablation nothing is stored and every replacement is 0. The forward hooks then
+//! read one code path for all three kinds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use miette::Diagnostic;
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+use thiserror::Error;
+
+use crate::resolve::bound::{AblationKind, HeadId};
+
+/// One layer of the reference forward pass, as the reference statistics read it.
+/// `R` reference prompts right-padded to `T` tokens.
+pub struct LayerActivations<'a> {
+    /// Per-head attention outputs before `W_O`, `(R, T, H, d)`.
+    pub z: ArrayView4<'a, f32>,
+    /// Attention pattern, `(R, H, T_q, T_k)`.
+    pub pattern: ArrayView4<'a, f32>,
+    /// Values indexed by query head (key/value heads expanded under GQA), `(R, T, H, d)`.
+    pub v: ArrayView4<'a, f32>,
+    /// MLP output, `(R, T, D)`.
+    pub mlp_out: ArrayView3<'a, f32>,
+    /// Each head's write to the residual stream `z_h · W_O^h` (no bias), `(R, T, H, D)`.
+    pub head_out: ArrayView4<'a, f32>,
+}
+
+/// Errors building reference values.
+#[derive(Debug, Error, Diagnostic)]
+pub enum ReferenceError {
+    #[error("the reference set is empty")]
+    #[diagnostic(
+        code(circuit::ablate::empty_reference),
+        help("mean and resample ablation need at least one reference prompt")
+    )]
+    Empty,
+    #[error("reference prompts have different token lengths: reference prompt {first_index} has {first_len} tokens, reference prompt {index} has {len}")]
+    #[diagnostic(
+        code(circuit::ablate::reference_lengths_differ),
+        help("per-position reference statistics need every reference prompt to have the same number of tokens; use a reference set whose prompts tokenize to equal lengths, or align by label (`align label`, not implemented yet)")
+    )]
+    RefLengthsDiffer {
+        first_index: usize,
+        first_len: usize,
+        index: usize,
+        len: usize,
+    },
+    #[error("{prompt} has {len} tokens but its reference {reference} has {ref_len}")]
+    #[diagnostic(
+        code(circuit::ablate::reference_length_mismatch),
+        help("reference statistics are taken at the same token position, so evaluated and reference prompts must have equal token lengths; use a reference set made from the same templates, or align by label (`align label`, not implemented yet)")
+    )]
+    LengthMismatch {
+        prompt: String,
+        len: usize,
+        reference: String,
+        ref_len: usize,
+    },
+    #[error("label alignment of reference statistics is not implemented")]
+    #[diagnostic(
+        code(circuit::ablate::label_alignment_unsupported),
+        help("use position alignment (the default) with reference prompts of the same token length as the evaluated prompts")
+    )]
+    LabelAlignment,
+}
+
+/// What ablated activations are replaced by, for every evaluated prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceValues {
+    pub kind: AblationKind,
+    /// For each evaluated prompt, the source index it reads (see the module docs).
+    source_of_prompt: Vec<usize>,
+    /// Per layer, `(S, T, H, d)`.
+    z: Vec<Array4<f32>>,
+    /// Per layer, `(S, T, D)`.
+    mlp_out: Vec<Array3<f32>>,
+    /// Per layer, `(S, T, H, D)`; empty unless path edges were asked for.
+    head_out: Vec<Array4<f32>>,
+    /// Per head with QK edges, `(S, T_q, T_k, d)`: the term `A[q,k]·v[k]` per source.
+    edge_terms: BTreeMap<HeadId, Array4<f32>>,
+}
+
+/// What the reference values must cover.
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceNeeds {
+    /// Heads whose per-(query, key) terms are needed (heads with QK edges).
+    pub edge_heads: BTreeSet<HeadId>,
+    /// Whether per-head outputs are needed (path edges).
+    pub head_outputs: bool,
+}
+
+impl ReferenceValues {
+    /// Zero ablation: every replacement is 0; no reference forward is needed.
+    pub fn zero(n_prompts: usize) -> ReferenceValues {
+        ReferenceValues {
+            kind: AblationKind::Zero,
+            source_of_prompt: vec![0; n_prompts],
+            z: Vec::new(),
+            mlp_out: Vec::new(),
+            head_out: Vec::new(),
+            edge_terms: BTreeMap::new(),
+        }
+    }
+
+    /// Builds the reference values from one reference forward pass over every reference
+    /// prompt (see [`ReferenceBuilder`] for batches).
+    pub fn build(
+        kind: AblationKind,
+        layers: &[LayerActivations],
+        ref_lens: &[usize],
+        eval_lens: &[usize],
+        describe_eval: &dyn Fn(usize) -> String,
+        needs: &ReferenceNeeds,
+    ) -> Result<ReferenceValues, ReferenceError> {
+        check_lengths(kind, ref_lens, eval_lens, describe_eval)?;
+        let mut builder = ReferenceBuilder::new(kind, needs.clone(), eval_lens.len(), ref_lens);
+        builder.add_batch(layers);
+        Ok(builder.finish())
+    }
+
+    /// Number of sources (1 for mean, R for resample, 0 for zero).
+    pub fn n_sources(&self) -> usize {
+        self.z.first().map(|z| z.shape()[0]).unwrap_or(0)
+    }
+
+    /// Whether this covers what a plan needs (edge heads and head outputs).
+    pub fn covers(&self, needs: &ReferenceNeeds) -> bool {
+        self.kind == AblationKind::Zero
+            || (needs
+                .edge_heads
+                .iter()
+                .all(|h| self.edge_terms.contains_key(h))
+                && (!needs.head_outputs || !self.head_out.is_empty()))
+    }
+
+    /// The replacement for head `head`'s `z` at position `t` of evaluated prompt `prompt`,
+    /// added into `out` (`(d,)`).
+    pub fn add_z(&self, layer: usize, prompt: usize, t: usize, head: usize, out: &mut [f64]) {
+        if let Some(z) = self.z.get(layer) {
+            let src = self.source_of_prompt[prompt];
+            for (o, &x) in out.iter_mut().zip(z.slice(s![src, t, head, ..])) {
+                *o += x as f64;
+            }
+        }
+    }
+
+    /// The replacement for the term `A[q,k]·v[k]` of `head`, added into `out` (`(d,)`).
+    pub fn add_edge_term(&self, head: HeadId, prompt: usize, q: usize, k: usize, out: &mut [f64]) {
+        if self.kind == AblationKind::Zero {
+            return;
+        }
+        let terms = self.edge_terms.get(&head).unwrap_or_else(|| {
+            panic!("reference edge terms of head {head} were not computed; ReferenceNeeds must list every head with QK edges")
+        });
+        let src = self.source_of_prompt[prompt];
+        for (o, &x) in out.iter_mut().zip(terms.slice(s![src, q, k, ..])) {
+            *o += x as f64;
+        }
+    }
+
+    /// The replacement MLP output at `t` of evaluated prompt `prompt`, `(D,)`; `None` = zero.
+    pub fn mlp_out(
+        &self,
+        layer: usize,
+        prompt: usize,
+        t: usize,
+    ) -> Option<ndarray::ArrayView1<'_, f32>> {
+        let src = self.source_of_prompt[prompt];
+        self.mlp_out.get(layer).map(|m| m.slice(s![src, t, ..]))
+    }
+
+    /// The replacement output of head `head` at `t`, `(D,)`; `None` = zero.
+    pub fn head_out(
+        &self,
+        layer: usize,
+        prompt: usize,
+        t: usize,
+        head: usize,
+    ) -> Option<ndarray::ArrayView1<'_, f32>> {
+        if self.kind == AblationKind::Zero {
+            return None;
+        }
+        let src = self.source_of_prompt[prompt];
+        let out = self.head_out.get(layer).unwrap_or_else(|| {
+            panic!("reference head outputs were not computed; ReferenceNeeds::head_outputs must be set for path edges")
+        });
+        Some(out.slice(s![src, t, head, ..]))
+    }
+}
+
+/// Checks that per-position statistics are meaningful: under mean ablation every reference
+/// prompt and every evaluated prompt has the same token count; under resample each evaluated
+/// prompt `b` has the token count of its partner, reference prompt `b mod R`. Run it before the
+/// reference forward pass, so a bad dataset costs nothing.
+pub fn check_lengths(
+    kind: AblationKind,
+    ref_lens: &[usize],
+    eval_lens: &[usize],
+    describe_eval: &dyn Fn(usize) -> String,
+) -> Result<(), ReferenceError> {
+    match kind {
+        AblationKind::Zero => Ok(()),
+        _ if ref_lens.is_empty() => Err(ReferenceError::Empty),
+        AblationKind::Mean => {
+            let first_len = ref_lens[0];
+            if let Some((index, &len)) = ref_lens.iter().enumerate().find(|(_, &l)| l != first_len)
+            {
+                return Err(ReferenceError::RefLengthsDiffer {
+                    first_index: 0,
+                    first_len,
+                    index,
+                    len,
+                });
+            }
+            if let Some((b, &len)) = eval_lens.iter().enumerate().find(|(_, &l)| l != first_len) {
+                return Err(ReferenceError::LengthMismatch {
+                    prompt: describe_eval(b),
+                    len,
+                    reference: format!("set ({} prompts)", ref_lens.len()),
+                    ref_len: first_len,
+                });
+            }
+            Ok(())
+        }
+        AblationKind::Resample => {
+            for (b, &len) in eval_lens.iter().enumerate() {
+                let r = b % ref_lens.len();
+                if ref_lens[r] != len {
+                    return Err(ReferenceError::LengthMismatch {
+                        prompt: describe_eval(b),
+                        len,
+                        reference: format!("prompt {r} (its resample partner)"),
+                        ref_len: ref_lens[r],
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Accumulates reference values over batches of the reference forward pass, in prompt order
+/// (sums in f64 in a fixed order, so the result does not depend on the batch size's threads).
+pub struct ReferenceBuilder {
+    kind: AblationKind,
+    needs: ReferenceNeeds,
+    n_eval: usize,
+    ref_lens: Vec<usize>,
+    /// Token count every source array is padded to.
+    max_len: usize,
+    /// Reference prompts seen so far.
+    seen: usize,
+    /// Per layer, `(S, T, H, d)` in f64 (sums under mean).
+    z: Vec<ndarray::Array4<f64>>,
+    mlp_out: Vec<ndarray::Array3<f64>>,
+    head_out: Vec<ndarray::Array4<f64>>,
+    edge_terms: BTreeMap<HeadId, ndarray::Array4<f64>>,
+}
+
+impl ReferenceBuilder {
+    /// `ref_lens`: every reference prompt's token count, in the order batches will arrive.
+    pub fn new(
+        kind: AblationKind,
+        needs: ReferenceNeeds,
+        n_eval: usize,
+        ref_lens: &[usize],
+    ) -> ReferenceBuilder {
+        ReferenceBuilder {
+            kind,
+            needs,
+            n_eval,
+            ref_lens: ref_lens.to_vec(),
+            max_len: ref_lens.iter().copied().max().unwrap_or(0),
+            seen: 0,
+            z: Vec::new(),
+            mlp_out: Vec::new(),
+            head_out: Vec::new(),
+            edge_terms: BTreeMap::new(),
+        }
+    }
+
+    fn n_sources(&self) -> usize {
+        match self.kind {
+            AblationKind::Mean => 1,
+            _ => self.ref_lens.len(),
+        }
+    }
+
+    /// Adds one batch of reference prompts (the next ones in order), every layer.
+    pub fn add_batch(&mut self, layers: &[LayerActivations]) {
+        if self.kind == AblationKind::Zero || layers.is_empty() {
+            return;
+        }
+        let n_src = self.n_sources();
+        let t_all = self.max_len;
+        let n_batch = layers[0].z.shape()[0];
+        if self.z.is_empty() {
+            for acts in layers {
+                let (_, _, h, d) = acts.z.dim();
+                let d_model = acts.mlp_out.shape()[2];
+                self.z.push(ndarray::Array4::zeros((n_src, t_all, h, d)));
+                self.mlp_out
+                    .push(ndarray::Array3::zeros((n_src, t_all, d_model)));
+                if self.needs.head_outputs {
+                    self.head_out
+                        .push(ndarray::Array4::zeros((n_src, t_all, h, d_model)));
+                }
+            }
+            for head in &self.needs.edge_heads {
+                let d = layers[head.layer].z.shape()[3];
+                self.edge_terms
+                    .insert(*head, ndarray::Array4::zeros((n_src, t_all, t_all, d)));
+            }
+        }
+        for row in 0..n_batch {
+            let r = self.seen + row;
+            let len = self.ref_lens[r];
+            let src = if self.kind == AblationKind::Mean {
+                0
+            } else {
+                r
+            };
+            for (layer, acts) in layers.iter().enumerate() {
+                let mut z = self.z[layer].slice_mut(s![src, ..len, .., ..]);
+                z.zip_mut_with(&acts.z.slice(s![row, ..len, .., ..]), |a, &x| {
+                    *a += x as f64
+                });
+                let mut m = self.mlp_out[layer].slice_mut(s![src, ..len, ..]);
+                m.zip_mut_with(&acts.mlp_out.slice(s![row, ..len, ..]), |a, &x| {
+                    *a += x as f64
+                });
+                if self.needs.head_outputs {
+                    let mut o = self.head_out[layer].slice_mut(s![src, ..len, .., ..]);
+                    o.zip_mut_with(&acts.head_out.slice(s![row, ..len, .., ..]), |a, &x| {
+                        *a += x as f64
+                    });
+                }
+            }
+            for (head, terms) in self.edge_terms.iter_mut() {
+                let acts = &layers[head.layer];
+                let d = acts.v.shape()[3];
+                for q in 0..len {
+                    for k in 0..=q {
+                        let a = acts.pattern[[row, head.head, q, k]] as f64;
+                        for i in 0..d {
+                            terms[[src, q, k, i]] += a * acts.v[[row, k, head.head, i]] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        self.seen += n_batch;
+    }
+
+    /// The reference values (means divided out, converted to f32).
+    pub fn finish(self) -> ReferenceValues {
+        if self.kind == AblationKind::Zero {
+            return ReferenceValues::zero(self.n_eval);
+        }
+        let n_ref = self.ref_lens.len().max(1);
+        let scale = if self.kind == AblationKind::Mean {
+            1.0 / n_ref as f64
+        } else {
+            1.0
+        };
+        let to_f32_4 = |a: ndarray::Array4<f64>| a.mapv(|x| (x * scale) as f32);
+        let source_of_prompt = match self.kind {
+            AblationKind::Mean => vec![0; self.n_eval],
+            _ => (0..self.n_eval).map(|b| b % n_ref).collect(),
+        };
+        ReferenceValues {
+            kind: self.kind,
+            source_of_prompt,
+            z: self.z.into_iter().map(to_f32_4).collect(),
+            mlp_out: self
+                .mlp_out
+                .into_iter()
+                .map(|a| a.mapv(|x| (x * scale) as f32))
+                .collect(),
+            head_out: self.head_out.into_iter().map(to_f32_4).collect(),
+            edge_terms: self
+                .edge_terms
+                .into_iter()
+                .map(|(h, a)| (h, to_f32_4(a)))
+                .collect(),
+        }
+    }
+}
+
+/// On-disk form of [`ReferenceValues`]: a safetensors file (f32, little-endian) whose tensors
+/// are `z.{layer}`, `mlp_out.{layer}`, `head_out.{layer}`, `edge.{layer}.{head}` and
+/// `source_of_prompt`, with the ablation kind in the metadata. Values round-trip bit for bit.
+impl ReferenceValues {
+    pub fn to_safetensors(&self) -> Vec<u8> {
+        use safetensors::tensor::TensorView;
+        use safetensors::Dtype;
+        let f32_bytes = |a: &[f32]| a.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut push = |name: String, shape: &[usize], data: Vec<f32>| {
+            named.push((name, shape.to_vec(), f32_bytes(&data)));
+        };
+        for (l, a) in self.z.iter().enumerate() {
+            push(format!("z.{l}"), a.shape(), a.iter().copied().collect());
+        }
+        for (l, a) in self.mlp_out.iter().enumerate() {
+            push(
+                format!("mlp_out.{l}"),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        for (l, a) in self.head_out.iter().enumerate() {
+            push(
+                format!("head_out.{l}"),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        for (h, a) in &self.edge_terms {
+            push(
+                format!("edge.{}.{}", h.layer, h.head),
+                a.shape(),
+                a.iter().copied().collect(),
+            );
+        }
+        let sources: Vec<u8> = self
+            .source_of_prompt
+            .iter()
+            .flat_map(|&s| (s as u64).to_le_bytes())
+            .collect();
+        let mut views: Vec<(String, TensorView)> = named
+            .iter()
+            .map(|(name, shape, data)| {
+                (
+                    name.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes match"),
+                )
+            })
+            .collect();
+        views.push((
+            "source_of_prompt".to_string(),
+            TensorView::new(Dtype::U64, vec![self.source_of_prompt.len()], &sources)
+                .expect("sizes match"),
+        ));
+        let metadata = [("kind".to_string(), format!("{:?}", self.kind))].into();
+        safetensors::serialize(views, Some(metadata)).expect("reference values serialize")
+    }
+
+    /// Reads what [`ReferenceValues::to_safetensors`] wrote; `None` if the bytes are not such
+    /// a file (a stale or damaged cache entry is recomputed, never trusted).
+    pub fn from_safetensors(bytes: &[u8]) -> Option<ReferenceValues> {
+        use safetensors::{Dtype, SafeTensors};
+        let (_, meta) = SafeTensors::read_metadata(bytes).ok()?;
+        let kind = match meta.metadata().as_ref()?.get("kind")?.as_str() {
+            "Mean" => AblationKind::Mean,
+            "Resample" => AblationKind::Resample,
+            "Zero" => AblationKind::Zero,
+            _ => return None,
+        };
+        let tensors = SafeTensors::deserialize(bytes).ok()?;
+        let floats = |name: &str| -> Option<(Vec<usize>, Vec<f32>)> {
+            let t = tensors.tensor(name).ok()?;
+            if t.dtype() != Dtype::F32 {
+                return None;
+            }
+            let data = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Some((t.shape().to_vec(), data))
+        };
+        let array4 = |name: &str| -> Option<Array4<f32>> {
+            let (shape, data) = floats(name)?;
+            let shape: [usize; 4] = shape.try_into().ok()?;
+            Array4::from_shape_vec(shape, data).ok()
+        };
+        let array3 = |name: &str| -> Option<Array3<f32>> {
+            let (shape, data) = floats(name)?;
+            let shape: [usize; 3] = shape.try_into().ok()?;
+            Array3::from_shape_vec(shape, data).ok()
+        };
+        let count = |prefix: &str| {
+            tensors
+                .names()
+                .iter()
+                .filter(|n| n.starts_with(prefix))
+                .count()
+        };
+        let z = (0..count("z."))
+            .map(|l| array4(&format!("z.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let mlp_out = (0..count("mlp_out."))
+            .map(|l| array3(&format!("mlp_out.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let head_out = (0..count("head_out."))
+            .map(|l| array4(&format!("head_out.{l}")))
+            .collect::<Option<Vec<_>>>()?;
+        let mut edge_terms = BTreeMap::new();
+        for name in tensors.names() {
+            if let Some(rest) = name.strip_prefix("edge.") {
+                let (layer, head) = rest.split_once('.')?;
+                let head = HeadId {
+                    layer: layer.parse().ok()?,
+                    head: head.parse().ok()?,
+                };
+                edge_terms.insert(head, array4(name)?);
+            }
+        }
+        let sources = tensors.tensor("source_of_prompt").ok()?;
+        let source_of_prompt = sources
+            .data()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+            .collect();
+        Some(ReferenceValues {
+            kind,
+            source_of_prompt,
+            z,
+            mlp_out,
+            head_out,
+            edge_terms,
+        })
+    }
+}
