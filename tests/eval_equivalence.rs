@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use circuit::cli::eval::DataEnvironment;
 use circuit::measure::file::{run_file, RunOptions};
 use circuit::measure::ALL_METRICS;
+use circuit::resolve::RealEnvironment;
 use circuit::resolve::{resolve_source, ResolveOptions};
 
 const HEADER: &str = r#"
@@ -24,7 +24,7 @@ fn per_prompt(text: &str, circuit: &str) -> Vec<Vec<f64>> {
         "equivalence.circuit",
         &source,
         &base,
-        &DataEnvironment,
+        &RealEnvironment,
         &ResolveOptions::default(),
     )
     .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));

@@ -69,7 +69,7 @@ pub enum ReferenceError {
 }
 
 /// What ablated activations are replaced by, for every evaluated prompt.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ReferenceValues {
     pub kind: AblationKind,
     /// For each evaluated prompt, the source index it reads (see the module docs).

@@ -331,3 +331,17 @@ fn reference_length_errors_name_both_lengths() {
         "{text}"
     );
 }
+
+#[test]
+fn reference_values_round_trip_through_safetensors() {
+    let acts = attention(3, 10);
+    for kind in [AblationKind::Mean, AblationKind::Resample] {
+        let values = reference(kind, &acts, 4);
+        let bytes = values.to_safetensors();
+        assert_eq!(ReferenceValues::from_safetensors(&bytes), Some(values));
+    }
+    assert_eq!(
+        ReferenceValues::from_safetensors(b"not a safetensors file"),
+        None
+    );
+}

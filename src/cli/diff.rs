@@ -83,8 +83,14 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved>
     let options = ResolveOptions {
         model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
     };
-    resolve_source(spec, &text, &base, &super::eval::DataEnvironment, &options)
-        .map_err(miette::Report::new)
+    resolve_source(
+        spec,
+        &text,
+        &base,
+        &crate::resolve::RealEnvironment,
+        &options,
+    )
+    .map_err(miette::Report::new)
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {

@@ -5,36 +5,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::data::DatasetSource;
 use crate::measure::file::{run_file, FileRun, RunOptions};
-use crate::model::ModelConfig;
 use crate::model::ModelSource;
 use crate::report::FileReport;
-use crate::resolve::{load_file, Environment, RealEnvironment, ResolveOptions, Resolved};
-
-/// The resolver's environment for commands that evaluate: model configs as
-/// [`RealEnvironment`] reads them, dataset labels from the data stage itself (every label a
-/// dataset defines, for built-ins and JSONL files alike).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DataEnvironment;
-
-impl Environment for DataEnvironment {
-    fn model_config(&self, source: &ModelSource) -> Result<ModelConfig, String> {
-        RealEnvironment.model_config(source)
-    }
-
-    fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
-        crate::data::label_names(source).map_err(|e| {
-            let mut message = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            message
-        })
-    }
-}
+use crate::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -62,7 +36,7 @@ pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
     let options = ResolveOptions {
         model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
     };
-    let resolved = load_file(path, &DataEnvironment, &options).map_err(miette::Report::new)?;
+    let resolved = load_file(path, &RealEnvironment, &options).map_err(miette::Report::new)?;
     if !resolved.warnings.is_empty() {
         eprintln!("{}", resolved.warnings.render_plain(100));
     }

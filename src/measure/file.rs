@@ -55,9 +55,9 @@ pub fn dataset_name(source: &DatasetSource) -> String {
 
 fn reference_name(reference: &ReferenceSet, dataset: &DatasetSource) -> String {
     match reference {
-        ReferenceSet::Corrupt => format!("{}.corrupt", dataset_name(dataset)),
-        ReferenceSet::Clean => format!("{}.clean", dataset_name(dataset)),
-        ReferenceSet::Dataset(other) => format!("{} (clean prompts)", dataset_name(other)),
+        ReferenceSet::Corrupt => format!("{}: reference prompts", dataset_name(dataset)),
+        ReferenceSet::Clean => format!("{}: clean prompts", dataset_name(dataset)),
+        ReferenceSet::Dataset(other) => format!("{}: clean prompts", dataset_name(other)),
     }
 }
 
