@@ -100,7 +100,7 @@ fn the_tutorials_complete_examples_print_what_the_tool_prints() {
     );
     assert!(
         mismatches.is_empty(),
-        "docs/tutorial.md is out of date (regenerate its outputs):\n{}",
+        "docs/tutorial.md is out of date: paste what the tool prints into it (and check the prose):\n{}",
         mismatches.join("\n")
     );
 }
