@@ -2,8 +2,6 @@
 //! on, labels that resolve under both test tokenizers, single-token answers under GPT-2.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::sync::OnceLock;
 
 use circuit::data::jsonl::write;
 use circuit::data::tokenized::tokenize_prompt;
@@ -11,29 +9,9 @@ use circuit::data::{
     check_equal_lengths, check_paired_lengths, label_names, load, tokenize_dataset, DataError,
     Dataset, DatasetSource, ParamValue, PromptSet,
 };
-use circuit::model::Tokenizer;
 
-fn gpt2() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/gpt2-tokenizer/tokenizer.json"),
-        )
-        .unwrap()
-    })
-}
-
-fn stories() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/models/stories260K/tokenizer.json"),
-        )
-        .unwrap()
-    })
-}
+mod data_support;
+use data_support::{gpt2, stories};
 
 const SEQCONT: [&str; 5] = [
     "seqcont.numerals",

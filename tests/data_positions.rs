@@ -2,37 +2,15 @@
 //! (fixture) and stories260K's SentencePiece-style tokenizer (BOS, byte fallback, digits split).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::OnceLock;
 
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use circuit::data::{
     alias_notes, check_equal_lengths, check_paired_lengths, tokenize_record, tokenize_record_in,
     DataError, PromptSet, Record, Span,
 };
-use circuit::model::Tokenizer;
 
-fn gpt2() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/gpt2-tokenizer/tokenizer.json"),
-        )
-        .unwrap()
-    })
-}
-
-fn stories() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/models/stories260K/tokenizer.json"),
-        )
-        .unwrap()
-    })
-}
+mod data_support;
+use data_support::{gpt2, stories};
 
 /// A record whose slots are given as the substrings at byte positions computed here, never by
 /// searching tokens: `slots` is (label, byte start, byte end).

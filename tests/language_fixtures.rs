@@ -6,7 +6,7 @@ mod language_support;
 
 use std::path::{Path, PathBuf};
 
-use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
+use circuit::data::positions::{PositionItem, PositionSet};
 use circuit::resolve::bound::{BoundFile, ValueExpr};
 use circuit::syntax::{format_file, parse, SourceFile};
 use language_support::{check_spans, resolve_in};
@@ -25,30 +25,10 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
     files
 }
 
-fn position(p: &Position) -> String {
-    let anchor = match &p.anchor {
-        Anchor::End => "END".to_string(),
-        Anchor::Bos => "BOS".to_string(),
-        Anchor::Label {
-            name,
-            token: SlotToken::Last,
-        } => name.clone(),
-        Anchor::Label {
-            name,
-            token: SlotToken::First,
-        } => format!("first({name})"),
-    };
-    if p.offset == 0 {
-        anchor
-    } else {
-        format!("{anchor}{:+}", p.offset)
-    }
-}
-
 fn item(i: &PositionItem) -> String {
     match i {
-        PositionItem::One(p) => position(p),
-        PositionItem::Range(a, b) => format!("{}..{}", position(a), position(b)),
+        PositionItem::One(p) => p.display_name(),
+        PositionItem::Range(a, b) => format!("{}..{}", a.display_name(), b.display_name()),
     }
 }
 
