@@ -233,6 +233,8 @@ impl<'a> Evaluator<'a> {
         let mut hasher = Sha256::new();
         hasher.update(b"circuit reference values v1\n");
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        // The code that computes the numbers (build.rs): a changed engine never reads old results.
+        hasher.update(env!("CIRCUIT_NUMERIC_CODE_FINGERPRINT").as_bytes());
         hasher.update(self.model.weights_hash().as_bytes());
         hasher.update(format!(
             "{:?} {}\n",
@@ -416,6 +418,8 @@ impl<'a> Evaluator<'a> {
         let mut hasher = Sha256::new();
         hasher.update(b"circuit per-prompt metrics v1\n");
         hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        // The code that computes the numbers (build.rs): a changed engine never reads old results.
+        hasher.update(env!("CIRCUIT_NUMERIC_CODE_FINGERPRINT").as_bytes());
         hasher.update(self.model.weights_hash().as_bytes());
         hasher.update(format!(
             "{:?} {:?} {:?}\n",
