@@ -54,13 +54,19 @@ fn main() {
     }
 }
 
-/// FLOPs of one forward: per token and layer `24·D²` (q, k, v, o, MLP) plus `4·T·D` (scores
-/// and z over the full T×T block), plus `2·D·V` per unembedded row.
-fn flops(unembedded_rows: usize) -> f64 {
-    let tokens = (BATCH * SEQ) as f64;
-    let d = D as f64;
-    tokens * LAYERS as f64 * (24.0 * d * d + 4.0 * SEQ as f64 * d)
-        + unembedded_rows as f64 * 2.0 * d * VOCAB as f64
+/// FLOPs of one forward as the engine runs it: per token and layer `24·D²` (q, k, v, o, MLP)
+/// plus `4·T·D` (scores and z over the full T×T block), plus `2·D·V` per unembedded row. For
+/// END logits the last layer computes q, o and the MLP (`20·D²`) and attention only at the
+/// `BATCH` END rows; k and v (`4·D²`) still at every token.
+fn flops(end_logits_only: bool) -> f64 {
+    let (tokens, ends, d, v) = ((BATCH * SEQ) as f64, BATCH as f64, D as f64, VOCAB as f64);
+    let layer =
+        |query_rows: f64| tokens * 4.0 * d * d + query_rows * (20.0 * d * d + 4.0 * SEQ as f64 * d);
+    if end_logits_only {
+        (LAYERS - 1) as f64 * layer(tokens) + layer(ends) + ends * 2.0 * d * v
+    } else {
+        LAYERS as f64 * layer(tokens) + tokens * 2.0 * d * v
+    }
 }
 
 fn child(dir: &Path) {
@@ -103,12 +109,11 @@ fn child(dir: &Path) {
         times.sort_by(f64::total_cmp);
         cpu_times.sort_by(f64::total_cmp);
         let median = times[REPETITIONS / 2];
-        let rows = if all_logits { BATCH * SEQ } else { BATCH };
         println!(
             "threads {threads}: {label:<20} median {median:.3} s (min {:.3}, max {:.3}) over {REPETITIONS} runs, {:.1} GFLOP/s; CPU time median {:.2} s",
             times[0],
             times[REPETITIONS - 1],
-            flops(rows) / median / 1e9,
+            flops(!all_logits) / median / 1e9,
             cpu_times[REPETITIONS / 2],
         );
     }

@@ -147,6 +147,19 @@ fn check_logits(model: &Model, name: &str, e: &Expected) {
             TOLERANCE,
         );
     }
+    // END logits of the padded batch: each prompt's own last row (the engine computes the last
+    // layer at those rows alone here).
+    let end = model
+        .forward(&e.ids, &ForwardOptions::default(), &NoInterventions)
+        .unwrap();
+    for (i, ids) in e.ids.iter().enumerate() {
+        assert_close(
+            &format!("{name} prompt {i} END logits in a batch"),
+            end.logits.slice(s![i, 0, ..]).into_dyn(),
+            e.logits[i].slice(s![ids.len() - 1, ..]).into_dyn(),
+            TOLERANCE,
+        );
+    }
 }
 
 /// The cache against HF: `hidden_states[0]` is the embedding, `hidden_states[l+1]` the residual

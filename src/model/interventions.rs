@@ -35,6 +35,14 @@ pub struct ComponentOutputs<'a> {
 }
 
 pub trait Interventions: Sync {
+    /// Whether these hooks leave every quantity as it is and observe nothing, as
+    /// [`NoInterventions`] does. Only then may the engine skip work whose results no hook could
+    /// see: with END-only logits and no cache, the last layer runs its queries, attention output
+    /// and MLP at each prompt's END row alone. Defaults to `false`, which is always safe.
+    fn is_identity(&self) -> bool {
+        false
+    }
+
     /// Pre-softmax, scaled attention scores of `layer`, `(B, H, T_q, T_k)`, with the causal
     /// mask already applied (`-inf` above the diagonal). Attention knockout writes `-inf` here;
     /// a query row left with no finite score gets an all-zero pattern (it reads nothing).
@@ -100,4 +108,8 @@ pub trait Interventions: Sync {
 /// The unedited forward pass.
 pub struct NoInterventions;
 
-impl Interventions for NoInterventions {}
+impl Interventions for NoInterventions {
+    fn is_identity(&self) -> bool {
+        true
+    }
+}

@@ -226,7 +226,23 @@ impl Transformer {
         let mut mlp_outs: Vec<Array3<f32>> = Vec::new(); // per layer (B, T, D)
         let mut layer_caches = Vec::new();
 
+        // Each prompt's last real row, where END logits are read.
+        let end_rows: Vec<usize> = lengths
+            .iter()
+            .enumerate()
+            .map(|(b, &len)| b * seq + len - 1)
+            .collect();
+        // When only END logits are wanted and nothing can observe the other rows, the last
+        // layer runs at END rows alone (its keys and values still need every row). For GPT-2
+        // small at 16 tokens this skips ~6% of the forward's FLOPs.
+        let end_rows_only = !all_logits && !want_cache && hooks.is_identity();
+        let last_layer = self.layers.len() - 1;
+
         for (layer_index, layer) in self.layers.iter().enumerate() {
+            if end_rows_only && layer_index == last_layer {
+                resid = self.last_layer_at_end_rows(layer, &resid, &end_rows, lengths, seq); // (B, D)
+                break;
+            }
             let resid_pre = resid; // (N, D)
             let resid_pre3 = to3(&resid_pre); // (B, T, D)
 
@@ -274,8 +290,8 @@ impl Transformer {
 
             if let Positions::Rotary { inv_freq } = &self.positions {
                 let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
-                rotate(&mut q, &cos, &sin, seq, d_head);
-                rotate(&mut k, &cos, &sin, seq, d_head);
+                rotate(&mut q, &cos, &sin, |row| row % seq, d_head);
+                rotate(&mut k, &cos, &sin, |row| row % seq, d_head);
             }
             let q4 = q
                 .into_shape_with_order((batch, seq, n_heads, d_head))
@@ -288,7 +304,7 @@ impl Transformer {
                 .unwrap(); // (B, T, H, d)
 
             let scale = 1.0 / (d_head as f32).sqrt();
-            let mut scores = causal_scores(&q4, &k4, scale); // (B, H, T, T)
+            let mut scores = causal_scores(&q4, &k4, scale, |_, t| t); // (B, H, T, T)
 
             // Intervention point: pre-softmax scores (attention knockout).
             hooks.edit_scores(layer_index, &mut scores.view_mut());
@@ -369,45 +385,46 @@ impl Transformer {
             }
         }
 
-        // Intervention point: the residual stream the unembedding reads.
-        let unembed_input = hooks.unembed_input(
-            to3(&resid).view(),
-            &ComponentOutputs {
-                embed: embed.view(),
-                head_out: &head_outs,
-                attn_bias: &attn_biases,
-                mlp_out: &mlp_outs,
-            },
-        );
-        if let Some(input) = unembed_input {
-            resid = input
-                .into_shape_with_order((n_rows, d_model))
-                .expect("unembed_input returns (B, T, D)");
-        }
-
         let unembed = self.unembed.as_ref().unwrap_or(&self.embed); // (V, D)
         let vocab = unembed.nrows();
-        let logits = if all_logits {
-            let normed = self.final_norm.apply(resid.view()); // (N, D)
-            normed
-                .dot(&unembed.t())
-                .into_shape_with_order((batch, seq, vocab))
-                .unwrap() // (B, T, V)
-        } else {
-            // Only each prompt's last real row: the unembedding dominates at short lengths.
-            let last_rows = resid.select(
-                Axis(0),
-                &lengths
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &len)| b * seq + len - 1)
-                    .collect::<Vec<_>>(),
-            ); // (B, D)
-            let normed = self.final_norm.apply(last_rows.view()); // (B, D)
-            normed
+        let logits = if end_rows_only {
+            // `resid` already holds only the END rows: (B, D).
+            self.final_norm
+                .apply(resid.view())
                 .dot(&unembed.t())
                 .into_shape_with_order((batch, 1, vocab))
                 .unwrap() // (B, 1, V)
+        } else {
+            // Intervention point: the residual stream the unembedding reads.
+            let unembed_input = hooks.unembed_input(
+                to3(&resid).view(),
+                &ComponentOutputs {
+                    embed: embed.view(),
+                    head_out: &head_outs,
+                    attn_bias: &attn_biases,
+                    mlp_out: &mlp_outs,
+                },
+            );
+            if let Some(input) = unembed_input {
+                resid = input
+                    .into_shape_with_order((n_rows, d_model))
+                    .expect("unembed_input returns (B, T, D)");
+            }
+            if all_logits {
+                self.final_norm
+                    .apply(resid.view()) // (N, D)
+                    .dot(&unembed.t())
+                    .into_shape_with_order((batch, seq, vocab))
+                    .unwrap() // (B, T, V)
+            } else {
+                // Only each prompt's last real row: the unembedding dominates at short lengths.
+                let last_rows = resid.select(Axis(0), &end_rows); // (B, D)
+                self.final_norm
+                    .apply(last_rows.view()) // (B, D)
+                    .dot(&unembed.t())
+                    .into_shape_with_order((batch, 1, vocab))
+                    .unwrap() // (B, 1, V)
+            }
         };
 
         let cache = want_cache.then(|| ActivationCache {
@@ -416,6 +433,48 @@ impl Transformer {
             resid_final: to3(&resid),
         });
         (logits, cache)
+    }
+
+    /// The last layer computed only where END logits read it: `resid_pre` `(N, D)` → the
+    /// residual stream after the layer at `end_rows` (one per prompt), `(B, D)`. Keys and
+    /// values are computed for every row; queries, the attention output and the MLP only for
+    /// END rows. Only called when no hook or cache could see the rows it skips.
+    fn last_layer_at_end_rows(
+        &self,
+        layer: &Layer,
+        resid_pre: &Array2<f32>, // (N, D)
+        end_rows: &[usize],
+        lengths: &[usize],
+        seq: usize,
+    ) -> Array2<f32> {
+        let (n_heads, d_head) = (self.n_heads, self.d_head);
+        let (batch, group) = (end_rows.len(), n_heads / self.n_kv_heads);
+        let end_position = |b: usize| lengths[b] - 1;
+
+        let x = layer.attn_norm.apply(resid_pre.view()); // (N, D)
+        let mut q = layer.q.apply(x.select(Axis(0), end_rows).view()); // (B, H·d)
+        let mut k = expand_kv(layer.k.apply(x.view()), group, d_head); // (N, H·d)
+        let v = expand_kv(layer.v.apply(x.view()), group, d_head); // (N, H·d)
+        if let Positions::Rotary { inv_freq } = &self.positions {
+            let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
+            rotate(&mut q, &cos, &sin, end_position, d_head);
+            rotate(&mut k, &cos, &sin, |row| row % seq, d_head);
+        }
+        let heads = |a: Array2<f32>, rows: usize| {
+            a.into_shape_with_order((batch, rows, n_heads, d_head))
+                .unwrap()
+        };
+        let (q4, k4, v4) = (heads(q, 1), heads(k, seq), heads(v, seq)); // (B, 1|T, H, d)
+
+        let scale = 1.0 / (d_head as f32).sqrt();
+        let scores = causal_scores(&q4, &k4, scale, |b, _| end_position(b)); // (B, H, 1, T)
+        let z = weighted_values(&softmax_rows(&scores), &v4); // (B, 1, H, d)
+        let z_rows = z.into_shape_with_order((batch, n_heads * d_head)).unwrap(); // (B, H·d)
+        let resid_mid = resid_pre.select(Axis(0), end_rows) + layer.o.apply(z_rows.view()); // (B, D)
+        let mlp_out = layer
+            .mlp
+            .apply(layer.mlp_norm.apply(resid_mid.view()).view()); // (B, D)
+        resid_mid + mlp_out
     }
 }
 
@@ -432,8 +491,15 @@ fn expand_kv(kv: Array2<f32>, group: usize, d_head: usize) -> Array2<f32> {
     })
 }
 
-/// Rotates each head's vector of `x` `(N, H·d)` by its row's position (`row % seq`).
-fn rotate(x: &mut Array2<f32>, cos: &Array2<f32>, sin: &Array2<f32>, seq: usize, d_head: usize) {
+/// Rotates each head's vector of `x` `(rows, H·d)` by its row's token position
+/// (`position_of_row`; the tables cover every position used).
+fn rotate(
+    x: &mut Array2<f32>,
+    cos: &Array2<f32>,
+    sin: &Array2<f32>,
+    position_of_row: impl Fn(usize) -> usize + Sync,
+    d_head: usize,
+) {
     let half = d_head / 2;
     let width = x.ncols();
     x.as_slice_mut()
@@ -441,7 +507,8 @@ fn rotate(x: &mut Array2<f32>, cos: &Array2<f32>, sin: &Array2<f32>, seq: usize,
         .par_chunks_mut(width)
         .enumerate()
         .for_each(|(row, values)| {
-            let (cos, sin) = (cos.row(row % seq), sin.row(row % seq));
+            let position = position_of_row(row);
+            let (cos, sin) = (cos.row(position), sin.row(position));
             for head in values.chunks_mut(d_head) {
                 for i in 0..half {
                     let (x1, x2) = (head[i], head[i + half]);
@@ -452,26 +519,36 @@ fn rotate(x: &mut Array2<f32>, cos: &Array2<f32>, sin: &Array2<f32>, seq: usize,
         });
 }
 
-/// Scaled `q·k` for every (prompt, head), `-inf` above the diagonal: (B, H, T, T).
-fn causal_scores(q: &Array4<f32>, k: &Array4<f32>, scale: f32) -> Array4<f32> {
-    let (batch, seq, n_heads, d_head) = q.dim();
+/// Scaled `q·k` for every (prompt, head) and each query row `i < T_q`, which sits at token
+/// position `query_position(b, i)`; keys after that position get `-inf` (the causal mask).
+/// `q` `(B, T_q, H, d)`, `k` `(B, T, H, d)` → `(B, H, T_q, T)`.
+fn causal_scores(
+    q: &Array4<f32>,
+    k: &Array4<f32>,
+    scale: f32,
+    query_position: impl Fn(usize, usize) -> usize + Sync,
+) -> Array4<f32> {
+    let (batch, n_queries, n_heads, d_head) = q.dim();
+    let seq = k.dim().1;
     let (q, k) = (q.as_slice().unwrap(), k.as_slice().unwrap());
-    let mut scores = Array4::<f32>::zeros((batch, n_heads, seq, seq));
+    let mut scores = Array4::<f32>::zeros((batch, n_heads, n_queries, seq));
     scores
         .as_slice_mut()
         .unwrap()
-        .par_chunks_mut(seq * seq)
+        .par_chunks_mut(n_queries * seq)
         .enumerate()
         .for_each(|(bh, block)| {
             let (b, h) = (bh / n_heads, bh % n_heads);
-            let offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
-            for tq in 0..seq {
-                let q_row = &q[offset(tq)..offset(tq) + d_head];
+            let q_offset = |i: usize| ((b * n_queries + i) * n_heads + h) * d_head;
+            let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
+            for i in 0..n_queries {
+                let q_row = &q[q_offset(i)..q_offset(i) + d_head];
+                let last_key = query_position(b, i);
                 for tk in 0..seq {
-                    block[tq * seq + tk] = if tk <= tq {
+                    block[i * seq + tk] = if tk <= last_key {
                         let dot: f32 = q_row
                             .iter()
-                            .zip(&k[offset(tk)..offset(tk) + d_head])
+                            .zip(&k[k_offset(tk)..k_offset(tk) + d_head])
                             .map(|(a, b)| a * b)
                             .sum();
                         dot * scale
@@ -510,21 +587,23 @@ fn softmax_rows(scores: &Array4<f32>) -> Array4<f32> {
     pattern
 }
 
-/// `z[b, q, h] = Σ_k pattern[b, h, q, k] · v[b, k, h]`: (B, T, H, d).
+/// `z[b, i, h] = Σ_k pattern[b, h, i, k] · v[b, k, h]`: pattern `(B, H, T_q, T)`, v
+/// `(B, T, H, d)` → `(B, T_q, H, d)`.
 fn weighted_values(pattern: &Array4<f32>, v: &Array4<f32>) -> Array4<f32> {
     let (batch, seq, n_heads, d_head) = v.dim();
+    let n_queries = pattern.dim().2;
     let v = v.as_slice().unwrap();
     let p = pattern.as_standard_layout();
     let p = p.as_slice().unwrap();
-    let mut z = Array4::<f32>::zeros((batch, seq, n_heads, d_head));
+    let mut z = Array4::<f32>::zeros((batch, n_queries, n_heads, d_head));
     z.as_slice_mut()
         .unwrap()
         .par_chunks_mut(n_heads * d_head)
         .enumerate()
-        .for_each(|(bq, out)| {
-            let (b, tq) = (bq / seq, bq % seq);
+        .for_each(|(bi, out)| {
+            let (b, i) = (bi / n_queries, bi % n_queries);
             for h in 0..n_heads {
-                let weights = &p[((b * n_heads + h) * seq + tq) * seq..][..seq];
+                let weights = &p[((b * n_heads + h) * n_queries + i) * seq..][..seq];
                 let out = &mut out[h * d_head..(h + 1) * d_head];
                 for (tk, &w) in weights.iter().enumerate() {
                     if w == 0.0 {
