@@ -11,7 +11,7 @@
 //! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
 
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
@@ -203,11 +203,8 @@ impl Transformer {
         let d_model = self.embed.ncols();
         let (n_heads, d_head) = (self.n_heads, self.d_head);
         let group = n_heads / self.n_kv_heads;
-        let to3 = |a: &Array2<f32>| {
-            a.clone()
-                .into_shape_with_order((batch, seq, a.ncols()))
-                .expect("rows are B·T")
-        };
+        // (N, ·) rows seen as (B, T, ·): a view for the hooks, a copy only for the cache.
+        let to3 = |a: &Array2<f32>| rows_as_prompts(a, batch, seq).to_owned();
 
         // Token (+ learned position) embedding.
         let mut resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
@@ -244,7 +241,6 @@ impl Transformer {
                 break;
             }
             let resid_pre = resid; // (N, D)
-            let resid_pre3 = to3(&resid_pre); // (B, T, D)
 
             // ---- attention -------------------------------------------------------------
             let x = layer.attn_norm.apply(resid_pre.view()); // (N, D)
@@ -265,9 +261,13 @@ impl Transformer {
                 };
                 for head in 0..n_heads {
                     for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
-                        let Some(input) =
-                            hooks.head_input(layer_index, head, which, resid_pre3.view(), &outputs)
-                        else {
+                        let Some(input) = hooks.head_input(
+                            layer_index,
+                            head,
+                            which,
+                            rows_as_prompts(&resid_pre, batch, seq),
+                            &outputs,
+                        ) else {
                             continue;
                         };
                         let input = input
@@ -322,7 +322,6 @@ impl Transformer {
             let head_out = (want_cache || record_outputs)
                 .then(|| per_head_outputs(&z_rows, &layer.o.weight, batch, seq, n_heads)); // (B, T, H, D)
             let resid_mid = &resid_pre + &attn_out; // (N, D)
-            let resid_mid3 = to3(&resid_mid);
 
             if record_outputs {
                 head_outs.push(head_out.clone().expect("computed when recording"));
@@ -333,7 +332,7 @@ impl Transformer {
             // Intervention point: the residual stream the MLP reads (path edges into an MLP).
             let mlp_input = hooks.mlp_input(
                 layer_index,
-                resid_mid3.view(),
+                rows_as_prompts(&resid_mid, batch, seq),
                 &ComponentOutputs {
                     embed: embed.view(),
                     head_out: &head_outs,
@@ -350,7 +349,11 @@ impl Transformer {
                 ),
                 None => layer.mlp_norm.apply(resid_mid.view()),
             }; // (N, D)
-            let mut mlp_out = to3(&layer.mlp.apply(x.view())); // (B, T, D)
+            let mut mlp_out = layer
+                .mlp
+                .apply(x.view())
+                .into_shape_with_order((batch, seq, d_model))
+                .unwrap(); // (B, T, D)
 
             // Intervention point: MLP output.
             hooks.edit_mlp_out(layer_index, &mut mlp_out.view_mut());
@@ -369,7 +372,7 @@ impl Transformer {
                     a.slice(s![.., .., ..;group, ..]).to_owned()
                 };
                 layer_caches.push(LayerCache {
-                    resid_pre: resid_pre3,
+                    resid_pre: to3(&resid_pre),
                     k: kv_heads(&k4),
                     v: kv_heads(&v4),
                     q: q4,
@@ -378,7 +381,7 @@ impl Transformer {
                     z,
                     head_out: head_out.expect("computed for the cache"),
                     attn_out: to3(&attn_out),
-                    resid_mid: resid_mid3,
+                    resid_mid: to3(&resid_mid),
                     mlp_out,
                     resid_post: to3(&resid),
                 });
@@ -397,7 +400,7 @@ impl Transformer {
         } else {
             // Intervention point: the residual stream the unembedding reads.
             let unembed_input = hooks.unembed_input(
-                to3(&resid).view(),
+                rows_as_prompts(&resid, batch, seq),
                 &ComponentOutputs {
                     embed: embed.view(),
                     head_out: &head_outs,
@@ -476,6 +479,13 @@ impl Transformer {
             .apply(layer.mlp_norm.apply(resid_mid.view()).view()); // (B, D)
         resid_mid + mlp_out
     }
+}
+
+/// `(N, W)` rows as `(B, T, W)`, without a copy (rows are batch-major).
+fn rows_as_prompts(rows: &Array2<f32>, batch: usize, seq: usize) -> ArrayView3<'_, f32> {
+    rows.view()
+        .into_shape_with_order((batch, seq, rows.ncols()))
+        .expect("rows are B·T")
 }
 
 /// (N, Hkv·d) → (N, H·d): each key/value head repeated for the `group` query heads sharing it.
