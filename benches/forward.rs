@@ -43,6 +43,12 @@ fn main() {
         "wrote random GPT-2-small weights in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    for &n in &threads {
+        println!(
+            "threads {n}: machine FMA peak {:.1} GFLOP/s (f32, {n} core(s) busy)",
+            fma_peak_gflops(n)
+        );
+    }
     for n in threads {
         let status = Command::new(std::env::current_exe().unwrap())
             .args(["--child", dir.path().to_str().unwrap()])
@@ -124,6 +130,105 @@ fn child(dir: &Path) {
         peak / weight_bytes,
         weight_bytes / 1e6
     );
+    gemm_floor(&threads);
+}
+
+/// The matrix products of one END-logits forward, timed alone with the engine's own GEMM
+/// (ndarray → matrixmultiply) at this thread count: their sum is how fast the forward could be
+/// if everything else (norms, attention, GELU, copies) were free.
+fn gemm_floor(threads: &str) {
+    let (tokens, ends) = (BATCH * SEQ, BATCH);
+    // (rows, inner, cols, how many per forward)
+    let shapes = [
+        (tokens, D, D, 4 * (LAYERS - 1) + 2), // q, k, v, o; the last layer's k, v
+        (tokens, D, 4 * D, LAYERS - 1),       // MLP in
+        (tokens, 4 * D, D, LAYERS - 1),       // MLP out
+        (ends, D, D, 2),                      // last layer's q, o at END rows
+        (ends, D, 4 * D, 1),
+        (ends, 4 * D, D, 1),
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut random = |rows: usize, cols: usize| {
+        ndarray::Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
+    };
+    let median_seconds = |run: &dyn Fn() -> f32| {
+        run();
+        let mut times: Vec<f64> = (0..REPETITIONS)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(run());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[REPETITIONS / 2]
+    };
+    let mut total = 0.0;
+    for (rows, inner, cols, count) in shapes {
+        let (a, b) = (random(rows, inner), random(inner, cols));
+        let seconds = median_seconds(&|| a.dot(&b)[[0, 0]]);
+        total += count as f64 * seconds;
+        println!(
+            "threads {threads}: GEMM alone {rows}×{inner}·{inner}×{cols}: {:.1} GFLOP/s",
+            2.0 * (rows * inner * cols) as f64 / seconds / 1e9
+        );
+    }
+    // The tied unembedding reads the (V, D) embedding transposed.
+    let (x, embed) = (random(ends, D), random(VOCAB, D));
+    let seconds = median_seconds(&|| x.dot(&embed.t())[[0, 0]]);
+    total += seconds;
+    println!(
+        "threads {threads}: GEMM alone {ends}×{D}·({VOCAB}×{D})ᵀ: {:.1} GFLOP/s",
+        2.0 * (ends * D * VOCAB) as f64 / seconds / 1e9
+    );
+    println!(
+        "threads {threads}: END-logits forward's matrix products alone: {total:.3} s ({:.1} GFLOP/s)",
+        flops(true) / total / 1e9
+    );
+}
+
+/// The machine's f32 multiply-add throughput: 12 independent chains of 8-wide FMAs per
+/// thread (enough to hide the FMA latency), on `threads` threads at once. No GEMM can exceed it.
+fn fma_peak_gflops(threads: usize) -> f64 {
+    const ITERATIONS: usize = 100_000_000;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| std::hint::black_box(fma_chains(ITERATIONS)));
+        }
+    });
+    let flops_per_iteration = 12.0 * 8.0 * 2.0;
+    threads as f64 * ITERATIONS as f64 * flops_per_iteration / started.elapsed().as_secs_f64() / 1e9
+}
+
+fn fma_chains(iterations: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { fma_chains_avx(iterations) };
+    }
+    let _ = iterations;
+    f32::NAN
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+fn fma_chains_avx(iterations: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (scale, shift) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut chains = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iterations {
+        for chain in chains.iter_mut() {
+            *chain = _mm256_fmadd_ps(*chain, scale, shift);
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    let sum = chains
+        .iter()
+        .fold(_mm256_setzero_ps(), |a, &c| _mm256_add_ps(a, c));
+    // SAFETY: `lanes` holds 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
 }
 
 /// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ

@@ -16,6 +16,7 @@ mod error;
 mod gpt2;
 pub mod interventions;
 mod llama;
+mod numerics;
 pub mod source;
 pub mod tokenizer;
 mod transformer;
