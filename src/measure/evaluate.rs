@@ -199,7 +199,9 @@ impl<'a> Evaluator<'a> {
         // The reference pass runs lazily (a run whose results are all cached needs none), but
         // once, covering every plan.
         for plan in &plans {
-            self.planned_needs.edge_heads.extend(plan.edge_heads());
+            self.planned_needs
+                .edge_heads
+                .extend(self.edge_term_heads(plan));
             self.planned_needs.head_outputs |= plan.has_path_edges();
         }
 
@@ -214,6 +216,20 @@ impl<'a> Evaluator<'a> {
             empty,
             circuits: results,
         })
+    }
+
+    /// The heads whose reference QK-edge terms `plan` reads: those with QK edges under
+    /// edge-mean ablation; knockout reads none (and so needs no slot pair under `align by
+    /// label`).
+    fn edge_term_heads(
+        &self,
+        plan: &Plan,
+    ) -> std::collections::BTreeSet<crate::resolve::bound::HeadId> {
+        if self.settings.edge_ablation == EdgeAblation::EdgeMean {
+            plan.edge_heads()
+        } else {
+            Default::default()
+        }
     }
 
     /// Builds the reference values if they are missing or do not cover `needs`.
@@ -413,7 +429,7 @@ impl<'a> Evaluator<'a> {
             self.full_logits.clone().expect("computed above")
         } else {
             let mut needs = self.planned_needs.clone();
-            needs.edge_heads.extend(plan.edge_heads());
+            needs.edge_heads.extend(self.edge_term_heads(plan));
             needs.head_outputs |= plan.has_path_edges();
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
