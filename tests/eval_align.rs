@@ -206,3 +206,95 @@ fn cli_eval_aligns_by_label_where_position_alignment_refuses() {
     );
     assert!(stderr.contains("align by label"), "{stderr}");
 }
+
+/// Replaces MLP `layer`'s output at the given token of each prompt (batch of one) by a vector.
+struct ReplaceMlp {
+    layer: usize,
+    token: usize,
+    value: Vec<f32>,
+}
+
+impl circuit::model::Interventions for ReplaceMlp {
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ndarray::ArrayViewMut3<f32>) {
+        // mlp_out: (1, T, D)
+        if layer == self.layer {
+            for (dst, &x) in mlp_out
+                .slice_mut(ndarray::s![0, self.token, ..])
+                .iter_mut()
+                .zip(&self.value)
+            {
+                *dst = x;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
+    use circuit::model::{ForwardOptions, Model, ModelSource, NoInterventions};
+    use circuit::resolve::bound::Metric;
+    // Only MLP 1 at S2+1 (the "." after S2) is ablated: token 10 in the prompts with "Then"
+    // before S2, token 9 in the others.
+    let source = format!(
+        "{}circuit all_but_one_mlp {{\n  0.*, 1.*, 2.* @ *\n  mlp 0, 2 @ *\n  mlp 1 @ S1-3..S2, S2+2..END\n}}\n",
+        header("\"uneven.jsonl\"", "d.corrupt", "mean", "label")
+    );
+    let run = run(&source).unwrap();
+    let got = &run.evaluation.circuit("all_but_one_mlp").unwrap()[&Metric::LogitDiff];
+
+    // The same by hand: MLP 1's output at S2+1 of every reference prompt, averaged, then put
+    // in place of each clean prompt's own, one prompt at a time.
+    let model = Model::open(&ModelSource::default_model()).unwrap();
+    let dataset = circuit::data::load(&circuit::data::DatasetSource::File(
+        fixtures().join("uneven.jsonl"),
+    ))
+    .unwrap();
+    let tokenized = circuit::data::tokenize_dataset(&dataset, &model.tokenizer).unwrap();
+    let after_s2 = |p: &circuit::data::TokenizedPrompt| p.slots["S2"].last + 1;
+    let cache = ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let mut sum = vec![0f64; model.config.d_model];
+    let mut ref_tokens = Vec::new();
+    for p in &tokenized.reference {
+        let out = model
+            .forward(&[p.ids.clone()], &cache, &NoInterventions)
+            .unwrap();
+        let mlp = &out.cache.unwrap().layers[1].mlp_out; // (1, T, D)
+        ref_tokens.push(after_s2(p));
+        for (s, &x) in sum
+            .iter_mut()
+            .zip(mlp.slice(ndarray::s![0, after_s2(p), ..]))
+        {
+            *s += x as f64;
+        }
+    }
+    assert_eq!(
+        ref_tokens,
+        [9, 10, 9, 10],
+        "the reference prompts differ in length"
+    );
+    let n = tokenized.reference.len() as f64;
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    for (b, p) in tokenized.clean.iter().enumerate() {
+        let hooks = ReplaceMlp {
+            layer: 1,
+            token: after_s2(p),
+            value: mean.clone(),
+        };
+        let out = model
+            .forward(&[p.ids.clone()], &ForwardOptions::default(), &hooks)
+            .unwrap();
+        let logits = out.logits.slice(ndarray::s![0, 0, ..]);
+        let expected =
+            logits[p.answer_id as usize] as f64 - logits[p.distractor_id as usize] as f64;
+        assert!(
+            (got[b] - expected).abs() < 1e-5,
+            "prompt {b}: {} vs {expected}",
+            got[b]
+        );
+        // And the ablation changed something.
+        assert!((got[b] - run.evaluation.full[&Metric::LogitDiff][b]).abs() > 1e-4);
+    }
+}

@@ -4,7 +4,8 @@
 //! is one source (the mean over the reference prompts, per token position); under resample
 //! there is one source per reference prompt and each evaluated prompt reads its paired one;
 //! under zero ablation nothing is stored and every replacement is 0. The forward hooks then
-//! read one code path for all three kinds.
+//! read one code path for all three kinds. Under `align by label` ([`super::align`]) the
+//! sources are per distinct slot layout of the evaluated prompts instead, in the same shape.
 
 use std::collections::{BTreeMap, BTreeSet};
 
