@@ -259,7 +259,7 @@ fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
     let mut ref_tokens = Vec::new();
     for p in &tokenized.reference {
         let out = model
-            .forward(&[p.ids.clone()], &cache, &NoInterventions)
+            .forward(std::slice::from_ref(&p.ids), &cache, &NoInterventions)
             .unwrap();
         let mlp = &out.cache.unwrap().layers[1].mlp_out; // (1, T, D)
         ref_tokens.push(after_s2(p));
@@ -284,7 +284,11 @@ fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
             value: mean.clone(),
         };
         let out = model
-            .forward(&[p.ids.clone()], &ForwardOptions::default(), &hooks)
+            .forward(
+                std::slice::from_ref(&p.ids),
+                &ForwardOptions::default(),
+                &hooks,
+            )
             .unwrap();
         let logits = out.logits.slice(ndarray::s![0, 0, ..]);
         let expected =
