@@ -66,9 +66,16 @@ fn all_metrics(m: &PromptMetrics) -> Vec<Vec<f64>> {
 #[test]
 fn label_alignment_equals_position_alignment_when_labels_sit_at_the_same_indices() {
     // Template numerals: 23 tokens per prompt under the built-in tokenizer, S1..S4 at the
-    // same indices in every prompt (S4 is not END here, so END is its own anchor).
-    let dataset = r#"seqcont.numerals(n = 12, seed = 3, form = "template")"#;
-    for ablation in ["mean", "resample"] {
+    // same indices in every prompt, END its own anchor. Bare numerals ("1 2 3 4"): S4 and END
+    // share the last token, which the tie rule names END.
+    let datasets = [
+        r#"seqcont.numerals(n = 12, seed = 3, form = "template")"#,
+        "seqcont.numerals(n = 12, seed = 3)",
+    ];
+    for (dataset, ablation) in datasets
+        .iter()
+        .flat_map(|d| ["mean", "resample"].map(move |a| (d, a)))
+    {
         let by = |align: &str| {
             run(&format!(
                 "{}{CIRCUITS}",
@@ -82,21 +89,28 @@ fn label_alignment_equals_position_alignment_when_labels_sit_at_the_same_indices
         assert_eq!(
             all_metrics(&label.empty),
             all_metrics(&position.empty),
-            "{ablation}: empty circuit"
+            "{dataset} {ablation}: empty circuit"
         );
         for name in ["nodes", "qk_edges", "path_edges"] {
             let (l, p) = (
                 label.circuit(name).unwrap(),
                 position.circuit(name).unwrap(),
             );
-            assert_eq!(all_metrics(l), all_metrics(p), "{ablation}: {name}");
+            assert_eq!(
+                all_metrics(l),
+                all_metrics(p),
+                "{dataset} {ablation}: {name}"
+            );
             // Not trivially the full model or the empty circuit.
             let f = label
                 .scores(name, circuit::resolve::bound::Metric::LogitDiff)
                 .unwrap()
                 .faithfulness
                 .unwrap();
-            assert!(f > 0.05 && (f - 1.0).abs() > 1e-3, "{ablation} {name}: {f}");
+            assert!(
+                f > 0.05 && (f - 1.0).abs() > 1e-3,
+                "{dataset} {ablation} {name}: {f}"
+            );
         }
     }
 }
