@@ -219,6 +219,29 @@ fn cli_eval_aligns_by_label_where_position_alignment_refuses() {
         "{stderr}"
     );
     assert!(stderr.contains("align by label"), "{stderr}");
+
+    // A slot the reference set lacks: the rendered diagnostic names it and says what to do.
+    let uncovered = dir.path().join("uncovered.jsonl");
+    std::fs::write(&uncovered, UNCOVERED).unwrap();
+    let path = dir.path().join("uncovered.circuit");
+    let dataset = format!("{:?}", uncovered.to_str().unwrap());
+    std::fs::write(
+        &path,
+        format!(
+            "{}{CIRCUITS}",
+            header(&dataset, "d.corrupt", "mean", "label")
+        ),
+    )
+    .unwrap();
+    let missing = cli(&["eval", path.to_str().unwrap()]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("circuit::ablate::slot_missing_from_reference"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("slot S1+5"), "{stderr}");
+    assert!(stderr.contains("same templates"), "{stderr}");
 }
 
 /// Replaces MLP `layer`'s output at the given token of each prompt (batch of one) by a vector.

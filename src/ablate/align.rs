@@ -142,12 +142,13 @@ impl LabelAlignment {
     }
 
     /// Checks, before any forward pass, that every evaluated token's slot is in the reference
-    /// set (mean) or in its resample partner (resample).
-    pub fn check(&self, kind: AblationKind) -> Result<(), ReferenceError> {
+    /// set (mean) or in its resample partner (resample); `with_pairs` (QK edges under
+    /// edge-mean ablation): also every (query slot, key slot) pair, key at or before query.
+    pub fn check(&self, kind: AblationKind, with_pairs: bool) -> Result<(), ReferenceError> {
         if kind == AblationKind::Zero {
             return Ok(());
         }
-        SlotLayout::new(self, kind, false).map(|_| ())
+        SlotLayout::new(self, kind, with_pairs).map(|_| ())
     }
 }
 

@@ -266,7 +266,7 @@ fn a_slot_no_reference_prompt_has_is_an_error_naming_prompt_token_and_slot() {
             .map(|r| PromptSlots::new(format!("reference prompt {r}"), 5, &labels(&[("S1", 1)])))
             .collect(),
     };
-    let err = alignment.check(AblationKind::Mean).unwrap_err();
+    let err = alignment.check(AblationKind::Mean, false).unwrap_err();
     assert_eq!(code(&err), "circuit::ablate::slot_missing_from_reference");
     assert_eq!(
         err.to_string(),
@@ -274,7 +274,7 @@ fn a_slot_no_reference_prompt_has_is_an_error_naming_prompt_token_and_slot() {
     );
     assert!(err.help().unwrap().to_string().contains("same templates"));
     // Zero ablation reads no reference value: nothing to check.
-    assert!(alignment.check(AblationKind::Zero).is_ok());
+    assert!(alignment.check(AblationKind::Zero, true).is_ok());
 }
 
 #[test]
@@ -291,8 +291,8 @@ fn under_resample_the_slot_must_be_in_the_partner() {
             PromptSlots::new("reference prompt 1", 5, &labels(&[("S1", 1)])),
         ],
     };
-    assert!(alignment.check(AblationKind::Mean).is_ok());
-    let err = alignment.check(AblationKind::Resample).unwrap_err();
+    assert!(alignment.check(AblationKind::Mean, false).is_ok());
+    let err = alignment.check(AblationKind::Resample, false).unwrap_err();
     assert_eq!(code(&err), "circuit::ablate::slot_missing_from_reference");
     assert_eq!(
         err.to_string(),
@@ -320,6 +320,12 @@ fn a_query_key_slot_pair_no_reference_prompt_has_is_an_error_when_edges_need_it(
         ],
     };
     assert!(LabelReferenceBuilder::new(AblationKind::Mean, needs(false), &alignment).is_ok());
+    assert!(alignment.check(AblationKind::Mean, false).is_ok());
+    let early = alignment.check(AblationKind::Mean, true).unwrap_err();
+    assert_eq!(
+        code(&early),
+        "circuit::ablate::slot_pair_missing_from_reference"
+    );
     let err = LabelReferenceBuilder::new(AblationKind::Mean, needs(true), &alignment)
         .err()
         .unwrap();

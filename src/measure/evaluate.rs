@@ -165,14 +165,17 @@ impl<'a> Evaluator<'a> {
         )
     }
 
-    /// Checks reference lengths before any forward pass (a bad dataset costs nothing).
+    /// Checks reference lengths before any forward pass (a bad dataset costs nothing); under
+    /// `align by label`, that every slot (and, once plans with QK edges are known, every slot
+    /// pair) of the evaluated prompts is in the reference set.
     pub fn check_reference(&self) -> miette::Result<()> {
         if self.settings.ablation == AblationKind::Zero {
             return Ok(());
         }
         if let Some(alignment) = &self.label_alignment {
             // By slot, not by index: lengths may differ, every slot must be covered.
-            alignment.check(self.settings.ablation)?;
+            let with_pairs = !self.planned_needs.edge_heads.is_empty();
+            alignment.check(self.settings.ablation, with_pairs)?;
             return Ok(());
         }
         let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
@@ -192,7 +195,6 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|c| self.compile(c))
             .collect::<miette::Result<_>>()?;
-        self.check_reference()?;
         let lens = self.prompt_lens();
         let empty_plan = Plan::empty(self.shape(), &lens, self.settings.scope);
 
@@ -204,6 +206,7 @@ impl<'a> Evaluator<'a> {
                 .extend(self.edge_term_heads(plan));
             self.planned_needs.head_outputs |= plan.has_path_edges();
         }
+        self.check_reference()?;
 
         let full = self.run(&Plan::full(self.shape(), &lens, self.settings.scope))?;
         let empty = self.run(&empty_plan)?;
