@@ -67,7 +67,8 @@ impl PlanInterventions<'_> {
             }
         };
         if few_kept {
-            self.reference.add_z(layer, prompt, query, head, &mut out);
+            self.reference
+                .add_edge_base(head_id, prompt, query, &mut out);
             for &k in keys {
                 add_difference(k, 1.0, &mut out);
             }

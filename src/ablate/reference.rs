@@ -4,12 +4,13 @@
 //! is one source (the mean over the reference prompts, per token position); under resample
 //! there is one source per reference prompt and each evaluated prompt reads its paired one;
 //! under zero ablation nothing is stored and every replacement is 0. The forward hooks then
-//! read one code path for all three kinds.
+//! read one code path for all three kinds. Under `align by label` ([`super::align`]) the
+//! sources are per distinct slot layout of the evaluated prompts instead, in the same shape.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use miette::Diagnostic;
-use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4};
+use ndarray::{s, Array2, Array3, Array4, ArrayView3, ArrayView4};
 use thiserror::Error;
 
 use crate::resolve::bound::{AblationKind, HeadId};
@@ -41,7 +42,7 @@ pub enum ReferenceError {
     #[error("reference prompts have different token lengths: reference prompt {first_index} has {first_len} tokens, reference prompt {index} has {len}")]
     #[diagnostic(
         code(circuit::ablate::reference_lengths_differ),
-        help("per-position reference statistics need every reference prompt to have the same number of tokens; use a reference set whose prompts tokenize to equal lengths, or align by label (`align label`, not implemented yet)")
+        help("per-position reference statistics need every reference prompt to have the same number of tokens; use a reference set whose prompts tokenize to equal lengths, or add `align by label` to the file (statistics matched per labelled slot instead of per token index)")
     )]
     RefLengthsDiffer {
         first_index: usize,
@@ -52,7 +53,7 @@ pub enum ReferenceError {
     #[error("{prompt} has {len} tokens but its reference {reference} has {ref_len}")]
     #[diagnostic(
         code(circuit::ablate::reference_length_mismatch),
-        help("reference statistics are taken at the same token position, so evaluated and reference prompts must have equal token lengths; use a reference set made from the same templates, or align by label (`align label`, not implemented yet)")
+        help("reference statistics are taken at the same token position, so evaluated and reference prompts must have equal token lengths; use a reference set made from the same templates, or add `align by label` to the file (statistics matched per labelled slot instead of per token index)")
     )]
     LengthMismatch {
         prompt: String,
@@ -60,12 +61,32 @@ pub enum ReferenceError {
         reference: String,
         ref_len: usize,
     },
-    #[error("label alignment of reference statistics is not implemented")]
+    #[error("{prompt}: token {position} is at slot {slot} under `align by label`, but {lacking}")]
     #[diagnostic(
-        code(circuit::ablate::label_alignment_unsupported),
-        help("use position alignment (the default) with reference prompts of the same token length as the evaluated prompts")
+        code(circuit::ablate::slot_missing_from_reference),
+        help("under `align by label` a token reads the reference value of its slot (the nearest label at or before it, plus the offset from that label; `start` before the first label); use reference prompts built from the same templates, so that every slot of an evaluated prompt occurs in them")
     )]
-    LabelAlignment,
+    SlotMissing {
+        prompt: String,
+        position: usize,
+        slot: String,
+        /// Says which reference prompts lack the slot ("none of the 8 reference prompts has
+        /// a token at that slot").
+        lacking: String,
+    },
+    #[error("{prompt}: query token {query} (slot {query_slot}) and key token {key} (slot {key_slot}) never occur together in {reference} (key at or before query), so their QK-edge term has no reference value under `align by label`")]
+    #[diagnostic(
+        code(circuit::ablate::slot_pair_missing_from_reference),
+        help("edge-mean ablation of QK edges needs each (query slot, key slot) pair of the evaluated prompts in one reference prompt, key at or before query; use reference prompts built from the same templates, or `ablate edges by knockout`")
+    )]
+    SlotPairMissing {
+        prompt: String,
+        query: usize,
+        query_slot: String,
+        key: usize,
+        key_slot: String,
+        reference: String,
+    },
 }
 
 /// What ablated activations are replaced by, for every evaluated prompt.
@@ -82,6 +103,10 @@ pub struct ReferenceValues {
     head_out: Vec<Array4<f32>>,
     /// Per head with QK edges, `(S, T_q, T_k, d)`: the term `A[q,k]·v[k]` per source.
     edge_terms: BTreeMap<HeadId, Array4<f32>>,
+    /// `(S, T_q)`, only under `align by label` with QK edges: whether `ref(z)[q]` equals
+    /// `Σ_{k≤q} ref(A[q,k]·v[k])` in algebra for this source (see
+    /// [`ReferenceValues::add_edge_base`]). `None`: it always does (position alignment).
+    edge_base_is_ref_z: Option<Array2<bool>>,
 }
 
 /// What the reference values must cover.
@@ -103,6 +128,28 @@ impl ReferenceValues {
             mlp_out: Vec::new(),
             head_out: Vec::new(),
             edge_terms: BTreeMap::new(),
+            edge_base_is_ref_z: None,
+        }
+    }
+
+    /// Assembles values built elsewhere in this module tree (label alignment, [`super::align`]).
+    pub(crate) fn from_parts(
+        kind: AblationKind,
+        source_of_prompt: Vec<usize>,
+        z: Vec<Array4<f32>>,
+        mlp_out: Vec<Array3<f32>>,
+        head_out: Vec<Array4<f32>>,
+        edge_terms: BTreeMap<HeadId, Array4<f32>>,
+        edge_base_is_ref_z: Option<Array2<bool>>,
+    ) -> ReferenceValues {
+        ReferenceValues {
+            kind,
+            source_of_prompt,
+            z,
+            mlp_out,
+            head_out,
+            edge_terms,
+            edge_base_is_ref_z,
         }
     }
 
@@ -146,6 +193,26 @@ impl ReferenceValues {
                 *o += x as f64;
             }
         }
+    }
+
+    /// `Σ_{k≤q} ref(A[q,k]·v[k])` of `head` at query `q`, added into `out` (`(d,)`): the base
+    /// of edge-mean ablation when few keys are kept. Where it equals `ref(z)[q]` in algebra
+    /// (always under position alignment; under label alignment when every reference occurrence
+    /// of the query's slot has the same key slots) it is read as `ref(z)[q]`, which makes "no
+    /// edge kept" the node-ablated value bit for bit. Elsewhere (label alignment over prompts of
+    /// different shapes) the terms are summed, so the edge formula stays one formula whichever
+    /// form the hooks evaluate.
+    pub fn add_edge_base(&self, head: HeadId, prompt: usize, q: usize, out: &mut [f64]) {
+        if let Some(flags) = &self.edge_base_is_ref_z {
+            let src = self.source_of_prompt[prompt];
+            if !flags[[src, q]] {
+                for k in 0..=q {
+                    self.add_edge_term(head, prompt, q, k, out);
+                }
+                return;
+            }
+        }
+        self.add_z(head.layer, prompt, q, head.head, out);
     }
 
     /// The replacement for the term `A[q,k]·v[k]` of `head`, added into `out` (`(d,)`).
@@ -387,6 +454,7 @@ impl ReferenceBuilder {
                 .into_iter()
                 .map(|(h, a)| (h, to_f32_4(a)))
                 .collect(),
+            edge_base_is_ref_z: None,
         }
     }
 }
@@ -446,6 +514,16 @@ impl ReferenceValues {
             TensorView::new(Dtype::U64, vec![self.source_of_prompt.len()], &sources)
                 .expect("sizes match"),
         ));
+        let flag_bytes: Option<Vec<u8>> = self
+            .edge_base_is_ref_z
+            .as_ref()
+            .map(|flags| flags.iter().map(|&f| u8::from(f)).collect());
+        if let (Some(flags), Some(bytes)) = (&self.edge_base_is_ref_z, &flag_bytes) {
+            views.push((
+                "edge_base_is_ref_z".to_string(),
+                TensorView::new(Dtype::U8, flags.shape().to_vec(), bytes).expect("sizes match"),
+            ));
+        }
         let metadata = [("kind".to_string(), format!("{:?}", self.kind))].into();
         safetensors::serialize(views, Some(metadata)).expect("reference values serialize")
     }
@@ -517,6 +595,15 @@ impl ReferenceValues {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
             .collect();
+        let edge_base_is_ref_z = match tensors.tensor("edge_base_is_ref_z") {
+            Ok(t) if t.dtype() == Dtype::U8 => {
+                let shape: [usize; 2] = t.shape().to_vec().try_into().ok()?;
+                let flags = t.data().iter().map(|&b| b != 0).collect();
+                Some(Array2::from_shape_vec(shape, flags).ok()?)
+            }
+            Ok(_) => return None,
+            Err(_) => None,
+        };
         Some(ReferenceValues {
             kind,
             source_of_prompt,
@@ -524,6 +611,7 @@ impl ReferenceValues {
             mlp_out,
             head_out,
             edge_terms,
+            edge_base_is_ref_z,
         })
     }
 }

@@ -9,26 +9,31 @@ use crate::model::Interventions;
 use crate::plan::{Plan, PlanShape, QkQuery};
 use crate::resolve::bound::{AblationKind, EdgeAblation, HeadId, Scope};
 
-const T: usize = 5;
-const H: usize = 2;
-const D_HEAD: usize = 3;
-const D_MODEL: usize = 4;
+pub(super) const T: usize = 5;
+pub(super) const H: usize = 2;
+pub(super) const D_HEAD: usize = 3;
+pub(super) const D_MODEL: usize = 4;
 
 /// Random causal attention: pattern `(B, H, T, T)`, values `(B, T, H, d)`, `z = pattern · v`.
-struct Attention {
-    pattern: Array4<f32>,
-    v: Array4<f32>,
-    z: Array4<f32>,
-    mlp_out: Array3<f32>,
-    head_out: Array4<f32>,
+pub(super) struct Attention {
+    pub(super) pattern: Array4<f32>,
+    pub(super) v: Array4<f32>,
+    pub(super) z: Array4<f32>,
+    pub(super) mlp_out: Array3<f32>,
+    pub(super) head_out: Array4<f32>,
 }
 
 fn attention(n: usize, seed: u64) -> Attention {
+    attention_of_len(n, T, seed)
+}
+
+/// [`attention`] over `t` tokens (label-alignment tests use prompts of other lengths).
+pub(super) fn attention_of_len(n: usize, t: usize, seed: u64) -> Attention {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut pattern = Array4::<f32>::zeros((n, H, T, T));
+    let mut pattern = Array4::<f32>::zeros((n, H, t, t));
     for b in 0..n {
         for h in 0..H {
-            for q in 0..T {
+            for q in 0..t {
                 let w: Vec<f32> = (0..=q).map(|_| rng.random::<f32>() + 0.1).collect();
                 let total: f32 = w.iter().sum();
                 for k in 0..=q {
@@ -37,11 +42,11 @@ fn attention(n: usize, seed: u64) -> Attention {
             }
         }
     }
-    let v = Array4::from_shape_fn((n, T, H, D_HEAD), |_| rng.random::<f32>() * 2.0 - 1.0);
-    let mut z = Array4::<f32>::zeros((n, T, H, D_HEAD));
+    let v = Array4::from_shape_fn((n, t, H, D_HEAD), |_| rng.random::<f32>() * 2.0 - 1.0);
+    let mut z = Array4::<f32>::zeros((n, t, H, D_HEAD));
     for b in 0..n {
         for h in 0..H {
-            for q in 0..T {
+            for q in 0..t {
                 for k in 0..=q {
                     for i in 0..D_HEAD {
                         z[[b, q, h, i]] += pattern[[b, h, q, k]] * v[[b, k, h, i]];
@@ -50,8 +55,8 @@ fn attention(n: usize, seed: u64) -> Attention {
             }
         }
     }
-    let mlp_out = Array3::from_shape_fn((n, T, D_MODEL), |_| rng.random::<f32>());
-    let head_out = Array4::from_shape_fn((n, T, H, D_MODEL), |_| rng.random::<f32>());
+    let mlp_out = Array3::from_shape_fn((n, t, D_MODEL), |_| rng.random::<f32>());
+    let head_out = Array4::from_shape_fn((n, t, H, D_MODEL), |_| rng.random::<f32>());
     Attention {
         pattern,
         v,
@@ -85,13 +90,13 @@ fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceVa
     .unwrap()
 }
 
-const SHAPE: PlanShape = PlanShape {
+pub(super) const SHAPE: PlanShape = PlanShape {
     n_layers: 1,
     n_heads: H,
 };
 
 /// Runs edit_z of `plan` on the clean activations and returns the edited z.
-fn edited_z(
+pub(super) fn edited_z(
     plan: &Plan,
     refs: &ReferenceValues,
     clean: &Attention,

@@ -193,7 +193,7 @@ pub enum DataError {
     #[error("{evaluated} is {evaluated_len} tokens but {reference} is {reference_len} tokens; reference statistics are taken per token position, so the lengths must be equal")]
     #[diagnostic(
         code(circuit::data::reference_length),
-        help("align by label instead (statistics matched at each label, not each token index), or use reference prompts from the same template whose fillers tokenize to the same lengths")
+        help("add `align by label` to the file (statistics matched per labelled slot, not per token index), or use reference prompts from the same template whose fillers tokenize to the same lengths")
     )]
     ReferenceLength {
         evaluated: PromptId,

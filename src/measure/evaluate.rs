@@ -13,8 +13,8 @@ use ndarray::{s, Array2, Array4, Axis};
 
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
-    check_lengths, LayerActivations, PlanInterventions, ReferenceBuilder, ReferenceNeeds,
-    ReferenceValues,
+    check_lengths, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
+    ReferenceBuilder, ReferenceNeeds, ReferenceValues,
 };
 use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
 use crate::plan::{compile, Plan, PlanShape, PromptPositions};
@@ -73,6 +73,9 @@ pub struct Evaluator<'a> {
     pub disk_cache: Option<std::path::PathBuf>,
     /// Reference needs of every plan compiled so far, so one reference pass serves them all.
     planned_needs: ReferenceNeeds,
+    /// `align by label`: the slots of every evaluated and reference prompt. `None` aligns by
+    /// token index (the default).
+    pub label_alignment: Option<LabelAlignment>,
 }
 
 /// Results of evaluating some circuits: per-prompt metrics of the full model, the empty
@@ -137,6 +140,7 @@ impl<'a> Evaluator<'a> {
             on_batch: None,
             disk_cache: None,
             planned_needs: ReferenceNeeds::default(),
+            label_alignment: None,
         }
     }
 
@@ -161,9 +165,17 @@ impl<'a> Evaluator<'a> {
         )
     }
 
-    /// Checks reference lengths before any forward pass (a bad dataset costs nothing).
+    /// Checks reference lengths before any forward pass (a bad dataset costs nothing); under
+    /// `align by label`, that every slot (and, once plans with QK edges are known, every slot
+    /// pair) of the evaluated prompts is in the reference set.
     pub fn check_reference(&self) -> miette::Result<()> {
         if self.settings.ablation == AblationKind::Zero {
+            return Ok(());
+        }
+        if let Some(alignment) = &self.label_alignment {
+            // By slot, not by index: lengths may differ, every slot must be covered.
+            let with_pairs = !self.planned_needs.edge_heads.is_empty();
+            alignment.check(self.settings.ablation, with_pairs)?;
             return Ok(());
         }
         let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
@@ -183,16 +195,18 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|c| self.compile(c))
             .collect::<miette::Result<_>>()?;
-        self.check_reference()?;
         let lens = self.prompt_lens();
         let empty_plan = Plan::empty(self.shape(), &lens, self.settings.scope);
 
         // The reference pass runs lazily (a run whose results are all cached needs none), but
         // once, covering every plan.
         for plan in &plans {
-            self.planned_needs.edge_heads.extend(plan.edge_heads());
+            self.planned_needs
+                .edge_heads
+                .extend(self.edge_term_heads(plan));
             self.planned_needs.head_outputs |= plan.has_path_edges();
         }
+        self.check_reference()?;
 
         let full = self.run(&Plan::full(self.shape(), &lens, self.settings.scope))?;
         let empty = self.run(&empty_plan)?;
@@ -205,6 +219,20 @@ impl<'a> Evaluator<'a> {
             empty,
             circuits: results,
         })
+    }
+
+    /// The heads whose reference QK-edge terms `plan` reads: those with QK edges under
+    /// edge-mean ablation; knockout reads none (and so needs no slot pair under `align by
+    /// label`).
+    fn edge_term_heads(
+        &self,
+        plan: &Plan,
+    ) -> std::collections::BTreeSet<crate::resolve::bound::HeadId> {
+        if self.settings.edge_ablation == EdgeAblation::EdgeMean {
+            plan.edge_heads()
+        } else {
+            Default::default()
+        }
     }
 
     /// Builds the reference values if they are missing or do not cover `needs`.
@@ -245,6 +273,9 @@ impl<'a> Evaluator<'a> {
             hasher.update(format!("edge {head}\n"));
         }
         hasher.update(format!("head_outputs {}\n", needs.head_outputs));
+        if let Some(alignment) = &self.label_alignment {
+            hasher.update(alignment.cache_text().as_bytes());
+        }
         for prompt in &self.reference_ids {
             hasher.update((prompt.len() as u64).to_le_bytes());
             for id in prompt {
@@ -287,8 +318,20 @@ impl<'a> Evaluator<'a> {
     fn reference_forward(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
         let n_eval = self.prompts.ids.len();
         let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
-        let mut builder =
-            ReferenceBuilder::new(self.settings.ablation, needs.clone(), n_eval, &ref_lens);
+        // Built (and, under label alignment, every slot checked) before the forward pass.
+        let mut builder = match &self.label_alignment {
+            Some(alignment) => AnyBuilder::Label(LabelReferenceBuilder::new(
+                self.settings.ablation,
+                needs.clone(),
+                alignment,
+            )?),
+            None => AnyBuilder::Position(ReferenceBuilder::new(
+                self.settings.ablation,
+                needs.clone(),
+                n_eval,
+                &ref_lens,
+            )),
+        };
         let options = ForwardOptions {
             all_logits: false,
             cache: true,
@@ -325,13 +368,19 @@ impl<'a> Evaluator<'a> {
                     head_out: layer.head_out.view(),
                 })
                 .collect();
-            builder.add_batch(&layers);
+            match &mut builder {
+                AnyBuilder::Position(b) => b.add_batch(&layers),
+                AnyBuilder::Label(b) => b.add_batch(&layers),
+            }
             if let Some(f) = &self.on_batch {
                 f(chunk.len());
             }
         }
         self.forward_passes += 1;
-        Ok(builder.finish())
+        Ok(match builder {
+            AnyBuilder::Position(b) => b.finish(),
+            AnyBuilder::Label(b) => b.finish(),
+        })
     }
 
     /// END logits `(B, V)` of the evaluated prompts under `hooks_for(batch range)`.
@@ -383,7 +432,7 @@ impl<'a> Evaluator<'a> {
             self.full_logits.clone().expect("computed above")
         } else {
             let mut needs = self.planned_needs.clone();
-            needs.edge_heads.extend(plan.edge_heads());
+            needs.edge_heads.extend(self.edge_term_heads(plan));
             needs.head_outputs |= plan.has_path_edges();
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
@@ -436,9 +485,18 @@ impl<'a> Evaluator<'a> {
             hasher.update((prompt.len() as u64).to_le_bytes());
             prompt.iter().for_each(|id| hasher.update(id.to_le_bytes()));
         }
+        if let Some(alignment) = &self.label_alignment {
+            hasher.update(alignment.cache_text().as_bytes());
+        }
         hasher.update(plan_key.as_bytes());
         hex::encode(hasher.finalize())
     }
+}
+
+/// The reference statistics of the alignment in force.
+enum AnyBuilder {
+    Position(ReferenceBuilder),
+    Label(LabelReferenceBuilder),
 }
 
 /// Per-prompt metrics as JSON with every f64 stored as its bit pattern, so a cached run

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 
 use super::evaluate::{AblationSettings, EvalPrompts, Evaluation, Evaluator};
 use super::Targets;
+use crate::ablate::{LabelAlignment, PromptSlots};
 use crate::data::{self, DatasetSource, PromptSet, TokenizedPrompt};
 use crate::model::Model;
 use crate::plan::PromptPositions;
@@ -82,6 +83,17 @@ impl PromptPositions for TokenizedPrompt {
     }
 }
 
+/// A prompt's slots for `align by label`: every label anchors at the token it names in a
+/// circuit (its slot's last token), END at the last token.
+pub fn prompt_slots(prompt: &TokenizedPrompt) -> PromptSlots {
+    let labels: Vec<(String, usize)> = prompt
+        .slots
+        .iter()
+        .map(|(name, tokens)| (name.clone(), tokens.last))
+        .collect();
+    PromptSlots::new(prompt.id().to_string(), prompt.len(), &labels)
+}
+
 /// Options of a file evaluation.
 #[derive(Default)]
 pub struct RunOptions<'a> {
@@ -115,10 +127,6 @@ pub fn run_file(
             })
             .collect::<miette::Result<_>>()?
     };
-    if settings.alignment == Alignment::Label && settings.ablation != AblationKind::Zero {
-        return Err(crate::ablate::ReferenceError::LabelAlignment.into());
-    }
-
     let model = Model::open(&settings.model)?;
     let dataset = data::load(&settings.dataset)?;
     let tokenized = data::tokenize_dataset(&dataset, &model.tokenizer)?;
@@ -147,12 +155,30 @@ pub fn run_file(
         );
     }
     // Lengths are checked before any forward pass, with the data stage's messages (which name
-    // both prompts, both lengths, and the alternative).
+    // both prompts, both lengths, and the alternative). Under `align by label` lengths may
+    // differ; the evaluator checks instead that every slot is in the reference set.
+    let by_label = settings.alignment == Alignment::Label;
     match settings.ablation {
-        AblationKind::Mean => data::check_equal_lengths(&tokenized.clean, &reference_prompts)?,
-        AblationKind::Resample => data::check_paired_lengths(&tokenized.clean, &reference_prompts)?,
-        AblationKind::Zero => {}
+        AblationKind::Mean if !by_label => {
+            data::check_equal_lengths(&tokenized.clean, &reference_prompts)?
+        }
+        AblationKind::Resample if !by_label => {
+            data::check_paired_lengths(&tokenized.clean, &reference_prompts)?
+        }
+        AblationKind::Resample if tokenized.clean.len() != reference_prompts.len() => {
+            return Err(data::DataError::ReferenceCount {
+                clean: tokenized.clean.len(),
+                reference: reference_prompts.len(),
+            }
+            .into());
+        }
+        _ => {}
     }
+    let label_alignment =
+        (by_label && settings.ablation != AblationKind::Zero).then(|| LabelAlignment {
+            evaluated: tokenized.clean.iter().map(prompt_slots).collect(),
+            reference: reference_prompts.iter().map(prompt_slots).collect(),
+        });
 
     let mut notes = Vec::new();
     if let Some(first) = tokenized.clean.first() {
@@ -209,6 +235,7 @@ pub fn run_file(
         on_total(reference_prompts.len() + n * (2 + circuits.len()));
     }
     evaluator.on_batch = options.on_batch;
+    evaluator.label_alignment = label_alignment;
     evaluator.disk_cache = options.disk_cache;
     let refs: Vec<&BoundCircuit> = circuits.iter().collect();
     let evaluation = evaluator.evaluate(&refs)?;

@@ -3,8 +3,8 @@
 # prompts as in the research ("Van done in 1. Hat done in 2. ... Sun done in" -> " 5") whose every
 # word is one GPT-2 token, so every clean and reference prompt is 23 tokens long and position-wise
 # mean ablation applies. (Some of the generator's fillers are two GPT-2 tokens; with them the
-# prompts are 23-25 tokens long, and per-position reference statistics would need alignment by
-# label, which is not implemented yet.)
+# prompts are 23-25 tokens long, and reference statistics need `align by label`, matched per
+# labelled slot instead of per token index.)
 #
 # Needs only the tokenizer (the committed GPT-2 tokenizer fixture), never the weights. Usage, from
 # the crate root after `cargo build`:  circuits/gpt2-small/data/make_datasets.sh
