@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use circuit::model::{ForwardOptions, Model, NoInterventions};
+use circuit::model::{matmul, ForwardOptions, Model, NoInterventions};
 use rand::{Rng, SeedableRng};
 
 const LAYERS: usize = 12;
@@ -133,9 +133,9 @@ fn child(dir: &Path) {
     gemm_floor(&threads);
 }
 
-/// The matrix products of one END-logits forward, timed alone with the engine's own GEMM
-/// (ndarray → matrixmultiply) at this thread count: their sum is how fast the forward could be
-/// if everything else (norms, attention, GELU, copies) were free.
+/// The matrix products of one END-logits forward, timed alone with the engine's own product
+/// (`circuit::model::matmul`: ndarray → matrixmultiply) at this thread count: their sum is how
+/// fast the forward could be if everything else (norms, attention, GELU, copies) were free.
 fn gemm_floor(threads: &str) {
     let (tokens, ends) = (BATCH * SEQ, BATCH);
     // (rows, inner, cols, how many per forward)
@@ -166,7 +166,7 @@ fn gemm_floor(threads: &str) {
     let mut total = 0.0;
     for (rows, inner, cols, count) in shapes {
         let (a, b) = (random(rows, inner), random(inner, cols));
-        let seconds = median_seconds(&|| a.dot(&b)[[0, 0]]);
+        let seconds = median_seconds(&|| matmul(a.view(), b.view())[[0, 0]]);
         total += count as f64 * seconds;
         println!(
             "threads {threads}: GEMM alone {rows}×{inner}·{inner}×{cols}: {:.1} GFLOP/s",
@@ -175,7 +175,7 @@ fn gemm_floor(threads: &str) {
     }
     // The tied unembedding reads the (V, D) embedding transposed.
     let (x, embed) = (random(ends, D), random(VOCAB, D));
-    let seconds = median_seconds(&|| x.dot(&embed.t())[[0, 0]]);
+    let seconds = median_seconds(&|| matmul(x.view(), embed.t())[[0, 0]]);
     total += seconds;
     println!(
         "threads {threads}: GEMM alone {ends}×{D}·({VOCAB}×{D})ᵀ: {:.1} GFLOP/s",

@@ -34,6 +34,7 @@ pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
+pub use transformer::matmul;
 
 use transformer::Transformer;
 use weights::WeightFiles;

@@ -67,10 +67,12 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
-/// `Σ a[i]·b[i]` in eight interleaved partial sums, which the compiler turns into SIMD lanes
-/// (a single running sum is one long dependency chain that it may not reorder).
+/// Partial sums per SIMD lane: a single running sum is one long dependency chain that the
+/// compiler may not reorder, eight interleaved ones it turns into vector adds.
+const LANES: usize = 8;
+
+/// `Σ a[i]·b[i]`, in [`LANES`] interleaved partial sums.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
     let mut partial = [0.0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = (a_chunks.remainder().iter())
@@ -80,6 +82,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (a, b) in a_chunks.zip(b_chunks) {
         for lane in 0..LANES {
             partial[lane] += a[lane] * b[lane];
+        }
+    }
+    partial.iter().sum::<f32>() + tail
+}
+
+/// `Σ f(a[i])`, in [`LANES`] interleaved partial sums.
+#[inline]
+pub(crate) fn sum_of(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        for lane in 0..LANES {
+            partial[lane] += f(chunk[lane]);
         }
     }
     partial.iter().sum::<f32>() + tail
@@ -154,6 +170,16 @@ mod tests {
                 (got - reference).abs() <= 1e-6 * (1.0 + reference.abs()),
                 "x = {x}"
             );
+        }
+    }
+
+    #[test]
+    fn sum_of_matches_a_plain_sum_for_every_length() {
+        for len in 0..40 {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let reference: f64 = a.iter().map(|&x| (x as f64 - 0.25).powi(2)).sum();
+            let got = sum_of(&a, |x| (x - 0.25) * (x - 0.25));
+            assert!((got as f64 - reference).abs() <= 1e-5, "len {len}");
         }
     }
 
