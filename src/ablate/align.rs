@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use ndarray::{s, Array2, Array3, Array4};
+use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, Axis, Dimension, RemoveAxis};
 
 use super::reference::{LayerActivations, ReferenceError, ReferenceNeeds, ReferenceValues};
 use crate::resolve::bound::{AblationKind, HeadId};
@@ -175,6 +175,36 @@ struct SlotLayout {
 }
 
 impl SlotLayout {
+    /// Per-slot sums `(slot rows, …)`, one array per layer → the means each source reads, laid
+    /// out by its own tokens: `(S, T, …)` (zeros past a source's last token).
+    fn means_by_token<D: Dimension + RemoveAxis>(
+        &self,
+        layers: &[Array<f64, D>],
+        t_all: usize,
+    ) -> Vec<Array<f32, D::Larger>> {
+        layers
+            .iter()
+            .map(|sums| {
+                let mut shape = vec![self.sources.len(), t_all];
+                shape.extend_from_slice(&sums.shape()[1..]);
+                let mut out = ArrayD::<f32>::zeros(shape);
+                for (src, rows) in self.sources.iter().enumerate() {
+                    let mut source = out.index_axis_mut(Axis(0), src);
+                    for (t, &row) in rows.iter().enumerate() {
+                        let c = 1.0 / self.count[row] as f64;
+                        source
+                            .index_axis_mut(Axis(0), t)
+                            .zip_mut_with(&sums.index_axis(Axis(0), row), |o, &x| {
+                                *o = (x * c) as f32
+                            });
+                    }
+                }
+                out.into_dimensionality()
+                    .expect("one axis more than the sums")
+            })
+            .collect()
+    }
+
     fn new(
         alignment: &LabelAlignment,
         kind: AblationKind,
@@ -421,57 +451,9 @@ impl LabelReferenceBuilder {
         let t_all = layout.sources.iter().map(Vec::len).max().unwrap_or(0);
         // The same rounding as the position-aligned builder: sum · (1/n) in f64, then f32.
         let scale = |n: usize| 1.0 / n as f64;
-        let z = self
-            .z
-            .iter()
-            .map(|sums| {
-                let (_, h, d) = sums.dim();
-                let mut out = Array4::<f32>::zeros((n_src, t_all, h, d));
-                for (src, rows) in layout.sources.iter().enumerate() {
-                    for (t, &row) in rows.iter().enumerate() {
-                        let c = scale(layout.count[row]);
-                        out.slice_mut(s![src, t, .., ..])
-                            .zip_mut_with(&sums.slice(s![row, .., ..]), |o, &x| {
-                                *o = (x * c) as f32
-                            });
-                    }
-                }
-                out
-            })
-            .collect();
-        let mlp_out = self
-            .mlp_out
-            .iter()
-            .map(|sums| {
-                let mut out = Array3::<f32>::zeros((n_src, t_all, sums.shape()[1]));
-                for (src, rows) in layout.sources.iter().enumerate() {
-                    for (t, &row) in rows.iter().enumerate() {
-                        let c = scale(layout.count[row]);
-                        out.slice_mut(s![src, t, ..])
-                            .zip_mut_with(&sums.slice(s![row, ..]), |o, &x| *o = (x * c) as f32);
-                    }
-                }
-                out
-            })
-            .collect();
-        let head_out = self
-            .head_out
-            .iter()
-            .map(|sums| {
-                let (_, h, d_model) = sums.dim();
-                let mut out = Array4::<f32>::zeros((n_src, t_all, h, d_model));
-                for (src, rows) in layout.sources.iter().enumerate() {
-                    for (t, &row) in rows.iter().enumerate() {
-                        let c = scale(layout.count[row]);
-                        out.slice_mut(s![src, t, .., ..])
-                            .zip_mut_with(&sums.slice(s![row, .., ..]), |o, &x| {
-                                *o = (x * c) as f32
-                            });
-                    }
-                }
-                out
-            })
-            .collect();
+        let z = layout.means_by_token(&self.z, t_all); // per layer (S, T, H, d)
+        let mlp_out = layout.means_by_token(&self.mlp_out, t_all); // per layer (S, T, D)
+        let head_out = layout.means_by_token(&self.head_out, t_all); // per layer (S, T, H, D)
         let edge_terms: BTreeMap<HeadId, Array4<f32>> = self
             .edge_terms
             .iter()

@@ -604,7 +604,7 @@ impl ReferenceValues {
             Ok(_) => return None,
             Err(_) => None,
         };
-        Some(ReferenceValues {
+        Some(ReferenceValues::from_parts(
             kind,
             source_of_prompt,
             z,
@@ -612,6 +612,6 @@ impl ReferenceValues {
             head_out,
             edge_terms,
             edge_base_is_ref_z,
-        })
+        ))
     }
 }
