@@ -1,9 +1,10 @@
-//! Rendering results: text, JSON, markdown, diff.
+//! Rendering results: text, JSON, markdown, diff, and SVG pictures ([`svg`]).
 //!
 //! Every report states what was in force: the aggregation order, the ablation kind, the edge
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod svg;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
