@@ -234,6 +234,7 @@ const CHART_STYLE: &str = "text { font-family: FONT; fill: #222222; }
 .whisker { stroke: #333333; stroke-width: 1.2; }
 .box { fill: #ffffff; stroke: #333333; stroke-width: 1.2; }
 .median { stroke: #333333; stroke-width: 2; }
+.label-backing { fill: #ffffff; fill-opacity: 0.85; }
 ";
 
 // Layout of the faithfulness chart, in pixels.
@@ -396,7 +397,22 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
                 } else {
                     (end + 4.0, Anchor::Start)
                 };
-                svg.text("value", label_x, bar_mid + 4.0, anchor, &num(f));
+                // A white backing keeps the label readable where a reference line crosses it.
+                let label = num(f);
+                let label_width = text_width(&label, 11.0);
+                let backing_x = match anchor {
+                    Anchor::End => label_x - label_width,
+                    _ => label_x,
+                };
+                svg.rect(
+                    "label-backing",
+                    backing_x - 1.0,
+                    bar_mid - 6.0,
+                    label_width + 2.0,
+                    12.0,
+                    "",
+                );
+                svg.text("value", label_x, bar_mid + 4.0, anchor, &label);
             }
             None => svg.text(
                 "undefined",
