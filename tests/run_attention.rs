@@ -31,6 +31,16 @@ fn flat(err: &str) -> String {
         .join(" ")
 }
 
+/// `circuit run` of `prompts` with `--attention head --svg svg`.
+fn attention_run(prompts: &[&str], head: &str, svg: &std::path::Path) -> Output {
+    let mut args = vec!["run"];
+    for p in prompts {
+        args.extend(["--prompt", p]);
+    }
+    args.extend(["--attention", head, "--svg", svg.to_str().unwrap()]);
+    circuit(&args)
+}
+
 /// The heatmap of `heads` on [`PROMPT`] under the built-in model.
 fn heatmap(heads: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -154,15 +164,7 @@ fn cell_opacity_is_the_engine_pattern() {
 fn unknown_head_names_the_valid_range() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("a.svg");
-    let o = circuit(&[
-        "run",
-        "--prompt",
-        PROMPT,
-        "--attention",
-        "3.0",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let o = attention_run(&[PROMPT], "3.0", &svg);
     assert_eq!(o.status.code(), Some(2));
     let err = flat(&stderr(&o));
     assert!(err.contains("circuit::run::unknown_head"), "{err}");
@@ -170,15 +172,7 @@ fn unknown_head_names_the_valid_range() {
     assert!(err.contains("layers 0..2 and heads 0..3"), "{err}");
     assert!(!svg.exists(), "nothing written");
 
-    let o = circuit(&[
-        "run",
-        "--prompt",
-        PROMPT,
-        "--attention",
-        "1.x",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let o = attention_run(&[PROMPT], "1.x", &svg);
     assert_eq!(o.status.code(), Some(2));
     let err = flat(&stderr(&o));
     assert!(err.contains("circuit::run::bad_head"), "{err}");
@@ -189,17 +183,7 @@ fn unknown_head_names_the_valid_range() {
 fn attention_needs_one_prompt_and_a_writable_file() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("a.svg");
-    let o = circuit(&[
-        "run",
-        "--prompt",
-        "1 2",
-        "--prompt",
-        "3 4",
-        "--attention",
-        "0.0",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let o = attention_run(&["1 2", "3 4"], "0.0", &svg);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("circuit::run::attention_prompts"),
@@ -208,15 +192,7 @@ fn attention_needs_one_prompt_and_a_writable_file() {
     );
 
     let missing = dir.path().join("no/folder/a.svg");
-    let o = circuit(&[
-        "run",
-        "--prompt",
-        "1 2",
-        "--attention",
-        "0.0",
-        "--svg",
-        missing.to_str().unwrap(),
-    ]);
+    let o = attention_run(&["1 2"], "0.0", &missing);
     assert_eq!(o.status.code(), Some(2));
     let err = flat(&stderr(&o));
     assert!(err.contains("circuit::report::write_svg"), "{err}");

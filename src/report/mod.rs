@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::measure::evaluate::Evaluation;
 use crate::measure::file::{FileRun, Provenance};
-use crate::measure::{mean, metric_name, Scores, ALL_METRICS};
+use crate::measure::{mean, metric_name, Quantiles, Scores, ALL_METRICS};
 use crate::resolve::bound::{
     AblationKind, Alignment, BoundCircuit, EdgeAblation, Metric, Scope, Settings,
 };
@@ -274,16 +274,7 @@ impl FileReport {
             );
             match &c.scores.per_prompt_faithfulness {
                 Some(q) => {
-                    let _ = writeln!(
-                        out,
-                        "  per prompt   min {}  q25 {}  median {}  q75 {}  max {}  (n = {})",
-                        num(q.min),
-                        num(q.q25),
-                        num(q.median),
-                        num(q.q75),
-                        num(q.max),
-                        q.n_prompts
-                    );
+                    let _ = writeln!(out, "  per prompt   {}", quantiles_text(q));
                 }
                 None => {
                     let _ = writeln!(
@@ -344,6 +335,19 @@ pub fn num(x: f64) -> String {
     } else {
         "undefined".to_string()
     }
+}
+
+/// A five-number summary as the reports print it: `min … q25 … median … q75 … max … (n = …)`.
+pub fn quantiles_text(q: &Quantiles) -> String {
+    format!(
+        "min {}  q25 {}  median {}  q75 {}  max {}  (n = {})",
+        num(q.min),
+        num(q.q25),
+        num(q.median),
+        num(q.q75),
+        num(q.max),
+        q.n_prompts
+    )
 }
 
 fn opt(x: Option<f64>) -> String {

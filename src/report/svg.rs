@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::{num, FileReport};
+use super::{num, quantiles_text, FileReport};
 
 /// Escapes text for SVG character data and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(text: &str) -> String {
@@ -431,14 +431,9 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
             let (x_q25, x_q75) = (scale.at(q.q25), scale.at(q.q75));
             let half = BOX_HEIGHT / 2.0;
             svg.raw(&format!(
-                "<g><title>{}: per-prompt faithfulness min {} q25 {} median {} q75 {} max {} (n = {})</title>",
+                "<g><title>{}: per-prompt faithfulness {}</title>",
                 escape(&c.name),
-                num(q.min),
-                num(q.q25),
-                num(q.median),
-                num(q.q75),
-                num(q.max),
-                q.n_prompts
+                escape(&quantiles_text(q))
             ));
             svg.line("whisker", x_min, mid, x_max, mid);
             svg.line("whisker", x_min, mid - half, x_min, mid + half);
