@@ -471,7 +471,7 @@ const HEATMAP_STYLE: &str = "text { font-family: FONT; fill: #222222; }
 .title { font-size: 16px; font-weight: bold; }
 .subtitle { font-size: 11px; fill: #555555; }
 .panel-title { font-size: 13px; font-weight: bold; }
-.token { font-size: 10px; }
+.token { font-size: TOKEN_SIZEpx; }
 .axis-title { font-size: 11px; fill: #333333; }
 .tick-label { font-size: 10px; fill: #555555; }
 .cell { fill: #08519c; }
@@ -522,9 +522,11 @@ pub fn attention_chart(
     let labels: Vec<String> = tokens.iter().map(|t| token_label(t)).collect();
     // Big enough to read, small enough that a 64-token prompt stays on a screen.
     let cell = (360.0 / n.max(1) as f64).clamp(8.0, 26.0);
+    // Token labels shrink with the cells so that neighbours do not overlap on long prompts.
+    let token_size = (cell * 0.85).min(10.0);
     let label_room = labels
         .iter()
-        .map(|l| text_width(l, 10.0))
+        .map(|l| text_width(l, token_size))
         .fold(24.0, f64::max)
         + 10.0;
     let grid = cell * n as f64;
@@ -591,7 +593,7 @@ pub fn attention_chart(
             svg.text(
                 "token query",
                 left - 4.0,
-                grid_top + centre + 3.5,
+                grid_top + centre + token_size * 0.35,
                 Anchor::End,
                 label,
             );
@@ -666,7 +668,10 @@ pub fn attention_chart(
         Anchor::Start,
         "weight",
     );
-    svg.finish(&title, &HEATMAP_STYLE.replace("FONT", FONT))
+    let style = HEATMAP_STYLE
+        .replace("FONT", FONT)
+        .replace("TOKEN_SIZE", &number(token_size));
+    svg.finish(&title, &style)
 }
 
 #[cfg(test)]
@@ -709,6 +714,35 @@ mod tests {
         assert_eq!(tick_label(-0.0001, 0.5), "0.0");
         assert_eq!(tick_label(0.25, 0.25), "0.25");
         assert_eq!(tick_label(3.0, 1.0), "3");
+    }
+
+    #[test]
+    fn token_labels_show_spaces_and_opacities_are_clamped() {
+        assert_eq!(token_label(" in"), "\u{2423}in");
+        assert_eq!(token_label("\u{2581}Van"), "\u{2423}Van");
+        assert_eq!(token_label("a\nb"), "a\u{21B5}b");
+        assert_eq!(token_label("abcdefghijklmnop"), "abcdefghijk…");
+        assert_eq!(opacity(0.123456), "0.1235");
+        assert_eq!(opacity(1.5), "1.0000");
+        assert_eq!(opacity(f32::NAN), "0.0000");
+    }
+
+    #[test]
+    fn long_prompts_get_smaller_cells_and_labels() {
+        let panel = |n: usize| AttentionPanel {
+            layer: 0,
+            head: 0,
+            pattern: vec![vec![1.0 / n as f32; n]; n],
+        };
+        let tokens = |n: usize| (0..n).map(|i| format!(" t{i}")).collect::<Vec<_>>();
+        let short = attention_chart("m", "p", &tokens(4), &[panel(4)]);
+        let long = attention_chart("m", "p", &tokens(60), &[panel(60)]);
+        assert!(short.contains(".token { font-size: 10px; }"), "{short}");
+        // 360 px / 60 tokens = 6 px, clamped to 8 px cells and 6.8 px labels.
+        assert!(long.contains(".token { font-size: 6.8px; }"));
+        assert!(long.contains(r#"width="8" height="8""#));
+        assert_eq!(long.matches("class=\"cell\"").count(), 60 * 61 / 2);
+        assert_eq!(long.matches("class=\"masked\"").count(), 60 * 59 / 2);
     }
 
     #[test]
