@@ -23,6 +23,18 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
+/// Asserts that `args` exit with `code` and that stderr names `needle`; returns stderr.
+fn assert_fails(args: &[&str], code: i32, needle: &str) -> String {
+    let output = circuit(args);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?} should mention {needle:?}: {err}"
+    );
+    err
+}
+
 #[test]
 fn list_prints_one_builtin_per_line_name_first() {
     let output = circuit(&["dataset", "--list"]);
@@ -43,20 +55,34 @@ fn list_prints_one_builtin_per_line_name_first() {
     );
 }
 
+/// `circuit dataset inspect` of one numerals prompt, with `extra` arguments.
+fn inspect_numerals(extra: &[&str]) -> Output {
+    circuit(
+        &[
+            &["dataset", "inspect", "seqcont.numerals", "--n", "1"],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
+/// Five prompts of the letters generator, as `circuit dataset` arguments.
+const LETTERS: [&str; 10] = [
+    "dataset",
+    "seqcont.letters",
+    "--n",
+    "5",
+    "--seed",
+    "2",
+    "--len",
+    "3",
+    "--form",
+    "template",
+];
+
 #[test]
 fn generation_writes_the_library_jsonl() {
-    let output = circuit(&[
-        "dataset",
-        "seqcont.letters",
-        "--n",
-        "5",
-        "--seed",
-        "2",
-        "--len",
-        "3",
-        "--form",
-        "template",
-    ]);
+    let output = circuit(&LETTERS);
     assert!(output.status.success(), "{}", stderr(&output));
     let source = circuit::data::DatasetSource::Builtin {
         name: "seqcont.letters".into(),
@@ -76,20 +102,7 @@ fn generation_writes_the_library_jsonl() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("letters.jsonl");
-    let output = circuit(&[
-        "dataset",
-        "seqcont.letters",
-        "--n",
-        "5",
-        "--seed",
-        "2",
-        "--len",
-        "3",
-        "--form",
-        "template",
-        "--output",
-        file.to_str().unwrap(),
-    ]);
+    let output = circuit(&[&LETTERS[..], &["--output", file.to_str().unwrap()]].concat());
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).is_empty());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), expected);
@@ -97,51 +110,30 @@ fn generation_writes_the_library_jsonl() {
 
 #[test]
 fn bad_names_and_parameters_fail_with_codes() {
-    let output = circuit(&["dataset", "seqcont.digits"]);
-    assert_eq!(output.status.code(), Some(2));
-    let err = stderr(&output);
-    assert!(err.contains("circuit::data::unknown_dataset"), "{err}");
+    let err = assert_fails(
+        &["dataset", "seqcont.digits"],
+        2,
+        "circuit::data::unknown_dataset",
+    );
     assert!(err.contains("seqcont.days"), "{err}");
-
-    let output = circuit(&["dataset", "seqcont.days", "--len", "8"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("circuit::data::bad_parameter"));
-
-    let output = circuit(&["dataset"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("--list"));
+    assert_fails(
+        &["dataset", "seqcont.days", "--len", "8"],
+        2,
+        "circuit::data::bad_parameter",
+    );
+    assert_fails(&["dataset"], 2, "--list");
 }
 
 #[test]
 fn inspect_table_under_gpt2() {
-    let output = circuit(&[
-        "dataset",
-        "inspect",
-        "seqcont.numerals",
-        "--n",
-        "1",
-        "--model",
-        GPT2,
-    ]);
+    let output = inspect_numerals(&["--model", GPT2]);
     assert!(output.status.success(), "{}", stderr(&output));
     insta::assert_snapshot!(stdout(&output));
 }
 
 #[test]
 fn inspect_table_under_stories260k_shows_split_slots_and_problems() {
-    let output = circuit(&[
-        "dataset",
-        "inspect",
-        "seqcont.numerals",
-        "--n",
-        "1",
-        "--len",
-        "2",
-        "--form",
-        "template",
-        "--model",
-        STORIES,
-    ]);
+    let output = inspect_numerals(&["--len", "2", "--form", "template", "--model", STORIES]);
     // Digits are single pieces under stories260K, so " 66" is 3 tokens: exit code 1.
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -199,42 +191,34 @@ fn inspect_json_of_a_non_ascii_file() {
 
 #[test]
 fn inspect_rejects_generator_flags_on_files_and_missing_files() {
-    let output = circuit(&["dataset", "inspect", "missing.jsonl", "--model", GPT2]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("circuit::data::read"),
-        "{}",
-        stderr(&output)
+    assert_fails(
+        &["dataset", "inspect", "missing.jsonl", "--model", GPT2],
+        2,
+        "circuit::data::read",
     );
-
-    let output = circuit(&[
-        "dataset",
-        "inspect",
-        "missing.jsonl",
-        "--n",
-        "3",
-        "--model",
-        GPT2,
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("circuit::cli::dataset_params"),
-        "{}",
-        stderr(&output)
+    assert_fails(
+        &[
+            "dataset",
+            "inspect",
+            "missing.jsonl",
+            "--n",
+            "3",
+            "--model",
+            GPT2,
+        ],
+        2,
+        "circuit::cli::dataset_params",
     );
-
-    let output = circuit(&[
-        "dataset",
-        "inspect",
-        "seqcont.numerals",
-        "--model",
-        "no/such/dir",
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("tokenizer.json"),
-        "{}",
-        stderr(&output)
+    assert_fails(
+        &[
+            "dataset",
+            "inspect",
+            "seqcont.numerals",
+            "--model",
+            "no/such/dir",
+        ],
+        2,
+        "tokenizer.json",
     );
     assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join(GPT2).exists());
 }

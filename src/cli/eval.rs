@@ -1,5 +1,5 @@
 //! `circuit eval`: faithfulness of each circuit of a file against the full model and the empty
-//! circuit, as a table, JSON or markdown.
+//! circuit, as a table, JSON or markdown, and with `--svg` as a chart.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,10 @@ pub struct Args {
     /// Use this model folder instead of the file's `model` setting.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Also draw the faithfulness of every circuit as an SVG chart into this file (atomically),
+    /// besides the normal report.
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: Option<PathBuf>,
 }
 
 /// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
@@ -72,6 +76,31 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
     result
 }
 
+/// Writes a picture to `path` atomically; `what` names it in the error.
+pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
+    // A missing folder is the usual mistake; say so rather than show the temporary file's
+    // name that the atomic write failed to create in it.
+    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
+        if !folder.is_dir() {
+            return Err(miette::miette!(
+                code = "circuit::report::write_svg",
+                help = "create the folder first, or write the picture elsewhere",
+                "cannot write the {what} to {}: the folder {} does not exist",
+                path.display(),
+                folder.display()
+            ));
+        }
+    }
+    crate::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
+        miette::miette!(
+            code = "circuit::report::write_svg",
+            help = "check that the folder is writable",
+            "cannot write the {what} to {}: {e}",
+            path.display()
+        )
+    })
+}
+
 /// Writes `text` to `output` atomically, or to stdout.
 pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
     match output {
@@ -104,6 +133,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     } else {
         report.to_text()
     };
+    // The chart first: a bad --svg path fails the command before any report is printed.
+    if let Some(path) = &args.svg {
+        let chart = crate::report::svg::faithfulness_chart(&report);
+        write_picture(path, &chart, "faithfulness chart")?;
+    }
     emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
 //! `circuit run`: run a model on prompts and print the most likely next tokens (or a greedy
-//! continuation).
+//! continuation), or with `--attention L.H --svg OUT` draw heads' attention patterns.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::model::{ForwardOptions, Model, ModelSource, NoInterventions};
+use crate::report::svg::AttentionPanel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +35,13 @@ pub struct Args {
     /// Append N greedily chosen tokens to each prompt and print the continuation.
     #[arg(long, value_name = "N")]
     pub generate: Option<usize>,
+    /// Draw this head's attention pattern on the prompt (layer.head, e.g. 1.0; repeatable: one
+    /// panel per head) into the --svg file.
+    #[arg(long, value_name = "L.H", requires = "svg")]
+    pub attention: Vec<String>,
+    /// With --attention: the SVG file to write the heatmaps to (atomically).
+    #[arg(long, value_name = "OUT.svg", requires = "attention")]
+    pub svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -44,6 +52,27 @@ enum RunError {
         help("pass --prompt TEXT or --prompts FILE (one prompt per line)")
     )]
     NoPrompt,
+    #[error("--attention draws one prompt, but {count} were given")]
+    #[diagnostic(
+        code(circuit::run::attention_prompts),
+        help("pass a single --prompt with --attention")
+    )]
+    AttentionPrompts { count: usize },
+    #[error("`{text}` is not a head: --attention takes LAYER.HEAD, e.g. 1.0")]
+    #[diagnostic(code(circuit::run::bad_head))]
+    BadHead { text: String },
+    #[error("head {layer}.{head} does not exist in {model}: it has layers 0..{max_layer} and heads 0..{max_head} per layer")]
+    #[diagnostic(
+        code(circuit::run::unknown_head),
+        help("pick a head with layer 0..{max_layer} and head 0..{max_head}")
+    )]
+    UnknownHead {
+        layer: usize,
+        head: usize,
+        model: String,
+        max_layer: usize,
+        max_head: usize,
+    },
     #[error("cannot read prompts file {path}")]
     #[diagnostic(code(circuit::run::prompts_file))]
     PromptsFile {
@@ -85,6 +114,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         None => ModelSource::default_model(),
     };
     let model = Model::open(&source)?;
+    if !args.attention.is_empty() {
+        if let Some(path) = &args.svg {
+            return draw_attention(&model, &source, &prompts, &args.attention, path);
+        }
+    }
 
     let ids = prompts
         .iter()
@@ -152,6 +186,88 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `L.H` and checks the head exists in a model with `n_layers` × `n_heads` heads.
+fn parse_head(
+    text: &str,
+    n_layers: usize,
+    n_heads: usize,
+    model: &str,
+) -> Result<(usize, usize), RunError> {
+    let bad = || RunError::BadHead {
+        text: text.to_string(),
+    };
+    let (layer, head) = text.trim().split_once('.').ok_or_else(bad)?;
+    let layer: usize = layer.parse().map_err(|_| bad())?;
+    let head: usize = head.parse().map_err(|_| bad())?;
+    if layer >= n_layers || head >= n_heads {
+        return Err(RunError::UnknownHead {
+            layer,
+            head,
+            model: model.to_string(),
+            max_layer: n_layers.saturating_sub(1),
+            max_head: n_heads.saturating_sub(1),
+        });
+    }
+    Ok((layer, head))
+}
+
+/// `--attention L.H --svg OUT`: one forward pass with the activation cache, then each head's
+/// pattern on the prompt as a heatmap panel.
+fn draw_attention(
+    model: &Model,
+    source: &ModelSource,
+    prompts: &[String],
+    heads: &[String],
+    path: &Path,
+) -> miette::Result<ExitCode> {
+    if prompts.len() != 1 {
+        return Err(RunError::AttentionPrompts {
+            count: prompts.len(),
+        }
+        .into());
+    }
+    let name = source.display_name();
+    let heads = heads
+        .iter()
+        .map(|h| parse_head(h, model.config.n_layers, model.config.n_heads, &name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prompt = &prompts[0];
+    let ids = model.encode_prompt(prompt)?;
+    let options = ForwardOptions {
+        cache: true,
+        ..ForwardOptions::default()
+    };
+    let output = model.forward(std::slice::from_ref(&ids), &options, &NoInterventions)?;
+    let cache = output.cache.expect("the forward was asked for its cache");
+    let panels: Vec<AttentionPanel> = heads
+        .iter()
+        .map(|&(layer, head)| {
+            let pattern = &cache.layers[layer].pattern; // (B, H, T, T)
+            let pattern = (0..ids.len())
+                .map(|q| (0..ids.len()).map(|k| pattern[[0, head, q, k]]).collect())
+                .collect();
+            AttentionPanel {
+                layer,
+                head,
+                pattern,
+            }
+        })
+        .collect();
+    let tokens: Vec<String> = ids.iter().map(|&id| token_text(model, id)).collect();
+    let chart = crate::report::svg::attention_chart(&name, prompt, &tokens, &panels);
+    super::eval::write_picture(path, &chart, "attention heatmap")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token as text for an axis label: SentencePiece pieces keep their word-start marker (which
+/// decoding a lone token would drop), others decode as they are.
+fn token_text(model: &Model, id: u32) -> String {
+    match model.tokenizer.id_to_token(id) {
+        Some(piece) if piece.starts_with('\u{2581}') => piece,
+        _ => model.tokenizer.decode(&[id]),
+    }
 }
 
 /// The `k` most likely tokens under softmax(logits), most likely first (ties: lower id first).

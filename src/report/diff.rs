@@ -84,31 +84,19 @@ pub fn settings_changes(a: &BoundFile, b: &BoundFile) -> Vec<(String, String, St
         crate::measure::file::dataset_name(&x.dataset),
         crate::measure::file::dataset_name(&y.dataset),
     );
-    check(
-        "reference",
-        format!("{:?}", x.reference),
-        format!("{:?}", y.reference),
-    );
-    check(
-        "ablation",
-        format!("{:?}", x.ablation),
-        format!("{:?}", y.ablation),
-    );
-    check(
-        "edge ablation",
-        format!("{:?}", x.edge_ablation),
-        format!("{:?}", y.edge_ablation),
-    );
-    check("scope", format!("{:?}", x.scope), format!("{:?}", y.scope));
-    check(
-        "metric",
-        format!("{:?}", x.metric),
-        format!("{:?}", y.metric),
-    );
-    check(
-        "alignment",
-        format!("{:?}", x.alignment),
-        format!("{:?}", y.alignment),
+    // The enum-valued settings compare by their debug names.
+    macro_rules! check_by_debug {
+        ($($name:literal => $field:ident),* $(,)?) => {
+            $(check($name, format!("{:?}", x.$field), format!("{:?}", y.$field));)*
+        };
+    }
+    check_by_debug!(
+        "reference" => reference,
+        "ablation" => ablation,
+        "edge ablation" => edge_ablation,
+        "scope" => scope,
+        "metric" => metric,
+        "alignment" => alignment,
     );
     out
 }
@@ -195,21 +183,25 @@ pub fn render(
                 let _ = writeln!(
                     out,
                     "  faithfulness {}",
-                    delta(b.faithfulness, a.faithfulness)
+                    delta(b.scores.faithfulness, a.scores.faithfulness)
                 );
-                let _ = writeln!(out, "  ratio        {}", delta(b.ratio, a.ratio));
+                let _ = writeln!(
+                    out,
+                    "  ratio        {}",
+                    delta(b.scores.ratio, a.scores.ratio)
+                );
                 let _ = writeln!(
                     out,
                     "  {:<12} {}",
                     a.metric,
-                    delta(Some(b.circuit), Some(a.circuit))
+                    delta(Some(b.scores.circuit), Some(a.scores.circuit))
                 );
             }
             (None, Some(a)) => {
-                let _ = writeln!(out, "  faithfulness {}", delta(None, a.faithfulness));
+                let _ = writeln!(out, "  faithfulness {}", delta(None, a.scores.faithfulness));
             }
             (Some(b), None) => {
-                let _ = writeln!(out, "  faithfulness {}", delta(b.faithfulness, None));
+                let _ = writeln!(out, "  faithfulness {}", delta(b.scores.faithfulness, None));
             }
             (None, None) => {}
         }

@@ -1,16 +1,17 @@
-//! Rendering results: text, JSON, markdown, diff.
+//! Rendering results: text, JSON, markdown, diff, and SVG pictures ([`svg`]).
 //!
 //! Every report states what was in force: the aggregation order, the ablation kind, the edge
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod svg;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::measure::evaluate::Evaluation;
 use crate::measure::file::{FileRun, Provenance};
-use crate::measure::{mean, metric_name, Quantiles, ALL_METRICS};
+use crate::measure::{mean, metric_name, Quantiles, Scores, ALL_METRICS};
 use crate::resolve::bound::{
     AblationKind, Alignment, BoundCircuit, EdgeAblation, Metric, Scope, Settings,
 };
@@ -84,18 +85,23 @@ pub struct CircuitReport {
     pub name: String,
     /// The file's metric.
     pub metric: &'static str,
-    pub full: f64,
-    pub circuit: f64,
-    pub empty: f64,
-    /// `None` (JSON `null`) when the full model and the empty circuit agree.
-    pub faithfulness: Option<f64>,
-    /// m(C) / m(full); `None` when m(full) = 0.
-    pub ratio: Option<f64>,
-    /// Quantiles of the per-prompt normalized metric.
-    pub per_prompt_faithfulness: Option<Quantiles>,
+    /// The file's metric for the three runs and the faithfulness that follows. Flattened, so the
+    /// JSON keeps `full`, `circuit`, `empty`, `faithfulness`, `ratio`, `per_prompt_faithfulness`
+    /// as fields of the circuit, in that order.
+    #[serde(flatten)]
+    pub scores: Scores,
     /// Every metric's means, for expectations and diffs.
     pub metrics: BTreeMap<&'static str, RunMeans>,
     pub contents: Contents,
+}
+
+/// How a report quotes what it prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Plain text: values as they are.
+    Text,
+    /// Markdown: paths and hashes in backticks.
+    Markdown,
 }
 
 /// A whole file's report.
@@ -135,12 +141,7 @@ fn circuit_report(
     CircuitReport {
         name: circuit.name.clone(),
         metric: metric_name(metric),
-        full: scores.full,
-        circuit: scores.circuit,
-        empty: scores.empty,
-        faithfulness: scores.faithfulness,
-        ratio: scores.ratio,
-        per_prompt_faithfulness: scores.per_prompt_faithfulness,
+        scores,
         metrics,
         contents: Contents {
             heads: circuit.heads.len(),
@@ -166,6 +167,60 @@ impl FileReport {
         }
     }
 
+    /// The settings block every rendering prints, as `(label, value)` rows: model and dataset
+    /// with their hashes, the reference set, the ablation, the metric and the aggregation order.
+    /// `style` decides how paths and hashes are quoted and whether alignment has its own row.
+    pub fn setting_rows(&self, style: Style) -> Vec<(&'static str, String)> {
+        let p = &self.provenance;
+        let s = &self.settings;
+        let code = |text: &str| match style {
+            Style::Text => text.to_string(),
+            Style::Markdown => format!("`{text}`"),
+        };
+        let mut rows = vec![
+            (
+                "model",
+                format!(
+                    "{} (weights sha256 {})",
+                    code(&p.model),
+                    code(short(&p.model_sha256))
+                ),
+            ),
+            (
+                "dataset",
+                format!(
+                    "{} ({} prompts, sha256 {})",
+                    code(&p.dataset),
+                    p.n_prompts,
+                    code(short(&p.dataset_sha256))
+                ),
+            ),
+            ("reference", s.reference.clone()),
+        ];
+        match style {
+            Style::Text => rows.push((
+                "ablation",
+                format!(
+                    "{} by {}, edges by {}, aligned by {}",
+                    s.scope, s.ablation, s.edge_ablation, s.alignment
+                ),
+            )),
+            Style::Markdown => {
+                rows.push((
+                    "ablation",
+                    format!(
+                        "{} by {}, edges by {}",
+                        s.scope, s.ablation, s.edge_ablation
+                    ),
+                ));
+                rows.push(("alignment", s.alignment.to_string()));
+            }
+        }
+        rows.push(("metric", format!("{} at END", s.metric)));
+        rows.push(("aggregation", s.aggregation.to_string()));
+        rows
+    }
+
     /// Pretty JSON with a trailing newline. Deterministic: fields in declaration order, maps
     /// sorted, floats in shortest round-trip form.
     pub fn to_json(&self) -> String {
@@ -177,30 +232,10 @@ impl FileReport {
     /// Plain-text tables, one per circuit.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let p = &self.provenance;
-        let s = &self.settings;
         let _ = writeln!(out, "{}", self.file);
-        let _ = writeln!(
-            out,
-            "  model      {} (weights sha256 {})",
-            p.model,
-            short(&p.model_sha256)
-        );
-        let _ = writeln!(
-            out,
-            "  dataset    {} ({} prompts, sha256 {})",
-            p.dataset,
-            p.n_prompts,
-            short(&p.dataset_sha256)
-        );
-        let _ = writeln!(out, "  reference  {}", s.reference);
-        let _ = writeln!(
-            out,
-            "  ablation   {} by {}, edges by {}, aligned by {}",
-            s.scope, s.ablation, s.edge_ablation, s.alignment
-        );
-        let _ = writeln!(out, "  metric     {} at END", s.metric);
-        let _ = writeln!(out, "  aggregation {}", s.aggregation);
+        for (label, value) in self.setting_rows(Style::Text) {
+            let _ = writeln!(out, "  {label:<10} {value}");
+        }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {note}");
         }
@@ -234,21 +269,12 @@ impl FileReport {
             let _ = writeln!(
                 out,
                 "  faithfulness {}   ratio {}",
-                opt(c.faithfulness),
-                opt(c.ratio)
+                opt(c.scores.faithfulness),
+                opt(c.scores.ratio)
             );
-            match &c.per_prompt_faithfulness {
+            match &c.scores.per_prompt_faithfulness {
                 Some(q) => {
-                    let _ = writeln!(
-                        out,
-                        "  per prompt   min {}  q25 {}  median {}  q75 {}  max {}  (n = {})",
-                        num(q.min),
-                        num(q.q25),
-                        num(q.median),
-                        num(q.q75),
-                        num(q.max),
-                        q.n_prompts
-                    );
+                    let _ = writeln!(out, "  per prompt   {}", quantiles_text(q));
                 }
                 None => {
                     let _ = writeln!(
@@ -264,43 +290,24 @@ impl FileReport {
     /// A markdown section per file with one table row per circuit.
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let p = &self.provenance;
-        let s = &self.settings;
         let _ = writeln!(out, "## `{}`\n", self.file);
         let _ = writeln!(out, "| setting | value |\n| --- | --- |");
-        let _ = writeln!(
-            out,
-            "| model | `{}` (weights sha256 `{}`) |",
-            p.model,
-            short(&p.model_sha256)
-        );
-        let _ = writeln!(
-            out,
-            "| dataset | `{}` ({} prompts, sha256 `{}`) |",
-            p.dataset,
-            p.n_prompts,
-            short(&p.dataset_sha256)
-        );
-        let _ = writeln!(out, "| reference | {} |", s.reference);
-        let _ = writeln!(
-            out,
-            "| ablation | {} by {}, edges by {} |",
-            s.scope, s.ablation, s.edge_ablation
-        );
-        let _ = writeln!(out, "| alignment | {} |", s.alignment);
-        let _ = writeln!(out, "| metric | {} at END |", s.metric);
-        let _ = writeln!(out, "| aggregation | {} |\n", s.aggregation);
+        for (label, value) in self.setting_rows(Style::Markdown) {
+            let _ = writeln!(out, "| {label} | {value} |");
+        }
+        let _ = writeln!(out);
         for note in &self.notes {
             let _ = writeln!(out, "> note: {note}\n");
         }
         let _ = writeln!(
             out,
             "| circuit | {m} full | {m} circuit | {m} empty | faithfulness | ratio | per-prompt min / median / max |",
-            m = s.metric
+            m = self.settings.metric
         );
         let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | --- |");
         for c in &self.circuits {
             let quantiles = c
+                .scores
                 .per_prompt_faithfulness
                 .as_ref()
                 .map(|q| format!("{} / {} / {}", num(q.min), num(q.median), num(q.max)))
@@ -309,11 +316,11 @@ impl FileReport {
                 out,
                 "| `{}` | {} | {} | {} | {} | {} | {} |",
                 c.name,
-                num(c.full),
-                num(c.circuit),
-                num(c.empty),
-                opt(c.faithfulness),
-                opt(c.ratio),
+                num(c.scores.full),
+                num(c.scores.circuit),
+                num(c.scores.empty),
+                opt(c.scores.faithfulness),
+                opt(c.scores.ratio),
                 quantiles
             );
         }
@@ -328,6 +335,19 @@ pub fn num(x: f64) -> String {
     } else {
         "undefined".to_string()
     }
+}
+
+/// A five-number summary as the reports print it: `min … q25 … median … q75 … max … (n = …)`.
+pub fn quantiles_text(q: &Quantiles) -> String {
+    format!(
+        "min {}  q25 {}  median {}  q75 {}  max {}  (n = {})",
+        num(q.min),
+        num(q.q25),
+        num(q.median),
+        num(q.q75),
+        num(q.max),
+        q.n_prompts
+    )
 }
 
 fn opt(x: Option<f64>) -> String {
