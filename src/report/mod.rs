@@ -234,7 +234,7 @@ impl FileReport {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.file);
         for (label, value) in self.setting_rows(Style::Text) {
-            let _ = writeln!(out, "  {label:<10} {value}");
+            let _ = writeln!(out, "  {label:<11} {value}");
         }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {note}");
