@@ -273,6 +273,50 @@ fn negative_and_above_one_values_extend_the_axis() {
 }
 
 #[test]
+fn one_outlying_prompt_does_not_squash_the_chart() {
+    // A prompt on which the full model and the empty circuit nearly agree has a per-prompt
+    // faithfulness of 10⁶ (or an infinite one); the bars must stay readable.
+    let report = file_report(
+        "outlier.circuit",
+        vec![
+            circuit_report("wild", Some(0.9), Some(quantiles(0.2, 0.8, 0.9, 1.0, 1e6))),
+            circuit_report(
+                "infinite",
+                Some(0.5),
+                Some(quantiles(f64::NEG_INFINITY, 0.4, 0.5, 0.6, 0.7)),
+            ),
+        ],
+    );
+    let svg = faithfulness_chart(&report);
+    let tags = parse_xml(&svg);
+    let axis = axis(&tags);
+    let (lowest, highest) = (axis[0].0, axis[axis.len() - 1].0);
+    assert!(lowest >= -2.0 && highest <= 3.0, "axis {lowest}..{highest}");
+    let (per_unit, _) = scale(&axis);
+    let bars = with_class(&tags, "rect", "bar");
+    assert!((bars[0].num("width") - 0.9 * per_unit).abs() <= 0.02);
+    // Every whisker stays on the axis; the two cut ones end in a chevron at its ends.
+    let (left, right) = (axis[0].1, axis[axis.len() - 1].1);
+    for line in with_class(&tags, "line", "whisker") {
+        for x in [line.num("x1"), line.num("x2")] {
+            assert!(x >= left - 0.01 && x <= right + 0.01, "whisker at {x}");
+        }
+    }
+    let cut: Vec<f64> = with_class(&tags, "polyline", "cut")
+        .iter()
+        .map(|p| {
+            let tip = p.attrs["points"].split(' ').nth(1).unwrap();
+            tip.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(cut.len(), 2, "{svg}");
+    assert!((cut[0] - right).abs() <= 0.01 && (cut[1] - left).abs() <= 0.01);
+    assert!(svg.contains("runs on past the axis"));
+    // No coordinate is NaN or infinite (the circuit named `infinite` is the only "inf").
+    assert!(!svg.contains("NaN") && svg.matches("inf").count() == svg.matches("infinite").count());
+}
+
+#[test]
 fn names_and_paths_are_escaped() {
     let name = r#"a<b&"c"'d'>"#;
     let report = file_report(

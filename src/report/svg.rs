@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use super::{num, quantiles_text, FileReport};
+use crate::measure::Quantiles;
 
 /// Escapes text for SVG character data and attribute values (`&`, `<`, `>`, `"`, `'`).
 pub fn escape(text: &str) -> String {
@@ -235,6 +236,7 @@ const CHART_STYLE: &str = "text { font-family: FONT; fill: #222222; }
 .bar { fill: #4c78a8; }
 .bar.negative { fill: #e45756; }
 .whisker { stroke: #333333; stroke-width: 1.2; }
+.cut { fill: none; }
 .box { fill: #ffffff; stroke: #333333; stroke-width: 1.2; }
 .median { stroke: #333333; stroke-width: 2; }
 .label-backing { fill: #ffffff; fill-opacity: 0.85; }
@@ -251,23 +253,34 @@ const VALUE_ROOM: f64 = 90.0;
 /// Circuit names longer than this are cut (the full name stays in the bar's tooltip).
 const MAX_NAME_CHARS: usize = 40;
 
-/// The lowest and highest value the chart must show: 0 (empty circuit), 1 (full model), every
-/// faithfulness and every per-prompt quantile.
+/// The lowest and highest value the axis shows. It always holds 0 (empty circuit), 1 (full
+/// model), every faithfulness and every per-prompt quartile and median. The min/max whiskers
+/// widen it by at most that span again on each side: a prompt on which the full model and the
+/// empty circuit nearly agree can have a per-prompt faithfulness of ±10⁶, and it must not
+/// squash every bar into a pixel. Whiskers beyond the axis are cut at its end and marked.
 fn value_range(report: &FileReport) -> (f64, f64) {
-    let mut lo: f64 = 0.0;
-    let mut hi: f64 = 1.0;
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    let (mut whisker_lo, mut whisker_hi) = (0.0f64, 1.0f64);
     for c in &report.circuits {
         let s = &c.scores;
-        let mut values: Vec<f64> = s.faithfulness.into_iter().collect();
+        let mut core: Vec<f64> = s.faithfulness.into_iter().collect();
         if let Some(q) = &s.per_prompt_faithfulness {
-            values.extend([q.min, q.max]);
+            core.extend([q.q25, q.median, q.q75]);
+            for v in [q.min, q.max].into_iter().filter(|v| v.is_finite()) {
+                whisker_lo = whisker_lo.min(v);
+                whisker_hi = whisker_hi.max(v);
+            }
         }
-        for v in values.into_iter().filter(|v| v.is_finite()) {
+        for v in core.into_iter().filter(|v| v.is_finite()) {
             lo = lo.min(v);
             hi = hi.max(v);
         }
     }
-    (lo, hi)
+    let span = hi - lo;
+    (
+        whisker_lo.max(lo - span).min(lo),
+        whisker_hi.min(hi + span).max(hi),
+    )
 }
 
 /// `circuit eval --svg`: one horizontal bar per circuit (in report order) whose length is its
@@ -297,10 +310,17 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
         .map(|q| q.n_prompts)
         .max()
         .unwrap_or(0);
+    let (lo, hi) = value_range(report);
+    let (ticks, step) = nice_ticks(lo, hi, 6);
+    let (axis_lo, axis_hi) = (ticks[0], ticks[ticks.len() - 1]);
+    let any_cut = (report.circuits.iter())
+        .filter_map(|c| c.scores.per_prompt_faithfulness.as_ref())
+        .any(|q| q.min < axis_lo || q.max > axis_hi);
     let legend = [
         "Bar: faithfulness of the prompt means (the report's number).".to_string(),
         format!(
-            "Below it: faithfulness per prompt (n = {prompts}): box = quartiles, whiskers = min to max, thick tick = median."
+            "Below it: faithfulness per prompt (n = {prompts}): box = quartiles, whiskers = min to max, thick tick = median.{}",
+            if any_cut { " A whisker ending in > runs on past the axis." } else { "" }
         ),
     ];
     let names: Vec<String> = report
@@ -320,11 +340,9 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
         .fold(0.0, f64::max);
     let width = (plot_right + VALUE_ROOM).max(MARGIN + header_width + MARGIN);
 
-    let (lo, hi) = value_range(report);
-    let (ticks, step) = nice_ticks(lo, hi, 6);
     let scale = Scale {
-        lo: ticks[0],
-        hi: ticks[ticks.len() - 1],
+        lo: axis_lo,
+        hi: axis_hi,
         pixel_lo: plot_left,
         pixel_hi: plot_right,
     };
@@ -425,10 +443,17 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
                 "undefined (full model and empty circuit agree)",
             ),
         }
-        if let Some(q) = &c.scores.per_prompt_faithfulness {
+        let drawable = |q: &&Quantiles| {
+            [q.min, q.q25, q.median, q.q75, q.max]
+                .iter()
+                .all(|v| !v.is_nan())
+        };
+        if let Some(q) = c.scores.per_prompt_faithfulness.as_ref().filter(drawable) {
             let mid = bar_top + BAR_HEIGHT + 10.0;
-            let (x_min, x_max) = (scale.at(q.min), scale.at(q.max));
-            let (x_q25, x_q75) = (scale.at(q.q25), scale.at(q.q75));
+            // Positions on the axis, cut at its ends (see `value_range`).
+            let at = |v: f64| scale.at(v).clamp(plot_left, plot_right);
+            let (x_min, x_max) = (at(q.min), at(q.max));
+            let (x_q25, x_q75) = (at(q.q25), at(q.q75));
             let half = BOX_HEIGHT / 2.0;
             svg.raw(&format!(
                 "<g><title>{}: per-prompt faithfulness {}</title>",
@@ -436,10 +461,26 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
                 escape(&quantiles_text(q))
             ));
             svg.line("whisker", x_min, mid, x_max, mid);
-            svg.line("whisker", x_min, mid - half, x_min, mid + half);
-            svg.line("whisker", x_max, mid - half, x_max, mid + half);
+            // A whisker end inside the axis gets a cap; one cut at the axis end a chevron
+            // pointing on.
+            for (x, outward) in [(x_min, -1.0), (x_max, 1.0)] {
+                if x > plot_left && x < plot_right {
+                    svg.line("whisker", x, mid - half, x, mid + half);
+                } else {
+                    let back = x - outward * half;
+                    svg.raw(&format!(
+                        r#"<polyline class="whisker cut" points="{},{} {},{} {},{}"/>"#,
+                        number(back),
+                        number(mid - half),
+                        number(x),
+                        number(mid),
+                        number(back),
+                        number(mid + half)
+                    ));
+                }
+            }
             svg.rect("box", x_q25, mid - half, x_q75 - x_q25, BOX_HEIGHT, "");
-            let x_median = scale.at(q.median);
+            let x_median = at(q.median);
             svg.line("median", x_median, mid - half, x_median, mid + half);
             svg.raw("</g>");
         }
