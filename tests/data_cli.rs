@@ -167,7 +167,7 @@ fn inspect_json_of_a_non_ascii_file() {
     assert_eq!(json["dataset"], "zoe");
     let prompt = &json["prompts"][0];
     assert_eq!(prompt["prompt"], "When Zoë and Bo met, Bo waved to");
-    // GPT-2: When| Z|o|ë| and| Bo| met|,| Bo| waved| to
+    // GPT-2: When| Zo|ë| and| Bo| met|,| Bo| waved| to
     let tokens: Vec<&str> = prompt["tokens"]
         .as_array()
         .unwrap()
@@ -187,6 +187,18 @@ fn inspect_json_of_a_non_ascii_file() {
     assert_eq!(tokens[tokens.len() - 1], " to");
     assert!(prompt["errors"].as_array().unwrap().is_empty());
     assert_eq!(prompt["answer"]["ids"].as_array().unwrap().len(), 1);
+    // Each token's slot under `align by label`: the tokens of a multi-token IO before its last
+    // count from the previous anchor (here the prompt start), its last token is `IO`.
+    let slots: Vec<&str> = prompt["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slot"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slots,
+        ["start", "start+1", "IO", "IO+1", "S1", "S1+1", "S1+2", "S2", "S2+1", "END"]
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ use std::fmt;
 use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, Axis, Dimension, RemoveAxis};
 
 use super::reference::{LayerActivations, ReferenceError, ReferenceNeeds, ReferenceValues};
+use crate::data::tokenized::SlotTokens;
 use crate::resolve::bound::{AblationKind, HeadId};
 
 /// The label name END has as an anchor.
@@ -60,6 +61,17 @@ impl fmt::Display for Slot {
 /// Which of several labels on one token names it: END first, then by name (byte order).
 fn tie_rank(name: &str) -> (bool, &str) {
     (name != END_LABEL, name)
+}
+
+/// The slot of every token of a tokenized prompt of `len` tokens, from its label map (each
+/// label anchors at its slot's last token): what `align by label` and `circuit dataset inspect`
+/// both use.
+pub fn slots_of_prompt(len: usize, labels: &BTreeMap<String, SlotTokens>) -> Vec<Slot> {
+    let anchors: Vec<(String, usize)> = labels
+        .iter()
+        .map(|(name, tokens)| (name.clone(), tokens.last))
+        .collect();
+    assign_slots(len, &anchors)
 }
 
 /// The slot of every token of a prompt of `len` tokens whose labels sit at the given token

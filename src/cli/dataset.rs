@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use miette::{miette, IntoDiagnostic};
 use serde_json::{json, Value};
 
+use crate::ablate::align::slots_of_prompt;
 use crate::data::builtin::{is_builtin, BUILTINS};
 use crate::data::record::prompt_id;
 use crate::data::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
@@ -407,21 +408,21 @@ fn inspect_text(
         ));
         if let Some(tokens) = &p.tokens {
             let labels = labels_by_token(tokens);
-            let rows: Vec<[String; 4]> = tokens
-                .ids
-                .iter()
+            let slots = slots_of_prompt(tokens.ids.len(), &tokens.slots);
+            let rows: Vec<[String; 5]> = (tokens.ids.iter().zip(&slots))
                 .enumerate()
-                .map(|(i, &id)| {
+                .map(|(i, (&id, slot))| {
                     [
                         i.to_string(),
                         id.to_string(),
                         format!("{:?}", token_text(tokenizer, id)),
+                        slot.to_string(),
                         labels.get(&i).map(|l| l.join(", ")).unwrap_or_default(),
                     ]
                 })
                 .collect();
-            let header = ["pos", "id", "token", "labels"].map(String::from);
-            let widths: Vec<usize> = (0..4)
+            let header = ["pos", "id", "token", "slot", "labels"].map(String::from);
+            let widths: Vec<usize> = (0..5)
                 .map(|c| {
                     rows.iter()
                         .chain(std::iter::once(&header))
@@ -432,14 +433,16 @@ fn inspect_text(
                 .collect();
             for row in std::iter::once(&header).chain(&rows) {
                 let line = format!(
-                    "  {:>w0$}  {:>w1$}  {:w2$}  {}",
+                    "  {:>w0$}  {:>w1$}  {:w2$}  {:w3$}  {}",
                     row[0],
                     row[1],
                     row[2],
                     row[3],
+                    row[4],
                     w0 = widths[0],
                     w1 = widths[1],
-                    w2 = widths[2]
+                    w2 = widths[2],
+                    w3 = widths[3]
                 );
                 out.push_str(line.trim_end());
                 out.push('\n');
@@ -476,12 +479,17 @@ fn inspect_json(
         .iter()
         .map(|p| {
             let tokens = p.tokens.as_ref().map(|t| {
-                t.ids
-                    .iter()
-                    .zip(&t.offsets)
+                let slots = slots_of_prompt(t.ids.len(), &t.slots);
+                (t.ids.iter().zip(&t.offsets).zip(&slots))
                     .enumerate()
-                    .map(|(i, (&id, &(start, end)))| {
-                        json!({"pos": i, "id": id, "text": token_text(tokenizer, id), "bytes": [start, end]})
+                    .map(|(i, ((&id, &(start, end)), slot))| {
+                        json!({
+                            "pos": i,
+                            "id": id,
+                            "text": token_text(tokenizer, id),
+                            "bytes": [start, end],
+                            "slot": slot.to_string(),
+                        })
                     })
                     .collect::<Vec<_>>()
             });

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 
 use super::evaluate::{AblationSettings, EvalPrompts, Evaluation, Evaluator};
 use super::Targets;
+use crate::ablate::align::slots_of_prompt;
 use crate::ablate::{LabelAlignment, PromptSlots};
 use crate::data::{self, DatasetSource, PromptSet, TokenizedPrompt};
 use crate::model::Model;
@@ -86,12 +87,10 @@ impl PromptPositions for TokenizedPrompt {
 /// A prompt's slots for `align by label`: every label anchors at the token it names in a
 /// circuit (its slot's last token), END at the last token.
 pub fn prompt_slots(prompt: &TokenizedPrompt) -> PromptSlots {
-    let labels: Vec<(String, usize)> = prompt
-        .slots
-        .iter()
-        .map(|(name, tokens)| (name.clone(), tokens.last))
-        .collect();
-    PromptSlots::new(prompt.id().to_string(), prompt.len(), &labels)
+    PromptSlots {
+        name: prompt.id().to_string(),
+        slots: slots_of_prompt(prompt.len(), &prompt.slots),
+    }
 }
 
 /// Options of a file evaluation.
