@@ -671,6 +671,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn few_row_and_many_row_products_agree() {
+        // 200 rows take the direct product, any 10 of them the transposed one (`matmul_into`).
+        let x = Array2::from_shape_fn((200, 64), |(i, j)| ((i * 31 + j * 7) % 17) as f32 - 8.0);
+        let w = Array2::from_shape_fn((64, 300), |(i, j)| ((i * 13 + j * 5) % 11) as f32 * 0.25);
+        let all = matmul(x.view(), w.view());
+        let few = matmul(x.slice(s![40..50, ..]), w.view());
+        assert_eq!(few, all.slice(s![40..50, ..]));
+        // And both are x·w (small integers times quarters: exact in f32).
+        assert_eq!(all, x.dot(&w));
+        // With a bias accumulated onto, through a transposed weight view as Llama stores it.
+        let stored = w.t().to_owned(); // (out, in)
+        let linear = Linear {
+            weight: stored.reversed_axes(),
+            bias: Some(Array1::from_elem(300, 0.5)),
+        };
+        let with_bias = linear.apply(x.slice(s![0..10, ..]));
+        assert_eq!(with_bias, x.slice(s![0..10, ..]).dot(&w) + 0.5);
+    }
+
+    #[test]
     fn softmax_of_a_fully_masked_row_is_zero() {
         let mut scores = Array4::<f32>::from_elem((1, 1, 2, 2), f32::NEG_INFINITY);
         scores[[0, 0, 1, 0]] = 0.5;
