@@ -10,7 +10,20 @@ per-head outputs z before the model's own output projection:
 - node ablation: at query positions where a head is not kept, z is the mean over the reference
   prompts of z at that position;
 - QK-edge ablation (edge mean): at a kept query with listed key positions K,
-  z[q] = Σ_{k∈K} A[q,k]·v[k] + Σ_{k∉K} mean_ref(A[q,k]·v[k]).
+  z[q] = Σ_{k∈K} A[q,k]·v[k] + Σ_{k∉K} mean_ref(A[q,k]·v[k]);
+- MLP node ablation (scope heads_and_mlps, GPT-2 only): where an MLP is not kept, its output is
+  the mean over the reference prompts of its output at that position;
+- path edges (GPT-2 only, docs/semantics.md section 5): a downstream input (a head's q, k or v,
+  an MLP's input, the logits) named by a path edge reads a stream rebuilt from its parts, in
+  float64: the embedding (wte + wpe) + the attention output biases of the layers before it +,
+  per position t, for every upstream component in scope (heads of earlier layers, and for
+  `mlp L` the heads of layer L too; MLPs of earlier layers under heads_and_mlps) its output in
+  this forward pass if an edge keeps it at t, else its mean over the reference prompts at t +
+  the outputs of MLPs outside the scope. A head's output is its own write z_h · W_O^h (no
+  bias). That stream then goes through the layer's own norm and the head's slice of c_attn (q,
+  k or v), or through ln_2 into the MLP, or through ln_f into the unembedding. Every rebuild is
+  checked against the stream transformers computes: with every component at its own value the
+  sum of the parts must equal the model's residual stream.
 
 Everything else (embeddings, norms, MLPs, unembedding) is transformers' own code. The metric is
 logit_diff at the last position; faithfulness = (m(C) − m(empty)) / (m(full) − m(empty)) with
@@ -36,7 +49,21 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "oracle"
 
 # Set per run: "record" collects reference means, "ablate" applies a circuit, "off" is clean.
-STATE = {"mode": "off", "means": {}, "circuit": None}
+# "ids" are the token ids of the batch being run; "outputs" the per-component outputs of this
+# forward pass (for path edges); "ref_outputs" their means over the reference prompts.
+# Longer than any prompt here: "*" in a path edge keeps every position below it.
+SEQ_MAX = 1024
+
+STATE = {
+    "mode": "off",
+    "means": {},
+    "circuit": None,
+    "ids": None,
+    "outputs": {},
+    "ref_outputs": {},
+    "paths_hooked": False,
+    "scope": "heads",
+}
 
 
 def oracle_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -75,13 +102,150 @@ def oracle_attention(module, query, key, value, attention_mask, scaling=None, dr
                     z[:, head, q] = terms[:, head, q, sorted(keys)].sum(dim=1) + mean_terms[
                         head, q, dropped
                     ].sum(dim=0)
+    if STATE["paths_hooked"]:
+        # GPT-2's c_proj is a Conv1D: out = z_flat @ W + b, W (H·d, D); head h's rows are its W_O^h.
+        w_o = module.c_proj.weight.double().view(n_heads, d_head, -1)  # (H, d, D)
+        head_out = torch.einsum("bhtd,hde->bthe", z.to(query.dtype).double(), w_o)  # (B, T, H, D)
+        STATE["outputs"][("heads", layer)] = head_out
+        if STATE["mode"] == "record":
+            STATE["ref_outputs"][("heads", layer)] = head_out.mean(dim=0)  # (T, H, D)
     return z.transpose(1, 2).to(query.dtype).contiguous(), pattern.to(query.dtype)
 
 
 AttentionInterface.register("circuit_oracle", oracle_attention)
 
 
+def upstream_before(downstream, n_layers):
+    """(layers whose heads and attention biases are upstream, layers whose MLPs are upstream) of
+    a downstream input: a head of layer L reads layers < L; the MLP of layer L reads the heads of
+    layers ≤ L and the MLPs of layers < L; the logits read everything."""
+    if downstream[0] == "head":
+        return downstream[1], downstream[1]
+    if downstream[0] == "mlp":
+        return downstream[1] + 1, downstream[1]
+    return n_layers, n_layers
+
+
+def rebuilt_stream(model, downstream, kept):
+    """The residual stream `downstream` reads, rebuilt from its parts in float64, (B, T, D).
+    `kept(upstream)` is a (T,) bool tensor: where True the component's output in this forward
+    pass is used, elsewhere its reference mean; `kept=None` uses every component's own output.
+    MLPs outside the scope always pass through."""
+    ids = torch.tensor(STATE["ids"])
+    seq = ids.shape[1]
+    wte, wpe = model.transformer.wte.weight.double(), model.transformer.wpe.weight.double()
+    stream = wte[ids] + wpe[torch.arange(seq)][None]  # (B, T, D): belongs to no component
+    head_layers, mlp_layers = upstream_before(downstream, model.config.n_layer)
+    for layer in range(head_layers):
+        stream = stream + model.transformer.h[layer].attn.c_proj.bias.double()  # no component's
+        own = STATE["outputs"][("heads", layer)]  # (B, T, H, D)
+        ref = STATE["ref_outputs"].get(("heads", layer))  # (T, H, D)
+        for head in range(own.shape[2]):
+            if kept is None:
+                stream = stream + own[:, :, head]
+                continue
+            mask = kept(("head", layer, head))[None, :, None]  # (1, T, 1)
+            stream = stream + torch.where(mask, own[:, :, head], ref[None, :, head])
+    for layer in range(mlp_layers):
+        own = STATE["outputs"][("mlp", layer)]  # (B, T, D)
+        if STATE["scope"] == "heads" or kept is None:
+            stream = stream + own  # outside the ablation: always passes through
+            continue
+        mask = kept(("mlp", layer))[None, :, None]  # (1, T, 1)
+        stream = stream + torch.where(mask, own, STATE["ref_outputs"][("mlp", layer)][None])
+    return stream
+
+
+def path_input(model, downstream, actual_stream):
+    """The rebuilt stream for `downstream` if the circuit names it in a path edge, else None.
+    Either way, first checks the decomposition: every component at its own value must give back
+    the stream transformers computed (`actual_stream`, (B, T, D))."""
+    seq = actual_stream.shape[1]
+    recomposed = rebuilt_stream(model, downstream, None)
+    gap = (recomposed - actual_stream.double()).abs().max().item()
+    assert gap < 1e-4, f"the parts of the stream into {downstream} miss it by {gap}"
+    if STATE["mode"] != "ablate" or downstream not in STATE["circuit"]["paths"]:
+        return None
+    kept_at = STATE["circuit"]["paths"][downstream]  # upstream -> set of kept positions
+    kept = lambda upstream: torch.tensor([t in kept_at.get(upstream, set()) for t in range(seq)])
+    return rebuilt_stream(model, downstream, kept)
+
+
+def layer_norm64(norm, x):
+    """A transformers LayerNorm's own parameters applied in float64."""
+    return torch.nn.functional.layer_norm(
+        x, norm.normalized_shape, norm.weight.double(), norm.bias.double(), norm.eps
+    )
+
+
+def install_gpt2_path_hooks(model):
+    """Forward hooks on a GPT2LMHeadModel that record MLP outputs, ablate MLPs (heads_and_mlps)
+    and feed path-edge downstream inputs their rebuilt streams."""
+    STATE["paths_hooked"] = True
+    blocks = model.transformer.h
+    n_heads, d_model = model.config.n_head, model.config.n_embd
+    d_head = d_model // n_heads
+    resid_pre = {}
+
+    def on_ln_1(layer):
+        def hook(module, args):
+            resid_pre[layer] = args[0]  # (B, T, D): what q, k and v of this layer read
+
+        return hook
+
+    def on_c_attn(layer):
+        def hook(module, args, output):
+            output = output.clone()  # (B, T, 3D): q | k | v, head h at columns h·d..(h+1)·d
+            for head in range(n_heads):
+                for which, part in (("q", 0), ("k", 1), ("v", 2)):
+                    stream = path_input(model, ("head", layer, head, which), resid_pre[layer])
+                    if stream is None:
+                        continue
+                    cols = slice(part * d_model + head * d_head, part * d_model + (head + 1) * d_head)
+                    w, b = module.weight.double()[:, cols], module.bias.double()[cols]
+                    projected = layer_norm64(blocks[layer].ln_1, stream) @ w + b  # (B, T, d)
+                    output[:, :, cols] = projected.to(output.dtype)
+            return output
+
+        return hook
+
+    def on_ln_2(layer):
+        def hook(module, args, output):
+            stream = path_input(model, ("mlp", layer), args[0])
+            return output if stream is None else layer_norm64(module, stream).to(output.dtype)
+
+        return hook
+
+    def on_mlp(layer):
+        def hook(module, args, output):
+            if STATE["mode"] == "ablate" and STATE["scope"] == "heads_and_mlps":
+                kept = STATE["circuit"]["mlps"].get(layer, set())
+                ref = STATE["ref_outputs"][("mlp", layer)]  # (T, D)
+                output = output.clone()  # (B, T, D)
+                for t in range(output.shape[1]):
+                    if t not in kept:
+                        output[:, t] = ref[t].to(output.dtype)
+            STATE["outputs"][("mlp", layer)] = output.double()
+            if STATE["mode"] == "record":
+                STATE["ref_outputs"][("mlp", layer)] = output.double().mean(dim=0)  # (T, D)
+            return output
+
+        return hook
+
+    def on_ln_f(module, args, output):
+        stream = path_input(model, ("logits",), args[0])
+        return output if stream is None else layer_norm64(module, stream).to(output.dtype)
+
+    for layer, block in enumerate(blocks):
+        block.ln_1.register_forward_pre_hook(on_ln_1(layer))
+        block.attn.c_attn.register_forward_hook(on_c_attn(layer))
+        block.ln_2.register_forward_hook(on_ln_2(layer))
+        block.mlp.register_forward_hook(on_mlp(layer))
+    model.transformer.ln_f.register_forward_hook(on_ln_f)
+
+
 def end_logit_diff(model, prompts, answers, distractors):
+    STATE["ids"] = prompts
     with torch.no_grad():
         logits = model(torch.tensor(prompts)).logits[:, -1, :].double()  # (B, V)
     rows = torch.arange(len(prompts))
@@ -95,16 +259,36 @@ def compile_circuit(circuit):
     edges = {}
     for layer, head, query, keys in circuit["qk_edges"]:
         edges.setdefault((layer, head, query), set()).update(k for k in keys if k <= query)
-    return {"kept": kept, "edges": edges}
+    mlps = {}
+    for layer, positions in circuit.get("mlps", []):
+        mlps.setdefault(layer, set()).update(positions)
+    # Path edges: {"from": [L, H] | ["mlp", L], "to": [L, H, "q"|"k"|"v"] | ["mlp", L] | ["logits"],
+    # "positions": [t, ...] | "*"} -> downstream -> upstream -> kept positions.
+    paths = {}
+    for edge in circuit.get("path_edges", []):
+        source, target = edge["from"], edge["to"]
+        upstream = ("mlp", source[1]) if source[0] == "mlp" else ("head", source[0], source[1])
+        downstream = tuple(target) if target[0] in ("mlp", "logits") else ("head", *target)
+        positions = edge["positions"]
+        positions = range(SEQ_MAX) if positions == "*" else positions
+        paths.setdefault(downstream, {}).setdefault(upstream, set()).update(positions)
+    if paths:
+        assert STATE["paths_hooked"], "path edges are only implemented for GPT-2"
+    return {"kept": kept, "edges": edges, "mlps": mlps, "paths": paths}
 
 
-def make_fixture(name, model_dir, model_rel, clean, reference, answers, distractors, circuits):
+def make_fixture(name, model_dir, model_rel, clean, reference, answers, distractors, circuits, scope="heads"):
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, attn_implementation="circuit_oracle", dtype=torch.float32
     )
     model.eval()
+    STATE.update(paths_hooked=False, scope=scope, outputs={}, ref_outputs={})
+    if model.config.model_type == "gpt2":
+        install_gpt2_path_hooks(model)
+    assert scope == "heads" or STATE["paths_hooked"], "MLP ablation is only implemented for GPT-2"
     with torch.no_grad():
         STATE["mode"] = "record"
+        STATE["ids"] = reference
         model(torch.tensor(reference))
     STATE["mode"] = "off"
     full = end_logit_diff(model, clean, answers, distractors)
@@ -117,18 +301,18 @@ def make_fixture(name, model_dir, model_rel, clean, reference, answers, distract
         STATE["circuit"] = compile_circuit(circuit)
         values = end_logit_diff(model, clean, answers, distractors)
         m_full, m_circuit, m_empty = mean(full), mean(values), mean(empty)
-        out_circuits.append(
-            dict(
-                circuit,
-                expected={
-                    "full": m_full,
-                    "circuit": m_circuit,
-                    "empty": m_empty,
-                    "faithfulness": (m_circuit - m_empty) / (m_full - m_empty),
-                    "per_prompt_circuit": values,
-                },
-            )
-        )
+        expected = {
+            "full": m_full,
+            "circuit": m_circuit,
+            "empty": m_empty,
+            "faithfulness": (m_circuit - m_empty) / (m_full - m_empty),
+            "per_prompt_circuit": values,
+        }
+        if circuit.get("path_edges"):
+            # The same circuit with its path edges left out: the path edges must matter.
+            STATE["circuit"] = compile_circuit(dict(circuit, path_edges=[]))
+            expected["circuit_without_path_edges"] = mean(end_logit_diff(model, clean, answers, distractors))
+        out_circuits.append(dict(circuit, expected=expected))
     STATE["mode"] = "off"
     fixture = {
         "generator": "scripts/oracle_tl.py",
@@ -137,7 +321,7 @@ def make_fixture(name, model_dir, model_rel, clean, reference, answers, distract
         "model": model_rel,
         "ablation": "mean",
         "edge_ablation": "edge_mean",
-        "scope": "heads",
+        "scope": scope,
         "metric": "logit_diff",
         "clean": clean,
         "reference": reference,
@@ -150,7 +334,10 @@ def make_fixture(name, model_dir, model_rel, clean, reference, answers, distract
     path.write_text(json.dumps(fixture, indent=1) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     for c in out_circuits:
-        print(f"  {c['name']}: faithfulness {c['expected']['faithfulness']:.6f}")
+        e = c["expected"]
+        without = e.get("circuit_without_path_edges")
+        note = "" if without is None else f" (logit_diff {e['circuit']:.6f}, without its path edges {without:.6f})"
+        print(f"  {c['name']}: faithfulness {e['faithfulness']:.6f}{note}")
 
 
 def gpt2_tiny():
@@ -174,6 +361,78 @@ def gpt2_tiny():
             "qk_edges": [[2, 0, 6, [0, 1, 2, 3, 5]]],
         },
     ]
+    # Path edges (scope heads: MLPs pass through). Positions: END = 6; "*" is every position.
+    every = list(range(seq))
+    path_heads = [[0, 0, every], [0, 1, [2, 6]], [0, 3, every], [1, 0, every], [1, 2, [3, 4, 5, 6]], [2, 3, [6]], [2, 4, [5, 6]]]
+    edge = lambda source, target, positions="*": {"from": source, "to": target, "positions": positions}
+    circuits += [
+        {
+            "name": "path_q",
+            "heads": path_heads,
+            "qk_edges": [],
+            "path_edges": [
+                edge([0, 0], [2, 3, "q"]),
+                edge([1, 0], [2, 3, "q"], [6]),
+                edge([1, 2], [2, 3, "q"], [4, 6]),
+                edge([0, 3], [1, 0, "q"], [1, 3, 5]),
+            ],
+        },
+        {
+            "name": "path_kv",
+            "heads": path_heads,
+            "qk_edges": [],
+            "path_edges": [
+                edge([0, 0], [2, 4, "k"], [0, 1, 2, 3]),
+                edge([1, 2], [2, 4, "k"], [0, 1, 2, 3]),
+                edge([0, 3], [2, 4, "k"]),
+                edge([0, 1], [1, 0, "v"]),
+                edge([0, 3], [1, 0, "v"]),
+                edge([0, 0], [1, 0, "v"], [0, 2, 4]),
+            ],
+        },
+        {
+            "name": "path_mlp",
+            "heads": path_heads,
+            "qk_edges": [],
+            "path_edges": [
+                edge([0, 0], ["mlp", 0]),  # heads of the MLP's own layer are upstream of it
+                edge([0, 3], ["mlp", 0], [0, 1, 2, 6]),
+                edge([1, 0], ["mlp", 1], [6]),
+                edge([0, 3], ["mlp", 1]),
+                edge([2, 3], ["mlp", 2], [5, 6]),
+                edge([1, 2], ["mlp", 2], [5, 6]),
+            ],
+        },
+        {
+            "name": "path_logits",
+            "heads": path_heads,
+            "qk_edges": [],
+            "path_edges": [
+                edge([2, 3], ["logits"], [6]),
+                edge([2, 4], ["logits"], [6]),
+                edge([1, 0], ["logits"]),
+                edge([0, 0], ["logits"], [6]),
+            ],
+        },
+        {
+            # QK edges, node ablation and path edges together; 1.0's v input is rebuilt and its
+            # output (as computed in this forward) is kept into the logits and into 2.3's q.
+            "name": "path_mixed",
+            "heads": path_heads,
+            "qk_edges": [[2, 3, 6, [1, 4, 6]], [1, 0, 3, [0, 3]]],
+            "path_edges": [
+                edge([0, 1], [1, 0, "v"]),
+                edge([0, 3], [1, 0, "v"], [2, 3, 4]),
+                edge([1, 0], [2, 3, "q"]),
+                edge([0, 0], [2, 3, "q"], [6]),
+                edge([1, 0], [2, 4, "v"], [4, 5]),
+                edge([0, 3], ["mlp", 1], [6]),
+                edge([1, 0], ["logits"], [6]),
+                edge([2, 3], ["logits"], [6]),
+                edge([2, 4], ["logits"], [6]),
+            ],
+        },
+    ]
     make_fixture(
         "gpt2_tiny",
         ROOT / "tests" / "fixtures" / "models" / "gpt2-tiny",
@@ -183,6 +442,52 @@ def gpt2_tiny():
         answers,
         distractors,
         circuits,
+    )
+    # Scope heads_and_mlps: MLP nodes are ablated too, and MLPs are upstream components of path
+    # edges (an MLP of layer L reaches heads of later layers, later MLPs and the logits).
+    mlp_circuits = [
+        {"name": "mlp_nodes", "heads": path_heads, "mlps": [[0, every], [1, [6]], [2, [5, 6]]], "qk_edges": []},
+        {
+            "name": "mlp_paths",
+            "heads": path_heads,
+            "mlps": [[0, every], [1, [6]], [2, [5, 6]]],
+            "qk_edges": [[2, 3, 6, [1, 4, 6]]],
+            "path_edges": [
+                edge(["mlp", 0], [2, 3, "q"], [6]),
+                edge([1, 0], [2, 3, "q"]),
+                edge(["mlp", 0], [1, 0, "k"], [0, 1, 2, 3]),
+                edge(["mlp", 0], [2, 4, "v"]),
+                edge(["mlp", 1], [2, 4, "v"]),  # mlp 1 is ablated but at 6: its value in this forward
+                edge(["mlp", 0], ["mlp", 2]),
+                edge([2, 4], ["mlp", 2], [5, 6]),
+                edge(["mlp", 0], ["logits"], [6]),
+                edge(["mlp", 2], ["logits"], [6]),
+                edge([2, 3], ["logits"], [6]),
+            ],
+        },
+        {
+            "name": "mlp_into_logits",
+            "heads": path_heads,
+            "mlps": [[0, every], [1, every], [2, every]],
+            "qk_edges": [],
+            "path_edges": [
+                edge(["mlp", 1], ["logits"]),
+                edge(["mlp", 2], ["logits"], [6]),
+                edge([2, 3], ["logits"], [6]),
+                edge([1, 0], ["logits"], [6]),
+            ],
+        },
+    ]
+    make_fixture(
+        "gpt2_tiny_mlps",
+        ROOT / "tests" / "fixtures" / "models" / "gpt2-tiny",
+        "tests/fixtures/models/gpt2-tiny",
+        clean,
+        reference,
+        answers,
+        distractors,
+        mlp_circuits,
+        scope="heads_and_mlps",
     )
 
 
