@@ -11,19 +11,23 @@ per-head outputs z before the model's own output projection:
   prompts of z at that position;
 - QK-edge ablation (edge mean): at a kept query with listed key positions K,
   z[q] = Σ_{k∈K} A[q,k]·v[k] + Σ_{k∉K} mean_ref(A[q,k]·v[k]);
-- MLP node ablation (scope heads_and_mlps, GPT-2 only): where an MLP is not kept, its output is
-  the mean over the reference prompts of its output at that position;
-- path edges (GPT-2 only, docs/semantics.md section 5): a downstream input (a head's q, k or v,
-  an MLP's input, the logits) named by a path edge reads a stream rebuilt from its parts, in
-  float64: the embedding (wte + wpe) + the attention output biases of the layers before it +,
-  per position t, for every upstream component in scope (heads of earlier layers, and for
-  `mlp L` the heads of layer L too; MLPs of earlier layers under heads_and_mlps) its output in
-  this forward pass if an edge keeps it at t, else its mean over the reference prompts at t +
-  the outputs of MLPs outside the scope. A head's output is its own write z_h · W_O^h (no
-  bias). That stream then goes through the layer's own norm and the head's slice of c_attn (q,
-  k or v), or through ln_2 into the MLP, or through ln_f into the unembedding. Every rebuild is
-  checked against the stream transformers computes: with every component at its own value the
-  sum of the parts must equal the model's residual stream.
+- MLP node ablation (scope heads_and_mlps): where an MLP is not kept, its output is the mean
+  over the reference prompts of its output at that position;
+- path edges (docs/semantics.md section 5): a downstream input (a head's q, k or v, an MLP's
+  input, the logits) named by a path edge reads a stream rebuilt from its parts, in float64: the
+  embedding (GPT-2: wte + wpe) + the attention output biases of the layers before it +, per
+  position t, for every upstream component in scope (heads of earlier layers, and for `mlp L`
+  the heads of layer L too; MLPs of earlier layers under heads_and_mlps) its output in this
+  forward pass if an edge keeps it at t, else its mean over the reference prompts at t + the
+  outputs of MLPs outside the scope. A head's output is its own write z_h · W_O^h (no bias).
+  That stream then goes through the layer's own norm and the head's rows of the q, k or v
+  projection (RoPE after it for Llama's q and k; under GQA a k or v edge changes the key/value
+  of that query head only), or through the pre-MLP norm into the MLP, or through the final norm
+  into the unembedding. "Output in this forward pass" is semantics.md's reading (an upstream
+  component that is itself ablated or reads rebuilt inputs contributes that value), not the
+  output of a separate clean run. Every rebuild is checked against the stream transformers
+  computes: with every component at its own value the parts must sum to the model's residual
+  stream.
 
 Everything else (embeddings, norms, MLPs, unembedding) is transformers' own code. The metric is
 logit_diff at the last position; faithfulness = (m(C) − m(empty)) / (m(full) − m(empty)) with
@@ -75,6 +79,8 @@ def oracle_attention(module, query, key, value, attention_mask, scaling=None, dr
     group = n_heads // key.shape[1]
     key = key.repeat_interleave(group, dim=1)  # (B, H, T, d): GQA heads expanded
     value = value.repeat_interleave(group, dim=1)  # (B, H, T, d)
+    if STATE["paths_hooked"] and STATE["arch"].name == "llama":
+        query, key, value = llama_path_qkv(module, query, key, value, group)
     if scaling is None:
         scaling = d_head ** -0.5
     scores = (query.double() @ key.double().transpose(-1, -2)) * scaling  # (B, H, T, T)
@@ -103,8 +109,7 @@ def oracle_attention(module, query, key, value, attention_mask, scaling=None, dr
                         head, q, dropped
                     ].sum(dim=0)
     if STATE["paths_hooked"]:
-        # GPT-2's c_proj is a Conv1D: out = z_flat @ W + b, W (H·d, D); head h's rows are its W_O^h.
-        w_o = module.c_proj.weight.double().view(n_heads, d_head, -1)  # (H, d, D)
+        w_o = STATE["arch"].w_o(module).double().view(n_heads, d_head, -1)  # (H, d, D)
         head_out = torch.einsum("bhtd,hde->bthe", z.to(query.dtype).double(), w_o)  # (B, T, H, D)
         STATE["outputs"][("heads", layer)] = head_out
         if STATE["mode"] == "record":
@@ -133,11 +138,11 @@ def rebuilt_stream(model, downstream, kept):
     MLPs outside the scope always pass through."""
     ids = torch.tensor(STATE["ids"])
     seq = ids.shape[1]
-    wte, wpe = model.transformer.wte.weight.double(), model.transformer.wpe.weight.double()
-    stream = wte[ids] + wpe[torch.arange(seq)][None]  # (B, T, D): belongs to no component
-    head_layers, mlp_layers = upstream_before(downstream, model.config.n_layer)
+    arch = STATE["arch"]
+    stream = arch.embed(ids)  # (B, T, D): belongs to no component
+    head_layers, mlp_layers = upstream_before(downstream, len(arch.blocks))
     for layer in range(head_layers):
-        stream = stream + model.transformer.h[layer].attn.c_proj.bias.double()  # no component's
+        stream = stream + arch.attn_bias(layer)  # belongs to no component
         own = STATE["outputs"][("heads", layer)]  # (B, T, H, D)
         ref = STATE["ref_outputs"].get(("heads", layer))  # (T, H, D)
         for head in range(own.shape[2]):
@@ -178,10 +183,127 @@ def layer_norm64(norm, x):
     )
 
 
+def rms_norm64(norm, x):
+    """A transformers RMSNorm's own weight applied in float64: x / sqrt(mean(x²) + eps) · w."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.double()
+
+
+class Gpt2:
+    """Where GPT-2 keeps the parts a rebuilt stream is made of."""
+
+    name = "gpt2"
+
+    def __init__(self, model):
+        self.model, self.blocks = model, model.transformer.h
+        self.norm64 = layer_norm64
+
+    def embed(self, ids):
+        t = self.model.transformer
+        return t.wte.weight.double()[ids] + t.wpe.weight.double()[torch.arange(ids.shape[1])][None]
+
+    def attn_bias(self, layer):
+        return self.blocks[layer].attn.c_proj.bias.double()
+
+    def w_o(self, attn):
+        return attn.c_proj.weight  # Conv1D: out = z_flat @ W + b, W (H·d, D)
+
+    def norms(self, layer):
+        return self.blocks[layer].ln_1, self.blocks[layer].ln_2
+
+    def final_norm(self):
+        return self.model.transformer.ln_f
+
+
+class Llama:
+    """Where Llama keeps them: no position embedding, no biases, RMSNorm, RoPE on q and k."""
+
+    name = "llama"
+
+    def __init__(self, model):
+        self.model, self.blocks = model, model.model.layers
+        self.norm64 = rms_norm64
+
+    def embed(self, ids):
+        return self.model.model.embed_tokens.weight.double()[ids]
+
+    def attn_bias(self, layer):
+        bias = self.blocks[layer].self_attn.o_proj.bias
+        return 0.0 if bias is None else bias.double()
+
+    def w_o(self, attn):
+        return attn.o_proj.weight.T  # Linear: out = z_flat @ weight.T, weight (D, H·d)
+
+    def norms(self, layer):
+        return self.blocks[layer].input_layernorm, self.blocks[layer].post_attention_layernorm
+
+    def final_norm(self):
+        return self.model.model.norm
+
+
+def rotate(x, cos, sin):
+    """RoPE as Llama applies it: the two halves of each head vector rotated by (cos, sin)."""
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated_half * sin
+
+
+def llama_path_qkv(attn, query, key, value, group):
+    """Per query head h named by a path edge into its q, k or v: that input recomputed from the
+    rebuilt stream (norm, the head's rows of the projection, RoPE for q and k). Under GQA a k or v
+    edge changes the key/value only for that query head, not for the other heads of its group."""
+    layer = attn.layer_idx
+    n_heads, d_head = query.shape[1], query.shape[3]
+    cos, sin = (x.double()[:, None] for x in STATE["rope"][layer])  # (B, 1, T, d)
+    query, key, value = query.clone(), key.clone(), value.clone()  # (B, H, T, d)
+    norm = STATE["arch"].norms(layer)[0]
+    for head in range(n_heads):
+        for which, proj, rows, target in (
+            ("q", attn.q_proj, head, query),
+            ("k", attn.k_proj, head // group, key),
+            ("v", attn.v_proj, head // group, value),
+        ):
+            stream = path_input(STATE["model"], ("head", layer, head, which), STATE["resid_pre"][layer])
+            if stream is None:
+                continue
+            w = proj.weight.double()[rows * d_head : (rows + 1) * d_head]  # (d, D)
+            projected = rms_norm64(norm, stream) @ w.T  # (B, T, d)
+            if proj.bias is not None:
+                projected = projected + proj.bias.double()[rows * d_head : (rows + 1) * d_head]
+            if which != "v":
+                projected = rotate(projected, cos[:, 0], sin[:, 0])
+            target[:, head] = projected.to(target.dtype)
+    return query, key, value
+
+
+def install_llama_path_hooks(model):
+    """Forward hooks on a LlamaForCausalLM: record MLP outputs and each layer's stream and RoPE
+    angles (used by `llama_path_qkv`), feed MLP inputs and the logits their rebuilt streams."""
+    arch = STATE["arch"] = Llama(model)
+    STATE.update(paths_hooked=True, model=model, resid_pre={}, rope={})
+
+    def on_input_norm(layer):
+        def hook(module, args):
+            STATE["resid_pre"][layer] = args[0]  # (B, T, D)
+
+        return hook
+
+    def on_attn(layer):
+        def hook(module, args, kwargs):
+            STATE["rope"][layer] = kwargs["position_embeddings"]  # cos, sin: (B, T, d)
+
+        return hook
+
+    for layer, block in enumerate(arch.blocks):
+        block.input_layernorm.register_forward_pre_hook(on_input_norm(layer))
+        block.self_attn.register_forward_pre_hook(on_attn(layer), with_kwargs=True)
+        register_mlp_hooks(model, layer, block.post_attention_layernorm, block.mlp)
+    register_final_hook(model, arch.final_norm())
+
+
 def install_gpt2_path_hooks(model):
     """Forward hooks on a GPT2LMHeadModel that record MLP outputs, ablate MLPs (heads_and_mlps)
     and feed path-edge downstream inputs their rebuilt streams."""
-    STATE["paths_hooked"] = True
+    STATE.update(paths_hooked=True, model=model, arch=Gpt2(model))
     blocks = model.transformer.h
     n_heads, d_model = model.config.n_head, model.config.n_embd
     d_head = d_model // n_heads
@@ -209,39 +331,47 @@ def install_gpt2_path_hooks(model):
 
         return hook
 
-    def on_ln_2(layer):
-        def hook(module, args, output):
-            stream = path_input(model, ("mlp", layer), args[0])
-            return output if stream is None else layer_norm64(module, stream).to(output.dtype)
-
-        return hook
-
-    def on_mlp(layer):
-        def hook(module, args, output):
-            if STATE["mode"] == "ablate" and STATE["scope"] == "heads_and_mlps":
-                kept = STATE["circuit"]["mlps"].get(layer, set())
-                ref = STATE["ref_outputs"][("mlp", layer)]  # (T, D)
-                output = output.clone()  # (B, T, D)
-                for t in range(output.shape[1]):
-                    if t not in kept:
-                        output[:, t] = ref[t].to(output.dtype)
-            STATE["outputs"][("mlp", layer)] = output.double()
-            if STATE["mode"] == "record":
-                STATE["ref_outputs"][("mlp", layer)] = output.double().mean(dim=0)  # (T, D)
-            return output
-
-        return hook
-
-    def on_ln_f(module, args, output):
-        stream = path_input(model, ("logits",), args[0])
-        return output if stream is None else layer_norm64(module, stream).to(output.dtype)
-
     for layer, block in enumerate(blocks):
         block.ln_1.register_forward_pre_hook(on_ln_1(layer))
         block.attn.c_attn.register_forward_hook(on_c_attn(layer))
-        block.ln_2.register_forward_hook(on_ln_2(layer))
-        block.mlp.register_forward_hook(on_mlp(layer))
-    model.transformer.ln_f.register_forward_hook(on_ln_f)
+        register_mlp_hooks(model, layer, block.ln_2, block.mlp)
+    register_final_hook(model, model.transformer.ln_f)
+
+
+def register_mlp_hooks(model, layer, pre_mlp_norm, mlp):
+    """Hooks on a layer's pre-MLP norm (the MLP reads the rebuilt stream when a path edge names
+    it) and on its MLP (outputs recorded; ablated under heads_and_mlps)."""
+
+    def on_norm(module, args, output):
+        stream = path_input(model, ("mlp", layer), args[0])
+        return output if stream is None else STATE["arch"].norm64(module, stream).to(output.dtype)
+
+    def on_mlp(module, args, output):
+        if STATE["mode"] == "ablate" and STATE["scope"] == "heads_and_mlps":
+            kept = STATE["circuit"]["mlps"].get(layer, set())
+            ref = STATE["ref_outputs"][("mlp", layer)]  # (T, D)
+            output = output.clone()  # (B, T, D)
+            for t in range(output.shape[1]):
+                if t not in kept:
+                    output[:, t] = ref[t].to(output.dtype)
+        STATE["outputs"][("mlp", layer)] = output.double()
+        if STATE["mode"] == "record":
+            STATE["ref_outputs"][("mlp", layer)] = output.double().mean(dim=0)  # (T, D)
+        return output
+
+    pre_mlp_norm.register_forward_hook(on_norm)
+    mlp.register_forward_hook(on_mlp)
+
+
+def register_final_hook(model, final_norm):
+    """The unembedding reads the rebuilt stream (through the final norm) when a path edge names
+    the logits."""
+
+    def on_final_norm(module, args, output):
+        stream = path_input(model, ("logits",), args[0])
+        return output if stream is None else STATE["arch"].norm64(module, stream).to(output.dtype)
+
+    final_norm.register_forward_hook(on_final_norm)
 
 
 def end_logit_diff(model, prompts, answers, distractors):
@@ -272,8 +402,6 @@ def compile_circuit(circuit):
         positions = edge["positions"]
         positions = range(SEQ_MAX) if positions == "*" else positions
         paths.setdefault(downstream, {}).setdefault(upstream, set()).update(positions)
-    if paths:
-        assert STATE["paths_hooked"], "path edges are only implemented for GPT-2"
     return {"kept": kept, "edges": edges, "mlps": mlps, "paths": paths}
 
 
@@ -283,9 +411,7 @@ def make_fixture(name, model_dir, model_rel, clean, reference, answers, distract
     )
     model.eval()
     STATE.update(paths_hooked=False, scope=scope, outputs={}, ref_outputs={})
-    if model.config.model_type == "gpt2":
-        install_gpt2_path_hooks(model)
-    assert scope == "heads" or STATE["paths_hooked"], "MLP ablation is only implemented for GPT-2"
+    {"gpt2": install_gpt2_path_hooks, "llama": install_llama_path_hooks}[model.config.model_type](model)
     with torch.no_grad():
         STATE["mode"] = "record"
         STATE["ids"] = reference
@@ -520,6 +646,51 @@ def stories260k():
             "name": "edges",
             "heads": [[0, h, list(range(seq))] for h in range(8)] + [[3, 1, [s3, end]], [4, 2, [end]], [2, 6, [s1, s3]]],
             "qk_edges": [[3, 1, end, [s1, s3, end]], [4, 2, end, [0, s1]], [2, 6, s3, [s1, s3 - 1]]],
+        },
+    ]
+    # Path edges under grouped-query attention (8 query heads, 4 key/value heads: 3.0 and 3.1
+    # share one): an edge into 3.1.k or 3.1.v rebuilds the key/value input of 3.1 only; 3.0, kept
+    # at the same positions, must still read the ordinary stream.
+    every = list(range(seq))
+    path_heads = [[0, h, every] for h in range(8)] + [
+        [1, 3, every],
+        [2, 6, [s1, s3, end]],
+        [3, 0, [s3, end]],
+        [3, 1, [s3, end]],
+        [4, 2, [end]],
+    ]
+    edge = lambda source, target, positions="*": {"from": source, "to": target, "positions": positions}
+    circuits += [
+        {
+            "name": "path_qkv",
+            "heads": path_heads,
+            "qk_edges": [],
+            "path_edges": [
+                edge([0, 1], [3, 1, "k"]),
+                edge([0, 4], [3, 1, "k"], [0, s1, s3]),
+                edge([2, 6], [3, 1, "k"], [s1, s3]),
+                edge([1, 3], [3, 1, "v"]),
+                edge([0, 6], [3, 1, "v"], list(range(s1, end + 1))),
+                edge([0, 2], [4, 2, "q"], [end]),
+                edge([2, 6], [4, 2, "q"], [end]),
+                edge([3, 1], [4, 2, "v"]),
+                edge([1, 3], [4, 2, "v"], [s1, s3]),
+            ],
+        },
+        {
+            "name": "path_mlp_logits",
+            "heads": path_heads,
+            "qk_edges": [[3, 1, end, [s1, s3, end]]],
+            "path_edges": [
+                edge([1, 3], ["mlp", 2]),
+                edge([2, 6], ["mlp", 2], [s1, s3]),
+                edge([0, 5], ["mlp", 2], [s1]),
+                edge([3, 0], ["mlp", 3], [end]),
+                edge([3, 1], ["mlp", 3], [s3, end]),
+                edge([4, 2], ["logits"], [end]),
+                edge([3, 1], ["logits"], [end]),
+                edge([0, 7], ["logits"]),
+            ],
         },
     ]
     make_fixture("stories260k", model_dir, "../shared/models/stories260K", clean, reference, answers, distractors, circuits)

@@ -2,10 +2,10 @@
 //! scripts/oracle_tl.py computes the same circuits with HuggingFace transformers (its own
 //! attention recomputed in float64 with the ablation applied to z) and commits the numbers in
 //! tests/fixtures/oracle/*.json. Node ablation and QK-edge (edge mean) ablation, on a random
-//! GPT-2 and on stories260K (Llama, grouped-query attention, rotary); on the GPT-2, path edges
-//! into heads' q, k and v inputs, MLP inputs and the logits (the oracle rebuilds each such input
-//! from the embedding, the biases and every upstream component's output or reference mean), and
-//! MLP node ablation with MLPs as path-edge sources under scope `heads_and_mlps`.
+//! GPT-2 and on stories260K (Llama, grouped-query attention, rotary); on both, path edges into
+//! heads' q, k and v inputs, MLP inputs and the logits (the oracle rebuilds each such input from
+//! the embedding, the biases and every upstream component's output or reference mean); on the
+//! GPT-2, MLP node ablation with MLPs as path-edge sources under scope `heads_and_mlps`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
