@@ -2,17 +2,21 @@
 //! scripts/oracle_tl.py computes the same circuits with HuggingFace transformers (its own
 //! attention recomputed in float64 with the ablation applied to z) and commits the numbers in
 //! tests/fixtures/oracle/*.json. Node ablation and QK-edge (edge mean) ablation, on a random
-//! GPT-2 and on stories260K (Llama, grouped-query attention, rotary).
+//! GPT-2 and on stories260K (Llama, grouped-query attention, rotary); on both, path edges into
+//! heads' q, k and v inputs, MLP inputs and the logits (the oracle rebuilds each such input from
+//! the embedding, the biases and every upstream component's output or reference mean); on the
+//! GPT-2, MLP node ablation with MLPs as path-edge sources under scope `heads_and_mlps`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use circuit::measure::{mean, AblationSettings, EvalPrompts, Evaluator, Targets};
-use circuit::model::Model;
+use circuit::model::{HeadInput, Model};
 use circuit::plan::{FixedPositions, PromptPositions};
 use circuit::resolve::bound::{
-    AblationKind, BoundCircuit, EdgeAblation, HeadId, Metric, QkEdge, Scope,
+    AblationKind, BoundCircuit, Downstream, EdgeAblation, HeadId, Metric, PathEdge, QkEdge, Scope,
+    Upstream,
 };
 use serde_json::Value;
 
@@ -41,6 +45,55 @@ fn ids(v: &Value) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+fn index(v: &Value) -> usize {
+    v.as_u64().unwrap() as usize
+}
+
+/// Token indices as a position set, or `"*"` as every position.
+fn positions_from_json(v: &Value) -> PositionSet {
+    if v == "*" {
+        return PositionSet::All;
+    }
+    let items = v.as_array().unwrap().iter();
+    PositionSet::Items(
+        items
+            .map(|x| PositionItem::One(p(x.as_u64().unwrap())))
+            .collect(),
+    )
+}
+
+/// `[L, H]` or `["mlp", L]`.
+fn upstream_from_json(v: &Value) -> Upstream {
+    match v[0].as_str() {
+        Some("mlp") => Upstream::Mlp(index(&v[1])),
+        _ => Upstream::Head(HeadId {
+            layer: index(&v[0]),
+            head: index(&v[1]),
+        }),
+    }
+}
+
+/// `[L, H, "q"|"k"|"v"]`, `["mlp", L]` or `["logits"]`.
+fn downstream_from_json(v: &Value) -> Downstream {
+    match v[0].as_str() {
+        Some("mlp") => Downstream::Mlp(index(&v[1])),
+        Some("logits") => Downstream::Logits,
+        _ => {
+            let which = match v[2].as_str().unwrap() {
+                "q" => HeadInput::Q,
+                "k" => HeadInput::K,
+                "v" => HeadInput::V,
+                other => panic!("unknown head input {other:?}"),
+            };
+            let head = HeadId {
+                layer: index(&v[0]),
+                head: index(&v[1]),
+            };
+            Downstream::Head(head, which)
+        }
+    }
 }
 
 fn circuit_from_json(c: &Value) -> BoundCircuit {
@@ -73,12 +126,27 @@ fn circuit_from_json(c: &Value) -> BoundCircuit {
             });
         }
     }
+    let no_items = Vec::new();
+    let items = |key: &str| c.get(key).map_or(&no_items, |v| v.as_array().unwrap());
+    let mlps = items("mlps")
+        .iter()
+        .map(|m| (index(&m[0]), positions_from_json(&m[1])))
+        .collect();
+    let path_edges = items("path_edges")
+        .iter()
+        .map(|e| PathEdge {
+            from: upstream_from_json(&e["from"]),
+            to: downstream_from_json(&e["to"]),
+            positions: positions_from_json(&e["positions"]),
+            span: 0..0,
+        })
+        .collect();
     BoundCircuit {
         name: c["name"].as_str().unwrap().to_string(),
         heads,
-        mlps: BTreeMap::new(),
+        mlps,
         qk_edges,
-        path_edges: vec![],
+        path_edges,
         expectations: vec![],
         span: 0..0,
     }
@@ -121,10 +189,16 @@ fn check_fixture(name: &str) {
         .map(circuit_from_json)
         .collect();
 
+    assert_eq!(fixture["edge_ablation"], "edge_mean");
+    let scope = match fixture["scope"].as_str().unwrap() {
+        "heads" => Scope::Heads,
+        "heads_and_mlps" => Scope::HeadsAndMlps,
+        other => panic!("unknown scope {other:?}"),
+    };
     let settings = AblationSettings {
         ablation: AblationKind::Mean,
         edge_ablation: EdgeAblation::EdgeMean,
-        scope: Scope::Heads,
+        scope,
     };
     let prompts = EvalPrompts {
         ids: clean,
@@ -177,6 +251,10 @@ fn check_fixture(name: &str) {
                 && (scores.circuit - scores.empty).abs() > 1e-3
         );
         assert!(mean(&evaluation.full[&Metric::LogitDiff]).is_finite());
+        // Nor is it vacuous for path edges: leaving them out gives another number.
+        if let Some(without) = expected.get("circuit_without_path_edges") {
+            assert!((scores.circuit - without.as_f64().unwrap()).abs() > 1e-3);
+        }
     }
     eprintln!("{name}: max |Δ| against the oracle {worst:.2e}");
 }
@@ -184,6 +262,11 @@ fn check_fixture(name: &str) {
 #[test]
 fn gpt2_tiny_matches_the_transformers_oracle() {
     check_fixture("gpt2_tiny");
+}
+
+#[test]
+fn gpt2_tiny_mlp_scope_and_mlp_path_edges_match_the_transformers_oracle() {
+    check_fixture("gpt2_tiny_mlps");
 }
 
 #[test]
