@@ -21,7 +21,10 @@ use std::fmt;
 
 use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, Axis, Dimension, RemoveAxis};
 
-use super::reference::{LayerActivations, ReferenceError, ReferenceNeeds, ReferenceValues};
+use super::reference::{
+    accumulate, accumulate_edge_term, LayerActivations, ReferenceError, ReferenceNeeds,
+    ReferenceValues,
+};
 use crate::data::tokenized::SlotTokens;
 use crate::resolve::bound::{AblationKind, HeadId};
 
@@ -419,32 +422,33 @@ impl LabelReferenceBuilder {
             let rows = &self.layout.row_of_ref[self.seen + batch_row];
             for (layer, acts) in layers.iter().enumerate() {
                 for (t, &row) in rows.iter().enumerate() {
-                    let mut z = self.z[layer].slice_mut(s![row, .., ..]);
-                    z.zip_mut_with(&acts.z.slice(s![batch_row, t, .., ..]), |a, &x| {
-                        *a += x as f64
-                    });
-                    let mut m = self.mlp_out[layer].slice_mut(s![row, ..]);
-                    m.zip_mut_with(&acts.mlp_out.slice(s![batch_row, t, ..]), |a, &x| {
-                        *a += x as f64
-                    });
+                    accumulate(
+                        self.z[layer].slice_mut(s![row, .., ..]),
+                        acts.z.slice(s![batch_row, t, .., ..]),
+                    );
+                    accumulate(
+                        self.mlp_out[layer].slice_mut(s![row, ..]),
+                        acts.mlp_out.slice(s![batch_row, t, ..]),
+                    );
                     if self.needs.head_outputs {
-                        let mut o = self.head_out[layer].slice_mut(s![row, .., ..]);
-                        o.zip_mut_with(&acts.head_out.slice(s![batch_row, t, .., ..]), |a, &x| {
-                            *a += x as f64
-                        });
+                        accumulate(
+                            self.head_out[layer].slice_mut(s![row, .., ..]),
+                            acts.head_out.slice(s![batch_row, t, .., ..]),
+                        );
                     }
                 }
             }
             for (head, terms) in self.edge_terms.iter_mut() {
-                let acts = &layers[head.layer];
-                let d = acts.v.shape()[3];
                 for (q, &row_q) in rows.iter().enumerate() {
                     for (k, &row_k) in rows[..=q].iter().enumerate() {
                         let pair = self.layout.pair_of[&(row_q, row_k)];
-                        let a = acts.pattern[[batch_row, head.head, q, k]] as f64;
-                        for i in 0..d {
-                            terms[[pair, i]] += a * acts.v[[batch_row, k, head.head, i]] as f64;
-                        }
+                        accumulate_edge_term(
+                            terms.slice_mut(s![pair, ..]),
+                            &layers[head.layer],
+                            batch_row,
+                            head.head,
+                            (q, k),
+                        );
                     }
                 }
             }

@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use miette::Diagnostic;
-use ndarray::{s, Array2, Array3, Array4, ArrayView3, ArrayView4};
+use ndarray::{
+    s, Array2, Array3, Array4, ArrayView, ArrayView3, ArrayView4, ArrayViewMut, ArrayViewMut1,
+    Dimension,
+};
 use thiserror::Error;
 
 use crate::resolve::bound::{AblationKind, HeadId};
@@ -116,6 +119,26 @@ pub struct ReferenceNeeds {
     pub edge_heads: BTreeSet<HeadId>,
     /// Whether per-head outputs are needed (path edges).
     pub head_outputs: bool,
+}
+
+/// `sum += values` element by element in f64: reference statistics are summed in f64, in
+/// reference-prompt order, by both the position- and the label-aligned builders.
+pub(super) fn accumulate<D: Dimension>(mut sum: ArrayViewMut<f64, D>, values: ArrayView<f32, D>) {
+    sum.zip_mut_with(&values, |s, &x| *s += x as f64);
+}
+
+/// `sum += A[q,k]·v[k]` of `head` on prompt `row` of `acts`, `(d,)`: one QK-edge term.
+pub(super) fn accumulate_edge_term(
+    mut sum: ArrayViewMut1<f64>,
+    acts: &LayerActivations,
+    row: usize,
+    head: usize,
+    (q, k): (usize, usize),
+) {
+    let a = acts.pattern[[row, head, q, k]] as f64;
+    sum.zip_mut_with(&acts.v.slice(s![row, k, head, ..]), |s, &x| {
+        *s += a * x as f64
+    });
 }
 
 impl ReferenceValues {
@@ -392,30 +415,31 @@ impl ReferenceBuilder {
                 r
             };
             for (layer, acts) in layers.iter().enumerate() {
-                let mut z = self.z[layer].slice_mut(s![src, ..len, .., ..]);
-                z.zip_mut_with(&acts.z.slice(s![row, ..len, .., ..]), |a, &x| {
-                    *a += x as f64
-                });
-                let mut m = self.mlp_out[layer].slice_mut(s![src, ..len, ..]);
-                m.zip_mut_with(&acts.mlp_out.slice(s![row, ..len, ..]), |a, &x| {
-                    *a += x as f64
-                });
+                accumulate(
+                    self.z[layer].slice_mut(s![src, ..len, .., ..]),
+                    acts.z.slice(s![row, ..len, .., ..]),
+                );
+                accumulate(
+                    self.mlp_out[layer].slice_mut(s![src, ..len, ..]),
+                    acts.mlp_out.slice(s![row, ..len, ..]),
+                );
                 if self.needs.head_outputs {
-                    let mut o = self.head_out[layer].slice_mut(s![src, ..len, .., ..]);
-                    o.zip_mut_with(&acts.head_out.slice(s![row, ..len, .., ..]), |a, &x| {
-                        *a += x as f64
-                    });
+                    accumulate(
+                        self.head_out[layer].slice_mut(s![src, ..len, .., ..]),
+                        acts.head_out.slice(s![row, ..len, .., ..]),
+                    );
                 }
             }
             for (head, terms) in self.edge_terms.iter_mut() {
-                let acts = &layers[head.layer];
-                let d = acts.v.shape()[3];
                 for q in 0..len {
                     for k in 0..=q {
-                        let a = acts.pattern[[row, head.head, q, k]] as f64;
-                        for i in 0..d {
-                            terms[[src, q, k, i]] += a * acts.v[[row, k, head.head, i]] as f64;
-                        }
+                        accumulate_edge_term(
+                            terms.slice_mut(s![src, q, k, ..]),
+                            &layers[head.layer],
+                            row,
+                            head.head,
+                            (q, k),
+                        );
                     }
                 }
             }
