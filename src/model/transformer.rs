@@ -12,7 +12,7 @@
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
@@ -71,28 +71,32 @@ pub(crate) struct Linear {
 impl Linear {
     /// (N, in) → (N, out)
     fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        match &self.bias {
-            // The bias is written first and the product accumulated onto it (`β = 1`): the same
-            // `x·W + b` rounding as adding it afterwards, one pass over the output fewer.
-            Some(bias) => {
-                let mut y = bias
-                    .broadcast((x.nrows(), bias.len()))
-                    .expect("bias has the output width")
-                    .to_owned();
-                matmul_into(x, self.weight.view(), 1.0, &mut y);
-                y
-            }
-            None => matmul(x, self.weight.view()),
-        }
+        affine(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()))
     }
 
     /// Only output columns `cols` of the layer: (N, in) → (N, cols.len())
     fn apply_columns(&self, x: ArrayView2<f32>, cols: std::ops::Range<usize>) -> Array2<f32> {
-        let mut y = matmul(x, self.weight.slice(s![.., cols.clone()]));
-        if let Some(bias) = &self.bias {
-            y += &bias.slice(s![cols]);
+        let bias = self.bias.as_ref().map(|b| b.slice(s![cols.clone()]));
+        affine(x, self.weight.slice(s![.., cols]), bias)
+    }
+}
+
+/// `x·w + b`: (N, in) · (in, out) + (out,) → (N, out). The bias is written first and the
+/// product accumulated onto it (`β = 1`), one pass over the output fewer than adding it
+/// afterwards. (Not the same rounding when `in` spans several of matrixmultiply's k-blocks: the
+/// bias then joins the sum before the later blocks; f32-level differences, well inside the
+/// tolerance against transformers.)
+fn affine(x: ArrayView2<f32>, w: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Array2<f32> {
+    match bias {
+        Some(bias) => {
+            let mut y = bias
+                .broadcast((x.nrows(), bias.len()))
+                .expect("bias has the output width")
+                .to_owned();
+            matmul_into(x, w, 1.0, &mut y);
+            y
         }
-        y
+        None => matmul(x, w),
     }
 }
 
