@@ -233,8 +233,10 @@ impl FileReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.file);
-        for (label, value) in self.setting_rows(Style::Text) {
-            let _ = writeln!(out, "  {label:<11} {value}");
+        let rows = self.setting_rows(Style::Text);
+        let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+        for (label, value) in rows {
+            let _ = writeln!(out, "  {label:<width$} {value}");
         }
         for note in &self.notes {
             let _ = writeln!(out, "  note: {note}");
