@@ -283,6 +283,35 @@ fn value_range(report: &FileReport) -> (f64, f64) {
     )
 }
 
+/// The title block both charts open with: a title and a line per subtitle, from the top-left
+/// margin.
+struct Header {
+    title: String,
+    subtitles: Vec<String>,
+}
+
+impl Header {
+    /// The widest line of the block.
+    fn width(&self) -> f64 {
+        (self.subtitles.iter())
+            .map(|t| text_width(t, 11.0))
+            .fold(text_width(&self.title, 16.0), f64::max)
+    }
+
+    /// Where the block ends.
+    fn bottom(&self) -> f64 {
+        MARGIN + 16.0 + 16.0 * self.subtitles.len() as f64
+    }
+
+    fn draw(&self, svg: &mut Svg) {
+        svg.text("title", MARGIN, MARGIN + 12.0, Anchor::Start, &self.title);
+        for (i, line) in self.subtitles.iter().enumerate() {
+            let y = MARGIN + 32.0 + 16.0 * i as f64;
+            svg.text("subtitle", MARGIN, y, Anchor::Start, line);
+        }
+    }
+}
+
 /// `circuit eval --svg`: one horizontal bar per circuit (in report order) whose length is its
 /// faithfulness, with the per-prompt faithfulness below it as a box plot (box: quartiles,
 /// whiskers: min and max, thick tick: median), reference lines at 0 (empty circuit) and 1 (full
@@ -290,18 +319,20 @@ fn value_range(report: &FileReport) -> (f64, f64) {
 pub fn faithfulness_chart(report: &FileReport) -> String {
     let p = &report.provenance;
     let s = &report.settings;
-    let title = format!("Faithfulness of {}", report.file);
-    let subtitles = [
-        format!(
-            "model {} · dataset {} ({} prompts)",
-            p.model, p.dataset, p.n_prompts
-        ),
-        format!(
-            "metric {} at END · {} ablated by {}, edges by {}, aligned by {}",
-            s.metric, s.scope, s.ablation, s.edge_ablation, s.alignment
-        ),
-        format!("reference {}", s.reference),
-    ];
+    let header = Header {
+        title: format!("Faithfulness of {}", report.file),
+        subtitles: vec![
+            format!(
+                "model {} · dataset {} ({} prompts)",
+                p.model, p.dataset, p.n_prompts
+            ),
+            format!(
+                "metric {} at END · {} ablated by {}, edges by {}, aligned by {}",
+                s.metric, s.scope, s.ablation, s.edge_ablation, s.alignment
+            ),
+            format!("reference {}", s.reference),
+        ],
+    };
 
     let prompts = report
         .circuits
@@ -334,10 +365,9 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
         .fold(60.0, f64::max);
     let plot_left = MARGIN + name_width + 12.0;
     let plot_right = plot_left + PLOT_WIDTH;
-    let header_width = std::iter::once(text_width(&title, 16.0))
-        .chain(subtitles.iter().map(|t| text_width(t, 11.0)))
-        .chain(legend.iter().map(|t| text_width(t, 10.0)))
-        .fold(0.0, f64::max);
+    let header_width = (legend.iter())
+        .map(|t| text_width(t, 10.0))
+        .fold(header.width(), f64::max);
     let width = (plot_right + VALUE_ROOM).max(MARGIN + header_width + MARGIN);
 
     let scale = Scale {
@@ -347,19 +377,14 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
         pixel_hi: plot_right,
     };
 
-    let header_bottom = MARGIN + 16.0 + 16.0 * subtitles.len() as f64;
     // Room above the rows for the reference-line labels.
-    let plot_top = header_bottom + 30.0;
+    let plot_top = header.bottom() + 30.0;
     let plot_bottom = plot_top + ROW_HEIGHT * report.circuits.len().max(1) as f64;
     let legend_y = plot_bottom + 56.0;
     let height = legend_y + 14.0 + MARGIN;
 
     let mut svg = Svg::new(width, height);
-    svg.text("title", MARGIN, MARGIN + 12.0, Anchor::Start, &title);
-    for (i, line) in subtitles.iter().enumerate() {
-        let y = MARGIN + 32.0 + 16.0 * i as f64;
-        svg.text("subtitle", MARGIN, y, Anchor::Start, line);
-    }
+    header.draw(&mut svg);
 
     // Grid and ticks under everything else.
     for &t in &ticks {
@@ -495,7 +520,7 @@ pub fn faithfulness_chart(report: &FileReport) -> String {
             line,
         );
     }
-    svg.finish(&title, &CHART_STYLE.replace("FONT", FONT))
+    svg.finish(&header.title, &CHART_STYLE.replace("FONT", FONT))
 }
 
 /// One head's attention pattern for [`attention_chart`].
@@ -575,32 +600,27 @@ pub fn attention_chart(
     let top_labels = label_room * 0.87 + 6.0;
     let panel_width = label_room + grid + 30.0;
 
-    let title = format!(
-        "Attention pattern{} of {}",
-        if panels.len() == 1 { "" } else { "s" },
-        panels
-            .iter()
-            .map(|p| format!("head {}.{}", p.layer, p.head))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let subtitles = [
-        format!("model {model} · {n} tokens"),
-        format!("prompt {prompt:?}"),
-        "rows: query position, columns: key position; cell colour: attention weight".to_string(),
-    ];
-    let header_bottom = MARGIN + 16.0 + 16.0 * subtitles.len() as f64;
+    let header = Header {
+        title: format!(
+            "Attention pattern{} of {}",
+            if panels.len() == 1 { "" } else { "s" },
+            panels
+                .iter()
+                .map(|p| format!("head {}.{}", p.layer, p.head))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        subtitles: vec![
+            format!("model {model} · {n} tokens"),
+            format!("prompt {prompt:?}"),
+            "rows: query position, columns: key position; cell colour: attention weight"
+                .to_string(),
+        ],
+    };
+    let header_bottom = header.bottom();
     let panels_left = MARGIN;
     let legend_left = panels_left + panel_width * panels.len() as f64 + 10.0;
-    let width = (legend_left + 70.0).max(
-        MARGIN
-            + subtitles
-                .iter()
-                .map(|t| text_width(t, 11.0))
-                .chain(std::iter::once(text_width(&title, 16.0)))
-                .fold(0.0, f64::max)
-            + MARGIN,
-    );
+    let width = (legend_left + 70.0).max(MARGIN + header.width() + MARGIN);
     let grid_top = header_bottom + 30.0 + top_labels;
     let height = grid_top + grid.max(120.0) + 40.0 + MARGIN;
 
@@ -608,16 +628,7 @@ pub fn attention_chart(
     svg.raw(&format!(
         r#"<defs><linearGradient id="attention-scale" x1="0" y1="1" x2="0" y2="0"><stop offset="0" stop-color="{ATTENTION_COLOUR}" stop-opacity="0"/><stop offset="1" stop-color="{ATTENTION_COLOUR}" stop-opacity="1"/></linearGradient></defs>"#
     ));
-    svg.text("title", MARGIN, MARGIN + 12.0, Anchor::Start, &title);
-    for (i, line) in subtitles.iter().enumerate() {
-        svg.text(
-            "subtitle",
-            MARGIN,
-            MARGIN + 32.0 + 16.0 * i as f64,
-            Anchor::Start,
-            line,
-        );
-    }
+    header.draw(&mut svg);
 
     for (p, panel) in panels.iter().enumerate() {
         let left = panels_left + panel_width * p as f64 + label_room;
@@ -712,7 +723,7 @@ pub fn attention_chart(
     let style = HEATMAP_STYLE
         .replace("FONT", FONT)
         .replace("TOKEN_SIZE", &number(token_size));
-    svg.finish(&title, &style)
+    svg.finish(&header.title, &style)
 }
 
 #[cfg(test)]
