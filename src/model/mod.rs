@@ -10,7 +10,9 @@
 //! # Ok::<(), circuit::model::ModelError>(())
 //! ```
 
+mod blocks;
 pub mod builtin;
+mod cache;
 pub mod config;
 mod error;
 mod gpt2;
@@ -26,9 +28,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ndarray::{Array2, Array3, Array4, Axis};
+use ndarray::{Array2, Array3, Axis};
 use sha2::{Digest, Sha256};
 
+pub use cache::{ActivationCache, LayerCache};
 pub use config::{Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
@@ -59,48 +62,6 @@ pub struct ForwardOutput {
     pub lengths: Vec<usize>,
     /// Present when [`ForwardOptions::cache`] was set.
     pub cache: Option<ActivationCache>,
-}
-
-/// Every intermediate of a forward pass. Prompts are right-padded to `T`; rows past a prompt's
-/// length are padding.
-#[derive(Debug)]
-pub struct ActivationCache {
-    pub layers: Vec<LayerCache>,
-    /// Token (+ learned position) embedding, `(B, T, D)`.
-    pub embed: Array3<f32>,
-    /// The residual stream the unembedding reads, before the final norm, `(B, T, D)` (after
-    /// [`Interventions::unembed_input`]).
-    pub resid_final: Array3<f32>,
-}
-
-/// One layer's intermediates, as actually used by the forward (after interventions).
-#[derive(Debug)]
-pub struct LayerCache {
-    /// `(B, T, D)`
-    pub resid_pre: Array3<f32>,
-    /// `(B, T, H, d)`, after rotary for Llama.
-    pub q: Array4<f32>,
-    /// `(B, T, Hkv, d)`, after rotary. Under grouped-query attention with a per-head
-    /// [`Interventions::head_input`] edit, the value seen by the first query head of each group.
-    pub k: Array4<f32>,
-    /// `(B, T, Hkv, d)` (same caveat as `k`).
-    pub v: Array4<f32>,
-    /// `(B, H, T, T)` scaled, causally masked (`-inf`), after [`Interventions::edit_scores`].
-    pub scores: Array4<f32>,
-    /// `(B, H, T, T)` softmax of `scores` (all-zero rows where no score is finite).
-    pub pattern: Array4<f32>,
-    /// `(B, T, H, d)` after [`Interventions::edit_z`].
-    pub z: Array4<f32>,
-    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias.
-    pub head_out: Array4<f32>,
-    /// `(B, T, D)`: the attention output including its bias.
-    pub attn_out: Array3<f32>,
-    /// `(B, T, D)`: `resid_pre + attn_out`.
-    pub resid_mid: Array3<f32>,
-    /// `(B, T, D)` after [`Interventions::edit_mlp_out`].
-    pub mlp_out: Array3<f32>,
-    /// `(B, T, D)`: `resid_mid + mlp_out`.
-    pub resid_post: Array3<f32>,
 }
 
 /// Where the weight bytes came from, for [`Model::weights_hash`].
