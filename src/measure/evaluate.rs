@@ -148,6 +148,7 @@ impl<'a> Evaluator<'a> {
         PlanShape {
             n_layers: self.model.config.n_layers,
             n_heads: self.model.config.n_heads,
+            residual: self.model.config.residual,
         }
     }
 

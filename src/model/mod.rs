@@ -21,6 +21,7 @@ mod llama;
 mod numerics;
 pub mod source;
 pub mod tokenizer;
+pub mod topology;
 mod transformer;
 mod weights;
 
@@ -37,6 +38,7 @@ pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
+pub use topology::{Component, ResidualTopology};
 pub use transformer::matmul;
 
 use transformer::Transformer;
