@@ -527,7 +527,52 @@ fn per_head_outputs(
 
 #[cfg(test)]
 mod tests {
+    use super::super::transformer::Linear;
     use super::*;
+
+    fn linear(d_in: usize, d_out: usize, seed: usize) -> Linear {
+        let weight = Array2::from_shape_fn((d_in, d_out), |(i, j)| {
+            ((i * 7 + j * 3 + seed) % 11) as f32 * 0.1 - 0.5
+        });
+        Linear {
+            weight,
+            bias: Some(ndarray::Array1::from_elem(d_out, 0.25)),
+        }
+    }
+
+    #[test]
+    fn the_mlp_trace_holds_what_its_output_was_computed_from() {
+        let x = Array2::from_shape_fn((5, 4), |(i, j)| (i as f32 - 2.0) * 0.3 + j as f32 * 0.1);
+        let gelu = Mlp::GeluNew {
+            fc: linear(4, 6, 0),
+            proj: linear(6, 4, 1),
+        };
+        let swiglu = Mlp::SwiGlu {
+            gate: linear(4, 6, 2),
+            up: linear(4, 6, 3),
+            down: linear(6, 4, 4),
+        };
+        for mlp in [&gelu, &swiglu] {
+            let (kept, out) = mlp.forward(x.view(), true);
+            let (plain, plain_out) = mlp.forward(x.view(), false);
+            // Keeping the pre-activation changes nothing else.
+            assert_eq!(out, plain_out);
+            assert_eq!(kept.hidden, plain.hidden);
+            assert!(plain.pre_activation.is_none());
+            let pre = kept.pre_activation.expect("kept when asked");
+            let (first, down) = match mlp {
+                Mlp::GeluNew { fc, proj } => (fc, proj),
+                Mlp::SwiGlu { gate, down, .. } => (gate, down),
+            };
+            assert_eq!(pre, first.apply(x.view()));
+            let hidden = match &kept.up {
+                None => pre.mapv(gelu_new),
+                Some(up) => pre.mapv(silu) * up,
+            };
+            assert_eq!(kept.hidden, hidden);
+            assert_eq!(out, down.apply(hidden.view()));
+        }
+    }
 
     #[test]
     fn softmax_of_a_fully_masked_row_is_zero() {

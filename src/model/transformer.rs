@@ -6,8 +6,9 @@
 //! heads are shared (grouped-query attention). Those differences are the enums below; the
 //! loaders (`gpt2.rs`, `llama.rs`) fill them from the safetensors names.
 //!
-//! Every intervention hook of [`Interventions`] is called at exactly one place in
-//! [`Transformer::forward`]. Shapes: `B` prompts right-padded to `T` tokens, `N = B·T` rows when
+//! [`Transformer::forward`] wires the blocks of `blocks.rs` (embed, attention, MLP, final norm
+//! + unembed) along the residual stream; each hook of [`Interventions`] is called at exactly one
+//! place in those blocks. Shapes: `B` prompts right-padded to `T` tokens, `N = B·T` rows when
 //! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
 
