@@ -316,6 +316,13 @@ fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
 }
 
 fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
+    // `Transformer::forward` wires the blocks sequentially; a parallel-residual family needs
+    // its arm there first (docs/architecture.md), never a silently different wiring.
+    if config.residual != ResidualTopology::Sequential {
+        return Err(ModelError::Unsupported {
+            what: format!("the {:?} residual wiring", config.residual),
+        });
+    }
     match config.architecture {
         Architecture::Gpt2 => gpt2::load(config, files),
         Architecture::Llama => llama::load(config, files),
