@@ -7,7 +7,7 @@
 //! loaders (`gpt2.rs`, `llama.rs`) fill them from the safetensors names.
 //!
 //! [`Transformer::forward`] wires the blocks of `blocks.rs` (embed, attention, MLP, final norm
-//! + unembed) along the residual stream; each hook of [`Interventions`] is called at exactly one
+//! and unembed) along the residual stream; each hook of [`Interventions`] is called at exactly one
 //! place in those blocks. Shapes: `B` prompts right-padded to `T` tokens, `N = B·T` rows when
 //! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
