@@ -239,11 +239,63 @@ impl Model {
         let (logits, cache) =
             self.transformer
                 .forward(&ids, &lengths, options.all_logits, options.cache, hooks);
+        // Rows past a prompt's length are padding, whatever they hold.
+        let real_rows = |b: usize| if options.all_logits { lengths[b] } else { 1 };
+        let non_finite = (0..tokens.len()).find(|&b| {
+            let rows = logits.slice(ndarray::s![b, ..real_rows(b), ..]);
+            rows.iter().any(|x| !x.is_finite())
+        });
+        if let Some(prompt) = non_finite {
+            return Err(ModelError::NonFiniteActivations {
+                prompt,
+                location: self.first_non_finite(&ids, &lengths, hooks),
+            });
+        }
         Ok(ForwardOutput {
             logits,
             lengths,
             cache,
         })
+    }
+
+    /// Where a forward whose logits are not finite first goes wrong: run again with the cache,
+    /// and name the first block whose output at a real token is not finite.
+    fn first_non_finite(
+        &self,
+        ids: &Array2<u32>,
+        lengths: &[usize],
+        hooks: &dyn Interventions,
+    ) -> String {
+        let (_, cache) = self.transformer.forward(ids, lengths, false, true, hooks);
+        let cache = cache.expect("the cache was asked for");
+        let finite = |a: &Array3<f32>| {
+            lengths.iter().enumerate().all(|(b, &len)| {
+                a.slice(ndarray::s![b, ..len, ..])
+                    .iter()
+                    .all(|x| x.is_finite())
+            })
+        };
+        if !finite(&cache.embed) {
+            return "the embedding".to_string();
+        }
+        for (layer, values) in cache.layers.iter().enumerate() {
+            if !finite(&values.attn_out) {
+                return format!("the attention output of layer {layer}");
+            }
+            if !finite(&values.resid_mid) {
+                return format!("the residual stream after the attention of layer {layer}");
+            }
+            if !finite(&values.mlp_out) {
+                return format!("the MLP output of layer {layer}");
+            }
+            if !finite(&values.resid_post) {
+                return format!("the residual stream after layer {layer}");
+            }
+        }
+        if !finite(&cache.resid_final) {
+            return "the residual stream the unembedding reads".to_string();
+        }
+        "the final norm and unembedding".to_string()
     }
 
     /// Greedy continuation: appends `n_new` argmax tokens to `ids` (stops at the context end).
@@ -323,10 +375,12 @@ fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, Model
             what: format!("the {:?} residual wiring", config.residual),
         });
     }
-    match config.architecture {
-        Architecture::Gpt2 => gpt2::load(config, files),
-        Architecture::Llama => llama::load(config, files),
-    }
+    let transformer = match config.architecture {
+        Architecture::Gpt2 => gpt2::load(config, files)?,
+        Architecture::Llama => llama::load(config, files)?,
+    };
+    files.check_all_used()?;
+    Ok(transformer)
 }
 
 /// A tokenizer that can produce ids past the embedding is an error; an embedding padded larger

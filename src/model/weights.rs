@@ -4,7 +4,8 @@
 //! released (`MADV_DONTNEED`), so the process never holds the file and its converted copy at
 //! the same time (peak ≈ the f32 weights plus one tensor), whatever the dtype on disk.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -45,7 +46,16 @@ pub(crate) struct WeightFiles {
     location: HashMap<String, usize>,
     /// Architecture name used in "tensor missing" errors.
     architecture: String,
+    /// Tensors read so far: every tensor of the files must be, or the load fails.
+    used: RefCell<BTreeSet<String>>,
 }
+
+/// Tensors a checkpoint may hold that no model computes with, by name suffix: GPT-2's causal
+/// mask buffers (`h.N.attn.bias`, `h.N.attn.masked_bias`, saved by older transformers) and
+/// Llama's rotary frequency cache (`self_attn.rotary_emb.inv_freq`), which the engine derives
+/// from the config. Any other unread tensor fails the load: it means config and weights
+/// disagree (e.g. fewer layers in config.json than in the file).
+const KNOWN_EXTRAS: [&str; 3] = [".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"];
 
 fn describe(err: &SafeTensorError) -> String {
     match err {
@@ -122,6 +132,7 @@ impl WeightFiles {
             shards,
             location,
             architecture: architecture.to_string(),
+            used: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -181,7 +192,55 @@ impl WeightFiles {
             }
         };
         shard.release(range);
+        if let Some(index) = values.iter().position(|x| !x.is_finite()) {
+            return Err(ModelError::NonFiniteWeight {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                index,
+                value: values[index].to_string(),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
         Ok(values)
+    }
+
+    /// How many layers the file holds: the `i` from 0 for which `tensor_of_layer(i)` exists.
+    pub(crate) fn layer_count(&self, tensor_of_layer: impl Fn(usize) -> String) -> usize {
+        (0..)
+            .take_while(|&i| self.contains(&tensor_of_layer(i)))
+            .count()
+    }
+
+    /// After a loader has read what its model needs: every other tensor (outside
+    /// [`KNOWN_EXTRAS`]) is an error naming them.
+    pub(crate) fn check_all_used(&self) -> Result<(), ModelError> {
+        let used = self.used.borrow();
+        let mut unexpected: Vec<&String> = self
+            .location
+            .keys()
+            .filter(|name| !used.contains(*name))
+            .filter(|name| !KNOWN_EXTRAS.iter().any(|extra| name.ends_with(extra)))
+            .collect();
+        if unexpected.is_empty() {
+            return Ok(());
+        }
+        unexpected.sort();
+        const SHOWN: usize = 5;
+        let mut list = unexpected
+            .iter()
+            .take(SHOWN)
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if unexpected.len() > SHOWN {
+            list += &format!(" and {} more", unexpected.len() - SHOWN);
+        }
+        Err(ModelError::UnexpectedTensors {
+            path: self.main_path().to_path_buf(),
+            count: unexpected.len(),
+            list,
+            architecture: self.architecture.clone(),
+        })
     }
 }
 
