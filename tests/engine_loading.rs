@@ -594,3 +594,45 @@ fn non_finite_logits_name_the_first_block_they_appear_in() {
         );
     }
 }
+
+/// The fixture's weights with the JSON header entry of `tensor` edited by `edit`.
+fn edit_header(dir: &Path, tensor: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    edit(&mut header[tensor]);
+    let header = header.to_string().into_bytes();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+}
+
+#[test]
+fn errors_inside_the_safetensors_header_name_the_tensor() {
+    let dir = copy_fixture();
+    let tensor = "transformer.ln_f.bias";
+    // A shape that does not match the tensor's bytes.
+    edit_header(dir.path(), tensor, |entry| {
+        entry["shape"] = serde_json::json!([81])
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &[tensor, "[81]", "324 bytes", "span 320"],
+    );
+    // A dtype that does not exist.
+    edit_header(dir.path(), tensor, |entry| entry["dtype"] = "F33".into());
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &[tensor, "unknown dtype \"F33\""],
+    );
+    // Offsets overlapping the next tensor's.
+    edit_header(dir.path(), tensor, |entry| {
+        let offsets = entry["data_offsets"].as_array().unwrap();
+        let (start, end) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+        entry["data_offsets"] = serde_json::json!([start + 4, end + 4]);
+    });
+    load_error(dir.path(), "circuit::model::bad_safetensors", &[tensor]);
+}
