@@ -1,0 +1,317 @@
+//! The whole-model backward (`circuit::model::backward::gradients`) against central finite
+//! differences of the engine's own forward, nudged through its intervention points, on the
+//! built-in model, a random GPT-2, a grouped-query Llama and the pretrained stories260K; and
+//! against a torch autograd reference (`scripts/grad_reference.py`, float64).
+
+use std::path::{Path, PathBuf};
+
+use circuit::measure::{mean, per_prompt_metrics, Targets, ALL_METRICS};
+use circuit::model::backward::{gradients, Gradients, Objective};
+use circuit::model::{
+    ComponentOutputs, ForwardOptions, HeadInput, Interventions, Model, ModelSource,
+};
+use ndarray::{
+    Array, Array2, Array3, ArrayD, ArrayView3, ArrayView4, ArrayViewMut3, ArrayViewMut4, Axis, Ix3,
+    Ix4, IxDyn,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn stories() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
+}
+
+/// Where a nudge is added.
+#[derive(Clone, Copy, Debug)]
+enum Site {
+    Z(usize),
+    MlpOut(usize),
+    MlpIn(usize),
+    HeadInput(usize, usize, HeadInput),
+    ResidFinal,
+}
+
+/// Adds `scale · direction` at one site of the forward.
+struct Nudge<'a> {
+    site: Site,
+    direction: &'a ArrayD<f32>,
+    scale: f32,
+}
+
+impl Nudge<'_> {
+    fn add(&self, x: ArrayView3<f32>) -> Array3<f32> {
+        let d = self.direction.view().into_dimensionality::<Ix3>().unwrap();
+        &x + &(&d * self.scale)
+    }
+}
+
+impl Interventions for Nudge<'_> {
+    fn edit_z(
+        &self,
+        layer: usize,
+        _: ArrayView4<f32>,
+        _: ArrayView4<f32>,
+        z: &mut ArrayViewMut4<f32>,
+    ) {
+        if let Site::Z(l) = self.site {
+            if l == layer {
+                let d = self.direction.view().into_dimensionality::<Ix4>().unwrap();
+                z.scaled_add(self.scale, &d);
+            }
+        }
+    }
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ArrayViewMut3<f32>) {
+        if let Site::MlpOut(l) = self.site {
+            if l == layer {
+                let d = self.direction.view().into_dimensionality::<Ix3>().unwrap();
+                mlp_out.scaled_add(self.scale, &d);
+            }
+        }
+    }
+    fn mlp_input(
+        &self,
+        layer: usize,
+        resid_mid: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::MlpIn(l) if l == layer => Some(self.add(resid_mid)),
+            _ => None,
+        }
+    }
+    fn head_input(
+        &self,
+        layer: usize,
+        head: usize,
+        which: HeadInput,
+        resid_pre: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::HeadInput(l, h, w) if (l, h, w) == (layer, head, which) => {
+                Some(self.add(resid_pre))
+            }
+            _ => None,
+        }
+    }
+    fn unembed_input(
+        &self,
+        resid_final: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::ResidFinal => Some(self.add(resid_final)),
+            _ => None,
+        }
+    }
+}
+
+/// The gradient the backward reports for a site, as a dynamic array.
+fn gradient_at(g: &Gradients, site: Site) -> ArrayD<f32> {
+    let head = |a: &ndarray::Array4<f32>, h: usize| a.index_axis(Axis(2), h).to_owned().into_dyn();
+    match site {
+        Site::Z(l) => g.layers[l].z.clone().into_dyn(),
+        Site::MlpOut(l) => g.layers[l].mlp_out.clone().into_dyn(),
+        Site::MlpIn(l) => g.layers[l].mlp_in.clone().into_dyn(),
+        Site::HeadInput(l, h, HeadInput::Q) => head(&g.layers[l].q_input, h),
+        Site::HeadInput(l, h, HeadInput::K) => head(&g.layers[l].k_input, h),
+        Site::HeadInput(l, h, HeadInput::V) => head(&g.layers[l].v_input, h),
+        Site::ResidFinal => g.resid_final.clone().into_dyn(),
+    }
+}
+
+struct Case<'a> {
+    model: &'a Model,
+    tokens: Vec<Vec<u32>>,
+    targets: Vec<(u32, u32)>,
+}
+
+impl Case<'_> {
+    fn new(model: &Model, seed: u64) -> Case<'_> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let vocab = model.tokenizer.vocab_size() as u32;
+        // Unequal lengths: padding rows must get (and contribute) nothing.
+        let tokens = [6usize, 3, 5]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.random_range(0..vocab)).collect())
+            .collect();
+        let targets = (0..3)
+            .map(|_| (rng.random_range(0..vocab), rng.random_range(0..vocab)))
+            .collect();
+        Case {
+            model,
+            tokens,
+            targets,
+        }
+    }
+
+    /// The mean metric over prompts of the engine's forward under `hooks`, in f64 as the
+    /// measure stage computes it.
+    fn metric(&self, name: &str, full: &Array2<f32>, hooks: &dyn Interventions) -> f64 {
+        let options = ForwardOptions::default();
+        let out = self.model.forward(&self.tokens, &options, hooks).unwrap();
+        let end = out.logits.index_axis(Axis(1), 0).to_owned(); // (B, V)
+        let targets: Vec<Targets> = (self.targets.iter())
+            .map(|&(answer, distractor)| Targets { answer, distractor })
+            .collect();
+        let metric = ALL_METRICS
+            .into_iter()
+            .find(|&m| circuit::measure::metric_name(m) == name)
+            .unwrap();
+        mean(&per_prompt_metrics(end.view(), full.view(), &targets)[&metric])
+    }
+}
+
+/// Directional derivatives along random directions at every site, against central
+/// differences of the engine's forward (f32, so a step of 1e-2 of each activation's size).
+/// Returns the largest relative error (f32 rounding in the forward limits it to ~1e-2).
+fn check_against_finite_differences(label: &str, model: &Model, name: &str, seed: u64) -> f64 {
+    let case = Case::new(model, seed);
+    // For `kl`, a "full" distribution other than this run's (at its own logits kl's gradient
+    // is zero): the clean END logits halved.
+    let clean = model
+        .forward(
+            &case.tokens,
+            &ForwardOptions::default(),
+            &circuit::model::NoInterventions,
+        )
+        .unwrap();
+    let full = clean.logits.index_axis(Axis(1), 0).mapv(|x| 0.5 * x);
+    let objective = Objective::from_metric_name(name, Some(full.view())).unwrap();
+    let grads = gradients(model, &case.tokens, &case.targets, objective).unwrap();
+    let metric_mean = mean(&grads.metric);
+    let at_clean = case.metric(name, &full, &circuit::model::NoInterventions);
+    assert!(
+        (metric_mean - at_clean).abs() <= 1e-9 * (1.0 + at_clean.abs()),
+        "{name}: {metric_mean} vs {at_clean}"
+    );
+
+    let config = &model.config;
+    let mut sites = vec![Site::ResidFinal];
+    for l in 0..config.n_layers {
+        sites.extend([Site::Z(l), Site::MlpOut(l), Site::MlpIn(l)]);
+        for h in 0..config.n_heads {
+            for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                sites.push(Site::HeadInput(l, h, which));
+            }
+        }
+    }
+    // Each direction is scaled to the size of the activation it nudges (random models keep
+    // theirs at the 0.02 of their initialization).
+    let cache = model
+        .forward(
+            &case.tokens,
+            &ForwardOptions {
+                all_logits: false,
+                cache: true,
+            },
+            &circuit::model::NoInterventions,
+        )
+        .unwrap()
+        .cache
+        .unwrap();
+    let rms = |a: ndarray::ArrayViewD<f32>| {
+        (a.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / a.len() as f64).sqrt()
+    };
+    let activation_size = |site: Site| match site {
+        Site::Z(l) => rms(cache.layers[l].z.view().into_dyn()),
+        Site::MlpOut(l) => rms(cache.layers[l].mlp_out.view().into_dyn()),
+        Site::MlpIn(l) => rms(cache.layers[l].resid_mid.view().into_dyn()),
+        Site::HeadInput(l, ..) => rms(cache.layers[l].resid_pre.view().into_dyn()),
+        Site::ResidFinal => rms(cache.resid_final.view().into_dyn()),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let mut worst: (f64, String) = (0.0, String::new());
+    let mut scale_of_derivatives = 0.0f64;
+    let mut results = Vec::new();
+    for site in sites {
+        let gradient = gradient_at(&grads, site);
+        let size = activation_size(site) as f32;
+        let direction: ArrayD<f32> = Array::from_shape_fn(IxDyn(gradient.shape()), |_| {
+            size * rng.random_range(-1.0f32..1.0)
+        });
+        let analytic: f64 = (gradient.iter().zip(&direction))
+            .map(|(&g, &d)| g as f64 * d as f64)
+            .sum();
+        let value = |scale: f32| {
+            case.metric(
+                name,
+                &full,
+                &Nudge {
+                    site,
+                    direction: &direction,
+                    scale,
+                },
+            )
+        };
+        // Central differences at steps h and h/2, extrapolated (Richardson) to cancel the h²
+        // term: (4·D(h/2) − D(h)) / 3.
+        let central = |h: f32| (value(h) - value(-h)) / (2.0 * h as f64);
+        let step = 1e-1f32;
+        let numeric = (4.0 * central(step / 2.0) - central(step)) / 3.0;
+        scale_of_derivatives = scale_of_derivatives.max(numeric.abs());
+        results.push((site, analytic, numeric));
+    }
+    for (site, analytic, numeric) in results {
+        // Relative to the larger of the derivative itself and 1% of the largest one at any site
+        // (f32 rounding in the forward bounds what a tiny derivative can be checked to).
+        let error = (analytic - numeric).abs()
+            / numeric
+                .abs()
+                .max(analytic.abs())
+                .max(1e-2 * scale_of_derivatives);
+        if error > worst.0 {
+            worst = (
+                error,
+                format!("{site:?}: backward {analytic:.6e} vs finite differences {numeric:.6e}"),
+            );
+        }
+    }
+    eprintln!(
+        "{label} {name}: max relative error {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 2e-2,
+        "{label} {name}: relative error {:.3e} at {}",
+        worst.0,
+        worst.1
+    );
+    worst.0
+}
+
+#[test]
+fn builtin_model_gradients_match_finite_differences_for_every_metric() {
+    let model = Model::open(&ModelSource::Builtin("toy-seqcont".to_string())).unwrap();
+    for (seed, metric) in ["logit_diff", "prob", "logprob", "kl"]
+        .into_iter()
+        .enumerate()
+    {
+        check_against_finite_differences("toy-seqcont", &model, metric, seed as u64 * 10);
+    }
+}
+
+#[test]
+fn random_gpt2_gradients_match_finite_differences() {
+    let model = Model::load(&fixture("gpt2-tiny")).unwrap();
+    check_against_finite_differences("gpt2-tiny", &model, "logit_diff", 100);
+}
+
+#[test]
+fn grouped_query_llama_gradients_match_finite_differences() {
+    let model = Model::load(&fixture("llama-gqa-bf16")).unwrap();
+    check_against_finite_differences("llama-gqa-bf16", &model, "logit_diff", 200);
+    check_against_finite_differences("llama-gqa-bf16", &model, "logprob", 210);
+}
+
+#[test]
+fn stories260k_gradients_match_finite_differences() {
+    let model = Model::load(&stories()).unwrap();
+    check_against_finite_differences("stories260K", &model, "logit_diff", 300);
+}
