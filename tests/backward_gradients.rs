@@ -315,3 +315,168 @@ fn stories260k_gradients_match_finite_differences() {
     let model = Model::load(&stories()).unwrap();
     check_against_finite_differences("stories260K", &model, "logit_diff", 300);
 }
+
+// ---- against torch autograd ------------------------------------------------------------------
+
+/// One array of the autograd fixture, as f64 (stored as f32, i64 or f64).
+fn fixture_array(tensors: &safetensors::SafeTensors, name: &str) -> ArrayD<f64> {
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let bytes = view.data();
+    let values: Vec<f64> = match view.dtype() {
+        safetensors::Dtype::F32 => (bytes.chunks_exact(4))
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::F64 => (bytes.chunks_exact(8))
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I64 => (bytes.chunks_exact(8))
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{name}: dtype {other:?}"),
+    };
+    ArrayD::from_shape_vec(IxDyn(view.shape()), values).unwrap()
+}
+
+/// Compares the whole-model gradients with `tests/fixtures/gradients/{name}.safetensors`
+/// (scripts/grad_reference.py). Returns the largest relative error over the quantities, each
+/// relative to the largest reference entry of that quantity.
+fn check_against_autograd(name: &str, model: &Model) -> f64 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gradients")
+        .join(format!("{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let n_prompts = (0..)
+        .take_while(|p| tensors.tensor(&format!("p{p}.ids")).is_ok())
+        .count();
+    let as_ids = |a: ArrayD<f64>| a.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    let tokens: Vec<Vec<u32>> = (0..n_prompts)
+        .map(|p| as_ids(fixture_array(&tensors, &format!("p{p}.ids"))))
+        .collect();
+    let targets: Vec<(u32, u32)> = (0..n_prompts)
+        .map(|p| {
+            let t = as_ids(fixture_array(&tensors, &format!("p{p}.targets")));
+            (t[0], t[1])
+        })
+        .collect();
+    let grads = gradients(model, &tokens, &targets, Objective::LogitDiff).unwrap();
+
+    let mut worst = 0.0f64;
+    let quantities = [
+        "z",
+        "pattern",
+        "q_input",
+        "k_input",
+        "v_input",
+        "mlp_in",
+        "mlp_out",
+        "resid_pre",
+        "resid_final",
+    ];
+    for quantity in quantities {
+        let (mut max_difference, mut max_reference) = (0.0f64, 0.0f64);
+        for (p, ids) in tokens.iter().enumerate() {
+            let reference = fixture_array(&tensors, &format!("p{p}.{quantity}"));
+            let t = ids.len();
+            let ours: ArrayD<f32> = if quantity == "resid_final" {
+                grads
+                    .resid_final
+                    .slice(ndarray::s![p, ..t, ..])
+                    .to_owned()
+                    .into_dyn()
+            } else {
+                let per_layer: Vec<ArrayD<f32>> = (grads.layers.iter())
+                    .map(|g| match quantity {
+                        "z" => g.z.slice(ndarray::s![p, ..t, .., ..]).to_owned().into_dyn(),
+                        "pattern" => g
+                            .pattern
+                            .slice(ndarray::s![p, .., ..t, ..t])
+                            .to_owned()
+                            .into_dyn(),
+                        "q_input" => g
+                            .q_input
+                            .slice(ndarray::s![p, ..t, .., ..])
+                            .to_owned()
+                            .into_dyn(),
+                        "k_input" => g
+                            .k_input
+                            .slice(ndarray::s![p, ..t, .., ..])
+                            .to_owned()
+                            .into_dyn(),
+                        "v_input" => g
+                            .v_input
+                            .slice(ndarray::s![p, ..t, .., ..])
+                            .to_owned()
+                            .into_dyn(),
+                        "mlp_in" => g
+                            .mlp_in
+                            .slice(ndarray::s![p, ..t, ..])
+                            .to_owned()
+                            .into_dyn(),
+                        "mlp_out" => g
+                            .mlp_out
+                            .slice(ndarray::s![p, ..t, ..])
+                            .to_owned()
+                            .into_dyn(),
+                        _ => g
+                            .resid_pre
+                            .slice(ndarray::s![p, ..t, ..])
+                            .to_owned()
+                            .into_dyn(),
+                    })
+                    .collect();
+                let views: Vec<_> = per_layer.iter().map(|a| a.view()).collect();
+                ndarray::stack(Axis(0), &views).unwrap()
+            };
+            assert_eq!(
+                ours.shape(),
+                reference.shape(),
+                "{name} {quantity} prompt {p}"
+            );
+            for (&a, &r) in ours.iter().zip(&reference) {
+                max_difference = max_difference.max((a as f64 - r).abs());
+                max_reference = max_reference.max(r.abs());
+            }
+        }
+        let error = max_difference / max_reference;
+        eprintln!("{name} {quantity}: max |Δ| / max |torch| = {error:.2e} (max |torch| {max_reference:.3e})");
+        assert!(
+            max_reference > 0.0,
+            "{name} {quantity}: an all-zero reference checks nothing"
+        );
+        assert!(
+            error < 2e-5,
+            "{name} {quantity}: relative error {error:.3e} against torch autograd"
+        );
+        worst = worst.max(error);
+    }
+    // And the metric itself.
+    for (p, &value) in grads.metric.iter().enumerate() {
+        let reference = fixture_array(&tensors, &format!("p{p}.metric"))[[0]];
+        assert!(
+            (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+            "{name} prompt {p}: metric {value} vs {reference}"
+        );
+    }
+    worst
+}
+
+#[test]
+fn random_gpt2_gradients_match_torch_autograd() {
+    check_against_autograd("gpt2-tiny", &Model::load(&fixture("gpt2-tiny")).unwrap());
+}
+
+#[test]
+fn grouped_query_llama_gradients_match_torch_autograd() {
+    check_against_autograd(
+        "llama-gqa-bf16",
+        &Model::load(&fixture("llama-gqa-bf16")).unwrap(),
+    );
+}
+
+#[test]
+fn stories260k_gradients_match_torch_autograd() {
+    check_against_autograd("stories260K", &Model::load(&stories()).unwrap());
+}
