@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use circuit::measure::{mean, per_prompt_metrics, Targets, ALL_METRICS};
-use circuit::model::backward::{gradients, Gradients, Objective};
+use circuit::model::backward::{gradients, GradientOptions, Gradients, Objective};
 use circuit::model::{
     ComponentOutputs, ForwardOptions, HeadInput, Interventions, Model, ModelSource,
 };
@@ -26,6 +26,8 @@ fn fixture(name: &str) -> PathBuf {
 fn stories() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
 }
+
+const WITH_HEAD_INPUTS: GradientOptions = GradientOptions { head_inputs: true };
 
 /// Where a nudge is added.
 #[derive(Clone, Copy, Debug)]
@@ -119,9 +121,14 @@ fn gradient_at(g: &Gradients, site: Site) -> ArrayD<f32> {
         Site::Z(l) => g.layers[l].z.clone().into_dyn(),
         Site::MlpOut(l) => g.layers[l].mlp_out.clone().into_dyn(),
         Site::MlpIn(l) => g.layers[l].mlp_in.clone().into_dyn(),
-        Site::HeadInput(l, h, HeadInput::Q) => head(&g.layers[l].q_input, h),
-        Site::HeadInput(l, h, HeadInput::K) => head(&g.layers[l].k_input, h),
-        Site::HeadInput(l, h, HeadInput::V) => head(&g.layers[l].v_input, h),
+        Site::HeadInput(l, h, which) => {
+            let inputs = g.layers[l].head_inputs.as_ref().unwrap();
+            match which {
+                HeadInput::Q => head(&inputs.q, h),
+                HeadInput::K => head(&inputs.k, h),
+                HeadInput::V => head(&inputs.v, h),
+            }
+        }
         Site::ResidFinal => g.resid_final.clone().into_dyn(),
     }
 }
@@ -184,7 +191,14 @@ fn check_against_finite_differences(label: &str, model: &Model, name: &str, seed
         .unwrap();
     let full = clean.logits.index_axis(Axis(1), 0).mapv(|x| 0.5 * x);
     let objective = Objective::from_metric_name(name, Some(full.view())).unwrap();
-    let grads = gradients(model, &case.tokens, &case.targets, objective).unwrap();
+    let grads = gradients(
+        model,
+        &case.tokens,
+        &case.targets,
+        objective,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
     let metric_mean = mean(&grads.metric);
     let at_clean = case.metric(name, &full, &circuit::model::NoInterventions);
     assert!(
@@ -361,7 +375,14 @@ fn check_against_autograd(name: &str, model: &Model) -> f64 {
             (t[0], t[1])
         })
         .collect();
-    let grads = gradients(model, &tokens, &targets, Objective::LogitDiff).unwrap();
+    let grads = gradients(
+        model,
+        &tokens,
+        &targets,
+        Objective::LogitDiff,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
 
     let mut worst = 0.0f64;
     let quantities = [
@@ -396,17 +417,26 @@ fn check_against_autograd(name: &str, model: &Model) -> f64 {
                             .to_owned()
                             .into_dyn(),
                         "q_input" => g
-                            .q_input
+                            .head_inputs
+                            .as_ref()
+                            .unwrap()
+                            .q
                             .slice(ndarray::s![p, ..t, .., ..])
                             .to_owned()
                             .into_dyn(),
                         "k_input" => g
-                            .k_input
+                            .head_inputs
+                            .as_ref()
+                            .unwrap()
+                            .k
                             .slice(ndarray::s![p, ..t, .., ..])
                             .to_owned()
                             .into_dyn(),
                         "v_input" => g
-                            .v_input
+                            .head_inputs
+                            .as_ref()
+                            .unwrap()
+                            .v
                             .slice(ndarray::s![p, ..t, .., ..])
                             .to_owned()
                             .into_dyn(),
@@ -479,4 +509,103 @@ fn grouped_query_llama_gradients_match_torch_autograd() {
 #[test]
 fn stories260k_gradients_match_torch_autograd() {
     check_against_autograd("stories260K", &Model::load(&stories()).unwrap());
+}
+
+// ---- structure ------------------------------------------------------------------------------
+
+#[test]
+fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() {
+    let model = Model::load(&stories()).unwrap(); // grouped-query: 8 query heads on 4 kv heads
+    let case = Case::new(&model, 400);
+    let grads = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::Logprob,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
+    for (l, g) in grads.layers.iter().enumerate() {
+        // resid_pre feeds the skip connection (= ∂M/∂resid_mid = mlp_out + mlp_in) and every
+        // head's q, k and v.
+        let inputs = g.head_inputs.as_ref().unwrap();
+        let heads = (&inputs.q + &inputs.k + &inputs.v).sum_axis(Axis(2)); // (B, T, D)
+        let rebuilt = &g.mlp_out + &g.mlp_in + &heads;
+        let scale = g.resid_pre.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let difference = (&rebuilt - &g.resid_pre)
+            .iter()
+            .fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            scale > 0.0 && difference <= 1e-5 * scale,
+            "layer {l}: {difference} of {scale}"
+        );
+        for (b, &len) in grads.lengths.iter().enumerate() {
+            let padding = [
+                g.resid_pre
+                    .slice(ndarray::s![b, len.., ..])
+                    .to_owned()
+                    .into_dyn(),
+                g.z.slice(ndarray::s![b, len.., .., ..])
+                    .to_owned()
+                    .into_dyn(),
+                inputs
+                    .k
+                    .slice(ndarray::s![b, len.., .., ..])
+                    .to_owned()
+                    .into_dyn(),
+            ];
+            assert!(
+                padding.iter().all(|a| a.iter().all(|&x| x == 0.0)),
+                "layer {l} prompt {b}"
+            );
+        }
+    }
+    // Without head inputs, the rest is the same, bit for bit.
+    let lean = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::Logprob,
+        GradientOptions::default(),
+    )
+    .unwrap();
+    for (a, b) in lean.layers.iter().zip(&grads.layers) {
+        assert!(a.head_inputs.is_none());
+        assert_eq!(
+            (&a.z, &a.pattern, &a.mlp_in, &a.mlp_out, &a.resid_pre),
+            (&b.z, &b.pattern, &b.mlp_in, &b.mlp_out, &b.resid_pre)
+        );
+    }
+    assert_eq!(lean.resid_final, grads.resid_final);
+}
+
+#[test]
+fn bad_gradient_requests_are_coded_errors() {
+    let model = Model::open(&ModelSource::Builtin("toy-seqcont".to_string())).unwrap();
+    let code = |e: circuit::model::backward::GradientError| {
+        miette::Diagnostic::code(&e).unwrap().to_string()
+    };
+    let tokens = vec![vec![1u32, 2, 3]];
+    let options = GradientOptions::default();
+    let err = gradients(&model, &tokens, &[], Objective::LogitDiff, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let err = gradients(
+        &model,
+        &tokens,
+        &[(0, 1_000_000)],
+        Objective::LogitDiff,
+        options,
+    )
+    .unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let wrong_shape = Array2::<f32>::zeros((2, 3));
+    let kl = Objective::Kl {
+        full_logits: wrong_shape.view(),
+    };
+    let err = gradients(&model, &tokens, &[(0, 1)], kl, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let err = Objective::from_metric_name("accuracy", None).unwrap_err();
+    assert_eq!(code(err), "circuit::model::no_gradient");
+    let err = gradients(&model, &[vec![]], &[(0, 1)], Objective::LogitDiff, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::empty_prompt");
 }

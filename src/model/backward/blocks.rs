@@ -123,7 +123,7 @@ pub(crate) fn linear_forward<F: NdFloat>(
 ) -> Array2<F> {
     let y = x.dot(&weight);
     match bias {
-        Some(bias) => y + &bias,
+        Some(bias) => y + bias,
         None => y,
     }
 }
@@ -162,7 +162,7 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
         let t = (c * (x + a * x * x * x)).tanh();
         let slope = half * (F::one() + t)
             + half * x * (F::one() - t * t) * c * (F::one() + three * a * x * x);
-        *d = *d * slope;
+        *d *= slope;
     });
     dx
 }
@@ -304,7 +304,7 @@ pub(crate) fn attention_backward<F: NdFloat>(
     let mut d_scores = &d_pattern * &pattern; // (T_q, T_k)
     for (mut row, a) in d_scores.rows_mut().into_iter().zip(pattern.rows()) {
         let weighted = row.sum(); // Σ_j A[i,j]·dA[i,j]
-        row.zip_mut_with(&a, |ds, &a| *ds = *ds - a * weighted);
+        row.zip_mut_with(&a, |ds, &a| *ds -= a * weighted);
     }
     d_scores *= scale;
     AttentionGradients {

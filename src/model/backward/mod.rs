@@ -27,7 +27,7 @@ use miette::Diagnostic;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, Axis};
 use thiserror::Error;
 
-use super::transformer::{Mlp, Norm, Positions};
+use super::transformer::{Linear, Mlp, Norm, Positions};
 use super::{ForwardOptions, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
 
@@ -110,19 +110,36 @@ pub struct LayerGradients {
     pub z: Array4<f32>,
     /// The attention pattern `A`, `(B, H, T, T)`.
     pub pattern: Array4<f32>,
-    /// The residual stream (pre-norm) as head `h`'s query reads it, `(B, T, H, D)`: what a path
-    /// edge into `h.q` multiplies (the engine's `Interventions::head_input`).
-    pub q_input: Array4<f32>,
-    /// Likewise for the key input of each query head (under grouped-query attention, the key
-    /// as query head `h` reads it, not summed over its group), `(B, T, H, D)`.
-    pub k_input: Array4<f32>,
-    /// Likewise for the value input, `(B, T, H, D)`.
-    pub v_input: Array4<f32>,
+    /// Per-head q/k/v input gradients, when [`GradientOptions::head_inputs`] asked for them.
+    pub head_inputs: Option<HeadInputGradients>,
     /// The residual stream (pre-norm) the MLP reads, through the MLP only (not the skip
     /// connection), `(B, T, D)`.
     pub mlp_in: Array3<f32>,
     /// The MLP's output, `(B, T, D)` (equal to ∂M/∂resid_post of the layer).
     pub mlp_out: Array3<f32>,
+}
+
+/// ∂M/∂(the residual stream as one head's q, k or v alone reads it), pre-norm: what a path
+/// edge into `h.q`, `h.k` or `h.v` multiplies (the engine's `Interventions::head_input`).
+/// By linearity the three summed over heads are the attention's share of ∂M/∂resid_pre.
+#[derive(Debug)]
+pub struct HeadInputGradients {
+    /// `(B, T, H, D)`
+    pub q: Array4<f32>,
+    /// `(B, T, H, D)`: under grouped-query attention, the key as query head `h` reads it (not
+    /// summed over its group).
+    pub k: Array4<f32>,
+    /// `(B, T, H, D)`, like `k`.
+    pub v: Array4<f32>,
+}
+
+/// What [`gradients`] computes besides the z, pattern, MLP and residual gradients.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GradientOptions {
+    /// Per-head q/k/v input gradients: `3 · (B, T, H, D)` per layer, as much memory as `3H`
+    /// residual streams (for GPT-2 small at 32 × 16 tokens, 680 MB in all); only path-edge
+    /// scores need them.
+    pub head_inputs: bool,
 }
 
 /// The result of [`gradients`].
@@ -146,17 +163,18 @@ pub fn gradients(
     tokens: &[Vec<u32>],
     targets: &[(u32, u32)],
     objective: Objective,
+    options: GradientOptions,
 ) -> Result<Gradients, GradientError> {
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
     let vocab = unembed.nrows();
     check_inputs(tokens, targets, &objective, vocab)?;
 
-    let options = ForwardOptions {
+    let forward_options = ForwardOptions {
         all_logits: false,
         cache: true,
     };
-    let out = model.forward(tokens, &options, &NoInterventions)?;
+    let out = model.forward(tokens, &forward_options, &NoInterventions)?;
     let cache = out.cache.expect("asked for the cache");
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
@@ -263,27 +281,27 @@ pub fn gradients(
             blocks::rotate_half_backward(&mut d_k, cos.view(), sin.view(), |r| r % seq, d_head);
         }
 
-        // Per head and input: the residual stream as that head's q, k or v alone reads it.
-        let mut head_inputs = [&layer.q, &layer.k, &layer.v].map(|_| {
-            Array4::<f32>::zeros((batch, seq, n_heads, d_model)) // (B, T, H, D)
-        });
-        for (which, (linear, d_proj)) in [(&layer.q, &d_q), (&layer.k, &d_k), (&layer.v, &d_v)]
-            .into_iter()
-            .enumerate()
-        {
-            for h in 0..n_heads {
-                let source = if which == 0 { h } else { h / group };
-                let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
-                let weight = linear
-                    .weight
-                    .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
-                let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
-                let d_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
-                head_inputs[which]
-                    .slice_mut(s![.., .., h, ..])
-                    .assign(&to3(d_in));
+        let head_inputs = options.head_inputs.then(|| {
+            let per_head = |linear: &Linear, d_proj: &Array2<f32>, kv_shared: bool| {
+                let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
+                for h in 0..n_heads {
+                    let source = if kv_shared { h / group } else { h };
+                    let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
+                    let weight = linear
+                        .weight
+                        .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
+                    let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
+                    let d_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
+                    out.slice_mut(s![.., .., h, ..]).assign(&to3(d_in));
+                }
+                out
+            };
+            HeadInputGradients {
+                q: per_head(&layer.q, &d_q, false),
+                k: per_head(&layer.k, &d_k, true),
+                v: per_head(&layer.v, &d_v, true),
             }
-        }
+        });
 
         // The shared residual stream: every head's q, k, v read the same normed input.
         let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
@@ -294,14 +312,11 @@ pub fn gradients(
         let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
         d_resid = &d_mid + &d_attn_in; // (N, D): ∂M/∂resid_pre
 
-        let [q_input, k_input, v_input] = head_inputs;
         layers.push(LayerGradients {
             resid_pre: to3(d_resid.clone()),
             z: d_z4,
             pattern: d_pattern,
-            q_input,
-            k_input,
-            v_input,
+            head_inputs,
             mlp_in: to3(d_mlp_in),
             mlp_out: to3(d_mlp_out),
         });
