@@ -354,14 +354,17 @@ pub(crate) fn unembed_backward<F: NdFloat>(
 
 // ---- The metric at END -------------------------------------------------------------------
 
-/// `log softmax` of one logits row in f64.
-pub(crate) fn log_softmax(logits: ArrayView1<f64>) -> Array1<f64> {
+/// `softmax` of one logits row in f64.
+fn softmax(logits: ArrayView1<f64>) -> Array1<f64> {
     let max = logits.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-    let log_z = max + logits.mapv(|x| (x - max).exp()).sum().ln();
-    logits.mapv(|x| x - log_z)
+    let exp = logits.mapv(|x| (x - max).exp());
+    let sum = exp.sum();
+    exp / sum
 }
 
 /// A differentiable metric of one prompt's END logits (the scalar a backward starts from).
+/// Its value is the measure stage's to compute (`crate::measure::per_prompt_metrics`); only
+/// its derivative lives here.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum EndMetric<'a> {
     /// `logits[answer] − logits[distractor]`.
@@ -374,47 +377,25 @@ pub(crate) enum EndMetric<'a> {
     Kl { full_logits: ArrayView1<'a, f64> },
 }
 
-/// The metric's value and its gradient with respect to the logits `(V,)`:
+/// The metric's gradient with respect to the logits `(V,)`, `p = softmax(logits)`:
 /// `logit_diff`: `e_answer − e_distractor`; `logprob`: `e_answer − p`;
 /// `prob`: `p_answer · (e_answer − p)`; `kl`: `p − p_full` (from
-/// `Σ_v p_full(v)(log p_full(v) − log p(v))`).
+/// `Σ_v p_full(v)(log p_full(v) − log p(v))`, whose first term is constant).
 pub(crate) fn metric_backward(
     metric: EndMetric,
     logits: ArrayView1<f64>,
     answer: usize,
     distractor: usize,
-) -> (f64, Array1<f64>) {
-    let n = logits.len();
-    let unit = |i: usize| Array1::from_shape_fn(n, |j| if j == i { 1.0 } else { 0.0 });
+) -> Array1<f64> {
+    let unit = |i: usize| Array1::from_shape_fn(logits.len(), |j| if j == i { 1.0 } else { 0.0 });
     match metric {
-        EndMetric::LogitDiff => (
-            logits[answer] - logits[distractor],
-            unit(answer) - unit(distractor),
-        ),
-        EndMetric::Logprob => {
-            let logp = log_softmax(logits);
-            (logp[answer], unit(answer) - logp.mapv(f64::exp))
-        }
+        EndMetric::LogitDiff => unit(answer) - unit(distractor),
+        EndMetric::Logprob => unit(answer) - softmax(logits),
         EndMetric::Prob => {
-            let logp = log_softmax(logits);
-            let p_answer = logp[answer].exp();
-            (p_answer, (unit(answer) - logp.mapv(f64::exp)) * p_answer)
+            let p = softmax(logits);
+            let p_answer = p[answer];
+            (unit(answer) - p) * p_answer
         }
-        EndMetric::Kl { full_logits } => {
-            let logp = log_softmax(logits);
-            let full_logp = log_softmax(full_logits);
-            let kl = full_logp
-                .iter()
-                .zip(&logp)
-                .map(|(&lf, &lc)| {
-                    if lf == f64::NEG_INFINITY {
-                        0.0
-                    } else {
-                        lf.exp() * (lf - lc)
-                    }
-                })
-                .sum();
-            (kl, logp.mapv(f64::exp) - full_logp.mapv(f64::exp))
-        }
+        EndMetric::Kl { full_logits } => softmax(logits) - softmax(full_logits),
     }
 }

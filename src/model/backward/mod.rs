@@ -149,8 +149,9 @@ pub struct Gradients {
     pub layers: Vec<LayerGradients>,
     /// The final residual stream, before the final norm, `(B, T, D)`: nonzero only at END.
     pub resid_final: Array3<f32>,
-    /// The metric of each prompt on this forward (in f64, as `measure` computes it).
-    pub metric: Vec<f64>,
+    /// The END logits of this forward, `(B, V)`: the metric's values are
+    /// `crate::measure::per_prompt_metrics` of these.
+    pub logits: Array2<f32>,
     /// Real token count per prompt.
     pub lengths: Vec<usize>,
 }
@@ -192,7 +193,6 @@ pub fn gradients(
         .collect();
 
     // ---- the metric and the final norm + unembedding -------------------------------------
-    let mut metric = Vec::with_capacity(batch);
     let mut d_logits = Array2::<f32>::zeros((batch, vocab)); // (B, V)
     for (b, &(answer, distractor)) in targets.iter().enumerate() {
         let logits = out.logits.slice(s![b, 0, ..]).mapv(f64::from); // (V,)
@@ -208,13 +208,12 @@ pub fn gradients(
                 }
             }
         };
-        let (value, gradient) = blocks::metric_backward(
+        let gradient = blocks::metric_backward(
             end_metric,
             logits.view(),
             answer as usize,
             distractor as usize,
         );
-        metric.push(value);
         // M is the mean over prompts.
         let scaled = gradient.mapv(|g| (g / batch as f64) as f32);
         d_logits.row_mut(b).assign(&scaled);
@@ -325,7 +324,7 @@ pub fn gradients(
     Ok(Gradients {
         layers,
         resid_final: d_resid_final,
-        metric,
+        logits: out.logits.index_axis(Axis(1), 0).to_owned(),
         lengths: out.lengths,
     })
 }
