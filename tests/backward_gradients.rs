@@ -579,3 +579,41 @@ fn bad_gradient_requests_are_coded_errors() {
     let err = gradients(&model, &[vec![]], &[(0, 1)], Objective::LogitDiff, options).unwrap_err();
     assert_eq!(code(err), "circuit::model::empty_prompt");
 }
+
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() {
+    let model = Model::load(&stories()).unwrap();
+    let case = Case::new(&model, 500);
+    let run = || {
+        gradients(
+            &model,
+            &case.tokens,
+            &case.targets,
+            Objective::LogitDiff,
+            WITH_HEAD_INPUTS,
+        )
+        .unwrap()
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three_threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    for (a, b) in one_thread.layers.iter().zip(&three_threads.layers) {
+        assert_eq!(
+            (&a.z, &a.pattern, &a.mlp_in, &a.resid_pre),
+            (&b.z, &b.pattern, &b.mlp_in, &b.resid_pre)
+        );
+        let (a, b) = (
+            a.head_inputs.as_ref().unwrap(),
+            b.head_inputs.as_ref().unwrap(),
+        );
+        assert_eq!((&a.q, &a.k, &a.v), (&b.q, &b.k, &b.v));
+    }
+    assert_eq!(one_thread.resid_final, three_threads.resid_final);
+}

@@ -25,6 +25,7 @@ mod tests;
 
 use miette::Diagnostic;
 use ndarray::{s, Array2, Array3, Array4, ArrayView2, Axis};
+use rayon::prelude::*;
 use thiserror::Error;
 
 use super::transformer::{Linear, Mlp, Norm, Positions};
@@ -255,22 +256,28 @@ pub fn gradients(
         let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_pattern = Array4::<f32>::zeros((batch, n_heads, seq, seq));
-        for b in 0..batch {
-            for h in 0..n_heads {
+        // Each (prompt, head) on its own thread; results written back in a fixed order.
+        let per_head: Vec<_> = (0..batch * n_heads)
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / n_heads, bh % n_heads);
                 let kv = h / group;
-                let grads = blocks::attention_backward(
+                blocks::attention_backward(
                     lc.q.slice(s![b, .., h, ..]),
                     lc.k.slice(s![b, .., kv, ..]),
                     lc.v.slice(s![b, .., kv, ..]),
                     lc.pattern.slice(s![b, h, .., ..]),
                     d_z4.slice(s![b, .., h, ..]),
                     scale,
-                );
-                d_q.slice_mut(s![b, .., h, ..]).assign(&grads.q);
-                d_k.slice_mut(s![b, .., h, ..]).assign(&grads.k);
-                d_v.slice_mut(s![b, .., h, ..]).assign(&grads.v);
-                d_pattern.slice_mut(s![b, h, .., ..]).assign(&grads.pattern);
-            }
+                )
+            })
+            .collect();
+        for (bh, grads) in per_head.into_iter().enumerate() {
+            let (b, h) = (bh / n_heads, bh % n_heads);
+            d_q.slice_mut(s![b, .., h, ..]).assign(&grads.q);
+            d_k.slice_mut(s![b, .., h, ..]).assign(&grads.k);
+            d_v.slice_mut(s![b, .., h, ..]).assign(&grads.v);
+            d_pattern.slice_mut(s![b, h, .., ..]).assign(&grads.pattern);
         }
         let flat = |a: Array4<f32>| a.into_shape_with_order((n_rows, n_heads * d_head)).unwrap();
         let (mut d_q, mut d_k, d_v) = (flat(d_q), flat(d_k), flat(d_v)); // (N, H·d) each
