@@ -10,6 +10,7 @@
 //! # Ok::<(), circuit::model::ModelError>(())
 //! ```
 
+pub mod backward;
 mod blocks;
 pub mod builtin;
 mod cache;
