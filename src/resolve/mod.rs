@@ -12,6 +12,12 @@
 
 mod binder;
 pub mod bound;
+mod circuits;
+pub mod diagnostics;
+mod expectations;
+mod groups;
+mod positions;
+mod settings;
 
 use std::path::Path;
 
@@ -110,7 +116,7 @@ pub fn load_file(
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut d = Diagnostics::new();
         d.push(
-            SourceDiagnostic::error("circuit::check::read", format!("cannot read {name}: {e}"))
+            SourceDiagnostic::error(diagnostics::READ, format!("cannot read {name}: {e}"))
                 .with_help("check the path; `circuit check` takes .circuit files"),
         );
         d

@@ -1,0 +1,431 @@
+//! Circuits: `extends` chains, node and edge statements, overrides and `drop`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::binder::{backticked, Binder, NamedHead};
+use super::bound::*;
+use super::diagnostics as code;
+use crate::data::positions::{PositionItem as BItem, PositionSet};
+use crate::model::HeadInput;
+use crate::syntax::ast::{self, Span};
+use crate::syntax::SourceDiagnostic;
+use crate::util::did_you_mean;
+
+/// State of a circuit while its statements are applied.
+#[derive(Clone, Default)]
+struct CircuitState {
+    heads: BTreeMap<HeadId, PositionSet>,
+    mlps: BTreeMap<usize, PositionSet>,
+    qk_edges: Vec<QkEdge>,
+    path_edges: Vec<PathEdge>,
+}
+
+impl<'a> Binder<'a> {
+    pub(super) fn circuits(&mut self, file: &'a ast::File) -> Vec<BoundCircuit> {
+        let mut defs: Vec<(&ast::Circuit, Span)> = Vec::new();
+        for item in &file.items {
+            if let ast::ItemKind::Circuit(c) = &item.kind {
+                if c.name.name == "full" || c.name.name == "empty" {
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::RESERVED_NAME,
+                            format!("`{}` cannot name a circuit", c.name.name),
+                        )
+                        .with_label(c.name.span.clone(), "reserved")
+                        .with_help("`full` and `empty` name the full model and the empty circuit in expectations (`full.logit_diff`); choose another name"),
+                    );
+                }
+                if let Some(&prev) = self.circuit_names.get(&c.name.name) {
+                    let prev_span = defs[prev].0.name.span.clone();
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::DUPLICATE_CIRCUIT,
+                            format!("the circuit `{}` is defined twice", c.name.name),
+                        )
+                        .with_label(c.name.span.clone(), "defined again here")
+                        .with_label(prev_span, "first defined here")
+                        .with_help("circuit names must be unique in a file; a variant can be `circuit NEW extends OLD`"),
+                    );
+                } else {
+                    self.circuit_names.insert(c.name.name.clone(), defs.len());
+                }
+                defs.push((c, item.span.clone()));
+            }
+        }
+        let mut states: Vec<Option<Option<CircuitState>>> = vec![None; defs.len()];
+        let mut out = Vec::new();
+        for i in 0..defs.len() {
+            let mut stack = Vec::new();
+            let state = self.circuit_state(i, &defs, &mut states, &mut stack);
+            let (circuit, span) = &defs[i];
+            let expectations = circuit
+                .body
+                .iter()
+                .filter_map(|st| match &st.kind {
+                    ast::StatementKind::Expect {
+                        lhs,
+                        comparison,
+                        rhs,
+                    } => Some(self.expectation(lhs, *comparison, rhs, st.span.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            let state = state.unwrap_or_default();
+            out.push(BoundCircuit {
+                name: circuit.name.name.clone(),
+                heads: state.heads,
+                mlps: state.mlps,
+                qk_edges: state.qk_edges,
+                path_edges: state.path_edges,
+                expectations: expectations.into_iter().flatten().collect(),
+                span: span.clone(),
+            });
+        }
+        out
+    }
+
+    /// The heads, MLPs and edges of circuit `i`, following `extends` (memoized; `stack`
+    /// holds the circuits being built, to report cycles).
+    fn circuit_state(
+        &mut self,
+        i: usize,
+        defs: &[(&'a ast::Circuit, Span)],
+        states: &mut Vec<Option<Option<CircuitState>>>,
+        stack: &mut Vec<usize>,
+    ) -> Option<CircuitState> {
+        if let Some(done) = &states[i] {
+            return done.clone();
+        }
+        let circuit = defs[i].0;
+        stack.push(i);
+        let mut state = CircuitState::default();
+        if let Some(base) = &circuit.base {
+            match self.circuit_names.get(&base.name).copied() {
+                None => {
+                    let mut names: Vec<String> = Vec::new();
+                    for def in defs {
+                        if !names.contains(&def.0.name.name) {
+                            names.push(def.0.name.name.clone());
+                        }
+                    }
+                    let mut d = SourceDiagnostic::error(
+                        code::UNKNOWN_CIRCUIT,
+                        format!("no circuit named `{}`", base.name),
+                    )
+                    .with_label(base.span.clone(), "extends an undefined circuit");
+                    d = match did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d.with_help(format!(
+                            "a circuit can extend any circuit of the same file: {}",
+                            backticked(&names)
+                        )),
+                    };
+                    self.error(d);
+                }
+                Some(b) if stack.contains(&b) => {
+                    let from = stack.iter().position(|&x| x == b).unwrap_or(0);
+                    let cycle: Vec<String> = stack[from..]
+                        .iter()
+                        .chain(std::iter::once(&b))
+                        .map(|&x| defs[x].0.name.name.clone())
+                        .collect();
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::EXTENDS_CYCLE,
+                            format!("`extends` forms a cycle: {}", cycle.join(" → ")),
+                        )
+                        .with_label(base.span.clone(), "closes the cycle")
+                        .with_help("a circuit cannot extend itself, directly or through others"),
+                    );
+                }
+                Some(b) => {
+                    if let Some(base_state) = self.circuit_state(b, defs, states, stack) {
+                        state = base_state;
+                    }
+                }
+            }
+        }
+        self.apply_statements(circuit, &mut state);
+        stack.pop();
+        states[i] = Some(Some(state.clone()));
+        Some(state)
+    }
+
+    fn apply_statements(&mut self, circuit: &ast::Circuit, state: &mut CircuitState) {
+        // Heads and MLPs named in this circuit (first span), for overrides and the
+        // listed-twice warning.
+        let mut named_heads: HashMap<HeadId, Span> = HashMap::new();
+        let mut named_mlps: HashMap<usize, Span> = HashMap::new();
+        let mut own_edges: Vec<(QkEdge, Span)> = Vec::new();
+        for st in &circuit.body {
+            match &st.kind {
+                ast::StatementKind::HeadNode { heads, positions } => {
+                    let set = self.positions(positions.as_ref());
+                    let expanded: Vec<NamedHead> =
+                        heads.iter().flat_map(|a| self.expand_atom(a)).collect();
+                    for (head, span) in expanded {
+                        if let Some(first) = named_heads.get(&head) {
+                            let first = first.clone();
+                            self.error(
+                                SourceDiagnostic::warning(
+                                    code::DUPLICATE_HEAD,
+                                    format!("head {head} is listed twice in circuit `{}`", circuit.name.name),
+                                )
+                                .with_label(span.clone(), format!("{head} again"))
+                                .with_label(first, "first listed here")
+                                .with_help("its positions are the union of both; list each head once to make that explicit"),
+                            );
+                            let merged = union(state.heads.get(&head), &set);
+                            state.heads.insert(head, merged);
+                        } else {
+                            named_heads.insert(head, span);
+                            state.heads.insert(head, set.clone());
+                        }
+                    }
+                }
+                ast::StatementKind::MlpNode { layers, positions } => {
+                    let set = self.positions(positions.as_ref());
+                    for sel in layers {
+                        for layer in self.expand_layers(sel) {
+                            if let Some(first) = named_mlps.get(&layer) {
+                                let first = first.clone();
+                                self.error(
+                                    SourceDiagnostic::warning(
+                                        code::DUPLICATE_MLP,
+                                        format!(
+                                            "MLP {layer} is listed twice in circuit `{}`",
+                                            circuit.name.name
+                                        ),
+                                    )
+                                    .with_label(sel.span(), format!("MLP {layer} again"))
+                                    .with_label(first, "first listed here")
+                                    .with_help("its positions are the union of both"),
+                                );
+                                let merged = union(state.mlps.get(&layer), &set);
+                                state.mlps.insert(layer, merged);
+                            } else {
+                                named_mlps.insert(layer, sel.span());
+                                state.mlps.insert(layer, set.clone());
+                            }
+                        }
+                    }
+                }
+                ast::StatementKind::QkEdge { heads, pairs } => {
+                    let expanded: Vec<NamedHead> =
+                        heads.iter().flat_map(|a| self.expand_atom(a)).collect();
+                    let bound_pairs: Vec<(BItem, BItem, Span)> = pairs
+                        .iter()
+                        .map(|p| {
+                            (
+                                self.position_item(&p.key),
+                                self.position_item(&p.query),
+                                p.query.span(),
+                            )
+                        })
+                        .collect();
+                    for (head, _) in &expanded {
+                        for (keys, queries, query_span) in &bound_pairs {
+                            let edge = QkEdge {
+                                head: *head,
+                                keys: keys.clone(),
+                                queries: queries.clone(),
+                                span: st.span.clone(),
+                            };
+                            own_edges.push((edge.clone(), query_span.clone()));
+                            state.qk_edges.push(edge);
+                        }
+                    }
+                }
+                ast::StatementKind::PathEdge {
+                    from,
+                    to,
+                    positions,
+                } => {
+                    let ups: Vec<(Upstream, Span)> =
+                        from.iter().flat_map(|c| self.expand_component(c)).collect();
+                    let downs = self.expand_downstream(to);
+                    let set = self.positions(positions.as_ref());
+                    let mut reported = false;
+                    for (up, up_span) in &ups {
+                        for down in &downs {
+                            if !reported && !flows_forward(*up, *down) {
+                                reported = true;
+                                self.error(
+                                    SourceDiagnostic::error(
+                                        code::BACKWARD_EDGE,
+                                        format!(
+                                            "the edge from {} to {} goes backwards",
+                                            upstream_name(*up),
+                                            downstream_name(*down)
+                                        ),
+                                    )
+                                    .with_label(up_span.clone(), "runs after")
+                                    .with_label(to.span(), "this input")
+                                    .with_help("a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)"),
+                                );
+                            }
+                            state.path_edges.push(PathEdge {
+                                from: *up,
+                                to: *down,
+                                positions: set.clone(),
+                                span: st.span.clone(),
+                            });
+                        }
+                    }
+                }
+                ast::StatementKind::Drop(items) => {
+                    for c in items {
+                        for (up, span) in self.expand_component(c) {
+                            let present = match up {
+                                Upstream::Head(h) => {
+                                    state.qk_edges.retain(|e| e.head != h);
+                                    state.heads.remove(&h).is_some()
+                                }
+                                Upstream::Mlp(l) => state.mlps.remove(&l).is_some(),
+                            };
+                            state.path_edges.retain(|e| e.from != up);
+                            if !present {
+                                self.error(
+                                    SourceDiagnostic::warning(
+                                        code::DROP_MISSING,
+                                        format!(
+                                            "`drop` has no effect: {} is not in the circuit at this point",
+                                            upstream_name(up)
+                                        ),
+                                    )
+                                    .with_label(span, "not in the circuit")
+                                    .with_help("`drop` removes what the base circuit or an earlier statement kept; check the name, or delete the statement"),
+                                );
+                            }
+                        }
+                    }
+                }
+                ast::StatementKind::Expect { .. } => {}
+            }
+        }
+        // QK edges at query positions where their head is not kept have no effect.
+        for (edge, query_span) in own_edges {
+            match state.heads.get(&edge.head) {
+                None => self.error(
+                    SourceDiagnostic::warning(
+                        code::EDGE_WITHOUT_NODE,
+                        format!(
+                            "this edge through {} has no effect: {} is not kept at any position in circuit `{}`",
+                            edge.head, edge.head, circuit.name.name
+                        ),
+                    )
+                    .with_label(edge.span.clone(), "has no effect")
+                    .with_help(format!(
+                        "keep the head at the query position too: `{} @ {}`",
+                        edge.head,
+                        &self.text[query_span.clone()]
+                    )),
+                ),
+                Some(PositionSet::All) => {}
+                Some(PositionSet::Items(kept)) => {
+                    let certain_miss = matches!(edge.queries, BItem::One(_))
+                        && kept.iter().all(|k| matches!(k, BItem::One(_)))
+                        && !kept.contains(&edge.queries);
+                    if certain_miss {
+                        self.error(
+                            SourceDiagnostic::warning(
+                                code::EDGE_WITHOUT_NODE,
+                                format!(
+                                    "this edge through {} has no effect at query `{}`: the head is not kept there",
+                                    edge.head,
+                                    &self.text[query_span.clone()]
+                                ),
+                            )
+                            .with_label(query_span.clone(), "the head is not kept at this query position")
+                            .with_help(format!(
+                                "add `{}` to the positions where {} is kept",
+                                &self.text[query_span.clone()],
+                                edge.head
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn expand_downstream(&mut self, to: &ast::Downstream) -> Vec<Downstream> {
+        match to {
+            ast::Downstream::Logits(_) => vec![Downstream::Logits],
+            ast::Downstream::Mlp(sel, _) => self
+                .expand_layers(sel)
+                .into_iter()
+                .map(Downstream::Mlp)
+                .collect(),
+            ast::Downstream::HeadInput { heads, input, .. } => {
+                let input = match input {
+                    ast::HeadInputKw::Q => HeadInput::Q,
+                    ast::HeadInputKw::K => HeadInput::K,
+                    ast::HeadInputKw::V => HeadInput::V,
+                };
+                self.expand_atom(heads)
+                    .into_iter()
+                    .map(|(h, _)| Downstream::Head(h, input))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The union of a head's kept positions with more positions.
+fn union(existing: Option<&PositionSet>, more: &PositionSet) -> PositionSet {
+    match (existing, more) {
+        (Some(PositionSet::All), _) | (_, PositionSet::All) => PositionSet::All,
+        (Some(PositionSet::Items(a)), PositionSet::Items(b)) => {
+            let mut items = a.clone();
+            for item in b {
+                if !items.contains(item) {
+                    items.push(item.clone());
+                }
+            }
+            PositionSet::Items(items)
+        }
+        (None, set) => set.clone(),
+    }
+}
+
+fn layer_of_up(u: Upstream) -> usize {
+    match u {
+        Upstream::Head(h) => h.layer,
+        Upstream::Mlp(l) => l,
+    }
+}
+
+/// Whether `up`'s output can reach `down`'s input: attention of layer l runs before MLP l,
+/// which runs before layer l+1.
+fn flows_forward(up: Upstream, down: Downstream) -> bool {
+    let l = layer_of_up(up);
+    match (up, down) {
+        (_, Downstream::Logits) => true,
+        (Upstream::Head(_), Downstream::Mlp(m)) => l <= m,
+        (Upstream::Mlp(_), Downstream::Mlp(m)) => l < m,
+        (_, Downstream::Head(h, _)) => l < h.layer,
+    }
+}
+
+fn upstream_name(u: Upstream) -> String {
+    match u {
+        Upstream::Head(h) => format!("head {h}"),
+        Upstream::Mlp(l) => format!("MLP {l}"),
+    }
+}
+
+fn downstream_name(d: Downstream) -> String {
+    match d {
+        Downstream::Head(h, input) => format!(
+            "{h}.{}",
+            match input {
+                HeadInput::Q => "q",
+                HeadInput::K => "k",
+                HeadInput::V => "v",
+            }
+        ),
+        Downstream::Mlp(l) => format!("MLP {l}"),
+        Downstream::Logits => "the logits".to_string(),
+    }
+}
