@@ -14,7 +14,6 @@ use ndarray::{Array2, Array3};
 use thiserror::Error;
 
 use crate::data::positions::{PositionItem, PositionSet};
-use crate::model::HeadInput;
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
 /// One evaluated prompt as the plan sees it: its token count, and how the circuit's position
@@ -410,8 +409,8 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
         if !path_edge_goes_forward(edge.from, edge.to) {
             return Err(PlanError::BackwardPathEdge {
                 circuit: circuit.name.clone(),
-                from: upstream_name(edge.from),
-                to: downstream_name(edge.to),
+                from: edge.from.to_string(),
+                to: edge.to.to_string(),
             });
         }
     }
@@ -428,30 +427,6 @@ pub fn path_edge_goes_forward(from: Upstream, to: Downstream) -> bool {
         (Upstream::Mlp(u), Downstream::Head(d, _)) => u < d.layer,
         (Upstream::Head(u), Downstream::Mlp(d)) => u.layer <= d,
         (Upstream::Mlp(u), Downstream::Mlp(d)) => u < d,
-    }
-}
-
-/// How reports write an upstream component: `4.4`, `mlp 2`.
-pub fn upstream_name(u: Upstream) -> String {
-    match u {
-        Upstream::Head(h) => h.to_string(),
-        Upstream::Mlp(l) => format!("mlp {l}"),
-    }
-}
-
-/// How reports write a downstream input: `9.1.q`, `mlp 3`, `logits`.
-pub fn downstream_name(d: Downstream) -> String {
-    match d {
-        Downstream::Head(h, which) => format!(
-            "{h}.{}",
-            match which {
-                HeadInput::Q => "q",
-                HeadInput::K => "k",
-                HeadInput::V => "v",
-            }
-        ),
-        Downstream::Mlp(l) => format!("mlp {l}"),
-        Downstream::Logits => "logits".to_string(),
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::data::positions::{Anchor, Position, SlotToken};
+use crate::model::HeadInput;
 use crate::resolve::bound::{PathEdge, QkEdge};
 
 fn label(name: &str, offset: i64) -> Position {

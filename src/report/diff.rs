@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 
 use super::{num, CircuitReport};
 use crate::data::positions::{PositionItem, PositionSet};
-use crate::plan::{downstream_name, upstream_name};
 use crate::resolve::bound::{BoundCircuit, BoundFile, PathEdge, QkEdge};
 
 /// How a position set is written: `*` or `S1, END-1, S2..S4`.
@@ -38,11 +37,7 @@ fn path_text(e: &PathEdge) -> String {
         PositionSet::All => String::new(),
         set => format!(" @ {}", positions_text(set)),
     };
-    format!(
-        "edge {} -> {}{at}",
-        upstream_name(e.from),
-        downstream_name(e.to)
-    )
+    format!("edge {} -> {}{at}", e.from, e.to)
 }
 
 /// The statements a circuit amounts to, one line each, order-independent.

@@ -255,8 +255,8 @@ impl<'a> Binder<'a> {
                                         code::BACKWARD_EDGE,
                                         format!(
                                             "the edge from {} to {} goes backwards",
-                                            upstream_name(*up),
-                                            downstream_name(*down)
+                                            up,
+                                            down
                                         ),
                                     )
                                     .with_label(up_span.clone(), "runs after")
@@ -290,7 +290,7 @@ impl<'a> Binder<'a> {
                                         code::DROP_MISSING,
                                         format!(
                                             "`drop` has no effect: {} is not in the circuit at this point",
-                                            upstream_name(up)
+                                            up
                                         ),
                                     )
                                     .with_label(span, "not in the circuit")
@@ -405,27 +405,5 @@ fn flows_forward(up: Upstream, down: Downstream) -> bool {
         (Upstream::Head(_), Downstream::Mlp(m)) => l <= m,
         (Upstream::Mlp(_), Downstream::Mlp(m)) => l < m,
         (_, Downstream::Head(h, _)) => l < h.layer,
-    }
-}
-
-fn upstream_name(u: Upstream) -> String {
-    match u {
-        Upstream::Head(h) => format!("head {h}"),
-        Upstream::Mlp(l) => format!("MLP {l}"),
-    }
-}
-
-fn downstream_name(d: Downstream) -> String {
-    match d {
-        Downstream::Head(h, input) => format!(
-            "{h}.{}",
-            match input {
-                HeadInput::Q => "q",
-                HeadInput::K => "k",
-                HeadInput::V => "v",
-            }
-        ),
-        Downstream::Mlp(l) => format!("MLP {l}"),
-        Downstream::Logits => "the logits".to_string(),
     }
 }
