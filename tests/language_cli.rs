@@ -49,7 +49,7 @@ fn check_file_with_warnings_exits_zero() {
     let out = circuit(&["check", "tests/fixtures/ok/warnings.circuit"], None);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("circuit::resolve::duplicate_head"));
-    assert!(text(&out.stderr).contains("0 errors, 10 warnings"));
+    assert!(text(&out.stderr).contains("0 errors, 8 warnings"));
 }
 
 #[test]

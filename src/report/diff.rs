@@ -12,24 +12,12 @@ use crate::resolve::bound::{BoundCircuit, BoundFile, PathEdge, QkEdge};
 pub fn positions_text(set: &PositionSet) -> String {
     match set {
         PositionSet::All => "*".to_string(),
-        PositionSet::Items(items) => items.iter().map(item_text).collect::<Vec<_>>().join(", "),
+        PositionSet::Items(items) => items
+            .iter()
+            .map(PositionItem::display_name)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
-}
-
-fn item_text(item: &PositionItem) -> String {
-    match item {
-        PositionItem::One(p) => p.display_name(),
-        PositionItem::Range(a, b) => format!("{}..{}", a.display_name(), b.display_name()),
-    }
-}
-
-fn qk_text(e: &QkEdge) -> String {
-    format!(
-        "edge {}: {} -> {}",
-        e.head,
-        item_text(&e.keys),
-        item_text(&e.queries)
-    )
 }
 
 fn path_text(e: &PathEdge) -> String {
@@ -49,7 +37,7 @@ fn statements(c: &BoundCircuit) -> BTreeSet<String> {
     for (layer, positions) in &c.mlps {
         out.insert(format!("mlp {layer} @ {}", positions_text(positions)));
     }
-    out.extend(c.qk_edges.iter().map(qk_text));
+    out.extend(c.qk_edges.iter().map(QkEdge::to_string));
     out.extend(c.path_edges.iter().map(path_text));
     out
 }

@@ -117,6 +117,19 @@ pub struct QkEdge {
     pub span: Span,
 }
 
+/// As the language writes it: `edge 9.1: S1 -> END`.
+impl std::fmt::Display for QkEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "edge {}: {} -> {}",
+            self.head,
+            self.keys.display_name(),
+            self.queries.display_name()
+        )
+    }
+}
+
 /// An upstream component whose output a path edge carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Upstream {

@@ -156,7 +156,7 @@ impl<'a> Binder<'a> {
         // listed-twice warning.
         let mut named_heads: HashMap<HeadId, Span> = HashMap::new();
         let mut named_mlps: HashMap<usize, Span> = HashMap::new();
-        let mut own_edges: Vec<(QkEdge, Span)> = Vec::new();
+        let mut own_edges: Vec<(QkEdge, Span, Span)> = Vec::new();
         for st in &circuit.body {
             match &st.kind {
                 ast::StatementKind::HeadNode { heads, positions } => {
@@ -213,25 +213,26 @@ impl<'a> Binder<'a> {
                 ast::StatementKind::QkEdge { heads, pairs } => {
                     let expanded: Vec<NamedHead> =
                         heads.iter().flat_map(|a| self.expand_atom(a)).collect();
-                    let bound_pairs: Vec<(BItem, BItem, Span)> = pairs
+                    let bound_pairs: Vec<(BItem, BItem, Span, Span)> = pairs
                         .iter()
                         .map(|p| {
                             (
                                 self.position_item(&p.key),
                                 self.position_item(&p.query),
+                                p.key.span(),
                                 p.query.span(),
                             )
                         })
                         .collect();
                     for (head, _) in &expanded {
-                        for (keys, queries, query_span) in &bound_pairs {
+                        for (keys, queries, key_span, query_span) in &bound_pairs {
                             let edge = QkEdge {
                                 head: *head,
                                 keys: keys.clone(),
                                 queries: queries.clone(),
                                 span: st.span.clone(),
                             };
-                            own_edges.push((edge.clone(), query_span.clone()));
+                            own_edges.push((edge.clone(), key_span.clone(), query_span.clone()));
                             state.qk_edges.push(edge);
                         }
                     }
@@ -303,49 +304,41 @@ impl<'a> Binder<'a> {
                 ast::StatementKind::Expect { .. } => {}
             }
         }
-        // QK edges at query positions where their head is not kept have no effect.
-        for (edge, query_span) in own_edges {
-            match state.heads.get(&edge.head) {
-                None => self.error(
-                    SourceDiagnostic::warning(
-                        code::EDGE_WITHOUT_NODE,
-                        format!(
-                            "this edge through {} has no effect: {} is not kept at any position in circuit `{}`",
-                            edge.head, edge.head, circuit.name.name
-                        ),
-                    )
-                    .with_label(edge.span.clone(), "has no effect")
-                    .with_help(format!(
-                        "keep the head at the query position too: `{} @ {}`",
-                        edge.head,
-                        &self.text[query_span.clone()]
-                    )),
-                ),
-                Some(PositionSet::All) => {}
-                Some(PositionSet::Items(kept)) => {
-                    let certain_miss = matches!(edge.queries, BItem::One(_))
-                        && kept.iter().all(|k| matches!(k, BItem::One(_)))
-                        && !kept.contains(&edge.queries);
-                    if certain_miss {
-                        self.error(
-                            SourceDiagnostic::warning(
-                                code::EDGE_WITHOUT_NODE,
-                                format!(
-                                    "this edge through {} has no effect at query `{}`: the head is not kept there",
-                                    edge.head,
-                                    &self.text[query_span.clone()]
-                                ),
-                            )
-                            .with_label(query_span.clone(), "the head is not kept at this query position")
-                            .with_help(format!(
-                                "add `{}` to the positions where {} is kept",
-                                &self.text[query_span.clone()],
-                                edge.head
-                            )),
-                        );
-                    }
-                }
+        // One report per `KEY -> QUERY` pair, however many heads the statement names.
+        let mut checked = std::collections::HashSet::new();
+        for (edge, key_span, query_span) in own_edges {
+            if checked.insert((key_span.start, query_span.start)) {
+                self.check_key_order(&edge, key_span, query_span);
             }
+        }
+    }
+
+    /// A key after its query carries nothing under the causal mask. When that holds in every
+    /// prompt whatever its tokens (the key's first position and the query's last share an anchor
+    /// and the key's offset is larger), it is an error here; where it depends on the prompt, the
+    /// plan checks it per prompt (`plan::edge_order`).
+    fn check_key_order(&mut self, edge: &QkEdge, key_span: Span, query_span: Span) {
+        let first_key = match &edge.keys {
+            BItem::One(p) | BItem::Range(p, _) => p,
+        };
+        let last_query = match &edge.queries {
+            BItem::One(p) | BItem::Range(_, p) => p,
+        };
+        if first_key.anchor == last_query.anchor && first_key.offset > last_query.offset {
+            self.error(
+                SourceDiagnostic::error(
+                    code::KEY_AFTER_QUERY,
+                    format!(
+                        "this edge through {} carries nothing: its key `{}` comes after its query `{}` in every prompt",
+                        edge.head,
+                        &self.text[key_span.clone()],
+                        &self.text[query_span.clone()]
+                    ),
+                )
+                .with_label(key_span, "after the query")
+                .with_label(query_span, "the query")
+                .with_help("attention is causal: a query reads keys at or before itself; swap them (`edge HEAD: KEY -> QUERY`)"),
+            );
         }
     }
 

@@ -81,6 +81,10 @@ impl<'a> Binder<'a> {
         match item {
             ast::PositionItem::One(p) => BItem::One(self.position(p)),
             ast::PositionItem::Range(a, b, _) => BItem::Range(self.position(a), self.position(b)),
+            ast::PositionItem::UpTo(b, _) => {
+                BItem::Range(pos::Position::at(pos::Anchor::Start), self.position(b))
+            }
+            ast::PositionItem::Every(_) => BItem::every_token(),
         }
     }
 

@@ -297,13 +297,19 @@ pub struct Position {
 pub enum PositionItem {
     One(Position),
     Range(Position, Position, #[serde(skip)] Span),
+    /// `..S1`: from the prompt's first token through the position.
+    UpTo(Position, #[serde(skip)] Span),
+    /// `*` as a QK edge's keys: every token of the prompt.
+    Every(#[serde(skip)] Span),
 }
 
 impl PositionItem {
     pub fn span(&self) -> Span {
         match self {
             PositionItem::One(p) => p.span.clone(),
-            PositionItem::Range(_, _, s) => s.clone(),
+            PositionItem::Range(_, _, s) | PositionItem::UpTo(_, s) | PositionItem::Every(s) => {
+                s.clone()
+            }
         }
     }
 }

@@ -273,6 +273,8 @@ pub fn position_item(item: &PositionItem) -> String {
     match item {
         PositionItem::One(p) => position(p),
         PositionItem::Range(a, b, _) => format!("{}..{}", position(a), position(b)),
+        PositionItem::UpTo(b, _) => format!("..{}", position(b)),
+        PositionItem::Every(_) => "*".to_string(),
     }
 }
 

@@ -438,6 +438,14 @@ impl Builder<'_> {
 
     fn position_item(&mut self, pair: Pair<Rule>) -> PositionItem {
         let span = self.trimmed(&pair);
+        if pair.as_rule() == Rule::all_positions {
+            return PositionItem::Every(span);
+        }
+        let first = pair.clone().into_inner().next();
+        if let Some(up_to) = first.filter(|p| p.as_rule() == Rule::up_to) {
+            let end = up_to.into_inner().next().unwrap();
+            return PositionItem::UpTo(self.position(end), span);
+        }
         let mut ends: Vec<Position> = pair.into_inner().map(|p| self.position(p)).collect();
         if ends.len() == 2 {
             let b = ends.pop().unwrap();
@@ -658,6 +666,7 @@ pub fn readable_rule(rule: Rule) -> &'static str {
         Rule::group_ref => "a group name",
         Rule::layer_list => "an MLP layer",
         Rule::qk_pair => "`KEY -> QUERY`",
+        Rule::up_to => "a range like `..S1`",
         Rule::component_list => "a head, a group or `mlp L`",
         Rule::logits => "`logits`",
         Rule::head_input_ref => "a head input like `9.1.q`",
@@ -773,6 +782,13 @@ pub fn pest_error_to_diagnostic(err: &pest::error::Error<Rule>, text: &str) -> S
         } else if attempts.max_position == offset {
             expected.extend(punctuation);
         }
+    }
+    // `..` can start a position (`..S1`); where a position is expected, naming it says that.
+    let position_named = [Rule::positions, Rule::position_item, Rule::position]
+        .iter()
+        .any(|r| expected.iter().any(|e| e == readable_rule(*r)));
+    if position_named {
+        expected.retain(|e| e != "`..`");
     }
     offset = skip_trivia(text, offset.min(text.len()));
     // Keywords appear both as rules and as literals; show each once, in a stable order.
