@@ -349,3 +349,93 @@ fn huge_ranges_without_a_model_are_not_expanded() {
     .unwrap_err();
     assert_eq!(d.items[0].code, "circuit::resolve::model");
 }
+
+#[test]
+fn keys_may_be_every_token_or_up_to_a_position() {
+    let file = resolve_ok("circuit c {\n  edge 0.1: * -> END, ..S1 -> S2, S1..S4 -> END\n}").file;
+    let edges = &file.circuits[0].qk_edges;
+    let start = Position {
+        anchor: Anchor::Start,
+        offset: 0,
+    };
+    let pos = |anchor| Position { anchor, offset: 0 };
+    assert_eq!(
+        edges[0].keys,
+        PositionItem::Range(start.clone(), pos(Anchor::End))
+    );
+    assert_eq!(edges[0].keys.display_name(), "*");
+    assert_eq!(edges[1].keys, PositionItem::Range(start, pos(label("S1"))));
+    assert_eq!(edges[1].keys.display_name(), "..S1");
+    assert_eq!(edges[2].keys.display_name(), "S1..S4");
+    // An edge implies its node (the plan keeps the head at the edge's queries): no warning.
+    assert!(resolve_ok("circuit c { edge 0.1: * -> END }")
+        .warnings
+        .is_empty());
+}
+
+#[test]
+fn a_key_after_its_query_whatever_the_tokens_is_an_error() {
+    let d = resolve_err("circuit c { edge 0.1: S1+1 -> S1 }");
+    assert_eq!(d.items[0].code, "circuit::resolve::key_after_query");
+    assert_eq!(d.error_count(), 1);
+    // Depends on the prompt (END may be S1): left to evaluation.
+    assert!(resolve_ok("circuit c { 0.1 @ S1  edge 0.1: END -> S1 }")
+        .warnings
+        .is_empty());
+    // A range whose first key is at or before the last query is fine.
+    resolve_ok("circuit c { edge 0.1: S1..S2 -> S1..S2, S1 -> S1 }");
+}
+
+#[test]
+fn a_file_without_circuits_warns() {
+    for text in ["", "\n", "dataset d = ioi\n"] {
+        let resolved = resolve_ok(text);
+        let codes: Vec<&str> = resolved
+            .warnings
+            .items
+            .iter()
+            .map(|d| d.code.as_str())
+            .collect();
+        assert!(
+            codes.contains(&"circuit::resolve::no_circuit"),
+            "{text:?}: {codes:?}"
+        );
+    }
+    assert!(resolve_ok("circuit c { 9.1 @ END }").warnings.is_empty());
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let file = resolve_ok("\u{FEFF}circuit c { 9.1 @ END }").file;
+    assert_eq!(file.circuits[0].name, "c");
+}
+
+#[test]
+fn names_are_ascii_and_the_error_says_so() {
+    let d = resolve_err("heads övers = 9.1\ncircuit c { övers @ END }");
+    let help = d.items[0].help.clone().unwrap_or_default();
+    assert_eq!(d.items[0].code, "circuit::parse::syntax");
+    assert!(help.contains("names are ASCII"), "{help}");
+    assert!(help.contains("`övers`"), "{help}");
+}
+
+#[test]
+fn fmt_keeps_crlf_line_endings() {
+    use circuit::syntax::format_source;
+    let crlf = "dataset d = ioi  # c\r\ncircuit c {\r\n  9.1 @ END\r\n}\r\n";
+    let formatted = format_source("c.circuit", crlf).unwrap();
+    assert!(formatted.contains("\r\n"), "{formatted:?}");
+    assert_eq!(
+        formatted.matches('\n').count(),
+        formatted.matches("\r\n").count(),
+        "every line break is CRLF: {formatted:?}"
+    );
+    assert_eq!(
+        format_source("c.circuit", &formatted).unwrap(),
+        formatted,
+        "idempotent"
+    );
+    let lf = format_source("c.circuit", &crlf.replace("\r\n", "\n")).unwrap();
+    assert!(!lf.contains('\r'));
+    assert_eq!(lf, formatted.replace("\r\n", "\n"));
+}

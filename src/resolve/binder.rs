@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::bound::*;
+use super::diagnostics as code;
 use super::{Environment, ResolveOptions};
 use crate::model::ModelConfig;
 use crate::syntax::ast::{self, Span};
@@ -35,6 +36,13 @@ pub(super) fn bind(
     binder.collect_groups(file);
     let circuits = binder.circuits(file);
     binder.warn_unused_groups();
+    if circuits.is_empty() {
+        binder.error(
+            SourceDiagnostic::warning(code::NO_CIRCUIT, "this file defines no circuit").with_help(
+                "`eval` and `test` evaluate circuits: add one, e.g. `circuit name { 9.1 @ END }`",
+            ),
+        );
+    }
     let bound = settings.map(|settings| BoundFile { settings, circuits });
     (bound, binder.diags)
 }

@@ -52,6 +52,10 @@ pub struct File {
     pub end_comments: Vec<Comment>,
     /// Whether a blank line separates the last item from `end_comments`.
     pub blank_before_end: bool,
+    /// Whether the file's lines end in CRLF (its first line break is `\r\n`): `fmt` writes
+    /// it back with CRLF.
+    #[serde(skip)]
+    pub crlf: bool,
     #[serde(skip)]
     pub span: Span,
 }

@@ -139,6 +139,10 @@ impl Builder<'_> {
             items,
             end_comments: Vec::new(),
             blank_before_end: false,
+            crlf: self
+                .text
+                .find('\n')
+                .is_some_and(|i| self.text[..i].ends_with('\r')),
             span,
         }
     }
@@ -810,6 +814,11 @@ pub fn pest_error_to_diagnostic(err: &pest::error::Error<Rule>, text: &str) -> S
 
 fn syntax_hint(expected: &[String], found: &str) -> Option<String> {
     let has = |s: &str| expected.iter().any(|e| e == s);
+    if !found.is_ascii() {
+        return Some(format!(
+            "names are ASCII: a letter or `_`, then letters, digits and `_`; {found} has a character outside ASCII"
+        ));
+    }
     if found == "end of file" && has("`}`") {
         return Some("a circuit's body ends with `}`".to_string());
     }
