@@ -11,7 +11,8 @@ use std::path::Path;
 use super::bound::*;
 use super::diagnostics as code;
 use super::{Environment, ResolveOptions};
-use crate::model::ModelConfig;
+use crate::data::DatasetSource;
+use crate::model::{ModelConfig, ModelSource};
 use crate::syntax::ast::{self, Span};
 use crate::syntax::{Diagnostics, SourceDiagnostic, SourceFile};
 
@@ -31,8 +32,14 @@ pub(super) fn bind(
         groups: HashMap::new(),
         group_cache: HashMap::new(),
         circuit_names: HashMap::new(),
+        env,
+        sources: None,
+        adds_bos: None,
     };
     let settings = binder.settings(file, base_dir, env, options);
+    binder.sources = settings
+        .as_ref()
+        .map(|s| (s.model.clone(), s.dataset.clone()));
     binder.collect_groups(file);
     let circuits = binder.circuits(file);
     binder.warn_unused_groups();
@@ -69,6 +76,12 @@ pub(super) struct Binder<'a> {
     pub(super) group_cache: HashMap<String, Option<Vec<HeadId>>>,
     /// Circuit name → index in file order.
     pub(super) circuit_names: HashMap<String, usize>,
+    /// Asked lazily (see [`Binder::adds_bos`]) for what only some diagnostics need.
+    pub(super) env: &'a dyn Environment,
+    /// The model and the evaluated dataset, once the settings are bound.
+    pub(super) sources: Option<(ModelSource, DatasetSource)>,
+    /// Whether the tokenizer adds BOS, once asked (`Some(None)`: asked, unknown).
+    pub(super) adds_bos: Option<Option<bool>>,
 }
 
 /// `a`, `b`, `c`: names as a help text lists them.
@@ -83,5 +96,17 @@ pub(super) fn backticked(names: &[String]) -> String {
 impl<'a> Binder<'a> {
     pub(super) fn error(&mut self, d: SourceDiagnostic) {
         self.diags.push(d);
+    }
+
+    /// Whether the model's tokenizer adds a BOS token (`None` when unknown), asked once.
+    pub(super) fn adds_bos(&mut self) -> Option<bool> {
+        if self.adds_bos.is_none() {
+            let answer = match &self.sources {
+                Some((model, _)) => self.env.tokenizer_adds_bos(model),
+                None => None,
+            };
+            self.adds_bos = Some(answer);
+        }
+        self.adds_bos.flatten()
     }
 }

@@ -28,6 +28,7 @@ codes! {
     KEY_AFTER_QUERY = "key_after_query",
     IMPOSSIBLE_EXPECTATION = "impossible_expectation",
     MODEL = "model",
+    NO_BOS = "no_bos",
     NO_CIRCUIT = "no_circuit",
     OFFSET_AFTER_END = "offset_after_end",
     OFFSET_BEFORE_BOS = "offset_before_bos",

@@ -9,31 +9,20 @@ use crate::util::did_you_mean;
 
 impl<'a> Binder<'a> {
     fn label(&mut self, name: &ast::Ident, first: bool) -> pos::Anchor {
-        if let Some(labels) = &self.labels {
-            if !labels.iter().any(|l| l == &name.name) {
-                let known = backticked(labels);
-                let dataset = self
-                    .dataset_name
-                    .as_ref()
-                    .map(|n| format!("the dataset `{n}`"))
-                    .unwrap_or_else(|| "the default dataset".to_string());
-                let suggestion = did_you_mean(&name.name, labels.iter().map(|s| s.as_str()));
-                let mut help = String::new();
-                if let Some(s) = suggestion {
-                    help.push_str(&format!("did you mean `{s}`? "));
-                }
-                help.push_str(&format!(
-                    "{dataset} labels {known}; `END` and `BOS` are always available"
-                ));
-                self.error(
-                    SourceDiagnostic::error(
-                        code::UNKNOWN_LABEL,
-                        format!("unknown position label `{}`", name.name),
-                    )
-                    .with_label(name.span.clone(), "not a label of the dataset")
-                    .with_help(help),
-                );
-            }
+        let unknown = match &self.labels {
+            Some(labels) => !labels.iter().any(|l| l == &name.name),
+            None => false,
+        };
+        if unknown {
+            let help = self.unknown_label_help(&name.name);
+            self.error(
+                SourceDiagnostic::error(
+                    code::UNKNOWN_LABEL,
+                    format!("unknown position label `{}`", name.name),
+                )
+                .with_label(name.span.clone(), "not a label of the dataset")
+                .with_help(help),
+            );
         }
         pos::Anchor::Label {
             name: name.name.clone(),
@@ -43,6 +32,52 @@ impl<'a> Binder<'a> {
                 SlotToken::Last
             },
         }
+    }
+
+    /// What the dataset does label (or why it labels nothing usable), a did-you-mean, and the
+    /// anchors every prompt has: `END`, and `BOS` only when the tokenizer adds one.
+    fn unknown_label_help(&mut self, word: &str) -> String {
+        let labels = self.labels.clone().unwrap_or_default();
+        let dataset = self
+            .dataset_name
+            .as_ref()
+            .map(|n| format!("the dataset `{n}`"))
+            .unwrap_or_else(|| "the default dataset".to_string());
+        let partial = match &self.sources {
+            Some((_, source)) => self.env.dataset_partial_labels(source),
+            None => Vec::new(),
+        };
+        let mut help = String::new();
+        if let Some(p) = partial.iter().find(|p| p.label == word) {
+            help.push_str(&format!(
+                "`{word}` is not in every prompt (it is missing from {}), so a circuit cannot use it; ",
+                p.missing_from
+            ));
+        } else if let Some(s) = did_you_mean(word, labels.iter().map(|s| s.as_str())) {
+            help.push_str(&format!("did you mean `{s}`? "));
+        }
+        if labels.is_empty() {
+            help.push_str(&format!("{dataset} has no label that every prompt defines"));
+            if let Some(p) = partial.first() {
+                let names: Vec<String> = partial.iter().map(|p| p.label.clone()).collect();
+                help.push_str(&format!(
+                    " ({} only in some: `{}` is missing from {})",
+                    backticked(&names),
+                    p.label,
+                    p.missing_from
+                ));
+            }
+        } else {
+            help.push_str(&format!("{dataset} labels {}", backticked(&labels)));
+        }
+        help.push_str(match self.adds_bos() {
+            Some(true) => {
+                "; `END` and `BOS` (this model's tokenizer adds one) are always available"
+            }
+            Some(false) => "; `END` is always available (this model's tokenizer adds no BOS)",
+            None => "; `END` is always available, and `BOS` when the tokenizer adds one",
+        });
+        help
     }
 
     pub(super) fn position(&mut self, p: &ast::Position) -> pos::Position {
@@ -59,6 +94,18 @@ impl<'a> Binder<'a> {
                 )
                 .with_label(p.span.clone(), "outside every prompt")
                 .with_help("END is the last token; use END-1, END-2, ... for earlier tokens"),
+            );
+        }
+        if matches!(p.anchor, ast::Anchor::Bos) && self.adds_bos() == Some(false) {
+            self.error(
+                SourceDiagnostic::error(
+                    code::NO_BOS,
+                    "`BOS` names no token: this model's tokenizer adds no BOS token",
+                )
+                .with_label(p.span.clone(), "no BOS in any prompt")
+                .with_help(
+                    "keys from the prompt's first token on are `..S1` (or `*` for every key)",
+                ),
             );
         }
         if matches!(p.anchor, ast::Anchor::Bos) && p.offset < 0 {
