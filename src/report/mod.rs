@@ -129,7 +129,7 @@ fn circuit_report(
         scores,
         metrics,
         contents: Contents {
-            heads: circuit.heads.len(),
+            heads: circuit.kept_heads().len(),
             mlps: circuit.mlps.len(),
             qk_edges: circuit.qk_edges.len(),
             path_edges: circuit.path_edges.len(),

@@ -239,19 +239,27 @@ pub struct Expectation {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct BoundCircuit {
     pub name: String,
-    /// Heads in the circuit, each with the query positions where its output `z` is kept.
-    /// A head absent from this map is ablated at every position.
+    /// Heads named by node statements, each with the query positions where its output `z` is
+    /// kept with every key. A head is also kept at the queries of its QK edges (an edge implies
+    /// its node); a head in neither is ablated at every position.
     pub heads: BTreeMap<HeadId, PositionSet>,
     /// MLPs in the circuit, each with the positions where its output is kept (only matters
     /// under [`Scope::HeadsAndMlps`]).
     pub mlps: BTreeMap<usize, PositionSet>,
-    /// QK edges. At a query position where a kept head has edges, only those key positions'
-    /// terms are kept; an edge at a query position where its head is not kept has no effect
-    /// (the resolver warns).
+    /// QK edges. Each keeps its head at its queries; at a query position where a head has
+    /// edges, only those edges' key positions' terms are kept.
     pub qk_edges: Vec<QkEdge>,
     pub path_edges: Vec<PathEdge>,
     pub expectations: Vec<Expectation>,
     pub span: Span,
+}
+
+impl BoundCircuit {
+    /// Every head the circuit keeps somewhere: those of node statements and those of QK edges.
+    pub fn kept_heads(&self) -> std::collections::BTreeSet<HeadId> {
+        let from_edges = self.qk_edges.iter().map(|e| e.head);
+        self.heads.keys().copied().chain(from_edges).collect()
+    }
 }
 
 /// A whole `.circuit` file, resolved.
