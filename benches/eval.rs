@@ -127,7 +127,7 @@ fn bench(dir: &std::path::Path) {
             targets: targets.clone(),
             positions: positions
                 .iter()
-                .map(|p| p as &dyn PromptPositions)
+                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
                 .collect(),
         };
         let mut evaluator = Evaluator::new(&model, settings, prompts, reference.clone());

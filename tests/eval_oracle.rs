@@ -205,7 +205,7 @@ fn check_fixture(name: &str) {
         targets,
         positions: positions
             .iter()
-            .map(|p| p as &dyn PromptPositions)
+            .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
             .collect(),
     };
     let mut evaluator = Evaluator::new(&model, settings, prompts, reference);

@@ -5,9 +5,10 @@
 use miette::Diagnostic;
 use ndarray::{s, Array3};
 
-use super::align::{assign_slots, LabelAlignment, LabelReferenceBuilder, PromptSlots};
+use super::align::{LabelAlignment, LabelReferenceBuilder};
 use super::tests::{attention_of_len, edited_z, Attention, D_MODEL, H, SHAPE, T};
 use super::*;
+use crate::data::slots::{assign_slots, PromptSlots, Slot, SlotAnchor};
 use crate::model::Interventions;
 use crate::plan::{Plan, QkQuery};
 use crate::resolve::bound::{AblationKind, EdgeAblation, HeadId, Scope};

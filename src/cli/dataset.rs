@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use miette::{miette, IntoDiagnostic};
 use serde_json::{json, Value};
 
-use crate::ablate::align::slots_of_prompt;
 use crate::data::builtin::{is_builtin, BUILTINS};
 use crate::data::record::prompt_id;
+use crate::data::slots::slots_of_prompt;
 use crate::data::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
 use crate::data::{jsonl, DataError, Dataset, DatasetSource, ParamValue, PromptSet, Record};
 use crate::model::{ModelSource, Tokenizer};

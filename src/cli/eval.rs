@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::measure::file::{run_file, FileRun, RunOptions};
+use crate::measure::file::{run_file, FileRun};
+use crate::measure::SessionOptions;
 use crate::model::ModelSource;
 use crate::report::FileReport;
 use crate::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
@@ -60,14 +61,14 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
         );
         bar
     });
-    let options = RunOptions {
+    let options = SessionOptions {
         on_batch: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.inc(n as u64)) as Box<dyn Fn(usize)>),
         on_total: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
-        disk_cache: crate::measure::file::cache_dir(),
+        disk_cache: crate::measure::disk_cache::cache_dir(),
     };
     let result = run_file(&resolved.file, circuits, options);
     if let Some(bar) = bar {

@@ -202,6 +202,10 @@ pub enum DataError {
         reference_len: usize,
     },
 
+    #[error("dataset {dataset} has no prompts to evaluate")]
+    #[diagnostic(code(circuit::data::no_prompts))]
+    NoPrompts { dataset: String },
+
     #[error("the dataset has {clean} prompts but {reference} paired reference prompts")]
     #[diagnostic(code(circuit::data::reference_count))]
     ReferenceCount { clean: usize, reference: usize },

@@ -444,6 +444,40 @@ pub fn alias_notes(prompts: &[TokenizedPrompt], positions: &[Position]) -> Vec<A
         .collect()
 }
 
+/// How an ablation matches reference prompts to evaluated ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pairing {
+    /// Statistics pooled over every reference prompt (mean ablation).
+    Pooled,
+    /// Evaluated prompt `i` takes its values from reference prompt `i` (resample ablation):
+    /// one-to-one, so the two sets must be equally large.
+    OneToOne,
+}
+
+/// The one check of reference prompts against evaluated ones, run before any forward pass.
+/// By token position (`by_label` false), pooled statistics need every prompt equally long and
+/// pairs need each pair equally long; pairs always need equal counts. Under `align by label`
+/// lengths may differ (the slots are checked when the reference values are built).
+pub fn check_reference(
+    pairing: Pairing,
+    by_label: bool,
+    evaluated: &[TokenizedPrompt],
+    reference: &[TokenizedPrompt],
+) -> Result<(), DataError> {
+    match pairing {
+        Pairing::Pooled if by_label => Ok(()),
+        Pairing::Pooled => check_equal_lengths(evaluated, reference),
+        Pairing::OneToOne if by_label && evaluated.len() != reference.len() => {
+            Err(DataError::ReferenceCount {
+                clean: evaluated.len(),
+                reference: reference.len(),
+            })
+        }
+        Pairing::OneToOne if by_label => Ok(()),
+        Pairing::OneToOne => check_paired_lengths(evaluated, reference),
+    }
+}
+
 /// Mean ablation by token position needs every reference prompt as long as every evaluated one;
 /// the error names both prompts, both lengths and the alternative (alignment by label).
 pub fn check_equal_lengths(

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
-use circuit::measure::Targets;
+use circuit::measure::{EvalPrompts, Targets};
 use circuit::model::Model;
-use circuit::plan::FixedPositions;
+use circuit::plan::{FixedPositions, PromptPositions};
 use circuit::resolve::bound::{BoundCircuit, HeadId, QkEdge};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +33,21 @@ pub struct HandData {
     pub reference: Vec<Vec<u32>>,
     pub targets: Vec<Targets>,
     pub positions: Vec<FixedPositions>,
+}
+
+impl HandData {
+    /// The clean prompts as an evaluator takes them.
+    pub fn eval_prompts(&self) -> EvalPrompts<'static> {
+        EvalPrompts {
+            ids: self.clean.clone(),
+            targets: self.targets.clone(),
+            positions: self
+                .positions
+                .iter()
+                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
+                .collect(),
+        }
+    }
 }
 
 /// Real stories: each text tokenized (BOS added) and cut to `len` tokens; the answer is the
