@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::model::ModelSource;
-use crate::resolve::{load_file, RealEnvironment, ResolveOptions};
+use circuit::model::ModelSource;
+use circuit::resolve::{load_file, RealEnvironment, ResolveOptions};
 
 /// Width diagnostics are wrapped to.
 const WIDTH: usize = 100;

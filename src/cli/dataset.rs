@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use miette::{miette, IntoDiagnostic};
 use serde_json::{json, Value};
 
-use crate::data::builtin::{is_builtin, BUILTINS};
-use crate::data::record::prompt_id;
-use crate::data::slots::slots_of_prompt;
-use crate::data::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
-use crate::data::{jsonl, DataError, Dataset, DatasetSource, ParamValue, PromptSet, Record};
-use crate::model::{ModelSource, Tokenizer};
+use circuit::data::builtin::{is_builtin, BUILTINS};
+use circuit::data::record::prompt_id;
+use circuit::data::slots::slots_of_prompt;
+use circuit::data::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
+use circuit::data::{jsonl, DataError, Dataset, DatasetSource, ParamValue, PromptSet, Record};
+use circuit::model::{ModelSource, Tokenizer};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -137,10 +137,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         name,
         params: args.params.to_map(),
     };
-    let dataset = crate::data::load(&source)?;
+    let dataset = circuit::data::load(&source)?;
     let text = jsonl::write(&dataset);
     match args.output {
-        Some(path) => crate::util::write_atomic(&path, text.as_bytes())
+        Some(path) => circuit::util::write_atomic(&path, text.as_bytes())
             .into_diagnostic()
             .map_err(|e| e.wrap_err(format!("cannot write {}", path.display())))?,
         None => print_stdout(&text)?,
@@ -165,7 +165,7 @@ fn print_stdout(text: &str) -> miette::Result<()> {
 pub fn load_tokenizer(model: &ModelSource) -> miette::Result<Tokenizer> {
     match model {
         ModelSource::Dir(dir) => Ok(Tokenizer::from_file(&dir.join("tokenizer.json"))?),
-        ModelSource::Builtin(name) => Ok(crate::model::builtin::tokenizer(name)?),
+        ModelSource::Builtin(name) => Ok(circuit::model::builtin::tokenizer(name)?),
     }
 }
 
@@ -180,7 +180,7 @@ fn dataset_source(spec: &str, params: &GeneratorParams) -> miette::Result<Datase
     let path = Path::new(spec);
     if !path.exists() && !spec.ends_with(".jsonl") && !spec.contains('/') {
         // Neither a file nor a known name: let the built-in lookup explain.
-        crate::data::builtin::spec(spec, &params.to_map())?;
+        circuit::data::builtin::spec(spec, &params.to_map())?;
     }
     if !params.is_empty() {
         return Err(miette!(
@@ -201,7 +201,7 @@ struct Inspected<'a> {
     answer_ids: Vec<u32>,
     distractor_ids: Vec<u32>,
     errors: Vec<String>,
-    aliases: Vec<crate::data::Alias>,
+    aliases: Vec<circuit::data::Alias>,
 }
 
 fn inspect_record<'a>(
@@ -246,7 +246,7 @@ fn inspect_record<'a>(
         Some(t) => {
             // Aliases depend on positions only; the answer ids are not read, so placeholders
             // stand in for answers that may not be single tokens here.
-            let prompt = crate::data::TokenizedPrompt {
+            let prompt = circuit::data::TokenizedPrompt {
                 set,
                 index,
                 text: record.prompt.clone(),
@@ -322,7 +322,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     // Named as the user wrote it, so the output does not depend on the working directory.
     let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
     let tokenizer = load_tokenizer(&model)?;
-    let dataset: Dataset = crate::data::load(&source)?;
+    let dataset: Dataset = circuit::data::load(&source)?;
     let inspected: Vec<Inspected> = dataset
         .clean
         .iter()
@@ -346,9 +346,9 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
                 .push(p.index);
         }
     }
-    let alias_notes: Vec<crate::data::AliasNote> = alias_counts
+    let alias_notes: Vec<circuit::data::AliasNote> = alias_counts
         .into_iter()
-        .map(|(names, prompts)| crate::data::AliasNote {
+        .map(|(names, prompts)| circuit::data::AliasNote {
             names,
             prompts,
             of: dataset.clean.len(),
@@ -385,7 +385,7 @@ fn inspect_text(
     model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
-    alias_notes: &[crate::data::AliasNote],
+    alias_notes: &[circuit::data::AliasNote],
 ) -> String {
     let mut out = format!(
         "dataset {}: {} prompts, {} reference prompts{}; tokenizer of {}\n",
@@ -473,7 +473,7 @@ fn inspect_json(
     model: &str,
     tokenizer: &Tokenizer,
     inspected: &[Inspected],
-    alias_notes: &[crate::data::AliasNote],
+    alias_notes: &[circuit::data::AliasNote],
 ) -> Value {
     let prompts: Vec<Value> = inspected
         .iter()

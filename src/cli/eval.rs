@@ -5,11 +5,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::measure::file::{run_file, FileRun};
-use crate::measure::SessionOptions;
-use crate::model::ModelSource;
-use crate::report::FileReport;
-use crate::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
+use circuit::measure::file::{run_file, FileRun};
+use circuit::measure::SessionOptions;
+use circuit::model::ModelSource;
+use circuit::report::FileReport;
+use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -68,7 +68,7 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
         on_total: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
-        disk_cache: crate::measure::disk_cache::cache_dir(),
+        disk_cache: circuit::measure::disk_cache::cache_dir(),
     };
     let result = run_file(&resolved.file, circuits, options);
     if let Some(bar) = bar {
@@ -92,7 +92,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
             ));
         }
     }
-    crate::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
+    circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
             code = "circuit::report::write_svg",
             help = "check that the folder is writable",
@@ -105,7 +105,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
 /// Writes `text` to `output` atomically, or to stdout.
 pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
     match output {
-        Some(path) => crate::util::write_atomic(path, text.as_bytes()).map_err(|e| {
+        Some(path) => circuit::util::write_atomic(path, text.as_bytes()).map_err(|e| {
             miette::miette!(
                 code = "circuit::eval::write",
                 "cannot write {}: {e}",
@@ -136,7 +136,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     };
     // The chart first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
-        let chart = crate::report::svg::faithfulness_chart(&report);
+        let chart = circuit::report::svg::faithfulness_chart(&report);
         write_picture(path, &chart, "faithfulness chart")?;
     }
     emit(&text, args.output.as_deref())?;

@@ -1,4 +1,5 @@
-//! One module per subcommand: its clap arguments and what it does. `src/main.rs` only dispatches.
+//! One module per subcommand: its clap arguments, and the printing of what the library computes.
+//! `src/main.rs` only dispatches. Private to the binary: the library does not depend on clap.
 
 pub mod check;
 pub mod dataset;

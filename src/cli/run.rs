@@ -8,8 +8,8 @@ use miette::{Diagnostic, IntoDiagnostic};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::model::{ForwardOptions, Model, ModelSource, NoInterventions};
-use crate::report::svg::AttentionPanel;
+use circuit::model::{ForwardOptions, Model, ModelSource, NoInterventions};
+use circuit::report::svg::AttentionPanel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -256,7 +256,7 @@ fn draw_attention(
         })
         .collect();
     let tokens: Vec<String> = ids.iter().map(|&id| token_text(model, id)).collect();
-    let chart = crate::report::svg::attention_chart(&name, prompt, &tokens, &panels);
+    let chart = circuit::report::svg::attention_chart(&name, prompt, &tokens, &panels);
     super::eval::write_picture(path, &chart, "attention heatmap")?;
     Ok(ExitCode::SUCCESS)
 }

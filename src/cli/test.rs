@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::measure::expect::{check, circuits_to_run};
+use circuit::measure::expect::{check, circuits_to_run};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
