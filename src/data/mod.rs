@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod error;
+pub mod inspect;
 pub mod jsonl;
 pub mod lexicon;
 pub mod positions;

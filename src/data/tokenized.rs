@@ -110,6 +110,16 @@ pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     }
 }
 
+/// A token as an axis label (`circuit run --attention`): [`token_text`], except that a
+/// SentencePiece word start keeps its `▁` marker, which a picture shows where text shows a
+/// space.
+pub fn token_label(tokenizer: &Tokenizer, id: u32) -> String {
+    match tokenizer.id_to_token(id) {
+        Some(piece) if piece.starts_with('\u{2581}') => piece,
+        _ => token_text(tokenizer, id),
+    }
+}
+
 /// The id of a single-token answer or distractor, or the error naming the tokens it became.
 fn single_token(
     tokenizer: &Tokenizer,

@@ -10,6 +10,7 @@ pub mod disk_cache;
 pub mod evaluate;
 pub mod expect;
 pub mod file;
+pub mod predict;
 pub mod session;
 
 use std::collections::BTreeMap;
