@@ -15,6 +15,8 @@ use circuit::data::tokenized::describe_tokens;
 use circuit::data::{jsonl, Dataset, DatasetSource, ParamValue, PromptSet};
 use circuit::model::{ModelSource, Tokenizer};
 
+use super::format::{Format, TextOrJsonArgs};
+
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -52,9 +54,9 @@ struct InspectArgs {
     #[arg(long, value_name = "DIR")]
     model: Option<String>,
 
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    json: bool,
+    /// `--format json` (or `--json`) prints JSON instead of tables.
+    #[command(flatten)]
+    format: TextOrJsonArgs,
 
     #[command(flatten)]
     params: GeneratorParams,
@@ -209,7 +211,7 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     let inspection = inspect_dataset(&dataset, &tokenizer);
     let n_errors = inspection.n_errors();
 
-    let text = if args.json {
+    let text = if args.format.format() == Format::Json {
         let mut out = serde_json::to_string_pretty(&inspect_json(
             &dataset,
             &model_name,

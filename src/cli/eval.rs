@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
+
+use super::format::{Format, FormatArgs};
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
@@ -18,12 +20,8 @@ pub struct Args {
     /// Evaluate only this circuit (repeatable); default: every circuit of the file.
     #[arg(long = "circuit", value_name = "NAME")]
     pub circuits: Vec<String>,
-    /// Machine-readable output (deterministic: byte-identical across runs and thread counts).
-    #[arg(long, conflicts_with = "markdown")]
-    pub json: bool,
-    /// A markdown table.
-    #[arg(long)]
-    pub markdown: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Write the report to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
@@ -127,12 +125,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         &resolved.file.settings,
         &run,
     );
-    let text = if args.json {
-        report.to_json()
-    } else if args.markdown {
-        report.to_markdown()
-    } else {
-        report.to_text()
+    let text = match args.format.format() {
+        Format::Json => report.to_json(),
+        Format::Markdown => report.to_markdown(),
+        Format::Text => report.to_text(),
     };
     // The chart first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {

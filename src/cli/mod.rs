@@ -6,5 +6,6 @@ pub mod dataset;
 pub mod diff;
 pub mod eval;
 pub mod fmt;
+pub mod format;
 pub mod run;
 pub mod test;
