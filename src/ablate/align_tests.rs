@@ -8,7 +8,7 @@ use ndarray::{s, Array3};
 use super::align::{LabelAlignment, LabelReferenceBuilder};
 use super::tests::{attention_of_len, edited_z, Attention, D_MODEL, H, SHAPE, T};
 use super::*;
-use crate::data::slots::{assign_slots, PromptSlots, Slot, SlotAnchor};
+use crate::data::slots::{assign_slots, PromptSlots};
 use crate::model::Interventions;
 use crate::plan::{Plan, QkQuery};
 use crate::resolve::bound::{AblationKind, EdgeAblation, HeadId, Scope};

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use circuit::measure::{EvalPrompts, Targets};
 use circuit::model::Model;
-use circuit::plan::{FixedPositions, PromptPositions};
+use circuit::plan::PromptPositions;
+
+mod fixed_positions;
 use circuit::resolve::bound::{BoundCircuit, HeadId, QkEdge};
+pub use fixed_positions::FixedPositions;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
