@@ -25,6 +25,7 @@ use super::reference::{
     ReferenceValues,
 };
 use crate::data::slots::{PromptSlots, Slot};
+use crate::data::{check_reference_lengths, Pairing};
 use crate::resolve::bound::{AblationKind, HeadId};
 
 /// The slots of every evaluated and every reference prompt: what `align by label` needs.
@@ -123,6 +124,18 @@ impl SlotLayout {
         if n_ref == 0 {
             return Err(ReferenceError::Empty);
         }
+        if kind == AblationKind::Resample {
+            // Pairs are one-to-one; lengths may differ under label alignment.
+            let count = |p: &[PromptSlots]| p.iter().map(|p| p.slots.len()).collect::<Vec<_>>();
+            check_reference_lengths(
+                Pairing::OneToOne,
+                true,
+                &count(&alignment.evaluated),
+                &count(&alignment.reference),
+                &|b| alignment.evaluated[b].name.clone(),
+                &|r| alignment.reference[r].name.clone(),
+            )?;
+        }
         // Mean pools a slot over every reference prompt; resample keeps each prompt's apart.
         let pool = |r: usize| (kind == AblationKind::Resample).then_some(r);
         let mut row_index: HashMap<(Option<usize>, &Slot), usize> = HashMap::new();
@@ -167,7 +180,7 @@ impl SlotLayout {
         let mut source_index: HashMap<Vec<usize>, usize> = HashMap::new();
         let mut source_of_prompt = Vec::with_capacity(alignment.evaluated.len());
         for (b, prompt) in alignment.evaluated.iter().enumerate() {
-            let partner = b % n_ref;
+            let partner = b; // one-to-one, checked above
             let mut rows = Vec::with_capacity(prompt.slots.len());
             for (t, slot) in prompt.slots.iter().enumerate() {
                 let row = row_index.get(&(pool(partner), slot)).ok_or_else(|| {

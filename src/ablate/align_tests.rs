@@ -342,12 +342,13 @@ fn a_query_key_slot_pair_no_reference_prompt_has_is_an_error_when_edges_need_it(
 
 #[test]
 fn equal_layouts_give_the_position_aligned_values_bit_for_bit() {
-    let refs = attention_of_len(3, T, 27);
+    // Four reference prompts for four prompts: resample pairs one-to-one.
+    let refs = attention_of_len(4, T, 27);
     let clean = attention_of_len(4, T, 28);
     let slots = |name: String| PromptSlots::new(name, T, &labels(&[("S1", 1), ("S2", 3)]));
     let alignment = LabelAlignment {
         evaluated: (0..4).map(|b| slots(format!("prompt {b}"))).collect(),
-        reference: (0..3)
+        reference: (0..4)
             .map(|r| slots(format!("reference prompt {r}")))
             .collect(),
     };
@@ -356,7 +357,7 @@ fn equal_layouts_give_the_position_aligned_values_bit_for_bit() {
         let by_position = ReferenceValues::build(
             kind,
             &[layer(&refs)],
-            &[T; 3],
+            &[T; 4],
             &[T; 4],
             &|b| format!("prompt {b}"),
             &needs(true),

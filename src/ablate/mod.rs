@@ -12,8 +12,7 @@ pub mod reference;
 pub use align::{LabelAlignment, LabelReferenceBuilder};
 pub use hooks::PlanInterventions;
 pub use reference::{
-    check_lengths, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds,
-    ReferenceValues,
+    pairing, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
 };
 
 #[cfg(test)]

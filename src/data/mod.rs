@@ -21,9 +21,9 @@ pub use error::{DataError, PromptId, PromptSet};
 pub use record::{Dataset, Record, Span};
 pub use source::{DatasetSource, ParamValue};
 pub use tokenized::{
-    alias_notes, check_equal_lengths, check_paired_lengths, check_reference, tokenize_dataset,
-    tokenize_record, tokenize_record_in, Alias, AliasNote, Pairing, SlotTokens, TokenizedDataset,
-    TokenizedPrompt,
+    alias_notes, check_equal_lengths, check_paired_lengths, check_reference,
+    check_reference_lengths, tokenize_dataset, tokenize_record, tokenize_record_in, Alias,
+    AliasNote, Pairing, SlotTokens, TokenizedDataset, TokenizedPrompt,
 };
 
 /// Loads a dataset: generates a built-in, or reads and validates a JSONL file.

@@ -14,9 +14,10 @@ use ndarray::{s, Array2, Array4, Axis};
 use super::disk_cache::{CacheInputs, CacheKeys, DiskCache};
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
-    check_lengths, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
-    ReferenceBuilder, ReferenceNeeds, ReferenceValues,
+    pairing, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
+    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
 };
+use crate::data::check_reference_lengths;
 use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
 use crate::plan::{compile, Plan, PlanShape, PromptPositions};
 use crate::resolve::bound::{
@@ -228,19 +229,26 @@ impl<'a> Evaluator<'a> {
         if self.settings.ablation == AblationKind::Zero {
             return Ok(());
         }
+        if self.reference_ids.is_empty() {
+            return Err(ReferenceError::Empty.into());
+        }
+        let Some(pairing) = pairing(self.settings.ablation) else {
+            return Ok(());
+        };
+        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
+        check_reference_lengths(
+            pairing,
+            self.label_alignment.is_some(),
+            &self.prompt_lens(),
+            &ref_lens,
+            &|b| self.prompts.positions[b].describe(),
+            &|r| format!("reference prompt {r}"),
+        )?;
         if let Some(alignment) = &self.label_alignment {
             // By slot, not by index: lengths may differ, every slot must be covered.
             let with_pairs = !self.planned_needs.edge_heads.is_empty();
             alignment.check(self.settings.ablation, with_pairs)?;
-            return Ok(());
         }
-        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
-        check_lengths(
-            self.settings.ablation,
-            &ref_lens,
-            &self.prompt_lens(),
-            &|b| self.prompts.positions[b].describe(),
-        )?;
         Ok(())
     }
 

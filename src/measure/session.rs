@@ -77,12 +77,7 @@ impl<'a> Session<'a> {
             .into());
         }
         let by_label = settings.alignment == Alignment::Label;
-        let pairing = match settings.ablation {
-            AblationKind::Zero => None,
-            AblationKind::Mean => Some(data::Pairing::Pooled),
-            AblationKind::Resample => Some(data::Pairing::OneToOne),
-        };
-        if let Some(pairing) = pairing {
+        if let Some(pairing) = crate::ablate::pairing(settings.ablation) {
             data::check_reference(pairing, by_label, &clean, &reference)?;
         }
         let label_alignment =

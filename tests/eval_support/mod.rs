@@ -53,7 +53,8 @@ impl HandData {
     }
 }
 
-/// Real stories: each text tokenized (BOS added) and cut to `len` tokens; the answer is the
+/// Real stories, as many reference prompts as clean ones (resample pairs one-to-one): each
+/// text tokenized (BOS added) and cut to `len` tokens; the answer is the
 /// token that follows in the text, the distractor the prompt's last token.
 pub fn stories_data(model: &Model, len: usize) -> HandData {
     let clean_texts = [
@@ -71,7 +72,6 @@ pub fn stories_data(model: &Model, len: usize) -> HandData {
         "The girl found a shiny stone near the river and took it home",
         "Ben had a toy boat. He put it in the bath and it floated away",
         "It was a cold day, so the children wore their warm hats outside",
-        "There was a small mouse who lived in a hole under the old house",
     ];
     let encode = |t: &str| model.tokenizer.encode(t).expect("tokenizes").ids;
     let mut clean = Vec::new();
