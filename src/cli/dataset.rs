@@ -142,8 +142,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let text = jsonl::write(&dataset);
     match args.output {
         Some(path) => circuit::util::write_atomic(&path, text.as_bytes())
-            .into_diagnostic()
-            .map_err(|e| e.wrap_err(format!("cannot write {}", path.display())))?,
+            .map_err(|source| OutputError::Write { path, source })?,
         None => print_stdout(&text)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -157,8 +156,22 @@ fn print_stdout(text: &str) -> miette::Result<()> {
     {
         // A closed pipe (`| head`) is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.into_diagnostic(),
+        other => Ok(other.map_err(OutputError::Stdout)?),
     }
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+enum OutputError {
+    #[error("cannot write {}", path.display())]
+    #[diagnostic(code(circuit::data::write))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout")]
+    #[diagnostic(code(circuit::cli::stdout))]
+    Stdout(#[source] std::io::Error),
 }
 
 /// A built-in name (with the given parameters) or a file path.

@@ -1,6 +1,7 @@
 //! A resolved `.circuit` file's circuits evaluated end to end ([`run_file`], on a
 //! [`Session`]), and how reports name where the numbers came from.
 
+use super::error::EvalError;
 use super::evaluate::Evaluation;
 use super::session::{select_circuits, Session, SessionOptions};
 use crate::data::{DatasetSource, TokenizedPrompt};
@@ -95,7 +96,7 @@ pub fn run_file(
 }
 
 /// The error for `--circuit NAME` naming no circuit of the file, with a did-you-mean.
-pub fn unknown_circuit(file: &BoundFile, name: &str) -> miette::Report {
+pub fn unknown_circuit(file: &BoundFile, name: &str) -> EvalError {
     let names: Vec<&str> = file.circuits.iter().map(|c| c.name.as_str()).collect();
     let closest = names
         .iter()
@@ -108,9 +109,8 @@ pub fn unknown_circuit(file: &BoundFile, name: &str) -> miette::Report {
         None if names.is_empty() => "the file defines no circuit".to_string(),
         None => format!("the file defines: {}", names.join(", ")),
     };
-    miette::miette!(
-        code = "circuit::eval::unknown_circuit",
-        help = help,
-        "no circuit named `{name}` in this file"
-    )
+    EvalError::UnknownCircuit {
+        name: name.to_string(),
+        help,
+    }
 }

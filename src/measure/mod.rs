@@ -7,6 +7,7 @@
 //! as quantiles beside it, because the two orders give different numbers.
 
 pub mod disk_cache;
+pub mod error;
 pub mod evaluate;
 pub mod expect;
 pub mod file;

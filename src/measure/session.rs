@@ -236,7 +236,7 @@ pub fn select_circuits(file: &BoundFile, names: &[String]) -> miette::Result<Vec
                 .iter()
                 .find(|c| &c.name == name)
                 .cloned()
-                .ok_or_else(|| super::file::unknown_circuit(file, name))
+                .ok_or_else(|| miette::Report::new(super::file::unknown_circuit(file, name)))
         })
         .collect()
 }
