@@ -111,14 +111,14 @@ impl Arith for Interval {
     }
 }
 
+/// A quantity's value in a fold: its circuit (`None`: the expectation's own) and quantity.
+pub type Leaf<'a, V, E> = dyn FnMut(Option<&str>, Quantity) -> Result<V, E> + 'a;
+
 impl ValueExpr {
     /// Evaluates the expression in domain `V`, `leaf` giving each quantity's value (its circuit
     /// is `None` for the expectation's own circuit). The first error a leaf returns is the
     /// result, left operand first.
-    pub fn fold<V: Arith, E>(
-        &self,
-        leaf: &mut dyn FnMut(Option<&str>, Quantity) -> Result<V, E>,
-    ) -> Result<V, E> {
+    pub fn fold<V: Arith, E>(&self, leaf: &mut Leaf<V, E>) -> Result<V, E> {
         Ok(match self {
             ValueExpr::Number(x) => V::number(*x),
             ValueExpr::Quantity { circuit, quantity } => leaf(circuit.as_deref(), *quantity)?,
