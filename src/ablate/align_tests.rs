@@ -6,7 +6,7 @@ use miette::Diagnostic;
 use ndarray::{s, Array3};
 
 use super::align::{LabelAlignment, LabelReferenceBuilder};
-use super::tests::{attention_of_len, edited_z, Attention, D_MODEL, H, SHAPE, T};
+use super::tests::{attention_of_len, edited_z, layer, Attention, D_MODEL, H, SHAPE, T};
 use super::*;
 use crate::data::slots::{assign_slots, PromptSlots};
 use crate::model::Interventions;
@@ -58,16 +58,6 @@ fn slot_ties_go_to_end_then_to_the_first_name_in_byte_order() {
     assert_eq!(slot_names(3, &[("b", 1), ("Z", 1)]), ["start", "Z", "END"]);
     // A one-token prompt is END alone.
     assert_eq!(slot_names(1, &[("S1", 0)]), ["END"]);
-}
-
-fn layer(acts: &Attention) -> LayerActivations<'_> {
-    LayerActivations {
-        z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
-        mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
-    }
 }
 
 const EDGE_HEAD: HeadId = HeadId { layer: 0, head: 1 };

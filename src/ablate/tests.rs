@@ -66,6 +66,17 @@ pub(super) fn attention_of_len(n: usize, t: usize, seed: u64) -> Attention {
     }
 }
 
+/// The reference forward pass's view of hand-made activations.
+pub(super) fn layer(acts: &Attention) -> LayerActivations<'_> {
+    LayerActivations {
+        z: acts.z.view(),
+        pattern: acts.pattern.view(),
+        v: acts.v.view(),
+        mlp_out: acts.mlp_out.view(),
+        head_out: acts.head_out.view(),
+    }
+}
+
 fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceValues {
     let layer = LayerActivations {
         z: acts.z.view(),
@@ -351,18 +362,11 @@ fn reference_values_round_trip_through_safetensors() {
 
 #[test]
 fn resample_pairs_one_to_one_so_a_count_mismatch_is_an_error() {
-    let acts = attention(2, 11);
-    let layer = LayerActivations {
-        z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
-        mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
-    };
     use miette::Diagnostic;
+    let acts = attention(2, 11);
     let err = ReferenceValues::build(
         AblationKind::Resample,
-        &[layer],
+        &[layer(&acts)],
         &[T, T],
         &[T, T, T],
         &|b| format!("prompt {b}"),
