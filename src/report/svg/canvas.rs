@@ -246,10 +246,6 @@ impl Header {
     }
 }
 
-/// `circuit eval --svg`: one horizontal bar per circuit (in report order) whose length is its
-/// faithfulness, with the per-prompt faithfulness below it as a box plot (box: quartiles,
-/// whiskers: min and max, thick tick: median), reference lines at 0 (empty circuit) and 1 (full
-
 #[cfg(test)]
 mod tests {
     use super::*;

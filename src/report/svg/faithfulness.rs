@@ -70,6 +70,9 @@ fn value_range(report: &FileReport) -> (f64, f64) {
     )
 }
 
+/// `circuit eval --svg`: one horizontal bar per circuit (in report order) whose length is its
+/// faithfulness, with the per-prompt faithfulness below it as a box plot (box: quartiles,
+/// whiskers: min and max, thick tick: median), reference lines at 0 (empty circuit) and 1 (full
 /// model), and the file's settings in the title block.
 pub fn faithfulness_chart(report: &FileReport) -> String {
     let p = &report.provenance;
