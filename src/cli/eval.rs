@@ -33,6 +33,10 @@ pub struct Args {
     /// besides the normal report.
     #[arg(long, value_name = "OUT.svg")]
     pub svg: Option<PathBuf>,
+    /// Also write a self-contained HTML page (graphs over positions, attention patterns,
+    /// faithfulness, settings) into this file (atomically).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }
 
 /// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
@@ -120,6 +124,19 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = resolve(&args.file, args.model.as_deref())?;
+    if let Some(path) = &args.html {
+        let others: Vec<&Path> = args
+            .output
+            .iter()
+            .chain(&args.svg)
+            .map(|p| p.as_path())
+            .collect();
+        super::show::check_output(
+            path,
+            &super::show::inputs_of(&args.file, &resolved.file),
+            &others,
+        )?;
+    }
     let run = evaluate(&resolved, &args.circuits)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
@@ -137,6 +154,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(path) = &args.svg {
         let chart = crate::report::svg::faithfulness_chart(&report);
         write_picture(path, &chart, "faithfulness chart")?;
+    }
+    if let Some(path) = &args.html {
+        super::show::write_eval_page("eval", path, &resolved.file, &run, &report)?;
     }
     emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)

@@ -6,4 +6,5 @@ pub mod diff;
 pub mod eval;
 pub mod fmt;
 pub mod run;
+pub mod show;
 pub mod test;

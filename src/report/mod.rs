@@ -1,9 +1,11 @@
-//! Rendering results: text, JSON, markdown, diff, and SVG pictures ([`svg`]).
+//! Rendering results: text, JSON, markdown, diff, SVG pictures ([`svg`]) and HTML pages
+//! ([`html`]).
 //!
 //! Every report states what was in force: the aggregation order, the ablation kind, the edge
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod html;
 pub mod svg;
 
 use std::collections::BTreeMap;
