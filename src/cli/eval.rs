@@ -80,20 +80,26 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
     result
 }
 
+/// The error (with `code`) for writing the `what` to `path` in a folder that does not exist.
+pub fn missing_folder(path: &Path, what: &str, code: &'static str) -> Option<miette::Report> {
+    let folder = path.parent().filter(|f| !f.as_os_str().is_empty())?;
+    (!folder.is_dir()).then(|| {
+        miette::miette!(
+            code = code,
+            help = format!("create the folder first, or write the {what} elsewhere"),
+            "cannot write the {what} to {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        )
+    })
+}
+
 /// Writes a picture to `path` atomically; `what` names it in the error.
 pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
     // A missing folder is the usual mistake; say so rather than show the temporary file's
     // name that the atomic write failed to create in it.
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        if !folder.is_dir() {
-            return Err(miette::miette!(
-                code = "circuit::report::write_svg",
-                help = "create the folder first, or write the picture elsewhere",
-                "cannot write the {what} to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            ));
-        }
+    if let Some(error) = missing_folder(path, what, "circuit::report::write_svg") {
+        return Err(error);
     }
     crate::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(

@@ -74,16 +74,10 @@ pub fn inputs_of(circuit_file: &Path, file: &BoundFile) -> Vec<PathBuf> {
 /// Checks, before anything is evaluated, that the page can be written to `path`: its folder
 /// exists and it is none of `inputs` (nor another output of the same command).
 pub fn check_output(path: &Path, inputs: &[PathBuf], others: &[&Path]) -> miette::Result<()> {
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        if !folder.is_dir() {
-            return Err(miette::miette!(
-                code = "circuit::report::html_folder",
-                help = "create the folder first, or write the page elsewhere",
-                "cannot write the HTML page to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            ));
-        }
+    if let Some(error) =
+        super::eval::missing_folder(path, "HTML page", "circuit::report::html_folder")
+    {
+        return Err(error);
     }
     let target = absolute(path);
     let same = |other: &Path| {

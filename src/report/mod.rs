@@ -354,7 +354,8 @@ pub fn quantiles_text(q: &Quantiles) -> String {
     )
 }
 
-fn opt(x: Option<f64>) -> String {
+/// An optional number as reports write it: four decimals, or `undefined`.
+pub fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "undefined".to_string())
 }
 

@@ -21,9 +21,9 @@ use std::fmt::Write as _;
 
 use self::graph::{GraphInput, Layout, Mark};
 use self::patterns::Patterns;
-use super::diff::CircuitChange;
+use super::diff::{delta, CircuitChange};
 use super::svg::escape;
-use super::{num, quantiles_text, CircuitReport, FileReport, Style};
+use super::{num, opt, quantiles_text, CircuitReport, FileReport, Style};
 use crate::data::TokenizedPrompt;
 use crate::resolve::bound::{BoundCircuit, HeadId, Scope, Upstream};
 
@@ -168,10 +168,6 @@ fn metrics_table(c: &CircuitReport) -> String {
     }
     s.push_str("</table>\n");
     s
-}
-
-fn opt(x: Option<f64>) -> String {
-    x.map(num).unwrap_or_else(|| "undefined".to_string())
 }
 
 fn summary_line(c: &CircuitReport) -> String {
@@ -415,18 +411,23 @@ pub struct DiffPage<'a> {
     pub changes: &'a [CircuitChange],
 }
 
-/// Kept (component, position) pairs of a circuit on an example prompt, by position index.
-fn kept_of(side: &DiffSide, c: &BoundCircuit) -> BTreeSet<(Upstream, usize)> {
-    graph::layout(&GraphInput {
-        circuit: c,
-        shape: side.shape,
-        scope: side.scope,
-        example: side.example,
-        tokens: side.example_tokens,
-        scores: None,
-        marks: None,
-    })
-    .kept
+impl<'a> DiffSide<'a> {
+    /// The graph input of one of this side's circuits.
+    fn graph_input(
+        &self,
+        circuit: &'a BoundCircuit,
+        marks: Option<&'a BTreeMap<(Upstream, usize), Mark>>,
+    ) -> GraphInput<'a> {
+        GraphInput {
+            circuit,
+            shape: self.shape,
+            scope: self.scope,
+            example: self.example,
+            tokens: self.example_tokens,
+            scores: None,
+            marks,
+        }
+    }
 }
 
 /// Marks of one side: what it has that the other lacks (`mark`), and components on both sides
@@ -452,17 +453,8 @@ fn marks(
         .collect()
 }
 
-fn delta_cell(before: Option<f64>, after: Option<f64>) -> String {
-    match (before, after) {
-        (Some(x), Some(y)) => format!("{} → {} ({:+.4})", num(x), num(y), y - x),
-        (None, Some(y)) => format!("(none) → {}", num(y)),
-        (Some(x), None) => format!("{} → (none)", num(x)),
-        (None, None) => "undefined".to_string(),
-    }
-}
-
 /// `circuit diff --html`.
-pub fn diff_page(page: &DiffPage) -> String {
+pub fn diff_page<'a>(page: &DiffPage<'a>) -> String {
     let title = format!("{} → {} · circuit diff", page.a.name, page.b.name);
     let mut body = String::new();
     let _ = writeln!(
@@ -509,9 +501,9 @@ pub fn diff_page(page: &DiffPage) -> String {
             let _ = writeln!(
                 body,
                 "<table class=\"metrics\"><tr><th>faithfulness</th><td>{}</td></tr><tr><th>ratio</th><td>{}</td></tr><tr><th>{metric}</th><td>{}</td></tr></table>",
-                delta_cell(ra.and_then(|r| r.scores.faithfulness), rb.and_then(|r| r.scores.faithfulness)),
-                delta_cell(ra.and_then(|r| r.scores.ratio), rb.and_then(|r| r.scores.ratio)),
-                delta_cell(ra.map(|r| r.scores.circuit), rb.map(|r| r.scores.circuit)),
+                delta(ra.and_then(|r| r.scores.faithfulness), rb.and_then(|r| r.scores.faithfulness)),
+                delta(ra.and_then(|r| r.scores.ratio), rb.and_then(|r| r.scores.ratio)),
+                delta(ra.map(|r| r.scores.circuit), rb.map(|r| r.scores.circuit)),
             );
         }
         if !change.removed.is_empty() || !change.added.is_empty() {
@@ -524,8 +516,11 @@ pub fn diff_page(page: &DiffPage) -> String {
             }
             body.push_str("</ul>\n");
         }
-        let kept_a = ca.map(|c| kept_of(&page.a, c)).unwrap_or_default();
-        let kept_b = cb.map(|c| kept_of(&page.b, c)).unwrap_or_default();
+        let kept = |side: &DiffSide<'a>, c: Option<&'a BoundCircuit>| {
+            c.map(|c| graph::layout(&side.graph_input(c, None)).kept)
+                .unwrap_or_default()
+        };
+        let (kept_a, kept_b) = (kept(&page.a, ca), kept(&page.b, cb));
         let marks_a = marks(&kept_a, &kept_b, Mark::Removed);
         let marks_b = marks(&kept_b, &kept_a, Mark::Added);
         body.push_str("<div class=\"sides\">\n");
@@ -540,18 +535,7 @@ pub fn diff_page(page: &DiffPage) -> String {
                 escape(side.name)
             );
             match circuit {
-                Some(c) => {
-                    let input = GraphInput {
-                        circuit: c,
-                        shape: side.shape,
-                        scope: side.scope,
-                        example: side.example,
-                        tokens: side.example_tokens,
-                        scores: None,
-                        marks: Some(side_marks),
-                    };
-                    body.push_str(&graph_block(&input).0);
-                }
+                Some(c) => body.push_str(&graph_block(&side.graph_input(c, Some(side_marks))).0),
                 None => body.push_str("<p class=\"empty\">not in this version</p>\n"),
             }
             body.push_str("</div>\n");
