@@ -336,12 +336,14 @@ pub fn eval_page(page: &EvalPage) -> String {
             marks: None,
         };
         let (graph_html, layout) = graph_block(&input);
-        body.push_str("<h3>graph over positions</h3>\n");
+        // The graph and the attention panels side by side where the window is wide enough.
+        body.push_str("<div class=\"cbody\"><div class=\"cgraph\"><h3>graph over positions</h3>\n");
         body.push_str(&graph_html);
+        body.push_str("</div>\n");
         if let Some(p) = page.patterns {
             let (kept, edges) = kept_heads(&layout);
             if !kept.is_empty() {
-                body.push_str("<h3>attention of the kept heads</h3>\n<div class=\"panels\">\n");
+                body.push_str("<div class=\"panels\"><h3>attention of the kept heads</h3>\n");
                 body.push_str(&patterns::panels(
                     p,
                     &kept,
@@ -352,6 +354,7 @@ pub fn eval_page(page: &EvalPage) -> String {
                 body.push_str("</div>\n");
             }
         }
+        body.push_str("</div>\n");
         if let Some(r) = r {
             body.push_str("<details><summary>metrics</summary>\n");
             body.push_str(&metrics_table(r));
