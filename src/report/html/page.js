@@ -61,6 +61,28 @@
       root.setAttribute("data-prompt", i === 0 ? "mean" : String(data.prompts[i - 1].index));
     };
     select.addEventListener("change", function () { show(select.value); });
+    // Hovering a cell names the head, both tokens and the weight shown.
+    var tip = document.createElement("div");
+    tip.className = "tip";
+    document.body.appendChild(tip);
+    document.querySelectorAll("svg.apanel").forEach(function (panel) {
+      var grid = panel.getAttribute("data-grid").split(" ").map(Number);
+      var head = panel.getAttribute("data-head");
+      panel.addEventListener("mousemove", function (event) {
+        var box = panel.getBoundingClientRect();
+        var k = Math.floor((event.clientX - box.left - grid[0]) / grid[2]);
+        var q = Math.floor((event.clientY - box.top - grid[1]) / grid[2]);
+        var labels = document.querySelectorAll("#attn-query-labels text");
+        if (q < 0 || k < 0 || q >= data.length || k > q) { tip.style.display = "none"; return; }
+        var cell = document.getElementById("attn-" + head.replace(".", "-")).children[q * (q + 1) / 2 + k];
+        tip.textContent = "head " + head + ": query " + q + " " + labels[q].textContent +
+          " ← key " + k + " " + labels[k].textContent + ": " + cell.getAttribute("fill-opacity");
+        tip.style.left = (event.pageX + 12) + "px";
+        tip.style.top = (event.pageY + 12) + "px";
+        tip.style.display = "block";
+      });
+      panel.addEventListener("mouseleave", function () { tip.style.display = "none"; });
+    });
     var match = /(?:^#|&)prompt=([^&]+)/.exec(window.location.hash);
     show(match ? decodeURIComponent(match[1]) : "mean");
   }

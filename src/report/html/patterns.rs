@@ -243,7 +243,10 @@ pub fn panels(
         }
         let _ = writeln!(
             s,
-            r##"<svg class="apanel" data-head="{head}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}"><title>head {head}: attention, rows = query, columns = key; outlined rows: kept query positions, outlined cells: kept QK edges</title><text class="atitle" x="{}" y="12">head {head}</text><use href="#attn-query-labels"/><use href="#attn-key-labels"/>"##,
+            r##"<svg class="apanel" data-head="{head}" data-grid="{} {} {}" xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" viewBox="0 0 {} {}"><title>head {head}: attention, rows = query, columns = key; outlined rows: kept query positions, outlined cells: kept QK edges</title><text class="atitle" x="{}" y="12">head {head}</text><use href="#attn-query-labels"/><use href="#attn-key-labels"/>"##,
+            number(g.room),
+            number(g.top),
+            number(g.cell),
             number(w),
             number(h),
             number(w),
