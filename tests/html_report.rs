@@ -457,6 +457,68 @@ fn pages_are_deterministic_and_fetch_nothing() {
     );
 }
 
+/// A report with made-up numbers for a page built from data (its graph is what is checked).
+fn made_up_report(circuit: &BoundCircuit) -> FileReport {
+    let q = Quantiles {
+        min: 0.5,
+        q25: 0.8,
+        median: 0.9,
+        q75: 0.95,
+        max: 1.1,
+        n_prompts: 64,
+    };
+    FileReport {
+        file: "gpt2-sized.circuit".to_string(),
+        provenance: Provenance {
+            model: "gpt2-small-shaped".to_string(),
+            model_sha256: "0".repeat(64),
+            tokenizer_sha256: "1".repeat(64),
+            dataset: "synthetic".to_string(),
+            dataset_sha256: "2".repeat(64),
+            n_prompts: 64,
+            reference: "synthetic: reference prompts".to_string(),
+            n_reference: 64,
+        },
+        settings: SettingsReport {
+            metric: "logit_diff",
+            ablation: "mean",
+            edge_ablation: "edge_mean",
+            scope: "heads",
+            reference: "synthetic (64 prompts)".to_string(),
+            alignment: "position",
+            aggregation: circuit::report::AGGREGATION,
+        },
+        notes: Vec::new(),
+        circuits: vec![CircuitReport {
+            name: circuit.name.clone(),
+            metric: "logit_diff",
+            scores: Scores {
+                full: 3.0,
+                circuit: 2.7,
+                empty: 0.0,
+                faithfulness: Some(0.9),
+                ratio: Some(0.9),
+                per_prompt_faithfulness: Some(q),
+            },
+            metrics: [(
+                "logit_diff",
+                RunMeans {
+                    full: 3.0,
+                    circuit: 2.7,
+                    empty: 0.0,
+                },
+            )]
+            .into(),
+            contents: Contents {
+                heads: circuit.heads.len(),
+                mlps: 0,
+                qk_edges: circuit.qk_edges.len(),
+                path_edges: 0,
+            },
+        }],
+    }
+}
+
 /// A GPT-2-small-shaped page built from data: 12 layers × 12 heads, all kept at every one of
 /// 16 positions, 3 QK edges per head (432), 6 prompts in the selector.
 fn gpt2_sized_page() -> (String, usize, usize) {
@@ -540,64 +602,7 @@ fn gpt2_sized_page() -> (String, usize, usize) {
             })
             .collect(),
     };
-    let q = Quantiles {
-        min: 0.5,
-        q25: 0.8,
-        median: 0.9,
-        q75: 0.95,
-        max: 1.1,
-        n_prompts: 64,
-    };
-    let report = FileReport {
-        file: "gpt2-sized.circuit".to_string(),
-        provenance: Provenance {
-            model: "gpt2-small-shaped".to_string(),
-            model_sha256: "0".repeat(64),
-            tokenizer_sha256: "1".repeat(64),
-            dataset: "synthetic".to_string(),
-            dataset_sha256: "2".repeat(64),
-            n_prompts: 64,
-            reference: "synthetic: reference prompts".to_string(),
-            n_reference: 64,
-        },
-        settings: SettingsReport {
-            metric: "logit_diff",
-            ablation: "mean",
-            edge_ablation: "edge_mean",
-            scope: "heads",
-            reference: "synthetic (64 prompts)".to_string(),
-            alignment: "position",
-            aggregation: circuit::report::AGGREGATION,
-        },
-        notes: Vec::new(),
-        circuits: vec![CircuitReport {
-            name: "everything".to_string(),
-            metric: "logit_diff",
-            scores: Scores {
-                full: 3.0,
-                circuit: 2.7,
-                empty: 0.0,
-                faithfulness: Some(0.9),
-                ratio: Some(0.9),
-                per_prompt_faithfulness: Some(q),
-            },
-            metrics: [(
-                "logit_diff",
-                RunMeans {
-                    full: 3.0,
-                    circuit: 2.7,
-                    empty: 0.0,
-                },
-            )]
-            .into(),
-            contents: Contents {
-                heads: 144,
-                mlps: 0,
-                qk_edges: n_edges,
-                path_edges: 0,
-            },
-        }],
-    };
+    let report = made_up_report(&circuit);
     let page = eval_page(&EvalPage {
         kind: "eval",
         report: &report,
@@ -650,4 +655,75 @@ fn a_gpt2_small_sized_circuit_is_grouped_small_and_opens_within_a_second() {
         page.len()
     );
     assert!(ready < 1000.0, "the page took {ready} ms to open");
+}
+
+#[test]
+fn the_ioi_circuit_of_gpt2_small_is_drawn_head_by_head_at_its_positions() {
+    // GPT-2 small's config and tokenizer suffice to lay the circuit out; no weights are read.
+    let root_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let resolved = circuit::resolve::load_file(
+        &root_dir.join("circuits/gpt2-small/ioi.circuit"),
+        &circuit::resolve::RealEnvironment,
+        &Default::default(),
+    )
+    .unwrap();
+    let tokenizer = circuit::model::tokenizer::Tokenizer::from_file(
+        &root_dir.join("tests/fixtures/gpt2-tokenizer/tokenizer.json"),
+    )
+    .unwrap();
+    let dataset = circuit::data::load(&resolved.file.settings.dataset).unwrap();
+    let example = circuit::data::tokenize_dataset(&dataset, &tokenizer)
+        .unwrap()
+        .clean
+        .remove(0);
+    let tokens: Vec<String> = example
+        .ids
+        .iter()
+        .map(|&id| circuit::data::tokenized::token_text(&tokenizer, id))
+        .collect();
+    let ioi = &resolved.file.circuits[0];
+    let page = eval_page(&EvalPage {
+        kind: "eval",
+        report: &made_up_report(ioi),
+        circuits: std::slice::from_ref(ioi),
+        shape: ModelShape {
+            n_layers: 12,
+            n_heads: 12,
+        },
+        scope: resolved.file.settings.scope,
+        example: &example,
+        example_tokens: &tokens,
+        patterns: None,
+        extra: Vec::new(),
+    });
+    if let Some(out) = std::env::var_os("HTML_IOI_OUT") {
+        std::fs::write(out, &page).unwrap();
+    }
+    // The paper's classes at their positions: 9 + 8 heads at END, 7 at S2, 2 at S1+1.
+    let end = example.ids.len() - 1;
+    let at = |name: &str| example.slots[name].last;
+    let mut expected = NodeSet::new();
+    for (heads, position) in [
+        ("9.9 9.6 10.0 10.7 11.10 7.3 7.9 8.6 8.10", end),
+        ("10.10 10.6 10.2 10.1 11.2 9.7 9.0 11.9", end),
+        ("5.5 5.8 5.9 6.9 0.1 0.10 3.0", at("S2")),
+        ("2.2 4.11", at("S1") + 1),
+    ] {
+        expected.extend(heads.split(' ').map(|h| (h.to_string(), position)));
+    }
+    assert_eq!(
+        nodes(section(&page, r#"data-circuit="ioi""#, "section")),
+        expected
+    );
+    assert!(page.contains("The model has 144 heads: only the 26 the circuit names are drawn"));
+    let Some(chromium) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ioi.html");
+    std::fs::write(&path, &page).unwrap();
+    let dom = dump_dom(&chromium, &path, "");
+    assert_rendered(&dom, "eval");
+    assert_eq!(
+        nodes(section(&dom, r#"data-circuit="ioi""#, "section")),
+        expected
+    );
 }
