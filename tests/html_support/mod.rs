@@ -23,7 +23,12 @@ pub fn chromium() -> Option<PathBuf> {
             panic!("CI is set but chromium is not installed: .ci/run installs it (apt-get install chromium)")
         }
         None => {
-            eprintln!("\n!!!!!! SKIPPED: chromium is not installed, so the HTML page was not loaded in a browser.\n!!!!!! Install it (apt-get install chromium) to run this test; under CI=true it is required.\n");
+            // Written to the process's stderr, not through `eprintln!`, which the test harness
+            // captures and hides for a passing test.
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(
+                b"\n!!!!!! SKIPPED: chromium is not installed, so the HTML page was not loaded in a browser.\n!!!!!! Install it (apt-get install chromium) to run this test; under CI=true it is required.\n\n",
+            );
             None
         }
     }
