@@ -252,6 +252,12 @@ fn prompt_selector(patterns: &Patterns) -> String {
         );
     }
     s.push_str("</select>");
+    // On paper the selector is hidden; this says what the panels show instead.
+    let _ = write!(
+        s,
+        r#"<span class="print-only" id="prompt-shown">mean over {} prompts</span>"#,
+        patterns.n_mean
+    );
     let _ = write!(
         s,
         r#" <span class="hint">the mean is over the {} of {} prompts with {} tokens (the example's count); the selector offers {} single prompt{}. Link to one with <code>#prompt=N</code>.</span></div>"#,

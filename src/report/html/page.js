@@ -58,6 +58,7 @@
         if (p < tokens.length) { t.textContent = tokens[p]; }
       });
       select.value = i === 0 ? "mean" : String(data.prompts[i - 1].index);
+      document.getElementById("prompt-shown").textContent = select.options[select.selectedIndex].textContent;
       root.setAttribute("data-prompt", i === 0 ? "mean" : String(data.prompts[i - 1].index));
     };
     select.addEventListener("change", function () { show(select.value); });
