@@ -354,25 +354,12 @@ fn a_screenshot_has_the_window_size_and_is_not_blank() {
     let dir = tempfile::tempdir().unwrap();
     let page = show_page(dir.path(), "show.html");
     let png = screenshot(&chromium, &page, 1280, 800);
-    let decoder = png::Decoder::new(std::io::Cursor::new(png));
-    let mut reader = decoder.read_info().unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut pixels).unwrap();
-    assert_eq!((info.width, info.height), (1280, 800));
-    let channels = info.color_type.samples();
-    let pixels = &pixels[..info.buffer_size()];
-    let mut colours = BTreeSet::new();
-    let mut ink = 0usize;
-    for px in pixels.chunks(channels) {
-        colours.insert(px[..3].to_vec());
-        if px[..3].iter().any(|&c| c < 200) {
-            ink += 1;
-        }
-    }
-    let total = (info.width * info.height) as usize;
-    assert!(colours.len() > 50, "only {} colours", colours.len());
+    let (width, height, dark, colours) = png_stats(&png);
+    assert_eq!((width, height), (1280, 800));
+    let total = (width * height) as usize;
+    assert!(colours > 50, "only {colours} colours");
     // Text, nodes and edges: a few percent of the window is dark.
-    assert!(ink * 100 > total, "only {ink} of {total} pixels are dark");
+    assert!(dark * 100 > total, "only {dark} of {total} pixels are dark");
 }
 
 #[test]
@@ -726,4 +713,84 @@ fn the_ioi_circuit_of_gpt2_small_is_drawn_head_by_head_at_its_positions() {
         nodes(section(&dom, r#"data-circuit="ioi""#, "section")),
         expected
     );
+}
+
+/// A PNG's width, height, dark pixels (a channel below 128) and distinct colours.
+fn png_stats(bytes: &[u8]) -> (u32, u32, usize, usize) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let mut colours = BTreeSet::new();
+    let mut dark = 0;
+    for px in pixels[..info.buffer_size()].chunks(channels) {
+        colours.insert(px[..3].to_vec());
+        if px[..3].iter().any(|&c| c < 128) {
+            dark += 1;
+        }
+    }
+    (info.width, info.height, dark, colours.len())
+}
+
+#[test]
+fn png_export_draws_one_circuits_graph_at_twice_the_pages_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = fixture("small.circuit");
+    let (page, picture) = (dir.path().join("page.html"), dir.path().join("graph.png"));
+    let args = |out: &Path| {
+        run(&[
+            "show",
+            small.to_str().unwrap(),
+            "--circuit",
+            "hand_counted",
+            "--html",
+            page.to_str().unwrap(),
+            "--png",
+            out.to_str().unwrap(),
+        ])
+    };
+    ok(&args(&picture));
+    let bytes = std::fs::read(&picture).unwrap();
+    // The page's graph is `width` × `height` SVG units; the PNG has two pixels per unit.
+    let html = std::fs::read_to_string(&page).unwrap();
+    let graph = section(&html, r#"<svg class="graph""#, "svg");
+    let open = &graph[..graph.find('>').unwrap()];
+    let attrs = html_support::attributes(open);
+    let size = |name| attr(&attrs, name).unwrap().parse::<f64>().unwrap();
+    let (width, height, dark, _) = png_stats(&bytes);
+    assert_eq!(
+        (width, height),
+        (
+            (size("width") * 2.0).ceil() as u32,
+            (size("height") * 2.0).ceil() as u32
+        )
+    );
+    assert!(
+        dark * 100 > (width * height) as usize,
+        "the PNG is nearly blank"
+    );
+    // Deterministic.
+    let again = dir.path().join("again.png");
+    ok(&args(&again));
+    assert!(std::fs::read(&again).unwrap() == bytes);
+
+    // One circuit only, and one that keeps something.
+    let out = run(&[
+        "show",
+        small.to_str().unwrap(),
+        "--png",
+        picture.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::png_one_circuit"));
+    let out = run(&[
+        "show",
+        small.to_str().unwrap(),
+        "--circuit",
+        "nothing",
+        "--png",
+        picture.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::png_empty"));
 }

@@ -11,6 +11,7 @@ use crate::data::tokenized::token_text;
 use crate::data::{self, DatasetSource, TokenizedPrompt};
 use crate::measure::file::FileRun;
 use crate::model::{ForwardOptions, Model, NoInterventions};
+use crate::report::html::graph::{self, GraphInput};
 use crate::report::html::patterns::{prompts_within, HeadPatterns, PatternPrompt, Patterns};
 use crate::report::html::{self, DiffSide, EvalPage, ModelShape};
 use crate::report::{CircuitReport, FileReport};
@@ -24,8 +25,12 @@ pub struct Args {
     #[arg(long = "circuit", value_name = "NAME")]
     pub circuits: Vec<String>,
     /// The HTML page to write (atomically).
-    #[arg(long, value_name = "OUT.html", required = true)]
-    pub html: PathBuf,
+    #[arg(long, value_name = "OUT.html", required_unless_present = "png")]
+    pub html: Option<PathBuf>,
+    /// The graph of one circuit (the file's only one, or the one --circuit names) as a PNG, at
+    /// twice the page's resolution, for papers (written atomically).
+    #[arg(long, value_name = "OUT.png")]
+    pub png: Option<PathBuf>,
     /// Use this model folder instead of the file's `model` setting.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
@@ -279,14 +284,66 @@ fn kept_heads(c: &BoundCircuit) -> impl Iterator<Item = HeadId> + '_ {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = super::eval::resolve(&args.file, args.model.as_deref())?;
-    check_output(&args.html, &inputs_of(&args.file, &resolved.file), &[])?;
+    let inputs = inputs_of(&args.file, &resolved.file);
+    if let Some(html) = &args.html {
+        check_output(
+            html,
+            &inputs,
+            &args.png.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+        )?;
+    }
+    if let Some(png) = &args.png {
+        check_output(png, &inputs, &[])?;
+        let count = match args.circuits.len() {
+            0 => resolved.file.circuits.len(),
+            n => n,
+        };
+        if count != 1 {
+            return Err(miette::miette!(
+                code = "circuit::report::png_one_circuit",
+                help = "name the circuit to draw with --circuit NAME",
+                "--png draws one circuit's graph, but {count} circuits would be drawn"
+            ));
+        }
+    }
     let run = super::eval::evaluate(&resolved, &args.circuits)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
         &resolved.file.settings,
         &run,
     );
-    write_eval_page("show", &args.html, &resolved.file, &run, &report)?;
-    eprintln!("wrote {}", args.html.display());
+    if let Some(html) = &args.html {
+        write_eval_page("show", html, &resolved.file, &run, &report)?;
+        eprintln!("wrote {}", html.display());
+    }
+    if let Some(png) = &args.png {
+        let drawn = drawn(&resolved.file)?;
+        let input = GraphInput {
+            circuit: &run.circuits[0],
+            shape: drawn.shape,
+            scope: resolved.file.settings.scope,
+            example: drawn.example(),
+            tokens: &drawn.tokens,
+            scores: None,
+            marks: None,
+        };
+        let layout = graph::layout(&input);
+        if layout.is_empty() {
+            return Err(miette::miette!(
+                code = "circuit::report::png_empty",
+                "circuit {} keeps nothing: there is no graph to draw",
+                input.circuit.name
+            ));
+        }
+        let picture = crate::report::png::render(&graph::standalone(&input, &layout), 2.0)?;
+        crate::util::write_atomic(png, &picture).map_err(|e| {
+            miette::miette!(
+                code = "circuit::report::png_write",
+                "cannot write the PNG to {}: {e}",
+                png.display()
+            )
+        })?;
+        eprintln!("wrote {}", png.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

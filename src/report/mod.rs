@@ -6,6 +6,7 @@
 
 pub mod diff;
 pub mod html;
+pub mod png;
 pub mod svg;
 
 use std::collections::BTreeMap;

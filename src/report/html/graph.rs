@@ -849,3 +849,15 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
     s.push_str("</svg>\n");
     s
 }
+
+/// The graph as a standalone SVG document (its classes inlined, on white), for `show --png`.
+pub fn standalone(input: &GraphInput, layout: &Layout) -> String {
+    let svg = draw(input, layout);
+    let open_end = svg.find('>').expect("draw writes an svg element") + 1;
+    format!(
+        "{}\n<style>\n{}</style>\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>{}",
+        &svg[..open_end],
+        super::GRAPH_STYLE,
+        &svg[open_end..]
+    )
+}

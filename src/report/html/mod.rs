@@ -63,6 +63,8 @@ pub struct EvalPage<'a> {
 pub const MAX_PANELS: usize = 160;
 
 const STYLE: &str = include_str!("page.css");
+/// The graph's classes: in every page, and in [`graph::standalone`].
+pub const GRAPH_STYLE: &str = include_str!("graph.css");
 const SCRIPT: &str = include_str!("page.js");
 
 /// JSON placed in a `<script>` element: `<`, `>` and `&` escaped so no text can end the element.
@@ -87,7 +89,7 @@ fn document(kind: &str, title: &str, body: &str, data: Option<&serde_json::Value
     // No network at all: a page that fetched anything would not be self-contained.
     s.push_str("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n");
     let _ = writeln!(s, "<title>{}</title>", escape(title));
-    let _ = writeln!(s, "<style>\n{STYLE}</style>");
+    let _ = writeln!(s, "<style>\n{STYLE}{GRAPH_STYLE}</style>");
     s.push_str("</head>\n<body>\n");
     s.push_str(body);
     if let Some(data) = data {
