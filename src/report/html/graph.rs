@@ -14,7 +14,6 @@ use std::fmt::Write as _;
 use crate::data::positions::{PositionItem, PositionSet};
 use crate::data::TokenizedPrompt;
 use crate::model::HeadInput;
-use crate::plan::{downstream_name, upstream_name};
 use crate::report::svg::{escape, number, text_width, token_label, truncate};
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
@@ -276,8 +275,8 @@ pub fn layout(input: &GraphInput) -> Layout {
         if at.is_empty() {
             notes.push(format!(
                 "edge {} -> {} carries nothing on the example prompt (its upstream is not kept where its downstream reads): not drawn",
-                upstream_name(e.from),
-                downstream_name(e.to)
+                e.from,
+                e.to
             ));
         }
         for position in at {
@@ -674,7 +673,7 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
         let _ = writeln!(
             s,
             r#"<path class="gablated" d="{d}"><title>{} ablated at {}</title></path>"#,
-            escape(&upstream_name(u)),
+            escape(&u.to_string()),
             escape(&at.join(", "))
         );
     }
@@ -731,8 +730,8 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
         let _ = writeln!(
             s,
             r#"<path class="ge path" data-from="{}" data-to="{}" data-pos="{}" d="M {} {} C {} {} {} {} {} {}"><title>path edge {} → {} at {}</title></path>"#,
-            escape(&upstream_name(link.from)),
-            escape(&downstream_name(link.to)),
+            escape(&link.from.to_string()),
+            escape(&link.to.to_string()),
             link.position,
             number(x0),
             number(y1),
@@ -742,8 +741,8 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
             number(y1 + (y2 - y1) * 0.7),
             number(x0),
             number(y2),
-            escape(&upstream_name(link.from)),
-            escape(&downstream_name(link.to)),
+            escape(&link.from.to_string()),
+            escape(&link.to.to_string()),
             escape(&describe(link.position))
         );
     }
@@ -751,7 +750,7 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
     for node in &layout.nodes {
         let (cx, cy) = (centre_of(node.position), y_of(&node.row));
         let ids: Vec<String> = node.members.iter().map(|&u| component_id(u)).collect();
-        let names: Vec<String> = node.members.iter().map(|&u| upstream_name(u)).collect();
+        let names: Vec<String> = node.members.iter().map(|&u| u.to_string()).collect();
         let score: Option<f64> = input.scores.and_then(|sc| {
             node.members
                 .iter()
