@@ -32,6 +32,8 @@ enum Command {
     Test(cli::test::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
+    /// Show or clear the result cache (where it is, its entries and size).
+    Cache(cli::cache::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
+        Command::Cache(args) => cli::cache::execute(args),
     };
     match result {
         Ok(code) => code,

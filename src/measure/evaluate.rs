@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{s, Array2, Array4, Axis};
 
-use super::disk_cache::{CacheInputs, CacheKeys, DiskCache};
+use super::disk_cache::{CacheInputs, CacheKeys, DiskCache, Lookup};
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
     pairing, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
-    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
+    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceShape, ReferenceValues,
 };
 use crate::data::check_reference_lengths;
 use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
@@ -103,6 +103,11 @@ pub struct Evaluator<'a> {
     /// A folder where reference values and per-prompt metrics are cached between runs, keyed
     /// by content (see [`super::disk_cache`]); `None` disables the cache.
     pub disk_cache: Option<std::path::PathBuf>,
+    /// The disk cache's size bound ([`super::disk_cache::DEFAULT_MAX_BYTES`] by default).
+    pub disk_cache_max_bytes: u64,
+    /// Called with what the disk cache did: entries read, rejected (and so recomputed),
+    /// evicted (`--verbose`).
+    pub on_cache_note: Option<super::disk_cache::OnNote<'a>>,
     /// The disk cache's key function, built on first use (after `label_alignment` is set).
     cache_keys: Option<CacheKeys>,
     /// Reference needs of every plan compiled so far, so one reference pass serves them all.
@@ -173,6 +178,8 @@ impl<'a> Evaluator<'a> {
             forward_passes: 0,
             on_batch: None,
             disk_cache: None,
+            disk_cache_max_bytes: super::disk_cache::DEFAULT_MAX_BYTES,
+            on_cache_note: None,
             cache_keys: None,
             planned_needs: ReferenceNeeds::default(),
             label_alignment: None,
@@ -334,16 +341,59 @@ impl<'a> Evaluator<'a> {
             return Ok(ReferenceValues::zero(n_eval));
         }
         let cache = self.disk_cache();
+        let shape = self.reference_shape(needs);
         if let Some((cache, keys)) = &cache {
-            if let Some(values) = cache.read_reference(keys, needs) {
-                return Ok(values);
+            match cache.read_reference(keys, needs, &shape) {
+                Lookup::Hit(values) => {
+                    self.cache_note("read reference values");
+                    return Ok(values);
+                }
+                Lookup::Absent => {}
+                Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
             }
         }
         let values = self.reference_forward(needs)?;
         if let Some((cache, keys)) = &cache {
-            cache.write_reference(keys, needs, &values);
+            for note in cache.write_reference(keys, needs, &shape, &values) {
+                self.cache_note(&note);
+            }
         }
         Ok(values)
+    }
+
+    /// The shapes of reference values for `needs`, before any forward pass.
+    fn reference_shape(&self, needs: &ReferenceNeeds) -> ReferenceShape {
+        let config = &self.model.config;
+        let longest = |prompts: &[Vec<u32>]| prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let (n_positions, n_sources) = match &self.label_alignment {
+            // One source per slot layout of the evaluated prompts, as long as the longest.
+            Some(_) => (longest(&self.prompts.ids), None),
+            None => (
+                longest(&self.reference_ids),
+                Some(match self.settings.ablation {
+                    AblationKind::Mean => 1,
+                    _ => self.reference_ids.len(),
+                }),
+            ),
+        };
+        ReferenceShape {
+            kind: self.settings.ablation,
+            n_prompts: self.prompts.ids.len(),
+            n_layers: config.n_layers,
+            n_heads: config.n_heads,
+            d_head: config.d_head,
+            d_model: config.d_model,
+            n_positions,
+            n_sources,
+            edge_heads: needs.edge_heads.iter().copied().collect(),
+            head_outputs: needs.head_outputs,
+        }
+    }
+
+    fn cache_note(&self, note: &str) {
+        if let Some(f) = &self.on_cache_note {
+            f(note);
+        }
     }
 
     /// One cached forward pass over the reference prompts, in batches.
@@ -449,12 +499,16 @@ impl<'a> Evaluator<'a> {
             return Ok(hit.clone());
         }
         let cache = self.disk_cache();
-        if let Some(hit) = cache
-            .as_ref()
-            .and_then(|(cache, keys)| cache.read_metrics(keys, &key))
-        {
-            self.memo.insert(key, hit.clone());
-            return Ok(hit);
+        if let Some((cache, keys)) = &cache {
+            match cache.read_metrics(keys, &key, self.prompts.ids.len()) {
+                Lookup::Hit(hit) => {
+                    self.cache_note("read per-prompt metrics of a plan");
+                    self.memo.insert(key, hit.clone());
+                    return Ok(hit);
+                }
+                Lookup::Absent => {}
+                Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
+            }
         }
         if self.full_logits.is_none() {
             let full = self.end_logits(&|_| Box::new(NoInterventions))?;
@@ -486,7 +540,9 @@ impl<'a> Evaluator<'a> {
             &self.prompts.targets,
         );
         if let Some((cache, keys)) = &cache {
-            cache.write_metrics(keys, &key, &metrics);
+            for note in cache.write_metrics(keys, &key, &metrics) {
+                self.cache_note(&note);
+            }
         }
         self.memo.insert(key, metrics.clone());
         Ok(metrics)
@@ -499,7 +555,9 @@ impl<'a> Evaluator<'a> {
             Some(keys) => keys.clone(),
             None => {
                 let keys = CacheKeys::new(&CacheInputs {
+                    config: &self.model.config,
                     weights_sha256: self.model.weights_hash(),
+                    tokenizer_sha256: self.model.tokenizer_hash(),
                     settings: self.settings,
                     evaluated: &self.prompts.ids,
                     targets: &self.prompts.targets,
@@ -510,7 +568,13 @@ impl<'a> Evaluator<'a> {
                 keys
             }
         };
-        Some((DiskCache { dir }, keys))
+        Some((
+            DiskCache {
+                dir,
+                max_bytes: self.disk_cache_max_bytes,
+            },
+            keys,
+        ))
     }
 }
 

@@ -116,6 +116,7 @@ pub struct Model {
     transformer: Transformer,
     origin: WeightOrigin,
     weights_hash: OnceLock<String>,
+    tokenizer_hash: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -146,6 +147,7 @@ impl Model {
             transformer,
             origin: WeightOrigin::Files(weights::weight_file_list(dir)?),
             weights_hash: OnceLock::new(),
+            tokenizer_hash: OnceLock::new(),
         })
     }
 
@@ -175,6 +177,7 @@ impl Model {
             transformer,
             origin: WeightOrigin::Static(safetensors),
             weights_hash: OnceLock::new(),
+            tokenizer_hash: OnceLock::new(),
         })
     }
 
@@ -213,6 +216,15 @@ impl Model {
                 }
             }
             hex::encode(hasher.finalize())
+        })
+    }
+
+    /// sha256 (hex) of the tokenizer's JSON as the engine parsed it (not the file's bytes: two
+    /// spellings of one tokenizer hash alike), computed once. Reports and the disk cache key.
+    pub fn tokenizer_hash(&self) -> &str {
+        self.tokenizer_hash.get_or_init(|| {
+            let json = self.tokenizer.inner().to_string(false).unwrap_or_default();
+            hex::encode(Sha256::digest(json.as_bytes()))
         })
     }
 
