@@ -22,6 +22,9 @@ pub mod tokenizer;
 mod transformer;
 mod weights;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
