@@ -84,6 +84,20 @@ impl From<Model> for ModelHandle<'_> {
     }
 }
 
+/// Default of [`Evaluator::full_logits_budget`]: 256 MiB, 1,300 prompts of GPT-2's vocabulary.
+pub const FULL_LOGITS_BUDGET: usize = 256 << 20;
+
+/// Where a plan's batch finds the full model's END logits (for `kl`).
+#[derive(Clone, Copy)]
+enum FullLogits {
+    /// In [`Evaluator::full_logits`].
+    Kept,
+    /// The plan is the full model.
+    SameAsPlan,
+    /// Recomputed for each batch (they do not fit the budget).
+    PerBatch,
+}
+
 /// Runs circuits against one model, prompt set and reference set.
 pub struct Evaluator<'a> {
     model: ModelHandle<'a>,
@@ -93,7 +107,13 @@ pub struct Evaluator<'a> {
     /// Prompts per forward call (bounds memory; results do not depend on it).
     pub batch_size: usize,
     reference: Option<(ReferenceNeeds, ReferenceValues)>,
+    /// The full model's END logits `(B, V)`, kept between plans while they fit in
+    /// `full_logits_budget`.
     full_logits: Option<Array2<f32>>,
+    /// Largest full-model END logits kept in memory (bytes, default
+    /// [`FULL_LOGITS_BUDGET`]); past it they are recomputed batch by batch beside each plan
+    /// (one more forward pass per plan), so memory does not grow as prompts × vocabulary.
+    pub full_logits_budget: usize,
     memo: HashMap<String, PromptMetrics>,
     /// Forward passes over a whole prompt set so far (evaluated or reference), for the cost
     /// guarantee in docs/performance.md.
@@ -174,6 +194,7 @@ impl<'a> Evaluator<'a> {
             batch_size: 32,
             reference: None,
             full_logits: None,
+            full_logits_budget: FULL_LOGITS_BUDGET,
             memo: HashMap::new(),
             forward_passes: 0,
             on_batch: None,
@@ -475,6 +496,64 @@ impl<'a> Evaluator<'a> {
         Ok(logits.unwrap_or_else(|| Array2::zeros((0, 0))))
     }
 
+    /// Per-prompt metrics of the evaluated prompts under `hooks_for(batch range)`, computed
+    /// batch by batch: only one batch of END logits `(b, V)` is alive at a time (two when the
+    /// full model's are recomputed beside it), besides the kept full-model logits. Metrics are
+    /// per row, so they are the same bits whatever the batches.
+    fn metrics_by_batch<'h>(
+        &mut self,
+        hooks_for: &dyn Fn(std::ops::Range<usize>) -> Box<dyn Interventions + 'h>,
+        full: FullLogits,
+    ) -> miette::Result<PromptMetrics> {
+        let n = self.prompts.ids.len();
+        let batch = self.batch_size.max(1);
+        let mut metrics: PromptMetrics = super::ALL_METRICS
+            .iter()
+            .map(|&m| (m, Vec::with_capacity(n)))
+            .collect();
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            let ids = &self.prompts.ids[start..end];
+            let hooks = hooks_for(start..end);
+            let out = self
+                .model
+                .forward(ids, &ForwardOptions::default(), hooks.as_ref())?;
+            let rows = out.logits.index_axis(Axis(1), 0); // (b, V)
+            let recomputed;
+            let full_rows = match full {
+                FullLogits::Kept => self
+                    .full_logits
+                    .as_ref()
+                    .expect("kept")
+                    .slice(s![start..end, ..]),
+                FullLogits::SameAsPlan => rows.view(),
+                FullLogits::PerBatch => {
+                    let out =
+                        self.model
+                            .forward(ids, &ForwardOptions::default(), &NoInterventions)?;
+                    recomputed = out.logits;
+                    recomputed.index_axis(Axis(1), 0) // (b, V)
+                }
+            };
+            let batch_metrics =
+                per_prompt_metrics(rows, full_rows, &self.prompts.targets[start..end]);
+            for (metric, values) in batch_metrics {
+                metrics
+                    .get_mut(&metric)
+                    .expect("every metric")
+                    .extend(values);
+            }
+            if let Some(f) = &self.on_batch {
+                f(end - start);
+            }
+        }
+        self.forward_passes += match full {
+            FullLogits::PerBatch => 2,
+            _ => 1,
+        };
+        Ok(metrics)
+    }
+
     /// Per-prompt metrics of one plan; memoized by the plan's content.
     pub fn run(&mut self, plan: &Plan) -> miette::Result<PromptMetrics> {
         let key = plan.content_key();
@@ -493,12 +572,22 @@ impl<'a> Evaluator<'a> {
                 Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
             }
         }
-        if self.full_logits.is_none() {
+        let n = self.prompts.ids.len();
+        let fits = n.saturating_mul(self.model.n_embedding_rows()) * 4 <= self.full_logits_budget;
+        if self.full_logits.is_none() && fits {
             let full = self.end_logits(&|_| Box::new(NoInterventions))?;
             self.full_logits = Some(full);
         }
-        let logits = if plan.is_identity() {
-            self.full_logits.clone().expect("computed above")
+        let full = match (&self.full_logits, plan.is_identity()) {
+            (Some(_), _) => FullLogits::Kept,
+            (None, true) => FullLogits::SameAsPlan,
+            (None, false) => FullLogits::PerBatch,
+        };
+        let metrics = if let (true, Some(kept)) = (plan.is_identity(), &self.full_logits) {
+            // The full model's logits are the kept ones: no forward pass.
+            per_prompt_metrics(kept.view(), kept.view(), &self.prompts.targets)
+        } else if plan.is_identity() {
+            self.metrics_by_batch(&|_| Box::new(NoInterventions), full)?
         } else {
             let mut needs = self.planned_needs.clone();
             needs.edge_heads.extend(self.edge_term_heads(plan));
@@ -506,22 +595,20 @@ impl<'a> Evaluator<'a> {
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
             let edge_ablation = self.settings.edge_ablation;
-            let result = self.end_logits(&|prompts| {
-                Box::new(PlanInterventions {
-                    plan,
-                    reference: &reference.1,
-                    edge_ablation,
-                    prompts,
-                })
-            });
+            let result = self.metrics_by_batch(
+                &|prompts| {
+                    Box::new(PlanInterventions {
+                        plan,
+                        reference: &reference.1,
+                        edge_ablation,
+                        prompts,
+                    })
+                },
+                full,
+            );
             self.reference = Some(reference);
             result?
         };
-        let metrics = per_prompt_metrics(
-            logits.view(),
-            self.full_logits.as_ref().expect("computed above").view(),
-            &self.prompts.targets,
-        );
         if let Some((cache, keys)) = &cache {
             for note in cache.write_metrics(keys, &key, &metrics) {
                 self.cache_note(&note);
