@@ -18,7 +18,8 @@ fn run(model: &Model, data: &HandData, budget: usize, batch: usize) -> (Evaluati
         edge_ablation: EdgeAblation::EdgeMean,
         scope: Scope::HeadsAndMlps,
     };
-    let mut evaluator = Evaluator::new(model, settings, data.eval_prompts(), data.reference.clone());
+    let mut evaluator =
+        Evaluator::new(model, settings, data.eval_prompts(), data.reference.clone());
     evaluator.full_logits_budget = budget;
     evaluator.batch_size = batch;
     let evaluation = evaluator.evaluate(&[&c]).unwrap();
