@@ -147,15 +147,20 @@ fn gpt2_case(dir: &Path, ablation: AblationKind) -> Case {
     }
 }
 
-/// Evaluates `case`'s circuits, with the cache in `cache` when given; the cache notes go
-/// into `notes`.
-fn evaluate(case: &Case, cache: Option<&Path>, notes: &RefCell<Vec<String>>) -> Evaluation {
-    let mut evaluator = Evaluator::new(
+/// A fresh evaluator of `case` (no memo shared with other runs).
+fn fresh_evaluator(case: &Case) -> Evaluator<'_> {
+    Evaluator::new(
         &case.model,
         case.settings,
         case.data.eval_prompts(),
         case.data.reference.clone(),
-    );
+    )
+}
+
+/// Evaluates `case`'s circuits, with the cache in `cache` when given; the cache notes go
+/// into `notes`.
+fn evaluate(case: &Case, cache: Option<&Path>, notes: &RefCell<Vec<String>>) -> Evaluation {
+    let mut evaluator = fresh_evaluator(case);
     evaluator.batch_size = 4;
     evaluator.disk_cache = cache.map(Path::to_path_buf);
     evaluator.on_cache_note = Some(Box::new(|note: &str| {
@@ -462,12 +467,7 @@ fn corrupted_entries_are_recomputed(ablation: AblationKind) {
         }
     }
     // The untouched cache is read back whole: no forward pass.
-    let mut evaluator = Evaluator::new(
-        &case.model,
-        case.settings,
-        case.data.eval_prompts(),
-        case.data.reference.clone(),
-    );
+    let mut evaluator = fresh_evaluator(&case);
     evaluator.disk_cache = Some(cache.path().to_path_buf());
     let circuits: Vec<&BoundCircuit> = case.circuits.iter().collect();
     assert_eq!(bits(&evaluator.evaluate(&circuits).unwrap()), expected);
@@ -496,12 +496,7 @@ fn least_recently_used_entries_are_evicted_past_the_bound() {
         .collect();
     let total: u64 = sizes.iter().sum();
     // A bound that holds all but the smallest entry: a second run of a new circuit evicts.
-    let mut evaluator = Evaluator::new(
-        &case.model,
-        case.settings,
-        case.data.eval_prompts(),
-        case.data.reference.clone(),
-    );
+    let mut evaluator = fresh_evaluator(&case);
     evaluator.disk_cache = Some(cache.path().to_path_buf());
     evaluator.disk_cache_max_bytes = total;
     evaluator.on_cache_note = Some(Box::new(|note: &str| {
@@ -525,12 +520,7 @@ fn least_recently_used_entries_are_evicted_past_the_bound() {
     );
     // The entries this run read (full, empty, reference) were refreshed and stay.
     let kept = RefCell::new(Vec::new());
-    let mut again = Evaluator::new(
-        &case.model,
-        case.settings,
-        case.data.eval_prompts(),
-        case.data.reference.clone(),
-    );
+    let mut again = fresh_evaluator(&case);
     again.disk_cache = Some(cache.path().to_path_buf());
     again.on_cache_note = Some(Box::new(|note: &str| {
         kept.borrow_mut().push(note.to_string())
