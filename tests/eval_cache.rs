@@ -495,7 +495,8 @@ fn least_recently_used_entries_are_evicted_past_the_bound() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .collect();
     let total: u64 = sizes.iter().sum();
-    // A bound that holds all but the smallest entry: a second run of a new circuit evicts.
+    // A bound of what the cache holds now: the next entry written evicts the least recently
+    // used one (a circuit's metrics, which this run does not read).
     let mut evaluator = fresh_evaluator(&case);
     evaluator.disk_cache = Some(cache.path().to_path_buf());
     evaluator.disk_cache_max_bytes = total;
