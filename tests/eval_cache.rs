@@ -755,3 +755,69 @@ fn an_unreadable_cache_bound_is_a_coded_error() {
         text(&o.stderr)
     );
 }
+
+/// Under `align by label` reference values have one source per slot layout and as many
+/// positions as the longest evaluated prompt: an entry written by one run verifies in the next.
+#[test]
+fn label_aligned_reference_values_are_read_back() {
+    use circuit::measure::file::run_file;
+    use circuit::measure::SessionOptions;
+    use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions};
+    let source = r#"
+model "toy-seqcont"
+dataset d = "uneven.jsonl"
+reference d.corrupt
+ablate heads and mlps by mean
+metric logit_diff
+align by label
+
+circuit one {
+  0.0, 0.1 @ END, S4
+  edge 0.0: S4 -> END
+  mlp 0 @ END
+}
+
+circuit two {
+  0.0, 1.0 @ END, S4
+  edge 0.0: S4 -> END
+  mlp 1 @ END
+}
+"#;
+    let resolved = resolve_source(
+        "align.circuit",
+        source,
+        &repo("tests/fixtures/eval/align"),
+        &RealEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
+    let cache = tempfile::tempdir().unwrap();
+    let notes = RefCell::new(Vec::new());
+    let run = |names: &[&str], cache: Option<&Path>| {
+        let options = SessionOptions {
+            disk_cache: cache.map(Path::to_path_buf),
+            on_cache_note: Some(Box::new(|note: &str| {
+                notes.borrow_mut().push(note.to_string())
+            })),
+            ..SessionOptions::default()
+        };
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        run_file(&resolved.file, &names, options)
+            .unwrap()
+            .evaluation
+    };
+    run(&["one"], Some(cache.path()));
+    notes.borrow_mut().clear();
+    let cached = run(&["two"], Some(cache.path()));
+    assert!(
+        notes.borrow().iter().any(|n| n == "read reference values"),
+        "{:?}",
+        notes.borrow()
+    );
+    assert!(
+        !notes.borrow().iter().any(|n| n.starts_with("recomputing")),
+        "{:?}",
+        notes.borrow()
+    );
+    assert_eq!(bits(&cached), bits(&run(&["two"], None)));
+}
