@@ -12,6 +12,7 @@
 //! every stage after `syntax` is bound against.
 
 pub mod ablate;
+pub mod attribute;
 pub mod cli;
 pub mod data;
 pub mod measure;

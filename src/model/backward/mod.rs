@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use super::transformer::{Linear, Mlp, Norm, Positions};
-use super::{ForwardOptions, Model, ModelError, NoInterventions};
+use super::{ActivationCache, ForwardOptions, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
 
 /// The scalar whose gradient is taken, per prompt at its END logits (averaged over prompts).
@@ -155,6 +155,11 @@ pub struct Gradients {
     pub logits: Array2<f32>,
     /// Real token count per prompt.
     pub lengths: Vec<usize>,
+    /// ∂M/∂(the final norm's output) at each prompt's END row, `(B, D)`: what the
+    /// unembedding passes back (direct-logit attribution starts here).
+    pub final_normed_end: Array2<f32>,
+    /// The forward's activations (`o` of the attribution scores: z, pattern, v, MLP outputs).
+    pub activations: ActivationCache,
 }
 
 /// Gradients of `M = mean_p metric_p(END logits of prompt p)` on the unedited forward of
@@ -167,6 +172,64 @@ pub fn gradients(
     objective: Objective,
     options: GradientOptions,
 ) -> Result<Gradients, GradientError> {
+    gradients_with(model, tokens, targets, objective, options, &NoInterventions)
+}
+
+/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
+/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
+/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
+/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
+/// forward, so these are the exact gradients of that forward.
+pub fn gradients_at_embeddings(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    embeddings: ndarray::ArrayView3<f32>,
+) -> Result<Gradients, GradientError> {
+    let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    let expected = (tokens.len(), seq, model.config.d_model);
+    if embeddings.dim() != expected {
+        return Err(GradientError::Inputs {
+            what: format!(
+                "embeddings are {:?}, expected {expected:?} for these prompts",
+                embeddings.dim()
+            ),
+        });
+    }
+    gradients_with(
+        model,
+        tokens,
+        targets,
+        objective,
+        options,
+        &ReplaceEmbeddings { embeddings },
+    )
+}
+
+/// The one edit [`gradients_at_embeddings`] makes: the embedding, a leaf, so the backward
+/// below (which knows no other edit) stays exact.
+struct ReplaceEmbeddings<'a> {
+    embeddings: ndarray::ArrayView3<'a, f32>,
+}
+
+impl super::Interventions for ReplaceEmbeddings<'_> {
+    fn edit_embed(&self, embed: &mut ndarray::ArrayViewMut3<f32>) {
+        embed.assign(&self.embeddings);
+    }
+}
+
+/// `hooks` may only edit the embedding (a leaf); any other edit would make these gradients
+/// those of a different function.
+fn gradients_with(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+) -> Result<Gradients, GradientError> {
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
     let vocab = unembed.nrows();
@@ -176,7 +239,7 @@ pub fn gradients(
         all_logits: false,
         cache: true,
     };
-    let out = model.forward(tokens, &forward_options, &NoInterventions)?;
+    let out = model.forward(tokens, &forward_options, hooks)?;
     let cache = out.cache.expect("asked for the cache");
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
@@ -333,7 +396,39 @@ pub fn gradients(
         resid_final: d_resid_final,
         logits: out.logits.index_axis(Axis(1), 0).to_owned(),
         lengths: out.lengths,
+        final_normed_end: d_normed,
+        activations: cache,
     })
+}
+
+/// The final norm's backward with its scale frozen at the forward's value: for END rows `x`
+/// `(B, D)` of the final residual stream and `dy` `(B, D)` (∂M/∂ the norm's output, e.g.
+/// [`Gradients::final_normed_end`]), returns `(B, D)` directions `u` with
+/// `ΔM ≈ u · Δx` for a write `Δx` into the residual stream *if the norm's scale stayed put*:
+/// LayerNorm `u = centre(w ⊙ dy) / σ` (its centring is linear, so it is applied), RMSNorm
+/// `u = w ⊙ dy / rms`. Direct-logit attribution (`dla`) multiplies these by a head's write.
+pub fn frozen_final_norm_backward(
+    model: &Model,
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+) -> Array2<f32> {
+    match &model.transformer.final_norm {
+        Norm::Layer { weight, eps, .. } => {
+            blocks::layernorm_frozen_scale_backward(x, weight.view(), *eps, dy)
+        }
+        Norm::Rms { weight, eps } => {
+            blocks::rmsnorm_frozen_scale_backward(x, weight.view(), *eps, dy)
+        }
+    }
+}
+
+/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies.
+pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> ArrayView2<'_, f32> {
+    let d = model.transformer.d_head;
+    model.transformer.layers[layer]
+        .o
+        .weight
+        .slice(s![head * d..(head + 1) * d, ..])
 }
 
 fn check_inputs(
