@@ -12,6 +12,7 @@
 
 mod binder;
 pub mod bound;
+pub mod value;
 
 use std::path::Path;
 
