@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use ndarray::{s, Array1, Array3};
 
-use crate::ablate::{LabelAlignment, Slot};
+use crate::ablate::LabelAlignment;
+use crate::data::slots::Slot;
 use crate::model::{ForwardOptions, Model, ModelError, NoInterventions};
 use crate::resolve::bound::AblationKind;
 

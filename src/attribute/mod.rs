@@ -22,6 +22,7 @@
 
 pub mod export;
 pub mod inputs;
+pub mod run;
 #[cfg(test)]
 mod tests;
 
@@ -237,27 +238,40 @@ pub struct AttributionInputs<'a> {
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
 }
 
+/// Whether `method` at `granularity` is defined for `metric` (checked before any forward pass).
+pub fn check_request(
+    method: Method,
+    granularity: Granularity,
+    metric: &str,
+) -> Result<(), AttributeError> {
+    if metric == "accuracy" {
+        return Err(backward::GradientError::NoGradient {
+            metric: metric.to_string(),
+        }
+        .into());
+    }
+    match (method, granularity) {
+        (Method::Attention, Granularity::Nodes) => Err(AttributeError::NoNodeScore {
+            method: method.name(),
+        }),
+        (Method::Attention | Method::Qkvo | Method::Dla, Granularity::PathEdges) => {
+            Err(AttributeError::NoPathEdgeScore {
+                method: method.name(),
+            })
+        }
+        (Method::Eap, _) if metric == "kl" => Err(AttributeError::KlAtMinimum),
+        (Method::EapIg { steps: 0 }, _) => Err(AttributeError::NoSteps),
+        _ => Ok(()),
+    }
+}
+
 /// Computes `method` at `granularity`.
 pub fn scores(
     inputs: &AttributionInputs,
     method: Method,
     granularity: Granularity,
 ) -> Result<ScoreSet, AttributeError> {
-    match (method, granularity) {
-        (Method::Attention, Granularity::Nodes) => {
-            return Err(AttributeError::NoNodeScore {
-                method: method.name(),
-            })
-        }
-        (Method::Attention | Method::Qkvo | Method::Dla, Granularity::PathEdges) => {
-            return Err(AttributeError::NoPathEdgeScore {
-                method: method.name(),
-            })
-        }
-        (Method::Eap, _) if inputs.metric == "kl" => return Err(AttributeError::KlAtMinimum),
-        (Method::EapIg { steps: 0 }, _) => return Err(AttributeError::NoSteps),
-        _ => {}
-    }
+    check_request(method, granularity, inputs.metric)?;
     let targets: Vec<(u32, u32)> = inputs
         .targets
         .iter()

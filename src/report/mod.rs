@@ -4,6 +4,7 @@
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod scores;
 pub mod svg;
 
 use std::collections::BTreeMap;
