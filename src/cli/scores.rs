@@ -52,6 +52,9 @@ pub struct Args {
     /// What is scored.
     #[arg(long, value_enum, default_value = "nodes")]
     pub granularity: GranularityArg,
+    /// Only scores whose query slot (a node's position) is SLOT, e.g. END.
+    #[arg(long = "query", value_name = "SLOT")]
+    pub query: Option<String>,
     /// Show the K largest scores by |score| (text default: 20; json default: all).
     #[arg(long, value_name = "K")]
     pub top: Option<usize>,
@@ -132,7 +135,17 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let report = result?;
+    let mut report = result?;
+    if let Some(slot) = &args.query {
+        if !report.set.slots.contains(slot) {
+            return Err(miette::miette!(
+                code = "circuit::scores::unknown_slot",
+                help = format!("the prompts' slots are: {}", report.set.slots.join(", ")),
+                "no token of these prompts is at slot `{slot}`"
+            ));
+        }
+        report.set.entries.retain(|e| &e.query == slot);
+    }
     let settings = SettingsReport::new(session.settings(), session.provenance());
     let text = match args.format {
         ScoresFormat::Text => {
