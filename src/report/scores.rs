@@ -337,7 +337,7 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
         let _ = writeln!(
             svg,
             r#"<rect x="{}" y="{}" width="5" height="10" fill="{}"/>"#,
-            number(10.0 + 5.0 * i as f64),
+            number(30.0 + 5.0 * i as f64),
             number(ly),
             diverging(v, max)
         );
@@ -346,7 +346,7 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{}" font-size="9" text-anchor="middle">{}</text>"#,
-            number(12.5 + 5.0 * i as f64),
+            number(32.5 + 5.0 * i as f64),
             number(ly + 22.0),
             escape(&text)
         );
