@@ -80,7 +80,10 @@ pub fn eap_ig_json(
             Component::Mlp(l) => format!("m{l}"),
             Component::Path { .. } => continue,
         };
-        node_map.insert(name, json!({"score": s, "in_graph": kept_nodes.contains(c)}));
+        node_map.insert(
+            name,
+            json!({"score": s, "in_graph": kept_nodes.contains(c)}),
+        );
     }
     node_map.insert("logits".into(), json!({"score": null, "in_graph": true}));
     let mut edge_map = Map::new();

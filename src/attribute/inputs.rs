@@ -61,7 +61,8 @@ pub fn reference_embeddings(
             let mean = sum.mapv(|s| (s / n_ref as f64) as f32);
             for (b, ids) in eval_ids.iter().enumerate() {
                 let n = ids.len().min(len);
-                out.slice_mut(s![b, ..n, ..]).assign(&mean.slice(s![..n, ..]));
+                out.slice_mut(s![b, ..n, ..])
+                    .assign(&mean.slice(s![..n, ..]));
             }
         }
         (AblationKind::Mean, Some(alignment)) => {
@@ -88,7 +89,8 @@ pub fn reference_embeddings(
             for (b, ids) in eval_ids.iter().enumerate() {
                 let partner = &embeddings[b % n_ref];
                 let n = ids.len().min(partner.nrows());
-                out.slice_mut(s![b, ..n, ..]).assign(&partner.slice(s![..n, ..]));
+                out.slice_mut(s![b, ..n, ..])
+                    .assign(&partner.slice(s![..n, ..]));
             }
         }
         (_, Some(alignment)) => {

@@ -205,7 +205,10 @@ pub enum AttributeError {
     KlAtMinimum,
 
     #[error("eap-ig needs at least one step")]
-    #[diagnostic(code(circuit::attribute::no_steps), help("pass --steps 1 or more (default 5)"))]
+    #[diagnostic(
+        code(circuit::attribute::no_steps),
+        help("pass --steps 1 or more (default 5)")
+    )]
     NoSteps,
 
     #[error("QK-edge scores estimate edge-mean ablation, but this file ablates edges by knockout")]
@@ -294,9 +297,7 @@ pub fn scores(
             };
             match granularity {
                 Granularity::Nodes => node_scores(inputs, &clean, &gradient, &mut aggregate),
-                Granularity::QkEdges => {
-                    qk_edge_scores(inputs, &clean, &gradient, &mut aggregate)
-                }
+                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate),
                 Granularity::PathEdges => {
                     path_edge_scores(inputs, &clean, &gradient, &mut aggregate)
                 }
@@ -323,17 +324,20 @@ fn clean_run(
     options: GradientOptions,
 ) -> Result<Gradients, AttributeError> {
     let full_logits = if inputs.metric == "kl" {
-        let out = inputs.model.forward(
-            inputs.ids,
-            &crate::model::ForwardOptions::default(),
-            &crate::model::NoInterventions,
-        )
-        .map_err(backward::GradientError::from)?;
+        let out = inputs
+            .model
+            .forward(
+                inputs.ids,
+                &crate::model::ForwardOptions::default(),
+                &crate::model::NoInterventions,
+            )
+            .map_err(backward::GradientError::from)?;
         Some(out.logits.index_axis(Axis(1), 0).to_owned())
     } else {
         None
     };
-    let objective = Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
+    let objective =
+        Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
     let clean = backward::gradients(inputs.model, inputs.ids, targets, objective, options)?;
     if let Some(f) = inputs.on_pass {
         f();
@@ -342,7 +346,10 @@ fn clean_run(
 }
 
 fn objective<'g>(metric: &str, clean: &'g Gradients) -> Result<Objective<'g>, AttributeError> {
-    Ok(Objective::from_metric_name(metric, Some(clean.logits.view()))?)
+    Ok(Objective::from_metric_name(
+        metric,
+        Some(clean.logits.view()),
+    )?)
 }
 
 /// `∂M/∂(activation)` as the scores read it: the clean run's, or averaged over the
@@ -515,7 +522,11 @@ fn slot_order(slots: &[Vec<String>]) -> Vec<String> {
 }
 
 /// `Σ_i (õ_i − o_i) g_i` in f64, `õ` given as f64 (the reference values are read that way).
-fn delta_dot(ablated: &[f64], clean: ndarray::ArrayView1<f32>, gradient: ndarray::ArrayView1<f32>) -> f64 {
+fn delta_dot(
+    ablated: &[f64],
+    clean: ndarray::ArrayView1<f32>,
+    gradient: ndarray::ArrayView1<f32>,
+) -> f64 {
     ablated
         .iter()
         .zip(clean)
@@ -544,7 +555,13 @@ fn node_scores(
                         lc.z.slice(s![b, t, h, ..]),
                         gradient.z[layer].slice(s![b, t, h, ..]),
                     );
-                    aggregate.add(Component::Head(HeadId { layer, head: h }), b, t, None, score);
+                    aggregate.add(
+                        Component::Head(HeadId { layer, head: h }),
+                        b,
+                        t,
+                        None,
+                        score,
+                    );
                 }
                 if inputs.mlps_in_scope {
                     let score = mlp_delta_dot(
@@ -579,7 +596,14 @@ fn mlp_delta_dot(
 }
 
 /// The clean term `A[q,k]·v[k]` of `head` (values by key/value head under GQA), `(d,)`.
-fn edge_term(clean: &Gradients, layer: usize, b: usize, head: usize, q: usize, k: usize) -> Vec<f64> {
+fn edge_term(
+    clean: &Gradients,
+    layer: usize,
+    b: usize,
+    head: usize,
+    q: usize,
+    k: usize,
+) -> Vec<f64> {
     let lc = &clean.activations.layers[layer];
     let n_heads = lc.z.dim().2;
     let group = n_heads / lc.v.dim().2;
@@ -674,8 +698,11 @@ fn path_edge_scores(
                         ablated.iter_mut().for_each(|x| *x = 0.0);
                         inputs.reference.add_z(h.layer, b, t, h.head, &mut ablated);
                         let z = cache.layers[h.layer].z.slice(s![b, t, h.head, ..]);
-                        let dz: Vec<f32> =
-                            ablated.iter().zip(z).map(|(&a, &o)| (a - o as f64) as f32).collect();
+                        let dz: Vec<f32> = ablated
+                            .iter()
+                            .zip(z)
+                            .map(|(&a, &o)| (a - o as f64) as f32)
+                            .collect();
                         let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
                         let dz = ndarray::ArrayView1::from(&dz);
                         delta.row_mut(i).assign(&dz.dot(&w_o));
@@ -745,7 +772,7 @@ fn cheap_scores(
             let group = n_heads / lc.v.dim().2;
             for h in 0..n_heads {
                 let w_o = backward::head_output_weight(inputs.model, layer, h); // (d, D)
-                // Per key: v[k] W_O^h, (T, D); its norm for qkvo, its direct effect for dla.
+                                                                                // Per key: v[k] W_O^h, (T, D); its norm for qkvo, its direct effect for dla.
                 let written = lc.v.slice(s![b, .., h / group, ..]).dot(&w_o); // (T, D)
                 let per_key: Vec<f64> = match &dla_direction {
                     Some(u) => written.dot(&u.row(b)).iter().map(|&x| x as f64).collect(),

@@ -66,13 +66,20 @@ pub fn score_session(
 ) -> miette::Result<ScoreReport> {
     let settings = session.settings().clone();
     // Checked before any forward pass.
-    super::check_request(request.method, request.granularity, metric_name(settings.metric))?;
+    super::check_request(
+        request.method,
+        request.granularity,
+        metric_name(settings.metric),
+    )?;
     if request.granularity == Granularity::QkEdges
         && settings.edge_ablation == EdgeAblation::Knockout
     {
         return Err(AttributeError::KnockoutEdges.into());
     }
-    let (n_layers, n_heads) = (session.model().config.n_layers, session.model().config.n_heads);
+    let (n_layers, n_heads) = (
+        session.model().config.n_layers,
+        session.model().config.n_heads,
+    );
     let d_model = session.model().config.d_model;
     let mut needs = ReferenceNeeds::default();
     if request.granularity == Granularity::QkEdges && request.method.in_metric_units() {
@@ -100,8 +107,11 @@ pub fn score_session(
         .collect();
     let x_ref = match request.method {
         Method::EapIg { .. } => {
-            let reference_ids: Vec<Vec<u32>> =
-                session.reference_prompts().iter().map(|p| p.ids.clone()).collect();
+            let reference_ids: Vec<Vec<u32>> = session
+                .reference_prompts()
+                .iter()
+                .map(|p| p.ids.clone())
+                .collect();
             Some(reference_embeddings(
                 session.model(),
                 settings.ablation,

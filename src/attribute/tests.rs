@@ -70,7 +70,11 @@ fn fixture(text: &str, edge_heads: bool) -> Fixture {
 }
 
 impl Fixture {
-    fn inputs<'a>(&'a self, metric: &'a str, x_ref: Option<ndarray::ArrayView3<'a, f32>>) -> AttributionInputs<'a> {
+    fn inputs<'a>(
+        &'a self,
+        metric: &'a str,
+        x_ref: Option<ndarray::ArrayView3<'a, f32>>,
+    ) -> AttributionInputs<'a> {
         AttributionInputs {
             model: self.session.model(),
             ids: &self.ids,
@@ -87,7 +91,9 @@ impl Fixture {
     /// `M` (mean logit_diff) of the forward with `hooks`.
     fn metric(&self, hooks: &dyn Interventions) -> f64 {
         let model = self.session.model();
-        let out = model.forward(&self.ids, &ForwardOptions::default(), hooks).unwrap();
+        let out = model
+            .forward(&self.ids, &ForwardOptions::default(), hooks)
+            .unwrap();
         let logits = out.logits.index_axis(Axis(1), 0).to_owned();
         let m = per_prompt_metrics(logits.view(), logits.view(), &self.targets);
         mean(&m[&crate::resolve::bound::Metric::LogitDiff])
@@ -105,7 +111,13 @@ struct Nudge<'a> {
 }
 
 impl Interventions for Nudge<'_> {
-    fn edit_z(&self, layer: usize, _: ArrayView4<f32>, _: ArrayView4<f32>, z: &mut ArrayViewMut4<f32>) {
+    fn edit_z(
+        &self,
+        layer: usize,
+        _: ArrayView4<f32>,
+        _: ArrayView4<f32>,
+        z: &mut ArrayViewMut4<f32>,
+    ) {
         let Some(head) = self.head.filter(|_| layer == self.layer) else {
             return;
         };
@@ -144,7 +156,12 @@ fn find(set: &ScoreSet, component: Component, query: &str, key: Option<&str>) ->
 #[test]
 fn eap_node_scores_are_the_derivative_of_the_metric_along_the_ablation() {
     let f = fixture(FILE, false);
-    let set = scores(&f.inputs("logit_diff", None), Method::Eap, Granularity::Nodes).unwrap();
+    let set = scores(
+        &f.inputs("logit_diff", None),
+        Method::Eap,
+        Granularity::Nodes,
+    )
+    .unwrap();
     let end = f.ids[0].len() - 1;
     // Every prompt has the same template: token t has the same slot in each.
     let s4 = f.slots[0].iter().position(|s| s == "S4").unwrap();
@@ -197,9 +214,17 @@ fn qk_edge_scores_of_a_node_sum_to_its_node_score() {
     for e in &edges.entries {
         *sums.entry((e.component, e.query.clone())).or_insert(0.0) += e.score;
     }
-    let scale = nodes.entries.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    let scale = nodes
+        .entries
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0, f64::max);
     let mut worst = 0.0f64;
-    for e in nodes.entries.iter().filter(|e| matches!(e.component, Component::Head(_))) {
+    for e in nodes
+        .entries
+        .iter()
+        .filter(|e| matches!(e.component, Component::Head(_)))
+    {
         let sum = sums[&(e.component, e.query.clone())];
         // z is the engine's f32 sum over keys and ref(z) an f32 mean: their sums over key terms
         // agree with them to f32 rounding, not further.
@@ -226,7 +251,11 @@ fn path_edge_scores_out_of_a_component_sum_to_its_node_score() {
         };
         *sums.entry((node, e.query.clone())).or_insert(0.0) += e.score;
     }
-    let scale = nodes.entries.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    let scale = nodes
+        .entries
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0, f64::max);
     let mut worst = 0.0f64;
     for e in &nodes.entries {
         let sum = sums[&(e.component, e.query.clone())];
@@ -240,8 +269,12 @@ fn path_edge_scores_out_of_a_component_sum_to_its_node_score() {
 fn eap_ig_with_one_step_is_eap_and_more_steps_differ() {
     let f = fixture(FILE, false);
     let model = f.session.model();
-    let reference_ids: Vec<Vec<u32>> =
-        f.session.reference_prompts().iter().map(|p| p.ids.clone()).collect();
+    let reference_ids: Vec<Vec<u32>> = f
+        .session
+        .reference_prompts()
+        .iter()
+        .map(|p| p.ids.clone())
+        .collect();
     let x_ref = reference_embeddings(
         model,
         f.session.settings().ablation,
@@ -268,22 +301,41 @@ fn eap_ig_with_one_step_is_eap_and_more_steps_differ() {
 fn the_reference_embedding_is_the_mean_reference_embedding() {
     let f = fixture(FILE, false);
     let model = f.session.model();
-    let reference_ids: Vec<Vec<u32>> =
-        f.session.reference_prompts().iter().map(|p| p.ids.clone()).collect();
-    let x_ref = reference_embeddings(model, AblationKind::Mean, &f.ids, &reference_ids, None).unwrap();
+    let reference_ids: Vec<Vec<u32>> = f
+        .session
+        .reference_prompts()
+        .iter()
+        .map(|p| p.ids.clone())
+        .collect();
+    let x_ref =
+        reference_embeddings(model, AblationKind::Mean, &f.ids, &reference_ids, None).unwrap();
     let out = model
-        .forward(&reference_ids, &ForwardOptions { all_logits: false, cache: true }, &crate::model::NoInterventions)
+        .forward(
+            &reference_ids,
+            &ForwardOptions {
+                all_logits: false,
+                cache: true,
+            },
+            &crate::model::NoInterventions,
+        )
         .unwrap();
     let embed = out.cache.unwrap().embed; // (R, T, D)
     let mean = embed.mean_axis(Axis(0)).unwrap(); // (T, D)
     for b in 0..f.ids.len() {
-        let diff = (&x_ref.slice(s![b, .., ..]) - &mean).mapv(f32::abs).fold(0.0f32, |m, &x| m.max(x));
+        let diff = (&x_ref.slice(s![b, .., ..]) - &mean)
+            .mapv(f32::abs)
+            .fold(0.0f32, |m, &x| m.max(x));
         assert!(diff < 1e-5, "prompt {b}: {diff}");
     }
-    let zero = reference_embeddings(model, AblationKind::Zero, &f.ids, &reference_ids, None).unwrap();
+    let zero =
+        reference_embeddings(model, AblationKind::Zero, &f.ids, &reference_ids, None).unwrap();
     assert!(zero.iter().all(|&x| x == 0.0));
-    let resample = reference_embeddings(model, AblationKind::Resample, &f.ids, &reference_ids, None).unwrap();
-    assert_eq!(resample.slice(s![3, .., ..]), embed.slice(s![3 % reference_ids.len(), .., ..]));
+    let resample =
+        reference_embeddings(model, AblationKind::Resample, &f.ids, &reference_ids, None).unwrap();
+    assert_eq!(
+        resample.slice(s![3, .., ..]),
+        embed.slice(s![3 % reference_ids.len(), .., ..])
+    );
 }
 
 #[test]
@@ -291,10 +343,17 @@ fn scores_are_bit_identical_across_thread_counts() {
     let f = fixture(FILE, true);
     let inputs = f.inputs("logit_diff", None);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
-            [Granularity::Nodes, Granularity::QkEdges, Granularity::PathEdges]
-                .map(|g| scores(&inputs, Method::Eap, g).unwrap().entries)
+            [
+                Granularity::Nodes,
+                Granularity::QkEdges,
+                Granularity::PathEdges,
+            ]
+            .map(|g| scores(&inputs, Method::Eap, g).unwrap().entries)
         })
     };
     let (one, three) = (run(1), run(3));
@@ -330,18 +389,28 @@ fn cheap_scores_are_attention_weights_and_norms() {
 #[test]
 fn undefined_requests_are_coded_errors() {
     let code = |r: Result<(), AttributeError>| {
-        miette::Diagnostic::code(&r.unwrap_err()).unwrap().to_string()
+        miette::Diagnostic::code(&r.unwrap_err())
+            .unwrap()
+            .to_string()
     };
     assert_eq!(
         code(check_request(Method::Eap, Granularity::Nodes, "accuracy")),
         "circuit::model::no_gradient"
     );
     assert_eq!(
-        code(check_request(Method::Attention, Granularity::Nodes, "logit_diff")),
+        code(check_request(
+            Method::Attention,
+            Granularity::Nodes,
+            "logit_diff"
+        )),
         "circuit::attribute::no_node_score"
     );
     assert_eq!(
-        code(check_request(Method::Qkvo, Granularity::PathEdges, "logit_diff")),
+        code(check_request(
+            Method::Qkvo,
+            Granularity::PathEdges,
+            "logit_diff"
+        )),
         "circuit::attribute::no_path_edge_score"
     );
     assert_eq!(
@@ -349,7 +418,11 @@ fn undefined_requests_are_coded_errors() {
         "circuit::attribute::kl_zero_gradient"
     );
     assert_eq!(
-        code(check_request(Method::EapIg { steps: 0 }, Granularity::Nodes, "prob")),
+        code(check_request(
+            Method::EapIg { steps: 0 },
+            Granularity::Nodes,
+            "prob"
+        )),
         "circuit::attribute::no_steps"
     );
     assert!(check_request(Method::EapIg { steps: 3 }, Granularity::Nodes, "kl").is_ok());

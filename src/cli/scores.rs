@@ -131,7 +131,15 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let tick = bar.clone().map(|b| move || b.inc(1));
     let on_pass = tick.as_ref().map(|f| f as &(dyn Fn() + Sync));
     let with_nodes = args.format == ScoresFormat::EapIgJson;
-    let result = score_session(&mut session, Request { method, granularity }, with_nodes, on_pass);
+    let result = score_session(
+        &mut session,
+        Request {
+            method,
+            granularity,
+        },
+        with_nodes,
+        on_pass,
+    );
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -153,7 +161,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }
         ScoresFormat::Json => circuit::report::scores::to_json(&report, &settings, args.top),
         ScoresFormat::EapIgJson => export::eap_ig_json(
-            report.nodes_for_export.as_ref().expect("asked for node scores"),
+            report
+                .nodes_for_export
+                .as_ref()
+                .expect("asked for node scores"),
             &report.set,
             report.n_layers,
             report.n_heads,

@@ -245,7 +245,12 @@ impl Transformer {
             }
         }
         // Intervention point: the input embeddings.
-        hooks.edit_embed(&mut resid.view_mut().into_shape_with_order((batch, seq, d_model)).expect("(N, D) rows are (B, T, D)"));
+        hooks.edit_embed(
+            &mut resid
+                .view_mut()
+                .into_shape_with_order((batch, seq, d_model))
+                .expect("(N, D) rows are (B, T, D)"),
+        );
         let embed = to3(&resid); // (B, T, D)
 
         let record_outputs = hooks.needs_component_outputs();

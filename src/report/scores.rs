@@ -73,7 +73,11 @@ pub fn to_text(report: &ScoreReport, settings: &SettingsReport, top: usize) -> S
         .collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(9).max(9);
     let metric_units = set.method.in_metric_units();
-    let _ = write!(out, "{:>4}  {:<width$}  {:>10}", "rank", "component", "score");
+    let _ = write!(
+        out,
+        "{:>4}  {:<width$}  {:>10}",
+        "rank", "component", "score"
+    );
     if metric_units {
         let _ = write!(out, "  {:>12}", "faithfulness");
     }
@@ -185,7 +189,11 @@ fn diverging(value: f64, max: f64) -> String {
         0.0
     };
     // White to #b2182b (positive) or #2166ac (negative).
-    let (r, g, b) = if t >= 0.0 { (178.0, 24.0, 43.0) } else { (33.0, 102.0, 172.0) };
+    let (r, g, b) = if t >= 0.0 {
+        (178.0, 24.0, 43.0)
+    } else {
+        (33.0, 102.0, 172.0)
+    };
     let mix = |c: f64| (255.0 + (c - 255.0) * t.abs()).round() as u8;
     format!("#{:02x}{:02x}{:02x}", mix(r), mix(g), mix(b))
 }
@@ -234,7 +242,11 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
             .collect();
         grids.push(("node scores".to_string(), labels, cells));
     }
-    let max = set.entries.iter().map(|e| e.score.abs()).fold(0.0, f64::max);
+    let max = set
+        .entries
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0, f64::max);
     let cell = 22.0;
     let font = 10.0;
     let row_label_width = grids
@@ -243,7 +255,12 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
         .map(|l| text_width(l, font))
         .fold(40.0, f64::max)
         + 8.0;
-    let col_label_height = slots.iter().map(|s| text_width(s, font)).fold(20.0, f64::max) * 0.75 + 10.0;
+    let col_label_height = slots
+        .iter()
+        .map(|s| text_width(s, font))
+        .fold(20.0, f64::max)
+        * 0.75
+        + 10.0;
     let panel_width = row_label_width + cell * slots.len() as f64 + 20.0;
     let top = 58.0;
     let panel_height = |g: &(String, Vec<String>, Vec<(usize, usize, f64)>)| {
@@ -271,7 +288,11 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
         r#"<text x="10" y="38" font-size="11">{} scores of {} ({}), {} prompts; metric {}; colour scale ±{}</text>"#,
         escape(&method_text(set.method)),
         escape(set.granularity.name()),
-        if is_edges { "rows: query slot, columns: key slot" } else { "rows: component, columns: query slot" },
+        if is_edges {
+            "rows: query slot, columns: key slot"
+        } else {
+            "rows: component, columns: query slot"
+        },
         set.n_prompts,
         escape(metric_name(report.metric)),
         escape(&format!("{max:.4}")),
@@ -325,7 +346,11 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
                     "{} {} {}: {value:.6}",
                     name,
                     row_names[r],
-                    if is_edges { format!("key {}", slots[c]) } else { format!("@ {}", slots[c]) }
+                    if is_edges {
+                        format!("key {}", slots[c])
+                    } else {
+                        format!("@ {}", slots[c])
+                    }
                 ))
             );
         }
@@ -342,7 +367,11 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
             diverging(v, max)
         );
     }
-    for (i, text) in [(0, format!("{:.3}", -max)), (20, "0".to_string()), (40, format!("{max:.3}"))] {
+    for (i, text) in [
+        (0, format!("{:.3}", -max)),
+        (20, "0".to_string()),
+        (40, format!("{max:.3}")),
+    ] {
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{}" font-size="9" text-anchor="middle">{}</text>"#,
