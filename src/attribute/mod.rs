@@ -462,12 +462,15 @@ fn integrated_gradients(
     Ok(sum)
 }
 
+/// (component, query slot, key slot).
+type SlotKey = (Component, String, Option<String>);
+
 /// Sums per-(component, slot) values over prompts in prompt order.
 struct Aggregate<'a> {
     slots: &'a [Vec<String>],
     additive: bool,
     /// Keyed by (component, query slot, key slot): (sum, prompts seen, last prompt counted).
-    sums: BTreeMap<(Component, String, Option<String>), (f64, usize, usize)>,
+    sums: BTreeMap<SlotKey, (f64, usize, usize)>,
 }
 
 impl<'a> Aggregate<'a> {
@@ -790,11 +793,11 @@ fn cheap_scores(
                     _ => (0..len).collect(),
                 };
                 for q in queries {
-                    for k in 0..=q {
+                    for (k, &per_key) in per_key.iter().enumerate().take(q + 1) {
                         let a = lc.pattern[[b, h, q, k]] as f64;
                         let value = match method {
                             Method::Attention => a,
-                            _ => a * per_key[k],
+                            _ => a * per_key,
                         };
                         let key = (granularity == Granularity::QkEdges).then_some(k);
                         aggregate.add(Component::Head(head), b, q, key, value);

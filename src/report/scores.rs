@@ -198,6 +198,9 @@ fn diverging(value: f64, max: f64) -> String {
     format!("#{:02x}{:02x}{:02x}", mix(r), mix(g), mix(b))
 }
 
+/// One panel of the heat map: its title, its row labels and its cells (row, column, value).
+type Panel = (String, Vec<String>, Vec<(usize, usize, f64)>);
+
 /// `--svg`: node scores as a heat map, rows layer.head (then MLPs), columns query slots, a
 /// diverging scale centred on 0, each cell's value in its `<title>`. For QK-edge scores, one
 /// key × query panel per head among the `panels` heads with the largest |score|.
@@ -206,7 +209,7 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
     let slots = &set.slots;
     let is_edges = set.entries.iter().any(|e| e.key.is_some());
     // Panels: (row label, rows of cells); a cell is (row, column, value).
-    let mut grids: Vec<(String, Vec<String>, Vec<(usize, usize, f64)>)> = Vec::new();
+    let mut grids: Vec<Panel> = Vec::new();
     if is_edges {
         let mut by_head: std::collections::BTreeMap<Component, f64> = Default::default();
         for e in &set.entries {
@@ -263,9 +266,7 @@ pub fn heat_map(report: &ScoreReport, title: &str, panels: usize) -> String {
         + 10.0;
     let panel_width = row_label_width + cell * slots.len() as f64 + 20.0;
     let top = 58.0;
-    let panel_height = |g: &(String, Vec<String>, Vec<(usize, usize, f64)>)| {
-        20.0 + col_label_height + cell * g.1.len() as f64 + 20.0
-    };
+    let panel_height = |g: &Panel| 20.0 + col_label_height + cell * g.1.len() as f64 + 20.0;
     let height = top + grids.iter().map(panel_height).fold(0.0, f64::max) + 50.0;
     let width = (panel_width * grids.len() as f64).max(420.0) + 20.0;
     let mut svg = String::new();
