@@ -36,7 +36,7 @@ use crate::ablate::ReferenceValues;
 use crate::measure::Targets;
 use crate::model::backward::{self, GradientOptions, Gradients, Objective};
 use crate::model::{HeadInput, Model};
-use crate::plan::{downstream_name, path_edge_goes_forward, upstream_name};
+use crate::plan::{downstream_name, upstream_name};
 use crate::resolve::bound::{Downstream, HeadId, Upstream};
 
 /// How a score is computed.
@@ -742,7 +742,7 @@ fn path_edge_scores(
             let products = delta.dot(&grads.t()); // (U, Dn)
             for (i, u) in ups.iter().enumerate() {
                 for (j, d) in downs.iter().enumerate() {
-                    if path_edge_goes_forward(*u, *d) {
+                    if d.reads(*u, inputs.model.config.residual) {
                         let component = Component::Path { from: *u, to: *d };
                         aggregate.add(component, b, t, None, products[[i, j]] as f64);
                     }

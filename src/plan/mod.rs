@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3};
 use thiserror::Error;
 
 use crate::data::positions::{PositionItem, PositionSet};
-use crate::model::HeadInput;
+use crate::model::{HeadInput, ResidualTopology};
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
 /// One evaluated prompt as the plan sees it: its token count, and how the circuit's position
@@ -71,6 +71,8 @@ pub enum PlanError {
 pub struct PlanShape {
     pub n_layers: usize,
     pub n_heads: usize,
+    /// Which components each input reads (path edges must go forward along it).
+    pub residual: ResidualTopology,
 }
 
 impl PlanShape {
@@ -407,7 +409,7 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
             Downstream::Mlp(l) => check_layer(l)?,
             Downstream::Logits => {}
         }
-        if !path_edge_goes_forward(edge.from, edge.to) {
+        if !edge.to.reads(edge.from, shape.residual) {
             return Err(PlanError::BackwardPathEdge {
                 circuit: circuit.name.clone(),
                 from: upstream_name(edge.from),
@@ -416,19 +418,6 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
         }
     }
     Ok(())
-}
-
-/// Whether `from`'s output is part of the residual stream `to` reads: a head of layer L reads
-/// layers < L; the MLP of layer L reads heads of layers ≤ L and MLPs of layers < L; the logits
-/// read everything.
-pub fn path_edge_goes_forward(from: Upstream, to: Downstream) -> bool {
-    match (from, to) {
-        (_, Downstream::Logits) => true,
-        (Upstream::Head(u), Downstream::Head(d, _)) => u.layer < d.layer,
-        (Upstream::Mlp(u), Downstream::Head(d, _)) => u < d.layer,
-        (Upstream::Head(u), Downstream::Mlp(d)) => u.layer <= d,
-        (Upstream::Mlp(u), Downstream::Mlp(d)) => u < d,
-    }
 }
 
 /// How reports write an upstream component: `4.4`, `mlp 2`.

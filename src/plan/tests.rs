@@ -63,6 +63,7 @@ fn circuit() -> BoundCircuit {
 const SHAPE: PlanShape = PlanShape {
     n_layers: 2,
     n_heads: 3,
+    residual: ResidualTopology::Sequential,
 };
 
 fn compile_for(circuit: &BoundCircuit, scope: Scope) -> miette::Result<Plan> {

@@ -978,7 +978,12 @@ impl<'a> Binder<'a> {
                     let mut reported = false;
                     for (up, up_span) in &ups {
                         for down in &downs {
-                            if !reported && !flows_forward(*up, *down) {
+                            if !reported
+                                && !down.reads(
+                                    *up,
+                                    self.config.as_ref().map(|c| c.residual).unwrap_or_default(),
+                                )
+                            {
                                 reported = true;
                                 self.error(
                                     SourceDiagnostic::error(
@@ -1298,25 +1303,6 @@ fn union(existing: Option<&PositionSet>, more: &PositionSet) -> PositionSet {
             PositionSet::Items(items)
         }
         (None, set) => set.clone(),
-    }
-}
-
-fn layer_of_up(u: Upstream) -> usize {
-    match u {
-        Upstream::Head(h) => h.layer,
-        Upstream::Mlp(l) => l,
-    }
-}
-
-/// Whether `up`'s output can reach `down`'s input: attention of layer l runs before MLP l,
-/// which runs before layer l+1.
-fn flows_forward(up: Upstream, down: Downstream) -> bool {
-    let l = layer_of_up(up);
-    match (up, down) {
-        (_, Downstream::Logits) => true,
-        (Upstream::Head(_), Downstream::Mlp(m)) => l <= m,
-        (Upstream::Mlp(_), Downstream::Mlp(m)) => l < m,
-        (_, Downstream::Head(h, _)) => l < h.layer,
     }
 }
 

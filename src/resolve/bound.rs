@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::data::positions::{Position, PositionItem, PositionSet};
 use crate::data::DatasetSource;
-use crate::model::{HeadInput, ModelSource};
+use crate::model::{Component, HeadInput, ModelSource, ResidualTopology};
 
 /// A byte range in the source file, for pointing reports back at the text.
 pub type Span = std::ops::Range<usize>;
@@ -130,6 +130,33 @@ pub enum Downstream {
     Head(HeadId, HeadInput),
     Mlp(usize),
     Logits,
+}
+
+impl Upstream {
+    /// The block of the forward that writes this output.
+    pub fn component(self) -> Component {
+        match self {
+            Upstream::Head(h) => Component::Attention(h.layer),
+            Upstream::Mlp(layer) => Component::Mlp(layer),
+        }
+    }
+}
+
+impl Downstream {
+    /// The block of the forward that reads this input.
+    pub fn component(self) -> Component {
+        match self {
+            Downstream::Head(h, _) => Component::Attention(h.layer),
+            Downstream::Mlp(layer) => Component::Mlp(layer),
+            Downstream::Logits => Component::Unembed,
+        }
+    }
+
+    /// Whether the residual stream this input reads contains `from`'s output, i.e. whether a
+    /// path edge from `from` to here goes forward, in a model wired as `topology`.
+    pub fn reads(self, from: Upstream, topology: ResidualTopology) -> bool {
+        topology.reads(self.component(), from.component())
+    }
 }
 
 /// A path edge: `from`'s output reaches `to`'s input (at `positions`, default every position).
