@@ -17,6 +17,10 @@ circuit movers {
   0.0..3 @ END
   mlp 0..2
 }
+
+circuit from_s4 extends movers {
+  edge 0.0..3: S4 -> END
+}
 "#;
 
 fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -77,6 +81,22 @@ fn the_text_table_ranks_by_magnitude_and_names_circuit_components() {
     assert!(
         magnitudes.windows(2).all(|w| w[0] >= w[1]),
         "{magnitudes:?}"
+    );
+}
+
+#[test]
+fn scores_relative_to_a_node_circuit_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "small.circuit", SMALL);
+    let text = stdout(&scores(
+        &[file.to_str().unwrap(), "--circuit", "movers"],
+        "2",
+    ));
+    assert!(
+        text.starts_with(
+            "eap scores of nodes, relative to circuit movers (its ablations in place)\n"
+        ),
+        "{text}"
     );
 }
 
@@ -218,8 +238,14 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
     refused(
         d,
         &file,
-        &["--circuit", "movers"],
+        &["--circuit", "from_s4"],
         "circuit::attribute::circuit_gradients",
+    );
+    refused(
+        d,
+        &file,
+        &["--circuit", "movers", "--method", "eap-ig"],
+        "circuit::attribute::ig_with_circuit",
     );
     let accuracy = write_file(
         d,

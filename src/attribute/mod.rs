@@ -204,6 +204,13 @@ pub enum AttributeError {
     )]
     KlAtMinimum,
 
+    #[error("eap-ig relative to a circuit is not implemented")]
+    #[diagnostic(
+        code(circuit::attribute::ig_with_circuit),
+        help("score the circuit with --method eap, or eap-ig relative to the full model (no --circuit)")
+    )]
+    IgWithCircuit,
+
     #[error("eap-ig needs at least one step")]
     #[diagnostic(
         code(circuit::attribute::no_steps),
@@ -239,14 +246,29 @@ pub struct AttributionInputs<'a> {
     pub mlps_in_scope: bool,
     /// Called once per gradient pass (progress bars).
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
+    /// Scores relative to a circuit: its node ablations in place (`o` is then each
+    /// component's value in the circuit's forward, and the backward stops at frozen entries).
+    pub circuit: Option<CircuitInPlace<'a>>,
 }
 
-/// Whether `method` at `granularity` is defined for `metric` (checked before any forward pass).
+/// A circuit's node ablations, as the forward applies them and as the backward sees them.
+#[derive(Clone, Copy)]
+pub struct CircuitInPlace<'a> {
+    pub hooks: &'a dyn crate::model::Interventions,
+    pub kept: backward::Kept<'a>,
+}
+
+/// Whether `method` at `granularity` is defined for `metric`, relative to the full model or
+/// (`with_circuit`) to a circuit (checked before any forward pass).
 pub fn check_request(
     method: Method,
     granularity: Granularity,
     metric: &str,
+    with_circuit: bool,
 ) -> Result<(), AttributeError> {
+    if with_circuit && matches!(method, Method::EapIg { .. }) {
+        return Err(AttributeError::IgWithCircuit);
+    }
     if metric == "accuracy" {
         return Err(backward::GradientError::NoGradient {
             metric: metric.to_string(),
@@ -262,7 +284,7 @@ pub fn check_request(
                 method: method.name(),
             })
         }
-        (Method::Eap, _) if metric == "kl" => Err(AttributeError::KlAtMinimum),
+        (Method::Eap, _) if metric == "kl" && !with_circuit => Err(AttributeError::KlAtMinimum),
         (Method::EapIg { steps: 0 }, _) => Err(AttributeError::NoSteps),
         _ => Ok(()),
     }
@@ -274,7 +296,7 @@ pub fn scores(
     method: Method,
     granularity: Granularity,
 ) -> Result<ScoreSet, AttributeError> {
-    check_request(method, granularity, inputs.metric)?;
+    check_request(method, granularity, inputs.metric, inputs.circuit.is_some())?;
     let targets: Vec<(u32, u32)> = inputs
         .targets
         .iter()
@@ -338,7 +360,18 @@ fn clean_run(
     };
     let objective =
         Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
-    let clean = backward::gradients(inputs.model, inputs.ids, targets, objective, options)?;
+    let clean = match inputs.circuit {
+        None => backward::gradients(inputs.model, inputs.ids, targets, objective, options)?,
+        Some(circuit) => backward::gradients_with_node_ablation(
+            inputs.model,
+            inputs.ids,
+            targets,
+            objective,
+            options,
+            circuit.hooks,
+            circuit.kept,
+        )?,
+    };
     if let Some(f) = inputs.on_pass {
         f();
     }

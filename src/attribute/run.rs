@@ -4,12 +4,15 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::inputs::{reference_embeddings, slot_names};
-use super::{scores, AttributeError, AttributionInputs, Granularity, Method, ScoreSet};
-use crate::ablate::ReferenceNeeds;
+use super::{
+    scores, AttributeError, AttributionInputs, CircuitInPlace, Granularity, Method, ScoreSet,
+};
+use crate::ablate::{PlanInterventions, ReferenceNeeds};
 use crate::data::slots::prompt_slots;
 use crate::measure::file::Provenance;
 use crate::measure::{mean, metric_name, Session, Targets};
-use crate::resolve::bound::{EdgeAblation, HeadId, Metric, Scope};
+use crate::model::backward::Kept;
+use crate::resolve::bound::{BoundCircuit, EdgeAblation, HeadId, Metric, Scope};
 
 /// What to score.
 #[derive(Clone, Copy, Debug)]
@@ -21,17 +24,19 @@ pub struct Request {
 /// Bad requests, caught before any forward pass.
 #[derive(Debug, Error, Diagnostic)]
 pub enum RequestError {
-    #[error("scores relative to a circuit (--circuit) are not implemented yet")]
+    #[error("circuit `{name}` has QK edges or path edges; scores relative to a circuit are implemented for node circuits (heads and MLPs at positions)")]
     #[diagnostic(
         code(circuit::attribute::circuit_gradients),
-        help("gradients with a circuit's ablations in place need the ablated entries to stop gradient flow in the backward pass; score relative to the full model (no --circuit) and check candidates with `circuit eval`")
+        help("the backward pass stops gradient flow at node-ablated entries only; score relative to a circuit without `edge` lines, or relative to the full model (no --circuit)")
     )]
-    RelativeToCircuit,
+    EdgesInCircuit { name: String },
 }
 
 /// The scores of one file, with what they are relative to.
 #[derive(Clone, Debug)]
 pub struct ScoreReport {
+    /// `None`: the full model; else the circuit whose ablations were in place.
+    pub circuit: Option<String>,
     pub provenance: Provenance,
     pub metric: Metric,
     /// `m̄(full)` and `m̄(empty)` of the file's metric: faithfulness units divide a score by
@@ -61,6 +66,7 @@ impl ScoreReport {
 pub fn score_session(
     session: &mut Session,
     request: Request,
+    circuit: Option<&BoundCircuit>,
     with_nodes: bool,
     on_pass: Option<&(dyn Fn() + Sync)>,
 ) -> miette::Result<ScoreReport> {
@@ -70,7 +76,21 @@ pub fn score_session(
         request.method,
         request.granularity,
         metric_name(settings.metric),
+        circuit.is_some(),
     )?;
+    let plan = match circuit {
+        Some(c) => {
+            let plan = session.compile(c)?;
+            if plan.qk_queries.iter().any(|q| !q.is_empty()) || !plan.path_inputs.is_empty() {
+                return Err(RequestError::EdgesInCircuit {
+                    name: c.name.clone(),
+                }
+                .into());
+            }
+            Some(plan)
+        }
+        None => None,
+    };
     if request.granularity == Granularity::QkEdges
         && settings.edge_ablation == EdgeAblation::Knockout
     {
@@ -122,6 +142,22 @@ pub fn score_session(
         }
         _ => None,
     };
+    let hooks = plan.as_ref().map(|plan| PlanInterventions {
+        plan,
+        reference: &reference,
+        edge_ablation: settings.edge_ablation,
+        prompts: 0..ids.len(),
+    });
+    let circuit_in_place = match (&plan, &hooks) {
+        (Some(plan), Some(hooks)) => Some(CircuitInPlace {
+            hooks,
+            kept: Kept {
+                z: &plan.head_keep,
+                mlp_out: &plan.mlp_keep,
+            },
+        }),
+        _ => None,
+    };
     let inputs = AttributionInputs {
         model: session.model(),
         ids: &ids,
@@ -132,6 +168,7 @@ pub fn score_session(
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
         on_pass,
+        circuit: circuit_in_place,
     };
     let set = scores(&inputs, request.method, request.granularity)?;
     let nodes_for_export = if with_nodes && request.granularity != Granularity::Nodes {
@@ -140,6 +177,7 @@ pub fn score_session(
         None
     };
     Ok(ScoreReport {
+        circuit: circuit.map(|c| c.name.clone()),
         provenance: session.provenance().clone(),
         metric: settings.metric,
         full,

@@ -85,6 +85,7 @@ impl Fixture {
             reference_embeddings: x_ref,
             mlps_in_scope: true,
             on_pass: None,
+            circuit: None,
         }
     }
 
@@ -394,14 +395,20 @@ fn undefined_requests_are_coded_errors() {
             .to_string()
     };
     assert_eq!(
-        code(check_request(Method::Eap, Granularity::Nodes, "accuracy")),
+        code(check_request(
+            Method::Eap,
+            Granularity::Nodes,
+            "accuracy",
+            false
+        )),
         "circuit::model::no_gradient"
     );
     assert_eq!(
         code(check_request(
             Method::Attention,
             Granularity::Nodes,
-            "logit_diff"
+            "logit_diff",
+            false
         )),
         "circuit::attribute::no_node_score"
     );
@@ -409,21 +416,151 @@ fn undefined_requests_are_coded_errors() {
         code(check_request(
             Method::Qkvo,
             Granularity::PathEdges,
-            "logit_diff"
+            "logit_diff",
+            false
         )),
         "circuit::attribute::no_path_edge_score"
     );
     assert_eq!(
-        code(check_request(Method::Eap, Granularity::Nodes, "kl")),
+        code(check_request(Method::Eap, Granularity::Nodes, "kl", false)),
         "circuit::attribute::kl_zero_gradient"
     );
     assert_eq!(
         code(check_request(
             Method::EapIg { steps: 0 },
             Granularity::Nodes,
-            "prob"
+            "prob",
+            false
         )),
         "circuit::attribute::no_steps"
     );
-    assert!(check_request(Method::EapIg { steps: 3 }, Granularity::Nodes, "kl").is_ok());
+    assert!(check_request(Method::EapIg { steps: 3 }, Granularity::Nodes, "kl", false).is_ok());
+    assert!(check_request(Method::Eap, Granularity::Nodes, "kl", true).is_ok());
+    assert_eq!(
+        code(check_request(
+            Method::EapIg { steps: 3 },
+            Granularity::Nodes,
+            "prob",
+            true
+        )),
+        "circuit::attribute::ig_with_circuit"
+    );
+}
+
+/// A circuit's node ablations, then a nudge (the finite difference relative to the circuit).
+struct PlanThenNudge<'a> {
+    plan: &'a crate::ablate::PlanInterventions<'a>,
+    nudge: Nudge<'a>,
+}
+
+impl Interventions for PlanThenNudge<'_> {
+    fn edit_scores(&self, layer: usize, scores: &mut ArrayViewMut4<f32>) {
+        self.plan.edit_scores(layer, scores);
+    }
+
+    fn edit_z(
+        &self,
+        layer: usize,
+        p: ArrayView4<f32>,
+        v: ArrayView4<f32>,
+        z: &mut ArrayViewMut4<f32>,
+    ) {
+        self.plan.edit_z(layer, p, v, z);
+        self.nudge.edit_z(layer, p, v, z);
+    }
+
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ArrayViewMut3<f32>) {
+        self.plan.edit_mlp_out(layer, mlp_out);
+        self.nudge.edit_mlp_out(layer, mlp_out);
+    }
+}
+
+#[test]
+fn eap_relative_to_a_circuit_is_the_derivative_with_its_ablations_in_place() {
+    let text = format!("{FILE}\ncircuit movers {{\n  0.0..3 @ END\n  mlp 0..2\n}}\n");
+    let f = fixture(&text, false);
+    let resolved = resolve_source(
+        "scores_test.circuit",
+        &text,
+        Path::new("."),
+        &RealEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
+    let plan = f.session.compile(&resolved.file.circuits[0]).unwrap();
+    let hooks = crate::ablate::PlanInterventions {
+        plan: &plan,
+        reference: &f.reference,
+        edge_ablation: crate::resolve::bound::EdgeAblation::EdgeMean,
+        prompts: 0..f.ids.len(),
+    };
+    let mut inputs = f.inputs("logit_diff", None);
+    inputs.circuit = Some(CircuitInPlace {
+        hooks: &hooks,
+        kept: backward::Kept {
+            z: &plan.head_keep,
+            mlp_out: &plan.mlp_keep,
+        },
+    });
+    let set = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
+    let relative_to_full = scores(
+        &f.inputs("logit_diff", None),
+        Method::Eap,
+        Granularity::Nodes,
+    )
+    .unwrap();
+    let end = f.ids[0].len() - 1;
+    let s4 = f.slots[0].iter().position(|s| s == "S4").unwrap();
+    // Kept components (MLP 0 at S4 reaches END only through frozen heads and the MLPs), and a
+    // frozen one, whose score is 0 (it already holds its ablated value).
+    let cases = [
+        (0, Some(1), end),
+        (0, Some(3), end),
+        (0, None, s4),
+        (1, None, end),
+        (1, Some(0), end),
+    ];
+    let epsilon = 1e-2;
+    let mut differs = false;
+    for (layer, head, t) in cases {
+        let nudged = |epsilon| PlanThenNudge {
+            plan: &hooks,
+            nudge: Nudge {
+                reference: &f.reference,
+                layer,
+                head,
+                t,
+                epsilon,
+            },
+        };
+        let numeric = (f.metric(&nudged(epsilon)) - f.metric(&nudged(-epsilon))) / (2.0 * epsilon);
+        let component = match head {
+            Some(h) => Component::Head(HeadId { layer, head: h }),
+            None => Component::Mlp(layer),
+        };
+        let score = find(&set, component, &f.slots[0][t], None);
+        let full = find(&relative_to_full, component, &f.slots[0][t], None);
+        eprintln!(
+            "{} @ {}: eap in the circuit {score:.5}, finite difference {numeric:.5} (relative to the full model {full:.5})",
+            component.name(),
+            f.slots[0][t]
+        );
+        assert!(
+            (score - numeric).abs() <= 2e-3 * numeric.abs().max(0.05),
+            "{} @ {}: eap {score} vs finite difference {numeric}",
+            component.name(),
+            f.slots[0][t]
+        );
+        differs |= (score - full).abs() > 1e-2;
+    }
+    assert_eq!(
+        find(
+            &set,
+            Component::Head(HeadId { layer: 1, head: 0 }),
+            "END",
+            None
+        ),
+        0.0
+    );
+    assert!(differs, "the circuit changed no score");
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use circuit::attribute::run::{score_session, Request, RequestError};
+use circuit::attribute::run::{score_session, Request};
 use circuit::attribute::{check_request, export, Granularity, Method};
 use circuit::measure::{metric_name, Session, SessionOptions};
 use circuit::report::SettingsReport;
@@ -100,13 +100,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     }
     let resolved = resolve(&args.file, args.model.as_deref())?;
     let file = &resolved.file;
-    if let Some(name) = &args.circuit {
-        // A name the file does not define is the first error; then the missing feature.
-        circuit::measure::session::select_circuits(file, std::slice::from_ref(name))?;
-        return Err(RequestError::RelativeToCircuit.into());
-    }
+    let relative_to = match &args.circuit {
+        Some(name) => Some(
+            circuit::measure::session::select_circuits(file, std::slice::from_ref(name))?.remove(0),
+        ),
+        None => None,
+    };
     // Bad requests cost no forward pass.
-    check_request(method, granularity, metric_name(file.settings.metric))?;
+    check_request(
+        method,
+        granularity,
+        metric_name(file.settings.metric),
+        relative_to.is_some(),
+    )?;
 
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(match method {
@@ -137,6 +143,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             method,
             granularity,
         },
+        relative_to.as_ref(),
         with_nodes,
         on_pass,
     );

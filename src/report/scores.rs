@@ -25,6 +25,14 @@ fn units(report: &ScoreReport) -> String {
     }
 }
 
+/// `the full model` or `circuit NAME (its ablations in place)`.
+fn relative_to(report: &ScoreReport) -> String {
+    match &report.circuit {
+        None => "the full model".to_string(),
+        Some(name) => format!("circuit {name} (its ablations in place)"),
+    }
+}
+
 fn num(x: f64) -> String {
     format!("{x:.4}")
 }
@@ -44,9 +52,10 @@ pub fn to_text(report: &ScoreReport, settings: &SettingsReport, top: usize) -> S
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} scores of {}, relative to the full model",
+        "{} scores of {}, relative to {}",
         method_text(set.method),
-        set.granularity.name()
+        set.granularity.name(),
+        relative_to(report)
     );
     let _ = writeln!(
         out,
@@ -165,7 +174,7 @@ pub fn to_json(report: &ScoreReport, settings: &SettingsReport, top: Option<usiz
         "method": set.method.name(),
         "steps": steps,
         "granularity": set.granularity.name(),
-        "relative_to": "full model",
+        "relative_to": relative_to(report),
         "settings": settings,
         "provenance": report.provenance,
         "n_prompts": set.n_prompts,

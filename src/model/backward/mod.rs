@@ -220,6 +220,40 @@ impl super::Interventions for ReplaceEmbeddings<'_> {
     }
 }
 
+/// Which head outputs and MLP outputs a forward keeps computed (`true`) or holds at a constant
+/// (`false`: a node ablation replaced them by reference values): per layer `(B, T, H)` and
+/// `(B, T)`, prompts as in the forward.
+#[derive(Clone, Copy, Debug)]
+pub struct Kept<'a> {
+    pub z: &'a [ndarray::Array3<bool>],
+    pub mlp_out: &'a [Array2<bool>],
+}
+
+/// [`gradients`] of the forward with `hooks` in place, where `hooks` replaces exactly the
+/// entries `kept` marks `false` by constants (node ablation of heads and MLPs: no QK-edge,
+/// knockout or path-edge edit). A constant passes no gradient to what computed it, so the
+/// backward stops there: the gradient *at* a frozen entry (`LayerGradients::z`, `mlp_out`) is
+/// still reported (what changing it would do), but none flows from it into the layer below.
+pub fn gradients_with_node_ablation(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+    kept: Kept,
+) -> Result<Gradients, GradientError> {
+    gradients_inner(
+        model,
+        tokens,
+        targets,
+        objective,
+        options,
+        hooks,
+        Some(kept),
+    )
+}
+
 /// `hooks` may only edit the embedding (a leaf); any other edit would make these gradients
 /// those of a different function.
 fn gradients_with(
@@ -229,6 +263,18 @@ fn gradients_with(
     objective: Objective,
     options: GradientOptions,
     hooks: &dyn super::Interventions,
+) -> Result<Gradients, GradientError> {
+    gradients_inner(model, tokens, targets, objective, options, hooks, None)
+}
+
+fn gradients_inner(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+    kept: Option<Kept>,
 ) -> Result<Gradients, GradientError> {
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
@@ -299,14 +345,33 @@ fn gradients_with(
     let scale = 1.0 / (d_head as f32).sqrt();
 
     let mut layers = Vec::with_capacity(transformer.layers.len());
-    for (layer, lc) in transformer.layers.iter().zip(&cache.layers).rev() {
+    for (index, (layer, lc)) in transformer
+        .layers
+        .iter()
+        .zip(&cache.layers)
+        .enumerate()
+        .rev()
+    {
         let resid_pre = rows(&lc.resid_pre); // (N, D)
         let resid_mid = rows(&lc.resid_mid); // (N, D)
 
         // ---- MLP: resid_post = resid_mid + mlp(norm(resid_mid)) --------------------------
         let d_mlp_out = d_resid; // (N, D)
         let mlp_x = layer.mlp_norm.apply(resid_mid.view()); // (N, D), recomputed
-        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_out.view()); // (N, D)
+                                                            // A frozen MLP output passes nothing back into the MLP.
+        let d_mlp_through = match kept {
+            Some(kept) => {
+                let mut d = d_mlp_out.clone(); // (N, D)
+                for ((b, t), &keep) in kept.mlp_out[index].indexed_iter() {
+                    if !keep && t < seq {
+                        d.row_mut(b * seq + t).fill(0.0);
+                    }
+                }
+                d
+            }
+            None => d_mlp_out.clone(),
+        };
+        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, resid_mid.view(), d_mlp_x.view()); // (N, D)
         let d_mid = &d_mlp_out + &d_mlp_in; // (N, D)
 
@@ -315,6 +380,19 @@ fn gradients_with(
         let d_z4 = d_z
             .into_shape_with_order((batch, seq, n_heads, d_head))
             .unwrap(); // (B, T, H, d)
+                       // A frozen head output passes nothing back into the attention.
+        let d_z_through = match kept {
+            Some(kept) => {
+                let mut d = d_z4.clone(); // (B, T, H, d)
+                for ((b, t, h), &keep) in kept.z[index].indexed_iter() {
+                    if !keep && t < seq {
+                        d.slice_mut(s![b, t, h, ..]).fill(0.0);
+                    }
+                }
+                d
+            }
+            None => d_z4.clone(),
+        };
         let mut d_q = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
@@ -330,7 +408,7 @@ fn gradients_with(
                     lc.k.slice(s![b, .., kv, ..]),
                     lc.v.slice(s![b, .., kv, ..]),
                     lc.pattern.slice(s![b, h, .., ..]),
-                    d_z4.slice(s![b, .., h, ..]),
+                    d_z_through.slice(s![b, .., h, ..]),
                     scale,
                 )
             })
