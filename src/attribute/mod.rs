@@ -36,7 +36,6 @@ use crate::ablate::ReferenceValues;
 use crate::measure::Targets;
 use crate::model::backward::{self, GradientOptions, Gradients, Objective};
 use crate::model::{HeadInput, Model};
-use crate::plan::{downstream_name, upstream_name};
 use crate::resolve::bound::{Downstream, HeadId, Upstream};
 
 /// How a score is computed.
@@ -119,7 +118,7 @@ impl Component {
             Component::Head(h) => h.to_string(),
             Component::Mlp(l) => format!("mlp {l}"),
             Component::Path { from, to } => {
-                format!("{} -> {}", upstream_name(*from), downstream_name(*to))
+                format!("{from} -> {to}")
             }
         }
     }

@@ -142,8 +142,8 @@ fn json_score<'a>(report: &ScoreReport, e: &'a Entry) -> JsonScore<'a> {
             "path_edge",
             None,
             None,
-            crate::plan::upstream_name(from),
-            Some(crate::plan::downstream_name(to)),
+            from.to_string(),
+            Some(to.to_string()),
         ),
     };
     JsonScore {
