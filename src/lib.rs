@@ -16,6 +16,7 @@
 //! [`measure::Session`] (docs/architecture.md).
 
 pub mod ablate;
+pub mod attribute;
 pub mod data;
 pub mod measure;
 pub mod model;

@@ -30,6 +30,9 @@ enum Command {
     Eval(cli::eval::Args),
     /// Run every `expect` in .circuit files as a test suite.
     Test(cli::test::Args),
+    /// Attribution scores (eap, eap-ig, attention, qkvo, dla) of every head, MLP, QK edge or
+    /// path edge, ranked.
+    Scores(cli::scores::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
     /// Evaluate a .circuit file and draw it as a self-contained HTML page.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Dataset(args) => cli::dataset::execute(args),
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
+        Command::Scores(args) => cli::scores::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
         Command::Show(args) => cli::show::execute(args),
         Command::Cache(args) => cli::cache::execute(args),

@@ -9,5 +9,6 @@ pub mod eval;
 pub mod fmt;
 pub mod format;
 pub mod run;
+pub mod scores;
 pub mod show;
 pub mod test;

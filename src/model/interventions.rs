@@ -43,6 +43,11 @@ pub trait Interventions: Sync {
         false
     }
 
+    /// The input embeddings (token + learned position embedding) `(B, T, D)`, before layer 0
+    /// reads them. Integrated-gradient scores (`circuit scores --method eap-ig`) replace them by
+    /// points between a reference embedding and the clean one.
+    fn edit_embed(&self, _embed: &mut ArrayViewMut3<f32>) {}
+
     /// Pre-softmax, scaled attention scores of `layer`, `(B, H, T_q, T_k)`, with the causal
     /// mask already applied (`-inf` above the diagonal). Attention knockout writes `-inf` here;
     /// a query row left with no finite score gets an all-zero pattern (it reads nothing).

@@ -206,6 +206,13 @@ impl Transformer {
         let group = self.n_heads / self.n_kv_heads;
 
         let mut resid = self.embed_forward(ids); // (N, D)
+                                                 // Intervention point: the input embeddings.
+        hooks.edit_embed(
+            &mut resid
+                .view_mut()
+                .into_shape_with_order((prompts, seq, self.embed.ncols()))
+                .expect("(N, D) rows are (B, T, D)"),
+        );
         let mut recorder = Recorder::new(
             &resid,
             prompts,

@@ -7,6 +7,7 @@
 pub mod diff;
 pub mod html;
 pub mod png;
+pub mod scores;
 pub mod svg;
 
 use std::collections::BTreeMap;

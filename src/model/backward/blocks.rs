@@ -68,6 +68,28 @@ pub(crate) fn layernorm_backward<F: NdFloat>(
     dx
 }
 
+/// LayerNorm's backward with `1/σ` held at its value at `x` (its centring, being linear, is
+/// kept): `dx = inv · (g − mean(g))`, `g = dy · w`. Direct-logit attribution reads the final
+/// norm this way.
+pub(crate) fn layernorm_frozen_scale_backward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
+    let width = F::from(x.ncols()).expect("row width");
+    let mut dx = Array2::zeros(x.raw_dim());
+    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
+        let (_, inv) = layernorm_statistics(x, eps);
+        let g = &dy * &weight; // (W,)
+        let g_mean = g.sum() / width;
+        for (dx, &g) in dx.iter_mut().zip(&g) {
+            *dx = inv * (g - g_mean);
+        }
+    }
+    dx
+}
+
 // ---- RMSNorm (Llama) ---------------------------------------------------------------------
 
 #[cfg(test)] // restated forward: the tests check it against the engine's
@@ -108,6 +130,23 @@ pub(crate) fn rmsnorm_backward<F: NdFloat>(
         let g_dot_x = g.dot(&x) / width;
         for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
             *dx = inv * g - x * inv * inv * inv * g_dot_x;
+        }
+    }
+    dx
+}
+
+/// RMSNorm's backward with `1/rms` held at its value at `x`: `dx = inv · dy · w`.
+pub(crate) fn rmsnorm_frozen_scale_backward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
+    let mut dx = Array2::zeros(x.raw_dim());
+    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
+        let inv = rms_inverse(x, eps);
+        for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(weight) {
+            *dx = inv * dy * w;
         }
     }
     dx

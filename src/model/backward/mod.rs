@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use super::transformer::{Linear, Mlp, Norm, Positions};
-use super::{ForwardOptions, Model, ModelError, NoInterventions};
+use super::{ActivationCache, ForwardOptions, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
 
 /// The scalar whose gradient is taken, per prompt at its END logits (averaged over prompts).
@@ -155,6 +155,11 @@ pub struct Gradients {
     pub logits: Array2<f32>,
     /// Real token count per prompt.
     pub lengths: Vec<usize>,
+    /// ∂M/∂(the final norm's output) at each prompt's END row, `(B, D)`: what the
+    /// unembedding passes back (direct-logit attribution starts here).
+    pub final_normed_end: Array2<f32>,
+    /// The forward's activations (`o` of the attribution scores: z, pattern, v, MLP outputs).
+    pub activations: ActivationCache,
 }
 
 /// Gradients of `M = mean_p metric_p(END logits of prompt p)` on the unedited forward of
@@ -167,6 +172,110 @@ pub fn gradients(
     objective: Objective,
     options: GradientOptions,
 ) -> Result<Gradients, GradientError> {
+    gradients_with(model, tokens, targets, objective, options, &NoInterventions)
+}
+
+/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
+/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
+/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
+/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
+/// forward, so these are the exact gradients of that forward.
+pub fn gradients_at_embeddings(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    embeddings: ndarray::ArrayView3<f32>,
+) -> Result<Gradients, GradientError> {
+    let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    let expected = (tokens.len(), seq, model.config.d_model);
+    if embeddings.dim() != expected {
+        return Err(GradientError::Inputs {
+            what: format!(
+                "embeddings are {:?}, expected {expected:?} for these prompts",
+                embeddings.dim()
+            ),
+        });
+    }
+    gradients_with(
+        model,
+        tokens,
+        targets,
+        objective,
+        options,
+        &ReplaceEmbeddings { embeddings },
+    )
+}
+
+/// The one edit [`gradients_at_embeddings`] makes: the embedding, a leaf, so the backward
+/// below (which knows no other edit) stays exact.
+struct ReplaceEmbeddings<'a> {
+    embeddings: ndarray::ArrayView3<'a, f32>,
+}
+
+impl super::Interventions for ReplaceEmbeddings<'_> {
+    fn edit_embed(&self, embed: &mut ndarray::ArrayViewMut3<f32>) {
+        embed.assign(&self.embeddings);
+    }
+}
+
+/// Which head outputs and MLP outputs a forward keeps computed (`true`) or holds at a constant
+/// (`false`: a node ablation replaced them by reference values): per layer `(B, T, H)` and
+/// `(B, T)`, prompts as in the forward.
+#[derive(Clone, Copy, Debug)]
+pub struct Kept<'a> {
+    pub z: &'a [ndarray::Array3<bool>],
+    pub mlp_out: &'a [Array2<bool>],
+}
+
+/// [`gradients`] of the forward with `hooks` in place, where `hooks` replaces exactly the
+/// entries `kept` marks `false` by constants (node ablation of heads and MLPs: no QK-edge,
+/// knockout or path-edge edit). A constant passes no gradient to what computed it, so the
+/// backward stops there: the gradient *at* a frozen entry (`LayerGradients::z`, `mlp_out`) is
+/// still reported (what changing it would do), but none flows from it into the layer below.
+pub fn gradients_with_node_ablation(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+    kept: Kept,
+) -> Result<Gradients, GradientError> {
+    gradients_inner(
+        model,
+        tokens,
+        targets,
+        objective,
+        options,
+        hooks,
+        Some(kept),
+    )
+}
+
+/// `hooks` may only edit the embedding (a leaf); any other edit would make these gradients
+/// those of a different function.
+fn gradients_with(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+) -> Result<Gradients, GradientError> {
+    gradients_inner(model, tokens, targets, objective, options, hooks, None)
+}
+
+fn gradients_inner(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    hooks: &dyn super::Interventions,
+    kept: Option<Kept>,
+) -> Result<Gradients, GradientError> {
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
     let vocab = unembed.nrows();
@@ -176,7 +285,7 @@ pub fn gradients(
         all_logits: false,
         cache: true,
     };
-    let out = model.forward(tokens, &forward_options, &NoInterventions)?;
+    let out = model.forward(tokens, &forward_options, hooks)?;
     let cache = out.cache.expect("asked for the cache");
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
@@ -236,14 +345,33 @@ pub fn gradients(
     let scale = 1.0 / (d_head as f32).sqrt();
 
     let mut layers = Vec::with_capacity(transformer.layers.len());
-    for (layer, lc) in transformer.layers.iter().zip(&cache.layers).rev() {
+    for (index, (layer, lc)) in transformer
+        .layers
+        .iter()
+        .zip(&cache.layers)
+        .enumerate()
+        .rev()
+    {
         let resid_pre = rows(&lc.resid_pre); // (N, D)
         let resid_mid = rows(&lc.resid_mid); // (N, D)
 
         // ---- MLP: resid_post = resid_mid + mlp(norm(resid_mid)) --------------------------
         let d_mlp_out = d_resid; // (N, D)
         let mlp_x = layer.mlp_norm.apply(resid_mid.view()); // (N, D), recomputed
-        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_out.view()); // (N, D)
+                                                            // A frozen MLP output passes nothing back into the MLP.
+        let d_mlp_through = match kept {
+            Some(kept) => {
+                let mut d = d_mlp_out.clone(); // (N, D)
+                for ((b, t), &keep) in kept.mlp_out[index].indexed_iter() {
+                    if !keep && t < seq {
+                        d.row_mut(b * seq + t).fill(0.0);
+                    }
+                }
+                d
+            }
+            None => d_mlp_out.clone(),
+        };
+        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, resid_mid.view(), d_mlp_x.view()); // (N, D)
         let d_mid = &d_mlp_out + &d_mlp_in; // (N, D)
 
@@ -252,6 +380,19 @@ pub fn gradients(
         let d_z4 = d_z
             .into_shape_with_order((batch, seq, n_heads, d_head))
             .unwrap(); // (B, T, H, d)
+                       // A frozen head output passes nothing back into the attention.
+        let d_z_through = match kept {
+            Some(kept) => {
+                let mut d = d_z4.clone(); // (B, T, H, d)
+                for ((b, t, h), &keep) in kept.z[index].indexed_iter() {
+                    if !keep && t < seq {
+                        d.slice_mut(s![b, t, h, ..]).fill(0.0);
+                    }
+                }
+                d
+            }
+            None => d_z4.clone(),
+        };
         let mut d_q = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
@@ -267,7 +408,7 @@ pub fn gradients(
                     lc.k.slice(s![b, .., kv, ..]),
                     lc.v.slice(s![b, .., kv, ..]),
                     lc.pattern.slice(s![b, h, .., ..]),
-                    d_z4.slice(s![b, .., h, ..]),
+                    d_z_through.slice(s![b, .., h, ..]),
                     scale,
                 )
             })
@@ -333,7 +474,39 @@ pub fn gradients(
         resid_final: d_resid_final,
         logits: out.logits.index_axis(Axis(1), 0).to_owned(),
         lengths: out.lengths,
+        final_normed_end: d_normed,
+        activations: cache,
     })
+}
+
+/// The final norm's backward with its scale frozen at the forward's value: for END rows `x`
+/// `(B, D)` of the final residual stream and `dy` `(B, D)` (∂M/∂ the norm's output, e.g.
+/// [`Gradients::final_normed_end`]), returns `(B, D)` directions `u` with
+/// `ΔM ≈ u · Δx` for a write `Δx` into the residual stream *if the norm's scale stayed put*:
+/// LayerNorm `u = centre(w ⊙ dy) / σ` (its centring is linear, so it is applied), RMSNorm
+/// `u = w ⊙ dy / rms`. Direct-logit attribution (`dla`) multiplies these by a head's write.
+pub fn frozen_final_norm_backward(
+    model: &Model,
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+) -> Array2<f32> {
+    match &model.transformer.final_norm {
+        Norm::Layer { weight, eps, .. } => {
+            blocks::layernorm_frozen_scale_backward(x, weight.view(), *eps, dy)
+        }
+        Norm::Rms { weight, eps } => {
+            blocks::rmsnorm_frozen_scale_backward(x, weight.view(), *eps, dy)
+        }
+    }
+}
+
+/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies.
+pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> ArrayView2<'_, f32> {
+    let d = model.transformer.d_head;
+    model.transformer.layers[layer]
+        .o
+        .weight
+        .slice(s![head * d..(head + 1) * d, ..])
 }
 
 fn check_inputs(

@@ -1,0 +1,111 @@
+//! `--format eap-ig-json`: the graph JSON of the EAP-IG library and the MIB benchmark.
+//!
+//! `cfg` (n_layers, n_heads, parallel_attn_mlp, d_model), `nodes` named `input`, `a{L}.h{H}`,
+//! `m{L}`, `logits` with `score` and `in_graph`, and `edges` named `a0.h1->a2.h3<q>`,
+//! `a0.h1->m2`, `m0->logits` with `score` and `in_graph`. That format has no positions, so
+//! each score is summed over slots (the additive scores' sum estimates ablating the component
+//! at every position); the positional scores stay in our own JSON. Edges out of `input` are
+//! absent: the embedding is no component of a `.circuit` file (it is always kept).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use super::{Component, ScoreSet};
+use crate::model::HeadInput;
+use crate::resolve::bound::{Downstream, Upstream};
+
+fn upstream(u: Upstream) -> String {
+    match u {
+        Upstream::Head(h) => format!("a{}.h{}", h.layer, h.head),
+        Upstream::Mlp(l) => format!("m{l}"),
+    }
+}
+
+fn downstream(d: Downstream) -> String {
+    match d {
+        Downstream::Head(h, which) => {
+            let which = match which {
+                HeadInput::Q => "q",
+                HeadInput::K => "k",
+                HeadInput::V => "v",
+            };
+            format!("a{}.h{}<{which}>", h.layer, h.head)
+        }
+        Downstream::Mlp(l) => format!("m{l}"),
+        Downstream::Logits => "logits".to_string(),
+    }
+}
+
+/// Position-summed scores of one set, by name, in component order.
+fn summed(set: &ScoreSet) -> BTreeMap<Component, f64> {
+    let mut out = BTreeMap::new();
+    for e in &set.entries {
+        *out.entry(e.component).or_insert(0.0) += e.score;
+    }
+    out
+}
+
+/// The names among `scores` whose |score| is in the top `top` (all when `None`).
+fn in_graph(scores: &BTreeMap<Component, f64>, top: Option<usize>) -> BTreeSet<Component> {
+    let mut order: Vec<(&Component, f64)> = scores.iter().map(|(c, &s)| (c, s)).collect();
+    order.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(b.0)));
+    order
+        .into_iter()
+        .take(top.unwrap_or(usize::MAX))
+        .map(|(c, _)| *c)
+        .collect()
+}
+
+/// The graph JSON from node scores and path-edge scores of one method. `in_graph` marks the
+/// `top` edges (and nodes) by |score|, every one when `None`; `input` and `logits` are always
+/// in the graph and carry no score.
+pub fn eap_ig_json(
+    nodes: &ScoreSet,
+    edges: &ScoreSet,
+    n_layers: usize,
+    n_heads: usize,
+    d_model: usize,
+    top: Option<usize>,
+) -> String {
+    let node_scores = summed(nodes);
+    let edge_scores = summed(edges);
+    let kept_nodes = in_graph(&node_scores, top);
+    let kept_edges = in_graph(&edge_scores, top);
+    let mut node_map = Map::new();
+    node_map.insert("input".into(), json!({"score": null, "in_graph": true}));
+    for (c, s) in &node_scores {
+        let name = match c {
+            Component::Head(h) => format!("a{}.h{}", h.layer, h.head),
+            Component::Mlp(l) => format!("m{l}"),
+            Component::Path { .. } => continue,
+        };
+        node_map.insert(
+            name,
+            json!({"score": s, "in_graph": kept_nodes.contains(c)}),
+        );
+    }
+    node_map.insert("logits".into(), json!({"score": null, "in_graph": true}));
+    let mut edge_map = Map::new();
+    for (c, s) in &edge_scores {
+        if let Component::Path { from, to } = c {
+            edge_map.insert(
+                format!("{}->{}", upstream(*from), downstream(*to)),
+                json!({"score": s, "in_graph": kept_edges.contains(c)}),
+            );
+        }
+    }
+    let value = json!({
+        "cfg": {
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "parallel_attn_mlp": false,
+            "d_model": d_model,
+        },
+        "nodes": Value::Object(node_map),
+        "edges": Value::Object(edge_map),
+    });
+    let mut text = serde_json::to_string_pretty(&value).expect("scores serialize");
+    text.push('\n');
+    text
+}

@@ -1,0 +1,841 @@
+//! Attribution: a score for every head and MLP at every position, every QK edge and every path
+//! edge, from the gradients of the file's metric (`circuit scores`).
+//!
+//! The definitions are in docs/semantics.md ("Attribution scores"), formula by formula; this
+//! module computes them. Every score is built in three steps:
+//! 1. the clean forward and the gradients of `M = mean_p metric_p` at it
+//!    ([`crate::model::backward`]); for `eap-ig` the gradients at `m` points between the
+//!    reference input embedding and the clean one, averaged;
+//! 2. per prompt and token, the score of each component: `(õ − o) · ∂M/∂o` for the gradient
+//!    methods (õ the component's ablated value under the file's settings, read from
+//!    [`ReferenceValues`], as the ablation itself reads it), or the cheap attention scores;
+//! 3. aggregation over prompts per *slot* (the token's label as `align by label` names it:
+//!    `END`, `S4`, `S1+1`, `start+2`), in prompt order, in f64.
+//!
+//! Since `∂M/∂o` already carries the `1/P` of the prompt mean, the gradient scores of step 2
+//! summed over prompts are in metric units: the first-order estimate of `M(ablated) − M(full)`.
+//! They add up: a head's node score summed over slots estimates ablating it at every position,
+//! and its QK-edge scores into one query sum to its node score there.
+//!
+//! Shapes: `B` prompts right-padded to `T`, `L` layers, `H` heads, `d` head size, `D` model
+//! width.
+
+pub mod export;
+pub mod inputs;
+pub mod run;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use miette::Diagnostic;
+use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis};
+use thiserror::Error;
+
+use crate::ablate::ReferenceValues;
+use crate::measure::Targets;
+use crate::model::backward::{self, GradientOptions, Gradients, Objective};
+use crate::model::{HeadInput, Model};
+use crate::resolve::bound::{Downstream, HeadId, Upstream};
+
+/// How a score is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Edge attribution patching: `(õ − o) · ∂M/∂o` at the clean run.
+    Eap,
+    /// EAP with integrated gradients over the input embeddings (`steps` points).
+    EapIg { steps: usize },
+    /// The attention pattern `A[q,k]`, averaged over prompts.
+    Attention,
+    /// `A[q,k] · ‖v[k] W_O^h‖`, averaged over prompts.
+    Qkvo,
+    /// Direct effect on the metric through the final norm (its scale frozen) and the unembedding.
+    Dla,
+}
+
+impl Method {
+    /// How the command line and reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Eap => "eap",
+            Method::EapIg { .. } => "eap-ig",
+            Method::Attention => "attention",
+            Method::Qkvo => "qkvo",
+            Method::Dla => "dla",
+        }
+    }
+
+    /// Whether the score is in the metric's units (an estimated change of `M`), so that
+    /// faithfulness units exist for it.
+    pub fn in_metric_units(self) -> bool {
+        matches!(self, Method::Eap | Method::EapIg { .. } | Method::Dla)
+    }
+
+    /// Whether the score adds up over prompts (an estimate of a change of the prompt mean:
+    /// summed over prompts, a prompt lacking a slot contributes 0) rather than being a
+    /// per-prompt property averaged over the prompts that have the slot.
+    fn additive(self) -> bool {
+        self.in_metric_units()
+    }
+}
+
+/// What is scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// Heads (and MLPs under `heads and mlps`) per query position.
+    Nodes,
+    /// `edge h: key -> query`.
+    QkEdges,
+    /// `edge u -> v.q|k|v`, `u -> mlp L`, `u -> logits` per position.
+    PathEdges,
+}
+
+impl Granularity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Nodes => "nodes",
+            Granularity::QkEdges => "qk-edges",
+            Granularity::PathEdges => "path-edges",
+        }
+    }
+}
+
+/// What one score is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    Head(HeadId),
+    Mlp(usize),
+    Path { from: Upstream, to: Downstream },
+}
+
+impl Component {
+    /// As a `.circuit` file writes the component (without positions): `0.1`, `mlp 2`,
+    /// `0.1 -> 1.0.v`.
+    pub fn name(&self) -> String {
+        match self {
+            Component::Head(h) => h.to_string(),
+            Component::Mlp(l) => format!("mlp {l}"),
+            Component::Path { from, to } => {
+                format!("{from} -> {to}")
+            }
+        }
+    }
+}
+
+/// One aggregated score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub component: Component,
+    /// The query slot (for nodes and path edges: the position).
+    pub query: String,
+    /// The key slot of a QK edge.
+    pub key: Option<String>,
+    /// In metric units for the gradient methods and `dla` (see [`Method::in_metric_units`]).
+    pub score: f64,
+    /// Prompts that have this slot (or slot pair).
+    pub n_prompts: usize,
+}
+
+impl Entry {
+    /// How a `.circuit` file would write it: `0.1 @ END`, `edge 0.1: S4 -> END`,
+    /// `mlp 0 @ S4`, `edge 0.1 -> 1.0.v @ END`.
+    pub fn circuit_text(&self) -> String {
+        match (&self.component, &self.key) {
+            (Component::Head(h), Some(key)) => format!("edge {h}: {key} -> {}", self.query),
+            (Component::Path { .. }, _) => {
+                format!("edge {} @ {}", self.component.name(), self.query)
+            }
+            (c, _) => format!("{} @ {}", c.name(), self.query),
+        }
+    }
+}
+
+/// Every score of one method at one granularity, in component order.
+#[derive(Clone, Debug)]
+pub struct ScoreSet {
+    pub method: Method,
+    pub granularity: Granularity,
+    pub entries: Vec<Entry>,
+    /// The slots in the order of their first token (prompt by prompt).
+    pub slots: Vec<String>,
+    pub n_prompts: usize,
+}
+
+impl ScoreSet {
+    /// Indices of `entries` by decreasing |score|, ties by component order (deterministic).
+    pub fn ranking(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (x, y) = (self.entries[a].score.abs(), self.entries[b].score.abs());
+            y.total_cmp(&x).then(a.cmp(&b))
+        });
+        order
+    }
+}
+
+/// Why scores cannot be computed.
+#[derive(Debug, Error, Diagnostic)]
+pub enum AttributeError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Gradient(#[from] backward::GradientError),
+
+    #[error("`{method}` scores QK edges, not nodes (a head's attention sums to 1 over keys)")]
+    #[diagnostic(
+        code(circuit::attribute::no_node_score),
+        help("use --granularity qk-edges, or a node score: eap, eap-ig, qkvo, dla")
+    )]
+    NoNodeScore { method: &'static str },
+
+    #[error("`{method}` has no path-edge score")]
+    #[diagnostic(
+        code(circuit::attribute::no_path_edge_score),
+        help("path-edge scores are gradient scores: use --method eap or eap-ig")
+    )]
+    NoPathEdgeScore { method: &'static str },
+
+    #[error("the `kl` metric's gradient is zero at the full model's own run, so every `eap` score would be 0")]
+    #[diagnostic(
+        code(circuit::attribute::kl_zero_gradient),
+        help("KL(full ‖ full) is kl's minimum; score with --method eap-ig (its points lie between the reference input and the clean one, where the gradient is not zero), or use another metric")
+    )]
+    KlAtMinimum,
+
+    #[error("eap-ig relative to a circuit is not implemented")]
+    #[diagnostic(
+        code(circuit::attribute::ig_with_circuit),
+        help("score the circuit with --method eap, or eap-ig relative to the full model (no --circuit)")
+    )]
+    IgWithCircuit,
+
+    #[error("eap-ig needs at least one step")]
+    #[diagnostic(
+        code(circuit::attribute::no_steps),
+        help("pass --steps 1 or more (default 5)")
+    )]
+    NoSteps,
+
+    #[error("QK-edge scores estimate edge-mean ablation, but this file ablates edges by knockout")]
+    #[diagnostic(
+        code(circuit::attribute::knockout_edges),
+        help("attention knockout is not linear in the edge's term; score QK edges of a file with `ablate edges by mean` (the default)")
+    )]
+    KnockoutEdges,
+}
+
+/// What the scores are computed from: the evaluated prompts, their slots and the ablation's
+/// reference values.
+pub struct AttributionInputs<'a> {
+    pub model: &'a Model,
+    pub ids: &'a [Vec<u32>],
+    pub targets: &'a [Targets],
+    /// The slot name of every token of every prompt, `(B, T_b)`.
+    pub slots: &'a [Vec<String>],
+    /// The metric, as `.circuit` files name it.
+    pub metric: &'a str,
+    /// The file's ablation: what `õ` is (needs edge terms of every head for QK edges and
+    /// head outputs for path edges).
+    pub reference: &'a ReferenceValues,
+    /// `x̃`, the reference input embedding of each evaluated prompt `(B, T, D)` (see
+    /// [`inputs::reference_embeddings`]); needed by `eap-ig` only.
+    pub reference_embeddings: Option<ArrayView3<'a, f32>>,
+    /// Whether MLPs are components (`ablate heads and mlps`).
+    pub mlps_in_scope: bool,
+    /// Called once per gradient pass (progress bars).
+    pub on_pass: Option<&'a (dyn Fn() + Sync)>,
+    /// Scores relative to a circuit: its node ablations in place (`o` is then each
+    /// component's value in the circuit's forward, and the backward stops at frozen entries).
+    pub circuit: Option<CircuitInPlace<'a>>,
+}
+
+/// A circuit's node ablations, as the forward applies them and as the backward sees them.
+#[derive(Clone, Copy)]
+pub struct CircuitInPlace<'a> {
+    pub hooks: &'a dyn crate::model::Interventions,
+    pub kept: backward::Kept<'a>,
+}
+
+/// Whether `method` at `granularity` is defined for `metric`, relative to the full model or
+/// (`with_circuit`) to a circuit (checked before any forward pass).
+pub fn check_request(
+    method: Method,
+    granularity: Granularity,
+    metric: &str,
+    with_circuit: bool,
+) -> Result<(), AttributeError> {
+    if with_circuit && matches!(method, Method::EapIg { .. }) {
+        return Err(AttributeError::IgWithCircuit);
+    }
+    if metric == "accuracy" {
+        return Err(backward::GradientError::NoGradient {
+            metric: metric.to_string(),
+        }
+        .into());
+    }
+    match (method, granularity) {
+        (Method::Attention, Granularity::Nodes) => Err(AttributeError::NoNodeScore {
+            method: method.name(),
+        }),
+        (Method::Attention | Method::Qkvo | Method::Dla, Granularity::PathEdges) => {
+            Err(AttributeError::NoPathEdgeScore {
+                method: method.name(),
+            })
+        }
+        (Method::Eap, _) if metric == "kl" && !with_circuit => Err(AttributeError::KlAtMinimum),
+        (Method::EapIg { steps: 0 }, _) => Err(AttributeError::NoSteps),
+        _ => Ok(()),
+    }
+}
+
+/// Computes `method` at `granularity`.
+pub fn scores(
+    inputs: &AttributionInputs,
+    method: Method,
+    granularity: Granularity,
+) -> Result<ScoreSet, AttributeError> {
+    check_request(method, granularity, inputs.metric, inputs.circuit.is_some())?;
+    let targets: Vec<(u32, u32)> = inputs
+        .targets
+        .iter()
+        .map(|t| (t.answer, t.distractor))
+        .collect();
+    let options = GradientOptions {
+        head_inputs: granularity == Granularity::PathEdges,
+    };
+    // The full model's own END logits (kl's reference): the clean run's.
+    let clean = clean_run(inputs, &targets, options)?;
+    let objective = objective(inputs.metric, &clean)?;
+    let mut aggregate = Aggregate::new(inputs.slots, method.additive());
+    match method {
+        Method::Eap | Method::EapIg { .. } => {
+            let gradient = match method {
+                Method::EapIg { steps } => {
+                    integrated_gradients(inputs, &targets, objective, options, &clean, steps)?
+                }
+                _ => MeanGradients::of(&clean),
+            };
+            match granularity {
+                Granularity::Nodes => node_scores(inputs, &clean, &gradient, &mut aggregate),
+                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate),
+                Granularity::PathEdges => {
+                    path_edge_scores(inputs, &clean, &gradient, &mut aggregate)
+                }
+            }
+        }
+        Method::Attention | Method::Qkvo | Method::Dla => {
+            cheap_scores(inputs, &clean, method, granularity, &mut aggregate)
+        }
+    }
+    Ok(ScoreSet {
+        method,
+        granularity,
+        entries: aggregate.finish(),
+        slots: slot_order(inputs.slots),
+        n_prompts: inputs.ids.len(),
+    })
+}
+
+/// The gradients at the clean run. Under `kl` the objective needs the full model's END logits
+/// before the backward, which costs one plain forward more.
+fn clean_run(
+    inputs: &AttributionInputs,
+    targets: &[(u32, u32)],
+    options: GradientOptions,
+) -> Result<Gradients, AttributeError> {
+    let full_logits = if inputs.metric == "kl" {
+        let out = inputs
+            .model
+            .forward(
+                inputs.ids,
+                &crate::model::ForwardOptions::default(),
+                &crate::model::NoInterventions,
+            )
+            .map_err(backward::GradientError::from)?;
+        Some(out.logits.index_axis(Axis(1), 0).to_owned())
+    } else {
+        None
+    };
+    let objective =
+        Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
+    let clean = match inputs.circuit {
+        None => backward::gradients(inputs.model, inputs.ids, targets, objective, options)?,
+        Some(circuit) => backward::gradients_with_node_ablation(
+            inputs.model,
+            inputs.ids,
+            targets,
+            objective,
+            options,
+            circuit.hooks,
+            circuit.kept,
+        )?,
+    };
+    if let Some(f) = inputs.on_pass {
+        f();
+    }
+    Ok(clean)
+}
+
+fn objective<'g>(metric: &str, clean: &'g Gradients) -> Result<Objective<'g>, AttributeError> {
+    Ok(Objective::from_metric_name(
+        metric,
+        Some(clean.logits.view()),
+    )?)
+}
+
+/// `∂M/∂(activation)` as the scores read it: the clean run's, or averaged over the
+/// integrated-gradient points.
+struct MeanGradients {
+    /// Per layer `(B, T, H, d)`.
+    z: Vec<Array4<f32>>,
+    /// Per layer `(B, T, D)`.
+    mlp_out: Vec<Array3<f32>>,
+    /// Per layer, `[q, k, v]` each `(B, T, H, D)` (path edges only).
+    head_inputs: Vec<Option<[Array4<f32>; 3]>>,
+    /// Per layer `(B, T, D)`: the MLP's input (path edges into `mlp L`).
+    mlp_in: Vec<Array3<f32>>,
+    /// `(B, T, D)`: the final residual stream (path edges into the logits).
+    resid_final: Array3<f32>,
+}
+
+impl MeanGradients {
+    fn of(g: &Gradients) -> MeanGradients {
+        MeanGradients {
+            z: g.layers.iter().map(|l| l.z.clone()).collect(),
+            mlp_out: g.layers.iter().map(|l| l.mlp_out.clone()).collect(),
+            head_inputs: g
+                .layers
+                .iter()
+                .map(|l| {
+                    l.head_inputs
+                        .as_ref()
+                        .map(|h| [h.q.clone(), h.k.clone(), h.v.clone()])
+                })
+                .collect(),
+            mlp_in: g.layers.iter().map(|l| l.mlp_in.clone()).collect(),
+            resid_final: g.resid_final.clone(),
+        }
+    }
+
+    fn add(&mut self, g: &Gradients) {
+        for (layer, lg) in g.layers.iter().enumerate() {
+            self.z[layer] += &lg.z;
+            self.mlp_out[layer] += &lg.mlp_out;
+            self.mlp_in[layer] += &lg.mlp_in;
+            if let (Some(sum), Some(h)) = (&mut self.head_inputs[layer], &lg.head_inputs) {
+                sum[0] += &h.q;
+                sum[1] += &h.k;
+                sum[2] += &h.v;
+            }
+        }
+        self.resid_final += &g.resid_final;
+    }
+
+    fn scale(&mut self, factor: f32) {
+        for layer in 0..self.z.len() {
+            self.z[layer] *= factor;
+            self.mlp_out[layer] *= factor;
+            self.mlp_in[layer] *= factor;
+            if let Some(sum) = &mut self.head_inputs[layer] {
+                sum.iter_mut().for_each(|a| *a *= factor);
+            }
+        }
+        self.resid_final *= factor;
+    }
+}
+
+/// The gradients at `x̃ + α(x − x̃)`, `α = k/m` for `k = 1..m`, averaged. The last point is
+/// the clean run itself (`α = 1` is taken as `x`, not recomputed, so `m = 1` is `eap` bit for
+/// bit). The objective (and `kl`'s reference logits) stays the clean run's.
+fn integrated_gradients(
+    inputs: &AttributionInputs,
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+    clean: &Gradients,
+    steps: usize,
+) -> Result<MeanGradients, AttributeError> {
+    let x = &clean.activations.embed; // (B, T, D)
+    let reference = match inputs.reference_embeddings {
+        Some(r) => r.to_owned(),
+        None => Array3::zeros(x.raw_dim()),
+    }; // (B, T, D)
+    let mut sum: Option<MeanGradients> = None;
+    for k in 1..steps {
+        let alpha = k as f32 / steps as f32;
+        let point = &reference + &((x - &reference) * alpha); // (B, T, D)
+        let g = backward::gradients_at_embeddings(
+            inputs.model,
+            inputs.ids,
+            targets,
+            objective,
+            options,
+            point.view(),
+        )?;
+        if let Some(f) = inputs.on_pass {
+            f();
+        }
+        match &mut sum {
+            None => sum = Some(MeanGradients::of(&g)),
+            Some(s) => s.add(&g),
+        }
+    }
+    let mut sum = match sum {
+        None => MeanGradients::of(clean),
+        Some(mut s) => {
+            s.add(clean);
+            s
+        }
+    };
+    if steps > 1 {
+        sum.scale(1.0 / steps as f32);
+    }
+    Ok(sum)
+}
+
+/// (component, query slot, key slot).
+type SlotKey = (Component, String, Option<String>);
+
+/// Sums per-(component, slot) values over prompts in prompt order.
+struct Aggregate<'a> {
+    slots: &'a [Vec<String>],
+    additive: bool,
+    /// Keyed by (component, query slot, key slot): (sum, prompts seen, last prompt counted).
+    sums: BTreeMap<SlotKey, (f64, usize, usize)>,
+}
+
+impl<'a> Aggregate<'a> {
+    fn new(slots: &'a [Vec<String>], additive: bool) -> Aggregate<'a> {
+        Aggregate {
+            slots,
+            additive,
+            sums: BTreeMap::new(),
+        }
+    }
+
+    /// Adds prompt `b`'s value at query token `q` (and key token `k`).
+    fn add(&mut self, component: Component, b: usize, q: usize, k: Option<usize>, value: f64) {
+        let key = (
+            component,
+            self.slots[b][q].clone(),
+            k.map(|k| self.slots[b][k].clone()),
+        );
+        let entry = self.sums.entry(key).or_insert((0.0, 0, usize::MAX));
+        entry.0 += value;
+        if entry.2 != b {
+            entry.1 += 1;
+            entry.2 = b;
+        }
+    }
+
+    fn finish(self) -> Vec<Entry> {
+        self.sums
+            .into_iter()
+            .map(|((component, query, key), (sum, n, _))| Entry {
+                component,
+                query,
+                key,
+                score: if self.additive { sum } else { sum / n as f64 },
+                n_prompts: n,
+            })
+            .collect()
+    }
+}
+
+/// The slots in order of first occurrence, prompt by prompt.
+fn slot_order(slots: &[Vec<String>]) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for prompt in slots {
+        for slot in prompt {
+            if !order.contains(slot) {
+                order.push(slot.clone());
+            }
+        }
+    }
+    order
+}
+
+/// `Σ_i (õ_i − o_i) g_i` in f64, `õ` given as f64 (the reference values are read that way).
+fn delta_dot(
+    ablated: &[f64],
+    clean: ndarray::ArrayView1<f32>,
+    gradient: ndarray::ArrayView1<f32>,
+) -> f64 {
+    ablated
+        .iter()
+        .zip(clean)
+        .zip(gradient)
+        .map(|((&a, &o), &g)| (a - o as f64) * g as f64)
+        .sum()
+}
+
+fn node_scores(
+    inputs: &AttributionInputs,
+    clean: &Gradients,
+    gradient: &MeanGradients,
+    aggregate: &mut Aggregate,
+) {
+    let cache = &clean.activations;
+    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let mut ablated = vec![0.0f64; d_head];
+    for (b, &len) in clean.lengths.iter().enumerate() {
+        for (layer, lc) in cache.layers.iter().enumerate() {
+            for t in 0..len {
+                for h in 0..n_heads {
+                    ablated.iter_mut().for_each(|x| *x = 0.0);
+                    inputs.reference.add_z(layer, b, t, h, &mut ablated);
+                    let score = delta_dot(
+                        &ablated,
+                        lc.z.slice(s![b, t, h, ..]),
+                        gradient.z[layer].slice(s![b, t, h, ..]),
+                    );
+                    aggregate.add(
+                        Component::Head(HeadId { layer, head: h }),
+                        b,
+                        t,
+                        None,
+                        score,
+                    );
+                }
+                if inputs.mlps_in_scope {
+                    let score = mlp_delta_dot(
+                        inputs.reference,
+                        layer,
+                        b,
+                        t,
+                        lc.mlp_out.slice(s![b, t, ..]),
+                        gradient.mlp_out[layer].slice(s![b, t, ..]),
+                    );
+                    aggregate.add(Component::Mlp(layer), b, t, None, score);
+                }
+            }
+        }
+    }
+}
+
+/// `(õ − o) · g` of an MLP output (`õ = 0` under zero ablation).
+fn mlp_delta_dot(
+    reference: &ReferenceValues,
+    layer: usize,
+    b: usize,
+    t: usize,
+    clean: ndarray::ArrayView1<f32>,
+    gradient: ndarray::ArrayView1<f32>,
+) -> f64 {
+    let ablated: Vec<f64> = match reference.mlp_out(layer, b, t) {
+        Some(r) => r.iter().map(|&x| x as f64).collect(),
+        None => vec![0.0; clean.len()],
+    };
+    delta_dot(&ablated, clean, gradient)
+}
+
+/// The clean term `A[q,k]·v[k]` of `head` (values by key/value head under GQA), `(d,)`.
+fn edge_term(
+    clean: &Gradients,
+    layer: usize,
+    b: usize,
+    head: usize,
+    q: usize,
+    k: usize,
+) -> Vec<f64> {
+    let lc = &clean.activations.layers[layer];
+    let n_heads = lc.z.dim().2;
+    let group = n_heads / lc.v.dim().2;
+    let a = lc.pattern[[b, head, q, k]] as f64;
+    lc.v.slice(s![b, k, head / group, ..])
+        .iter()
+        .map(|&v| a * v as f64)
+        .collect()
+}
+
+fn qk_edge_scores(
+    inputs: &AttributionInputs,
+    clean: &Gradients,
+    gradient: &MeanGradients,
+    aggregate: &mut Aggregate,
+) {
+    let cache = &clean.activations;
+    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let mut ablated = vec![0.0f64; d_head];
+    for (b, &len) in clean.lengths.iter().enumerate() {
+        for layer in 0..cache.layers.len() {
+            for h in 0..n_heads {
+                let head = HeadId { layer, head: h };
+                for q in 0..len {
+                    let g = gradient.z[layer].slice(s![b, q, h, ..]);
+                    for k in 0..=q {
+                        ablated.iter_mut().for_each(|x| *x = 0.0);
+                        inputs.reference.add_edge_term(head, b, q, k, &mut ablated);
+                        let term = edge_term(clean, layer, b, h, q, k);
+                        let score: f64 = ablated
+                            .iter()
+                            .zip(&term)
+                            .zip(g)
+                            .map(|((&a, &e), &g)| (a - e) * g as f64)
+                            .sum();
+                        aggregate.add(Component::Head(head), b, q, Some(k), score);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every upstream component a path edge can leave, in order: heads layer by layer, then (in
+/// scope) each layer's MLP after its heads.
+fn upstreams(n_layers: usize, n_heads: usize, mlps: bool) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for layer in 0..n_layers {
+        out.extend((0..n_heads).map(|head| Upstream::Head(HeadId { layer, head })));
+        if mlps {
+            out.push(Upstream::Mlp(layer));
+        }
+    }
+    out
+}
+
+/// Every downstream input: each head's q, k, v, each MLP, the logits.
+fn downstreams(n_layers: usize, n_heads: usize) -> Vec<Downstream> {
+    let mut out = Vec::new();
+    for layer in 0..n_layers {
+        for head in 0..n_heads {
+            for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                out.push(Downstream::Head(HeadId { layer, head }, which));
+            }
+        }
+        out.push(Downstream::Mlp(layer));
+    }
+    out.push(Downstream::Logits);
+    out
+}
+
+fn path_edge_scores(
+    inputs: &AttributionInputs,
+    clean: &Gradients,
+    gradient: &MeanGradients,
+    aggregate: &mut Aggregate,
+) {
+    let cache = &clean.activations;
+    let n_layers = cache.layers.len();
+    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope);
+    let downs = downstreams(n_layers, n_heads);
+    let mut ablated = vec![0.0f64; d_head];
+    for (b, &len) in clean.lengths.iter().enumerate() {
+        for t in 0..len {
+            // ũ − u per upstream component at (b, t), in the residual stream: (U, D).
+            let d_model = cache.embed.dim().2;
+            let mut delta = Array2::<f32>::zeros((ups.len(), d_model));
+            for (i, u) in ups.iter().enumerate() {
+                match *u {
+                    Upstream::Head(h) => {
+                        ablated.iter_mut().for_each(|x| *x = 0.0);
+                        inputs.reference.add_z(h.layer, b, t, h.head, &mut ablated);
+                        let z = cache.layers[h.layer].z.slice(s![b, t, h.head, ..]);
+                        let dz: Vec<f32> = ablated
+                            .iter()
+                            .zip(z)
+                            .map(|(&a, &o)| (a - o as f64) as f32)
+                            .collect();
+                        let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
+                        let dz = ndarray::ArrayView1::from(&dz);
+                        delta.row_mut(i).assign(&dz.dot(&w_o));
+                    }
+                    Upstream::Mlp(l) => {
+                        let o = cache.layers[l].mlp_out.slice(s![b, t, ..]);
+                        match inputs.reference.mlp_out(l, b, t) {
+                            Some(r) => delta.row_mut(i).assign(&(&r - &o)),
+                            None => delta.row_mut(i).assign(&o.mapv(|x| -x)),
+                        }
+                    }
+                }
+            }
+            // ∂M/∂(each downstream input) at (b, t): (Dn, D).
+            let mut grads = Array2::<f32>::zeros((downs.len(), d_model));
+            for (j, d) in downs.iter().enumerate() {
+                let g = match *d {
+                    Downstream::Head(h, which) => {
+                        let per = gradient.head_inputs[h.layer]
+                            .as_ref()
+                            .expect("path edges ask for head-input gradients");
+                        let i = match which {
+                            HeadInput::Q => 0,
+                            HeadInput::K => 1,
+                            HeadInput::V => 2,
+                        };
+                        per[i].slice(s![b, t, h.head, ..])
+                    }
+                    Downstream::Mlp(l) => gradient.mlp_in[l].slice(s![b, t, ..]),
+                    Downstream::Logits => gradient.resid_final.slice(s![b, t, ..]),
+                };
+                grads.row_mut(j).assign(&g);
+            }
+            let products = delta.dot(&grads.t()); // (U, Dn)
+            for (i, u) in ups.iter().enumerate() {
+                for (j, d) in downs.iter().enumerate() {
+                    if d.reads(*u, inputs.model.config.residual) {
+                        let component = Component::Path { from: *u, to: *d };
+                        aggregate.add(component, b, t, None, products[[i, j]] as f64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `attention`, `qkvo` and `dla` per QK edge (nodes: summed over keys).
+fn cheap_scores(
+    inputs: &AttributionInputs,
+    clean: &Gradients,
+    method: Method,
+    granularity: Granularity,
+    aggregate: &mut Aggregate,
+) {
+    let cache = &clean.activations;
+    let (_, seq, n_heads, _) = cache.layers[0].z.dim();
+    // dla: ∂M/∂(final residual) at END with the final norm's scale frozen, (B, D).
+    let dla_direction = (method == Method::Dla).then(|| {
+        let x = Array2::from_shape_fn(
+            (clean.lengths.len(), cache.resid_final.dim().2),
+            |(b, i)| cache.resid_final[[b, clean.lengths[b] - 1, i]],
+        ); // (B, D)
+        backward::frozen_final_norm_backward(inputs.model, x.view(), clean.final_normed_end.view())
+    });
+    for (b, &len) in clean.lengths.iter().enumerate() {
+        for (layer, lc) in cache.layers.iter().enumerate() {
+            let group = n_heads / lc.v.dim().2;
+            for h in 0..n_heads {
+                let w_o = backward::head_output_weight(inputs.model, layer, h); // (d, D)
+                                                                                // Per key: v[k] W_O^h, (T, D); its norm for qkvo, its direct effect for dla.
+                let written = lc.v.slice(s![b, .., h / group, ..]).dot(&w_o); // (T, D)
+                let per_key: Vec<f64> = match &dla_direction {
+                    Some(u) => written.dot(&u.row(b)).iter().map(|&x| x as f64).collect(),
+                    None => written
+                        .rows()
+                        .into_iter()
+                        .map(|r| r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt())
+                        .collect(),
+                };
+                debug_assert_eq!(per_key.len(), seq);
+                let head = HeadId { layer, head: h };
+                // dla: only END's row reaches the logits directly.
+                let queries: Vec<usize> = match method {
+                    Method::Dla => vec![len - 1],
+                    _ => (0..len).collect(),
+                };
+                for q in queries {
+                    for (k, &per_key) in per_key.iter().enumerate().take(q + 1) {
+                        let a = lc.pattern[[b, h, q, k]] as f64;
+                        let value = match method {
+                            Method::Attention => a,
+                            _ => a * per_key,
+                        };
+                        let key = (granularity == Granularity::QkEdges).then_some(k);
+                        aggregate.add(Component::Head(head), b, q, key, value);
+                    }
+                }
+            }
+        }
+    }
+}

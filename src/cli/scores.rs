@@ -1,0 +1,190 @@
+//! `circuit scores`: attribution scores of every head, MLP, QK edge or path edge of a file's
+//! model on its dataset, ranked (docs/semantics.md, "Attribution scores").
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use circuit::attribute::run::{score_session, Request};
+use circuit::attribute::{check_request, export, Granularity, Method};
+use circuit::measure::{metric_name, Session, SessionOptions};
+use circuit::report::SettingsReport;
+
+use super::eval::{emit, resolve, write_picture};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Eap,
+    EapIg,
+    Attention,
+    Qkvo,
+    Dla,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GranularityArg {
+    Nodes,
+    QkEdges,
+    PathEdges,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoresFormat {
+    Text,
+    Json,
+    /// The EAP-IG / MIB graph JSON (needs --granularity path-edges; scores summed over positions).
+    EapIgJson,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The .circuit file whose model, dataset, reference set, ablation and metric are used.
+    pub file: PathBuf,
+    /// Scores relative to this circuit (its ablations in place) instead of the full model.
+    #[arg(long = "circuit", value_name = "NAME")]
+    pub circuit: Option<String>,
+    /// How scores are computed.
+    #[arg(long, value_enum, default_value = "eap")]
+    pub method: MethodArg,
+    /// Integration points of eap-ig.
+    #[arg(long, default_value_t = 5, value_name = "M")]
+    pub steps: usize,
+    /// What is scored.
+    #[arg(long, value_enum, default_value = "nodes")]
+    pub granularity: GranularityArg,
+    /// Only scores whose query slot (a node's position) is SLOT, e.g. END.
+    #[arg(long = "query", value_name = "SLOT")]
+    pub query: Option<String>,
+    /// Show the K largest scores by |score| (text default: 20; json default: all).
+    #[arg(long, value_name = "K")]
+    pub top: Option<usize>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ScoresFormat,
+    /// Write the report to this file (atomically) instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Use this model folder instead of the file's `model` setting.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Also draw the scores as an SVG heat map into this file (atomically).
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: Option<PathBuf>,
+}
+
+pub fn execute(args: Args) -> miette::Result<ExitCode> {
+    if args.top == Some(0) {
+        return Err(miette::miette!(
+            code = "circuit::scores::top_zero",
+            help = "pass --top 1 or more, or leave it out",
+            "--top 0 would show no score"
+        ));
+    }
+    let method = match args.method {
+        MethodArg::Eap => Method::Eap,
+        MethodArg::EapIg => Method::EapIg { steps: args.steps },
+        MethodArg::Attention => Method::Attention,
+        MethodArg::Qkvo => Method::Qkvo,
+        MethodArg::Dla => Method::Dla,
+    };
+    let granularity = match args.granularity {
+        GranularityArg::Nodes => Granularity::Nodes,
+        GranularityArg::QkEdges => Granularity::QkEdges,
+        GranularityArg::PathEdges => Granularity::PathEdges,
+    };
+    if args.format == ScoresFormat::EapIgJson && granularity != Granularity::PathEdges {
+        return Err(miette::miette!(
+            code = "circuit::scores::export_needs_path_edges",
+            help = "add --granularity path-edges (the graph's edges are path edges)",
+            "--format eap-ig-json writes a graph of path edges"
+        ));
+    }
+    let resolved = resolve(&args.file, args.model.as_deref())?;
+    let file = &resolved.file;
+    let relative_to = match &args.circuit {
+        Some(name) => Some(
+            circuit::measure::session::select_circuits(file, std::slice::from_ref(name))?.remove(0),
+        ),
+        None => None,
+    };
+    // Bad requests cost no forward pass.
+    check_request(
+        method,
+        granularity,
+        metric_name(file.settings.metric),
+        relative_to.is_some(),
+    )?;
+
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(match method {
+            Method::EapIg { steps } => steps as u64,
+            Method::Eap => 1,
+            _ => 1,
+        });
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} scoring [{bar:30}] {pos}/{len} gradient passes ({elapsed})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let options = SessionOptions {
+        disk_cache: circuit::measure::disk_cache::cache_dir(),
+        ..Default::default()
+    };
+    let mut session = Session::open(file, options)?;
+    let tick = bar.clone().map(|b| move || b.inc(1));
+    let on_pass = tick.as_ref().map(|f| f as &(dyn Fn() + Sync));
+    let with_nodes = args.format == ScoresFormat::EapIgJson;
+    let result = score_session(
+        &mut session,
+        Request {
+            method,
+            granularity,
+        },
+        relative_to.as_ref(),
+        with_nodes,
+        on_pass,
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut report = result?;
+    if let Some(slot) = &args.query {
+        if !report.set.slots.contains(slot) {
+            return Err(miette::miette!(
+                code = "circuit::scores::unknown_slot",
+                help = format!("the prompts' slots are: {}", report.set.slots.join(", ")),
+                "no token of these prompts is at slot `{slot}`"
+            ));
+        }
+        report.set.entries.retain(|e| &e.query == slot);
+    }
+    let settings = SettingsReport::new(session.settings(), session.provenance());
+    let text = match args.format {
+        ScoresFormat::Text => {
+            circuit::report::scores::to_text(&report, &settings, args.top.unwrap_or(20))
+        }
+        ScoresFormat::Json => circuit::report::scores::to_json(&report, &settings, args.top),
+        ScoresFormat::EapIgJson => export::eap_ig_json(
+            report
+                .nodes_for_export
+                .as_ref()
+                .expect("asked for node scores"),
+            &report.set,
+            report.n_layers,
+            report.n_heads,
+            report.d_model,
+            args.top,
+        ),
+    };
+    // The picture first: a bad --svg path fails the command before any report is printed.
+    if let Some(path) = &args.svg {
+        let title = format!("circuit scores {}", args.file.display());
+        let svg = circuit::report::scores::heat_map(&report, &title, 4);
+        write_picture(path, &svg, "score heat map")?;
+    }
+    emit(&text, args.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
