@@ -124,3 +124,171 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
         );
     }
 }
+
+/// `circuit fmt link.circuit` formats the link's target; the link stays a link.
+#[cfg(unix)]
+#[test]
+fn fmt_writes_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real.circuit");
+    std::fs::write(&target, "circuit a {\n0.0   @ END\n}\n").unwrap();
+    let link = dir.path().join("link.circuit");
+    std::os::unix::fs::symlink("real.circuit", &link).unwrap();
+    let o = run(&["fmt", link.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "circuit a {\n  0.0 @ END\n}\n"
+    );
+    let o = run(&["fmt", "--check", link.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stdout));
+}
+
+/// A write that fails names the file asked for, never the temporary file beside it.
+#[test]
+fn write_errors_name_the_destination() {
+    let dir = tempfile::Builder::new().prefix("w").tempdir().unwrap();
+    let out = dir.path().join("missing").join("x.jsonl");
+    let o = run(&[
+        "dataset",
+        "seqcont.numerals",
+        "--n",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("x.jsonl") && err.contains("does not exist") && !err.contains(".tmp"),
+        "{err}"
+    );
+}
+
+fn stories() -> PathBuf {
+    repo("../shared/models/stories260K")
+}
+
+/// A copy of the friends fixture (circuit and dataset) in a temporary folder.
+fn friends_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["friends.circuit", "friends.jsonl"] {
+        std::fs::copy(
+            repo("tests/fixtures/eval").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// `eval` refuses an output that is an input of the run (the file, its dataset, through `./`
+/// or a symlink) or another output, with a coded error, and leaves every file as it was.
+#[test]
+fn outputs_onto_an_input_or_each_other_are_refused() {
+    let dir = friends_copy();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        dir.path().join("friends.jsonl"),
+        dir.path().join("data-link"),
+    )
+    .unwrap();
+    let stories = stories();
+    let model = stories.to_str().unwrap();
+    let file = d("friends.circuit");
+    let dotted = format!("{}/./friends.circuit", dir.path().display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["-o".into(), file.clone()], "circuit::output::is_input"),
+        (vec!["--svg".into(), dotted], "circuit::output::is_input"),
+        (
+            vec!["-o".into(), d("friends.jsonl")],
+            "circuit::output::is_input",
+        ),
+        #[cfg(unix)]
+        (
+            vec!["-o".into(), d("data-link")],
+            "circuit::output::is_input",
+        ),
+        (
+            vec!["-o".into(), format!("{model}/config.json")],
+            "circuit::output::is_input",
+        ),
+        (
+            vec![
+                "-o".into(),
+                d("r.svg"),
+                "--svg".into(),
+                format!(
+                    "{}/../{}/r.svg",
+                    d("."),
+                    dir.path().file_name().unwrap().to_str().unwrap()
+                ),
+            ],
+            "circuit::output::same_file",
+        ),
+    ];
+    let before: Vec<Vec<u8>> = ["friends.circuit", "friends.jsonl"]
+        .iter()
+        .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+        .collect();
+    let config_before = std::fs::read(stories.join("config.json")).unwrap();
+    for (extra, code) in cases {
+        let mut args = vec!["eval", &file, "--model", model];
+        args.extend(extra.iter().map(String::as_str));
+        let o = run(&args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(code), "{extra:?}: {err}");
+        assert!(o.stdout.is_empty(), "{extra:?}");
+    }
+    let after: Vec<Vec<u8>> = ["friends.circuit", "friends.jsonl"]
+        .iter()
+        .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        config_before,
+        std::fs::read(stories.join("config.json")).unwrap()
+    );
+    assert!(!dir.path().join("r.svg").exists());
+}
+
+/// A bad output path is found before the evaluation: a file whose data would fail to load
+/// reports the output's folder, not the data error found later.
+#[test]
+fn output_paths_are_checked_before_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder").join("report.json");
+    let file = repo("tests/fixtures/eval/bad/reference_length.circuit");
+    for flag in ["-o", "--svg"] {
+        let o = run(&[
+            "eval",
+            file.to_str().unwrap(),
+            flag,
+            missing.to_str().unwrap(),
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("circuit::output::no_folder") && !err.contains("reference_length"),
+            "{flag}: {err}"
+        );
+    }
+    // `-o` onto a folder.
+    let o = run(&[
+        "eval",
+        file.to_str().unwrap(),
+        "-o",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o.stderr).contains("circuit::output::is_folder"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -9,6 +9,7 @@ use circuit::model::ModelSource;
 use circuit::report::diff::{circuit_changes, render, settings_changes};
 use circuit::report::FileReport;
 use circuit::resolve::{resolve_source, ResolveOptions, Resolved};
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -96,6 +97,16 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved>
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let a = resolve_version(&args.a, args.model.as_deref())?;
     let b = resolve_version(&args.b, args.model.as_deref())?;
+    if let Some(path) = &args.output {
+        let mut inputs: Vec<PathBuf> = [&args.a, &args.b]
+            .into_iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .collect();
+        inputs.extend(a.file.settings.input_paths());
+        inputs.extend(b.file.settings.input_paths());
+        check_outputs(&[Output { flag: "-o", path }], &inputs)?;
+    }
     let settings = settings_changes(&a.file, &b.file);
     let changes = circuit_changes(&a.file, &b.file);
     let (before, after) = if args.no_eval {

@@ -12,6 +12,7 @@ use super::format::{Format, FormatArgs};
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -77,23 +78,10 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
 
 /// Writes a picture to `path` atomically; `what` names it in the error.
 pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
-    // A missing folder is the usual mistake; say so rather than show the temporary file's
-    // name that the atomic write failed to create in it.
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        if !folder.is_dir() {
-            return Err(miette::miette!(
-                code = "circuit::report::write_svg",
-                help = "create the folder first, or write the picture elsewhere",
-                "cannot write the {what} to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            ));
-        }
-    }
     circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
             code = "circuit::report::write_svg",
-            help = "check that the folder is writable",
+            help = "check that the folder exists and is writable",
             "cannot write the {what} to {}: {e}",
             path.display()
         )
@@ -119,6 +107,15 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = resolve(&args.file, args.model.as_deref())?;
+    // Before the evaluation: a bad path fails in a second, not after minutes of work.
+    let mut inputs = vec![args.file.clone()];
+    inputs.extend(resolved.file.settings.input_paths());
+    let outputs = [("-o", &args.output), ("--svg", &args.svg)];
+    let outputs: Vec<Output> = outputs
+        .iter()
+        .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
+        .collect();
+    check_outputs(&outputs, &inputs)?;
     let run = evaluate(&resolved, &args.circuits)?;
     let report = FileReport::new(
         &args.file.display().to_string(),

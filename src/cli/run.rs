@@ -12,6 +12,7 @@ use circuit::data::tokenized::token_label;
 use circuit::measure::predict::{attention_patterns, predict};
 use circuit::model::{Model, ModelSource};
 use circuit::report::svg::AttentionPanel;
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -105,6 +106,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         Some(spec) => ModelSource::parse(spec, Path::new("")),
         None => ModelSource::default_model(),
     };
+    if let Some(path) = &args.svg {
+        let mut inputs: Vec<PathBuf> = args.prompts.iter().cloned().collect();
+        if let ModelSource::Dir(dir) = &source {
+            inputs.push(dir.clone());
+        }
+        check_outputs(
+            &[Output {
+                flag: "--svg",
+                path,
+            }],
+            &inputs,
+        )?;
+    }
     let model = Model::open(&source)?;
     if !args.attention.is_empty() {
         if let Some(path) = &args.svg {
