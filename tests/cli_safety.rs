@@ -292,3 +292,114 @@ fn output_paths_are_checked_before_the_evaluation() {
         text(&o.stderr)
     );
 }
+
+/// A dataset for the built-in word-level tokenizer (which has `[UNK]`) and a file evaluating it.
+fn unknown_word_case(jsonl: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.jsonl"), jsonl).unwrap();
+    std::fs::write(
+        dir.path().join("d.circuit"),
+        "dataset d = \"d.jsonl\"\nreference d.clean\n\ncircuit a {\n  0.0 @ END\n}\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// An answer or distractor outside the vocabulary becomes `[UNK]`: a coded error, in `eval`
+/// and in `dataset inspect` (it used to evaluate against token 0 with exit code 0).
+#[test]
+fn an_answer_that_becomes_the_unknown_token_is_an_error() {
+    for (answer, distractor, what) in [(" banana", " 5", "answer"), (" 4", " kiwi", "distractor")] {
+        let line = format!(
+            "{{\"prompt\":\"1 2 3\",\"answer\":{answer:?},\"distractor\":{distractor:?}}}\n"
+        );
+        let dir = unknown_word_case(&line);
+        let file = dir.path().join("d.circuit");
+        let o = run(&["eval", file.to_str().unwrap()]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("circuit::data::unknown_answer") && err.contains(what),
+            "{err}"
+        );
+        assert!(o.stdout.is_empty());
+        let data = dir.path().join("d.jsonl");
+        let o = run(&["dataset", "inspect", data.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            text(&o.stdout).contains("not in the tokenizer's vocabulary"),
+            "{}",
+            text(&o.stdout)
+        );
+    }
+}
+
+/// A prompt word outside the vocabulary evaluates, with a warning naming the prompt (report
+/// note; `dataset inspect` per prompt).
+#[test]
+fn a_prompt_word_that_becomes_the_unknown_token_is_a_warning_naming_the_prompt() {
+    let dir = unknown_word_case(
+        "{\"prompt\":\"1 2 3\",\"answer\":\" 4\",\"distractor\":\" 5\"}\n\
+         {\"prompt\":\"1 2 kiwi\",\"answer\":\" 4\",\"distractor\":\" 5\"}\n",
+    );
+    let file = dir.path().join("d.circuit");
+    let o = run(&["eval", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("1 of 2 prompts have words outside the tokenizer's vocabulary")
+            && out.contains("prompt 1 (\"1 2 kiwi\"): [\"kiwi\"]"),
+        "{out}"
+    );
+    let data = dir.path().join("d.jsonl");
+    let o = run(&["dataset", "inspect", data.to_str().unwrap()]);
+    assert!(o.status.success());
+    let out = text(&o.stdout);
+    assert!(
+        out.contains(
+            "warning: prompt 1 (\"1 2 kiwi\"): [\"kiwi\"] not in the tokenizer's vocabulary"
+        ),
+        "{out}"
+    );
+    // A known prompt has no warning.
+    assert_eq!(out.matches("warning:").count(), 1, "{out}");
+}
+
+/// gpt2-f16's embedding has 300 rows and its tokenizer 280 pieces: `run` can predict an id the
+/// tokenizer cannot decode, shown as `<id N>` (it was an empty string).
+#[test]
+fn an_id_the_tokenizer_cannot_decode_is_shown_as_its_number() {
+    let model = repo("tests/fixtures/models/gpt2-f16");
+    let o = run(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--top",
+        "300",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("\"<id 290>\"") && !out.contains(" \"\" "),
+        "{out}"
+    );
+    let o = run(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--top",
+        "300",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let top = json["prompts"][0]["top"].as_array().unwrap();
+    for entry in top {
+        let id = entry["token_id"].as_u64().unwrap();
+        let token = entry["token"].as_str().unwrap();
+        assert!(id < 280 || token == format!("<id {id}>"), "{entry}");
+    }
+}

@@ -323,6 +323,9 @@ fn inspect_text(
                 alias.token
             ));
         }
+        for warning in &p.warnings {
+            out.push_str(&format!("  warning: {warning}\n"));
+        }
         for error in &p.errors {
             out.push_str(&format!("  error: {error}\n"));
         }
@@ -382,6 +385,7 @@ fn inspect_json(
                 "distractor": {"text": p.record.distractor, "ids": p.distractor_ids},
                 "aliases": p.aliases,
                 "errors": p.errors,
+                "warnings": p.warnings,
             })
         })
         .collect();
