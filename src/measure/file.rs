@@ -98,12 +98,7 @@ pub fn run_file(
 /// The error for `--circuit NAME` naming no circuit of the file, with a did-you-mean.
 pub fn unknown_circuit(file: &BoundFile, name: &str) -> EvalError {
     let names: Vec<&str> = file.circuits.iter().map(|c| c.name.as_str()).collect();
-    let closest = names
-        .iter()
-        .map(|n| (strsim::levenshtein(n, name), *n))
-        .min()
-        .filter(|(d, _)| *d <= 3)
-        .map(|(_, n)| n);
+    let closest = crate::util::did_you_mean(name, names.iter().copied());
     let help = match closest {
         Some(n) => format!("did you mean `{n}`? the file defines: {}", names.join(", ")),
         None if names.is_empty() => "the file defines no circuit".to_string(),

@@ -218,6 +218,20 @@ impl<'a> Session<'a> {
             // Upper bound: reference, full, empty and one pass per circuit.
             on_total(self.reference.len() + self.clean.len() * (2 + circuits.len()));
         }
+        // A QK edge whose key comes after its query in some prompts carries nothing there:
+        // an error where that holds in every prompt, a note naming the prompts otherwise.
+        let positions: Vec<&dyn PromptPositions> = self
+            .clean
+            .iter()
+            .map(|p| p as &dyn PromptPositions)
+            .collect();
+        for circuit in circuits {
+            for note in crate::plan::check_key_order(circuit, &positions)? {
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+            }
+        }
         self.evaluator.evaluate(circuits)
     }
 

@@ -24,6 +24,7 @@ impl FixedPositions {
             Anchor::End => self.len as i64 - 1,
             Anchor::Bos if self.has_bos => 0,
             Anchor::Bos => miette::bail!("{} has no BOS token", self.name),
+            Anchor::Start => 0,
             Anchor::Label { name, .. } => match self.labels.get(name) {
                 Some(&i) => i as i64,
                 None => miette::bail!("label {name} is missing from {}", self.name),
