@@ -403,3 +403,109 @@ fn an_id_the_tokenizer_cannot_decode_is_shown_as_its_number() {
         assert!(id < 280 || token == format!("<id {id}>"), "{entry}");
     }
 }
+
+/// Runs git in `dir`, asserting success.
+fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", text(&o.stderr));
+}
+
+/// The faithfulness `circuit eval --json` gives for circuit `a` of the file in `dir`.
+fn faithfulness_of(dir: &Path) -> f64 {
+    let o = circuit(&["eval", "d.circuit", "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    json["circuits"][0]["faithfulness"].as_f64().unwrap()
+}
+
+/// `diff HEAD~1:d.circuit HEAD:d.circuit` where only the dataset changed between the commits:
+/// each side is evaluated on the dataset of its own revision (it used to read the working
+/// tree's for both and print "unchanged" numbers).
+#[test]
+fn diff_of_revisions_reads_each_revisions_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let generate = |seed: &str| {
+        let o = circuit(&[
+            "dataset",
+            "seqcont.numerals",
+            "--n",
+            "16",
+            "--seed",
+            seed,
+            "-o",
+            "d.jsonl",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    git(d, &["init", "-q"]);
+    generate("0");
+    std::fs::write(
+        d.join("d.circuit"),
+        "dataset d = \"d.jsonl\"\nreference d.corrupt\n\ncircuit a {\n  0.* @ *\n  1.0 @ END\n}\n",
+    )
+    .unwrap();
+    let old = faithfulness_of(d);
+    git(d, &["add", "."]);
+    git(d, &["commit", "-qm", "v1"]);
+    generate("5");
+    let new = faithfulness_of(d);
+    git(d, &["commit", "-qam", "v2"]);
+    assert!(
+        (old - new).abs() > 0.01,
+        "the datasets must give other numbers"
+    );
+
+    let o = circuit(&["diff", "HEAD~1:d.circuit", "HEAD:d.circuit"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
+    let expected = format!("faithfulness {old:.4} -> {new:.4}");
+    assert!(out.contains(&expected), "expected `{expected}`:\n{out}");
+    // Only the data changed: no setting is reported as changed.
+    assert!(!out.contains("dataset"), "{out}");
+}
+
+/// A revision whose file refers to a dataset that revision does not hold (untracked): refused
+/// with the reason, never evaluated on the working tree's file.
+#[test]
+fn diff_refuses_a_file_the_revision_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    git(d, &["init", "-q"]);
+    std::fs::copy(
+        repo("tests/fixtures/eval/friends.jsonl"),
+        d.join("untracked.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("d.circuit"),
+        "dataset d = \"untracked.jsonl\"\n\ncircuit a {\n  0.0 @ END\n}\n",
+    )
+    .unwrap();
+    git(d, &["add", "d.circuit"]);
+    git(d, &["commit", "-qm", "v1"]);
+    let o = circuit(&["diff", "HEAD:d.circuit", "d.circuit", "--no-eval"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("circuit::diff::not_in_revision") && err.contains("untracked.jsonl"),
+        "{err}"
+    );
+}
