@@ -509,3 +509,126 @@ fn diff_refuses_a_file_the_revision_does_not_hold() {
         "{err}"
     );
 }
+
+/// The `× message` lines of miette's rendering that lack a `circuit::STAGE::name` code on the
+/// line before them (miette prints the code there).
+fn uncoded_errors(rendered: &str) -> Vec<String> {
+    let lines: Vec<&str> = rendered.lines().collect();
+    let mut uncoded = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        if indent > 2 || !line.trim_start().starts_with("× ") {
+            continue;
+        }
+        let code = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim());
+        let coded = code.is_some_and(|c| {
+            let c = c.strip_prefix("Error: ").unwrap_or(c);
+            let parts: Vec<&str> = c.split("::").collect();
+            parts.len() >= 3
+                && parts[0] == "circuit"
+                && parts[1..].iter().all(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|ch| ch.is_ascii_lowercase() || ch == '_' || ch.is_ascii_digit())
+                })
+        });
+        if !coded {
+            uncoded.push(line.to_string());
+        }
+    }
+    uncoded
+}
+
+/// Every error a user can see carries a code: each rendered error in every insta snapshot, and
+/// the stderr of a failing run of every command (a walk over the CLI's error paths). Clap's own
+/// usage errors (`error: unexpected argument`) are the one exception: they are not ours.
+#[test]
+fn every_error_a_user_can_see_has_a_code() {
+    // The checker itself: an error without a code line is found, one with a code is not.
+    assert_eq!(uncoded_errors("Error: oops\n\n  × bad\n").len(), 1);
+    assert!(uncoded_errors("circuit::data::jsonl\n\n  × bad\n").is_empty());
+    let mut rendered_errors = 0;
+    for entry in std::fs::read_dir(repo("tests/snapshots")).unwrap() {
+        let path = entry.unwrap().path();
+        let snapshot = std::fs::read_to_string(&path).unwrap();
+        rendered_errors += snapshot.lines().filter(|l| l.starts_with("  × ")).count();
+        let uncoded = uncoded_errors(&snapshot);
+        assert!(uncoded.is_empty(), "{}: {uncoded:#?}", path.display());
+    }
+    assert!(
+        rendered_errors >= 10,
+        "the walk found the rendered errors ({rendered_errors})"
+    );
+
+    let dir = friends_copy();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let unk =
+        unknown_word_case("{\"prompt\":\"1 2 3\",\"answer\":\" banana\",\"distractor\":\" 5\"}\n");
+    let unk = unk.path().join("d.circuit").to_str().unwrap().to_string();
+    let friends = d("friends.circuit");
+    let model = stories().to_str().unwrap().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["eval", "no/such.circuit"],
+        vec!["eval", "tests/fixtures/err/unknown_head.circuit"],
+        vec!["eval", "tests/fixtures/eval/bad/multi_token_answer.circuit"],
+        vec!["eval", "tests/fixtures/eval/bad/reference_length.circuit"],
+        vec!["eval", "tests/fixtures/eval/bad/position_outside.circuit"],
+        vec![
+            "eval",
+            "tests/fixtures/eval/friends.circuit",
+            "--circuit",
+            "bsae",
+        ],
+        vec!["eval", &friends, "--model", &model, "-o", &friends],
+        vec![
+            "eval",
+            &friends,
+            "--model",
+            &model,
+            "-o",
+            "no/folder/x.json",
+        ],
+        vec!["eval", &unk],
+        vec!["test", "no/such/folder"],
+        vec!["check", "no/such.circuit"],
+        vec!["fmt", "no/such.circuit"],
+        vec!["run"],
+        vec!["run", "--model", "no/such/model", "--prompt", "x"],
+        vec![
+            "run",
+            "--prompt",
+            "1 2",
+            "--attention",
+            "9.9",
+            "--svg",
+            "x.svg",
+        ],
+        vec![
+            "run",
+            "--prompt",
+            "1 2",
+            "--attention",
+            "x",
+            "--svg",
+            "x.svg",
+        ],
+        vec!["run", "--prompts", "no/such/prompts.txt"],
+        vec!["dataset"],
+        vec!["dataset", "no.such.builtin"],
+        vec!["dataset", "inspect", "no/such.jsonl"],
+        vec!["diff", "no/such.circuit", "HEAD:nothing.circuit"],
+        vec!["diff", "NOREV:x.circuit", &friends],
+    ];
+    for args in &cases {
+        let o = run(args);
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.contains("circuit::"), "{args:?} shows no code:\n{err}");
+        let uncoded = uncoded_errors(&err);
+        assert!(uncoded.is_empty(), "{args:?}: {uncoded:#?}\n{err}");
+    }
+}
