@@ -134,8 +134,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let (before, after) = if args.no_eval {
         (Vec::new(), Vec::new())
     } else {
-        let run_a = super::eval::evaluate(&a, &[])?;
-        let run_b = super::eval::evaluate(&b, &[])?;
+        let run_a = super::eval::evaluate(a, &[])?;
+        let run_b = super::eval::evaluate(b, &[])?;
         (
             FileReport::new(&args.a, &a.file.settings, &run_a).circuits,
             FileReport::new(&args.b, &b.file.settings, &run_b).circuits,
