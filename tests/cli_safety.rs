@@ -370,7 +370,7 @@ fn a_prompt_word_that_becomes_the_unknown_token_is_a_warning_naming_the_prompt()
 #[test]
 fn an_id_the_tokenizer_cannot_decode_is_shown_as_its_number() {
     let model = repo("tests/fixtures/models/gpt2-f16");
-    let o = run(&[
+    let args = [
         "run",
         "--model",
         model.to_str().unwrap(),
@@ -378,23 +378,15 @@ fn an_id_the_tokenizer_cannot_decode_is_shown_as_its_number() {
         "hello",
         "--top",
         "300",
-    ]);
+    ];
+    let o = run(&args);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(
         out.contains("\"<id 290>\"") && !out.contains(" \"\" "),
         "{out}"
     );
-    let o = run(&[
-        "run",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "hello",
-        "--top",
-        "300",
-        "--json",
-    ]);
+    let o = run(&[&args[..], &["--json"]].concat());
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let top = json["prompts"][0]["top"].as_array().unwrap();
     for entry in top {
