@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use circuit::model::ModelSource;
 use circuit::report::diff::{circuit_changes, render, settings_changes};
+use circuit::report::html::{diff_page, DiffPage};
 use circuit::report::FileReport;
 use circuit::resolve::bound::BoundFile;
 use circuit::resolve::revision::RevisionFile;
@@ -28,6 +29,10 @@ pub struct Args {
     /// Write the diff to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
+    /// Also write both versions side by side as a self-contained HTML page into this file
+    /// (atomically).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }
 
 /// A version resolved, with the temporary folder holding the files it refers to at its
@@ -119,6 +124,12 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let a_version = resolve_version(&args.a, args.model.as_deref())?;
     let b_version = resolve_version(&args.b, args.model.as_deref())?;
     let (a, b) = (&a_version.resolved, &b_version.resolved);
+    if let Some(path) = &args.html {
+        let mut inputs = super::show::inputs_of(Path::new(&args.a), &a.file);
+        inputs.extend(super::show::inputs_of(Path::new(&args.b), &b.file));
+        let others: Vec<&Path> = args.output.iter().map(|p| p.as_path()).collect();
+        super::show::check_output(path, &inputs, &others)?;
+    }
     if let Some(path) = &args.output {
         let mut inputs: Vec<PathBuf> = [&args.a, &args.b]
             .into_iter()
@@ -142,6 +153,17 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         )
     };
     let text = render(&args.a, &args.b, &settings, &changes, &before, &after);
+    if let Some(path) = &args.html {
+        let (drawn_a, drawn_b) = (super::show::drawn(&a.file)?, super::show::drawn(&b.file)?);
+        let side = super::show::diff_side;
+        let page = diff_page(&DiffPage {
+            a: side(&args.a, &a.file, &drawn_a, &before),
+            b: side(&args.b, &b.file, &drawn_b, &after),
+            settings: &settings,
+            changes: &changes,
+        });
+        super::show::write_page(path, &page)?;
+    }
     super::eval::emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }
