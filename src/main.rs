@@ -34,6 +34,8 @@ enum Command {
     Diff(cli::diff::Args),
     /// Evaluate a .circuit file and draw it as a self-contained HTML page.
     Show(cli::show::Args),
+    /// Show or clear the result cache (where it is, its entries and size).
+    Cache(cli::cache::Args),
 }
 
 /// A closed stdout or stderr (`circuit run ... | head -1`) ends the program quietly, as it does
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Test(args) => cli::test::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
         Command::Show(args) => cli::show::execute(args),
+        Command::Cache(args) => cli::cache::execute(args),
     };
     match result {
         Ok(code) => code,

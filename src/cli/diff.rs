@@ -33,6 +33,8 @@ pub struct Args {
     /// (atomically).
     #[arg(long, value_name = "OUT.html")]
     pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::cache::CacheArgs,
 }
 
 /// A version resolved, with the temporary folder holding the files it refers to at its
@@ -145,8 +147,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let (before, after) = if args.no_eval {
         (Vec::new(), Vec::new())
     } else {
-        let run_a = super::eval::evaluate(a, &[])?;
-        let run_b = super::eval::evaluate(b, &[])?;
+        let run_a = super::eval::evaluate(a, &[], &args.cache)?;
+        let run_b = super::eval::evaluate(b, &[], &args.cache)?;
         (
             FileReport::new(&args.a, &a.file.settings, &run_a).circuits,
             FileReport::new(&args.b, &b.file.settings, &run_b).circuits,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 
+use super::cache::CacheArgs;
 use super::format::{Format, FormatArgs};
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
@@ -37,6 +38,8 @@ pub struct Args {
     /// faithfulness, settings) into this file (atomically).
     #[arg(long, value_name = "OUT.html")]
     pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
@@ -51,8 +54,14 @@ pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
     Ok(resolved)
 }
 
-/// Evaluates circuits of a resolved file with a progress bar on stderr when it is a terminal.
-pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<FileRun> {
+/// Evaluates circuits of a resolved file with a progress bar on stderr when it is a terminal,
+/// reading and writing the result cache as `cache` says.
+pub fn evaluate(
+    resolved: &Resolved,
+    circuits: &[String],
+    cache: &CacheArgs,
+) -> miette::Result<FileRun> {
+    let disk_cache = cache.cache()?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -71,7 +80,15 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
         on_total: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
-        disk_cache: circuit::measure::disk_cache::cache_dir(),
+        disk_cache_max_bytes: disk_cache.as_ref().map(|c| c.max_bytes),
+        disk_cache: disk_cache.map(|c| c.dir),
+        on_cache_note: cache.verbose.then(|| {
+            let bar = bar.clone();
+            Box::new(move |note: &str| match &bar {
+                Some(bar) => bar.println(format!("cache: {note}")),
+                None => eprintln!("cache: {note}"),
+            }) as Box<dyn Fn(&str)>
+        }),
     };
     let result = run_file(&resolved.file, circuits, options);
     if let Some(bar) = bar {
@@ -156,7 +173,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
         .collect();
     check_outputs(&outputs, &inputs)?;
-    let run = evaluate(&resolved, &args.circuits)?;
+    let run = evaluate(&resolved, &args.circuits, &args.cache)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
         &resolved.file.settings,

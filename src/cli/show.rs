@@ -34,6 +34,8 @@ pub struct Args {
     /// Use this model folder instead of the file's `model` setting.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::cache::CacheArgs,
 }
 
 /// Cell values of per-prompt attention patterns a page may carry (2 bytes each): the selector
@@ -306,7 +308,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             ));
         }
     }
-    let run = super::eval::evaluate(&resolved, &args.circuits)?;
+    let run = super::eval::evaluate(&resolved, &args.circuits, &args.cache)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
         &resolved.file.settings,
