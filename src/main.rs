@@ -41,7 +41,18 @@ enum Command {
     Cache(cli::cache::Args),
 }
 
+/// A closed stdout or stderr (`circuit run ... | head -1`) ends the program quietly, as it does
+/// every Unix tool: Rust ignores SIGPIPE, so every `println!` into a closed pipe would panic.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any thread starts; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cli::run::execute(args),

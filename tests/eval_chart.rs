@@ -361,10 +361,11 @@ fn unwritable_svg_path_is_a_clear_error() {
         .split('\n')
         .map(|l| l.trim_start_matches([' ', '│', '×']).trim_end())
         .collect();
-    assert!(err.contains("circuit::report::write_svg"), "{err}");
+    // Found before the evaluation (util::outputs), naming the flag.
+    assert!(err.contains("circuit::output::no_folder"), "{err}");
     assert!(flat.contains("chart.svg"), "{err}");
     assert!(flat.contains("does not exist"), "{err}");
-    assert!(flat.contains("faithfulness chart"), "{err}");
+    assert!(flat.contains("--svg"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(
         o.stdout.is_empty(),

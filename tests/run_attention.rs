@@ -195,8 +195,9 @@ fn attention_needs_one_prompt_and_a_writable_file() {
     let o = attention_run(&["1 2"], "0.0", &missing);
     assert_eq!(o.status.code(), Some(2));
     let err = flat(&stderr(&o));
-    assert!(err.contains("circuit::report::write_svg"), "{err}");
-    assert!(err.contains("attention heatmap"), "{err}");
+    // Found before the model is opened (util::outputs), naming the flag.
+    assert!(err.contains("circuit::output::no_folder"), "{err}");
+    assert!(err.contains("--svg"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
     // --attention without --svg is a usage error, not a silent no-op.

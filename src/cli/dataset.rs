@@ -14,6 +14,7 @@ use circuit::data::inspect::{inspect as inspect_dataset, Inspection};
 use circuit::data::tokenized::describe_tokens;
 use circuit::data::{jsonl, Dataset, DatasetSource, ParamValue, PromptSet};
 use circuit::model::{ModelSource, Tokenizer};
+use circuit::util::outputs::{check_outputs, Output};
 
 use super::format::{Format, TextOrJsonArgs};
 
@@ -134,6 +135,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             "name a built-in dataset, or use --list or `inspect`"
         ));
     };
+    if let Some(path) = &args.output {
+        check_outputs(&[Output { flag: "-o", path }], &[])?;
+    }
     let source = DatasetSource::Builtin {
         name,
         params: args.params.to_map(),
@@ -319,6 +323,9 @@ fn inspect_text(
                 alias.token
             ));
         }
+        for warning in &p.warnings {
+            out.push_str(&format!("  warning: {warning}\n"));
+        }
         for error in &p.errors {
             out.push_str(&format!("  error: {error}\n"));
         }
@@ -378,6 +385,7 @@ fn inspect_json(
                 "distractor": {"text": p.record.distractor, "ids": p.distractor_ids},
                 "aliases": p.aliases,
                 "errors": p.errors,
+                "warnings": p.warnings,
             })
         })
         .collect();

@@ -3,13 +3,16 @@
 //! A and B are files or git revisions (`HEAD~1:circuits/x.circuit`, read with `git show`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use circuit::model::ModelSource;
 use circuit::report::diff::{circuit_changes, render, settings_changes};
 use circuit::report::html::{diff_page, DiffPage};
 use circuit::report::FileReport;
-use circuit::resolve::{resolve_source, ResolveOptions, Resolved};
+use circuit::resolve::bound::BoundFile;
+use circuit::resolve::revision::RevisionFile;
+use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions, Resolved};
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,15 +37,42 @@ pub struct Args {
     pub cache: super::cache::CacheArgs,
 }
 
-/// The text of a version and the folder its relative paths are taken from.
-fn read_version(spec: &str) -> miette::Result<(String, PathBuf)> {
+/// A version resolved, with the temporary folder holding the files it refers to at its
+/// revision (kept alive while it is evaluated).
+struct Version {
+    resolved: Resolved,
+    /// The file resolved from its folder in the working tree (absolute paths), so that settings
+    /// compare by what the file says, not by where a revision's files were extracted to.
+    as_written: BoundFile,
+    _extracted: Option<tempfile::TempDir>,
+}
+
+/// A file as it is, or `REV:PATH` with its dataset and model files read at that revision.
+fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Version> {
+    let options = ResolveOptions {
+        model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
+    };
+    let resolve = |text: &str, base: &Path| {
+        resolve_source(spec, text, base, &RealEnvironment, &options).map_err(miette::Report::new)
+    };
     let path = Path::new(spec);
     if path.is_file() {
         let text = std::fs::read_to_string(path).map_err(|e| {
             miette::miette!(code = "circuit::diff::read", "cannot read {spec}: {e}")
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        return Ok((text, base));
+        let resolved = resolve(&text, &base)?;
+        let absolute = std::fs::canonicalize(if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &base
+        })
+        .unwrap_or(base);
+        return Ok(Version {
+            as_written: resolve(&text, &absolute)?.file,
+            resolved,
+            _extracted: None,
+        });
     }
     let Some((rev, file)) = spec.split_once(':') else {
         return Err(miette::miette!(
@@ -52,70 +82,73 @@ fn read_version(spec: &str) -> miette::Result<(String, PathBuf)> {
             "{spec} is not a file"
         ));
     };
-    let output = Command::new("git")
-        .args(["show", &format!("{rev}:{file}")])
-        .output()
-        .map_err(|e| miette::miette!(code = "circuit::diff::git", "cannot run git: {e}"))?;
-    if !output.status.success() {
-        return Err(miette::miette!(
-            code = "circuit::diff::git",
-            help = "the path after the colon is relative to the repository root (or start it with ./ for the current folder)",
-            "git show {rev}:{file} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+    let version = RevisionFile::read(rev, file)?;
+    // Resolved once from the working tree to learn which files it refers to, then again from
+    // those files as the revision holds them.
+    let first = resolve(&version.text, &version.working_folder())?;
+    let inputs = file_inputs(&first, model.is_some());
+    let extracted = tempfile::tempdir().map_err(|e| {
+        miette::miette!(
+            code = "circuit::diff::extract",
+            "cannot make a temporary folder: {e}"
+        )
+    })?;
+    let (base, notes) = version.extract_inputs(spec, &inputs, extracted.path())?;
+    for note in notes {
+        eprintln!("note: {note}");
     }
-    let text = String::from_utf8(output.stdout)
-        .map_err(|_| miette::miette!(code = "circuit::diff::utf8", "{spec} is not UTF-8 text"))?;
-    // Relative paths in the file are taken from its folder in the working tree: git reads
-    // `REV:./x` relative to the current folder and `REV:x` relative to the repository root.
-    let in_tree = match file.strip_prefix("./") {
-        Some(relative) => std::env::current_dir().unwrap_or_default().join(relative),
-        None => {
-            let root = Command::new("git")
-                .args(["rev-parse", "--show-toplevel"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-                .unwrap_or_default();
-            root.join(file)
-        }
-    };
-    let base = in_tree.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok((text, base))
+    let resolved = resolve(&version.text, &base)?;
+    version.check_inputs(
+        spec,
+        &file_inputs(&resolved, model.is_some()),
+        extracted.path(),
+    )?;
+    Ok(Version {
+        resolved,
+        as_written: first.file,
+        _extracted: Some(extracted),
+    })
 }
 
-fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved> {
-    let (text, base) = read_version(spec)?;
-    let options = ResolveOptions {
-        model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
-    };
-    resolve_source(
-        spec,
-        &text,
-        &base,
-        &circuit::resolve::RealEnvironment,
-        &options,
-    )
-    .map_err(miette::Report::new)
+/// The files a resolved version reads; a `--model` folder is the user's, not the file's.
+fn file_inputs(resolved: &Resolved, model_overridden: bool) -> Vec<PathBuf> {
+    let settings = &resolved.file.settings;
+    let mut inputs = settings.input_paths();
+    if model_overridden {
+        if let ModelSource::Dir(dir) = &settings.model {
+            inputs.retain(|p| p != dir);
+        }
+    }
+    inputs
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let a = resolve_version(&args.a, args.model.as_deref())?;
-    let b = resolve_version(&args.b, args.model.as_deref())?;
+    let a_version = resolve_version(&args.a, args.model.as_deref())?;
+    let b_version = resolve_version(&args.b, args.model.as_deref())?;
+    let (a, b) = (&a_version.resolved, &b_version.resolved);
     if let Some(path) = &args.html {
         let mut inputs = super::show::inputs_of(Path::new(&args.a), &a.file);
         inputs.extend(super::show::inputs_of(Path::new(&args.b), &b.file));
         let others: Vec<&Path> = args.output.iter().map(|p| p.as_path()).collect();
         super::show::check_output(path, &inputs, &others)?;
     }
-    let settings = settings_changes(&a.file, &b.file);
+    if let Some(path) = &args.output {
+        let mut inputs: Vec<PathBuf> = [&args.a, &args.b]
+            .into_iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .collect();
+        inputs.extend(a.file.settings.input_paths());
+        inputs.extend(b.file.settings.input_paths());
+        check_outputs(&[Output { flag: "-o", path }], &inputs)?;
+    }
+    let settings = settings_changes(&a_version.as_written, &b_version.as_written);
     let changes = circuit_changes(&a.file, &b.file);
     let (before, after) = if args.no_eval {
         (Vec::new(), Vec::new())
     } else {
-        let run_a = super::eval::evaluate(&a, &[], &args.cache)?;
-        let run_b = super::eval::evaluate(&b, &[], &args.cache)?;
+        let run_a = super::eval::evaluate(a, &[], &args.cache)?;
+        let run_b = super::eval::evaluate(b, &[], &args.cache)?;
         (
             FileReport::new(&args.a, &a.file.settings, &run_a).circuits,
             FileReport::new(&args.b, &b.file.settings, &run_b).circuits,

@@ -13,6 +13,7 @@ use super::format::{Format, FormatArgs};
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -120,7 +121,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
     circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
             code = "circuit::report::write_svg",
-            help = "check that the folder is writable",
+            help = "check that the folder exists and is writable",
             "cannot write the {what} to {}: {e}",
             path.display()
         )
@@ -159,6 +160,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             &others,
         )?;
     }
+    // Before the evaluation: a bad path fails in a second, not after minutes of work.
+    let mut inputs = vec![args.file.clone()];
+    inputs.extend(resolved.file.settings.input_paths());
+    let outputs = [
+        ("-o", &args.output),
+        ("--svg", &args.svg),
+        ("--html", &args.html),
+    ];
+    let outputs: Vec<Output> = outputs
+        .iter()
+        .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
+        .collect();
+    check_outputs(&outputs, &inputs)?;
     let run = evaluate(&resolved, &args.circuits, &args.cache)?;
     let report = FileReport::new(
         &args.file.display().to_string(),

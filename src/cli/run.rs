@@ -8,10 +8,11 @@ use miette::{Diagnostic, IntoDiagnostic};
 use serde_json::json;
 use thiserror::Error;
 
-use circuit::data::tokenized::token_label;
+use circuit::data::tokenized::{token_label, token_text};
 use circuit::measure::predict::{attention_patterns, predict};
 use circuit::model::{Model, ModelSource};
 use circuit::report::svg::AttentionPanel;
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -105,6 +106,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         Some(spec) => ModelSource::parse(spec, Path::new("")),
         None => ModelSource::default_model(),
     };
+    if let Some(path) = &args.svg {
+        let mut inputs: Vec<PathBuf> = args.prompts.iter().cloned().collect();
+        if let ModelSource::Dir(dir) = &source {
+            inputs.push(dir.clone());
+        }
+        check_outputs(
+            &[Output {
+                flag: "--svg",
+                path,
+            }],
+            &inputs,
+        )?;
+    }
     let model = Model::open(&source)?;
     if !args.attention.is_empty() {
         if let Some(path) = &args.svg {
@@ -123,7 +137,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                     "token_ids": p.ids,
                     "top": p.top.iter().map(|&(id, prob)| json!({
                         "token_id": id,
-                        "token": model.tokenizer.decode(&[id]),
+                        "token": token_text(&model.tokenizer, id),
                         "probability": prob,
                     })).collect::<Vec<_>>(),
                 });
@@ -148,7 +162,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 println!("  continuation: {text:?}");
             }
             for (rank, &(id, prob)) in p.top.iter().enumerate() {
-                let token = format!("{:?}", model.tokenizer.decode(&[id]));
+                let token = format!("{:?}", token_text(&model.tokenizer, id));
                 println!("  {:>2}. {token:<16} {prob:.4}  (id {id})", rank + 1);
             }
         }

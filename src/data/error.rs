@@ -178,6 +178,18 @@ pub enum DataError {
         tokens: String,
     },
 
+    #[error("{prompt}: {what} {text:?} is not in the tokenizer's vocabulary: it becomes the unknown token {token}")]
+    #[diagnostic(
+        code(circuit::data::unknown_answer),
+        help("the metric would read the unknown token's logit, the same for every word the tokenizer does not know; pick a word of its vocabulary (`circuit dataset inspect` shows what each answer becomes)")
+    )]
+    UnknownAnswer {
+        prompt: PromptId,
+        what: &'static str,
+        text: String,
+        token: String,
+    },
+
     #[error("{prompt}: cannot tokenize")]
     #[diagnostic(code(circuit::data::tokenize))]
     Tokenize {

@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use super::error::{DataError, PromptSet};
+use super::error::PromptSet;
 use super::record::{prompt_id, Dataset, Record};
 use super::slots::{slots_of_prompt, Slot};
-use super::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
+use super::tokenized::{
+    check_single_token, token_text, tokenize_prompt, unknown_words, PromptTokens,
+};
 use super::{Alias, AliasNote, TokenizedPrompt};
 use crate::model::Tokenizer;
 
@@ -23,6 +25,8 @@ pub struct Inspected<'a> {
     pub distractor_ids: Vec<u32>,
     /// Every problem found, as its message.
     pub errors: Vec<String>,
+    /// What evaluates but may not mean what was meant (words outside the vocabulary).
+    pub warnings: Vec<String>,
     pub aliases: Vec<Alias>,
 }
 
@@ -107,19 +111,23 @@ pub fn inspect_record<'a>(
             None
         }
     };
+    let warnings = match &tokens {
+        Some(t) => {
+            let words = unknown_words(tokenizer, &record.prompt, t);
+            if words.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{id}: {words:?} not in the tokenizer's vocabulary: the model sees its unknown token there"
+                )]
+            }
+        }
+        None => Vec::new(),
+    };
     let mut plain = |text: &str, what: &'static str| match tokenizer.encode_plain(text) {
         Ok(ids) => {
-            if ids.len() != 1 {
-                errors.push(
-                    DataError::MultiTokenAnswer {
-                        prompt: id.clone(),
-                        what,
-                        text: text.to_string(),
-                        count: ids.len(),
-                        tokens: describe_tokens(tokenizer, &ids),
-                    }
-                    .to_string(),
-                );
+            if let Err(e) = check_single_token(tokenizer, text, &ids, what, &id) {
+                errors.push(e.to_string());
             }
             ids
         }
@@ -159,6 +167,7 @@ pub fn inspect_record<'a>(
         answer_ids,
         distractor_ids,
         errors,
+        warnings,
         aliases,
     }
 }

@@ -94,8 +94,13 @@ pub fn describe_tokens(tokenizer: &Tokenizer, ids: &[u32]) -> String {
 
 /// One token's text: the vocabulary piece decoded alone; byte pieces (`<0xC3>`) and pieces that
 /// decode to nothing are shown raw.
+///
+/// An id the tokenizer has no piece for (a model whose embedding is padded past the
+/// vocabulary can predict one) is shown as `<id N>`, never as an empty string.
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
-    let piece = tokenizer.id_to_token(id).unwrap_or_default();
+    let Some(piece) = tokenizer.id_to_token(id) else {
+        return format!("<id {id}>");
+    };
     if piece.starts_with("<0x") && piece.ends_with('>') {
         return piece;
     }
@@ -133,15 +138,76 @@ fn single_token(
             prompt: id.clone(),
             source,
         })?;
-    match ids.as_slice() {
+    check_single_token(tokenizer, text, &ids, what, id)
+}
+
+/// The one rule for an answer or distractor's ids: a single token, and not the unknown token
+/// (a word outside the vocabulary, whose logit is every unknown word's).
+pub fn check_single_token(
+    tokenizer: &Tokenizer,
+    text: &str,
+    ids: &[u32],
+    what: &'static str,
+    id: &PromptId,
+) -> Result<u32, DataError> {
+    match ids {
+        [only] if Some(*only) == tokenizer.unknown_id() => Err(DataError::UnknownAnswer {
+            prompt: id.clone(),
+            what,
+            text: text.to_string(),
+            token: describe_tokens(tokenizer, ids),
+        }),
         [only] => Ok(*only),
         _ => Err(DataError::MultiTokenAnswer {
             prompt: id.clone(),
             what,
             text: text.to_string(),
             count: ids.len(),
-            tokens: describe_tokens(tokenizer, &ids),
+            tokens: describe_tokens(tokenizer, ids),
         }),
+    }
+}
+
+/// The words of a prompt that became the unknown token (the text each such token covers).
+pub fn unknown_words(tokenizer: &Tokenizer, text: &str, tokens: &PromptTokens) -> Vec<String> {
+    let Some(unknown) = tokenizer.unknown_id() else {
+        return Vec::new();
+    };
+    tokens
+        .ids
+        .iter()
+        .zip(&tokens.offsets)
+        .filter(|(&token, _)| token == unknown)
+        .map(|(_, &(start, end))| text.get(start..end).unwrap_or("").to_string())
+        .collect()
+}
+
+/// A note for the report when prompts hold words outside the vocabulary (they are evaluated,
+/// but the model saw `[UNK]` there): how many, and the first such prompt with its words.
+pub fn unknown_words_note(tokenizer: &Tokenizer, prompts: &[TokenizedPrompt]) -> Option<String> {
+    let mut with_unknown = prompts.iter().filter_map(|p| {
+        let tokens = PromptTokens {
+            ids: p.ids.clone(),
+            offsets: p.offsets.clone(),
+            has_bos: p.has_bos,
+            slots: p.slots.clone(),
+        };
+        let words = unknown_words(tokenizer, &p.text, &tokens);
+        (!words.is_empty()).then(|| (prompt_id_of(p), words))
+    });
+    let (first, words) = with_unknown.next()?;
+    let count = 1 + with_unknown.count();
+    Some(format!(
+        "{count} of {} prompts have words outside the tokenizer's vocabulary: the model sees its unknown token there (e.g. {first}: {words:?})",
+        prompts.len()
+    ))
+}
+
+fn prompt_id_of(p: &TokenizedPrompt) -> PromptId {
+    PromptId {
+        set: p.set,
+        index: p.index,
+        text: p.text.clone(),
     }
 }
 

@@ -90,13 +90,17 @@ impl<'a> Session<'a> {
                 reference: reference.iter().map(prompt_slots).collect(),
             });
 
-        let notes = match clean.first() {
+        let mut notes: Vec<String> = match clean.first() {
             Some(first) => data::alias_notes(&clean, &first.standard_positions())
                 .iter()
                 .map(|note| note.to_string())
                 .collect(),
             None => Vec::new(),
         };
+        notes.extend(data::tokenized::unknown_words_note(
+            &model.tokenizer,
+            &clean,
+        ));
 
         let provenance = Provenance {
             model: settings.model.display_name(),

@@ -33,6 +33,8 @@ pub struct Encoded {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The id text outside the vocabulary becomes (`[UNK]`, `<unk>`), if the model has one.
+    unknown: Option<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -67,7 +69,15 @@ impl Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        Ok(Tokenizer { inner })
+        let unknown = unknown_id(&inner);
+        Ok(Tokenizer { inner, unknown })
+    }
+
+    /// The id of the unknown token, which text outside the vocabulary becomes; `None` when the
+    /// model has none. (A byte-fallback BPE such as Llama's names `<unk>` but never produces it;
+    /// seeing the id is what matters.)
+    pub fn unknown_id(&self) -> Option<u32> {
+        self.unknown
     }
 
     /// Number of ids, special tokens included.
@@ -124,6 +134,25 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The unknown token's id, from the model's own setting.
+fn unknown_id(tokenizer: &tokenizers::Tokenizer) -> Option<u32> {
+    use tokenizers::models::ModelWrapper;
+    let name = match tokenizer.get_model() {
+        ModelWrapper::BPE(bpe) => bpe.get_unk_token().clone(),
+        ModelWrapper::WordPiece(wp) => Some(wp.unk_token.clone()),
+        ModelWrapper::WordLevel(wl) => Some(wl.unk_token.clone()),
+        // Unigram keeps its `unk_id` private; its serialized form carries it.
+        ModelWrapper::Unigram(unigram) => {
+            let value = serde_json::to_value(unigram).ok()?;
+            return value
+                .get("unk_id")?
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok());
+        }
+    };
+    tokenizer.token_to_id(&name?)
 }
 
 #[cfg(test)]

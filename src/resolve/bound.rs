@@ -297,6 +297,24 @@ pub struct BoundFile {
     pub circuits: Vec<BoundCircuit>,
 }
 
+impl Settings {
+    /// The files and folders these settings read: the model folder, the dataset and the
+    /// reference dataset files (built-ins read nothing). Outputs must not land on them.
+    pub fn input_paths(&self) -> Vec<std::path::PathBuf> {
+        let mut paths = Vec::new();
+        if let ModelSource::Dir(dir) = &self.model {
+            paths.push(dir.clone());
+        }
+        if let DatasetSource::File(file) = &self.dataset {
+            paths.push(file.clone());
+        }
+        if let ReferenceSet::Dataset(DatasetSource::File(file)) = &self.reference {
+            paths.push(file.clone());
+        }
+        paths
+    }
+}
+
 /// A single position as a one-element set: a convenience for tests and the plan.
 pub fn single(position: Position) -> PositionSet {
     PositionSet::Items(vec![PositionItem::One(position)])

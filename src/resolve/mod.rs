@@ -17,6 +17,7 @@ pub mod diagnostics;
 mod expectations;
 mod groups;
 mod positions;
+pub mod revision;
 mod settings;
 pub mod value;
 

@@ -1,20 +1,34 @@
 //! Small helpers shared by every stage.
 
+pub mod outputs;
+
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `path` atomically: a temporary file in the same folder is written,
 /// flushed and then renamed over `path`, so a reader never sees a half-written file and a
 /// failure leaves the old file untouched.
 ///
-/// The file ends up with the permissions a plain `File::create` would give it: those of the
-/// file it replaces, or `0o666` less the umask for a new file. (A temporary file alone would be
-/// `0o600`, and a report or picture written for others to read would not be readable.)
+/// A symlink is written through: its target gets the contents and the link stays a link
+/// (`circuit fmt link.circuit`). The file ends up with the permissions a plain `File::create`
+/// would give it: those of the file it replaces, or `0o666` less the umask for a new file. (A
+/// temporary file alone would be `0o600`, and a report or picture written for others to read
+/// would not be readable.)
+///
+/// Errors never name the temporary file, which the user never asked for: a missing folder says
+/// so, anything else is the operating system's message (callers add the destination's name).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let path = &through_symlinks(path)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the folder {} does not exist", dir.display()),
+        ));
+    }
     let mut builder = tempfile::Builder::new();
     #[cfg(unix)]
     {
@@ -22,14 +36,53 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         // Created with this mode, the umask applies as it does to `File::create`.
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    let mut tmp = builder.tempfile_in(dir)?;
+    let mut tmp = builder.tempfile_in(dir).map_err(without_temporary_path)?;
     if let Ok(existing) = std::fs::metadata(path) {
         tmp.as_file().set_permissions(existing.permissions())?;
     }
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    tmp.persist(path)
+        .map_err(|e| without_temporary_path(e.error))?;
     Ok(())
+}
+
+/// The file a chain of symlinks ends at (`path` itself when it is not a link). A dangling link's
+/// target is where the file will be created.
+pub(crate) fn through_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    // As many hops as Linux follows before ELOOP.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(parent) => parent.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "too many levels of symbolic links at {}",
+        path.display()
+    )))
+}
+
+/// `tempfile` appends "at path .../.tmpXXXX" to its errors; keep the operating system's error.
+pub(crate) fn without_temporary_path(e: std::io::Error) -> std::io::Error {
+    let inner = e
+        .get_ref()
+        .and_then(|payload| payload.source())
+        .and_then(|source| source.downcast_ref::<std::io::Error>());
+    match inner {
+        Some(os) => match os.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(os.kind(), os.to_string()),
+        },
+        None => e,
+    }
 }
 
 /// The candidate closest to `word`, if any is close: one edit away, or similar by
@@ -95,6 +148,56 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         // Only the file itself is left: no temporary files behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn errors_name_no_temporary_file() {
+        // Not under a `.tmp…` folder, so any `.tmp` in a message is write_atomic's own file.
+        let dir = tempfile::Builder::new().prefix("w").tempdir().unwrap();
+        assert!(!dir.path().to_string_lossy().contains(".tmp"));
+        let missing = dir.path().join("no-such-folder").join("report.txt");
+        let e = write_atomic(&missing, b"x").unwrap_err().to_string();
+        assert!(
+            e.contains("no-such-folder") && e.contains("does not exist") && !e.contains(".tmp"),
+            "{e}"
+        );
+        // A destination that is a folder: the rename fails; the message is the OS's alone.
+        let e = write_atomic(dir.path(), b"x").unwrap_err().to_string();
+        assert!(!e.contains(".tmp"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_is_written_through_and_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.circuit");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.path().join("link.circuit");
+        std::os::unix::fs::symlink("real.circuit", &link).unwrap();
+        let chain = dir.path().join("chain.circuit");
+        std::os::unix::fs::symlink(&link, &chain).unwrap();
+        write_atomic(&chain, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::symlink_metadata(&chain)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A dangling link creates its target.
+        let dangling = dir.path().join("dangling.txt");
+        std::os::unix::fs::symlink("created.txt", &dangling).unwrap();
+        write_atomic(&dangling, b"made").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("created.txt")).unwrap(),
+            b"made"
+        );
+        assert!(std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[cfg(unix)]
