@@ -17,6 +17,9 @@ use std::time::Instant;
 use circuit::model::{matmul, ForwardOptions, Model, NoInterventions};
 use rand::{Rng, SeedableRng};
 
+#[path = "support/peak.rs"]
+mod peak;
+
 const LAYERS: usize = 12;
 const D: usize = 768;
 const VOCAB: usize = 50257;
@@ -44,9 +47,9 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     for &n in &threads {
+        let (peak, width) = peak::fma_peak_gflops(n);
         println!(
-            "threads {n}: machine FMA peak {:.1} GFLOP/s (f32, {n} core(s) busy)",
-            fma_peak_gflops(n)
+            "threads {n}: machine FMA peak {peak:.1} GFLOP/s ({width}-bit f32 FMA, {n} core(s) busy)"
         );
     }
     for n in threads {
@@ -185,50 +188,6 @@ fn gemm_floor(threads: &str) {
         "threads {threads}: END-logits forward's matrix products alone: {total:.3} s ({:.1} GFLOP/s)",
         flops(true) / total / 1e9
     );
-}
-
-/// The machine's f32 multiply-add throughput: 12 independent chains of 8-wide FMAs per
-/// thread (enough to hide the FMA latency), on `threads` threads at once. No GEMM can exceed it.
-fn fma_peak_gflops(threads: usize) -> f64 {
-    const ITERATIONS: usize = 100_000_000;
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| std::hint::black_box(fma_chains(ITERATIONS)));
-        }
-    });
-    let flops_per_iteration = 12.0 * 8.0 * 2.0;
-    threads as f64 * ITERATIONS as f64 * flops_per_iteration / started.elapsed().as_secs_f64() / 1e9
-}
-
-fn fma_chains(iterations: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma") {
-        // SAFETY: the features the function is compiled for were just detected.
-        return unsafe { fma_chains_avx(iterations) };
-    }
-    let _ = iterations;
-    f32::NAN
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,fma")]
-fn fma_chains_avx(iterations: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let (scale, shift) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    let mut chains = [_mm256_set1_ps(1.0); 12];
-    for _ in 0..iterations {
-        for chain in chains.iter_mut() {
-            *chain = _mm256_fmadd_ps(*chain, scale, shift);
-        }
-    }
-    let mut lanes = [0.0f32; 8];
-    let sum = chains
-        .iter()
-        .fold(_mm256_setzero_ps(), |a, &c| _mm256_add_ps(a, c));
-    // SAFETY: `lanes` holds 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
-    lanes.iter().sum()
 }
 
 /// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ

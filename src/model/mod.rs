@@ -15,6 +15,7 @@ pub mod config;
 mod error;
 mod gpt2;
 pub mod interventions;
+pub mod linalg;
 mod llama;
 mod numerics;
 pub mod source;

@@ -1,0 +1,211 @@
+//! The engine's matrix products: `y = x·w + β·y` on ndarray views, through one of two pure-Rust
+//! GEMMs, picked per shape and per CPU at run time (issue 13):
+//!
+//! - [`Kernel::MatrixMultiply`]: ndarray's `general_mat_mul` (matrixmultiply, with its AVX-512
+//!   kernels switched on in Cargo.toml). matrixmultiply shares its threads out over the rows of
+//!   the left factor, so a product with few rows runs on one thread;
+//! - [`Kernel::MatrixMultiplyTransposed`]: the same sums computed as `yᵀ = wᵀ·xᵀ`, the long side
+//!   on the left, for few-row products;
+//! - [`Kernel::Gemm`]: the `gemm` crate (runtime-dispatched AVX2 / AVX-512 kernels, rayon).
+//!
+//! [`kernel_for`] makes the choice, measured with `cargo bench --bench gemm` on every product
+//! shape of the GPT-2-small forward (docs/performance.md): on a CPU with AVX-512F the `gemm` crate
+//! was the faster on every shape, at 1 and 2 threads; elsewhere the engine keeps the kernels it
+//! had before AVX-512 was measured (matrixmultiply, transposed for few rows), so an AVX2-only
+//! machine runs exactly what it ran before, at the same speed and with the same rounding.
+//!
+//! Which kernel runs depends only on the shape and the CPU, never on the thread count, and each
+//! kernel sums every output element in an order that does not depend on how many threads share
+//! the work (they split rows and columns, never the inner dimension), so results stay identical
+//! across thread counts (`results_do_not_depend_on_the_thread_count` below).
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+/// One way of computing a product; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    MatrixMultiply,
+    MatrixMultiplyTransposed,
+    Gemm,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [
+        Kernel::MatrixMultiply,
+        Kernel::MatrixMultiplyTransposed,
+        Kernel::Gemm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::MatrixMultiply => "matrixmultiply",
+            Kernel::MatrixMultiplyTransposed => "matrixmultiply (yᵀ = wᵀ·xᵀ)",
+            Kernel::Gemm => "gemm",
+        }
+    }
+
+    /// `y = x·w + β·y`: x `(N, K)`, w `(K, M)`, y `(N, M)`; any strides.
+    pub fn product_into(
+        self,
+        x: ArrayView2<f32>,
+        w: ArrayView2<f32>,
+        beta: f32,
+        y: &mut ArrayViewMut2<f32>,
+    ) {
+        assert_eq!(x.ncols(), w.nrows(), "inner dimensions of x·w");
+        assert_eq!(y.dim(), (x.nrows(), w.ncols()), "shape of y = x·w");
+        match self {
+            Kernel::MatrixMultiply => general_mat_mul(1.0, &x, &w, beta, y),
+            Kernel::MatrixMultiplyTransposed => {
+                general_mat_mul(1.0, &w.t(), &x.t(), beta, &mut y.view_mut().reversed_axes())
+            }
+            Kernel::Gemm => gemm_crate(x, w, beta, y),
+        }
+    }
+}
+
+/// The `gemm` crate on ndarray views (strides in elements, as both use them).
+fn gemm_crate(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
+    let ((rows, inner), cols) = (x.dim(), w.ncols());
+    let parallelism = if rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0) // rayon's pool: RAYON_NUM_THREADS, as the rest of the engine
+    } else {
+        gemm::Parallelism::None
+    };
+    let (ys, xs, ws) = (y.strides().to_vec(), x.strides(), w.strides());
+    // SAFETY: the three pointers and their (row, column) strides describe the ndarray views
+    // exactly (shapes checked by the caller); `y` is borrowed mutably, so it aliases neither
+    // `x` nor `w`. gemm computes dst := alpha·dst + beta·lhs·rhs, reading dst only if told to.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            inner,
+            y.as_mut_ptr(),
+            ys[1],
+            ys[0],
+            beta != 0.0,
+            x.as_ptr(),
+            xs[1],
+            xs[0],
+            w.as_ptr(),
+            ws[1],
+            ws[0],
+            beta,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Below this many rows of `x`, matrixmultiply runs on one thread (it shares its threads out
+/// over the rows of the left factor), so the product is computed transposed.
+const FEW_ROWS: usize = 128;
+
+/// The kernel the engine uses for `x·w` with `x` `(rows, ·)`, `w` `(·, cols)` on this CPU.
+pub fn kernel_for(rows: usize, cols: usize) -> Kernel {
+    if has_avx512f() {
+        Kernel::Gemm
+    } else if rows < FEW_ROWS && cols > rows {
+        // Measured at 2 threads on AMD Zen 4: the 32-row unembedding of GPT-2 small 1.7× faster.
+        Kernel::MatrixMultiplyTransposed
+    } else {
+        Kernel::MatrixMultiply
+    }
+}
+
+/// Whether this CPU runs AVX-512F (detected once; the standard library caches it).
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y = x·w + β·y` with the engine's kernel for the shape ([`kernel_for`]).
+pub fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
+    kernel_for(x.nrows(), w.ncols()).product_into(x, w, beta, y);
+}
+
+/// `x·w`: (N, K) · (K, M) → (N, M) with `kernel`.
+pub fn product(kernel: Kernel, x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let mut y = Array2::zeros((x.nrows(), w.ncols()));
+    kernel.product_into(x, w, 0.0, &mut y.view_mut());
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
+    }
+
+    fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(run)
+    }
+
+    #[test]
+    fn every_kernel_computes_the_product() {
+        // Small integers times quarters: every sum is exact in f32, whatever the order.
+        let x = Array2::from_shape_fn((70, 64), |(i, j)| ((i * 31 + j * 7) % 17) as f32 - 8.0);
+        let w = Array2::from_shape_fn((64, 300), |(i, j)| ((i * 13 + j * 5) % 11) as f32 * 0.25);
+        let expected = x.dot(&w);
+        let stored = w.t().to_owned(); // (out, in), as Llama and the tied unembedding store it
+        for kernel in Kernel::ALL {
+            assert_eq!(product(kernel, x.view(), w.view()), expected, "{kernel:?}");
+            assert_eq!(
+                product(kernel, x.view(), stored.t()),
+                expected,
+                "{kernel:?} wᵀ"
+            );
+            let mut y = Array2::from_elem((70, 300), 0.5);
+            kernel.product_into(x.view(), w.view(), 1.0, &mut y.view_mut());
+            assert_eq!(y, &expected + 0.5, "{kernel:?} with β = 1");
+            // Into a strided output: every other column of a wider array.
+            let mut wide = Array2::from_elem((70, 600), 7.0f32);
+            let mut every_other = wide.slice_mut(ndarray::s![.., ..;2]);
+            kernel.product_into(x.view(), w.view(), 0.0, &mut every_other);
+            assert_eq!(
+                wide.slice(ndarray::s![.., ..;2]),
+                expected,
+                "{kernel:?} strided"
+            );
+            assert!(wide.slice(ndarray::s![.., 1..;2]).iter().all(|&v| v == 7.0));
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Random values, so any change of summation order would show in the last bits; shapes
+        // from GPT-2 small (512 rows, 32 rows, K = 768 and 3072, the unembedding as stored).
+        // Only the gemm crate takes its threads from the rayon pool; matrixmultiply's are fixed
+        // per process (MATMUL_NUM_THREADS), covered by tests/eval_cli.rs across processes.
+        let embed = random(50257, 768, 3);
+        for (rows, inner, cols) in [(512, 768, 3072), (512, 3072, 768), (32, 768, 768)] {
+            let (x, w) = (random(rows, inner, 1), random(inner, cols, 2));
+            let one = on_threads(1, || product(Kernel::Gemm, x.view(), w.view()));
+            let two = on_threads(2, || product(Kernel::Gemm, x.view(), w.view()));
+            assert_eq!(one, two, "{rows}×{inner}·{inner}×{cols}");
+        }
+        let x = random(32, 768, 4);
+        let one = on_threads(1, || product(Kernel::Gemm, x.view(), embed.t()));
+        let two = on_threads(2, || product(Kernel::Gemm, x.view(), embed.t()));
+        assert_eq!(one, two, "unembedding");
+    }
+}
