@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench forward                 # both thread counts
 //!     cargo bench --bench forward -- --threads 2  # one
+//!     cargo bench --bench forward -- --weights DIR # keep the random model in DIR
 //!
 //! The weights (498 MB of f32) are generated into a temporary folder, never committed. Each
 //! thread count runs in a child process, because matrixmultiply and rayon size their thread
@@ -39,13 +40,22 @@ fn main() {
         Some(i) => vec![args[i + 1].parse().expect("--threads N")],
         None => vec![1, 2],
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let started = Instant::now();
-    write_random_gpt2(dir.path());
-    eprintln!(
-        "wrote random GPT-2-small weights in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    // `--weights DIR`: keep the random model in DIR (written there once) instead of a temporary
+    // folder, e.g. to profile `--child DIR` alone.
+    let temporary = tempfile::tempdir().expect("tempdir");
+    let dir = match args.iter().position(|a| a == "--weights") {
+        Some(i) => std::path::PathBuf::from(&args[i + 1]),
+        None => temporary.path().to_path_buf(),
+    };
+    if !dir.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&dir).expect("weights folder");
+        let started = Instant::now();
+        write_random_gpt2(&dir);
+        eprintln!(
+            "wrote random GPT-2-small weights in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     for &n in &threads {
         let (peak, width) = peak::fma_peak_gflops(n);
         println!(
@@ -54,7 +64,7 @@ fn main() {
     }
     for n in threads {
         let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--child", dir.path().to_str().unwrap()])
+            .args(["--child", dir.to_str().unwrap()])
             .env("RAYON_NUM_THREADS", n.to_string())
             .env("MATMUL_NUM_THREADS", n.to_string())
             .status()

@@ -33,9 +33,9 @@ use sha2::{Digest, Sha256};
 pub use config::{Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
+pub use linalg::matmul;
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
-pub use transformer::matmul;
 
 use transformer::Transformer;
 use weights::WeightFiles;

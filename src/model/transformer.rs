@@ -11,12 +11,12 @@
 //! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, Axis};
 use rayon::prelude::*;
 
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
-use super::numerics::{dot, gelu_new, silu, sum_of};
+use super::linalg::{affine, matmul};
+use super::numerics::{dot, gelu_new, silu, sum_of, widest_simd};
 use super::{ActivationCache, LayerCache};
 
 /// LayerNorm (GPT-2) or RMSNorm (Llama), applied per row.
@@ -40,25 +40,38 @@ impl Norm {
         out.as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(width)
-            .for_each(|row| match self {
-                Norm::Layer { weight, bias, eps } => {
-                    let mean = sum_of(row, |x| x) / width as f32;
-                    let var = sum_of(row, |x| (x - mean) * (x - mean)) / width as f32;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
-                        *x = (*x - mean) * inv * w + b;
-                    }
-                }
-                Norm::Rms { weight, eps } => {
-                    let mean_sq = sum_of(row, |x| x * x) / width as f32;
-                    let inv = 1.0 / (mean_sq + eps).sqrt();
-                    for (x, w) in row.iter_mut().zip(weight) {
-                        *x = w * (*x * inv);
-                    }
-                }
+            .for_each(|row| {
+                widest_simd(
+                    #[inline(always)]
+                    || match self {
+                        Norm::Layer { weight, bias, eps } => {
+                            let (weight, bias) = (contiguous(weight), contiguous(bias));
+                            let mean = sum_of(row, |x| x) / width as f32;
+                            let var = sum_of(row, |x| (x - mean) * (x - mean)) / width as f32;
+                            let inv = 1.0 / (var + eps).sqrt();
+                            for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                                *x = (*x - mean) * inv * w + b;
+                            }
+                        }
+                        Norm::Rms { weight, eps } => {
+                            let weight = contiguous(weight);
+                            let mean_sq = sum_of(row, |x| x * x) / width as f32;
+                            let inv = 1.0 / (mean_sq + eps).sqrt();
+                            for (x, w) in row.iter_mut().zip(weight) {
+                                *x = w * (*x * inv);
+                            }
+                        }
+                    },
+                )
             });
         out
     }
+}
+
+/// A loaded (D,) parameter as a slice: plain slices zip into loops the compiler vectorizes,
+/// ndarray's element iterators do not.
+fn contiguous(a: &Array1<f32>) -> &[f32] {
+    a.as_slice().expect("parameters are loaded contiguous")
 }
 
 /// A dense layer `y = x·W + b`, with `W` as `(in, out)` (for HF `nn.Linear`, a transposed view
@@ -78,46 +91,6 @@ impl Linear {
     fn apply_columns(&self, x: ArrayView2<f32>, cols: std::ops::Range<usize>) -> Array2<f32> {
         let bias = self.bias.as_ref().map(|b| b.slice(s![cols.clone()]));
         affine(x, self.weight.slice(s![.., cols]), bias)
-    }
-}
-
-/// `x·w + b`: (N, in) · (in, out) + (out,) → (N, out). The bias is written first and the
-/// product accumulated onto it (`β = 1`), one pass over the output fewer than adding it
-/// afterwards. (Not the same rounding when `in` spans several of matrixmultiply's k-blocks: the
-/// bias then joins the sum before the later blocks; f32-level differences, well inside the
-/// tolerance against transformers.)
-fn affine(x: ArrayView2<f32>, w: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Array2<f32> {
-    match bias {
-        Some(bias) => {
-            let mut y = bias
-                .broadcast((x.nrows(), bias.len()))
-                .expect("bias has the output width")
-                .to_owned();
-            matmul_into(x, w, 1.0, &mut y);
-            y
-        }
-        None => matmul(x, w),
-    }
-}
-
-/// `x·w`: (N, in) · (in, out) → (N, out), as every projection of the engine computes it
-/// (public for the benchmarks, which time the forward's products alone).
-pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let mut y = Array2::zeros((x.nrows(), w.ncols()));
-    matmul_into(x, w, 0.0, &mut y);
-    y
-}
-
-/// `y = x·w + β·y`. matrixmultiply shares its threads out over the rows of the left factor,
-/// so a product with few rows (END rows, the END unembedding) would run on one thread; it is
-/// computed as `yᵀ = wᵀ·xᵀ` instead, the same sums with the long side on the left (measured at
-/// 2 threads: the 32-row unembedding of GPT-2 small 1.7× faster).
-fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut Array2<f32>) {
-    const FEW_ROWS: usize = 128;
-    if x.nrows() < FEW_ROWS && w.ncols() > x.nrows() {
-        general_mat_mul(1.0, &w.t(), &x.t(), beta, &mut y.view_mut().reversed_axes());
-    } else {
-        general_mat_mul(1.0, &x, &w, beta, y);
     }
 }
 
@@ -187,7 +160,12 @@ fn map_in_place(a: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
     a.as_slice_mut()
         .expect("standard layout")
         .par_chunks_mut(1 << 14)
-        .for_each(|chunk| chunk.iter_mut().for_each(|x| *x = f(*x)));
+        .for_each(|chunk| {
+            widest_simd(
+                #[inline(always)]
+                || chunk.iter_mut().for_each(|x| *x = f(*x)),
+            )
+        });
 }
 
 /// One transformer block's weights.
@@ -212,7 +190,8 @@ pub(crate) struct Transformer {
     pub positions: Positions,
     pub layers: Vec<Layer>,
     pub final_norm: Norm,
-    /// `None`: tied to `embed`.
+    /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
+    /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
     pub unembed: Option<Array2<f32>>, // (V, D)
 }
 
@@ -569,20 +548,25 @@ fn causal_scores(
         .par_chunks_mut(n_queries * seq)
         .enumerate()
         .for_each(|(bh, block)| {
-            let (b, h) = (bh / n_heads, bh % n_heads);
-            let q_offset = |i: usize| ((b * n_queries + i) * n_heads + h) * d_head;
-            let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
-            for i in 0..n_queries {
-                let q_row = &q[q_offset(i)..q_offset(i) + d_head];
-                let last_key = query_position(b, i);
-                for tk in 0..seq {
-                    block[i * seq + tk] = if tk <= last_key {
-                        dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-            }
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let (b, h) = (bh / n_heads, bh % n_heads);
+                    let q_offset = |i: usize| ((b * n_queries + i) * n_heads + h) * d_head;
+                    let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
+                    for i in 0..n_queries {
+                        let q_row = &q[q_offset(i)..q_offset(i) + d_head];
+                        let last_key = query_position(b, i);
+                        for tk in 0..seq {
+                            block[i * seq + tk] = if tk <= last_key {
+                                dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                        }
+                    }
+                },
+            )
         });
     scores
 }
@@ -596,19 +580,24 @@ fn softmax_rows(scores: &Array4<f32>) -> Array4<f32> {
         .unwrap()
         .par_chunks_mut(seq)
         .for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if max == f32::NEG_INFINITY {
-                row.fill(0.0);
-                return;
-            }
-            let mut sum = 0.0;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for x in row.iter_mut() {
-                *x /= sum;
-            }
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if max == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                        return;
+                    }
+                    let mut sum = 0.0;
+                    for x in row.iter_mut() {
+                        *x = super::numerics::exp(*x - max);
+                        sum += *x;
+                    }
+                    for x in row.iter_mut() {
+                        *x /= sum;
+                    }
+                },
+            )
         });
     pattern
 }
@@ -627,20 +616,25 @@ fn weighted_values(pattern: &Array4<f32>, v: &Array4<f32>) -> Array4<f32> {
         .par_chunks_mut(n_heads * d_head)
         .enumerate()
         .for_each(|(bi, out)| {
-            let (b, i) = (bi / n_queries, bi % n_queries);
-            for h in 0..n_heads {
-                let weights = &p[((b * n_heads + h) * n_queries + i) * seq..][..seq];
-                let out = &mut out[h * d_head..(h + 1) * d_head];
-                for (tk, &w) in weights.iter().enumerate() {
-                    if w == 0.0 {
-                        continue;
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let (b, i) = (bi / n_queries, bi % n_queries);
+                    for h in 0..n_heads {
+                        let weights = &p[((b * n_heads + h) * n_queries + i) * seq..][..seq];
+                        let out = &mut out[h * d_head..(h + 1) * d_head];
+                        for (tk, &w) in weights.iter().enumerate() {
+                            if w == 0.0 {
+                                continue;
+                            }
+                            let start = ((b * seq + tk) * n_heads + h) * d_head;
+                            for (o, x) in out.iter_mut().zip(&v[start..start + d_head]) {
+                                *o += w * x;
+                            }
+                        }
                     }
-                    let start = ((b * seq + tk) * n_heads + h) * d_head;
-                    for (o, x) in out.iter_mut().zip(&v[start..start + d_head]) {
-                        *o += w * x;
-                    }
-                }
-            }
+                },
+            )
         });
     z
 }
@@ -676,7 +670,7 @@ mod tests {
 
     #[test]
     fn few_row_and_many_row_products_agree() {
-        // 200 rows take the direct product, any 10 of them the transposed one (`matmul_into`).
+        // 200 rows and any 10 of them may take different kernels (`linalg::kernel_for`).
         let x = Array2::from_shape_fn((200, 64), |(i, j)| ((i * 31 + j * 7) % 17) as f32 - 8.0);
         let w = Array2::from_shape_fn((64, 300), |(i, j)| ((i * 13 + j * 5) % 11) as f32 * 0.25);
         let all = matmul(x.view(), w.view());
