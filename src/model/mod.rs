@@ -10,6 +10,7 @@
 //! # Ok::<(), circuit::model::ModelError>(())
 //! ```
 
+pub mod backward;
 pub mod builtin;
 pub mod config;
 mod error;

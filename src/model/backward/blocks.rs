@@ -1,0 +1,401 @@
+//! One backward function beside each forward block, on explicit inputs (as llm.c pairs
+//! `layernorm_backward` with `layernorm_forward`).
+//!
+//! Only activation gradients: every `*_backward` returns the gradient with respect to the
+//! block's *inputs* given the gradient of a scalar with respect to its outputs. Weights are
+//! constants here. Every function is generic over `f32` (the whole-model pass) and `f64` (the
+//! finite-difference tests). The forwards here restate the engine's math (`transformer.rs`)
+//! for the tests and for what the activation cache does not keep; `tests.rs` checks them
+//! against the engine's own outputs.
+//!
+//! Shapes: `N` rows, `W` a row's width, `D` model width, `H` query heads, `d` head size,
+//! `T_q` query rows and `T_k` key rows of one (prompt, head).
+
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, NdFloat};
+
+fn constant<F: NdFloat>(x: f64) -> F {
+    F::from(x).expect("a small constant fits every float type")
+}
+
+// ---- LayerNorm (GPT-2) -------------------------------------------------------------------
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `y = (x − mean) / √(var + eps) · w + b` per row: (N, W) → (N, W).
+pub(crate) fn layernorm_forward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    bias: ArrayView1<F>,
+    eps: F,
+) -> Array2<F> {
+    let mut y = Array2::zeros(x.raw_dim());
+    for (x, mut y) in x.rows().into_iter().zip(y.rows_mut()) {
+        let (mean, inv) = layernorm_statistics(x, eps);
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+            *y = (x - mean) * inv * w + b;
+        }
+    }
+    y
+}
+
+/// Mean and `1/√(var + eps)` of one row (the biased variance, as the engine and torch use).
+fn layernorm_statistics<F: NdFloat>(x: ArrayView1<F>, eps: F) -> (F, F) {
+    let width = F::from(x.len()).expect("row width");
+    let mean = x.sum() / width;
+    let var = x.fold(F::zero(), |acc, &v| acc + (v - mean) * (v - mean)) / width;
+    (mean, F::one() / (var + eps).sqrt())
+}
+
+/// `dx = inv · (g − mean(g) − x̂ · mean(g · x̂))` per row, with `g = dy · w` and
+/// `x̂ = (x − mean) · inv` the normalized input (the bias has no effect on `dx`).
+pub(crate) fn layernorm_backward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
+    let width = F::from(x.ncols()).expect("row width");
+    let mut dx = Array2::zeros(x.raw_dim());
+    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
+        let (mean, inv) = layernorm_statistics(x, eps);
+        let x_hat = x.mapv(|v| (v - mean) * inv); // (W,)
+        let g = &dy * &weight; // (W,)
+        let g_mean = g.sum() / width;
+        let g_dot_x_hat = g.dot(&x_hat) / width;
+        for ((dx, &g), &x_hat) in dx.iter_mut().zip(&g).zip(&x_hat) {
+            *dx = inv * (g - g_mean - x_hat * g_dot_x_hat);
+        }
+    }
+    dx
+}
+
+// ---- RMSNorm (Llama) ---------------------------------------------------------------------
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `y = w · x / √(mean(x²) + eps)` per row: (N, W) → (N, W).
+pub(crate) fn rmsnorm_forward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+) -> Array2<F> {
+    let mut y = Array2::zeros(x.raw_dim());
+    for (x, mut y) in x.rows().into_iter().zip(y.rows_mut()) {
+        let inv = rms_inverse(x, eps);
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+            *y = w * (x * inv);
+        }
+    }
+    y
+}
+
+/// `1/√(mean(x²) + eps)` of one row.
+fn rms_inverse<F: NdFloat>(x: ArrayView1<F>, eps: F) -> F {
+    let width = F::from(x.len()).expect("row width");
+    F::one() / (x.dot(&x) / width + eps).sqrt()
+}
+
+/// `dx = inv · g − x · inv³ · mean(g · x)` per row, with `g = dy · w`.
+pub(crate) fn rmsnorm_backward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
+    let width = F::from(x.ncols()).expect("row width");
+    let mut dx = Array2::zeros(x.raw_dim());
+    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
+        let inv = rms_inverse(x, eps);
+        let g = &dy * &weight; // (W,)
+        let g_dot_x = g.dot(&x) / width;
+        for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
+            *dx = inv * g - x * inv * inv * inv * g_dot_x;
+        }
+    }
+    dx
+}
+
+// ---- Linear ------------------------------------------------------------------------------
+
+/// `y = x·W + b`, `W` stored `(in, out)`: (N, in) → (N, out).
+pub(crate) fn linear_forward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView2<F>,
+    bias: Option<ArrayView1<F>>,
+) -> Array2<F> {
+    let y = x.dot(&weight);
+    match bias {
+        Some(bias) => y + bias,
+        None => y,
+    }
+}
+
+/// The input gradient only: `dx = dy·Wᵀ`, (N, out) → (N, in).
+pub(crate) fn linear_backward<F: NdFloat>(weight: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
+    dy.dot(&weight.t())
+}
+
+// ---- gelu_new (GPT-2's MLP) --------------------------------------------------------------
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044715;
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`, elementwise.
+pub(crate) fn gelu_new_forward<F: NdFloat>(x: ArrayView2<F>) -> Array2<F> {
+    let (c, a, half): (F, F, F) = (
+        constant(SQRT_2_OVER_PI),
+        constant(GELU_CUBIC),
+        constant(0.5),
+    );
+    x.mapv(|x: F| half * x * (F::one() + (c * (x + a * x * x * x)).tanh()))
+}
+
+/// `dx = dy · (0.5(1 + tanh u) + 0.5x(1 − tanh²u) · √(2/π)(1 + 3·0.044715x²))`.
+pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
+    let (c, a, half, three): (F, F, F, F) = (
+        constant(SQRT_2_OVER_PI),
+        constant(GELU_CUBIC),
+        constant(0.5),
+        constant(3.0),
+    );
+    let mut dx = dy.to_owned();
+    dx.zip_mut_with(&x, |d, &x: &F| {
+        let t = (c * (x + a * x * x * x)).tanh();
+        let slope = half * (F::one() + t)
+            + half * x * (F::one() - t * t) * c * (F::one() + three * a * x * x);
+        *d *= slope;
+    });
+    dx
+}
+
+// ---- SwiGLU (Llama's MLP) ----------------------------------------------------------------
+
+fn sigmoid<F: NdFloat>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `silu(gate) · up`, elementwise, with `silu(x) = x·sigmoid(x)`.
+pub(crate) fn swiglu_forward<F: NdFloat>(gate: ArrayView2<F>, up: ArrayView2<F>) -> Array2<F> {
+    let mut h = gate.mapv(|g| g * sigmoid(g));
+    h *= &up;
+    h
+}
+
+/// `(dgate, dup)` for `h = silu(gate)·up`: `dgate = dh·up·silu'(gate)` with
+/// `silu'(x) = σ(x)(1 + x(1 − σ(x)))`, and `dup = dh·silu(gate)`.
+pub(crate) fn swiglu_backward<F: NdFloat>(
+    gate: ArrayView2<F>,
+    up: ArrayView2<F>,
+    dh: ArrayView2<F>,
+) -> (Array2<F>, Array2<F>) {
+    let mut d_gate = dh.to_owned();
+    let mut d_up = dh.to_owned();
+    ndarray::Zip::from(&mut d_gate)
+        .and(&mut d_up)
+        .and(gate)
+        .and(up)
+        .for_each(|dg, du, &g, &u| {
+            let s = sigmoid(g);
+            *dg = *dg * u * s * (F::one() + g * (F::one() - s));
+            *du = *du * g * s;
+        });
+    (d_gate, d_up)
+}
+
+// ---- Rotary positions (Llama) ------------------------------------------------------------
+
+/// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place: dimension `i < d/2`
+/// pairs with `i + d/2` and both turn by the angle whose cosine and sine are
+/// `cos[[position(row), i]]`, `sin[[position(row), i]]` (tables `(T, d/2)`). `inverse` turns
+/// by the opposite angle, which is the rotation's backward (a rotation's transpose is its
+/// inverse).
+pub(crate) fn rotate_half<F: NdFloat>(
+    x: &mut Array2<F>,
+    cos: ArrayView2<F>,
+    sin: ArrayView2<F>,
+    position: impl Fn(usize) -> usize,
+    d_head: usize,
+    inverse: bool,
+) {
+    let half = d_head / 2;
+    for (row, mut values) in x.rows_mut().into_iter().enumerate() {
+        let p = position(row);
+        let (cos, sin) = (cos.row(p), sin.row(p));
+        for mut head in values.exact_chunks_mut(d_head) {
+            for i in 0..half {
+                let (x1, x2) = (head[i], head[i + half]);
+                let (c, s) = (cos[i], if inverse { -sin[i] } else { sin[i] });
+                head[i] = x1 * c - x2 * s;
+                head[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/// `rotate_half`'s backward: the gradient turned back by the same angles.
+pub(crate) fn rotate_half_backward<F: NdFloat>(
+    dy: &mut Array2<F>,
+    cos: ArrayView2<F>,
+    sin: ArrayView2<F>,
+    position: impl Fn(usize) -> usize,
+    d_head: usize,
+) {
+    rotate_half(dy, cos, sin, position, d_head, true);
+}
+
+// ---- Attention of one (prompt, head) -----------------------------------------------------
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// What one head's attention computes for one prompt.
+pub(crate) struct AttentionForward<F> {
+    /// `(T_q, T_k)` softmax of the scaled, causally masked scores.
+    pub pattern: Array2<F>,
+    /// `(T_q, d)`: `z[i] = Σ_k pattern[i, k] · v[k]`.
+    pub z: Array2<F>,
+}
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `scores[i, k] = scale · q[i]·k[k]` for keys `k ≤ i` (query row `i` at token position `i`),
+/// `-inf` after; `pattern = softmax(scores)`, `z = pattern · v`. `q` `(T, d)`, `k`, `v`
+/// `(T, d)`.
+pub(crate) fn attention_forward<F: NdFloat>(
+    q: ArrayView2<F>,
+    k: ArrayView2<F>,
+    v: ArrayView2<F>,
+    scale: F,
+) -> AttentionForward<F> {
+    let mut pattern = q.dot(&k.t()) * scale; // (T_q, T_k)
+    for (i, mut row) in pattern.rows_mut().into_iter().enumerate() {
+        row.slice_mut(s![i + 1..]).fill(F::neg_infinity());
+        let max = row.fold(F::neg_infinity(), |m, &x| m.max(x));
+        row.mapv_inplace(|x| (x - max).exp());
+        let sum = row.sum();
+        row.mapv_inplace(|x| x / sum);
+    }
+    let z = pattern.dot(&v); // (T_q, d)
+    AttentionForward { pattern, z }
+}
+
+/// Gradients of one head's attention for one prompt.
+pub(crate) struct AttentionGradients<F> {
+    /// `(T_q, d)`, with respect to the (rotated) queries.
+    pub q: Array2<F>,
+    /// `(T_k, d)`, with respect to the (rotated) keys.
+    pub k: Array2<F>,
+    /// `(T_k, d)`
+    pub v: Array2<F>,
+    /// `(T_q, T_k)`, with respect to the pattern `A` (so `∂M/∂(A[i,k]·v[k]) = ∂M/∂z[i]`).
+    pub pattern: Array2<F>,
+}
+
+/// Backward of [`attention_forward`] given its `pattern` and `dz` `(T_q, d)`:
+/// `dA = dz·vᵀ`, `dv = Aᵀ·dz`, through the softmax `dS[i,k] = A[i,k](dA[i,k] − Σ_j A[i,j]dA[i,j])`
+/// (masked entries have `A = 0`, so no gradient), and `dq = scale·dS·k`, `dk = scale·dSᵀ·q`.
+pub(crate) fn attention_backward<F: NdFloat>(
+    q: ArrayView2<F>,
+    k: ArrayView2<F>,
+    v: ArrayView2<F>,
+    pattern: ArrayView2<F>,
+    dz: ArrayView2<F>,
+    scale: F,
+) -> AttentionGradients<F> {
+    let d_pattern = dz.dot(&v.t()); // (T_q, T_k)
+    let dv = pattern.t().dot(&dz); // (T_k, d)
+    let mut d_scores = &d_pattern * &pattern; // (T_q, T_k)
+    for (mut row, a) in d_scores.rows_mut().into_iter().zip(pattern.rows()) {
+        let weighted = row.sum(); // Σ_j A[i,j]·dA[i,j]
+        row.zip_mut_with(&a, |ds, &a| *ds -= a * weighted);
+    }
+    d_scores *= scale;
+    AttentionGradients {
+        q: d_scores.dot(&k),     // (T_q, d)
+        k: d_scores.t().dot(&q), // (T_k, d)
+        v: dv,
+        pattern: d_pattern,
+    }
+}
+
+// ---- Grouped-query attention -------------------------------------------------------------
+
+/// `(N, H·d)` gradients per query head → `(N, Hkv·d)` per key/value head: the heads of a
+/// group read the same key/value head, so their gradients add (the backward of the engine's
+/// `expand_kv`).
+pub(crate) fn sum_query_heads_per_kv_head<F: NdFloat>(
+    per_query_head: ArrayView2<F>,
+    group: usize,
+    d_head: usize,
+) -> Array2<F> {
+    let (rows, width) = per_query_head.dim();
+    let n_kv = width / d_head / group;
+    let mut out = Array2::zeros((rows, n_kv * d_head));
+    for head in 0..n_kv * group {
+        let kv = head / group;
+        let mut target = out.slice_mut(s![.., kv * d_head..(kv + 1) * d_head]);
+        target += &per_query_head.slice(s![.., head * d_head..(head + 1) * d_head]);
+    }
+    out
+}
+
+// ---- Unembedding -------------------------------------------------------------------------
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `logits = x·Uᵀ` with `U` `(V, D)`: (N, D) → (N, V).
+pub(crate) fn unembed_forward<F: NdFloat>(x: ArrayView2<F>, unembed: ArrayView2<F>) -> Array2<F> {
+    x.dot(&unembed.t())
+}
+
+/// `dx = dlogits·U`: (N, V) → (N, D).
+pub(crate) fn unembed_backward<F: NdFloat>(
+    unembed: ArrayView2<F>,
+    d_logits: ArrayView2<F>,
+) -> Array2<F> {
+    d_logits.dot(&unembed)
+}
+
+// ---- The metric at END -------------------------------------------------------------------
+
+/// `softmax` of one logits row in f64.
+fn softmax(logits: ArrayView1<f64>) -> Array1<f64> {
+    let max = logits.fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+    let exp = logits.mapv(|x| (x - max).exp());
+    let sum = exp.sum();
+    exp / sum
+}
+
+/// A differentiable metric of one prompt's END logits (the scalar a backward starts from).
+/// Its value is the measure stage's to compute (`crate::measure::per_prompt_metrics`); only
+/// its derivative lives here.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum EndMetric<'a> {
+    /// `logits[answer] − logits[distractor]`.
+    LogitDiff,
+    /// `softmax(logits)[answer]`.
+    Prob,
+    /// `log softmax(logits)[answer]`.
+    Logprob,
+    /// `KL(p_full ‖ softmax(logits))` for the full model's END logits of this prompt.
+    Kl { full_logits: ArrayView1<'a, f64> },
+}
+
+/// The metric's gradient with respect to the logits `(V,)`, `p = softmax(logits)`:
+/// `logit_diff`: `e_answer − e_distractor`; `logprob`: `e_answer − p`;
+/// `prob`: `p_answer · (e_answer − p)`; `kl`: `p − p_full` (from
+/// `Σ_v p_full(v)(log p_full(v) − log p(v))`, whose first term is constant).
+pub(crate) fn metric_backward(
+    metric: EndMetric,
+    logits: ArrayView1<f64>,
+    answer: usize,
+    distractor: usize,
+) -> Array1<f64> {
+    let unit = |i: usize| Array1::from_shape_fn(logits.len(), |j| if j == i { 1.0 } else { 0.0 });
+    match metric {
+        EndMetric::LogitDiff => unit(answer) - unit(distractor),
+        EndMetric::Logprob => unit(answer) - softmax(logits),
+        EndMetric::Prob => {
+            let p = softmax(logits);
+            let p_answer = p[answer];
+            (unit(answer) - p) * p_answer
+        }
+        EndMetric::Kl { full_logits } => softmax(logits) - softmax(full_logits),
+    }
+}

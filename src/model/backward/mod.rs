@@ -1,0 +1,413 @@
+//! The backward pass: gradients of a metric at END, averaged over prompts, with respect to the
+//! activations a circuit score needs (not the weights).
+//!
+//! [`gradients`] runs the clean forward with the [`ActivationCache`](super::ActivationCache),
+//! then walks the layers backwards with the per-block backward functions of [`blocks`]. All
+//! of it is f32, like the forward; the blocks are checked against finite differences in f64
+//! and the whole pass against a torch autograd reference (`scripts/grad_reference.py`).
+//!
+//! What the cache lacks and is recomputed here from cached inputs (candidates for the
+//! forward's recorder, which would save this work):
+//! - the norm statistics (mean and `1/σ` per row for LayerNorm, `1/rms` for RMSNorm) of the
+//!   attention norm, the MLP norm and the final norm: recomputed from `resid_pre`,
+//!   `resid_mid` and `resid_final`;
+//! - the MLP norm's output `norm(resid_mid)` and the MLP pre-activations (`c_fc` output for
+//!   GPT-2; `gate` and `up` outputs for Llama): one `D × M` product (two for Llama) per
+//!   layer, the largest recomputation;
+//! - the rotary cos/sin tables (cheap).
+//!
+//! Shapes: `B` prompts right-padded to `T`, `N = B·T` rows, `H` query heads, `Hkv` key/value
+//! heads, `d` head size, `D` model width, `V` vocabulary.
+
+pub(crate) mod blocks;
+#[cfg(test)]
+mod tests;
+
+use miette::Diagnostic;
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, Axis};
+use rayon::prelude::*;
+use thiserror::Error;
+
+use super::transformer::{Linear, Mlp, Norm, Positions};
+use super::{ForwardOptions, Model, ModelError, NoInterventions};
+use blocks::EndMetric;
+
+/// The scalar whose gradient is taken, per prompt at its END logits (averaged over prompts).
+/// These are the `.circuit` metrics that have a gradient; see [`Objective::from_metric_name`].
+#[derive(Clone, Copy, Debug)]
+pub enum Objective<'a> {
+    /// `logits[answer] − logits[distractor]`.
+    LogitDiff,
+    /// The answer's probability.
+    Prob,
+    /// The answer's log-probability.
+    Logprob,
+    /// `KL(full ‖ this run)` with the full model's END logits `(B, V)`. At the full model's own
+    /// forward its gradient is exactly zero (the minimum).
+    Kl { full_logits: ArrayView2<'a, f32> },
+}
+
+impl<'a> Objective<'a> {
+    /// The objective for a metric named as `.circuit` files and reports name it
+    /// (`crate::measure::metric_name`). `full_logits` is needed for `kl` only.
+    pub fn from_metric_name(
+        name: &str,
+        full_logits: Option<ArrayView2<'a, f32>>,
+    ) -> Result<Objective<'a>, GradientError> {
+        match (name, full_logits) {
+            ("logit_diff", _) => Ok(Objective::LogitDiff),
+            ("prob", _) => Ok(Objective::Prob),
+            ("logprob", _) => Ok(Objective::Logprob),
+            ("kl", Some(full_logits)) => Ok(Objective::Kl { full_logits }),
+            ("kl", None) => Err(GradientError::KlNeedsFullLogits),
+            ("accuracy", _) => Err(GradientError::NoGradient {
+                metric: name.to_string(),
+            }),
+            _ => Err(GradientError::UnknownMetric {
+                metric: name.to_string(),
+            }),
+        }
+    }
+}
+
+/// Why gradients cannot be computed.
+#[derive(Debug, Error, Diagnostic)]
+pub enum GradientError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Model(#[from] ModelError),
+
+    #[error("the metric `{metric}` has no gradient")]
+    #[diagnostic(
+        code(circuit::model::no_gradient),
+        help("accuracy is a step function of the logits (its gradient is zero almost everywhere); score with logit_diff, prob, logprob or kl")
+    )]
+    NoGradient { metric: String },
+
+    #[error("unknown metric `{metric}`")]
+    #[diagnostic(
+        code(circuit::model::unknown_metric),
+        help("the metrics with a gradient are logit_diff, prob, logprob and kl")
+    )]
+    UnknownMetric { metric: String },
+
+    #[error("the `kl` metric needs the full model's END logits")]
+    #[diagnostic(code(circuit::model::kl_needs_full_logits))]
+    KlNeedsFullLogits,
+
+    #[error("{what}")]
+    #[diagnostic(code(circuit::model::gradient_inputs))]
+    Inputs { what: String },
+}
+
+/// ∂M/∂(activations) of one layer, `M` the metric averaged over prompts. Rows past a prompt's
+/// length are zero (nothing at END reads them).
+#[derive(Debug)]
+pub struct LayerGradients {
+    /// The residual stream entering the layer, `(B, T, D)` (for layer 0, the embedding).
+    pub resid_pre: Array3<f32>,
+    /// Each head's output before `W_O`, `(B, T, H, d)`. The per-(query, key) term
+    /// `A[q,k]·v[k]` of head `h` has this same gradient `∂M/∂z_h[q]`.
+    pub z: Array4<f32>,
+    /// The attention pattern `A`, `(B, H, T, T)`.
+    pub pattern: Array4<f32>,
+    /// Per-head q/k/v input gradients, when [`GradientOptions::head_inputs`] asked for them.
+    pub head_inputs: Option<HeadInputGradients>,
+    /// The residual stream (pre-norm) the MLP reads, through the MLP only (not the skip
+    /// connection), `(B, T, D)`.
+    pub mlp_in: Array3<f32>,
+    /// The MLP's output, `(B, T, D)` (equal to ∂M/∂resid_post of the layer).
+    pub mlp_out: Array3<f32>,
+}
+
+/// ∂M/∂(the residual stream as one head's q, k or v alone reads it), pre-norm: what a path
+/// edge into `h.q`, `h.k` or `h.v` multiplies (the engine's `Interventions::head_input`).
+/// By linearity the three summed over heads are the attention's share of ∂M/∂resid_pre.
+#[derive(Debug)]
+pub struct HeadInputGradients {
+    /// `(B, T, H, D)`
+    pub q: Array4<f32>,
+    /// `(B, T, H, D)`: under grouped-query attention, the key as query head `h` reads it (not
+    /// summed over its group).
+    pub k: Array4<f32>,
+    /// `(B, T, H, D)`, like `k`.
+    pub v: Array4<f32>,
+}
+
+/// What [`gradients`] computes besides the z, pattern, MLP and residual gradients.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GradientOptions {
+    /// Per-head q/k/v input gradients: `3 · (B, T, H, D)` per layer, as much memory as `3H`
+    /// residual streams (for GPT-2 small at 32 × 16 tokens, 680 MB in all); only path-edge
+    /// scores need them.
+    pub head_inputs: bool,
+}
+
+/// The result of [`gradients`].
+#[derive(Debug)]
+pub struct Gradients {
+    /// One entry per layer.
+    pub layers: Vec<LayerGradients>,
+    /// The final residual stream, before the final norm, `(B, T, D)`: nonzero only at END.
+    pub resid_final: Array3<f32>,
+    /// The END logits of this forward, `(B, V)`: the metric's values are
+    /// `crate::measure::per_prompt_metrics` of these.
+    pub logits: Array2<f32>,
+    /// Real token count per prompt.
+    pub lengths: Vec<usize>,
+}
+
+/// Gradients of `M = mean_p metric_p(END logits of prompt p)` on the unedited forward of
+/// `tokens`, `targets[p] = (answer, distractor)` token ids (the distractor is read by
+/// `logit_diff` only).
+pub fn gradients(
+    model: &Model,
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: Objective,
+    options: GradientOptions,
+) -> Result<Gradients, GradientError> {
+    let transformer = &model.transformer;
+    let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
+    let vocab = unembed.nrows();
+    check_inputs(tokens, targets, &objective, vocab)?;
+
+    let forward_options = ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let out = model.forward(tokens, &forward_options, &NoInterventions)?;
+    let cache = out.cache.expect("asked for the cache");
+    let (batch, seq, d_model) = cache.resid_final.dim();
+    let n_rows = batch * seq;
+    let (n_heads, d_head) = (transformer.n_heads, transformer.d_head);
+    let group = n_heads / transformer.n_kv_heads;
+    let rows = |a: &Array3<f32>| {
+        a.view()
+            .into_shape_with_order((n_rows, a.dim().2))
+            .expect("cache arrays are standard layout")
+            .to_owned()
+    };
+    let to3 = |a: Array2<f32>| a.into_shape_with_order((batch, seq, d_model)).unwrap();
+    let end_rows: Vec<usize> = (out.lengths.iter().enumerate())
+        .map(|(b, &len)| b * seq + len - 1)
+        .collect();
+
+    // ---- the metric and the final norm + unembedding -------------------------------------
+    let mut d_logits = Array2::<f32>::zeros((batch, vocab)); // (B, V)
+    for (b, &(answer, distractor)) in targets.iter().enumerate() {
+        let logits = out.logits.slice(s![b, 0, ..]).mapv(f64::from); // (V,)
+        let full_row;
+        let end_metric = match objective {
+            Objective::LogitDiff => EndMetric::LogitDiff,
+            Objective::Prob => EndMetric::Prob,
+            Objective::Logprob => EndMetric::Logprob,
+            Objective::Kl { full_logits } => {
+                full_row = full_logits.row(b).mapv(f64::from);
+                EndMetric::Kl {
+                    full_logits: full_row.view(),
+                }
+            }
+        };
+        let gradient = blocks::metric_backward(
+            end_metric,
+            logits.view(),
+            answer as usize,
+            distractor as usize,
+        );
+        // M is the mean over prompts.
+        let scaled = gradient.mapv(|g| (g / batch as f64) as f32);
+        d_logits.row_mut(b).assign(&scaled);
+    }
+    let resid_final = rows(&cache.resid_final); // (N, D)
+    let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
+    let d_normed = blocks::unembed_backward(unembed.view(), d_logits.view()); // (B, D)
+    let d_end = norm_backward(&transformer.final_norm, end_resid.view(), d_normed.view()); // (B, D)
+    let mut d_resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D): ∂M/∂resid_post
+    for (&row, d) in end_rows.iter().zip(d_end.rows()) {
+        d_resid.row_mut(row).assign(&d);
+    }
+    let d_resid_final = to3(d_resid.clone());
+
+    let rotary = match &transformer.positions {
+        Positions::Rotary { inv_freq } => Some(rotary_tables(inv_freq, seq)),
+        Positions::Learned { .. } => None,
+    };
+    let scale = 1.0 / (d_head as f32).sqrt();
+
+    let mut layers = Vec::with_capacity(transformer.layers.len());
+    for (layer, lc) in transformer.layers.iter().zip(&cache.layers).rev() {
+        let resid_pre = rows(&lc.resid_pre); // (N, D)
+        let resid_mid = rows(&lc.resid_mid); // (N, D)
+
+        // ---- MLP: resid_post = resid_mid + mlp(norm(resid_mid)) --------------------------
+        let d_mlp_out = d_resid; // (N, D)
+        let mlp_x = layer.mlp_norm.apply(resid_mid.view()); // (N, D), recomputed
+        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_out.view()); // (N, D)
+        let d_mlp_in = norm_backward(&layer.mlp_norm, resid_mid.view(), d_mlp_x.view()); // (N, D)
+        let d_mid = &d_mlp_out + &d_mlp_in; // (N, D)
+
+        // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
+        let d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
+        let d_z4 = d_z
+            .into_shape_with_order((batch, seq, n_heads, d_head))
+            .unwrap(); // (B, T, H, d)
+        let mut d_q = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
+        let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
+        let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
+        let mut d_pattern = Array4::<f32>::zeros((batch, n_heads, seq, seq));
+        // Each (prompt, head) on its own thread; results written back in a fixed order.
+        let per_head: Vec<_> = (0..batch * n_heads)
+            .into_par_iter()
+            .map(|bh| {
+                let (b, h) = (bh / n_heads, bh % n_heads);
+                let kv = h / group;
+                blocks::attention_backward(
+                    lc.q.slice(s![b, .., h, ..]),
+                    lc.k.slice(s![b, .., kv, ..]),
+                    lc.v.slice(s![b, .., kv, ..]),
+                    lc.pattern.slice(s![b, h, .., ..]),
+                    d_z4.slice(s![b, .., h, ..]),
+                    scale,
+                )
+            })
+            .collect();
+        for (bh, grads) in per_head.into_iter().enumerate() {
+            let (b, h) = (bh / n_heads, bh % n_heads);
+            d_q.slice_mut(s![b, .., h, ..]).assign(&grads.q);
+            d_k.slice_mut(s![b, .., h, ..]).assign(&grads.k);
+            d_v.slice_mut(s![b, .., h, ..]).assign(&grads.v);
+            d_pattern.slice_mut(s![b, h, .., ..]).assign(&grads.pattern);
+        }
+        let flat = |a: Array4<f32>| a.into_shape_with_order((n_rows, n_heads * d_head)).unwrap();
+        let (mut d_q, mut d_k, d_v) = (flat(d_q), flat(d_k), flat(d_v)); // (N, H·d) each
+        if let Some((cos, sin)) = &rotary {
+            // The cache holds q and k after rotary; their gradients before it are turned back.
+            blocks::rotate_half_backward(&mut d_q, cos.view(), sin.view(), |r| r % seq, d_head);
+            blocks::rotate_half_backward(&mut d_k, cos.view(), sin.view(), |r| r % seq, d_head);
+        }
+
+        let head_inputs = options.head_inputs.then(|| {
+            let per_head = |linear: &Linear, d_proj: &Array2<f32>, kv_shared: bool| {
+                let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
+                for h in 0..n_heads {
+                    let source = if kv_shared { h / group } else { h };
+                    let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
+                    let weight = linear
+                        .weight
+                        .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
+                    let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
+                    let d_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
+                    out.slice_mut(s![.., .., h, ..]).assign(&to3(d_in));
+                }
+                out
+            };
+            HeadInputGradients {
+                q: per_head(&layer.q, &d_q, false),
+                k: per_head(&layer.k, &d_k, true),
+                v: per_head(&layer.v, &d_v, true),
+            }
+        });
+
+        // The shared residual stream: every head's q, k, v read the same normed input.
+        let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
+        let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
+        let d_x = blocks::linear_backward(layer.q.weight.view(), d_q.view())
+            + blocks::linear_backward(layer.k.weight.view(), d_k_shared.view())
+            + blocks::linear_backward(layer.v.weight.view(), d_v_shared.view()); // (N, D)
+        let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
+        d_resid = &d_mid + &d_attn_in; // (N, D): ∂M/∂resid_pre
+
+        layers.push(LayerGradients {
+            resid_pre: to3(d_resid.clone()),
+            z: d_z4,
+            pattern: d_pattern,
+            head_inputs,
+            mlp_in: to3(d_mlp_in),
+            mlp_out: to3(d_mlp_out),
+        });
+    }
+    layers.reverse();
+    Ok(Gradients {
+        layers,
+        resid_final: d_resid_final,
+        logits: out.logits.index_axis(Axis(1), 0).to_owned(),
+        lengths: out.lengths,
+    })
+}
+
+fn check_inputs(
+    tokens: &[Vec<u32>],
+    targets: &[(u32, u32)],
+    objective: &Objective,
+    vocab: usize,
+) -> Result<(), GradientError> {
+    let fail = |what: String| Err(GradientError::Inputs { what });
+    if tokens.is_empty() {
+        return fail("gradients need at least one prompt".to_string());
+    }
+    if targets.len() != tokens.len() {
+        return fail(format!(
+            "{} prompts but {} (answer, distractor) pairs",
+            tokens.len(),
+            targets.len()
+        ));
+    }
+    if let Some((p, &(a, d))) =
+        (targets.iter().enumerate()).find(|(_, &(a, d))| a as usize >= vocab || d as usize >= vocab)
+    {
+        return fail(format!(
+            "prompt #{p}: target ids ({a}, {d}) outside the vocabulary of {vocab}"
+        ));
+    }
+    if let Objective::Kl { full_logits } = objective {
+        if full_logits.dim() != (tokens.len(), vocab) {
+            return fail(format!(
+                "the full model's END logits are {:?}, expected ({}, {vocab})",
+                full_logits.dim(),
+                tokens.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.
+fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
+    match norm {
+        Norm::Layer { weight, eps, .. } => blocks::layernorm_backward(x, weight.view(), *eps, dy),
+        Norm::Rms { weight, eps } => blocks::rmsnorm_backward(x, weight.view(), *eps, dy),
+    }
+}
+
+/// The backward of the engine's [`Mlp`] at its (normed) input `x` `(N, D)`: recomputes the
+/// pre-activations, then `dx` `(N, D)` from `d_out` `(N, D)`.
+fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2<f32> {
+    match mlp {
+        Mlp::GeluNew { fc, proj } => {
+            let pre =
+                blocks::linear_forward(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
+            let d_hidden = blocks::linear_backward(proj.weight.view(), d_out); // (N, M)
+            let d_pre = blocks::gelu_new_backward(pre.view(), d_hidden.view()); // (N, M)
+            blocks::linear_backward(fc.weight.view(), d_pre.view())
+        }
+        Mlp::SwiGlu { gate, up, down } => {
+            let gate_pre =
+                blocks::linear_forward(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
+            let up_pre =
+                blocks::linear_forward(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
+            let d_hidden = blocks::linear_backward(down.weight.view(), d_out); // (N, M)
+            let (d_gate, d_up) =
+                blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view());
+            blocks::linear_backward(gate.weight.view(), d_gate.view())
+                + blocks::linear_backward(up.weight.view(), d_up.view())
+        }
+    }
+}
+
+/// cos and sin of `t · inv_freq[i]` for `t < seq`, `(T, d/2)` each, in f32 exactly as the
+/// engine's forward builds them.
+fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+    let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
+    (angle.mapv(f32::cos), angle.mapv(f32::sin))
+}

@@ -1,0 +1,619 @@
+//! The whole-model backward (`circuit::model::backward::gradients`) against central finite
+//! differences of the engine's own forward, nudged through its intervention points, on the
+//! built-in model, a random GPT-2, a grouped-query Llama and the pretrained stories260K; and
+//! against a torch autograd reference (`scripts/grad_reference.py`, float64).
+
+use std::path::{Path, PathBuf};
+
+use circuit::measure::{mean, per_prompt_metrics, Targets, ALL_METRICS};
+use circuit::model::backward::{gradients, GradientOptions, Gradients, Objective};
+use circuit::model::{
+    ComponentOutputs, ForwardOptions, HeadInput, Interventions, Model, ModelSource,
+};
+use ndarray::{
+    Array, Array2, Array3, ArrayD, ArrayView3, ArrayView4, ArrayViewD, ArrayViewMut3,
+    ArrayViewMut4, Axis, Ix3, Ix4, IxDyn,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn stories() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
+}
+
+const WITH_HEAD_INPUTS: GradientOptions = GradientOptions { head_inputs: true };
+
+/// Where a nudge is added.
+#[derive(Clone, Copy, Debug)]
+enum Site {
+    Z(usize),
+    MlpOut(usize),
+    MlpIn(usize),
+    HeadInput(usize, usize, HeadInput),
+    ResidFinal,
+}
+
+/// Adds `scale · direction` at one site of the forward.
+struct Nudge<'a> {
+    site: Site,
+    direction: &'a ArrayD<f32>,
+    scale: f32,
+}
+
+impl Nudge<'_> {
+    fn add(&self, x: ArrayView3<f32>) -> Array3<f32> {
+        let d = self.direction.view().into_dimensionality::<Ix3>().unwrap();
+        &x + &(&d * self.scale)
+    }
+}
+
+impl Interventions for Nudge<'_> {
+    fn edit_z(
+        &self,
+        layer: usize,
+        _: ArrayView4<f32>,
+        _: ArrayView4<f32>,
+        z: &mut ArrayViewMut4<f32>,
+    ) {
+        if let Site::Z(l) = self.site {
+            if l == layer {
+                let d = self.direction.view().into_dimensionality::<Ix4>().unwrap();
+                z.scaled_add(self.scale, &d);
+            }
+        }
+    }
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ArrayViewMut3<f32>) {
+        if let Site::MlpOut(l) = self.site {
+            if l == layer {
+                let d = self.direction.view().into_dimensionality::<Ix3>().unwrap();
+                mlp_out.scaled_add(self.scale, &d);
+            }
+        }
+    }
+    fn mlp_input(
+        &self,
+        layer: usize,
+        resid_mid: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::MlpIn(l) if l == layer => Some(self.add(resid_mid)),
+            _ => None,
+        }
+    }
+    fn head_input(
+        &self,
+        layer: usize,
+        head: usize,
+        which: HeadInput,
+        resid_pre: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::HeadInput(l, h, w) if (l, h, w) == (layer, head, which) => {
+                Some(self.add(resid_pre))
+            }
+            _ => None,
+        }
+    }
+    fn unembed_input(
+        &self,
+        resid_final: ArrayView3<f32>,
+        _: &ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        match self.site {
+            Site::ResidFinal => Some(self.add(resid_final)),
+            _ => None,
+        }
+    }
+}
+
+/// The gradient the backward reports for a site, as a dynamic array.
+fn gradient_at(g: &Gradients, site: Site) -> ArrayD<f32> {
+    let head = |a: &ndarray::Array4<f32>, h: usize| a.index_axis(Axis(2), h).to_owned().into_dyn();
+    match site {
+        Site::Z(l) => g.layers[l].z.clone().into_dyn(),
+        Site::MlpOut(l) => g.layers[l].mlp_out.clone().into_dyn(),
+        Site::MlpIn(l) => g.layers[l].mlp_in.clone().into_dyn(),
+        Site::HeadInput(l, h, which) => {
+            let inputs = g.layers[l].head_inputs.as_ref().unwrap();
+            match which {
+                HeadInput::Q => head(&inputs.q, h),
+                HeadInput::K => head(&inputs.k, h),
+                HeadInput::V => head(&inputs.v, h),
+            }
+        }
+        Site::ResidFinal => g.resid_final.clone().into_dyn(),
+    }
+}
+
+struct Case<'a> {
+    model: &'a Model,
+    tokens: Vec<Vec<u32>>,
+    targets: Vec<(u32, u32)>,
+}
+
+impl Case<'_> {
+    fn new(model: &Model, seed: u64) -> Case<'_> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let vocab = model.tokenizer.vocab_size() as u32;
+        // Unequal lengths: padding rows must get (and contribute) nothing.
+        let tokens = [6usize, 3, 5]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.random_range(0..vocab)).collect())
+            .collect();
+        let targets = (0..3)
+            .map(|_| (rng.random_range(0..vocab), rng.random_range(0..vocab)))
+            .collect();
+        Case {
+            model,
+            tokens,
+            targets,
+        }
+    }
+
+    /// The mean metric over prompts of the engine's forward under `hooks`, in f64 as the
+    /// measure stage computes it.
+    fn metric(&self, name: &str, full: &Array2<f32>, hooks: &dyn Interventions) -> f64 {
+        let options = ForwardOptions::default();
+        let out = self.model.forward(&self.tokens, &options, hooks).unwrap();
+        let end = out.logits.index_axis(Axis(1), 0).to_owned(); // (B, V)
+        let targets: Vec<Targets> = (self.targets.iter())
+            .map(|&(answer, distractor)| Targets { answer, distractor })
+            .collect();
+        let metric = ALL_METRICS
+            .into_iter()
+            .find(|&m| circuit::measure::metric_name(m) == name)
+            .unwrap();
+        mean(&per_prompt_metrics(end.view(), full.view(), &targets)[&metric])
+    }
+}
+
+/// Directional derivatives along random directions at every site, against central
+/// differences of the engine's forward (f32, so a step of 1e-2 of each activation's size).
+/// Returns the largest relative error (f32 rounding in the forward limits it to ~1e-2).
+fn check_against_finite_differences(label: &str, model: &Model, name: &str, seed: u64) -> f64 {
+    let case = Case::new(model, seed);
+    // For `kl`, a "full" distribution other than this run's (at its own logits kl's gradient
+    // is zero): the clean END logits halved.
+    let clean = model
+        .forward(
+            &case.tokens,
+            &ForwardOptions::default(),
+            &circuit::model::NoInterventions,
+        )
+        .unwrap();
+    let full = clean.logits.index_axis(Axis(1), 0).mapv(|x| 0.5 * x);
+    let objective = Objective::from_metric_name(name, Some(full.view())).unwrap();
+    let grads = gradients(
+        model,
+        &case.tokens,
+        &case.targets,
+        objective,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
+    // The gradients' forward is the clean one.
+    assert_eq!(grads.logits, clean.logits.index_axis(Axis(1), 0));
+
+    let config = &model.config;
+    let mut sites = vec![Site::ResidFinal];
+    for l in 0..config.n_layers {
+        sites.extend([Site::Z(l), Site::MlpOut(l), Site::MlpIn(l)]);
+        for h in 0..config.n_heads {
+            for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                sites.push(Site::HeadInput(l, h, which));
+            }
+        }
+    }
+    // Each direction is scaled to the size of the activation it nudges (random models keep
+    // theirs at the 0.02 of their initialization).
+    let cache = model
+        .forward(
+            &case.tokens,
+            &ForwardOptions {
+                all_logits: false,
+                cache: true,
+            },
+            &circuit::model::NoInterventions,
+        )
+        .unwrap()
+        .cache
+        .unwrap();
+    let rms = |a: ndarray::ArrayViewD<f32>| {
+        (a.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / a.len() as f64).sqrt()
+    };
+    let activation_size = |site: Site| match site {
+        Site::Z(l) => rms(cache.layers[l].z.view().into_dyn()),
+        Site::MlpOut(l) => rms(cache.layers[l].mlp_out.view().into_dyn()),
+        Site::MlpIn(l) => rms(cache.layers[l].resid_mid.view().into_dyn()),
+        Site::HeadInput(l, ..) => rms(cache.layers[l].resid_pre.view().into_dyn()),
+        Site::ResidFinal => rms(cache.resid_final.view().into_dyn()),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let mut worst: (f64, String) = (0.0, String::new());
+    let mut scale_of_derivatives = 0.0f64;
+    let mut results = Vec::new();
+    for site in sites {
+        let gradient = gradient_at(&grads, site);
+        let size = activation_size(site) as f32;
+        let direction: ArrayD<f32> = Array::from_shape_fn(IxDyn(gradient.shape()), |_| {
+            size * rng.random_range(-1.0f32..1.0)
+        });
+        let analytic: f64 = (gradient.iter().zip(&direction))
+            .map(|(&g, &d)| g as f64 * d as f64)
+            .sum();
+        let value = |scale: f32| {
+            case.metric(
+                name,
+                &full,
+                &Nudge {
+                    site,
+                    direction: &direction,
+                    scale,
+                },
+            )
+        };
+        // Central differences at steps h and h/2, extrapolated (Richardson) to cancel the h²
+        // term: (4·D(h/2) − D(h)) / 3.
+        let central = |h: f32| (value(h) - value(-h)) / (2.0 * h as f64);
+        let step = 1e-1f32;
+        let numeric = (4.0 * central(step / 2.0) - central(step)) / 3.0;
+        scale_of_derivatives = scale_of_derivatives.max(numeric.abs());
+        results.push((site, analytic, numeric));
+    }
+    for (site, analytic, numeric) in results {
+        // Relative to the larger of the derivative itself and 1% of the largest one at any site
+        // (f32 rounding in the forward bounds what a tiny derivative can be checked to).
+        let error = (analytic - numeric).abs()
+            / numeric
+                .abs()
+                .max(analytic.abs())
+                .max(1e-2 * scale_of_derivatives);
+        if error > worst.0 {
+            worst = (
+                error,
+                format!("{site:?}: backward {analytic:.6e} vs finite differences {numeric:.6e}"),
+            );
+        }
+    }
+    eprintln!(
+        "{label} {name}: max relative error {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 2e-2,
+        "{label} {name}: relative error {:.3e} at {}",
+        worst.0,
+        worst.1
+    );
+    worst.0
+}
+
+#[test]
+fn builtin_model_gradients_match_finite_differences_for_every_metric() {
+    let model = Model::open(&ModelSource::Builtin("toy-seqcont".to_string())).unwrap();
+    for (seed, metric) in ["logit_diff", "prob", "logprob", "kl"]
+        .into_iter()
+        .enumerate()
+    {
+        check_against_finite_differences("toy-seqcont", &model, metric, seed as u64 * 10);
+    }
+}
+
+#[test]
+fn random_gpt2_gradients_match_finite_differences() {
+    let model = Model::load(&fixture("gpt2-tiny")).unwrap();
+    check_against_finite_differences("gpt2-tiny", &model, "logit_diff", 100);
+}
+
+#[test]
+fn grouped_query_llama_gradients_match_finite_differences() {
+    let model = Model::load(&fixture("llama-gqa-bf16")).unwrap();
+    check_against_finite_differences("llama-gqa-bf16", &model, "logit_diff", 200);
+    check_against_finite_differences("llama-gqa-bf16", &model, "logprob", 210);
+}
+
+#[test]
+fn stories260k_gradients_match_finite_differences() {
+    let model = Model::load(&stories()).unwrap();
+    check_against_finite_differences("stories260K", &model, "logit_diff", 300);
+}
+
+// ---- against torch autograd ------------------------------------------------------------------
+
+/// One array of the autograd fixture, as f64 (stored as f32, i64 or f64).
+fn fixture_array(tensors: &safetensors::SafeTensors, name: &str) -> ArrayD<f64> {
+    let view = tensors
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let bytes = view.data();
+    let values: Vec<f64> = match view.dtype() {
+        safetensors::Dtype::F32 => (bytes.chunks_exact(4))
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::F64 => (bytes.chunks_exact(8))
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I64 => (bytes.chunks_exact(8))
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{name}: dtype {other:?}"),
+    };
+    ArrayD::from_shape_vec(IxDyn(view.shape()), values).unwrap()
+}
+
+/// Compares the whole-model gradients with `tests/fixtures/gradients/{name}.safetensors`
+/// (scripts/grad_reference.py). Returns the largest relative error over the quantities, each
+/// relative to the largest reference entry of that quantity.
+fn check_against_autograd(name: &str, model: &Model) -> f64 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gradients")
+        .join(format!("{name}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let n_prompts = (0..)
+        .take_while(|p| tensors.tensor(&format!("p{p}.ids")).is_ok())
+        .count();
+    let as_ids = |a: ArrayD<f64>| a.iter().map(|&x| x as u32).collect::<Vec<u32>>();
+    let tokens: Vec<Vec<u32>> = (0..n_prompts)
+        .map(|p| as_ids(fixture_array(&tensors, &format!("p{p}.ids"))))
+        .collect();
+    let targets: Vec<(u32, u32)> = (0..n_prompts)
+        .map(|p| {
+            let t = as_ids(fixture_array(&tensors, &format!("p{p}.targets")));
+            (t[0], t[1])
+        })
+        .collect();
+    let grads = gradients(
+        model,
+        &tokens,
+        &targets,
+        Objective::LogitDiff,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
+
+    let mut worst = 0.0f64;
+    let quantities = [
+        "z",
+        "pattern",
+        "q_input",
+        "k_input",
+        "v_input",
+        "mlp_in",
+        "mlp_out",
+        "resid_pre",
+        "resid_final",
+    ];
+    for quantity in quantities {
+        let (mut max_difference, mut max_reference) = (0.0f64, 0.0f64);
+        for (p, ids) in tokens.iter().enumerate() {
+            let reference = fixture_array(&tensors, &format!("p{p}.{quantity}"));
+            let t = ids.len();
+            // Prompt p's real rows: axis 0 is the prompt; the pattern's query and key axes are
+            // 1 and 2 after it, every other array's position axis is 0.
+            let real_rows = |a: ArrayViewD<f32>| {
+                let mut a = a.index_axis_move(Axis(0), p);
+                let axes: &[usize] = if quantity == "pattern" { &[1, 2] } else { &[0] };
+                for &axis in axes {
+                    a.slice_axis_inplace(Axis(axis), (0..t).into());
+                }
+                a.to_owned()
+            };
+            let ours = if quantity == "resid_final" {
+                real_rows(grads.resid_final.view().into_dyn())
+            } else {
+                let per_layer: Vec<ArrayD<f32>> = (grads.layers.iter())
+                    .map(|g| {
+                        let inputs = g.head_inputs.as_ref().unwrap();
+                        real_rows(match quantity {
+                            "z" => g.z.view().into_dyn(),
+                            "pattern" => g.pattern.view().into_dyn(),
+                            "q_input" => inputs.q.view().into_dyn(),
+                            "k_input" => inputs.k.view().into_dyn(),
+                            "v_input" => inputs.v.view().into_dyn(),
+                            "mlp_in" => g.mlp_in.view().into_dyn(),
+                            "mlp_out" => g.mlp_out.view().into_dyn(),
+                            _ => g.resid_pre.view().into_dyn(),
+                        })
+                    })
+                    .collect();
+                let views: Vec<_> = per_layer.iter().map(|a| a.view()).collect();
+                ndarray::stack(Axis(0), &views).unwrap()
+            };
+            assert_eq!(
+                ours.shape(),
+                reference.shape(),
+                "{name} {quantity} prompt {p}"
+            );
+            for (&a, &r) in ours.iter().zip(&reference) {
+                max_difference = max_difference.max((a as f64 - r).abs());
+                max_reference = max_reference.max(r.abs());
+            }
+        }
+        let error = max_difference / max_reference;
+        eprintln!("{name} {quantity}: max |Δ| / max |torch| = {error:.2e} (max |torch| {max_reference:.3e})");
+        assert!(
+            max_reference > 0.0,
+            "{name} {quantity}: an all-zero reference checks nothing"
+        );
+        assert!(
+            error < 2e-5,
+            "{name} {quantity}: relative error {error:.3e} against torch autograd"
+        );
+        worst = worst.max(error);
+    }
+    // And the metric itself, on the END logits the gradients were taken at.
+    for (p, &(answer, distractor)) in targets.iter().enumerate() {
+        let row = grads.logits.row(p);
+        let value = row[answer as usize] as f64 - row[distractor as usize] as f64;
+        let reference = fixture_array(&tensors, &format!("p{p}.metric"))[[0]];
+        assert!(
+            (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+            "{name} prompt {p}: metric {value} vs {reference}"
+        );
+    }
+    worst
+}
+
+#[test]
+fn random_gpt2_gradients_match_torch_autograd() {
+    check_against_autograd("gpt2-tiny", &Model::load(&fixture("gpt2-tiny")).unwrap());
+}
+
+#[test]
+fn grouped_query_llama_gradients_match_torch_autograd() {
+    check_against_autograd(
+        "llama-gqa-bf16",
+        &Model::load(&fixture("llama-gqa-bf16")).unwrap(),
+    );
+}
+
+#[test]
+fn stories260k_gradients_match_torch_autograd() {
+    check_against_autograd("stories260K", &Model::load(&stories()).unwrap());
+}
+
+// ---- structure ------------------------------------------------------------------------------
+
+#[test]
+fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() {
+    let model = Model::load(&stories()).unwrap(); // grouped-query: 8 query heads on 4 kv heads
+    let case = Case::new(&model, 400);
+    let grads = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::Logprob,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
+    for (l, g) in grads.layers.iter().enumerate() {
+        // resid_pre feeds the skip connection (= ∂M/∂resid_mid = mlp_out + mlp_in) and every
+        // head's q, k and v.
+        let inputs = g.head_inputs.as_ref().unwrap();
+        let heads = (&inputs.q + &inputs.k + &inputs.v).sum_axis(Axis(2)); // (B, T, D)
+        let rebuilt = &g.mlp_out + &g.mlp_in + &heads;
+        let scale = g.resid_pre.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let difference = (&rebuilt - &g.resid_pre)
+            .iter()
+            .fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            scale > 0.0 && difference <= 1e-5 * scale,
+            "layer {l}: {difference} of {scale}"
+        );
+        for (b, &len) in grads.lengths.iter().enumerate() {
+            let padding = [
+                g.resid_pre
+                    .slice(ndarray::s![b, len.., ..])
+                    .to_owned()
+                    .into_dyn(),
+                g.z.slice(ndarray::s![b, len.., .., ..])
+                    .to_owned()
+                    .into_dyn(),
+                inputs
+                    .k
+                    .slice(ndarray::s![b, len.., .., ..])
+                    .to_owned()
+                    .into_dyn(),
+            ];
+            assert!(
+                padding.iter().all(|a| a.iter().all(|&x| x == 0.0)),
+                "layer {l} prompt {b}"
+            );
+        }
+    }
+    // Without head inputs, the rest is the same, bit for bit.
+    let lean = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::Logprob,
+        GradientOptions::default(),
+    )
+    .unwrap();
+    for (a, b) in lean.layers.iter().zip(&grads.layers) {
+        assert!(a.head_inputs.is_none());
+        assert_eq!(
+            (&a.z, &a.pattern, &a.mlp_in, &a.mlp_out, &a.resid_pre),
+            (&b.z, &b.pattern, &b.mlp_in, &b.mlp_out, &b.resid_pre)
+        );
+    }
+    assert_eq!(lean.resid_final, grads.resid_final);
+}
+
+#[test]
+fn bad_gradient_requests_are_coded_errors() {
+    let model = Model::open(&ModelSource::Builtin("toy-seqcont".to_string())).unwrap();
+    let code = |e: circuit::model::backward::GradientError| {
+        miette::Diagnostic::code(&e).unwrap().to_string()
+    };
+    let tokens = vec![vec![1u32, 2, 3]];
+    let options = GradientOptions::default();
+    let err = gradients(&model, &tokens, &[], Objective::LogitDiff, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let err = gradients(
+        &model,
+        &tokens,
+        &[(0, 1_000_000)],
+        Objective::LogitDiff,
+        options,
+    )
+    .unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let wrong_shape = Array2::<f32>::zeros((2, 3));
+    let kl = Objective::Kl {
+        full_logits: wrong_shape.view(),
+    };
+    let err = gradients(&model, &tokens, &[(0, 1)], kl, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::gradient_inputs");
+    let err = Objective::from_metric_name("accuracy", None).unwrap_err();
+    assert_eq!(code(err), "circuit::model::no_gradient");
+    let err = gradients(&model, &[vec![]], &[(0, 1)], Objective::LogitDiff, options).unwrap_err();
+    assert_eq!(code(err), "circuit::model::empty_prompt");
+}
+
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() {
+    let model = Model::load(&stories()).unwrap();
+    let case = Case::new(&model, 500);
+    let run = || {
+        gradients(
+            &model,
+            &case.tokens,
+            &case.targets,
+            Objective::LogitDiff,
+            WITH_HEAD_INPUTS,
+        )
+        .unwrap()
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(run);
+    let three_threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(run);
+    for (a, b) in one_thread.layers.iter().zip(&three_threads.layers) {
+        assert_eq!(
+            (&a.z, &a.pattern, &a.mlp_in, &a.resid_pre),
+            (&b.z, &b.pattern, &b.mlp_in, &b.resid_pre)
+        );
+        let (a, b) = (
+            a.head_inputs.as_ref().unwrap(),
+            b.head_inputs.as_ref().unwrap(),
+        );
+        assert_eq!((&a.q, &a.k, &a.v), (&b.q, &b.k, &b.v));
+    }
+    assert_eq!(one_thread.resid_final, three_threads.resid_final);
+}
