@@ -68,6 +68,15 @@ impl Kernel {
 /// The `gemm` crate on ndarray views (strides in elements, as both use them).
 fn gemm_crate(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
     let ((rows, inner), cols) = (x.dim(), w.ncols());
+    if rows == 1 {
+        // One row would take gemm's matrix-vector path, which sums in another order than its
+        // general one: compute two copies of the row and keep the first.
+        let x2 = ndarray::concatenate![ndarray::Axis(0), x, x]; // (2, K)
+        let mut y2 = ndarray::concatenate![ndarray::Axis(0), y.view(), y.view()]; // (2, M)
+        gemm_crate(x2.view(), w, beta, &mut y2.view_mut());
+        y.assign(&y2.slice(ndarray::s![0..1, ..]));
+        return;
+    }
     let parallelism = if rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0) // rayon's pool: RAYON_NUM_THREADS, as the rest of the engine
     } else {
@@ -106,9 +115,21 @@ fn gemm_crate(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayVi
 /// over the rows of the left factor), so the product is computed transposed.
 const FEW_ROWS: usize = 128;
 
+/// The gemm crate only for outputs wider than this: below it (tiny models, per-head columns)
+/// it switches to kernels for small shapes whose summation order depends on the number of rows.
+const GEMM_MIN_COLS: usize = 256;
+
 /// The kernel the engine uses for `x·w` with `x` `(rows, ·)`, `w` `(·, cols)` on this CPU.
+///
+/// A row of the result must not depend on how many other rows share the product: the END-only
+/// forward computes its last layer at 1 row per prompt, and its logits are asserted equal to
+/// the full forward's (`tests/backward_gradients.rs`). Each kernel chosen here sums every
+/// element over the inner dimension in an order fixed by the inner dimension alone (its
+/// k-blocking), whatever the number of rows; the gemm crate only with more than
+/// [`GEMM_MIN_COLS`] columns and at least 2 rows (`gemm_crate` pads a single row), where it takes
+/// its general path (`a_row_does_not_depend_on_how_many_rows_share_the_product`).
 pub fn kernel_for(rows: usize, cols: usize) -> Kernel {
-    if has_avx512f() {
+    if has_avx512f() && cols > GEMM_MIN_COLS {
         Kernel::Gemm
     } else if rows < FEW_ROWS && cols > rows {
         // Measured at 2 threads on AMD Zen 4: the 32-row unembedding of GPT-2 small 1.7× faster.
@@ -259,6 +280,43 @@ mod tests {
                 "{kernel:?} strided"
             );
             assert!(wide.slice(ndarray::s![.., 1..;2]).iter().all(|&v| v == 7.0));
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_how_many_rows_share_the_product() {
+        // GPT-2 small's shapes, and a tiny model's (stories260K: d 64, MLP 172, vocab 512).
+        for (inner, cols) in [
+            (768, 768),
+            (768, 3072),
+            (3072, 768),
+            (64, 64),
+            (64, 172),
+            (172, 64),
+            (64, 512),
+        ] {
+            let (x, w) = (random(512, inner, 6), random(inner, cols, 7));
+            let all = matmul(x.view(), w.view());
+            for rows in [40..72, 100..101, 0..32, 511..512] {
+                let few = matmul(x.slice(ndarray::s![rows.clone(), ..]), w.view());
+                assert_eq!(
+                    few,
+                    all.slice(ndarray::s![rows.clone(), ..]),
+                    "{inner}×{cols}, rows {rows:?}"
+                );
+                let bias = random(1, cols, 8).row(0).to_owned();
+                let few = affine(
+                    x.slice(ndarray::s![rows.clone(), ..]),
+                    w.view(),
+                    Some(bias.view()),
+                );
+                let all = affine(x.view(), w.view(), Some(bias.view()));
+                assert_eq!(
+                    few,
+                    all.slice(ndarray::s![rows.clone(), ..]),
+                    "{inner}×{cols} + b, rows {rows:?}"
+                );
+            }
         }
     }
 
