@@ -498,3 +498,19 @@ fn cache_quantities_add_up() {
     let last = cache.layers.last().unwrap();
     assert_eq!(last.resid_post, cache.resid_final);
 }
+
+#[test]
+fn the_cache_keeps_the_values_by_query_head_the_attention_used() {
+    let model = Model::load(&fixture("llama-gqa-bf16")).unwrap();
+    let (n_heads, n_kv) = (model.config.n_heads, model.config.n_kv_heads);
+    assert!(n_heads > n_kv, "the fixture shares key/value heads");
+    let cache = run(&model, &NoInterventions, true).cache.unwrap();
+    for layer in &cache.layers {
+        for h in 0..n_heads {
+            assert_eq!(
+                layer.v_by_query_head.slice(s![.., .., h, ..]),
+                layer.v.slice(s![.., .., h / (n_heads / n_kv), ..]),
+            );
+        }
+    }
+}

@@ -443,3 +443,196 @@ fn unsupported_gpt2_setting() {
         &["scale_attn_by_inverse_layer_idx"],
     );
 }
+
+/// The gpt2-tiny folder with `n_layer` set to `n`.
+fn with_n_layer(n: u64) -> tempfile::TempDir {
+    let dir = copy_fixture();
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["n_layer"] = n.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn fewer_layers_in_the_config_than_in_the_weights() {
+    // The fixture has 3 layers; with 2 the third was silently ignored.
+    let dir = with_n_layer(2);
+    load_error(
+        dir.path(),
+        "circuit::model::layer_count",
+        &["n_layer", "2", "3 layers"],
+    );
+}
+
+#[test]
+fn a_billion_layers_is_an_error_not_an_abort() {
+    let dir = with_n_layer(1_000_000_000);
+    load_error(
+        dir.path(),
+        "circuit::model::layer_count",
+        &["n_layer", "1000000000", "3 layers"],
+    );
+}
+
+#[test]
+fn an_unused_tensor_fails_the_load_naming_it() {
+    let dir = copy_fixture();
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let extra = f32_bytes(&[1.0; 4]);
+    let write_with = |extras: &[&str]| {
+        let mut views: Vec<(String, TensorView)> = tensors.tensors();
+        for name in extras {
+            views.push((
+                name.to_string(),
+                TensorView::new(Dtype::F32, vec![4], &extra).unwrap(),
+            ));
+        }
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    };
+    write_with(&["transformer.h.0.mlp.gate.weight", "score.weight"]);
+    load_error(
+        dir.path(),
+        "circuit::model::unexpected_tensors",
+        &[
+            "2 tensor(s)",
+            "`score.weight`",
+            "`transformer.h.0.mlp.gate.weight`",
+        ],
+    );
+
+    // The documented extras load (GPT-2's mask buffers).
+    write_with(&[
+        "transformer.h.0.attn.bias",
+        "transformer.h.2.attn.masked_bias",
+    ]);
+    let model = Model::load(dir.path()).unwrap();
+    assert_eq!(
+        end_logits(&model),
+        end_logits(&Model::load(&fixture()).unwrap())
+    );
+}
+
+#[test]
+fn a_gpt2_lm_head_must_equal_the_tied_embedding() {
+    let dir = copy_fixture();
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let wte = tensors.tensor("transformer.wte.weight").unwrap();
+    let mut changed = wte.data().to_vec();
+    changed[0] ^= 1; // one bit of one weight
+    for (data, loads) in [(wte.data().to_vec(), true), (changed, false)] {
+        let mut views: Vec<(String, TensorView)> = tensors.tensors();
+        views.push((
+            "lm_head.weight".to_string(),
+            TensorView::new(Dtype::F32, wte.shape().to_vec(), &data).unwrap(),
+        ));
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        match Model::load(dir.path()) {
+            Ok(_) => assert!(loads, "a different lm_head must not load"),
+            Err(err) => {
+                assert!(!loads, "{err}");
+                check(&err, "circuit::model::unsupported", &["lm_head.weight"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_weight_is_named() {
+    let dir = copy_fixture();
+    rewrite_weights(dir.path(), |name, dtype, shape, data| {
+        if name == "transformer.h.1.mlp.c_fc.weight" {
+            let mut data = data.to_vec();
+            data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+            return Some((dtype, shape.to_vec(), data));
+        }
+        unchanged(name, dtype, shape, data)
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::non_finite_weight",
+        &["transformer.h.1.mlp.c_fc.weight", "NaN", "index 10"],
+    );
+}
+
+/// Writes `f32::INFINITY` into the MLP output of one layer.
+struct InfiniteMlpOut(usize);
+impl circuit::model::Interventions for InfiniteMlpOut {
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ndarray::ArrayViewMut3<f32>) {
+        if layer == self.0 {
+            mlp_out[[1, 0, 3]] = f32::INFINITY;
+        }
+    }
+}
+
+#[test]
+fn non_finite_logits_name_the_first_block_they_appear_in() {
+    let model = Model::load(&fixture()).unwrap();
+    let prompts: Vec<Vec<u32>> = ["ab", "a b c"]
+        .iter()
+        .map(|p| model.encode_prompt(p).unwrap())
+        .collect();
+    for all_logits in [false, true] {
+        let options = ForwardOptions {
+            all_logits,
+            cache: false,
+        };
+        let err = model
+            .forward(&prompts, &options, &InfiniteMlpOut(1))
+            .expect_err("infinite activations");
+        check(
+            &err,
+            "circuit::model::non_finite_activations",
+            &["prompt #1", "the MLP output of layer 1"],
+        );
+    }
+}
+
+/// The fixture's weights with the JSON header entry of `tensor` edited by `edit`.
+fn edit_header(dir: &Path, tensor: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    edit(&mut header[tensor]);
+    let header = header.to_string().into_bytes();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+}
+
+#[test]
+fn errors_inside_the_safetensors_header_name_the_tensor() {
+    let dir = copy_fixture();
+    let tensor = "transformer.ln_f.bias";
+    // A shape that does not match the tensor's bytes.
+    edit_header(dir.path(), tensor, |entry| {
+        entry["shape"] = serde_json::json!([81])
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &[tensor, "[81]", "324 bytes", "span 320"],
+    );
+    // A dtype that does not exist.
+    edit_header(dir.path(), tensor, |entry| entry["dtype"] = "F33".into());
+    load_error(
+        dir.path(),
+        "circuit::model::bad_safetensors",
+        &[tensor, "unknown dtype \"F33\""],
+    );
+    // Offsets overlapping the next tensor's.
+    edit_header(dir.path(), tensor, |entry| {
+        let offsets = entry["data_offsets"].as_array().unwrap();
+        let (start, end) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+        entry["data_offsets"] = serde_json::json!([start + 4, end + 4]);
+    });
+    load_error(dir.path(), "circuit::model::bad_safetensors", &[tensor]);
+}

@@ -4,11 +4,14 @@
 
 mod eval_support;
 
-use circuit::data::positions::{PositionItem, PositionSet};
+use std::path::Path;
+
+use circuit::data::DatasetSource;
 use circuit::measure::{AblationSettings, EvalPrompts, Evaluation, Evaluator, ALL_METRICS};
-use circuit::model::Model;
+use circuit::model::{Model, ModelConfig, ModelSource};
 use circuit::plan::PromptPositions;
 use circuit::resolve::bound::{AblationKind, BoundCircuit, EdgeAblation, Metric, Scope};
+use circuit::resolve::{resolve_source, Environment, ResolveOptions};
 use eval_support::*;
 
 struct Setup {
@@ -27,6 +30,45 @@ fn gpt2() -> Setup {
     let data = random_data(300, 8, 6, 5, 11);
     Setup { model, data }
 }
+
+/// What the resolver knows here: the setup's model, and the hand-made prompts' labels.
+struct SetupEnvironment<'a>(&'a ModelConfig);
+
+impl Environment for SetupEnvironment<'_> {
+    fn model_config(&self, _: &ModelSource) -> Result<ModelConfig, String> {
+        Ok(self.0.clone())
+    }
+    fn dataset_labels(&self, _: &DatasetSource) -> Result<Vec<String>, String> {
+        Ok(vec!["S1".to_string(), "S2".to_string()])
+    }
+}
+
+/// The circuits of `.circuit` text, resolved against the setup's model: the circuits under test
+/// are written as a researcher writes them, so the language's meaning is what is checked.
+fn circuits(setup: &Setup, text: &str) -> Vec<BoundCircuit> {
+    let env = SetupEnvironment(&setup.model.config);
+    match resolve_source(
+        "exactness.circuit",
+        text,
+        Path::new("."),
+        &env,
+        &ResolveOptions::default(),
+    ) {
+        Ok(resolved) => resolved.file.circuits,
+        Err(diagnostics) => panic!("{}\n{}", diagnostics.render_plain(100), text),
+    }
+}
+
+/// The one circuit named `name` of `text`.
+fn circuit_named(setup: &Setup, text: &str, name: &str) -> BoundCircuit {
+    circuits(setup, text)
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no circuit `{name}` in\n{text}"))
+}
+
+/// Every head and MLP of the model at every position.
+const EVERYTHING: &str = "circuit everything { *.* @ *  mlp * @ * }\n";
 
 fn settings(ablation: AblationKind, edge_ablation: EdgeAblation, scope: Scope) -> AblationSettings {
     AblationSettings {
@@ -87,15 +129,14 @@ fn n_layers_heads(setup: &Setup) -> (usize, usize) {
 }
 
 fn full_circuit_is_one_and_empty_is_zero(setup: Setup) {
-    let (l, h_) = n_layers_heads(&setup);
     for scope in [Scope::Heads, Scope::HeadsAndMlps] {
         for ablation in [
             AblationKind::Mean,
             AblationKind::Resample,
             AblationKind::Zero,
         ] {
-            let all = everything("all", l, h_);
-            let none = circuit("none");
+            let all = circuit_named(&setup, "circuit all { *.* @ *  mlp * @ * }", "all");
+            let none = circuit_named(&setup, "circuit none {}", "none");
             let eval = evaluate(
                 &setup,
                 settings(ablation, EdgeAblation::EdgeMean, scope),
@@ -136,20 +177,15 @@ fn gpt2_full_circuit_is_one_and_empty_is_zero() {
 /// A head kept at `*` equals the same head kept at every position listed one by one, and a
 /// position written as a range equals the list.
 fn every_position_equals_the_head(setup: Setup) {
-    let len = setup.data.clean[0].len() as i64;
-    let mut star = circuit("star");
-    star.heads.insert(h(0, 1), PositionSet::All);
-    star.heads.insert(h(1, 3), at(&[label("S1", 0), end(0)]));
-    star.mlps.insert(0, PositionSet::All);
-    let mut listed = circuit("listed");
-    listed
-        .heads
-        .insert(h(0, 1), at(&(0..len).map(bos).collect::<Vec<_>>()));
-    listed.heads.insert(h(1, 3), at(&[end(0), label("S2", -2)]));
-    listed.mlps.insert(
-        0,
-        PositionSet::Items(vec![PositionItem::Range(bos(0), end(0))]),
+    let len = setup.data.clean[0].len();
+    let every_token: Vec<String> = (0..len).map(|i| format!("BOS+{i}")).collect();
+    let text = format!(
+        "circuit star {{ 0.1 @ *  1.3 @ S1, END  mlp 0 @ * }}\n\
+         circuit listed {{ 0.1 @ {}  1.3 @ END, S2-2  mlp 0 @ BOS..END }}\n",
+        every_token.join(", ")
     );
+    let star = circuit_named(&setup, &text, "star");
+    let listed = circuit_named(&setup, &text, "listed");
     for ablation in [AblationKind::Mean, AblationKind::Resample] {
         let s = settings(ablation, EdgeAblation::EdgeMean, Scope::HeadsAndMlps);
         let a = evaluate(&setup, s, &[&star]);
@@ -180,36 +216,28 @@ fn gpt2_head_at_every_position_equals_the_head() {
 /// At a query position: every QK edge kept = the node kept; no edge kept = the node ablated.
 /// Runs through the edge hooks (the plans differ, nothing is memoized across evaluators).
 fn qk_edges_agree_with_nodes(setup: Setup, edge_ablation: EdgeAblation) {
-    let head = h(1, 2);
-    // Everything kept except head 1.2, kept at S2 and END only (so S2 can reach END through
-    // later layers and the head's own value at S2 matters).
-    let (l, h_) = n_layers_heads(&setup);
-    let mut base = everything("base", l, h_);
-    base.heads.remove(&h(0, 0));
-    base.heads.insert(head, at(&[label("S2", 0), end(0)]));
-
-    // Every key of END through `head` (BOS..END as one range) and every key of S2.
-    let mut all_edges = base.clone();
-    all_edges.name = "all_edges".to_string();
-    all_edges.qk_edges.push(circuit::resolve::bound::QkEdge {
-        head,
-        keys: PositionItem::Range(bos(0), end(0)),
-        queries: PositionItem::One(end(0)),
-        span: 0..0,
-    });
-    for k in 0..=4 {
-        all_edges.qk_edges.push(edge(head, bos(k), label("S2", 0)));
-    }
-
-    // No key of S2 kept: the only edge names a key after the query, which carries nothing.
+    // Everything kept except head 0.0, and head 1.2 kept at S2 and END only (so S2 can reach
+    // END through later layers and the head's own value at S2 matters).
+    // all_edges: every key of END through 1.2 (BOS..END as one range) and every key of S2
+    // (S2 is token 4). no_edges: no key of S2 kept: the only edge names a key after the query.
+    let text = format!(
+        "{EVERYTHING}\
+         circuit base extends everything {{ drop 0.0  1.2 @ S2, END }}\n\
+         circuit all_edges extends base {{\n\
+           edge 1.2: BOS..END -> END, BOS -> S2, BOS+1 -> S2, BOS+2 -> S2, BOS+3 -> S2, BOS+4 -> S2\n\
+         }}\n\
+         circuit node_ablated extends base {{ 1.2 @ END }}\n"
+    );
+    let base = circuit_named(&setup, &text, "base");
+    let all_edges = circuit_named(&setup, &text, "all_edges");
+    // The language rejects a key after its query in every prompt (it carries nothing), so
+    // this one edge is added by hand: what the engine does with it is what is checked.
     let mut no_edges = base.clone();
     no_edges.name = "no_edges".to_string();
     no_edges
         .qk_edges
-        .push(edge(head, label("S2", 1), label("S2", 0)));
-    let mut node_ablated = base.clone();
-    node_ablated.name = "node_ablated".to_string();
-    node_ablated.heads.insert(head, at(&[end(0)]));
+        .push(edge(h(1, 2), label("S2", 1), label("S2", 0)));
+    let node_ablated = circuit_named(&setup, &text, "node_ablated");
 
     let kinds: &[AblationKind] = match edge_ablation {
         EdgeAblation::EdgeMean => &[
@@ -272,9 +300,7 @@ fn one_circuit_costs_four_forward_passes() {
         Scope::HeadsAndMlps,
     );
     let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
-    let mut c = circuit("c");
-    c.heads.insert(h(2, 5), at(&[end(0)]));
-    c.qk_edges.push(edge(h(2, 5), label("S1", 0), end(0)));
+    let c = circuit_named(&setup, "circuit c { 2.5 @ END  edge 2.5: S1 -> END }", "c");
     evaluator.evaluate(&[&c]).unwrap();
     assert_eq!(
         evaluator.forward_passes, 4,
@@ -292,64 +318,32 @@ fn one_circuit_costs_four_forward_passes() {
 /// the empty circuit's final stream is (every head and MLP replaced by its reference value),
 /// so its faithfulness is 0 up to rounding.
 fn path_edges_into_logits(setup: Setup) {
-    use circuit::resolve::bound::{Downstream, PathEdge, Upstream};
-    let (l, h_) = n_layers_heads(&setup);
+    let (l, _) = n_layers_heads(&setup);
     let s = settings(
         AblationKind::Mean,
         EdgeAblation::EdgeMean,
         Scope::HeadsAndMlps,
     );
-    let path = |from: Upstream, positions: PositionSet| PathEdge {
-        from,
-        to: Downstream::Logits,
-        positions,
-        span: 0..0,
-    };
-    let mut all_kept = everything("all_kept", l, h_);
-    for layer in 0..l {
-        for head in 0..h_ {
-            all_kept
-                .path_edges
-                .push(path(Upstream::Head(h(layer, head)), PositionSet::All));
-        }
-        all_kept
-            .path_edges
-            .push(path(Upstream::Mlp(layer), PositionSet::All));
-    }
-    // Into a head's q, k and v inputs, every upstream component kept: the stream is rebuilt
-    // from the same outputs, so nothing changes (up to rounding of the rebuilt sum).
-    use circuit::model::HeadInput;
-    let target = h(l - 1, 1);
-    for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
-        for layer in 0..l - 1 {
-            for head in 0..h_ {
-                all_kept.path_edges.push(PathEdge {
-                    from: Upstream::Head(h(layer, head)),
-                    to: Downstream::Head(target, which),
-                    positions: PositionSet::All,
-                    span: 0..0,
-                });
-            }
-            all_kept.path_edges.push(PathEdge {
-                from: Upstream::Mlp(layer),
-                to: Downstream::Head(target, which),
-                positions: PositionSet::All,
-                span: 0..0,
-            });
-        }
-    }
-    // Into the last head's value input, nothing kept at END: a real change.
-    let mut v_cut = everything("v_cut", l, h_);
-    v_cut.path_edges.push(PathEdge {
-        from: Upstream::Head(h(0, 0)),
-        to: Downstream::Head(target, HeadInput::V),
-        positions: at(&[label("S1", 0)]),
-        span: 0..0,
-    });
-    let mut none_at_end = everything("none_at_end", l, h_);
-    none_at_end
-        .path_edges
-        .push(path(Upstream::Head(h(0, 0)), at(&[label("S1", 0)])));
+    // all_kept: every component into the logits, and into the last layer's head 1's q, k and v
+    // inputs every earlier component: the stream is rebuilt from the same outputs, so nothing
+    // changes (up to rounding of the rebuilt sum).
+    // v_cut: that head's value input reads only 0.0, and only at S1: a real change.
+    // none_at_end: the logits read only 0.0, and only at S1, so at END nothing upstream is kept.
+    let (last, before) = (l - 1, l - 2);
+    let text = format!(
+        "{EVERYTHING}\
+         circuit all_kept extends everything {{\n\
+           edge *.*, mlp * -> logits\n\
+           edge 0..{before}.*, mlp 0..{before} -> {last}.1.q\n\
+           edge 0..{before}.*, mlp 0..{before} -> {last}.1.k\n\
+           edge 0..{before}.*, mlp 0..{before} -> {last}.1.v\n\
+         }}\n\
+         circuit v_cut extends everything {{ edge 0.0 -> {last}.1.v @ S1 }}\n\
+         circuit none_at_end extends everything {{ edge 0.0 -> logits @ S1 }}\n"
+    );
+    let all_kept = circuit_named(&setup, &text, "all_kept");
+    let v_cut = circuit_named(&setup, &text, "v_cut");
+    let none_at_end = circuit_named(&setup, &text, "none_at_end");
     let eval = evaluate(&setup, s, &[&all_kept, &none_at_end, &v_cut]);
     let f = eval
         .scores("v_cut", Metric::LogitDiff)
@@ -398,12 +392,10 @@ fn results_and_reference_values_are_cached_on_disk_by_content() {
         EdgeAblation::EdgeMean,
         Scope::HeadsAndMlps,
     );
-    let mut c = circuit("c");
-    c.heads.insert(h(2, 5), at(&[end(0)]));
-    c.qk_edges.push(edge(h(2, 5), label("S1", 0), end(0)));
-    let mut other = c.clone();
-    other.name = "other".to_string();
-    other.heads.insert(h(3, 1), PositionSet::All);
+    let text = "circuit c { 2.5 @ END  edge 2.5: S1 -> END }\n\
+                circuit other extends c { 3.1 @ * }\n";
+    let c = circuit_named(&setup, text, "c");
+    let other = circuit_named(&setup, text, "other");
     let run = |circuit: &BoundCircuit, expect_passes: usize| {
         let positions: Vec<&dyn PromptPositions> =
             setup.data.positions.iter().map(|p| p as _).collect();

@@ -25,17 +25,14 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
     files
 }
 
-fn item(i: &PositionItem) -> String {
-    match i {
-        PositionItem::One(p) => p.display_name(),
-        PositionItem::Range(a, b) => format!("{}..{}", a.display_name(), b.display_name()),
-    }
-}
-
 fn set(s: &PositionSet) -> String {
     match s {
         PositionSet::All => "*".to_string(),
-        PositionSet::Items(items) => items.iter().map(item).collect::<Vec<_>>().join(", "),
+        PositionSet::Items(items) => items
+            .iter()
+            .map(PositionItem::display_name)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -79,8 +76,8 @@ fn summary(file: &BoundFile) -> String {
             out.push_str(&format!(
                 "  qk {}: {} -> {}\n",
                 e.head,
-                item(&e.keys),
-                item(&e.queries)
+                e.keys.display_name(),
+                e.queries.display_name()
             ));
         }
         for e in &c.path_edges {

@@ -113,7 +113,8 @@ rule_test!(rule_extends_clause, Rule::extends_clause, accept: ["extends base"], 
 rule_test!(rule_head_node, Rule::head_node, accept: ["9.1 @ END", "g, 9.1 @ S1+1, S2+1", "9.1"], reject: ["9.1 @", "@ END"]);
 rule_test!(rule_mlp_node, Rule::mlp_node, accept: ["mlp 3", "mlp 0..4, 6 @ *"], reject: ["mlp", "mlp @ END"]);
 rule_test!(rule_qk_edge, Rule::qk_edge, accept: ["edge 0.2: S1 -> S1+1", "edge g: S1 -> S1+1, S2 -> S2+1", "edge 4.4: S1..S3 -> END"], reject: ["edge 0.2: S1", "edge 0.2 S1 -> END", "edge 0.2:"]);
-rule_test!(rule_qk_pair, Rule::qk_pair, accept: ["S1 -> S1+1", "first(S1)..S3 -> END-1"], reject: ["S1 => S2", "S1 ->"]);
+rule_test!(rule_qk_pair, Rule::qk_pair, accept: ["S1 -> S1+1", "first(S1)..S3 -> END-1", "* -> END", "..S1 -> S2"], reject: ["S1 => S2", "S1 ->", "S1 -> *"]);
+file_test!(rule_qk_keys, accept: ["circuit c { edge 1.1: * -> END, ..S1 -> S2, S1..S3 -> END }"], reject: ["circuit c { edge 1.1: S1.. -> END }", "circuit c { edge 1.1: *, S1 -> END }"]);
 rule_test!(rule_path_edge, Rule::path_edge, accept: ["edge 4.4 -> 9.1.q", "edge 4.4, mlp 3 -> logits @ END", "edge mlp 2 -> mlp 5"], reject: ["edge 4.4 -> 9.1", "edge -> logits", "edge 4.4 -> logits @"]);
 rule_test!(rule_component_list, Rule::component_list, accept: ["4.4, g, mlp 3"], reject: ["4.4,"]);
 rule_test!(rule_mlp_ref, Rule::mlp_ref, accept: ["mlp 3", "mlp 0..2"], reject: ["mlp"]);
@@ -125,7 +126,8 @@ rule_test!(rule_expect_stmt, Rule::expect_stmt, accept: ["expect faithfulness >=
 rule_test!(rule_comparison, Rule::comparison, accept: ["<", "<=", ">", ">="], reject: ["==", "=<"]);
 rule_test!(rule_positions, Rule::positions, accept: ["*", "END", "S1, S2+1, S3..S4"], reject: ["S1,", "*, END"]);
 rule_test!(rule_all_positions, Rule::all_positions, accept: ["*"], reject: ["all"]);
-rule_test!(rule_position_item, Rule::position_item, accept: ["S1", "S1..S4", "first(S1)..END-1"], reject: ["S1..", "..S4"]);
+rule_test!(rule_position_item, Rule::position_item, accept: ["S1", "S1..S4", "first(S1)..END-1", "..S4"], reject: ["S1..", ".."]);
+rule_test!(rule_up_to, Rule::up_to, accept: ["..S1", "..END-1", ".. first(S2)"], reject: ["..", "S1..", "..*"]);
 rule_test!(rule_position, Rule::position, accept: ["S1", "S1+1", "END-1", "END - 1", "first(S2)+3", "BOS"], reject: ["S1+", "+1", "S1+-1"]);
 rule_test!(rule_end_anchor, Rule::end_anchor, accept: ["END"], reject: ["ENDS", "end"]);
 rule_test!(rule_bos_anchor, Rule::bos_anchor, accept: ["BOS"], reject: ["BOSS"]);

@@ -349,3 +349,233 @@ fn huge_ranges_without_a_model_are_not_expanded() {
     .unwrap_err();
     assert_eq!(d.items[0].code, "circuit::resolve::model");
 }
+
+#[test]
+fn keys_may_be_every_token_or_up_to_a_position() {
+    let file = resolve_ok("circuit c {\n  edge 0.1: * -> END, ..S1 -> S2, S1..S4 -> END\n}").file;
+    let edges = &file.circuits[0].qk_edges;
+    let start = Position {
+        anchor: Anchor::Start,
+        offset: 0,
+    };
+    let pos = |anchor| Position { anchor, offset: 0 };
+    assert_eq!(
+        edges[0].keys,
+        PositionItem::Range(start.clone(), pos(Anchor::End))
+    );
+    assert_eq!(edges[0].keys.display_name(), "*");
+    assert_eq!(edges[1].keys, PositionItem::Range(start, pos(label("S1"))));
+    assert_eq!(edges[1].keys.display_name(), "..S1");
+    assert_eq!(edges[2].keys.display_name(), "S1..S4");
+    // An edge implies its node (the plan keeps the head at the edge's queries): no warning.
+    assert!(resolve_ok("circuit c { edge 0.1: * -> END }")
+        .warnings
+        .is_empty());
+}
+
+#[test]
+fn a_key_after_its_query_whatever_the_tokens_is_an_error() {
+    let d = resolve_err("circuit c { edge 0.1: S1+1 -> S1 }");
+    assert_eq!(d.items[0].code, "circuit::resolve::key_after_query");
+    assert_eq!(d.error_count(), 1);
+    // Depends on the prompt (END may be S1): left to evaluation.
+    assert!(resolve_ok("circuit c { 0.1 @ S1  edge 0.1: END -> S1 }")
+        .warnings
+        .is_empty());
+    // A range whose first key is at or before the last query is fine.
+    resolve_ok("circuit c { edge 0.1: S1..S2 -> S1..S2, S1 -> S1 }");
+}
+
+#[test]
+fn a_file_without_circuits_warns() {
+    for text in ["", "\n", "dataset d = ioi\n"] {
+        let resolved = resolve_ok(text);
+        let codes: Vec<&str> = resolved
+            .warnings
+            .items
+            .iter()
+            .map(|d| d.code.as_str())
+            .collect();
+        assert!(
+            codes.contains(&"circuit::resolve::no_circuit"),
+            "{text:?}: {codes:?}"
+        );
+    }
+    assert!(resolve_ok("circuit c { 9.1 @ END }").warnings.is_empty());
+}
+
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let file = resolve_ok("\u{FEFF}circuit c { 9.1 @ END }").file;
+    assert_eq!(file.circuits[0].name, "c");
+}
+
+#[test]
+fn names_are_ascii_and_the_error_says_so() {
+    let d = resolve_err("heads övers = 9.1\ncircuit c { övers @ END }");
+    let help = d.items[0].help.clone().unwrap_or_default();
+    assert_eq!(d.items[0].code, "circuit::parse::syntax");
+    assert!(help.contains("names are ASCII"), "{help}");
+    assert!(help.contains("`övers`"), "{help}");
+}
+
+#[test]
+fn fmt_keeps_crlf_line_endings() {
+    use circuit::syntax::format_source;
+    let crlf = "dataset d = ioi  # c\r\ncircuit c {\r\n  9.1 @ END\r\n}\r\n";
+    let formatted = format_source("c.circuit", crlf).unwrap();
+    assert!(formatted.contains("\r\n"), "{formatted:?}");
+    assert_eq!(
+        formatted.matches('\n').count(),
+        formatted.matches("\r\n").count(),
+        "every line break is CRLF: {formatted:?}"
+    );
+    assert_eq!(
+        format_source("c.circuit", &formatted).unwrap(),
+        formatted,
+        "idempotent"
+    );
+    let lf = format_source("c.circuit", &crlf.replace("\r\n", "\n")).unwrap();
+    assert!(!lf.contains('\r'));
+    assert_eq!(lf, formatted.replace("\r\n", "\n"));
+}
+
+/// An environment whose dataset labels only some prompts and whose tokenizer's BOS is known.
+struct LabelEnvironment {
+    common: Vec<&'static str>,
+    partial: Vec<(&'static str, &'static str)>,
+    adds_bos: Option<bool>,
+}
+
+impl circuit::resolve::Environment for LabelEnvironment {
+    fn model_config(&self, _: &ModelSource) -> Result<circuit::model::ModelConfig, String> {
+        circuit::model::ModelConfig::from_dir(Path::new(language_support::GPT2_SMALL))
+            .map_err(|e| e.to_string())
+    }
+    fn dataset_labels(&self, _: &DatasetSource) -> Result<Vec<String>, String> {
+        Ok(self.common.iter().map(|s| s.to_string()).collect())
+    }
+    fn dataset_partial_labels(&self, _: &DatasetSource) -> Vec<circuit::resolve::PartialLabel> {
+        self.partial
+            .iter()
+            .map(|(label, prompt)| circuit::resolve::PartialLabel {
+                label: label.to_string(),
+                missing_from: prompt.to_string(),
+            })
+            .collect()
+    }
+    fn tokenizer_adds_bos(&self, _: &ModelSource) -> Option<bool> {
+        self.adds_bos
+    }
+}
+
+fn label_help(env: &LabelEnvironment, text: &str) -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match circuit::resolve::resolve_source("t.circuit", text, root, env, &ResolveOptions::default())
+    {
+        Ok(_) => vec![],
+        Err(d) => d
+            .items
+            .iter()
+            .map(|d| (d.code.clone(), d.help.clone().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+#[test]
+fn unknown_label_help_lists_the_labels_and_offers_bos_only_with_a_bos_token() {
+    let env = LabelEnvironment {
+        common: vec!["S1", "S2"],
+        partial: vec![],
+        adds_bos: Some(false),
+    };
+    let found = label_help(&env, "circuit c { 0.1 @ S3 }");
+    assert_eq!(found[0].0, "circuit::resolve::unknown_label");
+    let help = &found[0].1;
+    assert!(help.contains("labels `S1`, `S2`"), "{help}");
+    assert!(
+        help.contains("adds no BOS") && !help.contains("`BOS` (this"),
+        "{help}"
+    );
+    // With a BOS token, BOS is offered.
+    let with_bos = LabelEnvironment {
+        adds_bos: Some(true),
+        ..env
+    };
+    let help = &label_help(&with_bos, "circuit c { 0.1 @ S3 }")[0].1;
+    assert!(help.contains("`END` and `BOS`"), "{help}");
+}
+
+#[test]
+fn unknown_label_help_says_which_prompt_lacks_a_label_only_some_prompts_have() {
+    let env = LabelEnvironment {
+        common: vec![],
+        partial: vec![
+            ("S1", "reference prompt 0 (\"a b\")"),
+            ("S2", "reference prompt 0 (\"a b\")"),
+        ],
+        adds_bos: None,
+    };
+    let help = &label_help(&env, "circuit c { 0.1 @ S1 }")[0].1;
+    assert!(
+        help.contains("`S1` is not in every prompt (it is missing from reference prompt 0"),
+        "{help}"
+    );
+    assert!(
+        help.contains("has no label that every prompt defines"),
+        "{help}"
+    );
+    assert!(!help.contains("labels ;"), "no empty list: {help}");
+    assert!(help.contains("`BOS` when the tokenizer adds one"), "{help}");
+}
+
+#[test]
+fn bos_without_a_bos_token_is_an_error() {
+    let env = LabelEnvironment {
+        common: vec!["S1"],
+        partial: vec![],
+        adds_bos: Some(false),
+    };
+    let found = label_help(&env, "circuit c { 0.1 @ BOS }");
+    assert_eq!(found[0].0, "circuit::resolve::no_bos");
+    let with_bos = LabelEnvironment {
+        adds_bos: Some(true),
+        ..env
+    };
+    assert!(label_help(&with_bos, "circuit c { 0.1 @ BOS }").is_empty());
+}
+
+#[test]
+fn the_real_environment_finds_labels_only_some_prompts_have_and_the_tokenizers_bos() {
+    use circuit::resolve::Environment;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    std::fs::write(
+        &path,
+        "{\"prompt\": \"1 2 3\", \"slots\": {\"S1\": [0, 1], \"S2\": [2, 3]}, \"answer\": \" 4\", \"distractor\": \" 3\"}\n\
+         {\"prompt\": \"5 6 7\", \"slots\": {\"S1\": [0, 1]}, \"answer\": \" 8\", \"distractor\": \" 7\", \"set\": \"reference\"}\n",
+    )
+    .unwrap();
+    let source = DatasetSource::File(path);
+    let env = RealEnvironment;
+    assert_eq!(env.dataset_labels(&source).unwrap(), vec!["S1".to_string()]);
+    let partial = env.dataset_partial_labels(&source);
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    assert_eq!(partial[0].label, "S2");
+    assert!(
+        partial[0].missing_from.starts_with("reference prompt 0"),
+        "{partial:?}"
+    );
+    // The built-in toy model's word-level tokenizer adds none; stories260K's (Llama) adds one.
+    assert_eq!(
+        env.tokenizer_adds_bos(&ModelSource::default_model()),
+        Some(false)
+    );
+    let stories = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K");
+    assert_eq!(
+        env.tokenizer_adds_bos(&ModelSource::Dir(stories)),
+        Some(true)
+    );
+    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tokenizer");
+    assert_eq!(env.tokenizer_adds_bos(&ModelSource::Dir(gpt2)), Some(false));
+}

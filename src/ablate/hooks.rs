@@ -7,7 +7,7 @@ use std::ops::Range;
 use ndarray::{s, Array3, ArrayView3, ArrayView4, ArrayViewMut3, ArrayViewMut4};
 
 use super::reference::ReferenceValues;
-use crate::model::{ComponentOutputs, HeadInput, Interventions};
+use crate::model::{Component, ComponentOutputs, HeadInput, Interventions};
 use crate::plan::Plan;
 use crate::resolve::bound::{Downstream, EdgeAblation, HeadId, Upstream};
 
@@ -102,20 +102,19 @@ impl PlanInterventions<'_> {
         let mask = self.plan.path_inputs.get(&downstream)?;
         let shape = self.plan.shape;
         let mut x = resid.to_owned(); // (B, T, D)
-        let upstream_heads_until = match downstream {
-            Downstream::Head(h, _) => h.layer,    // layers < L
-            Downstream::Mlp(l) => l + 1,          // layers ≤ L
-            Downstream::Logits => shape.n_layers, // all
-        };
-        let upstream_mlps_until = match downstream {
-            Downstream::Head(h, _) => h.layer,
-            Downstream::Mlp(l) => l,
-            Downstream::Logits => shape.n_layers,
-        };
+                                      // The finished layers whose heads / MLP this input reads.
+        let reader = downstream.component();
+        let reads = |writer| shape.residual.reads(reader, writer);
+        let head_layers: Vec<usize> = (0..outputs.head_out.len())
+            .filter(|&layer| reads(Component::Attention(layer)))
+            .collect();
+        let mlp_layers: Vec<usize> = (0..outputs.mlp_out.len())
+            .filter(|&layer| reads(Component::Mlp(layer)))
+            .collect();
         for (row, prompt, len) in self.rows() {
             for t in 0..len {
                 let mut pos = x.slice_mut(s![row, t, ..]);
-                for layer in 0..upstream_heads_until.min(outputs.head_out.len()) {
+                for &layer in &head_layers {
                     for head in 0..shape.n_heads {
                         let u = shape.upstream_index(Upstream::Head(HeadId { layer, head }));
                         if mask[[prompt, t, u]] {
@@ -131,7 +130,7 @@ impl PlanInterventions<'_> {
                 if !self.plan.scope_includes_mlps {
                     continue; // MLPs are outside the ablation: they always reach downstream
                 }
-                for layer in 0..upstream_mlps_until.min(outputs.mlp_out.len()) {
+                for &layer in &mlp_layers {
                     let u = shape.upstream_index(Upstream::Mlp(layer));
                     if mask[[prompt, t, u]] {
                         continue;

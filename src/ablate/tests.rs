@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::model::Interventions;
+use crate::model::{Interventions, ResidualTopology};
 use crate::plan::{Plan, PlanShape, QkQuery};
 use crate::resolve::bound::{AblationKind, EdgeAblation, HeadId, Scope};
 
@@ -93,6 +93,7 @@ fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceVa
 pub(super) const SHAPE: PlanShape = PlanShape {
     n_layers: 1,
     n_heads: H,
+    residual: ResidualTopology::Sequential,
 };
 
 /// Runs edit_z of `plan` on the clean activations and returns the edited z.

@@ -17,6 +17,9 @@ pub enum Anchor {
     End,
     /// Position 0, only when the tokenizer adds a BOS token.
     Bos,
+    /// The prompt's first token, BOS or not: where `..S1` and `*` keys start. The language has no
+    /// word for it; it is written only through those forms.
+    Start,
     /// A slot the dataset labels (`S1`, `IO`, ...).
     Label { name: String, token: SlotToken },
 }
@@ -34,6 +37,26 @@ pub enum PositionItem {
     One(Position),
     /// Inclusive range, `S1..S4`.
     Range(Position, Position),
+}
+
+impl PositionItem {
+    /// Every token of the prompt, BOS or not: the key set `*` (`start..END`).
+    pub fn every_token() -> PositionItem {
+        PositionItem::Range(Position::at(Anchor::Start), Position::at(Anchor::End))
+    }
+
+    /// The item as the language writes it: `S1`, `S1..S4`, `..S1` (from the prompt's first
+    /// token), `*` (every token).
+    pub fn display_name(&self) -> String {
+        match self {
+            PositionItem::One(p) => p.display_name(),
+            item if *item == PositionItem::every_token() => "*".to_string(),
+            PositionItem::Range(a, b) if *a == Position::at(Anchor::Start) => {
+                format!("..{}", b.display_name())
+            }
+            PositionItem::Range(a, b) => format!("{}..{}", a.display_name(), b.display_name()),
+        }
+    }
 }
 
 /// The query positions a statement keeps.
@@ -56,6 +79,7 @@ impl Position {
         let anchor = match &self.anchor {
             Anchor::End => "END".to_string(),
             Anchor::Bos => "BOS".to_string(),
+            Anchor::Start => "start".to_string(),
             Anchor::Label {
                 name,
                 token: SlotToken::Last,

@@ -292,6 +292,7 @@ impl TokenizedPrompt {
             Anchor::End => Ok(self.end()),
             Anchor::Bos if self.has_bos => Ok(0),
             Anchor::Bos => Err(DataError::NoBos { prompt: self.id() }),
+            Anchor::Start => Ok(0),
             Anchor::Label { name, token } => {
                 let slot = self
                     .slots

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ndarray::{s, Array2, Array4, Axis};
+use ndarray::{s, Array2, Axis};
 
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
@@ -148,6 +148,7 @@ impl<'a> Evaluator<'a> {
         PlanShape {
             n_layers: self.model.config.n_layers,
             n_heads: self.model.config.n_heads,
+            residual: self.model.config.residual,
         }
     }
 
@@ -336,34 +337,16 @@ impl<'a> Evaluator<'a> {
             all_logits: false,
             cache: true,
         };
-        let group = self.model.config.n_heads / self.model.config.n_kv_heads;
         for chunk in self.reference_ids.chunks(self.batch_size.max(1)) {
             let out = self.model.forward(chunk, &options, &NoInterventions)?;
             let cache = out.cache.expect("the cache was asked for");
-            // Values by query head: key/value head g serves query heads g·group .. (g+1)·group.
-            let values_by_query_head: Vec<Array4<f32>> = cache
-                .layers
-                .iter()
-                .map(|layer| {
-                    if group == 1 {
-                        layer.v.clone()
-                    } else {
-                        let (b, t, _, d) = layer.v.dim();
-                        let n_heads = layer.z.shape()[2];
-                        Array4::from_shape_fn((b, t, n_heads, d), |(b, t, h, i)| {
-                            layer.v[[b, t, h / group, i]]
-                        })
-                    }
-                })
-                .collect();
             let layers: Vec<LayerActivations> = cache
                 .layers
                 .iter()
-                .zip(&values_by_query_head)
-                .map(|(layer, v)| LayerActivations {
+                .map(|layer| LayerActivations {
                     z: layer.z.view(),
                     pattern: layer.pattern.view(),
-                    v: v.view(),
+                    v: layer.v_by_query_head.view(),
                     mlp_out: layer.mlp_out.view(),
                     head_out: layer.head_out.view(),
                 })

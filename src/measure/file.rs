@@ -209,6 +209,9 @@ pub fn run_file(
         .iter()
         .map(|p| p as &dyn PromptPositions)
         .collect();
+    for circuit in &circuits {
+        notes.extend(crate::plan::check_key_order(circuit, &positions)?);
+    }
     let prompts = EvalPrompts {
         ids: tokenized.clean.iter().map(|p| p.ids.clone()).collect(),
         targets: tokenized

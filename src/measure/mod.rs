@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use ndarray::ArrayView2;
 
-use crate::resolve::bound::Metric;
+use crate::resolve::bound::{Metric, SettingName};
 
 pub use evaluate::{AblationSettings, EvalPrompts, Evaluation, Evaluator, PromptMetrics};
 
@@ -28,13 +28,7 @@ pub const ALL_METRICS: [Metric; 5] = [
 
 /// How reports and JSON name a metric.
 pub fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::LogitDiff => "logit_diff",
-        Metric::Prob => "prob",
-        Metric::Logprob => "logprob",
-        Metric::Kl => "kl",
-        Metric::Accuracy => "accuracy",
-    }
+    metric.name()
 }
 
 /// The two tokens a prompt is scored on.

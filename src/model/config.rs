@@ -9,6 +9,8 @@ use miette::Diagnostic;
 use serde_json::Value;
 use thiserror::Error;
 
+use super::topology::ResidualTopology;
+
 /// The two architecture families the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +42,8 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Whether the unembedding shares the token embedding matrix.
     pub tie_word_embeddings: bool,
+    /// How attention and MLP of a layer are wired to the residual stream.
+    pub residual: ResidualTopology,
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
     pub bos_token_id: Option<u32>,
@@ -116,6 +120,7 @@ impl ModelConfig {
                     norm_eps: fields.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
                     rope_theta: 0.0,
                     tie_word_embeddings: true,
+                    residual: ResidualTopology::Sequential,
                     activation: fields
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
@@ -157,6 +162,7 @@ impl ModelConfig {
                     norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
                     rope_theta: fields.rope_theta()?,
                     tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+                    residual: ResidualTopology::Sequential,
                     activation: fields
                         .opt_string("hidden_act")?
                         .unwrap_or_else(|| "silu".to_string()),

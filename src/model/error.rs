@@ -73,6 +73,51 @@ pub enum ModelError {
         found: String,
     },
 
+    #[error("{path}: tensor `{tensor}` holds a non-finite value ({value} at flat index {index})")]
+    #[diagnostic(
+        code(circuit::model::non_finite_weight),
+        help("the weights are corrupt or diverged in training; no number computed from them would mean anything")
+    )]
+    NonFiniteWeight {
+        path: PathBuf,
+        tensor: String,
+        index: usize,
+        value: String,
+    },
+
+    #[error("{path}: {count} tensor(s) that a {architecture} model with this config.json does not use: {list}")]
+    #[diagnostic(
+        code(circuit::model::unexpected_tensors),
+        help("config.json and the weights disagree (fewer layers in the config than in the file, or a tensor of another architecture); do they belong together?")
+    )]
+    UnexpectedTensors {
+        path: PathBuf,
+        count: usize,
+        list: String,
+        architecture: String,
+    },
+
+    #[error(
+        "{path}: config.json sets `{field}` to {config}, but the weights hold {weights} layers"
+    )]
+    #[diagnostic(
+        code(circuit::model::layer_count),
+        help("config.json and the weights must come from the same model")
+    )]
+    LayerCount {
+        path: PathBuf,
+        field: String,
+        config: usize,
+        weights: usize,
+    },
+
+    #[error("prompt #{prompt}: the forward pass produced non-finite values; they first appear in {location}")]
+    #[diagnostic(
+        code(circuit::model::non_finite_activations),
+        help("the model overflows on this input (or an intervention wrote a non-finite value); no metric of it would mean anything")
+    )]
+    NonFiniteActivations { prompt: usize, location: String },
+
     #[error("{path}: the tokenizer has {tokenizer_vocab} ids but the embedding has only {embedding_rows} rows")]
     #[diagnostic(
         code(circuit::model::vocab_mismatch),

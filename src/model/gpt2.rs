@@ -47,6 +47,16 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         })
     };
 
+    // Before anything is allocated from config values: the layer count is the file's.
+    let in_file = files.layer_count(|i| format!("{prefix}h.{i}.ln_1.weight"));
+    if in_file != config.n_layers {
+        return Err(ModelError::LayerCount {
+            path: files.main_path().to_path_buf(),
+            field: "n_layer".to_string(),
+            config: config.n_layers,
+            weights: in_file,
+        });
+    }
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let h = format!("h.{i}");
@@ -72,18 +82,29 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             },
         });
     }
+    let embed = matrix("wte.weight", vocab, d)?; // (V, D)
+                                                 // GPT-2's lm_head is tied to wte (HF does not even store it); a file that stores it must
+                                                 // store the same matrix, or the logits would not be the file's.
+    if files.contains("lm_head.weight") {
+        let lm_head = files.tensor("lm_head.weight", &[vocab, d])?;
+        if lm_head.as_slice() != embed.as_slice().expect("standard layout") {
+            return Err(ModelError::Unsupported {
+                what: "a GPT-2 lm_head.weight that differs from wte.weight (GPT-2 ties them)"
+                    .to_string(),
+            });
+        }
+    }
     Ok(Transformer {
         n_heads: config.n_heads,
         n_kv_heads: config.n_heads,
         d_head: config.d_head,
         // Also the unembedding (tied): laid out for that product (linalg).
-        embed: unembedding_layout(matrix("wte.weight", vocab, d)?),
+        embed: unembedding_layout(embed),
         positions: Positions::Learned {
             wpe: matrix("wpe.weight", config.n_ctx, d)?,
         },
         layers,
         final_norm: layer_norm("ln_f")?,
-        // lm_head is tied to wte (HF does not even store it).
         unembed: None,
     })
 }

@@ -11,7 +11,9 @@
 //! ```
 
 pub mod backward;
+mod blocks;
 pub mod builtin;
+mod cache;
 pub mod config;
 mod error;
 mod gpt2;
@@ -21,6 +23,7 @@ mod llama;
 mod numerics;
 pub mod source;
 pub mod tokenizer;
+pub mod topology;
 mod transformer;
 mod weights;
 
@@ -28,15 +31,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ndarray::{Array2, Array3, Array4, Axis};
+use ndarray::{Array2, Array3, Axis};
 use sha2::{Digest, Sha256};
 
+pub use cache::{ActivationCache, LayerCache};
 pub use config::{Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use linalg::matmul;
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
+pub use topology::{Component, ResidualTopology};
 
 use transformer::Transformer;
 use weights::WeightFiles;
@@ -61,48 +66,6 @@ pub struct ForwardOutput {
     pub lengths: Vec<usize>,
     /// Present when [`ForwardOptions::cache`] was set.
     pub cache: Option<ActivationCache>,
-}
-
-/// Every intermediate of a forward pass. Prompts are right-padded to `T`; rows past a prompt's
-/// length are padding.
-#[derive(Debug)]
-pub struct ActivationCache {
-    pub layers: Vec<LayerCache>,
-    /// Token (+ learned position) embedding, `(B, T, D)`.
-    pub embed: Array3<f32>,
-    /// The residual stream the unembedding reads, before the final norm, `(B, T, D)` (after
-    /// [`Interventions::unembed_input`]).
-    pub resid_final: Array3<f32>,
-}
-
-/// One layer's intermediates, as actually used by the forward (after interventions).
-#[derive(Debug)]
-pub struct LayerCache {
-    /// `(B, T, D)`
-    pub resid_pre: Array3<f32>,
-    /// `(B, T, H, d)`, after rotary for Llama.
-    pub q: Array4<f32>,
-    /// `(B, T, Hkv, d)`, after rotary. Under grouped-query attention with a per-head
-    /// [`Interventions::head_input`] edit, the value seen by the first query head of each group.
-    pub k: Array4<f32>,
-    /// `(B, T, Hkv, d)` (same caveat as `k`).
-    pub v: Array4<f32>,
-    /// `(B, H, T, T)` scaled, causally masked (`-inf`), after [`Interventions::edit_scores`].
-    pub scores: Array4<f32>,
-    /// `(B, H, T, T)` softmax of `scores` (all-zero rows where no score is finite).
-    pub pattern: Array4<f32>,
-    /// `(B, T, H, d)` after [`Interventions::edit_z`].
-    pub z: Array4<f32>,
-    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias.
-    pub head_out: Array4<f32>,
-    /// `(B, T, D)`: the attention output including its bias.
-    pub attn_out: Array3<f32>,
-    /// `(B, T, D)`: `resid_pre + attn_out`.
-    pub resid_mid: Array3<f32>,
-    /// `(B, T, D)` after [`Interventions::edit_mlp_out`].
-    pub mlp_out: Array3<f32>,
-    /// `(B, T, D)`: `resid_mid + mlp_out`.
-    pub resid_post: Array3<f32>,
 }
 
 /// Where the weight bytes came from, for [`Model::weights_hash`].
@@ -278,11 +241,63 @@ impl Model {
         let (logits, cache) =
             self.transformer
                 .forward(&ids, &lengths, options.all_logits, options.cache, hooks);
+        // Rows past a prompt's length are padding, whatever they hold.
+        let real_rows = |b: usize| if options.all_logits { lengths[b] } else { 1 };
+        let non_finite = (0..tokens.len()).find(|&b| {
+            let rows = logits.slice(ndarray::s![b, ..real_rows(b), ..]);
+            rows.iter().any(|x| !x.is_finite())
+        });
+        if let Some(prompt) = non_finite {
+            return Err(ModelError::NonFiniteActivations {
+                prompt,
+                location: self.first_non_finite(&ids, &lengths, hooks),
+            });
+        }
         Ok(ForwardOutput {
             logits,
             lengths,
             cache,
         })
+    }
+
+    /// Where a forward whose logits are not finite first goes wrong: run again with the cache,
+    /// and name the first block whose output at a real token is not finite.
+    fn first_non_finite(
+        &self,
+        ids: &Array2<u32>,
+        lengths: &[usize],
+        hooks: &dyn Interventions,
+    ) -> String {
+        let (_, cache) = self.transformer.forward(ids, lengths, false, true, hooks);
+        let cache = cache.expect("the cache was asked for");
+        let finite = |a: &Array3<f32>| {
+            lengths.iter().enumerate().all(|(b, &len)| {
+                a.slice(ndarray::s![b, ..len, ..])
+                    .iter()
+                    .all(|x| x.is_finite())
+            })
+        };
+        if !finite(&cache.embed) {
+            return "the embedding".to_string();
+        }
+        for (layer, values) in cache.layers.iter().enumerate() {
+            if !finite(&values.attn_out) {
+                return format!("the attention output of layer {layer}");
+            }
+            if !finite(&values.resid_mid) {
+                return format!("the residual stream after the attention of layer {layer}");
+            }
+            if !finite(&values.mlp_out) {
+                return format!("the MLP output of layer {layer}");
+            }
+            if !finite(&values.resid_post) {
+                return format!("the residual stream after layer {layer}");
+            }
+        }
+        if !finite(&cache.resid_final) {
+            return "the residual stream the unembedding reads".to_string();
+        }
+        "the final norm and unembedding".to_string()
     }
 
     /// Greedy continuation: appends `n_new` argmax tokens to `ids` (stops at the context end).
@@ -355,10 +370,19 @@ fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
 }
 
 fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
-    match config.architecture {
-        Architecture::Gpt2 => gpt2::load(config, files),
-        Architecture::Llama => llama::load(config, files),
+    // `Transformer::forward` wires the blocks sequentially; a parallel-residual family needs
+    // its arm there first (docs/architecture.md), never a silently different wiring.
+    if config.residual != ResidualTopology::Sequential {
+        return Err(ModelError::Unsupported {
+            what: format!("the {:?} residual wiring", config.residual),
+        });
     }
+    let transformer = match config.architecture {
+        Architecture::Gpt2 => gpt2::load(config, files)?,
+        Architecture::Llama => llama::load(config, files)?,
+    };
+    files.check_all_used()?;
+    Ok(transformer)
 }
 
 /// A tokenizer that can produce ids past the embedding is an error; an embedding padded larger

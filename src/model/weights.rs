@@ -4,7 +4,8 @@
 //! released (`MADV_DONTNEED`), so the process never holds the file and its converted copy at
 //! the same time (peak ≈ the f32 weights plus one tensor), whatever the dtype on disk.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -45,7 +46,16 @@ pub(crate) struct WeightFiles {
     location: HashMap<String, usize>,
     /// Architecture name used in "tensor missing" errors.
     architecture: String,
+    /// Tensors read so far: every tensor of the files must be, or the load fails.
+    used: RefCell<BTreeSet<String>>,
 }
+
+/// Tensors a checkpoint may hold that no model computes with, by name suffix: GPT-2's causal
+/// mask buffers (`h.N.attn.bias`, `h.N.attn.masked_bias`, saved by older transformers) and
+/// Llama's rotary frequency cache (`self_attn.rotary_emb.inv_freq`), which the engine derives
+/// from the config. Any other unread tensor fails the load: it means config and weights
+/// disagree (e.g. fewer layers in config.json than in the file).
+const KNOWN_EXTRAS: [&str; 3] = [".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"];
 
 fn describe(err: &SafeTensorError) -> String {
     match err {
@@ -122,6 +132,7 @@ impl WeightFiles {
             shards,
             location,
             architecture: architecture.to_string(),
+            used: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -181,7 +192,55 @@ impl WeightFiles {
             }
         };
         shard.release(range);
+        if let Some(index) = values.iter().position(|x| !x.is_finite()) {
+            return Err(ModelError::NonFiniteWeight {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                index,
+                value: values[index].to_string(),
+            });
+        }
+        self.used.borrow_mut().insert(name.to_string());
         Ok(values)
+    }
+
+    /// How many layers the file holds: the `i` from 0 for which `tensor_of_layer(i)` exists.
+    pub(crate) fn layer_count(&self, tensor_of_layer: impl Fn(usize) -> String) -> usize {
+        (0..)
+            .take_while(|&i| self.contains(&tensor_of_layer(i)))
+            .count()
+    }
+
+    /// After a loader has read what its model needs: every other tensor (outside
+    /// [`KNOWN_EXTRAS`]) is an error naming them.
+    pub(crate) fn check_all_used(&self) -> Result<(), ModelError> {
+        let used = self.used.borrow();
+        let mut unexpected: Vec<&String> = self
+            .location
+            .keys()
+            .filter(|name| !used.contains(*name))
+            .filter(|name| !KNOWN_EXTRAS.iter().any(|extra| name.ends_with(extra)))
+            .collect();
+        if unexpected.is_empty() {
+            return Ok(());
+        }
+        unexpected.sort();
+        const SHOWN: usize = 5;
+        let mut list = unexpected
+            .iter()
+            .take(SHOWN)
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if unexpected.len() > SHOWN {
+            list += &format!(" and {} more", unexpected.len() - SHOWN);
+        }
+        Err(ModelError::UnexpectedTensors {
+            path: self.main_path().to_path_buf(),
+            count: unexpected.len(),
+            list,
+            architecture: self.architecture.clone(),
+        })
     }
 }
 
@@ -190,7 +249,7 @@ impl Shard {
         let (header_len, metadata) = SafeTensors::read_metadata(bytes.as_slice()).map_err(|e| {
             ModelError::BadSafetensors {
                 path: path.clone(),
-                problem: describe(&e),
+                problem: faulty_tensor(bytes.as_slice()).unwrap_or_else(|| describe(&e)),
             }
         })?;
         Ok(Shard {
@@ -222,6 +281,93 @@ impl Shard {
             }
         }
     }
+}
+
+/// Which tensor entry of a header the safetensors reader rejected, and why: its errors for a
+/// bad dtype, a shape that does not match the byte range, or overlapping offsets do not all
+/// name the tensor. `None` when the header itself is unreadable or no entry is at fault.
+fn faulty_tensor(bytes: &[u8]) -> Option<String> {
+    let header_len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header = bytes.get(8..8usize.checked_add(header_len)?)?;
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut entries: Vec<(&String, &serde_json::Value)> = json
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .collect();
+    let offsets = |entry: &serde_json::Value| -> Option<(u64, u64)> {
+        let pair = entry.get("data_offsets")?.as_array()?;
+        match pair.as_slice() {
+            [start, end] => Some((start.as_u64()?, end.as_u64()?)),
+            _ => None,
+        }
+    };
+    for (name, entry) in &entries {
+        let fault = |problem: String| Some(format!("tensor `{name}`: {problem}"));
+        let Some(dtype) = entry.get("dtype").and_then(|d| d.as_str()) else {
+            return fault("no dtype".to_string());
+        };
+        let Some(bits) = dtype_bits(dtype) else {
+            return fault(format!("unknown dtype {dtype:?}"));
+        };
+        let shape: Option<Vec<u64>> = entry
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect());
+        let Some(shape) = shape else {
+            return fault("the shape is not a list of sizes".to_string());
+        };
+        let Some((start, end)) = offsets(entry) else {
+            return fault("data_offsets is not a [start, end] pair".to_string());
+        };
+        let n_bits = shape
+            .iter()
+            .try_fold(bits, |n, &d| n.checked_mul(d))
+            .filter(|n| n % 8 == 0);
+        match n_bits {
+            None => return fault(format!("the size of shape {shape:?} of {dtype} overflows")),
+            Some(n_bits) if end.checked_sub(start) != Some(n_bits / 8) => {
+                return fault(format!(
+                    "shape {shape:?} of {dtype} needs {} bytes, but data_offsets [{start}, {end}] span {}",
+                    n_bits / 8,
+                    end as i128 - start as i128
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    // Entries must tile the data section in offset order.
+    entries.sort_by_key(|(_, entry)| offsets(entry));
+    let mut next = 0;
+    for (name, entry) in entries {
+        let (start, end) = offsets(entry)?;
+        if start != next {
+            return Some(format!(
+                "tensor `{name}`: data_offsets start at {start}, but the previous tensor ends at {next}"
+            ));
+        }
+        next = end;
+    }
+    let data_len = bytes.len() - 8 - header_len;
+    if next != data_len as u64 {
+        return Some(format!(
+            "the tensors cover {next} bytes of data, but the file holds {data_len} (truncated data)"
+        ));
+    }
+    None
+}
+
+/// Bits per element of a safetensors dtype name.
+fn dtype_bits(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "I16" | "U16" | "F16" | "BF16" => 16,
+        "I32" | "U32" | "F32" => 32,
+        "I64" | "U64" | "F64" => 64,
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        _ => return None,
+    })
 }
 
 /// The shard files named by a `model.safetensors.index.json`, in first-use order.

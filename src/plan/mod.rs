@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3};
 use thiserror::Error;
 
 use crate::data::positions::{PositionItem, PositionSet};
-use crate::model::HeadInput;
+use crate::model::ResidualTopology;
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
 /// One evaluated prompt as the plan sees it: its token count, and how the circuit's position
@@ -64,6 +64,16 @@ pub enum PlanError {
         from: String,
         to: String,
     },
+    #[error("circuit `{circuit}`: `{edge}` carries nothing: its keys come after its queries in every evaluated prompt (e.g. {example})")]
+    #[diagnostic(
+        code(circuit::plan::key_after_query),
+        help("attention is causal: a query reads keys at or before itself; swap key and query (`edge HEAD: KEY -> QUERY`) or delete the edge")
+    )]
+    KeyAfterQuery {
+        circuit: String,
+        edge: String,
+        example: String,
+    },
 }
 
 /// The model shape a plan is built for.
@@ -71,6 +81,8 @@ pub enum PlanError {
 pub struct PlanShape {
     pub n_layers: usize,
     pub n_heads: usize,
+    /// Which components each input reads (path edges must go forward along it).
+    pub residual: ResidualTopology,
 }
 
 impl PlanShape {
@@ -252,9 +264,10 @@ impl Plan {
 
 /// Compiles `circuit` for the prompts `prompts` of a model shaped `shape`.
 ///
-/// Heads outside `circuit.heads` are ablated at every position; a head in it keeps `z` exactly
-/// at its resolved query positions. A QK edge matters only at queries where its head is kept;
-/// there, the kept keys are the union of the keys of every edge of that head naming that query.
+/// A head keeps `z` at the query positions of its node statement (`circuit.heads`) and at the
+/// queries of its QK edges, and is ablated everywhere else. At a query some edge of the head
+/// names, the kept keys are the union of the keys of every edge of that head naming that query;
+/// at the node's other queries every key is kept.
 /// Under [`Scope::Heads`] MLPs are never ablated.
 pub fn compile(
     circuit: &BoundCircuit,
@@ -314,9 +327,9 @@ pub fn compile(
             let queries = resolve(&item_set(&edge.queries))?;
             let keys = resolve(&item_set(&edge.keys))?;
             for &q in &queries {
-                if !plan.head_keep[edge.head.layer][[b, q, edge.head.head]] {
-                    continue; // the node is ablated here; the resolver warns about such edges
-                }
+                // An edge implies its node: the head is kept at the edge's queries, reading
+                // only from the keys its edges there name.
+                plan.head_keep[edge.head.layer][[b, q, edge.head.head]] = true;
                 kept_keys
                     .entry((edge.head.layer, q, edge.head.head))
                     .or_default()
@@ -348,6 +361,55 @@ pub fn compile(
         queries.sort_by_key(|q| (q.prompt, q.query, q.head));
     }
     Ok(plan)
+}
+
+/// Checks, per prompt, that each QK edge of `circuit` can carry something: under the causal
+/// mask a key after its query carries nothing. An edge whose keys all come after its queries in
+/// every prompt is an error ([`PlanError::KeyAfterQuery`]); one where that happens in some
+/// prompts only gives a note naming them (for the report). The resolver rejects the cases that
+/// hold whatever the tokens (`S1+1 -> S1`) before any prompt is read.
+pub fn check_key_order(
+    circuit: &BoundCircuit,
+    prompts: &[&dyn PromptPositions],
+) -> miette::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut seen: Vec<(&PositionItem, &PositionItem, &std::ops::Range<usize>)> = Vec::new();
+    for edge in &circuit.qk_edges {
+        // One finding per written `KEY -> QUERY`, however many heads it names.
+        let written = (&edge.keys, &edge.queries, &edge.span);
+        if seen.contains(&written) {
+            continue;
+        }
+        seen.push(written);
+        let mut empty_in = Vec::new();
+        for (b, prompt) in prompts.iter().enumerate() {
+            let keys = prompt.resolve_positions(&item_set(&edge.keys))?;
+            let queries = prompt.resolve_positions(&item_set(&edge.queries))?;
+            let carries = matches!((keys.first(), queries.last()), (Some(k), Some(q)) if k <= q);
+            if !carries {
+                empty_in.push(b);
+            }
+        }
+        let Some(&first) = empty_in.first() else {
+            continue;
+        };
+        if empty_in.len() == prompts.len() {
+            return Err(PlanError::KeyAfterQuery {
+                circuit: circuit.name.clone(),
+                edge: edge.to_string(),
+                example: prompts[first].describe(),
+            }
+            .into());
+        }
+        notes.push(format!(
+            "circuit `{}`: `{edge}` carries nothing in {} of {} prompts (e.g. {}): its keys come after its queries there",
+            circuit.name,
+            empty_in.len(),
+            prompts.len(),
+            prompts[first].describe()
+        ));
+    }
+    Ok(notes)
 }
 
 fn item_set(item: &PositionItem) -> PositionSet {
@@ -407,52 +469,15 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
             Downstream::Mlp(l) => check_layer(l)?,
             Downstream::Logits => {}
         }
-        if !path_edge_goes_forward(edge.from, edge.to) {
+        if !edge.to.reads(edge.from, shape.residual) {
             return Err(PlanError::BackwardPathEdge {
                 circuit: circuit.name.clone(),
-                from: upstream_name(edge.from),
-                to: downstream_name(edge.to),
+                from: edge.from.to_string(),
+                to: edge.to.to_string(),
             });
         }
     }
     Ok(())
-}
-
-/// Whether `from`'s output is part of the residual stream `to` reads: a head of layer L reads
-/// layers < L; the MLP of layer L reads heads of layers ≤ L and MLPs of layers < L; the logits
-/// read everything.
-pub fn path_edge_goes_forward(from: Upstream, to: Downstream) -> bool {
-    match (from, to) {
-        (_, Downstream::Logits) => true,
-        (Upstream::Head(u), Downstream::Head(d, _)) => u.layer < d.layer,
-        (Upstream::Mlp(u), Downstream::Head(d, _)) => u < d.layer,
-        (Upstream::Head(u), Downstream::Mlp(d)) => u.layer <= d,
-        (Upstream::Mlp(u), Downstream::Mlp(d)) => u < d,
-    }
-}
-
-/// How reports write an upstream component: `4.4`, `mlp 2`.
-pub fn upstream_name(u: Upstream) -> String {
-    match u {
-        Upstream::Head(h) => h.to_string(),
-        Upstream::Mlp(l) => format!("mlp {l}"),
-    }
-}
-
-/// How reports write a downstream input: `9.1.q`, `mlp 3`, `logits`.
-pub fn downstream_name(d: Downstream) -> String {
-    match d {
-        Downstream::Head(h, which) => format!(
-            "{h}.{}",
-            match which {
-                HeadInput::Q => "q",
-                HeadInput::K => "k",
-                HeadInput::V => "v",
-            }
-        ),
-        Downstream::Mlp(l) => format!("mlp {l}"),
-        Downstream::Logits => "logits".to_string(),
-    }
 }
 
 /// A prompt whose labels sit at fixed token indices: for fixtures and tests, where no
@@ -472,6 +497,7 @@ impl FixedPositions {
             Anchor::End => self.len as i64 - 1,
             Anchor::Bos if self.has_bos => 0,
             Anchor::Bos => miette::bail!("{} has no BOS token", self.name),
+            Anchor::Start => 0,
             Anchor::Label { name, .. } => match self.labels.get(name) {
                 Some(&i) => i as i64,
                 None => miette::bail!("label {name} is missing from {}", self.name),

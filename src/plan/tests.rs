@@ -1,5 +1,6 @@
 use super::*;
 use crate::data::positions::{Anchor, Position, SlotToken};
+use crate::model::HeadInput;
 use crate::resolve::bound::{PathEdge, QkEdge};
 
 fn label(name: &str, offset: i64) -> Position {
@@ -56,6 +57,7 @@ fn circuit() -> BoundCircuit {
 const SHAPE: PlanShape = PlanShape {
     n_layers: 2,
     n_heads: 3,
+    residual: ResidualTopology::Sequential,
 };
 
 fn compile_for(circuit: &BoundCircuit, scope: Scope) -> miette::Result<Plan> {
@@ -105,7 +107,7 @@ fn head_positions_resolve_per_prompt() {
 }
 
 #[test]
-fn qk_edges_keep_the_union_of_keys_at_kept_queries_only() {
+fn qk_edges_keep_the_union_of_keys_at_their_queries() {
     let mut c = circuit();
     c.heads.insert(h(1, 0), set(&[end(0)]));
     c.qk_edges.push(QkEdge {
@@ -118,13 +120,6 @@ fn qk_edges_keep_the_union_of_keys_at_kept_queries_only() {
         head: h(1, 0),
         keys: PositionItem::Range(label("S2", 0), end(0)),
         queries: PositionItem::One(end(0)),
-        span: 0..0,
-    });
-    // A query where the head is not kept: no effect.
-    c.qk_edges.push(QkEdge {
-        head: h(1, 0),
-        keys: PositionItem::One(label("S1", 0)),
-        queries: PositionItem::One(label("S2", 0)),
         span: 0..0,
     });
     let plan = compile_for(&c, Scope::Heads).unwrap();
@@ -147,6 +142,42 @@ fn qk_edges_keep_the_union_of_keys_at_kept_queries_only() {
     );
     assert!(plan.qk_queries[0].is_empty());
     assert_eq!(plan.edge_heads(), [h(1, 0)].into());
+}
+
+/// An edge implies its node: `edge h: K -> Q` alone keeps h at Q (reading K only); a node
+/// statement beside it keeps h at its own positions with every key.
+#[test]
+fn an_edge_keeps_its_head_at_its_queries() {
+    let mut c = circuit();
+    c.qk_edges.push(QkEdge {
+        head: h(1, 0),
+        keys: PositionItem::One(label("S1", 0)),
+        queries: PositionItem::One(end(0)),
+        span: 0..0,
+    });
+    let plan = compile_for(&c, Scope::Heads).unwrap();
+    let kept = |b: usize| -> Vec<usize> {
+        (0..plan.prompt_lens[b])
+            .filter(|&t| plan.head_keep[1][[b, t, 0]])
+            .collect()
+    };
+    assert_eq!(kept(0), vec![4], "only at END of prompt 0");
+    assert_eq!(kept(1), vec![6], "only at END of prompt 1");
+    assert_eq!(plan.qk_queries[1].len(), 2);
+    assert_eq!(plan.qk_queries[1][0].keys, vec![1], "END reads S1 only");
+
+    // Beside a node at S2, the head is kept at S2 with every key, and at END with S1 only.
+    c.heads.insert(h(1, 0), set(&[label("S2", 0)]));
+    let plan = compile_for(&c, Scope::Heads).unwrap();
+    assert!(plan.head_keep[1][[0, 3, 0]] && plan.head_keep[1][[0, 4, 0]]);
+    assert_eq!(
+        plan.qk_queries[1]
+            .iter()
+            .map(|q| (q.prompt, q.query))
+            .collect::<Vec<_>>(),
+        vec![(0, 4), (1, 6)],
+        "only the edge's queries restrict keys"
+    );
 }
 
 #[test]
@@ -250,4 +281,35 @@ fn equal_plans_have_equal_keys_and_different_plans_differ() {
     assert_eq!(pa.content_key(), pb.content_key());
     let empty = compile_for(&circuit(), Scope::Heads).unwrap();
     assert_ne!(pa.content_key(), empty.content_key());
+}
+
+/// A key after its query in every prompt is an error; in some prompts, a note naming them.
+#[test]
+fn keys_after_the_query_in_every_prompt_are_an_error_and_in_some_a_note() {
+    let positions = prompts();
+    let refs: Vec<&dyn PromptPositions> = positions.iter().map(|p| p as _).collect();
+    let with_edge = |keys: PositionItem, queries: PositionItem| {
+        let mut c = circuit();
+        c.qk_edges.push(QkEdge {
+            head: h(0, 0),
+            keys,
+            queries,
+            span: 0..0,
+        });
+        c
+    };
+    // END is after S1 in both prompts.
+    let never = with_edge(PositionItem::One(end(0)), PositionItem::One(label("S1", 0)));
+    let err = check_key_order(&never, &refs).unwrap_err();
+    assert!(err.to_string().contains("every evaluated prompt"), "{err}");
+    // END-1 is S2 (3) in prompt 0, and after S2 (5 > 4) in prompt 1.
+    let sometimes = with_edge(
+        PositionItem::One(end(-1)),
+        PositionItem::One(label("S2", 0)),
+    );
+    let notes = check_key_order(&sometimes, &refs).unwrap();
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("1 of 2 prompts"), "{}", notes[0]);
+    let fine = with_edge(PositionItem::every_token(), PositionItem::One(end(0)));
+    assert!(check_key_order(&fine, &refs).unwrap().is_empty());
 }

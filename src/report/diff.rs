@@ -6,31 +6,18 @@ use std::fmt::Write as _;
 
 use super::{num, CircuitReport};
 use crate::data::positions::{PositionItem, PositionSet};
-use crate::plan::{downstream_name, upstream_name};
 use crate::resolve::bound::{BoundCircuit, BoundFile, PathEdge, QkEdge};
 
 /// How a position set is written: `*` or `S1, END-1, S2..S4`.
 pub fn positions_text(set: &PositionSet) -> String {
     match set {
         PositionSet::All => "*".to_string(),
-        PositionSet::Items(items) => items.iter().map(item_text).collect::<Vec<_>>().join(", "),
+        PositionSet::Items(items) => items
+            .iter()
+            .map(PositionItem::display_name)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
-}
-
-fn item_text(item: &PositionItem) -> String {
-    match item {
-        PositionItem::One(p) => p.display_name(),
-        PositionItem::Range(a, b) => format!("{}..{}", a.display_name(), b.display_name()),
-    }
-}
-
-fn qk_text(e: &QkEdge) -> String {
-    format!(
-        "edge {}: {} -> {}",
-        e.head,
-        item_text(&e.keys),
-        item_text(&e.queries)
-    )
 }
 
 fn path_text(e: &PathEdge) -> String {
@@ -38,11 +25,7 @@ fn path_text(e: &PathEdge) -> String {
         PositionSet::All => String::new(),
         set => format!(" @ {}", positions_text(set)),
     };
-    format!(
-        "edge {} -> {}{at}",
-        upstream_name(e.from),
-        downstream_name(e.to)
-    )
+    format!("edge {} -> {}{at}", e.from, e.to)
 }
 
 /// The statements a circuit amounts to, one line each, order-independent.
@@ -54,7 +37,7 @@ fn statements(c: &BoundCircuit) -> BTreeSet<String> {
     for (layer, positions) in &c.mlps {
         out.insert(format!("mlp {layer} @ {}", positions_text(positions)));
     }
-    out.extend(c.qk_edges.iter().map(qk_text));
+    out.extend(c.qk_edges.iter().map(QkEdge::to_string));
     out.extend(c.path_edges.iter().map(path_text));
     out
 }

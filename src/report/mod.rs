@@ -12,9 +12,7 @@ use std::fmt::Write as _;
 use crate::measure::evaluate::Evaluation;
 use crate::measure::file::{FileRun, Provenance};
 use crate::measure::{mean, metric_name, Quantiles, Scores, ALL_METRICS};
-use crate::resolve::bound::{
-    AblationKind, Alignment, BoundCircuit, EdgeAblation, Metric, Scope, Settings,
-};
+use crate::resolve::bound::{BoundCircuit, Metric, SettingName, Settings};
 
 /// The sentence every report carries, because the order changes the number.
 pub const AGGREGATION: &str =
@@ -36,27 +34,14 @@ impl SettingsReport {
     pub fn new(settings: &Settings, provenance: &Provenance) -> SettingsReport {
         SettingsReport {
             metric: metric_name(settings.metric),
-            ablation: match settings.ablation {
-                AblationKind::Mean => "mean",
-                AblationKind::Zero => "zero",
-                AblationKind::Resample => "resample",
-            },
-            edge_ablation: match settings.edge_ablation {
-                EdgeAblation::EdgeMean => "edge_mean",
-                EdgeAblation::Knockout => "knockout",
-            },
-            scope: match settings.scope {
-                Scope::Heads => "heads",
-                Scope::HeadsAndMlps => "heads_and_mlps",
-            },
+            ablation: settings.ablation.name(),
+            edge_ablation: settings.edge_ablation.name(),
+            scope: settings.scope.name(),
             reference: format!(
                 "{} ({} prompts)",
                 provenance.reference, provenance.n_reference
             ),
-            alignment: match settings.alignment {
-                Alignment::Position => "position",
-                Alignment::Label => "label",
-            },
+            alignment: settings.alignment.name(),
             aggregation: AGGREGATION,
         }
     }
@@ -144,7 +129,7 @@ fn circuit_report(
         scores,
         metrics,
         contents: Contents {
-            heads: circuit.heads.len(),
+            heads: circuit.kept_heads().len(),
             mlps: circuit.mlps.len(),
             qk_edges: circuit.qk_edges.len(),
             path_edges: circuit.path_edges.len(),

@@ -12,6 +12,12 @@
 
 mod binder;
 pub mod bound;
+mod circuits;
+pub mod diagnostics;
+mod expectations;
+mod groups;
+mod positions;
+mod settings;
 
 use std::path::Path;
 
@@ -28,6 +34,24 @@ pub trait Environment {
     /// The slot labels every prompt of the dataset defines (`S1`.. or `IO`, `S1`, `S2`);
     /// `END` and `BOS` are always available and need not be listed.
     fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String>;
+    /// Labels some prompts define but not every one (so a circuit cannot use them), each with
+    /// a prompt that lacks it, for the unknown-label help. Asked only when a label is unknown.
+    fn dataset_partial_labels(&self, _source: &DatasetSource) -> Vec<PartialLabel> {
+        Vec::new()
+    }
+    /// Whether the model's tokenizer adds a BOS token (`None`: unknown). Asked only when a file
+    /// names `BOS` or a label is unknown. Must not read weights.
+    fn tokenizer_adds_bos(&self, _source: &ModelSource) -> Option<bool> {
+        None
+    }
+}
+
+/// A label some prompts of a dataset define but not all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialLabel {
+    pub label: String,
+    /// How reports name a prompt without it: `reference prompt 0 ("1 2 3")`.
+    pub missing_from: String,
 }
 
 /// The environment of the command line: model configs from disk (or built in), dataset labels
@@ -47,6 +71,51 @@ impl Environment for RealEnvironment {
 
     fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
         crate::data::label_names(source).map_err(|e| error_chain(&e))
+    }
+
+    fn dataset_partial_labels(&self, source: &DatasetSource) -> Vec<PartialLabel> {
+        use crate::data::error::{PromptId, PromptSet};
+        let Ok(dataset) = crate::data::load(source) else {
+            return Vec::new();
+        };
+        let common = dataset.common_labels();
+        let sets = [
+            (PromptSet::Clean, &dataset.clean),
+            (PromptSet::Reference, &dataset.reference),
+        ];
+        let mut out: Vec<PartialLabel> = Vec::new();
+        for (_, records) in sets {
+            for label in records.iter().flat_map(|r| r.labels_in_order()) {
+                if common.contains(&label) || out.iter().any(|p| p.label == label) {
+                    continue;
+                }
+                let lacking = sets.iter().find_map(|(set, records)| {
+                    let index = records.iter().position(|r| !r.slots.contains_key(&label))?;
+                    Some(PromptId {
+                        set: *set,
+                        index,
+                        text: records[index].prompt.clone(),
+                    })
+                });
+                if let Some(prompt) = lacking {
+                    out.push(PartialLabel {
+                        label,
+                        missing_from: prompt.to_string(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn tokenizer_adds_bos(&self, source: &ModelSource) -> Option<bool> {
+        let tokenizer = match source {
+            ModelSource::Builtin(name) => crate::model::builtin::tokenizer(name).ok()?,
+            ModelSource::Dir(dir) => {
+                crate::model::Tokenizer::from_file(&dir.join("tokenizer.json")).ok()?
+            }
+        };
+        tokenizer.encode("a").ok().map(|encoded| encoded.has_bos)
     }
 }
 
@@ -110,7 +179,7 @@ pub fn load_file(
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut d = Diagnostics::new();
         d.push(
-            SourceDiagnostic::error("circuit::check::read", format!("cannot read {name}: {e}"))
+            SourceDiagnostic::error(diagnostics::READ, format!("cannot read {name}: {e}"))
                 .with_help("check the path; `circuit check` takes .circuit files"),
         );
         d

@@ -52,6 +52,10 @@ pub struct File {
     pub end_comments: Vec<Comment>,
     /// Whether a blank line separates the last item from `end_comments`.
     pub blank_before_end: bool,
+    /// Whether the file's lines end in CRLF (its first line break is `\r\n`): `fmt` writes
+    /// it back with CRLF.
+    #[serde(skip)]
+    pub crlf: bool,
     #[serde(skip)]
     pub span: Span,
 }
@@ -297,13 +301,19 @@ pub struct Position {
 pub enum PositionItem {
     One(Position),
     Range(Position, Position, #[serde(skip)] Span),
+    /// `..S1`: from the prompt's first token through the position.
+    UpTo(Position, #[serde(skip)] Span),
+    /// `*` as a QK edge's keys: every token of the prompt.
+    Every(#[serde(skip)] Span),
 }
 
 impl PositionItem {
     pub fn span(&self) -> Span {
         match self {
             PositionItem::One(p) => p.span.clone(),
-            PositionItem::Range(_, _, s) => s.clone(),
+            PositionItem::Range(_, _, s) | PositionItem::UpTo(_, s) | PositionItem::Every(s) => {
+                s.clone()
+            }
         }
     }
 }

@@ -213,6 +213,9 @@ impl miette::Diagnostic for SourceDiagnostic {
     }
 }
 
+/// How many warnings of one code are rendered before the rest are only counted.
+pub const WARNINGS_SHOWN_PER_CODE: usize = 20;
+
 /// Every diagnostic about one file (or several), in source order.
 #[derive(Clone, Debug, Default)]
 pub struct Diagnostics {
@@ -260,11 +263,7 @@ impl Diagnostics {
     pub fn render_for_stderr(&self) -> String {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            self.items
-                .iter()
-                .map(|d| d.render_colored(100))
-                .collect::<Vec<_>>()
-                .join("\n")
+            self.render_each(|d| d.render_colored(100))
         } else {
             self.render_plain(100)
         }
@@ -272,11 +271,35 @@ impl Diagnostics {
 
     /// Every diagnostic rendered without colour, separated by blank lines.
     pub fn render_plain(&self, width: usize) -> String {
-        self.items
-            .iter()
-            .map(|d| d.render_plain(width))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.render_each(|d| d.render_plain(width))
+    }
+
+    /// Renders every error, and the first [`WARNINGS_SHOWN_PER_CODE`] warnings of each code; a
+    /// summary line counts the warnings left out (a file with thousands of repeated heads
+    /// would otherwise print megabytes). The counts and `--json` still cover every one.
+    fn render_each(&self, render: impl Fn(&SourceDiagnostic) -> String) -> String {
+        let mut shown_per_code: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut hidden_per_code: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut parts = Vec::new();
+        for d in &self.items {
+            if !d.is_error() {
+                let shown = shown_per_code.entry(d.code.as_str()).or_default();
+                if *shown >= WARNINGS_SHOWN_PER_CODE {
+                    *hidden_per_code.entry(d.code.as_str()).or_default() += 1;
+                    continue;
+                }
+                *shown += 1;
+            }
+            parts.push(render(d));
+        }
+        let mut out = parts.join("\n");
+        for (code, hidden) in hidden_per_code {
+            out.push_str(&format!(
+                "\n... and {hidden} more `{code}` warning{} not shown (the first {WARNINGS_SHOWN_PER_CODE} are; `--json` lists every one)\n",
+                if hidden == 1 { "" } else { "s" }
+            ));
+        }
+        out
     }
 }
 
@@ -310,5 +333,65 @@ impl miette::Diagnostic for Diagnostics {
         Some(Box::new(
             self.items.iter().map(|d| d as &dyn miette::Diagnostic),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A head listed again far below its first listing: the rendering shows the two places
+    /// and their neighbours only, not the lines between.
+    fn far_apart(n: usize) -> Diagnostics {
+        let mut text = String::from("circuit c {\n");
+        let mut starts = Vec::new();
+        for _ in 0..n {
+            starts.push(text.len() + 2);
+            text.push_str("  9.1 @ END\n");
+        }
+        text.push_str("}\n");
+        let source = SourceFile::new("big.circuit", text);
+        let mut d = Diagnostics::new();
+        for &start in &starts[1..] {
+            d.push(
+                SourceDiagnostic::warning("circuit::resolve::duplicate_head", "listed twice")
+                    .with_label(start..start + 3, "again")
+                    .with_label(starts[0]..starts[0] + 3, "first listed here")
+                    .with_help("list it once"),
+            );
+        }
+        d.finish(&source)
+    }
+
+    #[test]
+    fn a_snippet_shows_the_two_places_only() {
+        let d = far_apart(200);
+        let last = d.items.last().unwrap().render_plain(100);
+        let source_lines = last.lines().filter(|l| l.contains("9.1 @ END")).count();
+        assert!(
+            source_lines <= 6,
+            "{source_lines} source lines shown:\n{last}"
+        );
+        assert!(
+            last.contains("first listed here") && last.contains("again"),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn after_twenty_warnings_of_one_code_a_line_counts_the_rest() {
+        let d = far_apart(101);
+        let out = d.render_plain(100);
+        assert_eq!(
+            out.matches("circuit::resolve::duplicate_head\n").count(),
+            20,
+            "{out}"
+        );
+        assert!(
+            out.contains("... and 80 more `circuit::resolve::duplicate_head` warnings not shown"),
+            "{out}"
+        );
+        assert_eq!(d.warning_count(), 100, "the count covers every warning");
+        assert!(out.len() < 20_000, "{} bytes", out.len());
     }
 }

@@ -11,6 +11,16 @@ use super::diagnostic::{Diagnostics, SourceFile};
 
 /// Formats a parsed file.
 pub fn format_file(file: &File) -> String {
+    let out = format_lf(file);
+    if file.crlf {
+        out.replace('\n', "\r\n")
+    } else {
+        out
+    }
+}
+
+/// The canonical text with `\n` line breaks.
+fn format_lf(file: &File) -> String {
     let mut out = String::new();
     for (i, item) in file.items.iter().enumerate() {
         if i > 0 && item.trivia.blank_before {
@@ -273,6 +283,8 @@ pub fn position_item(item: &PositionItem) -> String {
     match item {
         PositionItem::One(p) => position(p),
         PositionItem::Range(a, b, _) => format!("{}..{}", position(a), position(b)),
+        PositionItem::UpTo(b, _) => format!("..{}", position(b)),
+        PositionItem::Every(_) => "*".to_string(),
     }
 }
 

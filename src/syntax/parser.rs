@@ -139,6 +139,10 @@ impl Builder<'_> {
             items,
             end_comments: Vec::new(),
             blank_before_end: false,
+            crlf: self
+                .text
+                .find('\n')
+                .is_some_and(|i| self.text[..i].ends_with('\r')),
             span,
         }
     }
@@ -438,6 +442,14 @@ impl Builder<'_> {
 
     fn position_item(&mut self, pair: Pair<Rule>) -> PositionItem {
         let span = self.trimmed(&pair);
+        if pair.as_rule() == Rule::all_positions {
+            return PositionItem::Every(span);
+        }
+        let first = pair.clone().into_inner().next();
+        if let Some(up_to) = first.filter(|p| p.as_rule() == Rule::up_to) {
+            let end = up_to.into_inner().next().unwrap();
+            return PositionItem::UpTo(self.position(end), span);
+        }
         let mut ends: Vec<Position> = pair.into_inner().map(|p| self.position(p)).collect();
         if ends.len() == 2 {
             let b = ends.pop().unwrap();
@@ -658,6 +670,7 @@ pub fn readable_rule(rule: Rule) -> &'static str {
         Rule::group_ref => "a group name",
         Rule::layer_list => "an MLP layer",
         Rule::qk_pair => "`KEY -> QUERY`",
+        Rule::up_to => "a range like `..S1`",
         Rule::component_list => "a head, a group or `mlp L`",
         Rule::logits => "`logits`",
         Rule::head_input_ref => "a head input like `9.1.q`",
@@ -774,6 +787,13 @@ pub fn pest_error_to_diagnostic(err: &pest::error::Error<Rule>, text: &str) -> S
             expected.extend(punctuation);
         }
     }
+    // `..` can start a position (`..S1`); where a position is expected, naming it says that.
+    let position_named = [Rule::positions, Rule::position_item, Rule::position]
+        .iter()
+        .any(|r| expected.iter().any(|e| e == readable_rule(*r)));
+    if position_named {
+        expected.retain(|e| e != "`..`");
+    }
     offset = skip_trivia(text, offset.min(text.len()));
     // Keywords appear both as rules and as literals; show each once, in a stable order.
     expected.sort();
@@ -794,6 +814,11 @@ pub fn pest_error_to_diagnostic(err: &pest::error::Error<Rule>, text: &str) -> S
 
 fn syntax_hint(expected: &[String], found: &str) -> Option<String> {
     let has = |s: &str| expected.iter().any(|e| e == s);
+    if !found.is_ascii() {
+        return Some(format!(
+            "names are ASCII: a letter or `_`, then letters, digits and `_`; {found} has a character outside ASCII"
+        ));
+    }
     if found == "end of file" && has("`}`") {
         return Some("a circuit's body ends with `}`".to_string());
     }

@@ -32,9 +32,59 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The candidate closest to `word`, if any is close: one edit away, or similar by
+/// Jaro-Winkler (≥ 0.8). Ties go to the fewer edits, then the more similar, then the candidate
+/// whose trailing number is nearest (`S5` → `S4`). `word` itself is never suggested.
+///
+/// Every "did you mean" of the tool goes through here, so that names are suggested alike in
+/// every stage.
+pub fn did_you_mean<'n>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'n str>,
+) -> Option<String> {
+    fn trailing_number(s: &str) -> Option<i64> {
+        let digits: String = s.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+        digits.chars().rev().collect::<String>().parse().ok()
+    }
+    let target = trailing_number(word);
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| {
+            let distance = strsim::levenshtein(word, c);
+            let similarity = strsim::jaro_winkler(word, c);
+            let number_gap = match (target, trailing_number(c)) {
+                (Some(a), Some(b)) => (a - b).unsigned_abs(),
+                _ => u64::MAX,
+            };
+            (distance, similarity, number_gap, c)
+        })
+        .filter(|(distance, similarity, _, _)| *distance <= 1 || *similarity >= 0.8)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)))
+        .map(|(_, _, _, c)| c.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn did_you_mean_prefers_one_edit_then_the_nearest_number() {
+        assert_eq!(
+            did_you_mean("S5", ["S1", "S4", "S6"]),
+            Some("S4".to_string())
+        );
+        assert_eq!(
+            did_you_mean("logit_dif", ["logit_diff", "prob"]),
+            Some("logit_diff".to_string())
+        );
+        assert_eq!(did_you_mean("xyz", ["logit_diff", "prob"]), None);
+        assert_eq!(
+            did_you_mean("S1", ["S1"]),
+            None,
+            "the word itself is not a suggestion"
+        );
+    }
 
     #[test]
     fn writes_and_replaces_the_contents() {

@@ -169,6 +169,8 @@ fn check_item(item: &PositionItem, parent: &Span) {
             check_position(a, s);
             check_position(b, s);
         }
+        PositionItem::UpTo(b, s) => check_position(b, s),
+        PositionItem::Every(_) => {}
     }
 }
 

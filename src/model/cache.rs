@@ -1,0 +1,181 @@
+//! What a forward pass keeps: the [`ActivationCache`] a caller asked for, and the
+//! [`ComponentOutputs`] the path-edge hooks read while the pass runs. One [`Recorder`] fills
+//! both from the blocks' traces (`blocks.rs`), so there is one place that decides what is kept.
+
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3};
+
+use super::blocks::{AttentionTrace, MlpTrace};
+use super::interventions::ComponentOutputs;
+
+/// Every intermediate of a forward pass. Prompts are right-padded to `T`; rows past a prompt's
+/// length are padding.
+#[derive(Debug)]
+pub struct ActivationCache {
+    pub layers: Vec<LayerCache>,
+    /// Token (+ learned position) embedding, `(B, T, D)`.
+    pub embed: Array3<f32>,
+    /// The residual stream the unembedding reads, before the final norm, `(B, T, D)` (after
+    /// [`Interventions::unembed_input`](super::Interventions::unembed_input)).
+    pub resid_final: Array3<f32>,
+}
+
+/// One layer's intermediates, as actually used by the forward (after interventions).
+#[derive(Debug)]
+pub struct LayerCache {
+    /// `(B, T, D)`
+    pub resid_pre: Array3<f32>,
+    /// `(B, T, H, d)`, after rotary for Llama.
+    pub q: Array4<f32>,
+    /// `(B, T, Hkv, d)`, after rotary. Under grouped-query attention with a per-head
+    /// [`Interventions::head_input`](super::Interventions::head_input) edit, the value seen by
+    /// the first query head of each group.
+    pub k: Array4<f32>,
+    /// `(B, T, Hkv, d)` (same caveat as `k`).
+    pub v: Array4<f32>,
+    /// `(B, T, H, d)`: the values indexed by query head, as the attention used them (under
+    /// grouped-query attention each key/value head repeated for the query heads sharing it;
+    /// the `v` handed to [`Interventions::edit_z`](super::Interventions::edit_z)).
+    pub v_by_query_head: Array4<f32>,
+    /// `(B, H, T, T)` scaled, causally masked (`-inf`), after
+    /// [`Interventions::edit_scores`](super::Interventions::edit_scores).
+    pub scores: Array4<f32>,
+    /// `(B, H, T, T)` softmax of `scores` (all-zero rows where no score is finite).
+    pub pattern: Array4<f32>,
+    /// `(B, T, H, d)` after [`Interventions::edit_z`](super::Interventions::edit_z).
+    pub z: Array4<f32>,
+    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias.
+    pub head_out: Array4<f32>,
+    /// `(B, T, D)`: the attention output including its bias.
+    pub attn_out: Array3<f32>,
+    /// `(B, T, D)`: `resid_pre + attn_out`.
+    pub resid_mid: Array3<f32>,
+    /// `(B, T, D)` after [`Interventions::edit_mlp_out`](super::Interventions::edit_mlp_out).
+    pub mlp_out: Array3<f32>,
+    /// `(B, T, D)`: `resid_mid + mlp_out`.
+    pub resid_post: Array3<f32>,
+}
+
+/// Collects, layer by layer, what the caller and the hooks need of a forward pass: the
+/// component outputs when the hooks ask for them, the activation cache when the caller does.
+/// Blocks hand it their traces; it keeps what is wanted and the rest is dropped.
+pub(crate) struct Recorder {
+    want_cache: bool,
+    record_outputs: bool,
+    /// `(B, T)` of the batch, to see `(N, ·)` rows as prompts.
+    batch: usize,
+    seq: usize,
+    /// Key/value heads are shared by groups of this many query heads.
+    group: usize,
+    embed: Array3<f32>,            // (B, T, D)
+    head_outs: Vec<Array4<f32>>,   // per finished layer (B, T, H, D)
+    attn_biases: Vec<Array1<f32>>, // per finished layer (D,)
+    mlp_outs: Vec<Array3<f32>>,    // per finished layer (B, T, D)
+    layers: Vec<LayerCache>,
+}
+
+impl Recorder {
+    /// `embed` `(N, D)`: the embedding rows, which every hook sees in [`ComponentOutputs`].
+    pub(crate) fn new(
+        embed: &Array2<f32>,
+        batch: usize,
+        seq: usize,
+        group: usize,
+        want_cache: bool,
+        record_outputs: bool,
+    ) -> Recorder {
+        Recorder {
+            want_cache,
+            record_outputs,
+            batch,
+            seq,
+            group,
+            embed: rows_as_prompts(embed, batch, seq).to_owned(), // (B, T, D)
+            head_outs: Vec::new(),
+            attn_biases: Vec::new(),
+            mlp_outs: Vec::new(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// The component outputs written so far, for the path-edge hooks.
+    pub(crate) fn outputs(&self) -> ComponentOutputs<'_> {
+        ComponentOutputs {
+            embed: self.embed.view(),
+            head_out: &self.head_outs,
+            attn_bias: &self.attn_biases,
+            mlp_out: &self.mlp_outs,
+        }
+    }
+
+    /// Whether the attention block must compute each head's own write `z_h · W_O^h`.
+    pub(crate) fn wants_head_outputs(&self) -> bool {
+        self.want_cache || self.record_outputs
+    }
+
+    /// After a layer's attention block: its heads' outputs join the component outputs.
+    pub(crate) fn attention_done(&mut self, attention: &AttentionTrace, o_bias: &Array1<f32>) {
+        if self.record_outputs {
+            let head_out = attention.head_out.as_ref();
+            self.head_outs
+                .push(head_out.expect("computed when recording").clone());
+            self.attn_biases.push(o_bias.clone());
+        }
+    }
+
+    /// After a layer's MLP block: its output joins the component outputs, and the layer's
+    /// intermediates the cache (residual streams `(N, D)`).
+    pub(crate) fn layer_done(
+        &mut self,
+        resid_pre: &Array2<f32>,
+        attention: AttentionTrace,
+        resid_mid: &Array2<f32>,
+        mlp: MlpTrace,
+        resid_post: &Array2<f32>,
+    ) {
+        if self.record_outputs {
+            self.mlp_outs.push(mlp.out.clone());
+        }
+        if !self.want_cache {
+            return;
+        }
+        let group = self.group;
+        // The key/value head g is stored at query head g·group (its first user).
+        let kv_heads = |a: &Array4<f32>| a.slice(s![.., .., ..;group, ..]).to_owned();
+        self.layers.push(LayerCache {
+            resid_pre: self.to3(resid_pre),
+            k: kv_heads(&attention.k),
+            v: kv_heads(&attention.v),
+            v_by_query_head: attention.v,
+            q: attention.q,
+            scores: attention.scores,
+            pattern: attention.pattern,
+            z: attention.z,
+            head_out: attention.head_out.expect("computed for the cache"),
+            attn_out: self.to3(&attention.out),
+            resid_mid: self.to3(resid_mid),
+            mlp_out: mlp.out,
+            resid_post: self.to3(resid_post),
+        });
+    }
+
+    /// The cache, if one was asked for; `resid_final` `(N, D)` is what the unembedding read.
+    pub(crate) fn finish(self, resid_final: &Array2<f32>) -> Option<ActivationCache> {
+        self.want_cache.then(|| ActivationCache {
+            resid_final: self.to3(resid_final),
+            layers: self.layers,
+            embed: self.embed,
+        })
+    }
+
+    /// `(N, D)` rows as a `(B, T, D)` copy.
+    fn to3(&self, rows: &Array2<f32>) -> Array3<f32> {
+        rows_as_prompts(rows, self.batch, self.seq).to_owned()
+    }
+}
+
+/// `(N, W)` rows as `(B, T, W)`, without a copy (rows are batch-major).
+pub(crate) fn rows_as_prompts(rows: &Array2<f32>, batch: usize, seq: usize) -> ArrayView3<'_, f32> {
+    rows.view()
+        .into_shape_with_order((batch, seq, rows.ncols()))
+        .expect("rows are B·T")
+}

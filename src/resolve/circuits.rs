@@ -1,0 +1,388 @@
+//! Circuits: `extends` chains, node and edge statements, overrides and `drop`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::binder::{backticked, Binder, NamedHead};
+use super::bound::*;
+use super::diagnostics as code;
+use crate::data::positions::{PositionItem as BItem, PositionSet};
+use crate::model::HeadInput;
+use crate::syntax::ast::{self, Span};
+use crate::syntax::SourceDiagnostic;
+use crate::util::did_you_mean;
+
+/// State of a circuit while its statements are applied.
+#[derive(Clone, Default)]
+struct CircuitState {
+    heads: BTreeMap<HeadId, PositionSet>,
+    mlps: BTreeMap<usize, PositionSet>,
+    qk_edges: Vec<QkEdge>,
+    path_edges: Vec<PathEdge>,
+}
+
+impl<'a> Binder<'a> {
+    pub(super) fn circuits(&mut self, file: &'a ast::File) -> Vec<BoundCircuit> {
+        let mut defs: Vec<(&ast::Circuit, Span)> = Vec::new();
+        for item in &file.items {
+            if let ast::ItemKind::Circuit(c) = &item.kind {
+                if c.name.name == "full" || c.name.name == "empty" {
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::RESERVED_NAME,
+                            format!("`{}` cannot name a circuit", c.name.name),
+                        )
+                        .with_label(c.name.span.clone(), "reserved")
+                        .with_help("`full` and `empty` name the full model and the empty circuit in expectations (`full.logit_diff`); choose another name"),
+                    );
+                }
+                if let Some(&prev) = self.circuit_names.get(&c.name.name) {
+                    let prev_span = defs[prev].0.name.span.clone();
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::DUPLICATE_CIRCUIT,
+                            format!("the circuit `{}` is defined twice", c.name.name),
+                        )
+                        .with_label(c.name.span.clone(), "defined again here")
+                        .with_label(prev_span, "first defined here")
+                        .with_help("circuit names must be unique in a file; a variant can be `circuit NEW extends OLD`"),
+                    );
+                } else {
+                    self.circuit_names.insert(c.name.name.clone(), defs.len());
+                }
+                defs.push((c, item.span.clone()));
+            }
+        }
+        let mut states: Vec<Option<Option<CircuitState>>> = vec![None; defs.len()];
+        let mut out = Vec::new();
+        for i in 0..defs.len() {
+            let mut stack = Vec::new();
+            let state = self.circuit_state(i, &defs, &mut states, &mut stack);
+            let (circuit, span) = &defs[i];
+            let expectations = circuit
+                .body
+                .iter()
+                .filter_map(|st| match &st.kind {
+                    ast::StatementKind::Expect {
+                        lhs,
+                        comparison,
+                        rhs,
+                    } => Some(self.expectation(lhs, *comparison, rhs, st.span.clone())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            let state = state.unwrap_or_default();
+            out.push(BoundCircuit {
+                name: circuit.name.name.clone(),
+                heads: state.heads,
+                mlps: state.mlps,
+                qk_edges: state.qk_edges,
+                path_edges: state.path_edges,
+                expectations: expectations.into_iter().flatten().collect(),
+                span: span.clone(),
+            });
+        }
+        out
+    }
+
+    /// The heads, MLPs and edges of circuit `i`, following `extends` (memoized; `stack`
+    /// holds the circuits being built, to report cycles).
+    fn circuit_state(
+        &mut self,
+        i: usize,
+        defs: &[(&'a ast::Circuit, Span)],
+        states: &mut Vec<Option<Option<CircuitState>>>,
+        stack: &mut Vec<usize>,
+    ) -> Option<CircuitState> {
+        if let Some(done) = &states[i] {
+            return done.clone();
+        }
+        let circuit = defs[i].0;
+        stack.push(i);
+        let mut state = CircuitState::default();
+        if let Some(base) = &circuit.base {
+            match self.circuit_names.get(&base.name).copied() {
+                None => {
+                    let mut names: Vec<String> = Vec::new();
+                    for def in defs {
+                        if !names.contains(&def.0.name.name) {
+                            names.push(def.0.name.name.clone());
+                        }
+                    }
+                    let mut d = SourceDiagnostic::error(
+                        code::UNKNOWN_CIRCUIT,
+                        format!("no circuit named `{}`", base.name),
+                    )
+                    .with_label(base.span.clone(), "extends an undefined circuit");
+                    d = match did_you_mean(&base.name, names.iter().map(|s| s.as_str())) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d.with_help(format!(
+                            "a circuit can extend any circuit of the same file: {}",
+                            backticked(&names)
+                        )),
+                    };
+                    self.error(d);
+                }
+                Some(b) if stack.contains(&b) => {
+                    let from = stack.iter().position(|&x| x == b).unwrap_or(0);
+                    let cycle: Vec<String> = stack[from..]
+                        .iter()
+                        .chain(std::iter::once(&b))
+                        .map(|&x| defs[x].0.name.name.clone())
+                        .collect();
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::EXTENDS_CYCLE,
+                            format!("`extends` forms a cycle: {}", cycle.join(" → ")),
+                        )
+                        .with_label(base.span.clone(), "closes the cycle")
+                        .with_help("a circuit cannot extend itself, directly or through others"),
+                    );
+                }
+                Some(b) => {
+                    if let Some(base_state) = self.circuit_state(b, defs, states, stack) {
+                        state = base_state;
+                    }
+                }
+            }
+        }
+        self.apply_statements(circuit, &mut state);
+        stack.pop();
+        states[i] = Some(Some(state.clone()));
+        Some(state)
+    }
+
+    fn apply_statements(&mut self, circuit: &ast::Circuit, state: &mut CircuitState) {
+        // Heads and MLPs named in this circuit (first span), for overrides and the
+        // listed-twice warning.
+        let mut named_heads: HashMap<HeadId, Span> = HashMap::new();
+        let mut named_mlps: HashMap<usize, Span> = HashMap::new();
+        let mut own_edges: Vec<(QkEdge, Span, Span)> = Vec::new();
+        for st in &circuit.body {
+            match &st.kind {
+                ast::StatementKind::HeadNode { heads, positions } => {
+                    let set = self.positions(positions.as_ref());
+                    let expanded: Vec<NamedHead> =
+                        heads.iter().flat_map(|a| self.expand_atom(a)).collect();
+                    for (head, span) in expanded {
+                        if let Some(first) = named_heads.get(&head) {
+                            let first = first.clone();
+                            self.error(
+                                SourceDiagnostic::warning(
+                                    code::DUPLICATE_HEAD,
+                                    format!("head {head} is listed twice in circuit `{}`", circuit.name.name),
+                                )
+                                .with_label(span.clone(), format!("{head} again"))
+                                .with_label(first, "first listed here")
+                                .with_help("its positions are the union of both; list each head once to make that explicit"),
+                            );
+                            let merged = union(state.heads.get(&head), &set);
+                            state.heads.insert(head, merged);
+                        } else {
+                            named_heads.insert(head, span);
+                            state.heads.insert(head, set.clone());
+                        }
+                    }
+                }
+                ast::StatementKind::MlpNode { layers, positions } => {
+                    let set = self.positions(positions.as_ref());
+                    for sel in layers {
+                        for layer in self.expand_layers(sel) {
+                            if let Some(first) = named_mlps.get(&layer) {
+                                let first = first.clone();
+                                self.error(
+                                    SourceDiagnostic::warning(
+                                        code::DUPLICATE_MLP,
+                                        format!(
+                                            "MLP {layer} is listed twice in circuit `{}`",
+                                            circuit.name.name
+                                        ),
+                                    )
+                                    .with_label(sel.span(), format!("MLP {layer} again"))
+                                    .with_label(first, "first listed here")
+                                    .with_help("its positions are the union of both"),
+                                );
+                                let merged = union(state.mlps.get(&layer), &set);
+                                state.mlps.insert(layer, merged);
+                            } else {
+                                named_mlps.insert(layer, sel.span());
+                                state.mlps.insert(layer, set.clone());
+                            }
+                        }
+                    }
+                }
+                ast::StatementKind::QkEdge { heads, pairs } => {
+                    let expanded: Vec<NamedHead> =
+                        heads.iter().flat_map(|a| self.expand_atom(a)).collect();
+                    let bound_pairs: Vec<(BItem, BItem, Span, Span)> = pairs
+                        .iter()
+                        .map(|p| {
+                            (
+                                self.position_item(&p.key),
+                                self.position_item(&p.query),
+                                p.key.span(),
+                                p.query.span(),
+                            )
+                        })
+                        .collect();
+                    for (head, _) in &expanded {
+                        for (keys, queries, key_span, query_span) in &bound_pairs {
+                            let edge = QkEdge {
+                                head: *head,
+                                keys: keys.clone(),
+                                queries: queries.clone(),
+                                span: st.span.clone(),
+                            };
+                            own_edges.push((edge.clone(), key_span.clone(), query_span.clone()));
+                            state.qk_edges.push(edge);
+                        }
+                    }
+                }
+                ast::StatementKind::PathEdge {
+                    from,
+                    to,
+                    positions,
+                } => {
+                    let ups: Vec<(Upstream, Span)> =
+                        from.iter().flat_map(|c| self.expand_component(c)).collect();
+                    let downs = self.expand_downstream(to);
+                    let set = self.positions(positions.as_ref());
+                    let mut reported = false;
+                    for (up, up_span) in &ups {
+                        for down in &downs {
+                            if !reported
+                                && !down.reads(
+                                    *up,
+                                    self.config.as_ref().map(|c| c.residual).unwrap_or_default(),
+                                )
+                            {
+                                reported = true;
+                                self.error(
+                                    SourceDiagnostic::error(
+                                        code::BACKWARD_EDGE,
+                                        format!(
+                                            "the edge from {} to {} goes backwards",
+                                            up,
+                                            down
+                                        ),
+                                    )
+                                    .with_label(up_span.clone(), "runs after")
+                                    .with_label(to.span(), "this input")
+                                    .with_help("a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)"),
+                                );
+                            }
+                            state.path_edges.push(PathEdge {
+                                from: *up,
+                                to: *down,
+                                positions: set.clone(),
+                                span: st.span.clone(),
+                            });
+                        }
+                    }
+                }
+                ast::StatementKind::Drop(items) => {
+                    for c in items {
+                        for (up, span) in self.expand_component(c) {
+                            let present = match up {
+                                Upstream::Head(h) => {
+                                    state.qk_edges.retain(|e| e.head != h);
+                                    state.heads.remove(&h).is_some()
+                                }
+                                Upstream::Mlp(l) => state.mlps.remove(&l).is_some(),
+                            };
+                            state.path_edges.retain(|e| e.from != up);
+                            if !present {
+                                self.error(
+                                    SourceDiagnostic::warning(
+                                        code::DROP_MISSING,
+                                        format!(
+                                            "`drop` has no effect: {} is not in the circuit at this point",
+                                            up
+                                        ),
+                                    )
+                                    .with_label(span, "not in the circuit")
+                                    .with_help("`drop` removes what the base circuit or an earlier statement kept; check the name, or delete the statement"),
+                                );
+                            }
+                        }
+                    }
+                }
+                ast::StatementKind::Expect { .. } => {}
+            }
+        }
+        // One report per `KEY -> QUERY` pair, however many heads the statement names.
+        let mut checked = std::collections::HashSet::new();
+        for (edge, key_span, query_span) in own_edges {
+            if checked.insert((key_span.start, query_span.start)) {
+                self.check_key_order(&edge, key_span, query_span);
+            }
+        }
+    }
+
+    /// A key after its query carries nothing under the causal mask. When that holds in every
+    /// prompt whatever its tokens (the key's first position and the query's last share an anchor
+    /// and the key's offset is larger), it is an error here; where it depends on the prompt, the
+    /// plan checks it per prompt (`plan::edge_order`).
+    fn check_key_order(&mut self, edge: &QkEdge, key_span: Span, query_span: Span) {
+        let first_key = match &edge.keys {
+            BItem::One(p) | BItem::Range(p, _) => p,
+        };
+        let last_query = match &edge.queries {
+            BItem::One(p) | BItem::Range(_, p) => p,
+        };
+        if first_key.anchor == last_query.anchor && first_key.offset > last_query.offset {
+            self.error(
+                SourceDiagnostic::error(
+                    code::KEY_AFTER_QUERY,
+                    format!(
+                        "this edge through {} carries nothing: its key `{}` comes after its query `{}` in every prompt",
+                        edge.head,
+                        &self.text[key_span.clone()],
+                        &self.text[query_span.clone()]
+                    ),
+                )
+                .with_label(key_span, "after the query")
+                .with_label(query_span, "the query")
+                .with_help("attention is causal: a query reads keys at or before itself; swap them (`edge HEAD: KEY -> QUERY`)"),
+            );
+        }
+    }
+
+    fn expand_downstream(&mut self, to: &ast::Downstream) -> Vec<Downstream> {
+        match to {
+            ast::Downstream::Logits(_) => vec![Downstream::Logits],
+            ast::Downstream::Mlp(sel, _) => self
+                .expand_layers(sel)
+                .into_iter()
+                .map(Downstream::Mlp)
+                .collect(),
+            ast::Downstream::HeadInput { heads, input, .. } => {
+                let input = match input {
+                    ast::HeadInputKw::Q => HeadInput::Q,
+                    ast::HeadInputKw::K => HeadInput::K,
+                    ast::HeadInputKw::V => HeadInput::V,
+                };
+                self.expand_atom(heads)
+                    .into_iter()
+                    .map(|(h, _)| Downstream::Head(h, input))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The union of a head's kept positions with more positions.
+fn union(existing: Option<&PositionSet>, more: &PositionSet) -> PositionSet {
+    match (existing, more) {
+        (Some(PositionSet::All), _) | (_, PositionSet::All) => PositionSet::All,
+        (Some(PositionSet::Items(a)), PositionSet::Items(b)) => {
+            let mut items = a.clone();
+            for item in b {
+                if !items.contains(item) {
+                    items.push(item.clone());
+                }
+            }
+            PositionSet::Items(items)
+        }
+        (None, set) => set.clone(),
+    }
+}
