@@ -269,6 +269,7 @@ impl Transformer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::linalg::matmul;
     use super::*;
 
     #[test]
