@@ -13,8 +13,12 @@ use std::time::Instant;
 use circuit::data::positions::{PositionItem, PositionSet};
 use circuit::measure::{AblationSettings, EvalPrompts, Evaluator, Targets};
 use circuit::model::{ForwardOptions, Model, NoInterventions};
-use circuit::plan::{FixedPositions, PromptPositions};
+use circuit::plan::PromptPositions;
+
+#[path = "../tests/eval_support/fixed_positions.rs"]
+mod fixed_positions;
 use circuit::resolve::bound::{AblationKind, BoundCircuit, EdgeAblation, HeadId, QkEdge, Scope};
+use fixed_positions::FixedPositions;
 use rand::{Rng, SeedableRng};
 
 const PROMPTS: usize = 64;
@@ -127,7 +131,7 @@ fn bench(dir: &std::path::Path) {
             targets: targets.clone(),
             positions: positions
                 .iter()
-                .map(|p| p as &dyn PromptPositions)
+                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
                 .collect(),
         };
         let mut evaluator = Evaluator::new(&model, settings, prompts, reference.clone());

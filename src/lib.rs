@@ -10,9 +10,12 @@
 //!
 //! `data` (datasets and labelled positions) and `model` (the transformer) are the two inputs
 //! every stage after `syntax` is bound against.
+//!
+//! The command line (`src/cli/`, argument parsing and printing) belongs to the `circuit`
+//! binary, not to this library; a command that evaluates circuits opens a
+//! [`measure::Session`] (docs/architecture.md).
 
 pub mod ablate;
-pub mod cli;
 pub mod data;
 pub mod measure;
 pub mod model;

@@ -1,10 +1,12 @@
 //! The `circuit` command line: argument parsing and dispatch only; each subcommand lives in
-//! `circuit::cli`.
+//! `cli/` (argument parsing and printing; the work is done by the `circuit` library). The CLI
+//! is part of the binary, not of the library's API.
 
 use std::process::ExitCode;
 
-use circuit::cli;
 use clap::{Parser, Subcommand};
+
+mod cli;
 
 /// Circuit hypotheses as .circuit files, evaluated for faithfulness on a real transformer.
 #[derive(Parser, Debug)]

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use circuit::measure::file::{run_file, FileRun, RunOptions};
+use circuit::measure::file::{run_file, FileRun};
+use circuit::measure::SessionOptions;
 use circuit::measure::{PromptMetrics, ALL_METRICS};
 use circuit::resolve::RealEnvironment;
 use circuit::resolve::{resolve_source, ResolveOptions};
@@ -24,7 +25,7 @@ fn run(source: &str) -> miette::Result<FileRun> {
         &ResolveOptions::default(),
     )
     .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
-    run_file(&resolved.file, &[], RunOptions::default())
+    run_file(&resolved.file, &[], SessionOptions::default())
 }
 
 /// Nodes, QK edges and path edges, with the heads that move the last member (see

@@ -310,3 +310,30 @@ fn diff_against_a_git_revision() {
         "{out}"
     );
 }
+
+#[test]
+fn format_flag_and_its_aliases_print_the_same_bytes() {
+    let file = fixture("friends.circuit");
+    let file = file.to_str().unwrap();
+    for (format, alias) in [
+        ("json", Some("--json")),
+        ("markdown", Some("--markdown")),
+        ("text", None),
+    ] {
+        let by_format = run(&["eval", file, "--format", format], "2");
+        assert!(by_format.status.success(), "{}", stderr(&by_format));
+        let by_alias = match alias {
+            Some(flag) => run(&["eval", file, flag], "2"),
+            None => run(&["eval", file], "2"),
+        };
+        assert_eq!(stdout(&by_format), stdout(&by_alias), "--format {format}");
+    }
+    // Two formats at once is a usage error, not a silent choice.
+    let both = run(&["eval", file, "--format", "text", "--json"], "2");
+    assert_eq!(both.status.code(), Some(2), "{}", stdout(&both));
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+}

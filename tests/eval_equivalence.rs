@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use circuit::measure::file::{run_file, RunOptions};
+use circuit::measure::file::run_file;
+use circuit::measure::SessionOptions;
 use circuit::measure::ALL_METRICS;
 use circuit::resolve::RealEnvironment;
 use circuit::resolve::{resolve_source, ResolveOptions};
@@ -31,7 +32,7 @@ fn per_prompt(text: &str, circuit: &str) -> Vec<Vec<f64>> {
     let run = run_file(
         &resolved.file,
         &[circuit.to_string()],
-        RunOptions::default(),
+        SessionOptions::default(),
     )
     .unwrap();
     let metrics = run.evaluation.circuit(circuit).unwrap();

@@ -27,7 +27,9 @@ fn stories() -> Setup {
 
 fn gpt2() -> Setup {
     let model = Model::load(&gpt2_tiny_dir()).unwrap();
-    let data = random_data(300, 8, 6, 5, 11);
+    let mut data = random_data(300, 8, 6, 5, 11);
+    // Resample pairs one-to-one: the sixth prompt gets a copy of the first reference prompt.
+    data.reference.push(data.reference[0].clone());
     Setup { model, data }
 }
 
@@ -80,13 +82,7 @@ fn settings(ablation: AblationKind, edge_ablation: EdgeAblation, scope: Scope) -
 
 /// Evaluates circuits in a fresh evaluator (no memo shared with other calls).
 fn evaluate(setup: &Setup, settings: AblationSettings, circuits: &[&BoundCircuit]) -> Evaluation {
-    let positions: Vec<&dyn PromptPositions> =
-        setup.data.positions.iter().map(|p| p as _).collect();
-    let prompts = EvalPrompts {
-        ids: setup.data.clean.clone(),
-        targets: setup.data.targets.clone(),
-        positions,
-    };
+    let prompts = setup.data.eval_prompts();
     let mut evaluator = Evaluator::new(
         &setup.model,
         settings,
@@ -287,13 +283,7 @@ fn stories_knockout_keeps_the_node_with_every_edge_but_not_without() {
 #[test]
 fn one_circuit_costs_four_forward_passes() {
     let setup = stories();
-    let positions: Vec<&dyn PromptPositions> =
-        setup.data.positions.iter().map(|p| p as _).collect();
-    let prompts = EvalPrompts {
-        ids: setup.data.clean.clone(),
-        targets: setup.data.targets.clone(),
-        positions,
-    };
+    let prompts = setup.data.eval_prompts();
     let s = settings(
         AblationKind::Mean,
         EdgeAblation::EdgeMean,
@@ -397,13 +387,7 @@ fn results_and_reference_values_are_cached_on_disk_by_content() {
     let c = circuit_named(&setup, text, "c");
     let other = circuit_named(&setup, text, "other");
     let run = |circuit: &BoundCircuit, expect_passes: usize| {
-        let positions: Vec<&dyn PromptPositions> =
-            setup.data.positions.iter().map(|p| p as _).collect();
-        let prompts = EvalPrompts {
-            ids: setup.data.clean.clone(),
-            targets: setup.data.targets.clone(),
-            positions,
-        };
+        let prompts = setup.data.eval_prompts();
         let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
         evaluator.disk_cache = Some(cache.path().to_path_buf());
         let evaluation = evaluator.evaluate(&[circuit]).unwrap();

@@ -13,11 +13,15 @@ use std::path::Path;
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use circuit::measure::{mean, AblationSettings, EvalPrompts, Evaluator, Targets};
 use circuit::model::{HeadInput, Model};
-use circuit::plan::{FixedPositions, PromptPositions};
+use circuit::plan::PromptPositions;
+
+#[path = "eval_support/fixed_positions.rs"]
+mod fixed_positions;
 use circuit::resolve::bound::{
     AblationKind, BoundCircuit, Downstream, EdgeAblation, HeadId, Metric, PathEdge, QkEdge, Scope,
     Upstream,
 };
+use fixed_positions::FixedPositions;
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;
@@ -205,7 +209,7 @@ fn check_fixture(name: &str) {
         targets,
         positions: positions
             .iter()
-            .map(|p| p as &dyn PromptPositions)
+            .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
             .collect(),
     };
     let mut evaluator = Evaluator::new(&model, settings, prompts, reference);

@@ -17,7 +17,6 @@
 //! positions, so the forward hooks read them unchanged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
 use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, Axis, Dimension, RemoveAxis};
 
@@ -25,113 +24,9 @@ use super::reference::{
     accumulate, accumulate_edge_term, LayerActivations, ReferenceError, ReferenceNeeds,
     ReferenceValues,
 };
-use crate::data::tokenized::SlotTokens;
+use crate::data::slots::{PromptSlots, Slot};
+use crate::data::{check_reference_lengths, Pairing};
 use crate::resolve::bound::{AblationKind, HeadId};
-
-/// The label name END has as an anchor.
-pub const END_LABEL: &str = "END";
-
-/// What a slot is measured from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SlotAnchor {
-    /// The prompt's first token (BOS when there is one): for tokens before the first label.
-    Start,
-    /// A labelled token (a slot's last token, or END).
-    Label(String),
-}
-
-/// A token position under label alignment: an anchor and a non-negative offset from it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Slot {
-    pub anchor: SlotAnchor,
-    pub offset: usize,
-}
-
-impl fmt::Display for Slot {
-    /// `S1`, `S1+2`, `END`, `start`, `start+3`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.anchor {
-            SlotAnchor::Start => write!(f, "start")?,
-            SlotAnchor::Label(name) => write!(f, "{name}")?,
-        }
-        if self.offset > 0 {
-            write!(f, "+{}", self.offset)?;
-        }
-        Ok(())
-    }
-}
-
-/// Which of several labels on one token names it: END first, then by name (byte order).
-fn tie_rank(name: &str) -> (bool, &str) {
-    (name != END_LABEL, name)
-}
-
-/// The slot of every token of a tokenized prompt of `len` tokens, from its label map (each
-/// label anchors at its slot's last token): what `align by label` and `circuit dataset inspect`
-/// both use.
-pub fn slots_of_prompt(len: usize, labels: &BTreeMap<String, SlotTokens>) -> Vec<Slot> {
-    let anchors: Vec<(String, usize)> = labels
-        .iter()
-        .map(|(name, tokens)| (name.clone(), tokens.last))
-        .collect();
-    assign_slots(len, &anchors)
-}
-
-/// The slot of every token of a prompt of `len` tokens whose labels sit at the given token
-/// indices (`(name, index)`, END excluded: it is added at `len − 1`). Labels at or beyond `len`
-/// are ignored.
-pub fn assign_slots(len: usize, labels: &[(String, usize)]) -> Vec<Slot> {
-    // The name of the label that anchors each labelled token index.
-    let mut anchor_at: BTreeMap<usize, &str> = BTreeMap::new();
-    let end = len.checked_sub(1).map(|end| (END_LABEL, end));
-    for (name, index) in labels
-        .iter()
-        .map(|(n, i)| (n.as_str(), *i))
-        .chain(end)
-        .filter(|(_, i)| *i < len)
-    {
-        let winner = anchor_at.entry(index).or_insert(name);
-        if tie_rank(name) < tie_rank(winner) {
-            *winner = name;
-        }
-    }
-    let mut slots = Vec::with_capacity(len);
-    let mut current = Slot {
-        anchor: SlotAnchor::Start,
-        offset: 0,
-    };
-    for t in 0..len {
-        if let Some(name) = anchor_at.get(&t) {
-            current = Slot {
-                anchor: SlotAnchor::Label(name.to_string()),
-                offset: 0,
-            };
-        } else if t > 0 {
-            current.offset += 1;
-        }
-        slots.push(current.clone());
-    }
-    slots
-}
-
-/// One prompt's slots, with the name errors use for it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PromptSlots {
-    /// How errors name the prompt, e.g. `prompt 3 ("When Mary ...")`.
-    pub name: String,
-    /// The slot of each token, `(T,)`.
-    pub slots: Vec<Slot>,
-}
-
-impl PromptSlots {
-    /// See [`assign_slots`] for `labels`.
-    pub fn new(name: impl Into<String>, len: usize, labels: &[(String, usize)]) -> PromptSlots {
-        PromptSlots {
-            name: name.into(),
-            slots: assign_slots(len, labels),
-        }
-    }
-}
 
 /// The slots of every evaluated and every reference prompt: what `align by label` needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -229,6 +124,18 @@ impl SlotLayout {
         if n_ref == 0 {
             return Err(ReferenceError::Empty);
         }
+        if kind == AblationKind::Resample {
+            // Pairs are one-to-one; lengths may differ under label alignment.
+            let count = |p: &[PromptSlots]| p.iter().map(|p| p.slots.len()).collect::<Vec<_>>();
+            check_reference_lengths(
+                Pairing::OneToOne,
+                true,
+                &count(&alignment.evaluated),
+                &count(&alignment.reference),
+                &|b| alignment.evaluated[b].name.clone(),
+                &|r| alignment.reference[r].name.clone(),
+            )?;
+        }
         // Mean pools a slot over every reference prompt; resample keeps each prompt's apart.
         let pool = |r: usize| (kind == AblationKind::Resample).then_some(r);
         let mut row_index: HashMap<(Option<usize>, &Slot), usize> = HashMap::new();
@@ -273,7 +180,7 @@ impl SlotLayout {
         let mut source_index: HashMap<Vec<usize>, usize> = HashMap::new();
         let mut source_of_prompt = Vec::with_capacity(alignment.evaluated.len());
         for (b, prompt) in alignment.evaluated.iter().enumerate() {
-            let partner = b % n_ref;
+            let partner = b; // one-to-one, checked above
             let mut rows = Vec::with_capacity(prompt.slots.len());
             for (t, slot) in prompt.slots.iter().enumerate() {
                 let row = row_index.get(&(pool(partner), slot)).ok_or_else(|| {

@@ -5,9 +5,10 @@
 use miette::Diagnostic;
 use ndarray::{s, Array3};
 
-use super::align::{assign_slots, LabelAlignment, LabelReferenceBuilder, PromptSlots};
-use super::tests::{attention_of_len, edited_z, Attention, D_MODEL, H, SHAPE, T};
+use super::align::{LabelAlignment, LabelReferenceBuilder};
+use super::tests::{attention_of_len, edited_z, layer, Attention, D_MODEL, H, SHAPE, T};
 use super::*;
+use crate::data::slots::{assign_slots, PromptSlots};
 use crate::model::Interventions;
 use crate::plan::{Plan, QkQuery};
 use crate::resolve::bound::{AblationKind, EdgeAblation, HeadId, Scope};
@@ -57,16 +58,6 @@ fn slot_ties_go_to_end_then_to_the_first_name_in_byte_order() {
     assert_eq!(slot_names(3, &[("b", 1), ("Z", 1)]), ["start", "Z", "END"]);
     // A one-token prompt is END alone.
     assert_eq!(slot_names(1, &[("S1", 0)]), ["END"]);
-}
-
-fn layer(acts: &Attention) -> LayerActivations<'_> {
-    LayerActivations {
-        z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
-        mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
-    }
 }
 
 const EDGE_HEAD: HeadId = HeadId { layer: 0, head: 1 };
@@ -341,12 +332,13 @@ fn a_query_key_slot_pair_no_reference_prompt_has_is_an_error_when_edges_need_it(
 
 #[test]
 fn equal_layouts_give_the_position_aligned_values_bit_for_bit() {
-    let refs = attention_of_len(3, T, 27);
+    // Four reference prompts for four prompts: resample pairs one-to-one.
+    let refs = attention_of_len(4, T, 27);
     let clean = attention_of_len(4, T, 28);
     let slots = |name: String| PromptSlots::new(name, T, &labels(&[("S1", 1), ("S2", 3)]));
     let alignment = LabelAlignment {
         evaluated: (0..4).map(|b| slots(format!("prompt {b}"))).collect(),
-        reference: (0..3)
+        reference: (0..4)
             .map(|r| slots(format!("reference prompt {r}")))
             .collect(),
     };
@@ -355,7 +347,7 @@ fn equal_layouts_give_the_position_aligned_values_bit_for_bit() {
         let by_position = ReferenceValues::build(
             kind,
             &[layer(&refs)],
-            &[T; 3],
+            &[T; 4],
             &[T; 4],
             &|b| format!("prompt {b}"),
             &needs(true),

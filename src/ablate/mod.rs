@@ -9,13 +9,10 @@ pub mod align;
 pub mod hooks;
 pub mod reference;
 
-pub use align::{
-    assign_slots, LabelAlignment, LabelReferenceBuilder, PromptSlots, Slot, SlotAnchor,
-};
+pub use align::{LabelAlignment, LabelReferenceBuilder};
 pub use hooks::PlanInterventions;
 pub use reference::{
-    check_lengths, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds,
-    ReferenceValues,
+    pairing, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
 };
 
 #[cfg(test)]

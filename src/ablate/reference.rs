@@ -16,6 +16,7 @@ use ndarray::{
 };
 use thiserror::Error;
 
+use crate::data::{check_reference_lengths, DataError, Pairing};
 use crate::resolve::bound::{AblationKind, HeadId};
 
 /// One layer of the reference forward pass, as the reference statistics read it.
@@ -42,28 +43,10 @@ pub enum ReferenceError {
         help("mean and resample ablation need at least one reference prompt")
     )]
     Empty,
-    #[error("reference prompts have different token lengths: reference prompt {first_index} has {first_len} tokens, reference prompt {index} has {len}")]
-    #[diagnostic(
-        code(circuit::ablate::reference_lengths_differ),
-        help("per-position reference statistics need every reference prompt to have the same number of tokens; use a reference set whose prompts tokenize to equal lengths, or add `align by label` to the file (statistics matched per labelled slot instead of per token index)")
-    )]
-    RefLengthsDiffer {
-        first_index: usize,
-        first_len: usize,
-        index: usize,
-        len: usize,
-    },
-    #[error("{prompt} has {len} tokens but its reference {reference} has {ref_len}")]
-    #[diagnostic(
-        code(circuit::ablate::reference_length_mismatch),
-        help("reference statistics are taken at the same token position, so evaluated and reference prompts must have equal token lengths; use a reference set made from the same templates, or add `align by label` to the file (statistics matched per labelled slot instead of per token index)")
-    )]
-    LengthMismatch {
-        prompt: String,
-        len: usize,
-        reference: String,
-        ref_len: usize,
-    },
+    /// Reference prompts that break the one reference rule ([`check_reference_lengths`]).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
     #[error("{prompt}: token {position} is at slot {slot} under `align by label`, but {lacking}")]
     #[diagnostic(
         code(circuit::ablate::slot_missing_from_reference),
@@ -177,7 +160,7 @@ impl ReferenceValues {
     }
 
     /// Builds the reference values from one reference forward pass over every reference
-    /// prompt (see [`ReferenceBuilder`] for batches).
+    /// prompt (see [`ReferenceBuilder`] for batches), after checking the reference rule.
     pub fn build(
         kind: AblationKind,
         layers: &[LayerActivations],
@@ -186,7 +169,14 @@ impl ReferenceValues {
         describe_eval: &dyn Fn(usize) -> String,
         needs: &ReferenceNeeds,
     ) -> Result<ReferenceValues, ReferenceError> {
-        check_lengths(kind, ref_lens, eval_lens, describe_eval)?;
+        if let Some(pairing) = pairing(kind) {
+            if ref_lens.is_empty() {
+                return Err(ReferenceError::Empty);
+            }
+            check_reference_lengths(pairing, false, eval_lens, ref_lens, describe_eval, &|r| {
+                format!("reference prompt {r}")
+            })?;
+        }
         let mut builder = ReferenceBuilder::new(kind, needs.clone(), eval_lens.len(), ref_lens);
         builder.add_batch(layers);
         Ok(builder.finish())
@@ -282,54 +272,12 @@ impl ReferenceValues {
     }
 }
 
-/// Checks that per-position statistics are meaningful: under mean ablation every reference
-/// prompt and every evaluated prompt has the same token count; under resample each evaluated
-/// prompt `b` has the token count of its partner, reference prompt `b mod R`. Run it before the
-/// reference forward pass, so a bad dataset costs nothing.
-pub fn check_lengths(
-    kind: AblationKind,
-    ref_lens: &[usize],
-    eval_lens: &[usize],
-    describe_eval: &dyn Fn(usize) -> String,
-) -> Result<(), ReferenceError> {
+/// How an ablation kind reads the reference prompts; `None` when it reads none (zero).
+pub fn pairing(kind: AblationKind) -> Option<Pairing> {
     match kind {
-        AblationKind::Zero => Ok(()),
-        _ if ref_lens.is_empty() => Err(ReferenceError::Empty),
-        AblationKind::Mean => {
-            let first_len = ref_lens[0];
-            if let Some((index, &len)) = ref_lens.iter().enumerate().find(|(_, &l)| l != first_len)
-            {
-                return Err(ReferenceError::RefLengthsDiffer {
-                    first_index: 0,
-                    first_len,
-                    index,
-                    len,
-                });
-            }
-            if let Some((b, &len)) = eval_lens.iter().enumerate().find(|(_, &l)| l != first_len) {
-                return Err(ReferenceError::LengthMismatch {
-                    prompt: describe_eval(b),
-                    len,
-                    reference: format!("set ({} prompts)", ref_lens.len()),
-                    ref_len: first_len,
-                });
-            }
-            Ok(())
-        }
-        AblationKind::Resample => {
-            for (b, &len) in eval_lens.iter().enumerate() {
-                let r = b % ref_lens.len();
-                if ref_lens[r] != len {
-                    return Err(ReferenceError::LengthMismatch {
-                        prompt: describe_eval(b),
-                        len,
-                        reference: format!("prompt {r} (its resample partner)"),
-                        ref_len: ref_lens[r],
-                    });
-                }
-            }
-            Ok(())
-        }
+        AblationKind::Zero => None,
+        AblationKind::Mean => Some(Pairing::Pooled),
+        AblationKind::Resample => Some(Pairing::OneToOne),
     }
 }
 
@@ -461,7 +409,8 @@ impl ReferenceBuilder {
         let to_f32_4 = |a: ndarray::Array4<f64>| a.mapv(|x| (x * scale) as f32);
         let source_of_prompt = match self.kind {
             AblationKind::Mean => vec![0; self.n_eval],
-            _ => (0..self.n_eval).map(|b| b % n_ref).collect(),
+            // One-to-one (data::check_reference_lengths): prompt b reads reference prompt b.
+            _ => (0..self.n_eval).collect(),
         };
         ReferenceValues {
             kind: self.kind,

@@ -66,6 +66,17 @@ pub(super) fn attention_of_len(n: usize, t: usize, seed: u64) -> Attention {
     }
 }
 
+/// The reference forward pass's view of hand-made activations.
+pub(super) fn layer(acts: &Attention) -> LayerActivations<'_> {
+    LayerActivations {
+        z: acts.z.view(),
+        pattern: acts.pattern.view(),
+        v: acts.v.view(),
+        mlp_out: acts.mlp_out.view(),
+        head_out: acts.head_out.view(),
+    }
+}
+
 fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceValues {
     let layer = LayerActivations {
         z: acts.z.view(),
@@ -148,7 +159,6 @@ fn node_ablation_replaces_z_by_the_reference_mean_at_unkept_positions() {
 #[test]
 fn zero_and_resample_ablation() {
     let clean = attention(3, 1);
-    let refs_acts = attention(2, 2);
     let mut plan = full_plan(3);
     for b in 0..3 {
         plan.head_keep[0][[b, 4, 1]] = false;
@@ -160,14 +170,13 @@ fn zero_and_resample_ablation() {
         EdgeAblation::EdgeMean,
     );
     assert!(zero.slice(s![.., 4, 1, ..]).iter().all(|&x| x == 0.0));
+    // Resample pairs one-to-one: three reference prompts for three prompts.
+    let refs_acts = attention(3, 2);
     let resample = reference(AblationKind::Resample, &refs_acts, 3);
     let z = edited_z(&plan, &resample, &clean, EdgeAblation::EdgeMean);
     for b in 0..3 {
-        // Prompt b is paired with reference prompt b mod 2.
-        assert_eq!(
-            z.slice(s![b, 4, 1, ..]),
-            refs_acts.z.slice(s![b % 2, 4, 1, ..])
-        );
+        // Prompt b is paired with reference prompt b.
+        assert_eq!(z.slice(s![b, 4, 1, ..]), refs_acts.z.slice(s![b, 4, 1, ..]));
     }
 }
 
@@ -192,7 +201,7 @@ fn every_edge_kept_is_the_clean_node_and_none_kept_is_the_ablated_node() {
         AblationKind::Resample,
         AblationKind::Zero,
     ] {
-        let refs_acts = attention(3, 4);
+        let refs_acts = attention(2, 4); // one reference prompt per prompt (resample)
         let refs = match kind {
             AblationKind::Zero => ReferenceValues::zero(2),
             _ => reference(kind, &refs_acts, 2),
@@ -292,11 +301,11 @@ fn knockout_blocks_dropped_scores_and_leaves_z_alone() {
 
 #[test]
 fn mlp_ablation_and_batch_offsets() {
-    let refs_acts = attention(2, 8);
+    let refs_acts = attention(4, 8);
     let refs = reference(AblationKind::Resample, &refs_acts, 4);
     let mut plan = full_plan(4);
     plan.mlp_keep[0][[3, 2]] = false;
-    // A batch holding prompts 2 and 3 only: row 1 is prompt 3, paired with reference 1.
+    // A batch holding prompts 2 and 3 only: row 1 is prompt 3, paired with reference 3.
     let hooks = PlanInterventions {
         plan: &plan,
         reference: &refs,
@@ -307,7 +316,7 @@ fn mlp_ablation_and_batch_offsets() {
     hooks.edit_mlp_out(0, &mut mlp_out.view_mut());
     assert_eq!(
         mlp_out.slice(s![1, 2, ..]),
-        refs_acts.mlp_out.slice(s![1, 2, ..])
+        refs_acts.mlp_out.slice(s![3, 2, ..])
     );
     assert_eq!(mlp_out.iter().filter(|&&x| x != 7.0).count(), D_MODEL);
 }
@@ -333,14 +342,14 @@ fn reference_length_errors_name_both_lengths() {
     .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("prompt 1") && text.contains("7 tokens") && text.contains("has 5"),
+        text.contains("prompt 1") && text.contains("7 tokens") && text.contains("is 5 tokens"),
         "{text}"
     );
 }
 
 #[test]
 fn reference_values_round_trip_through_safetensors() {
-    let acts = attention(3, 10);
+    let acts = attention(4, 10);
     for kind in [AblationKind::Mean, AblationKind::Resample] {
         let values = reference(kind, &acts, 4);
         let bytes = values.to_safetensors();
@@ -350,4 +359,24 @@ fn reference_values_round_trip_through_safetensors() {
         ReferenceValues::from_safetensors(b"not a safetensors file"),
         None
     );
+}
+
+#[test]
+fn resample_pairs_one_to_one_so_a_count_mismatch_is_an_error() {
+    use miette::Diagnostic;
+    let acts = attention(2, 11);
+    let err = ReferenceValues::build(
+        AblationKind::Resample,
+        &[layer(&acts)],
+        &[T, T],
+        &[T, T, T],
+        &|b| format!("prompt {b}"),
+        &ReferenceNeeds::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.code().unwrap().to_string(),
+        "circuit::data::reference_count"
+    );
+    assert!(err.to_string().contains("3 prompts but 2"), "{err}");
 }

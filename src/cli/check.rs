@@ -5,8 +5,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::model::ModelSource;
-use crate::resolve::{load_file, RealEnvironment, ResolveOptions};
+use circuit::model::ModelSource;
+use circuit::resolve::{load_file, RealEnvironment, ResolveOptions};
+
+use super::format::{Format, TextOrJsonArgs};
 
 /// Width diagnostics are wrapped to.
 const WIDTH: usize = 100;
@@ -20,9 +22,10 @@ pub struct Args {
     /// only its config.json is read.
     #[arg(long, value_name = "DIR")]
     pub model: Option<String>,
-    /// Print diagnostics as JSON on stdout (one array for all files) instead of rendering them.
-    #[arg(long)]
-    pub json: bool,
+    /// `--format json` (or `--json`) prints diagnostics as JSON on stdout (one array for all
+    /// files) instead of rendering them.
+    #[command(flatten)]
+    pub format: TextOrJsonArgs,
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
@@ -33,7 +36,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             // Relative to the working directory, kept relative so messages show it as typed.
             .map(|spec| ModelSource::parse(spec, Path::new(""))),
     };
-    let color = !args.json && std::io::stderr().is_terminal();
+    let as_json = args.format.format() == Format::Json;
+    let color = !as_json && std::io::stderr().is_terminal();
     let mut any_error = false;
     let mut json = Vec::new();
     let (mut errors, mut warnings) = (0, 0);
@@ -48,7 +52,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         errors += diagnostics.error_count();
         warnings += diagnostics.warning_count();
         for d in &diagnostics.items {
-            if args.json {
+            if as_json {
                 let mut value = d.to_json();
                 if value["file"].is_null() {
                     value["file"] = serde_json::Value::String(path.display().to_string());
@@ -61,7 +65,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             }
         }
     }
-    if args.json {
+    if as_json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json).expect("diagnostics serialize")

@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use miette::{miette, IntoDiagnostic};
 use serde_json::{json, Value};
 
-use crate::ablate::align::slots_of_prompt;
-use crate::data::builtin::{is_builtin, BUILTINS};
-use crate::data::record::prompt_id;
-use crate::data::tokenized::{describe_tokens, token_text, tokenize_prompt, PromptTokens};
-use crate::data::{jsonl, DataError, Dataset, DatasetSource, ParamValue, PromptSet, Record};
-use crate::model::{ModelSource, Tokenizer};
+use circuit::data::builtin::{is_builtin, BUILTINS};
+use circuit::data::inspect::{inspect as inspect_dataset, Inspection};
+use circuit::data::tokenized::describe_tokens;
+use circuit::data::{jsonl, Dataset, DatasetSource, ParamValue, PromptSet};
+use circuit::model::{ModelSource, Tokenizer};
+
+use super::format::{Format, TextOrJsonArgs};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -53,9 +54,9 @@ struct InspectArgs {
     #[arg(long, value_name = "DIR")]
     model: Option<String>,
 
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    json: bool,
+    /// `--format json` (or `--json`) prints JSON instead of tables.
+    #[command(flatten)]
+    format: TextOrJsonArgs,
 
     #[command(flatten)]
     params: GeneratorParams,
@@ -137,12 +138,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         name,
         params: args.params.to_map(),
     };
-    let dataset = crate::data::load(&source)?;
+    let dataset = circuit::data::load(&source)?;
     let text = jsonl::write(&dataset);
     match args.output {
-        Some(path) => crate::util::write_atomic(&path, text.as_bytes())
-            .into_diagnostic()
-            .map_err(|e| e.wrap_err(format!("cannot write {}", path.display())))?,
+        Some(path) => circuit::util::write_atomic(&path, text.as_bytes())
+            .map_err(|source| OutputError::Write { path, source })?,
         None => print_stdout(&text)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -156,17 +156,22 @@ fn print_stdout(text: &str) -> miette::Result<()> {
     {
         // A closed pipe (`| head`) is not an error of ours.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.into_diagnostic(),
+        other => Ok(other.map_err(OutputError::Stdout)?),
     }
 }
 
-/// The tokenizer of a model: a folder's tokenizer.json, or the one embedded in the binary for a
-/// built-in model.
-pub fn load_tokenizer(model: &ModelSource) -> miette::Result<Tokenizer> {
-    match model {
-        ModelSource::Dir(dir) => Ok(Tokenizer::from_file(&dir.join("tokenizer.json"))?),
-        ModelSource::Builtin(name) => Ok(crate::model::builtin::tokenizer(name)?),
-    }
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+enum OutputError {
+    #[error("cannot write {}", path.display())]
+    #[diagnostic(code(circuit::data::write))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to stdout")]
+    #[diagnostic(code(circuit::cli::stdout))]
+    Stdout(#[source] std::io::Error),
 }
 
 /// A built-in name (with the given parameters) or a file path.
@@ -180,7 +185,7 @@ fn dataset_source(spec: &str, params: &GeneratorParams) -> miette::Result<Datase
     let path = Path::new(spec);
     if !path.exists() && !spec.ends_with(".jsonl") && !spec.contains('/') {
         // Neither a file nor a known name: let the built-in lookup explain.
-        crate::data::builtin::spec(spec, &params.to_map())?;
+        circuit::data::builtin::spec(spec, &params.to_map())?;
     }
     if !params.is_empty() {
         return Err(miette!(
@@ -190,113 +195,6 @@ fn dataset_source(spec: &str, params: &GeneratorParams) -> miette::Result<Datase
         ));
     }
     Ok(DatasetSource::File(path.to_path_buf()))
-}
-
-/// One prompt as `inspect` reports it.
-struct Inspected<'a> {
-    set: PromptSet,
-    index: usize,
-    record: &'a Record,
-    tokens: Option<PromptTokens>,
-    answer_ids: Vec<u32>,
-    distractor_ids: Vec<u32>,
-    errors: Vec<String>,
-    aliases: Vec<crate::data::Alias>,
-}
-
-fn inspect_record<'a>(
-    set: PromptSet,
-    index: usize,
-    record: &'a Record,
-    tokenizer: &Tokenizer,
-) -> Inspected<'a> {
-    let id = prompt_id(set, index, record);
-    let mut errors = Vec::new();
-    let tokens = match tokenize_prompt(record, tokenizer, &id) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errors.push(e.to_string());
-            None
-        }
-    };
-    let mut plain = |text: &str, what: &'static str| match tokenizer.encode_plain(text) {
-        Ok(ids) => {
-            if ids.len() != 1 {
-                errors.push(
-                    DataError::MultiTokenAnswer {
-                        prompt: id.clone(),
-                        what,
-                        text: text.to_string(),
-                        count: ids.len(),
-                        tokens: describe_tokens(tokenizer, &ids),
-                    }
-                    .to_string(),
-                );
-            }
-            ids
-        }
-        Err(e) => {
-            errors.push(e.to_string());
-            Vec::new()
-        }
-    };
-    let answer_ids = plain(&record.answer, "answer");
-    let distractor_ids = plain(&record.distractor, "distractor");
-    let aliases = match &tokens {
-        Some(t) => {
-            // Aliases depend on positions only; the answer ids are not read, so placeholders
-            // stand in for answers that may not be single tokens here.
-            let prompt = crate::data::TokenizedPrompt {
-                set,
-                index,
-                text: record.prompt.clone(),
-                ids: t.ids.clone(),
-                offsets: t.offsets.clone(),
-                has_bos: t.has_bos,
-                slots: t.slots.clone(),
-                answer_id: 0,
-                distractor_id: 0,
-            };
-            prompt
-                .aliases(&prompt.standard_positions())
-                .unwrap_or_default()
-        }
-        None => Vec::new(),
-    };
-    Inspected {
-        set,
-        index,
-        record,
-        tokens,
-        answer_ids,
-        distractor_ids,
-        errors,
-        aliases,
-    }
-}
-
-/// Labels per token index: `S1`, `first(S1)`, `END`, `BOS`.
-fn labels_by_token(tokens: &PromptTokens) -> BTreeMap<usize, Vec<String>> {
-    let mut by_token: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    if tokens.has_bos {
-        by_token.entry(0).or_default().push("BOS".into());
-    }
-    let mut slots: Vec<_> = tokens.slots.iter().collect();
-    slots.sort_by_key(|(label, s)| (s.first, s.last, (*label).clone()));
-    for (label, slot) in slots {
-        if slot.first != slot.last {
-            by_token
-                .entry(slot.first)
-                .or_default()
-                .push(format!("first({label})"));
-        }
-        by_token.entry(slot.last).or_default().push(label.clone());
-    }
-    by_token
-        .entry(tokens.ids.len() - 1)
-        .or_default()
-        .push("END".into());
-    by_token
 }
 
 fn set_name(set: PromptSet) -> &'static str {
@@ -321,54 +219,23 @@ fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     };
     // Named as the user wrote it, so the output does not depend on the working directory.
     let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
-    let tokenizer = load_tokenizer(&model)?;
-    let dataset: Dataset = crate::data::load(&source)?;
-    let inspected: Vec<Inspected> = dataset
-        .clean
-        .iter()
-        .enumerate()
-        .map(|(i, r)| inspect_record(PromptSet::Clean, i, r, &tokenizer))
-        .chain(
-            dataset
-                .reference
-                .iter()
-                .enumerate()
-                .map(|(i, r)| inspect_record(PromptSet::Reference, i, r, &tokenizer)),
-        )
-        .collect();
-    // Dataset-wide alias summary over the clean prompts.
-    let mut alias_counts: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
-    for p in inspected.iter().filter(|p| p.set == PromptSet::Clean) {
-        for alias in &p.aliases {
-            alias_counts
-                .entry(alias.names.clone())
-                .or_default()
-                .push(p.index);
-        }
-    }
-    let alias_notes: Vec<crate::data::AliasNote> = alias_counts
-        .into_iter()
-        .map(|(names, prompts)| crate::data::AliasNote {
-            names,
-            prompts,
-            of: dataset.clean.len(),
-        })
-        .collect();
-    let n_errors: usize = inspected.iter().map(|p| p.errors.len()).sum();
+    let tokenizer = Tokenizer::open(&model)?;
+    let dataset: Dataset = circuit::data::load(&source)?;
+    let inspection = inspect_dataset(&dataset, &tokenizer);
+    let n_errors = inspection.n_errors();
 
-    let text = if args.json {
+    let text = if args.format.format() == Format::Json {
         let mut out = serde_json::to_string_pretty(&inspect_json(
             &dataset,
             &model_name,
             &tokenizer,
-            &inspected,
-            &alias_notes,
+            &inspection,
         ))
         .into_diagnostic()?;
         out.push('\n');
         out
     } else {
-        inspect_text(&dataset, &model_name, &tokenizer, &inspected, &alias_notes)
+        inspect_text(&dataset, &model_name, &tokenizer, &inspection)
     };
     print_stdout(&text)?;
     if n_errors > 0 {
@@ -384,8 +251,7 @@ fn inspect_text(
     dataset: &Dataset,
     model: &str,
     tokenizer: &Tokenizer,
-    inspected: &[Inspected],
-    alias_notes: &[crate::data::AliasNote],
+    inspection: &Inspection,
 ) -> String {
     let mut out = format!(
         "dataset {}: {} prompts, {} reference prompts{}; tokenizer of {}\n",
@@ -395,7 +261,7 @@ fn inspect_text(
         if dataset.paired { " (paired)" } else { "" },
         model
     );
-    for p in inspected {
+    for p in &inspection.prompts {
         out.push_str(&format!(
             "\n{} {}: {:?}\n  answer {:?} {}, distractor {:?} {}\n",
             set_name(p.set),
@@ -406,18 +272,16 @@ fn inspect_text(
             p.record.distractor,
             ids_text(tokenizer, &p.distractor_ids),
         ));
-        if let Some(tokens) = &p.tokens {
-            let labels = labels_by_token(tokens);
-            let slots = slots_of_prompt(tokens.ids.len(), &tokens.slots);
-            let rows: Vec<[String; 5]> = (tokens.ids.iter().zip(&slots))
-                .enumerate()
-                .map(|(i, (&id, slot))| {
+        if let Some(tokens) = p.token_rows(tokenizer) {
+            let rows: Vec<[String; 5]> = tokens
+                .iter()
+                .map(|t| {
                     [
-                        i.to_string(),
-                        id.to_string(),
-                        format!("{:?}", token_text(tokenizer, id)),
-                        slot.to_string(),
-                        labels.get(&i).map(|l| l.join(", ")).unwrap_or_default(),
+                        t.pos.to_string(),
+                        t.id.to_string(),
+                        format!("{:?}", t.text),
+                        t.slot.to_string(),
+                        t.labels.join(", "),
                     ]
                 })
                 .collect();
@@ -459,9 +323,9 @@ fn inspect_text(
             out.push_str(&format!("  error: {error}\n"));
         }
     }
-    if !alias_notes.is_empty() {
+    if !inspection.alias_notes.is_empty() {
         out.push('\n');
-        for note in alias_notes {
+        for note in &inspection.alias_notes {
             out.push_str(&format!("note: {note}\n"));
         }
     }
@@ -472,23 +336,21 @@ fn inspect_json(
     dataset: &Dataset,
     model: &str,
     tokenizer: &Tokenizer,
-    inspected: &[Inspected],
-    alias_notes: &[crate::data::AliasNote],
+    inspection: &Inspection,
 ) -> Value {
-    let prompts: Vec<Value> = inspected
+    let prompts: Vec<Value> = inspection
+        .prompts
         .iter()
         .map(|p| {
-            let tokens = p.tokens.as_ref().map(|t| {
-                let slots = slots_of_prompt(t.ids.len(), &t.slots);
-                (t.ids.iter().zip(&t.offsets).zip(&slots))
-                    .enumerate()
-                    .map(|(i, ((&id, &(start, end)), slot))| {
+            let tokens = p.token_rows(tokenizer).map(|rows| {
+                rows.iter()
+                    .map(|t| {
                         json!({
-                            "pos": i,
-                            "id": id,
-                            "text": token_text(tokenizer, id),
-                            "bytes": [start, end],
-                            "slot": slot.to_string(),
+                            "pos": t.pos,
+                            "id": t.id,
+                            "text": t.text,
+                            "bytes": [t.bytes.0, t.bytes.1],
+                            "slot": t.slot.to_string(),
                         })
                     })
                     .collect::<Vec<_>>()
@@ -524,6 +386,6 @@ fn inspect_json(
         "model": model,
         "paired": dataset.paired,
         "prompts": prompts,
-        "alias_notes": alias_notes,
+        "alias_notes": inspection.alias_notes,
     })
 }

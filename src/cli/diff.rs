@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use crate::model::ModelSource;
-use crate::report::diff::{circuit_changes, render, settings_changes};
-use crate::report::FileReport;
-use crate::resolve::{resolve_source, ResolveOptions, Resolved};
+use circuit::model::ModelSource;
+use circuit::report::diff::{circuit_changes, render, settings_changes};
+use circuit::report::FileReport;
+use circuit::resolve::{resolve_source, ResolveOptions, Resolved};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -87,7 +87,7 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved>
         spec,
         &text,
         &base,
-        &crate::resolve::RealEnvironment,
+        &circuit::resolve::RealEnvironment,
         &options,
     )
     .map_err(miette::Report::new)

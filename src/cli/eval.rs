@@ -5,10 +5,13 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::measure::file::{run_file, FileRun, RunOptions};
-use crate::model::ModelSource;
-use crate::report::FileReport;
-use crate::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
+use circuit::measure::file::{run_file, FileRun};
+use circuit::measure::SessionOptions;
+
+use super::format::{Format, FormatArgs};
+use circuit::model::ModelSource;
+use circuit::report::FileReport;
+use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,12 +20,8 @@ pub struct Args {
     /// Evaluate only this circuit (repeatable); default: every circuit of the file.
     #[arg(long = "circuit", value_name = "NAME")]
     pub circuits: Vec<String>,
-    /// Machine-readable output (deterministic: byte-identical across runs and thread counts).
-    #[arg(long, conflicts_with = "markdown")]
-    pub json: bool,
-    /// A markdown table.
-    #[arg(long)]
-    pub markdown: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Write the report to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
@@ -60,14 +59,14 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
         );
         bar
     });
-    let options = RunOptions {
+    let options = SessionOptions {
         on_batch: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.inc(n as u64)) as Box<dyn Fn(usize)>),
         on_total: bar
             .clone()
             .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
-        disk_cache: crate::measure::file::cache_dir(),
+        disk_cache: circuit::measure::disk_cache::cache_dir(),
     };
     let result = run_file(&resolved.file, circuits, options);
     if let Some(bar) = bar {
@@ -91,7 +90,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
             ));
         }
     }
-    crate::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
+    circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
             code = "circuit::report::write_svg",
             help = "check that the folder is writable",
@@ -104,7 +103,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
 /// Writes `text` to `output` atomically, or to stdout.
 pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
     match output {
-        Some(path) => crate::util::write_atomic(path, text.as_bytes()).map_err(|e| {
+        Some(path) => circuit::util::write_atomic(path, text.as_bytes()).map_err(|e| {
             miette::miette!(
                 code = "circuit::eval::write",
                 "cannot write {}: {e}",
@@ -126,16 +125,14 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         &resolved.file.settings,
         &run,
     );
-    let text = if args.json {
-        report.to_json()
-    } else if args.markdown {
-        report.to_markdown()
-    } else {
-        report.to_text()
+    let text = match args.format.format() {
+        Format::Json => report.to_json(),
+        Format::Markdown => report.to_markdown(),
+        Format::Text => report.to_text(),
     };
     // The chart first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
-        let chart = crate::report::svg::faithfulness_chart(&report);
+        let chart = circuit::report::svg::faithfulness_chart(&report);
         write_picture(path, &chart, "faithfulness chart")?;
     }
     emit(&text, args.output.as_deref())?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use miette::{miette, IntoDiagnostic};
 
-use crate::syntax::{format_file, parse, SourceFile};
+use circuit::syntax::{format_file, parse, SourceFile};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -66,7 +66,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 .write_all(formatted.as_bytes())
                 .into_diagnostic()?;
         } else if formatted != text {
-            crate::util::write_atomic(path, formatted.as_bytes()).map_err(|e| {
+            circuit::util::write_atomic(path, formatted.as_bytes()).map_err(|e| {
                 miette!(
                     code = "circuit::fmt::write",
                     "cannot write {}: {e}",

@@ -1,9 +1,11 @@
-//! One module per subcommand: its clap arguments and what it does. `src/main.rs` only dispatches.
+//! One module per subcommand: its clap arguments, and the printing of what the library computes.
+//! `src/main.rs` only dispatches. Private to the binary: the library does not depend on clap.
 
 pub mod check;
 pub mod dataset;
 pub mod diff;
 pub mod eval;
 pub mod fmt;
+pub mod format;
 pub mod run;
 pub mod test;

@@ -8,8 +8,10 @@ use miette::{Diagnostic, IntoDiagnostic};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::model::{ForwardOptions, Model, ModelSource, NoInterventions};
-use crate::report::svg::AttentionPanel;
+use circuit::data::tokenized::token_label;
+use circuit::measure::predict::{attention_patterns, predict};
+use circuit::model::{Model, ModelSource};
+use circuit::report::svg::AttentionPanel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -82,16 +84,6 @@ enum RunError {
     },
 }
 
-/// One prompt's next-token prediction.
-struct Prediction {
-    prompt: String,
-    ids: Vec<u32>,
-    /// `(id, probability)`, most likely first.
-    top: Vec<(u32, f64)>,
-    logits: Vec<f32>,
-    continuation: Option<String>,
-}
-
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let mut prompts = args.prompt.clone();
     if let Some(path) = &args.prompts {
@@ -120,31 +112,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }
     }
 
-    let ids = prompts
-        .iter()
-        .map(|p| model.encode_prompt(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    // One batched forward for all prompts' END logits.
-    let output = model.forward(&ids, &ForwardOptions::default(), &NoInterventions)?;
-    let mut predictions = Vec::with_capacity(prompts.len());
-    for (b, (prompt, ids)) in prompts.into_iter().zip(ids).enumerate() {
-        let logits = output.logits.slice(ndarray::s![b, 0, ..]).to_vec(); // (V,)
-        let top = top_k(&logits, args.top);
-        let continuation = match args.generate {
-            Some(n) => {
-                let generated = model.generate_greedy(&ids, n)?;
-                Some(model.tokenizer.decode(&generated[ids.len()..]))
-            }
-            None => None,
-        };
-        predictions.push(Prediction {
-            prompt,
-            ids,
-            top,
-            logits,
-            continuation,
-        });
-    }
+    let predictions = predict(&model, prompts, args.top, args.generate)?;
 
     if args.json {
         let items: Vec<_> = predictions
@@ -235,64 +203,21 @@ fn draw_attention(
         .collect::<Result<Vec<_>, _>>()?;
     let prompt = &prompts[0];
     let ids = model.encode_prompt(prompt)?;
-    let options = ForwardOptions {
-        cache: true,
-        ..ForwardOptions::default()
-    };
-    let output = model.forward(std::slice::from_ref(&ids), &options, &NoInterventions)?;
-    let cache = output.cache.expect("the forward was asked for its cache");
+    let patterns = attention_patterns(model, &ids, &heads)?;
     let panels: Vec<AttentionPanel> = heads
         .iter()
-        .map(|&(layer, head)| {
-            let pattern = &cache.layers[layer].pattern; // (B, H, T, T)
-            let pattern = (0..ids.len())
-                .map(|q| (0..ids.len()).map(|k| pattern[[0, head, q, k]]).collect())
-                .collect();
-            AttentionPanel {
-                layer,
-                head,
-                pattern,
-            }
+        .zip(patterns)
+        .map(|(&(layer, head), pattern)| AttentionPanel {
+            layer,
+            head,
+            pattern,
         })
         .collect();
-    let tokens: Vec<String> = ids.iter().map(|&id| token_text(model, id)).collect();
-    let chart = crate::report::svg::attention_chart(&name, prompt, &tokens, &panels);
+    let tokens: Vec<String> = ids
+        .iter()
+        .map(|&id| token_label(&model.tokenizer, id))
+        .collect();
+    let chart = circuit::report::svg::attention_chart(&name, prompt, &tokens, &panels);
     super::eval::write_picture(path, &chart, "attention heatmap")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A token as text for an axis label: SentencePiece pieces keep their word-start marker (which
-/// decoding a lone token would drop), others decode as they are.
-fn token_text(model: &Model, id: u32) -> String {
-    match model.tokenizer.id_to_token(id) {
-        Some(piece) if piece.starts_with('\u{2581}') => piece,
-        _ => model.tokenizer.decode(&[id]),
-    }
-}
-
-/// The `k` most likely tokens under softmax(logits), most likely first (ties: lower id first).
-fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let total: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    order
-        .into_iter()
-        .take(k)
-        .map(|i| (i as u32, (logits[i] as f64 - max).exp() / total))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::top_k;
-
-    #[test]
-    fn top_k_orders_by_probability() {
-        let top = top_k(&[0.0, 2.0, 1.0, 2.0], 3);
-        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
-        assert_eq!(ids, [1, 3, 2]);
-        let total: f64 = [0.0f64, 2.0, 1.0, 2.0].iter().map(|x| x.exp()).sum();
-        assert!((top[0].1 - 2.0f64.exp() / total).abs() < 1e-12);
-    }
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::measure::evaluate::Evaluation;
-use crate::resolve::bound::{BoundFile, Comparison, Expectation, Metric, ValueExpr};
+use circuit::measure::expect::{check, circuits_to_run};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,125 +52,6 @@ pub fn collect_files(paths: &[PathBuf]) -> miette::Result<Vec<PathBuf>> {
         }
     }
     Ok(files.into_iter().collect())
-}
-
-/// Circuits an expression reads (other than `own`).
-fn referenced(expr: &ValueExpr, out: &mut BTreeSet<String>) {
-    match expr {
-        ValueExpr::Number(_) => {}
-        ValueExpr::Quantity { circuit, .. } => {
-            if let Some(c) = circuit {
-                out.insert(c.clone());
-            }
-        }
-        ValueExpr::Add(a, b) | ValueExpr::Sub(a, b) | ValueExpr::Mul(a, b) => {
-            referenced(a, out);
-            referenced(b, out);
-        }
-        ValueExpr::Neg(a) => referenced(a, out),
-    }
-}
-
-/// The circuits `circuit test` must evaluate: those with expectations and those they read.
-/// An expectation naming a circuit the file does not define is an error.
-pub fn circuits_to_run(file: &BoundFile) -> miette::Result<Vec<String>> {
-    let mut names = BTreeSet::new();
-    for circuit in &file.circuits {
-        if circuit.expectations.is_empty() {
-            continue;
-        }
-        names.insert(circuit.name.clone());
-        for e in &circuit.expectations {
-            let mut refs = BTreeSet::new();
-            referenced(&e.lhs, &mut refs);
-            referenced(&e.rhs, &mut refs);
-            for r in refs {
-                if !file.circuits.iter().any(|c| c.name == r) {
-                    return Err(miette::miette!(
-                        code = "circuit::test::unknown_circuit",
-                        help = format!(
-                            "the file defines: {}",
-                            file.circuits
-                                .iter()
-                                .map(|c| c.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        "circuit `{}`: `expect {}` refers to circuit `{r}`, which the file does not define",
-                        circuit.name,
-                        e.text
-                    ));
-                }
-                names.insert(r);
-            }
-        }
-    }
-    // File order.
-    Ok(file
-        .circuits
-        .iter()
-        .filter(|c| names.contains(&c.name))
-        .map(|c| c.name.clone())
-        .collect())
-}
-
-/// The value of an expression for circuit `own`; `Err` names an undefined quantity.
-pub fn value(
-    expr: &ValueExpr,
-    own: &str,
-    evaluation: &Evaluation,
-    metric: Metric,
-) -> Result<f64, String> {
-    Ok(match expr {
-        ValueExpr::Number(x) => *x,
-        ValueExpr::Quantity { circuit, quantity } => {
-            let name = circuit.as_deref().unwrap_or(own);
-            evaluation
-                .quantity(name, *quantity, metric)
-                .ok_or_else(|| format!("{quantity:?} of `{name}` is undefined (full and empty circuit agree, or the full model's metric is 0)"))?
-        }
-        ValueExpr::Add(a, b) => {
-            value(a, own, evaluation, metric)? + value(b, own, evaluation, metric)?
-        }
-        ValueExpr::Sub(a, b) => {
-            value(a, own, evaluation, metric)? - value(b, own, evaluation, metric)?
-        }
-        ValueExpr::Mul(a, b) => {
-            value(a, own, evaluation, metric)? * value(b, own, evaluation, metric)?
-        }
-        ValueExpr::Neg(a) => -value(a, own, evaluation, metric)?,
-    })
-}
-
-/// The outcome of one expectation.
-pub struct Outcome {
-    pub passed: bool,
-    /// `(0.913)` or `(0.913 vs 0.903)` or `(undefined: ...)`.
-    pub measured: String,
-}
-
-pub fn check(e: &Expectation, own: &str, evaluation: &Evaluation, metric: Metric) -> Outcome {
-    let lhs = value(&e.lhs, own, evaluation, metric);
-    let rhs = value(&e.rhs, own, evaluation, metric);
-    match (lhs, rhs) {
-        (Ok(l), Ok(r)) => {
-            let passed = match e.comparison {
-                Comparison::Lt => l < r,
-                Comparison::Le => l <= r,
-                Comparison::Gt => l > r,
-                Comparison::Ge => l >= r,
-            };
-            let measured = match e.rhs {
-                ValueExpr::Number(_) => format!("({l:.3})"),
-                _ => format!("({l:.3} vs {r:.3})"),
-            };
-            Outcome { passed, measured }
-        }
-        (Err(m), _) | (_, Err(m)) => Outcome {
-            passed: false,
-            measured: format!("(undefined: {m})"),
-        },
-    }
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {

@@ -196,11 +196,16 @@ pub enum DataError {
         help("add `align by label` to the file (statistics matched per labelled slot, not per token index), or use reference prompts from the same template whose fillers tokenize to the same lengths")
     )]
     ReferenceLength {
-        evaluated: PromptId,
+        /// The prompts as messages name them ([`PromptId`]'s form for a file's prompts).
+        evaluated: String,
         evaluated_len: usize,
-        reference: PromptId,
+        reference: String,
         reference_len: usize,
     },
+
+    #[error("dataset {dataset} has no prompts to evaluate")]
+    #[diagnostic(code(circuit::data::no_prompts))]
+    NoPrompts { dataset: String },
 
     #[error("the dataset has {clean} prompts but {reference} paired reference prompts")]
     #[diagnostic(code(circuit::data::reference_count))]

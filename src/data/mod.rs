@@ -8,10 +8,12 @@
 
 pub mod builtin;
 pub mod error;
+pub mod inspect;
 pub mod jsonl;
 pub mod lexicon;
 pub mod positions;
 pub mod record;
+pub mod slots;
 pub mod source;
 pub mod tokenized;
 
@@ -19,8 +21,9 @@ pub use error::{DataError, PromptId, PromptSet};
 pub use record::{Dataset, Record, Span};
 pub use source::{DatasetSource, ParamValue};
 pub use tokenized::{
-    alias_notes, check_equal_lengths, check_paired_lengths, tokenize_dataset, tokenize_record,
-    tokenize_record_in, Alias, AliasNote, SlotTokens, TokenizedDataset, TokenizedPrompt,
+    alias_notes, check_equal_lengths, check_paired_lengths, check_reference,
+    check_reference_lengths, tokenize_dataset, tokenize_record, tokenize_record_in, Alias,
+    AliasNote, Pairing, SlotTokens, TokenizedDataset, TokenizedPrompt,
 };
 
 /// Loads a dataset: generates a built-in, or reads and validates a JSONL file.

@@ -110,6 +110,16 @@ pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
     }
 }
 
+/// A token as an axis label (`circuit run --attention`): [`token_text`], except that a
+/// SentencePiece word start keeps its `▁` marker, which a picture shows where text shows a
+/// space.
+pub fn token_label(tokenizer: &Tokenizer, id: u32) -> String {
+    match tokenizer.id_to_token(id) {
+        Some(piece) if piece.starts_with('\u{2581}') => piece,
+        _ => token_text(tokenizer, id),
+    }
+}
+
 /// The id of a single-token answer or distractor, or the error naming the tokens it became.
 fn single_token(
     tokenizer: &Tokenizer,
@@ -445,48 +455,102 @@ pub fn alias_notes(prompts: &[TokenizedPrompt], positions: &[Position]) -> Vec<A
         .collect()
 }
 
+/// How an ablation matches reference prompts to evaluated ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pairing {
+    /// Statistics pooled over every reference prompt (mean ablation).
+    Pooled,
+    /// Evaluated prompt `i` takes its values from reference prompt `i` (resample ablation):
+    /// one-to-one, so the two sets must be equally large.
+    OneToOne,
+}
+
+/// The one rule for reference prompts against evaluated ones, checked before any forward pass
+/// (by [`check_reference`] on a file's prompts, and by the evaluator on the token ids it is
+/// given). Pairs are one-to-one: their counts must be equal. By token position (`by_label`
+/// false), pooled statistics need every prompt, evaluated or reference, as long as the first
+/// evaluated one, and pairs need each pair equally long. Under `align by label` lengths may
+/// differ (the slots are checked when the reference values are built). `name_evaluated` and
+/// `name_reference` name a prompt by index for the message.
+pub fn check_reference_lengths(
+    pairing: Pairing,
+    by_label: bool,
+    evaluated: &[usize],
+    reference: &[usize],
+    name_evaluated: &dyn Fn(usize) -> String,
+    name_reference: &dyn Fn(usize) -> String,
+) -> Result<(), DataError> {
+    let mismatch = |e: usize, e_len: usize, reference: String, r_len: usize| {
+        Err(DataError::ReferenceLength {
+            evaluated: name_evaluated(e),
+            evaluated_len: e_len,
+            reference,
+            reference_len: r_len,
+        })
+    };
+    match pairing {
+        Pairing::Pooled if by_label => Ok(()),
+        Pairing::Pooled => {
+            let Some(&first) = evaluated.first() else {
+                return Ok(());
+            };
+            if let Some((b, &len)) = evaluated.iter().enumerate().find(|(_, &l)| l != first) {
+                return mismatch(0, first, name_evaluated(b), len);
+            }
+            if let Some((r, &len)) = reference.iter().enumerate().find(|(_, &l)| l != first) {
+                return mismatch(0, first, name_reference(r), len);
+            }
+            Ok(())
+        }
+        Pairing::OneToOne if evaluated.len() != reference.len() => Err(DataError::ReferenceCount {
+            clean: evaluated.len(),
+            reference: reference.len(),
+        }),
+        Pairing::OneToOne if by_label => Ok(()),
+        Pairing::OneToOne => {
+            for (b, (&e, &r)) in evaluated.iter().zip(reference).enumerate() {
+                if e != r {
+                    return mismatch(b, e, name_reference(b), r);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// [`check_reference_lengths`] on tokenized prompts, naming them by their [`PromptId`]s.
+pub fn check_reference(
+    pairing: Pairing,
+    by_label: bool,
+    evaluated: &[TokenizedPrompt],
+    reference: &[TokenizedPrompt],
+) -> Result<(), DataError> {
+    let lens =
+        |prompts: &[TokenizedPrompt]| prompts.iter().map(TokenizedPrompt::len).collect::<Vec<_>>();
+    check_reference_lengths(
+        pairing,
+        by_label,
+        &lens(evaluated),
+        &lens(reference),
+        &|b| evaluated[b].id().to_string(),
+        &|r| reference[r].id().to_string(),
+    )
+}
+
 /// Mean ablation by token position needs every reference prompt as long as every evaluated one;
 /// the error names both prompts, both lengths and the alternative (alignment by label).
 pub fn check_equal_lengths(
     evaluated: &[TokenizedPrompt],
     reference: &[TokenizedPrompt],
 ) -> Result<(), DataError> {
-    let Some(first) = evaluated.first() else {
-        return Ok(());
-    };
-    for other in evaluated.iter().chain(reference) {
-        if other.len() != first.len() {
-            return Err(DataError::ReferenceLength {
-                evaluated: first.id(),
-                evaluated_len: first.len(),
-                reference: other.id(),
-                reference_len: other.len(),
-            });
-        }
-    }
-    Ok(())
+    check_reference(Pairing::Pooled, false, evaluated, reference)
 }
 
-/// Resample ablation pairs prompt `i` with reference prompt `i`: each pair must be equally long.
+/// Resample ablation pairs prompt `i` with reference prompt `i`: as many reference prompts as
+/// evaluated ones, each pair equally long.
 pub fn check_paired_lengths(
     evaluated: &[TokenizedPrompt],
     reference: &[TokenizedPrompt],
 ) -> Result<(), DataError> {
-    if evaluated.len() != reference.len() {
-        return Err(DataError::ReferenceCount {
-            clean: evaluated.len(),
-            reference: reference.len(),
-        });
-    }
-    for (e, r) in evaluated.iter().zip(reference) {
-        if e.len() != r.len() {
-            return Err(DataError::ReferenceLength {
-                evaluated: e.id(),
-                evaluated_len: e.len(),
-                reference: r.id(),
-                reference_len: r.len(),
-            });
-        }
-    }
-    Ok(())
+    check_reference(Pairing::OneToOne, false, evaluated, reference)
 }

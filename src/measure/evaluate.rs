@@ -11,11 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{s, Array2, Axis};
 
+use super::disk_cache::{CacheInputs, CacheKeys, DiskCache};
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
-    check_lengths, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
-    ReferenceBuilder, ReferenceNeeds, ReferenceValues,
+    pairing, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
+    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
 };
+use crate::data::check_reference_lengths;
 use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
 use crate::plan::{compile, Plan, PlanShape, PromptPositions};
 use crate::resolve::bound::{
@@ -48,13 +50,43 @@ pub struct EvalPrompts<'a> {
     /// Token ids, BOS included when the tokenizer adds it.
     pub ids: Vec<Vec<u32>>,
     pub targets: Vec<Targets>,
-    /// How position names resolve in each prompt.
-    pub positions: Vec<&'a dyn PromptPositions>,
+    /// How position names resolve in each prompt (owned, or borrowed: `Box::new(&prompt)`).
+    pub positions: Vec<Box<dyn PromptPositions + 'a>>,
+}
+
+/// The model an evaluator runs: borrowed (tests, benches) or owned (a [`Session`]).
+///
+/// [`Session`]: super::session::Session
+pub enum ModelHandle<'a> {
+    Borrowed(&'a Model),
+    Owned(Box<Model>),
+}
+
+impl std::ops::Deref for ModelHandle<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        match self {
+            ModelHandle::Borrowed(m) => m,
+            ModelHandle::Owned(m) => m,
+        }
+    }
+}
+
+impl<'a> From<&'a Model> for ModelHandle<'a> {
+    fn from(model: &'a Model) -> Self {
+        ModelHandle::Borrowed(model)
+    }
+}
+
+impl From<Model> for ModelHandle<'_> {
+    fn from(model: Model) -> Self {
+        ModelHandle::Owned(Box::new(model))
+    }
 }
 
 /// Runs circuits against one model, prompt set and reference set.
 pub struct Evaluator<'a> {
-    model: &'a Model,
+    model: ModelHandle<'a>,
     settings: AblationSettings,
     prompts: EvalPrompts<'a>,
     reference_ids: Vec<Vec<u32>>,
@@ -68,9 +100,11 @@ pub struct Evaluator<'a> {
     pub forward_passes: usize,
     /// Called after each forward batch with the number of prompts it held.
     pub on_batch: Option<Box<dyn Fn(usize) + 'a>>,
-    /// A folder where reference values are cached between runs, keyed by content (see
-    /// [`Evaluator::reference_cache_key`]); `None` disables the cache.
+    /// A folder where reference values and per-prompt metrics are cached between runs, keyed
+    /// by content (see [`super::disk_cache`]); `None` disables the cache.
     pub disk_cache: Option<std::path::PathBuf>,
+    /// The disk cache's key function, built on first use (after `label_alignment` is set).
+    cache_keys: Option<CacheKeys>,
     /// Reference needs of every plan compiled so far, so one reference pass serves them all.
     planned_needs: ReferenceNeeds,
     /// `align by label`: the slots of every evaluated and reference prompt. `None` aligns by
@@ -122,13 +156,13 @@ impl Evaluation {
 
 impl<'a> Evaluator<'a> {
     pub fn new(
-        model: &'a Model,
+        model: impl Into<ModelHandle<'a>>,
         settings: AblationSettings,
         prompts: EvalPrompts<'a>,
         reference_ids: Vec<Vec<u32>>,
     ) -> Evaluator<'a> {
         Evaluator {
-            model,
+            model: model.into(),
             settings,
             prompts,
             reference_ids,
@@ -139,9 +173,35 @@ impl<'a> Evaluator<'a> {
             forward_passes: 0,
             on_batch: None,
             disk_cache: None,
+            cache_keys: None,
             planned_needs: ReferenceNeeds::default(),
             label_alignment: None,
         }
+    }
+
+    /// The model the evaluator runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The settings that change what an ablation computes.
+    pub fn settings(&self) -> AblationSettings {
+        self.settings
+    }
+
+    /// The evaluated prompts.
+    pub fn prompts(&self) -> &EvalPrompts<'a> {
+        &self.prompts
+    }
+
+    /// The plan that keeps everything: the full model.
+    pub fn full_plan(&self) -> Plan {
+        Plan::full(self.shape(), &self.prompt_lens(), self.settings.scope)
+    }
+
+    /// The plan that keeps nothing: the empty circuit.
+    pub fn empty_plan(&self) -> Plan {
+        Plan::empty(self.shape(), &self.prompt_lens(), self.settings.scope)
     }
 
     fn shape(&self) -> PlanShape {
@@ -158,12 +218,9 @@ impl<'a> Evaluator<'a> {
 
     /// Compiles a circuit for the evaluated prompts.
     pub fn compile(&self, circuit: &BoundCircuit) -> miette::Result<Plan> {
-        compile(
-            circuit,
-            self.settings.scope,
-            self.shape(),
-            &self.prompts.positions,
-        )
+        let positions: Vec<&dyn PromptPositions> =
+            self.prompts.positions.iter().map(|p| p.as_ref()).collect();
+        compile(circuit, self.settings.scope, self.shape(), &positions)
     }
 
     /// Checks reference lengths before any forward pass (a bad dataset costs nothing); under
@@ -173,19 +230,26 @@ impl<'a> Evaluator<'a> {
         if self.settings.ablation == AblationKind::Zero {
             return Ok(());
         }
+        if self.reference_ids.is_empty() {
+            return Err(ReferenceError::Empty.into());
+        }
+        let Some(pairing) = pairing(self.settings.ablation) else {
+            return Ok(());
+        };
+        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
+        check_reference_lengths(
+            pairing,
+            self.label_alignment.is_some(),
+            &self.prompt_lens(),
+            &ref_lens,
+            &|b| self.prompts.positions[b].describe(),
+            &|r| format!("reference prompt {r}"),
+        )?;
         if let Some(alignment) = &self.label_alignment {
             // By slot, not by index: lengths may differ, every slot must be covered.
             let with_pairs = !self.planned_needs.edge_heads.is_empty();
             alignment.check(self.settings.ablation, with_pairs)?;
-            return Ok(());
         }
-        let ref_lens: Vec<usize> = self.reference_ids.iter().map(Vec::len).collect();
-        check_lengths(
-            self.settings.ablation,
-            &ref_lens,
-            &self.prompt_lens(),
-            &|b| self.prompts.positions[b].describe(),
-        )?;
         Ok(())
     }
 
@@ -196,8 +260,7 @@ impl<'a> Evaluator<'a> {
             .iter()
             .map(|c| self.compile(c))
             .collect::<miette::Result<_>>()?;
-        let lens = self.prompt_lens();
-        let empty_plan = Plan::empty(self.shape(), &lens, self.settings.scope);
+        let empty_plan = self.empty_plan();
 
         // The reference pass runs lazily (a run whose results are all cached needs none), but
         // once, covering every plan.
@@ -209,7 +272,7 @@ impl<'a> Evaluator<'a> {
         }
         self.check_reference()?;
 
-        let full = self.run(&Plan::full(self.shape(), &lens, self.settings.scope))?;
+        let full = self.run(&self.full_plan())?;
         let empty = self.run(&empty_plan)?;
         let mut results = Vec::with_capacity(circuits.len());
         for (circuit, plan) in circuits.iter().zip(&plans) {
@@ -236,6 +299,17 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// The reference values covering `needs` (and every plan evaluated so far): from memory,
+    /// the disk cache or one forward pass over the reference prompts.
+    pub fn reference_values_for(
+        &mut self,
+        needs: &ReferenceNeeds,
+    ) -> miette::Result<&ReferenceValues> {
+        self.check_reference()?;
+        self.ensure_reference(needs)?;
+        Ok(&self.reference.as_ref().expect("ensured above").1)
+    }
+
     /// Builds the reference values if they are missing or do not cover `needs`.
     fn ensure_reference(&mut self, needs: &ReferenceNeeds) -> miette::Result<()> {
         if let Some((have, values)) = &self.reference {
@@ -254,63 +328,21 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    /// The content key of the reference values for `needs`: sha256 of the model's weights,
-    /// the reference prompts' token ids (which fix the dataset and the tokenizer), the ablation
-    /// kind, the number of evaluated prompts (resample pairing) and what is needed.
-    pub fn reference_cache_key(&self, needs: &ReferenceNeeds) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(b"circuit reference values v1\n");
-        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-        // The code that computes the numbers (build.rs): a changed engine never reads old results.
-        hasher.update(env!("CIRCUIT_NUMERIC_CODE_FINGERPRINT").as_bytes());
-        hasher.update(self.model.weights_hash().as_bytes());
-        hasher.update(format!(
-            "{:?} {}\n",
-            self.settings.ablation,
-            self.prompts.ids.len()
-        ));
-        for head in &needs.edge_heads {
-            hasher.update(format!("edge {head}\n"));
-        }
-        hasher.update(format!("head_outputs {}\n", needs.head_outputs));
-        if let Some(alignment) = &self.label_alignment {
-            hasher.update(alignment.cache_text().as_bytes());
-        }
-        for prompt in &self.reference_ids {
-            hasher.update((prompt.len() as u64).to_le_bytes());
-            for id in prompt {
-                hasher.update(id.to_le_bytes());
-            }
-        }
-        hex::encode(hasher.finalize())
-    }
-
     /// Reference values for `needs`: from the disk cache when present, else one forward pass.
     fn reference_values(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
         let n_eval = self.prompts.ids.len();
         if self.settings.ablation == AblationKind::Zero {
             return Ok(ReferenceValues::zero(n_eval));
         }
-        let cache_file = self.disk_cache.as_ref().map(|dir| {
-            dir.join(format!(
-                "reference-{}.safetensors",
-                self.reference_cache_key(needs)
-            ))
-        });
-        if let Some(path) = &cache_file {
-            if let Some(values) = std::fs::read(path)
-                .ok()
-                .and_then(|bytes| ReferenceValues::from_safetensors(&bytes))
-            {
+        let cache = self.disk_cache();
+        if let Some((cache, keys)) = &cache {
+            if let Some(values) = cache.read_reference(keys, needs) {
                 return Ok(values);
             }
         }
         let values = self.reference_forward(needs)?;
-        if let Some(path) = &cache_file {
-            // A cache is an optimization: failing to write it is not an error.
-            let _ = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
-                .and_then(|_| crate::util::write_atomic(path, &values.to_safetensors()));
+        if let Some((cache, keys)) = &cache {
+            cache.write_reference(keys, needs, &values);
         }
         Ok(values)
     }
@@ -399,11 +431,11 @@ impl<'a> Evaluator<'a> {
         if let Some(hit) = self.memo.get(&key) {
             return Ok(hit.clone());
         }
-        let cache_file = self
-            .disk_cache
+        let cache = self.disk_cache();
+        if let Some(hit) = cache
             .as_ref()
-            .map(|dir| dir.join(format!("metrics-{}.json", self.results_cache_key(&key))));
-        if let Some(hit) = cache_file.as_ref().and_then(|path| read_metrics(path)) {
+            .and_then(|(cache, keys)| cache.read_metrics(keys, &key))
+        {
             self.memo.insert(key, hit.clone());
             return Ok(hit);
         }
@@ -436,43 +468,32 @@ impl<'a> Evaluator<'a> {
             self.full_logits.as_ref().expect("computed above").view(),
             &self.prompts.targets,
         );
-        if let Some(path) = &cache_file {
-            write_metrics(path, &metrics);
+        if let Some((cache, keys)) = &cache {
+            cache.write_metrics(keys, &key, &metrics);
         }
         self.memo.insert(key, metrics.clone());
         Ok(metrics)
     }
 
-    /// The content key of one plan's per-prompt metrics: the model's weights, the ablation
-    /// settings, the evaluated prompts and their targets, the reference prompts and the plan.
-    pub fn results_cache_key(&self, plan_key: &str) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(b"circuit per-prompt metrics v1\n");
-        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-        // The code that computes the numbers (build.rs): a changed engine never reads old results.
-        hasher.update(env!("CIRCUIT_NUMERIC_CODE_FINGERPRINT").as_bytes());
-        hasher.update(self.model.weights_hash().as_bytes());
-        hasher.update(format!(
-            "{:?} {:?} {:?}\n",
-            self.settings.ablation, self.settings.edge_ablation, self.settings.scope
-        ));
-        for (prompt, target) in self.prompts.ids.iter().zip(&self.prompts.targets) {
-            hasher.update((prompt.len() as u64).to_le_bytes());
-            prompt.iter().for_each(|id| hasher.update(id.to_le_bytes()));
-            hasher.update(target.answer.to_le_bytes());
-            hasher.update(target.distractor.to_le_bytes());
-        }
-        hasher.update(b"reference\n");
-        for prompt in &self.reference_ids {
-            hasher.update((prompt.len() as u64).to_le_bytes());
-            prompt.iter().for_each(|id| hasher.update(id.to_le_bytes()));
-        }
-        if let Some(alignment) = &self.label_alignment {
-            hasher.update(alignment.cache_text().as_bytes());
-        }
-        hasher.update(plan_key.as_bytes());
-        hex::encode(hasher.finalize())
+    /// The disk cache and its key function, when a cache folder is set.
+    fn disk_cache(&mut self) -> Option<(DiskCache, CacheKeys)> {
+        let dir = self.disk_cache.clone()?;
+        let keys = match &self.cache_keys {
+            Some(keys) => keys.clone(),
+            None => {
+                let keys = CacheKeys::new(&CacheInputs {
+                    weights_sha256: self.model.weights_hash(),
+                    settings: self.settings,
+                    evaluated: &self.prompts.ids,
+                    targets: &self.prompts.targets,
+                    reference: &self.reference_ids,
+                    label_alignment: self.label_alignment.as_ref(),
+                });
+                self.cache_keys = Some(keys.clone());
+                keys
+            }
+        };
+        Some((DiskCache { dir }, keys))
     }
 }
 
@@ -480,34 +501,4 @@ impl<'a> Evaluator<'a> {
 enum AnyBuilder {
     Position(ReferenceBuilder),
     Label(LabelReferenceBuilder),
-}
-
-/// Per-prompt metrics as JSON with every f64 stored as its bit pattern, so a cached run
-/// reproduces a computed one bit for bit.
-fn write_metrics(path: &std::path::Path, metrics: &PromptMetrics) {
-    let bits: BTreeMap<&str, Vec<u64>> = metrics
-        .iter()
-        .map(|(&m, values)| {
-            (
-                super::metric_name(m),
-                values.iter().map(|x| x.to_bits()).collect(),
-            )
-        })
-        .collect();
-    let text = serde_json::to_string(&bits).expect("metrics serialize");
-    // A cache is an optimization: failing to write it is not an error.
-    let _ = std::fs::create_dir_all(path.parent().expect("a file in a folder"))
-        .and_then(|_| crate::util::write_atomic(path, text.as_bytes()));
-}
-
-/// Reads what [`write_metrics`] wrote; `None` for a missing or damaged entry.
-fn read_metrics(path: &std::path::Path) -> Option<PromptMetrics> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let bits: BTreeMap<String, Vec<u64>> = serde_json::from_str(&text).ok()?;
-    let mut out = PromptMetrics::new();
-    for metric in super::ALL_METRICS {
-        let values = bits.get(super::metric_name(metric))?;
-        out.insert(metric, values.iter().map(|&b| f64::from_bits(b)).collect());
-    }
-    Some(out)
 }

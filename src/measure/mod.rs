@@ -6,8 +6,13 @@
 //! per-prompt normalized scores (normalize first, then look at the distribution) are reported
 //! as quantiles beside it, because the two orders give different numbers.
 
+pub mod disk_cache;
+pub mod error;
 pub mod evaluate;
+pub mod expect;
 pub mod file;
+pub mod predict;
+pub mod session;
 
 use std::collections::BTreeMap;
 
@@ -15,7 +20,10 @@ use ndarray::ArrayView2;
 
 use crate::resolve::bound::{Metric, SettingName};
 
-pub use evaluate::{AblationSettings, EvalPrompts, Evaluation, Evaluator, PromptMetrics};
+pub use evaluate::{
+    AblationSettings, EvalPrompts, Evaluation, Evaluator, ModelHandle, PromptMetrics,
+};
+pub use session::{Session, SessionOptions};
 
 /// Every metric, in report order.
 pub const ALL_METRICS: [Metric; 5] = [

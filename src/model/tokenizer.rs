@@ -44,6 +44,15 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a model without its weights: a folder's `tokenizer.json`, or the one
+    /// embedded in the binary for a built-in model.
+    pub fn open(model: &super::ModelSource) -> Result<Self, TokenizerError> {
+        match model {
+            super::ModelSource::Dir(dir) => Tokenizer::from_file(&dir.join("tokenizer.json")),
+            super::ModelSource::Builtin(name) => super::builtin::tokenizer(name),
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
         let bytes = std::fs::read(path).map_err(|e| TokenizerError::Load {
             path: path.to_path_buf(),

@@ -1,4 +1,11 @@
 use super::*;
+use fixed::FixedPositions;
+
+/// The test fixture shared with the integration tests (a file outside the library's sources).
+mod fixed {
+    use crate as circuit;
+    include!("../../tests/eval_support/fixed_positions.rs");
+}
 use crate::data::positions::{Anchor, Position, SlotToken};
 use crate::model::HeadInput;
 use crate::resolve::bound::{PathEdge, QkEdge};

@@ -4,6 +4,7 @@ use super::binder::Binder;
 use super::bound::*;
 use super::diagnostics as code;
 use super::settings::bind_metric;
+use super::value::Interval;
 use crate::syntax::ast::{self, Span};
 use crate::syntax::format;
 use crate::syntax::SourceDiagnostic;
@@ -40,8 +41,8 @@ impl<'a> Binder<'a> {
             ast::CmpOp::Gt => Comparison::Gt,
             ast::CmpOp::Ge => Comparison::Ge,
         };
-        let (llo, lhi) = interval(&l);
-        let (rlo, rhi) = interval(&r);
+        let Interval { lo: llo, hi: lhi } = l.range();
+        let Interval { lo: rlo, hi: rhi } = r.range();
         let never = match comparison {
             Comparison::Gt => lhi <= rlo,
             Comparison::Ge => lhi < rlo,
@@ -188,54 +189,6 @@ fn own_quantity(name: &str, metric: Option<Metric>) -> Option<Quantity> {
         ("ratio", _) => Some(Quantity::Ratio),
         (_, Some(m)) => Some(Quantity::Metric(m)),
         _ => None,
-    }
-}
-
-/// The range a value can take, from the ranges of the quantities in it (interval
-/// arithmetic; quantities are treated as independent, so this finds only sure impossibilities).
-fn interval(v: &ValueExpr) -> (f64, f64) {
-    const ANY: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
-    let metric_range = |m: Metric| match m {
-        Metric::LogitDiff => ANY,
-        Metric::Prob | Metric::Accuracy => (0.0, 1.0),
-        Metric::Logprob => (f64::NEG_INFINITY, 0.0),
-        Metric::Kl => (0.0, f64::INFINITY),
-    };
-    let (lo, hi) = match v {
-        ValueExpr::Number(x) => (*x, *x),
-        ValueExpr::Quantity { quantity, .. } => match quantity {
-            Quantity::Faithfulness | Quantity::Ratio => ANY,
-            Quantity::Metric(m) | Quantity::Full(m) | Quantity::Empty(m) => metric_range(*m),
-        },
-        ValueExpr::Neg(a) => {
-            let (a, b) = interval(a);
-            (-b, -a)
-        }
-        ValueExpr::Add(a, b) => {
-            let ((a1, a2), (b1, b2)) = (interval(a), interval(b));
-            (a1 + b1, a2 + b2)
-        }
-        ValueExpr::Sub(a, b) => {
-            let ((a1, a2), (b1, b2)) = (interval(a), interval(b));
-            (a1 - b2, a2 - b1)
-        }
-        ValueExpr::Mul(a, b) => {
-            let ((a1, a2), (b1, b2)) = (interval(a), interval(b));
-            let products = [a1 * b1, a1 * b2, a2 * b1, a2 * b2];
-            if products.iter().any(|p| p.is_nan()) {
-                ANY
-            } else {
-                (
-                    products.iter().copied().fold(f64::INFINITY, f64::min),
-                    products.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                )
-            }
-        }
-    };
-    if lo.is_nan() || hi.is_nan() {
-        ANY
-    } else {
-        (lo, hi)
     }
 }
 

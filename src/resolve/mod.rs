@@ -18,6 +18,7 @@ mod expectations;
 mod groups;
 mod positions;
 mod settings;
+pub mod value;
 
 use std::path::Path;
 

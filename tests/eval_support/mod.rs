@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use circuit::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
-use circuit::measure::Targets;
+use circuit::measure::{EvalPrompts, Targets};
 use circuit::model::Model;
-use circuit::plan::FixedPositions;
+use circuit::plan::PromptPositions;
+
+mod fixed_positions;
 use circuit::resolve::bound::{BoundCircuit, HeadId, QkEdge};
+pub use fixed_positions::FixedPositions;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,7 +38,23 @@ pub struct HandData {
     pub positions: Vec<FixedPositions>,
 }
 
-/// Real stories: each text tokenized (BOS added) and cut to `len` tokens; the answer is the
+impl HandData {
+    /// The clean prompts as an evaluator takes them.
+    pub fn eval_prompts(&self) -> EvalPrompts<'static> {
+        EvalPrompts {
+            ids: self.clean.clone(),
+            targets: self.targets.clone(),
+            positions: self
+                .positions
+                .iter()
+                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
+                .collect(),
+        }
+    }
+}
+
+/// Real stories, as many reference prompts as clean ones (resample pairs one-to-one): each
+/// text tokenized (BOS added) and cut to `len` tokens; the answer is the
 /// token that follows in the text, the distractor the prompt's last token.
 pub fn stories_data(model: &Model, len: usize) -> HandData {
     let clean_texts = [
@@ -53,7 +72,6 @@ pub fn stories_data(model: &Model, len: usize) -> HandData {
         "The girl found a shiny stone near the river and took it home",
         "Ben had a toy boat. He put it in the bath and it floated away",
         "It was a cold day, so the children wore their warm hats outside",
-        "There was a small mouse who lived in a hole under the old house",
     ];
     let encode = |t: &str| model.tokenizer.encode(t).expect("tokenizes").ids;
     let mut clean = Vec::new();
