@@ -32,6 +32,8 @@ enum Command {
     Test(cli::test::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
+    /// Evaluate a .circuit file and draw it as a self-contained HTML page.
+    Show(cli::show::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
+        Command::Show(args) => cli::show::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,10 @@ pub struct Args {
     /// besides the normal report.
     #[arg(long, value_name = "OUT.svg")]
     pub svg: Option<PathBuf>,
+    /// Also write a self-contained HTML page (graphs over positions, attention patterns,
+    /// faithfulness, settings) into this file (atomically).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }
 
 /// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
@@ -75,20 +79,26 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
     result
 }
 
+/// The error (with `code`) for writing the `what` to `path` in a folder that does not exist.
+pub fn missing_folder(path: &Path, what: &str, code: &'static str) -> Option<miette::Report> {
+    let folder = path.parent().filter(|f| !f.as_os_str().is_empty())?;
+    (!folder.is_dir()).then(|| {
+        miette::miette!(
+            code = code,
+            help = format!("create the folder first, or write the {what} elsewhere"),
+            "cannot write the {what} to {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        )
+    })
+}
+
 /// Writes a picture to `path` atomically; `what` names it in the error.
 pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
     // A missing folder is the usual mistake; say so rather than show the temporary file's
     // name that the atomic write failed to create in it.
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        if !folder.is_dir() {
-            return Err(miette::miette!(
-                code = "circuit::report::write_svg",
-                help = "create the folder first, or write the picture elsewhere",
-                "cannot write the {what} to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            ));
-        }
+    if let Some(error) = missing_folder(path, what, "circuit::report::write_svg") {
+        return Err(error);
     }
     circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
@@ -119,6 +129,19 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = resolve(&args.file, args.model.as_deref())?;
+    if let Some(path) = &args.html {
+        let others: Vec<&Path> = args
+            .output
+            .iter()
+            .chain(&args.svg)
+            .map(|p| p.as_path())
+            .collect();
+        super::show::check_output(
+            path,
+            &super::show::inputs_of(&args.file, &resolved.file),
+            &others,
+        )?;
+    }
     let run = evaluate(&resolved, &args.circuits)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
@@ -134,6 +157,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(path) = &args.svg {
         let chart = circuit::report::svg::faithfulness_chart(&report);
         write_picture(path, &chart, "faithfulness chart")?;
+    }
+    if let Some(path) = &args.html {
+        super::show::write_eval_page("eval", path, &resolved.file, &run, &report)?;
     }
     emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)

@@ -8,4 +8,5 @@ pub mod eval;
 pub mod fmt;
 pub mod format;
 pub mod run;
+pub mod show;
 pub mod test;
