@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench forward                 # both thread counts
 //!     cargo bench --bench forward -- --threads 2  # one
+//!     cargo bench --bench forward -- --weights DIR # keep the random model in DIR
 //!
 //! The weights (498 MB of f32) are generated into a temporary folder, never committed. Each
 //! thread count runs in a child process, because matrixmultiply and rayon size their thread
@@ -19,6 +20,8 @@ use rand::{Rng, SeedableRng};
 #[path = "support/random_gpt2.rs"]
 mod random_gpt2;
 use random_gpt2::{peak_rss_bytes, write_random_gpt2, Gpt2Shape};
+#[path = "support/peak.rs"]
+mod peak;
 
 const LAYERS: usize = 12;
 const D: usize = 768;
@@ -39,32 +42,41 @@ fn main() {
         Some(i) => vec![args[i + 1].parse().expect("--threads N")],
         None => vec![1, 2],
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let started = Instant::now();
-    write_random_gpt2(
-        dir.path(),
-        &Gpt2Shape {
-            layers: LAYERS,
-            heads: 12,
-            d: D,
-            d_mlp: 4 * D,
-            vocab: VOCAB,
-            n_ctx: N_CTX,
-        },
-    );
-    eprintln!(
-        "wrote random GPT-2-small weights in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    // `--weights DIR`: keep the random model in DIR (written there once) instead of a temporary
+    // folder, e.g. to profile `--child DIR` alone.
+    let temporary = tempfile::tempdir().expect("tempdir");
+    let dir = match args.iter().position(|a| a == "--weights") {
+        Some(i) => std::path::PathBuf::from(&args[i + 1]),
+        None => temporary.path().to_path_buf(),
+    };
+    if !dir.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&dir).expect("weights folder");
+        let started = Instant::now();
+        write_random_gpt2(
+            &dir,
+            &Gpt2Shape {
+                layers: LAYERS,
+                heads: 12,
+                d: D,
+                d_mlp: 4 * D,
+                vocab: VOCAB,
+                n_ctx: N_CTX,
+            },
+        );
+        eprintln!(
+            "wrote random GPT-2-small weights in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     for &n in &threads {
+        let (peak, width) = peak::fma_peak_gflops(n);
         println!(
-            "threads {n}: machine FMA peak {:.1} GFLOP/s (f32, {n} core(s) busy)",
-            fma_peak_gflops(n)
+            "threads {n}: machine FMA peak {peak:.1} GFLOP/s ({width}-bit f32 FMA, {n} core(s) busy)"
         );
     }
     for n in threads {
         let status = Command::new(std::env::current_exe().unwrap())
-            .args(["--child", dir.path().to_str().unwrap()])
+            .args(["--child", dir.to_str().unwrap()])
             .env("RAYON_NUM_THREADS", n.to_string())
             .env("MATMUL_NUM_THREADS", n.to_string())
             .status()
@@ -186,62 +198,19 @@ fn gemm_floor(threads: &str) {
             2.0 * (rows * inner * cols) as f64 / seconds / 1e9
         );
     }
-    // The tied unembedding reads the (V, D) embedding transposed.
-    let (x, embed) = (random(ends, D), random(VOCAB, D));
-    let seconds = median_seconds(&|| matmul(x.view(), embed.t())[[0, 0]]);
+    // The tied unembedding reads the (V, D) embedding transposed; the engine stores it
+    // column-major (`linalg::unembedding_layout`), so that transpose is a standard (D, V) matrix.
+    let (x, embed_t) = (random(ends, D), random(D, VOCAB));
+    let seconds = median_seconds(&|| matmul(x.view(), embed_t.view())[[0, 0]]);
     total += seconds;
     println!(
-        "threads {threads}: GEMM alone {ends}×{D}·({VOCAB}×{D})ᵀ: {:.1} GFLOP/s",
+        "threads {threads}: GEMM alone {ends}×{D}·({VOCAB}×{D})ᵀ, stored column-major: {:.1} GFLOP/s",
         2.0 * (ends * D * VOCAB) as f64 / seconds / 1e9
     );
     println!(
         "threads {threads}: END-logits forward's matrix products alone: {total:.3} s ({:.1} GFLOP/s)",
         flops(true) / total / 1e9
     );
-}
-
-/// The machine's f32 multiply-add throughput: 12 independent chains of 8-wide FMAs per
-/// thread (enough to hide the FMA latency), on `threads` threads at once. No GEMM can exceed it.
-fn fma_peak_gflops(threads: usize) -> f64 {
-    const ITERATIONS: usize = 100_000_000;
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| std::hint::black_box(fma_chains(ITERATIONS)));
-        }
-    });
-    let flops_per_iteration = 12.0 * 8.0 * 2.0;
-    threads as f64 * ITERATIONS as f64 * flops_per_iteration / started.elapsed().as_secs_f64() / 1e9
-}
-
-fn fma_chains(iterations: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma") {
-        // SAFETY: the features the function is compiled for were just detected.
-        return unsafe { fma_chains_avx(iterations) };
-    }
-    let _ = iterations;
-    f32::NAN
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,fma")]
-fn fma_chains_avx(iterations: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let (scale, shift) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-    let mut chains = [_mm256_set1_ps(1.0); 12];
-    for _ in 0..iterations {
-        for chain in chains.iter_mut() {
-            *chain = _mm256_fmadd_ps(*chain, scale, shift);
-        }
-    }
-    let mut lanes = [0.0f32; 8];
-    let sum = chains
-        .iter()
-        .fold(_mm256_setzero_ps(), |a, &c| _mm256_add_ps(a, c));
-    // SAFETY: `lanes` holds 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
-    lanes.iter().sum()
 }
 
 /// User + system CPU time of this process, all threads (Linux `/proc/self/stat`, in USER_HZ

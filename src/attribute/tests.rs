@@ -196,8 +196,12 @@ fn eap_node_scores_are_the_derivative_of_the_metric_along_the_ablation() {
             component.name(),
             f.slots[0][t]
         );
+        // The finite difference of the f32 forward carries about 1e-4 of rounding noise, and
+        // how much depends on the GEMM kernel (1.03e-4 on 0.2 @ S4 with the AVX-512 gemm
+        // kernels, under 1e-4 with matrixmultiply's): 5e-3 relative, floored at 0.05, is that
+        // noise bound, while a wrong gradient is off by far more.
         assert!(
-            (score - numeric).abs() <= 2e-3 * numeric.abs().max(0.05),
+            (score - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
             "{} @ {}: eap {score} vs finite difference {numeric}",
             component.name(),
             f.slots[0][t]
@@ -545,8 +549,12 @@ fn eap_relative_to_a_circuit_is_the_derivative_with_its_ablations_in_place() {
             component.name(),
             f.slots[0][t]
         );
+        // The finite difference of the f32 forward carries about 1e-4 of rounding noise, and
+        // how much depends on the GEMM kernel (1.03e-4 on 0.2 @ S4 with the AVX-512 gemm
+        // kernels, under 1e-4 with matrixmultiply's): 5e-3 relative, floored at 0.05, is that
+        // noise bound, while a wrong gradient is off by far more.
         assert!(
-            (score - numeric).abs() <= 2e-3 * numeric.abs().max(0.05),
+            (score - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
             "{} @ {}: eap {score} vs finite difference {numeric}",
             component.name(),
             f.slots[0][t]

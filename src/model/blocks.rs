@@ -17,8 +17,9 @@ use rayon::prelude::*;
 
 use super::cache::rows_as_prompts;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
-use super::numerics::{dot, gelu_new, silu};
-use super::transformer::{matmul, Layer, Mlp, Positions, Transformer};
+use super::linalg::matmul;
+use super::numerics::{dot, exp, gelu_new, silu, widest_simd};
+use super::transformer::{Layer, Mlp, Positions, Transformer};
 
 /// The batch a forward runs on: `B` prompts right-padded to `T` tokens.
 #[derive(Clone, Copy, Debug)]
@@ -355,7 +356,12 @@ fn map_in_place(a: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
     a.as_slice_mut()
         .expect("standard layout")
         .par_chunks_mut(1 << 14)
-        .for_each(|chunk| chunk.iter_mut().for_each(|x| *x = f(*x)));
+        .for_each(|chunk| {
+            widest_simd(
+                #[inline(always)]
+                || chunk.iter_mut().for_each(|x| *x = f(*x)),
+            )
+        });
 }
 
 /// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
@@ -424,20 +430,25 @@ fn causal_scores(
         .par_chunks_mut(n_queries * seq)
         .enumerate()
         .for_each(|(bh, block)| {
-            let (b, h) = (bh / n_heads, bh % n_heads);
-            let q_offset = |i: usize| ((b * n_queries + i) * n_heads + h) * d_head;
-            let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
-            for i in 0..n_queries {
-                let q_row = &q[q_offset(i)..q_offset(i) + d_head];
-                let last_key = query_position(b, i);
-                for tk in 0..seq {
-                    block[i * seq + tk] = if tk <= last_key {
-                        dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-            }
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let (b, h) = (bh / n_heads, bh % n_heads);
+                    let q_offset = |i: usize| ((b * n_queries + i) * n_heads + h) * d_head;
+                    let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
+                    for i in 0..n_queries {
+                        let q_row = &q[q_offset(i)..q_offset(i) + d_head];
+                        let last_key = query_position(b, i);
+                        for tk in 0..seq {
+                            block[i * seq + tk] = if tk <= last_key {
+                                dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
+                            } else {
+                                f32::NEG_INFINITY
+                            };
+                        }
+                    }
+                },
+            )
         });
     scores
 }
@@ -451,19 +462,24 @@ fn softmax_rows(scores: &Array4<f32>) -> Array4<f32> {
         .unwrap()
         .par_chunks_mut(seq)
         .for_each(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if max == f32::NEG_INFINITY {
-                row.fill(0.0);
-                return;
-            }
-            let mut sum = 0.0;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for x in row.iter_mut() {
-                *x /= sum;
-            }
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if max == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                        return;
+                    }
+                    let mut sum = 0.0;
+                    for x in row.iter_mut() {
+                        *x = exp(*x - max);
+                        sum += *x;
+                    }
+                    for x in row.iter_mut() {
+                        *x /= sum;
+                    }
+                },
+            )
         });
     pattern
 }
@@ -482,20 +498,25 @@ fn weighted_values(pattern: &Array4<f32>, v: &Array4<f32>) -> Array4<f32> {
         .par_chunks_mut(n_heads * d_head)
         .enumerate()
         .for_each(|(bi, out)| {
-            let (b, i) = (bi / n_queries, bi % n_queries);
-            for h in 0..n_heads {
-                let weights = &p[((b * n_heads + h) * n_queries + i) * seq..][..seq];
-                let out = &mut out[h * d_head..(h + 1) * d_head];
-                for (tk, &w) in weights.iter().enumerate() {
-                    if w == 0.0 {
-                        continue;
+            widest_simd(
+                #[inline(always)]
+                || {
+                    let (b, i) = (bi / n_queries, bi % n_queries);
+                    for h in 0..n_heads {
+                        let weights = &p[((b * n_heads + h) * n_queries + i) * seq..][..seq];
+                        let out = &mut out[h * d_head..(h + 1) * d_head];
+                        for (tk, &w) in weights.iter().enumerate() {
+                            if w == 0.0 {
+                                continue;
+                            }
+                            let start = ((b * seq + tk) * n_heads + h) * d_head;
+                            for (o, x) in out.iter_mut().zip(&v[start..start + d_head]) {
+                                *o += w * x;
+                            }
+                        }
                     }
-                    let start = ((b * seq + tk) * n_heads + h) * d_head;
-                    for (o, x) in out.iter_mut().zip(&v[start..start + d_head]) {
-                        *o += w * x;
-                    }
-                }
-            }
+                },
+            )
         });
     z
 }

@@ -5,6 +5,7 @@ use ndarray::{s, Array1, Array2};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
+use super::linalg::unembedding_layout;
 use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
 use super::weights::WeightFiles;
 
@@ -97,7 +98,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         n_heads: config.n_heads,
         n_kv_heads: config.n_heads,
         d_head: config.d_head,
-        embed,
+        // Also the unembedding (tied): laid out for that product (linalg).
+        embed: unembedding_layout(embed),
         positions: Positions::Learned {
             wpe: matrix("wpe.weight", config.n_ctx, d)?,
         },

@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
+use super::linalg::unembedding_layout;
 use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
 use super::weights::WeightFiles;
 
@@ -88,14 +89,19 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         n_heads: config.n_heads,
         n_kv_heads: config.n_kv_heads,
         d_head: config.d_head,
-        embed: matrix("model.embed_tokens.weight", vocab, d)?,
+        // The matrix the logits are read with, laid out for the product (linalg).
+        embed: if tied {
+            unembedding_layout(matrix("model.embed_tokens.weight", vocab, d)?)
+        } else {
+            matrix("model.embed_tokens.weight", vocab, d)?
+        },
         positions: Positions::rotary(config.d_head, config.rope_theta),
         layers,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None
         } else {
-            Some(matrix("lm_head.weight", vocab, d)?)
+            Some(unembedding_layout(matrix("lm_head.weight", vocab, d)?))
         },
     })
 }

@@ -12,14 +12,14 @@
 //! batch and sequence are flattened for the projections, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `M` MLP width, `V` vocabulary.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::blocks::{Batch, Rows};
 use super::cache::{rows_as_prompts, ActivationCache, Recorder};
 use super::interventions::{Interventions, NoInterventions};
-use super::numerics::sum_of;
+use super::linalg::affine;
+use super::numerics::{sum_of, widest_simd};
 
 /// LayerNorm (GPT-2) or RMSNorm (Llama), applied per row.
 pub(crate) enum Norm {
@@ -42,25 +42,38 @@ impl Norm {
         out.as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(width)
-            .for_each(|row| match self {
-                Norm::Layer { weight, bias, eps } => {
-                    let mean = sum_of(row, |x| x) / width as f32;
-                    let var = sum_of(row, |x| (x - mean) * (x - mean)) / width as f32;
-                    let inv = 1.0 / (var + eps).sqrt();
-                    for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
-                        *x = (*x - mean) * inv * w + b;
-                    }
-                }
-                Norm::Rms { weight, eps } => {
-                    let mean_sq = sum_of(row, |x| x * x) / width as f32;
-                    let inv = 1.0 / (mean_sq + eps).sqrt();
-                    for (x, w) in row.iter_mut().zip(weight) {
-                        *x = w * (*x * inv);
-                    }
-                }
+            .for_each(|row| {
+                widest_simd(
+                    #[inline(always)]
+                    || match self {
+                        Norm::Layer { weight, bias, eps } => {
+                            let (weight, bias) = (contiguous(weight), contiguous(bias));
+                            let mean = sum_of(row, |x| x) / width as f32;
+                            let var = sum_of(row, |x| (x - mean) * (x - mean)) / width as f32;
+                            let inv = 1.0 / (var + eps).sqrt();
+                            for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                                *x = (*x - mean) * inv * w + b;
+                            }
+                        }
+                        Norm::Rms { weight, eps } => {
+                            let weight = contiguous(weight);
+                            let mean_sq = sum_of(row, |x| x * x) / width as f32;
+                            let inv = 1.0 / (mean_sq + eps).sqrt();
+                            for (x, w) in row.iter_mut().zip(weight) {
+                                *x = w * (*x * inv);
+                            }
+                        }
+                    },
+                )
             });
         out
     }
+}
+
+/// A loaded (D,) parameter as a slice: plain slices zip into loops the compiler vectorizes,
+/// ndarray's element iterators do not.
+fn contiguous(a: &Array1<f32>) -> &[f32] {
+    a.as_slice().expect("parameters are loaded contiguous")
 }
 
 /// A dense layer `y = x·W + b`, with `W` as `(in, out)` (for HF `nn.Linear`, a transposed view
@@ -84,46 +97,6 @@ impl Linear {
     ) -> Array2<f32> {
         let bias = self.bias.as_ref().map(|b| b.slice(s![cols.clone()]));
         affine(x, self.weight.slice(s![.., cols]), bias)
-    }
-}
-
-/// `x·w + b`: (N, in) · (in, out) + (out,) → (N, out). The bias is written first and the
-/// product accumulated onto it (`β = 1`), one pass over the output fewer than adding it
-/// afterwards. (Not the same rounding when `in` spans several of matrixmultiply's k-blocks: the
-/// bias then joins the sum before the later blocks; f32-level differences, well inside the
-/// tolerance against transformers.)
-fn affine(x: ArrayView2<f32>, w: ArrayView2<f32>, bias: Option<ArrayView1<f32>>) -> Array2<f32> {
-    match bias {
-        Some(bias) => {
-            let mut y = bias
-                .broadcast((x.nrows(), bias.len()))
-                .expect("bias has the output width")
-                .to_owned();
-            matmul_into(x, w, 1.0, &mut y);
-            y
-        }
-        None => matmul(x, w),
-    }
-}
-
-/// `x·w`: (N, in) · (in, out) → (N, out), as every projection of the engine computes it
-/// (public for the benchmarks, which time the forward's products alone).
-pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let mut y = Array2::zeros((x.nrows(), w.ncols()));
-    matmul_into(x, w, 0.0, &mut y);
-    y
-}
-
-/// `y = x·w + β·y`. matrixmultiply shares its threads out over the rows of the left factor,
-/// so a product with few rows (END rows, the END unembedding) would run on one thread; it is
-/// computed as `yᵀ = wᵀ·xᵀ` instead, the same sums with the long side on the left (measured at
-/// 2 threads: the 32-row unembedding of GPT-2 small 1.7× faster).
-fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut Array2<f32>) {
-    const FEW_ROWS: usize = 128;
-    if x.nrows() < FEW_ROWS && w.ncols() > x.nrows() {
-        general_mat_mul(1.0, &w.t(), &x.t(), beta, &mut y.view_mut().reversed_axes());
-    } else {
-        general_mat_mul(1.0, &x, &w, beta, y);
     }
 }
 
@@ -183,7 +156,8 @@ pub(crate) struct Transformer {
     pub positions: Positions,
     pub layers: Vec<Layer>,
     pub final_norm: Norm,
-    /// `None`: tied to `embed`.
+    /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
+    /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
     pub unembed: Option<Array2<f32>>, // (V, D)
 }
 
@@ -302,11 +276,12 @@ impl Transformer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::linalg::matmul;
     use super::*;
 
     #[test]
     fn few_row_and_many_row_products_agree() {
-        // 200 rows take the direct product, any 10 of them the transposed one (`matmul_into`).
+        // 200 rows and any 10 of them may take different kernels (`linalg::kernel_for`).
         let x = Array2::from_shape_fn((200, 64), |(i, j)| ((i * 31 + j * 7) % 17) as f32 - 8.0);
         let w = Array2::from_shape_fn((64, 300), |(i, j)| ((i * 13 + j * 5) % 11) as f32 * 0.25);
         let all = matmul(x.view(), w.view());

@@ -1,0 +1,341 @@
+//! The engine's matrix products: `y = x·w + β·y` on ndarray views, through one of two pure-Rust
+//! GEMMs, picked per shape and per CPU at run time (issue 13):
+//!
+//! - [`Kernel::MatrixMultiply`]: ndarray's `general_mat_mul` (matrixmultiply, with its AVX-512
+//!   kernels switched on in Cargo.toml). matrixmultiply shares its threads out over the rows of
+//!   the left factor, so a product with few rows runs on one thread;
+//! - [`Kernel::MatrixMultiplyTransposed`]: the same sums computed as `yᵀ = wᵀ·xᵀ`, the long side
+//!   on the left, for few-row products;
+//! - [`Kernel::Gemm`]: the `gemm` crate (runtime-dispatched AVX2 / AVX-512 kernels, rayon).
+//!
+//! [`kernel_for`] makes the choice, measured with `cargo bench --bench gemm` on every product
+//! shape of the GPT-2-small forward (docs/performance.md): on a CPU with AVX-512F the `gemm` crate
+//! was the faster on every shape, at 1 and 2 threads; elsewhere the engine keeps the kernels it
+//! had before AVX-512 was measured (matrixmultiply, transposed for few rows), so an AVX2-only
+//! machine runs exactly what it ran before, at the same speed and with the same rounding.
+//!
+//! Which kernel runs depends only on the shape and the CPU, never on the thread count, and each
+//! kernel sums every output element in an order that does not depend on how many threads share
+//! the work (they split rows and columns, never the inner dimension), so results stay identical
+//! across thread counts (`results_do_not_depend_on_the_thread_count` below).
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+
+/// One way of computing a product; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    MatrixMultiply,
+    MatrixMultiplyTransposed,
+    Gemm,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [
+        Kernel::MatrixMultiply,
+        Kernel::MatrixMultiplyTransposed,
+        Kernel::Gemm,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::MatrixMultiply => "matrixmultiply",
+            Kernel::MatrixMultiplyTransposed => "matrixmultiply (yᵀ = wᵀ·xᵀ)",
+            Kernel::Gemm => "gemm",
+        }
+    }
+
+    /// `y = x·w + β·y`: x `(N, K)`, w `(K, M)`, y `(N, M)`; any strides.
+    pub fn product_into(
+        self,
+        x: ArrayView2<f32>,
+        w: ArrayView2<f32>,
+        beta: f32,
+        y: &mut ArrayViewMut2<f32>,
+    ) {
+        assert_eq!(x.ncols(), w.nrows(), "inner dimensions of x·w");
+        assert_eq!(y.dim(), (x.nrows(), w.ncols()), "shape of y = x·w");
+        match self {
+            Kernel::MatrixMultiply => general_mat_mul(1.0, &x, &w, beta, y),
+            Kernel::MatrixMultiplyTransposed => {
+                general_mat_mul(1.0, &w.t(), &x.t(), beta, &mut y.view_mut().reversed_axes())
+            }
+            Kernel::Gemm => gemm_crate(x, w, beta, y),
+        }
+    }
+}
+
+/// The `gemm` crate on ndarray views (strides in elements, as both use them).
+fn gemm_crate(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
+    let ((rows, inner), cols) = (x.dim(), w.ncols());
+    if rows == 1 {
+        // One row would take gemm's matrix-vector path, which sums in another order than its
+        // general one: compute two copies of the row and keep the first.
+        let x2 = ndarray::concatenate![ndarray::Axis(0), x, x]; // (2, K)
+        let mut y2 = ndarray::concatenate![ndarray::Axis(0), y.view(), y.view()]; // (2, M)
+        gemm_crate(x2.view(), w, beta, &mut y2.view_mut());
+        y.assign(&y2.slice(ndarray::s![0..1, ..]));
+        return;
+    }
+    let parallelism = if rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0) // rayon's pool: RAYON_NUM_THREADS, as the rest of the engine
+    } else {
+        gemm::Parallelism::None
+    };
+    let (ys, xs, ws) = (y.strides().to_vec(), x.strides(), w.strides());
+    // SAFETY: the three pointers and their (row, column) strides describe the ndarray views
+    // exactly (shapes checked by the caller); `y` is borrowed mutably, so it aliases neither
+    // `x` nor `w`. gemm computes dst := alpha·dst + beta·lhs·rhs, reading dst only if told to.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            inner,
+            y.as_mut_ptr(),
+            ys[1],
+            ys[0],
+            beta != 0.0,
+            x.as_ptr(),
+            xs[1],
+            xs[0],
+            w.as_ptr(),
+            ws[1],
+            ws[0],
+            beta,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Below this many rows of `x`, matrixmultiply runs on one thread (it shares its threads out
+/// over the rows of the left factor), so the product is computed transposed.
+const FEW_ROWS: usize = 128;
+
+/// The gemm crate only for outputs wider than this: below it (tiny models, per-head columns)
+/// it switches to kernels for small shapes whose summation order depends on the number of rows.
+const GEMM_MIN_COLS: usize = 256;
+
+/// The kernel the engine uses for `x·w` with `x` `(rows, ·)`, `w` `(·, cols)` on this CPU.
+///
+/// A row of the result must not depend on how many other rows share the product: the END-only
+/// forward computes its last layer at 1 row per prompt, and its logits are asserted equal to
+/// the full forward's (`tests/backward_gradients.rs`). Each kernel chosen here sums every
+/// element over the inner dimension in an order fixed by the inner dimension alone (its
+/// k-blocking), whatever the number of rows; the gemm crate only with more than
+/// [`GEMM_MIN_COLS`] columns and at least 2 rows (`gemm_crate` pads a single row), where it takes
+/// its general path (`a_row_does_not_depend_on_how_many_rows_share_the_product`).
+pub fn kernel_for(rows: usize, cols: usize) -> Kernel {
+    if has_avx512f() && cols > GEMM_MIN_COLS {
+        Kernel::Gemm
+    } else if rows < FEW_ROWS && cols > rows {
+        // Measured at 2 threads on AMD Zen 4: the 32-row unembedding of GPT-2 small 1.7× faster.
+        Kernel::MatrixMultiplyTransposed
+    } else {
+        Kernel::MatrixMultiply
+    }
+}
+
+/// Whether this CPU runs AVX-512F (detected once; the standard library caches it).
+fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y = x·w + β·y` with the engine's kernel for the shape ([`kernel_for`]).
+pub fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
+    kernel_for(x.nrows(), w.ncols()).product_into(x, w, beta, y);
+}
+
+/// `x·w`: (N, in) · (in, out) → (N, out), as every projection of the engine computes it
+/// (public for the benchmarks, which time the forward's products alone).
+pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let mut y = Array2::zeros((x.nrows(), w.ncols()));
+    matmul_into(x, w, 0.0, &mut y.view_mut());
+    y
+}
+
+/// `x·w + b`: (N, in) · (in, out) + (out,) → (N, out). The bias is written first (row by row,
+/// a copy per row) and the product accumulated onto it (`β = 1`), one pass over the output fewer
+/// than adding it afterwards. (Not the same rounding when `in` spans several of the kernel's
+/// k-blocks: the bias then joins the sum before the later blocks; f32-level differences, well
+/// inside the tolerance against transformers.)
+pub(crate) fn affine(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    bias: Option<ArrayView1<f32>>,
+) -> Array2<f32> {
+    let Some(bias) = bias else {
+        return matmul(x, w);
+    };
+    let bias = bias.to_vec(); // (out,) contiguous
+    let mut rows = Vec::with_capacity(x.nrows() * bias.len());
+    for _ in 0..x.nrows() {
+        rows.extend_from_slice(&bias);
+    }
+    let mut y = Array2::from_shape_vec((x.nrows(), bias.len()), rows).expect("N·out values");
+    matmul_into(x, w, 1.0, &mut y.view_mut());
+    y
+}
+
+/// A `(V, D)` unembedding matrix laid out column-major, so that the `(D, V)` factor `uᵀ` of the
+/// logits `x·uᵀ` is a standard-layout matrix the kernels read contiguously. Measured with
+/// `cargo bench --bench gemm` (32 END rows, GPT-2 small): 1.8× faster at 1 thread with the gemm
+/// crate than reading the row-major matrix transposed.
+pub(crate) fn unembedding_layout(u: Array2<f32>) -> Array2<f32> {
+    if u.t().is_standard_layout() {
+        return u;
+    }
+    let transposed = transpose(u.view()); // (D, V)
+    drop(u);
+    transposed.reversed_axes() // (V, D), column-major
+}
+
+/// `a` `(R, C)` → `aᵀ` `(C, R)` in standard layout, in square tiles so that both the reads and
+/// the writes stay within a few cache lines per row (an element-by-element strided copy of a
+/// 50257 × 768 matrix takes ~0.3 s; tiled, a tenth of that).
+fn transpose(a: ArrayView2<f32>) -> Array2<f32> {
+    const TILE: usize = 32;
+    let (rows, cols) = a.dim();
+    let mut out = Array2::<f32>::zeros((cols, rows));
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[[c, r]] = a[[r, c]];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `x·w`: (N, K) · (K, M) → (N, M) with `kernel`.
+pub fn product(kernel: Kernel, x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
+    let mut y = Array2::zeros((x.nrows(), w.ncols()));
+    kernel.product_into(x, w, 0.0, &mut y.view_mut());
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
+    }
+
+    fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(run)
+    }
+
+    #[test]
+    fn the_unembedding_layout_keeps_every_value_and_reads_transposed_contiguously() {
+        let u = random(67, 45, 5); // (V, D): not multiples of the tile
+        let laid_out = unembedding_layout(u.clone());
+        assert_eq!(laid_out, u);
+        assert!(laid_out.t().is_standard_layout());
+        assert_eq!(transpose(u.view()), u.t());
+    }
+
+    #[test]
+    fn every_kernel_computes_the_product() {
+        // Small integers times quarters: every sum is exact in f32, whatever the order.
+        let x = Array2::from_shape_fn((70, 64), |(i, j)| ((i * 31 + j * 7) % 17) as f32 - 8.0);
+        let w = Array2::from_shape_fn((64, 300), |(i, j)| ((i * 13 + j * 5) % 11) as f32 * 0.25);
+        let expected = x.dot(&w);
+        let stored = w.t().to_owned(); // (out, in), as Llama and the tied unembedding store it
+        for kernel in Kernel::ALL {
+            assert_eq!(product(kernel, x.view(), w.view()), expected, "{kernel:?}");
+            assert_eq!(
+                product(kernel, x.view(), stored.t()),
+                expected,
+                "{kernel:?} wᵀ"
+            );
+            let mut y = Array2::from_elem((70, 300), 0.5);
+            kernel.product_into(x.view(), w.view(), 1.0, &mut y.view_mut());
+            assert_eq!(y, &expected + 0.5, "{kernel:?} with β = 1");
+            // Into a strided output: every other column of a wider array.
+            let mut wide = Array2::from_elem((70, 600), 7.0f32);
+            let mut every_other = wide.slice_mut(ndarray::s![.., ..;2]);
+            kernel.product_into(x.view(), w.view(), 0.0, &mut every_other);
+            assert_eq!(
+                wide.slice(ndarray::s![.., ..;2]),
+                expected,
+                "{kernel:?} strided"
+            );
+            assert!(wide.slice(ndarray::s![.., 1..;2]).iter().all(|&v| v == 7.0));
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_how_many_rows_share_the_product() {
+        // GPT-2 small's shapes, and a tiny model's (stories260K: d 64, MLP 172, vocab 512).
+        for (inner, cols) in [
+            (768, 768),
+            (768, 3072),
+            (3072, 768),
+            (64, 64),
+            (64, 172),
+            (172, 64),
+            (64, 512),
+        ] {
+            let (x, w) = (random(512, inner, 6), random(inner, cols, 7));
+            let all = matmul(x.view(), w.view());
+            for rows in [40..72, 100..101, 0..32, 511..512] {
+                let few = matmul(x.slice(ndarray::s![rows.clone(), ..]), w.view());
+                assert_eq!(
+                    few,
+                    all.slice(ndarray::s![rows.clone(), ..]),
+                    "{inner}×{cols}, rows {rows:?}"
+                );
+                let bias = random(1, cols, 8).row(0).to_owned();
+                let few = affine(
+                    x.slice(ndarray::s![rows.clone(), ..]),
+                    w.view(),
+                    Some(bias.view()),
+                );
+                let all = affine(x.view(), w.view(), Some(bias.view()));
+                assert_eq!(
+                    few,
+                    all.slice(ndarray::s![rows.clone(), ..]),
+                    "{inner}×{cols} + b, rows {rows:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Random values, so any change of summation order would show in the last bits; shapes
+        // from GPT-2 small (512 rows, 32 rows, K = 768 and 3072, the unembedding as stored).
+        // Only the gemm crate takes its threads from the rayon pool; matrixmultiply's are fixed
+        // per process (MATMUL_NUM_THREADS), covered by tests/eval_cli.rs across processes.
+        let embed = random(50257, 768, 3);
+        for (rows, inner, cols) in [(512, 768, 3072), (512, 3072, 768), (32, 768, 768)] {
+            let (x, w) = (random(rows, inner, 1), random(inner, cols, 2));
+            let one = on_threads(1, || product(Kernel::Gemm, x.view(), w.view()));
+            let two = on_threads(2, || product(Kernel::Gemm, x.view(), w.view()));
+            assert_eq!(one, two, "{rows}×{inner}·{inner}×{cols}");
+        }
+        let x = random(32, 768, 4);
+        let one = on_threads(1, || product(Kernel::Gemm, x.view(), embed.t()));
+        let two = on_threads(2, || product(Kernel::Gemm, x.view(), embed.t()));
+        assert_eq!(one, two, "unembedding");
+    }
+}
