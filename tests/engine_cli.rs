@@ -1,31 +1,8 @@
 //! `circuit run` end to end (the built binary), including its bad-input exits.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn stories() -> PathBuf {
-    root().join("../shared/models/stories260K")
-}
-
-fn circuit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_circuit"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
+use cli_support::{circuit, root, stderr, stdout, stories};
 
 #[test]
 fn run_generates_the_known_stories260k_continuation() {

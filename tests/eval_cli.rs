@@ -1,47 +1,30 @@
 //! Golden behaviour of `circuit eval`, `circuit test` and `circuit diff` through the binary:
 //! exit codes, the output contract, determinism of the JSON, and bad input.
 
-use std::path::{Path, PathBuf};
+mod cli_support;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_circuit");
+use cli_support::{command, stderr, stdout, stories};
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/eval")
-        .join(rel)
-}
-
-fn stories() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
-}
-
-/// One reference-value cache for every CLI test (entries are keyed by content), so the tests
-/// never write to the user's cache and later runs exercise cache hits.
-fn cache_dir() -> PathBuf {
-    std::env::temp_dir().join("circuit-eval-cli-test-cache")
+    cli_support::fixture("eval").join(rel)
 }
 
 fn run(args: &[&str], threads: &str) -> Output {
-    run_with_cache(args, threads, cache_dir().to_str().unwrap())
-}
-
-fn run_with_cache(args: &[&str], threads: &str, cache: &str) -> Output {
-    Command::new(BIN)
-        .args(args)
+    command(args)
         .env("RAYON_NUM_THREADS", threads)
-        .env("CIRCUIT_CACHE_DIR", cache)
-        .env("NO_COLOR", "1")
         .output()
         .expect("the binary runs")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn run_with_cache(args: &[&str], threads: &str, cache: &str) -> Output {
+    command(args)
+        .env("RAYON_NUM_THREADS", threads)
+        .env("CIRCUIT_CACHE_DIR", cache)
+        .output()
+        .expect("the binary runs")
 }
 
 #[test]
@@ -285,18 +268,17 @@ fn diff_against_a_git_revision() {
     assert_ne!(edited, original);
     std::fs::write(dir.path().join("friends.circuit"), edited).unwrap();
 
-    let o = Command::new(BIN)
-        .args([
-            "diff",
-            "HEAD:friends.circuit",
-            "friends.circuit",
-            "--model",
-            stories().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .env("CIRCUIT_CACHE_DIR", "off")
-        .output()
-        .unwrap();
+    let o = command(&[
+        "diff",
+        "HEAD:friends.circuit",
+        "friends.circuit",
+        "--model",
+        stories().to_str().unwrap(),
+    ])
+    .current_dir(dir.path())
+    .env("CIRCUIT_CACHE_DIR", "off")
+    .output()
+    .unwrap();
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("circuit base (changed)"), "{out}");
