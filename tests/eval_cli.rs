@@ -319,3 +319,38 @@ fn format_flag_and_its_aliases_print_the_same_bytes() {
         stderr(&both)
     );
 }
+
+/// A full-vs-empty gap within two standard errors of zero: every format says faithfulness is
+/// ill-conditioned and why; a well-conditioned file (friends) carries no such warning.
+#[test]
+fn an_ill_conditioned_faithfulness_is_flagged_in_every_format() {
+    let file = fixture("ill_conditioned/mixed.circuit");
+    let file = file.to_str().unwrap();
+    let text = run(&["eval", file], "2");
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert!(
+        stdout(&text).contains(
+            "  warning: faithfulness is ill-conditioned: it divides by m(full) - m(empty) = 0.1785, \
+             which is within 2 standard errors (0.1848 each) of zero"
+        ),
+        "{}",
+        stdout(&text)
+    );
+    let markdown = stdout(&run(&["eval", file, "--format", "markdown"], "2"));
+    assert!(
+        markdown.contains("> warning: `early`: faithfulness is ill-conditioned"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["eval", file, "--json"], "2"))).unwrap();
+    let warning = &json["circuits"][0]["ill_conditioned"];
+    let (gap, se) = (
+        warning["gap"].as_f64().unwrap(),
+        warning["gap_standard_error"].as_f64().unwrap(),
+    );
+    assert!(gap.abs() < 2.0 * se, "{warning}");
+
+    let friends = fixture("friends.circuit");
+    let clean = run(&["eval", friends.to_str().unwrap(), "--json"], "2");
+    assert!(!stdout(&clean).contains("ill_conditioned"));
+}
