@@ -354,3 +354,41 @@ fn an_ill_conditioned_faithfulness_is_flagged_in_every_format() {
     let clean = run(&["eval", friends.to_str().unwrap(), "--json"], "2");
     assert!(!stdout(&clean).contains("ill_conditioned"));
 }
+
+/// Off a terminal, progress is plain lines counted in prompt runs with an ETA (here one per
+/// batch: `CIRCUIT_PROGRESS_SECONDS=0`); `--quiet` silences them and leaves the report alone.
+#[test]
+fn progress_is_plain_lines_off_a_terminal_and_quiet_silences_it() {
+    let file = fixture("ill_conditioned/mixed.circuit");
+    let file = file.to_str().unwrap();
+    let logged = command(&["eval", file])
+        .env("CIRCUIT_CACHE_DIR", "off")
+        .env("CIRCUIT_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert!(logged.status.success(), "{}", stderr(&logged));
+    let lines: Vec<String> = stderr(&logged).lines().map(str::to_string).collect();
+    // 6 reference prompts, then 6 prompts each for full, empty and the one circuit.
+    assert_eq!(
+        lines
+            .last()
+            .map(String::as_str)
+            .unwrap_or("")
+            .split(',')
+            .next(),
+        Some("evaluating 1 circuit: 24/24 prompt runs (100%)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("elapsed, about ")),
+        "{lines:?}"
+    );
+    let quiet = command(&["eval", "--quiet", file])
+        .env("CIRCUIT_CACHE_DIR", "off")
+        .env("CIRCUIT_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert_eq!(stderr(&quiet), "");
+    assert_eq!(stdout(&quiet), stdout(&logged));
+}

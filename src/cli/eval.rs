@@ -1,7 +1,6 @@
 //! `circuit eval`: faithfulness of each circuit of a file against the full model and the empty
 //! circuit, as a table, JSON or markdown, and with `--svg` as a chart.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,6 +8,7 @@ use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 
 use super::format::{Format, FormatArgs};
+use super::progress::Progress;
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
@@ -46,32 +46,25 @@ pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
     Ok(resolved)
 }
 
-/// Evaluates circuits of a resolved file with a progress bar on stderr when it is a terminal.
+/// Evaluates circuits of a resolved file, with progress on stderr (`super::progress`).
 pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<FileRun> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} evaluating [{bar:30}] {pos}/{len} prompt passes ({elapsed})",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
+    let count = if circuits.is_empty() {
+        resolved.file.circuits.len()
+    } else {
+        circuits.len()
+    };
+    let progress = Progress::start(&format!(
+        "{count} circuit{}",
+        if count == 1 { "" } else { "s" }
+    ));
+    let (on_batch, on_total) = progress.callbacks();
     let options = SessionOptions {
-        on_batch: bar
-            .clone()
-            .map(|b| Box::new(move |n: usize| b.inc(n as u64)) as Box<dyn Fn(usize)>),
-        on_total: bar
-            .clone()
-            .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
+        on_batch,
+        on_total,
         disk_cache: circuit::measure::disk_cache::cache_dir(),
     };
     let result = run_file(&resolved.file, circuits, options);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     result
 }
 

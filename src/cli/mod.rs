@@ -7,5 +7,6 @@ pub mod diff;
 pub mod eval;
 pub mod fmt;
 pub mod format;
+pub mod progress;
 pub mod run;
 pub mod test;
