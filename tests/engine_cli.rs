@@ -134,3 +134,29 @@ fn run_requires_a_prompt_and_a_readable_prompts_file() {
         "{err}"
     );
 }
+
+/// `run` prints a token as `dataset inspect` does: a SentencePiece `▁` is a leading space, in
+/// the text and in the JSON (stories260K's decoder would drop it: `there`).
+#[test]
+fn run_shows_tokens_with_their_leading_space_as_inspect_does() {
+    let model = stories();
+    let args = [
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--top",
+        "2",
+    ];
+    let out = circuit(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("   2. \" there\""),
+        "{}",
+        stdout(&out)
+    );
+    let json = circuit(&[&args[..], &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(json["prompts"][0]["top"][1]["token"], " there", "{json}");
+}

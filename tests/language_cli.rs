@@ -274,3 +274,42 @@ fn eval_reports_keys_after_their_queries_per_prompt() {
     let out = circuit(&["check", &every], None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// Labels that share a token get a note only when some circuit names one of them: S1 and S2
+/// cover the same token here, and only the second file's circuit reads S1.
+#[test]
+fn alias_notes_only_for_labels_a_circuit_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    write(
+        "d.jsonl",
+        "{\"prompt\": \"1 2 3 4\", \"slots\": {\"S1\": [0, 1], \"S2\": [0, 1], \"S3\": [4, 5]}, \"answer\": \" 5\", \"distractor\": \" 4\"}\n\
+         {\"prompt\": \"5 6 7 8\", \"slots\": {\"S1\": [0, 1], \"S2\": [0, 1], \"S3\": [4, 5]}, \"answer\": \" 9\", \"distractor\": \" 8\"}\n",
+    );
+    let eval = |file: &str| {
+        let out = cli_support::command(&["eval", file])
+            .env("CIRCUIT_CACHE_DIR", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let header = "dataset d = \"d.jsonl\"\nablate heads by zero\n";
+    let unused = eval(&write(
+        "unused.circuit",
+        &format!("{header}circuit c {{\n  0.0 @ S3\n}}\n"),
+    ));
+    assert!(!unused.contains("land on the same token"), "{unused}");
+    let used = eval(&write(
+        "used.circuit",
+        &format!("{header}circuit c {{\n  0.0 @ S1\n}}\n"),
+    ));
+    assert!(
+        used.contains("note: S1 and S2 land on the same token in 2 of 2 prompts"),
+        "{used}"
+    );
+}

@@ -8,7 +8,7 @@ use miette::{Diagnostic, IntoDiagnostic};
 use serde_json::json;
 use thiserror::Error;
 
-use circuit::data::tokenized::token_label;
+use circuit::data::tokenized::{token_label, token_text};
 use circuit::measure::predict::{attention_patterns, predict};
 use circuit::model::{Model, ModelSource};
 use circuit::report::svg::AttentionPanel;
@@ -123,7 +123,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                     "token_ids": p.ids,
                     "top": p.top.iter().map(|&(id, prob)| json!({
                         "token_id": id,
-                        "token": model.tokenizer.decode(&[id]),
+                        "token": token_text(&model.tokenizer, id),
                         "probability": prob,
                     })).collect::<Vec<_>>(),
                 });
@@ -148,7 +148,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 println!("  continuation: {text:?}");
             }
             for (rank, &(id, prob)) in p.top.iter().enumerate() {
-                let token = format!("{:?}", model.tokenizer.decode(&[id]));
+                let token = format!("{:?}", token_text(&model.tokenizer, id));
                 println!("  {:>2}. {token:<16} {prob:.4}  (id {id})", rank + 1);
             }
         }
