@@ -124,7 +124,7 @@ impl Progress {
         } else {
             0.0
         };
-        let percent = if total > 0 { 100 * done / total } else { 0 };
+        let percent = (100 * done).checked_div(total).unwrap_or(0);
         format!(
             "evaluating {}: {done}/{total} prompt runs ({percent}%), {:.0}s elapsed, about {:.0}s left",
             state.what, elapsed, left
