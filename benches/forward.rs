@@ -9,13 +9,16 @@
 //! thread count runs in a child process, because matrixmultiply and rayon size their thread
 //! pools once per process (MATMUL_NUM_THREADS, RAYON_NUM_THREADS).
 
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use circuit::model::{matmul, ForwardOptions, Model, NoInterventions};
 use rand::{Rng, SeedableRng};
+
+#[path = "support/random_gpt2.rs"]
+mod random_gpt2;
+use random_gpt2::{peak_rss_bytes, write_random_gpt2, Gpt2Shape};
 
 const LAYERS: usize = 12;
 const D: usize = 768;
@@ -38,7 +41,17 @@ fn main() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
-    write_random_gpt2(dir.path());
+    write_random_gpt2(
+        dir.path(),
+        &Gpt2Shape {
+            layers: LAYERS,
+            heads: 12,
+            d: D,
+            d_mlp: 4 * D,
+            vocab: VOCAB,
+            n_ctx: N_CTX,
+        },
+    );
     eprintln!(
         "wrote random GPT-2-small weights in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -251,88 +264,4 @@ fn process_cpu_seconds() -> f64 {
 /// Resets VmHWM (Linux: writing 5 to clear_refs), so the peak covers load + forwards only.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0)
-}
-
-/// A GPT-2-small folder with random weights, written tensor by tensor (never all in memory).
-/// The tokenizer is the tiny test fixture's (300 ids ≤ 50257 embedding rows is allowed; the
-/// bench feeds token ids directly).
-fn write_random_gpt2(dir: &Path) {
-    let config = serde_json::json!({
-        "model_type": "gpt2", "n_layer": LAYERS, "n_head": 12, "n_embd": D,
-        "n_positions": N_CTX, "vocab_size": VOCAB, "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models/gpt2-tiny/tokenizer.json");
-    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
-
-    let mut tensors: Vec<(String, Vec<usize>)> = vec![
-        ("wte.weight".into(), vec![VOCAB, D]),
-        ("wpe.weight".into(), vec![N_CTX, D]),
-    ];
-    for i in 0..LAYERS {
-        for (name, shape) in [
-            ("ln_1.weight", vec![D]),
-            ("ln_1.bias", vec![D]),
-            ("attn.c_attn.weight", vec![D, 3 * D]),
-            ("attn.c_attn.bias", vec![3 * D]),
-            ("attn.c_proj.weight", vec![D, D]),
-            ("attn.c_proj.bias", vec![D]),
-            ("ln_2.weight", vec![D]),
-            ("ln_2.bias", vec![D]),
-            ("mlp.c_fc.weight", vec![D, 4 * D]),
-            ("mlp.c_fc.bias", vec![4 * D]),
-            ("mlp.c_proj.weight", vec![4 * D, D]),
-            ("mlp.c_proj.bias", vec![D]),
-        ] {
-            tensors.push((format!("h.{i}.{name}"), shape));
-        }
-    }
-    tensors.push(("ln_f.weight".into(), vec![D]));
-    tensors.push(("ln_f.bias".into(), vec![D]));
-
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape) in &tensors {
-        let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(
-            format!("transformer.{name}"),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-    }
-    let mut header = serde_json::Value::Object(header).to_string();
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
-    out.write_all(header.as_bytes()).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    for (name, shape) in &tensors {
-        let n: usize = shape.iter().product();
-        let is_gain =
-            name.ends_with("ln_1.weight") || name.ends_with("ln_2.weight") || name == "ln_f.weight";
-        for _ in 0..n {
-            let x: f32 = if is_gain {
-                1.0
-            } else {
-                rng.random_range(-0.04..0.04)
-            };
-            out.write_all(&x.to_le_bytes()).unwrap();
-        }
-    }
-    out.flush().unwrap();
 }

@@ -35,6 +35,10 @@ enum Command {
     Test(cli::test::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
+    /// Evaluate a .circuit file and draw it as a self-contained HTML page.
+    Show(cli::show::Args),
+    /// Show or clear the result cache (where it is, its entries and size).
+    Cache(cli::cache::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
+        Command::Show(args) => cli::show::execute(args),
+        Command::Cache(args) => cli::cache::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -7,9 +7,8 @@ mod eval_support;
 use std::path::Path;
 
 use circuit::data::DatasetSource;
-use circuit::measure::{AblationSettings, EvalPrompts, Evaluation, Evaluator, ALL_METRICS};
+use circuit::measure::{AblationSettings, Evaluation, Evaluator, ALL_METRICS};
 use circuit::model::{Model, ModelConfig, ModelSource};
-use circuit::plan::PromptPositions;
 use circuit::resolve::bound::{AblationKind, BoundCircuit, EdgeAblation, Metric, Scope};
 use circuit::resolve::{resolve_source, Environment, ResolveOptions};
 use eval_support::*;

@@ -12,7 +12,8 @@ pub mod reference;
 pub use align::{LabelAlignment, LabelReferenceBuilder};
 pub use hooks::PlanInterventions;
 pub use reference::{
-    pairing, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
+    pairing, LayerActivations, ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceShape,
+    ReferenceValues,
 };
 
 #[cfg(test)]

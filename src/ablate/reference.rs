@@ -104,6 +104,30 @@ pub struct ReferenceNeeds {
     pub head_outputs: bool,
 }
 
+/// The shapes reference values for some [`ReferenceNeeds`] must have, known before any forward
+/// pass; a disk cache entry that does not match them is recomputed, never read
+/// ([`ReferenceValues::check_shape`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ReferenceShape {
+    pub kind: AblationKind,
+    /// Evaluated prompts (the length of `source_of_prompt`).
+    pub n_prompts: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub d_head: usize,
+    pub d_model: usize,
+    /// Token positions of every source array (`T`).
+    pub n_positions: usize,
+    /// Sources (`S`): 1 for mean and R for resample under position alignment; `None` under
+    /// label alignment, where it is the number of slot layouts (any, as long as every
+    /// evaluated prompt's source is one of them).
+    pub n_sources: Option<usize>,
+    /// Heads whose QK-edge terms are stored: exactly these.
+    pub edge_heads: Vec<HeadId>,
+    /// Whether per-head outputs are stored.
+    pub head_outputs: bool,
+}
+
 /// `sum += values` element by element in f64: reference statistics are summed in f64, in
 /// reference-prompt order, by both the position- and the label-aligned builders.
 pub(super) fn accumulate<D: Dimension>(mut sum: ArrayViewMut<f64, D>, values: ArrayView<f32, D>) {
@@ -185,6 +209,108 @@ impl ReferenceValues {
     /// Number of sources (1 for mean, R for resample, 0 for zero).
     pub fn n_sources(&self) -> usize {
         self.z.first().map(|z| z.shape()[0]).unwrap_or(0)
+    }
+
+    /// Checks every array against `shape`, every source index against the number of sources
+    /// and every value for finiteness, so that values read from a file can never index out of
+    /// bounds or carry a NaN into a result. The error says what does not match.
+    pub fn check_shape(&self, shape: &ReferenceShape) -> Result<(), String> {
+        if self.kind != shape.kind {
+            return Err(format!(
+                "ablation kind {:?}, expected {:?}",
+                self.kind, shape.kind
+            ));
+        }
+        if self.source_of_prompt.len() != shape.n_prompts {
+            return Err(format!(
+                "{} source indices for {} evaluated prompts",
+                self.source_of_prompt.len(),
+                shape.n_prompts
+            ));
+        }
+        let n_src = self.n_sources();
+        if shape.n_sources.is_some_and(|n| n != n_src) {
+            return Err(format!(
+                "{n_src} sources, expected {}",
+                shape.n_sources.unwrap_or_default()
+            ));
+        }
+        if let Some((prompt, src)) = self
+            .source_of_prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &src)| src >= n_src)
+        {
+            return Err(format!("prompt {prompt} reads source {src} of {n_src}"));
+        }
+        let (s_, t, h, d, dm) = (
+            n_src,
+            shape.n_positions,
+            shape.n_heads,
+            shape.d_head,
+            shape.d_model,
+        );
+        let expect = |what: &str, found: &[usize], expected: &[usize]| {
+            if found == expected {
+                Ok(())
+            } else {
+                Err(format!("{what} has shape {found:?}, expected {expected:?}"))
+            }
+        };
+        let n_head_out = if shape.head_outputs {
+            shape.n_layers
+        } else {
+            0
+        };
+        if self.z.len() != shape.n_layers
+            || self.mlp_out.len() != shape.n_layers
+            || self.head_out.len() != n_head_out
+        {
+            return Err(format!(
+                "{} z, {} mlp_out and {} head_out layers, expected {}, {} and {n_head_out}",
+                self.z.len(),
+                self.mlp_out.len(),
+                self.head_out.len(),
+                shape.n_layers,
+                shape.n_layers
+            ));
+        }
+        for (l, z) in self.z.iter().enumerate() {
+            expect(&format!("z.{l}"), z.shape(), &[s_, t, h, d])?;
+        }
+        for (l, m) in self.mlp_out.iter().enumerate() {
+            expect(&format!("mlp_out.{l}"), m.shape(), &[s_, t, dm])?;
+        }
+        for (l, o) in self.head_out.iter().enumerate() {
+            expect(&format!("head_out.{l}"), o.shape(), &[s_, t, h, dm])?;
+        }
+        if !self.edge_terms.keys().eq(shape.edge_heads.iter()) {
+            return Err(format!(
+                "QK-edge terms of heads {:?}, expected {:?}",
+                self.edge_terms.keys().collect::<Vec<_>>(),
+                shape.edge_heads
+            ));
+        }
+        for (head, terms) in &self.edge_terms {
+            expect(&format!("edge.{head}"), terms.shape(), &[s_, t, t, d])?;
+        }
+        if let Some(flags) = &self.edge_base_is_ref_z {
+            expect("edge_base_is_ref_z", flags.shape(), &[s_, t])?;
+        }
+        let all_finite = self.z.iter().all(|a| a.iter().all(|x| x.is_finite()))
+            && self.mlp_out.iter().all(|a| a.iter().all(|x| x.is_finite()))
+            && self
+                .head_out
+                .iter()
+                .all(|a| a.iter().all(|x| x.is_finite()))
+            && self
+                .edge_terms
+                .values()
+                .all(|a| a.iter().all(|x| x.is_finite()));
+        if !all_finite {
+            return Err("a value is not finite".to_string());
+        }
+        Ok(())
     }
 
     /// Whether this covers what a plan needs (edge heads and head outputs).

@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode};
 
 use circuit::model::ModelSource;
 use circuit::report::diff::{circuit_changes, render, settings_changes};
+use circuit::report::html::{diff_page, DiffPage};
 use circuit::report::FileReport;
 use circuit::resolve::{resolve_source, ResolveOptions, Resolved};
 
@@ -25,6 +26,12 @@ pub struct Args {
     /// Write the diff to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
+    /// Also write both versions side by side as a self-contained HTML page into this file
+    /// (atomically).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::cache::CacheArgs,
 }
 
 /// The text of a version and the folder its relative paths are taken from.
@@ -96,19 +103,36 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Resolved>
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let a = resolve_version(&args.a, args.model.as_deref())?;
     let b = resolve_version(&args.b, args.model.as_deref())?;
+    if let Some(path) = &args.html {
+        let mut inputs = super::show::inputs_of(Path::new(&args.a), &a.file);
+        inputs.extend(super::show::inputs_of(Path::new(&args.b), &b.file));
+        let others: Vec<&Path> = args.output.iter().map(|p| p.as_path()).collect();
+        super::show::check_output(path, &inputs, &others)?;
+    }
     let settings = settings_changes(&a.file, &b.file);
     let changes = circuit_changes(&a.file, &b.file);
     let (before, after) = if args.no_eval {
         (Vec::new(), Vec::new())
     } else {
-        let run_a = super::eval::evaluate(&a, &[])?;
-        let run_b = super::eval::evaluate(&b, &[])?;
+        let run_a = super::eval::evaluate(&a, &[], &args.cache)?;
+        let run_b = super::eval::evaluate(&b, &[], &args.cache)?;
         (
             FileReport::new(&args.a, &a.file.settings, &run_a).circuits,
             FileReport::new(&args.b, &b.file.settings, &run_b).circuits,
         )
     };
     let text = render(&args.a, &args.b, &settings, &changes, &before, &after);
+    if let Some(path) = &args.html {
+        let (drawn_a, drawn_b) = (super::show::drawn(&a.file)?, super::show::drawn(&b.file)?);
+        let side = super::show::diff_side;
+        let page = diff_page(&DiffPage {
+            a: side(&args.a, &a.file, &drawn_a, &before),
+            b: side(&args.b, &b.file, &drawn_b, &after),
+            settings: &settings,
+            changes: &changes,
+        });
+        super::show::write_page(path, &page)?;
+    }
     super::eval::emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }

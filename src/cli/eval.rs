@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 
+use super::cache::CacheArgs;
 use super::format::{Format, FormatArgs};
 use super::progress::Progress;
 use circuit::model::ModelSource;
@@ -32,6 +33,12 @@ pub struct Args {
     /// besides the normal report.
     #[arg(long, value_name = "OUT.svg")]
     pub svg: Option<PathBuf>,
+    /// Also write a self-contained HTML page (graphs over positions, attention patterns,
+    /// faithfulness, settings) into this file (atomically).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
@@ -47,7 +54,12 @@ pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
 }
 
 /// Evaluates circuits of a resolved file, with progress on stderr (`super::progress`).
-pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<FileRun> {
+pub fn evaluate(
+    resolved: &Resolved,
+    circuits: &[String],
+    cache: &CacheArgs,
+) -> miette::Result<FileRun> {
+    let disk_cache = cache.cache()?;
     let count = if circuits.is_empty() {
         resolved.file.circuits.len()
     } else {
@@ -61,27 +73,39 @@ pub fn evaluate(resolved: &Resolved, circuits: &[String]) -> miette::Result<File
     let options = SessionOptions {
         on_batch,
         on_total,
-        disk_cache: circuit::measure::disk_cache::cache_dir(),
+        disk_cache_max_bytes: disk_cache.as_ref().map(|c| c.max_bytes),
+        disk_cache: disk_cache.map(|c| c.dir),
+        on_cache_note: cache.verbose.then(|| {
+            let progress = progress.clone();
+            Box::new(move |note: &str| progress.println(&format!("cache: {note}")))
+                as Box<dyn Fn(&str)>
+        }),
     };
     let result = run_file(&resolved.file, circuits, options);
     progress.finish();
     result
 }
 
+/// The error (with `code`) for writing the `what` to `path` in a folder that does not exist.
+pub fn missing_folder(path: &Path, what: &str, code: &'static str) -> Option<miette::Report> {
+    let folder = path.parent().filter(|f| !f.as_os_str().is_empty())?;
+    (!folder.is_dir()).then(|| {
+        miette::miette!(
+            code = code,
+            help = format!("create the folder first, or write the {what} elsewhere"),
+            "cannot write the {what} to {}: the folder {} does not exist",
+            path.display(),
+            folder.display()
+        )
+    })
+}
+
 /// Writes a picture to `path` atomically; `what` names it in the error.
 pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
     // A missing folder is the usual mistake; say so rather than show the temporary file's
     // name that the atomic write failed to create in it.
-    if let Some(folder) = path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        if !folder.is_dir() {
-            return Err(miette::miette!(
-                code = "circuit::report::write_svg",
-                help = "create the folder first, or write the picture elsewhere",
-                "cannot write the {what} to {}: the folder {} does not exist",
-                path.display(),
-                folder.display()
-            ));
-        }
+    if let Some(error) = missing_folder(path, what, "circuit::report::write_svg") {
+        return Err(error);
     }
     circuit::util::write_atomic(path, svg.as_bytes()).map_err(|e| {
         miette::miette!(
@@ -112,7 +136,20 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = resolve(&args.file, args.model.as_deref())?;
-    let run = evaluate(&resolved, &args.circuits)?;
+    if let Some(path) = &args.html {
+        let others: Vec<&Path> = args
+            .output
+            .iter()
+            .chain(&args.svg)
+            .map(|p| p.as_path())
+            .collect();
+        super::show::check_output(
+            path,
+            &super::show::inputs_of(&args.file, &resolved.file),
+            &others,
+        )?;
+    }
+    let run = evaluate(&resolved, &args.circuits, &args.cache)?;
     let report = FileReport::new(
         &args.file.display().to_string(),
         &resolved.file.settings,
@@ -127,6 +164,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(path) = &args.svg {
         let chart = circuit::report::svg::faithfulness_chart(&report);
         write_picture(path, &chart, "faithfulness chart")?;
+    }
+    if let Some(path) = &args.html {
+        super::show::write_eval_page("eval", path, &resolved.file, &run, &report)?;
     }
     emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)

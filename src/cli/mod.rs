@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments, and the printing of what the library computes.
 //! `src/main.rs` only dispatches. Private to the binary: the library does not depend on clap.
 
+pub mod cache;
 pub mod check;
 pub mod dataset;
 pub mod diff;
@@ -9,4 +10,5 @@ pub mod fmt;
 pub mod format;
 pub mod progress;
 pub mod run;
+pub mod show;
 pub mod test;

@@ -131,6 +131,15 @@ impl Progress {
         )
     }
 
+    /// Prints a line on stderr (above the bar, which it would otherwise garble), even when
+    /// quiet: the lines asked for (`--verbose`) are not progress.
+    pub fn println(&self, line: &str) {
+        match &self.0.sink {
+            Sink::Bar(bar) => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+
     /// Clears the bar (a log needs no closing line: the report follows).
     pub fn finish(&self) {
         if let Sink::Bar(bar) = &self.0.sink {

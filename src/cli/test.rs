@@ -15,6 +15,8 @@ pub struct Args {
     /// Use this model folder instead of each file's `model` setting.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::cache::CacheArgs,
 }
 
 /// The `.circuit` files under `paths`, sorted, each once.
@@ -65,7 +67,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             if names.is_empty() {
                 return Ok(Vec::new());
             }
-            let run = super::eval::evaluate(&resolved, &names)?;
+            let run = super::eval::evaluate(&resolved, &names, &args.cache)?;
             let metric = resolved.file.settings.metric;
             let mut lines = Vec::new();
             for circuit in &resolved.file.circuits {

@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{s, Array2, Axis};
 
-use super::disk_cache::{CacheInputs, CacheKeys, DiskCache};
+use super::disk_cache::{CacheInputs, CacheKeys, DiskCache, Lookup};
 use super::{per_prompt_metrics, scores, Scores, Targets};
 use crate::ablate::{
     pairing, LabelAlignment, LabelReferenceBuilder, LayerActivations, PlanInterventions,
-    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceValues,
+    ReferenceBuilder, ReferenceError, ReferenceNeeds, ReferenceShape, ReferenceValues,
 };
 use crate::data::check_reference_lengths;
 use crate::model::{ForwardOptions, Interventions, Model, NoInterventions};
@@ -84,6 +84,20 @@ impl From<Model> for ModelHandle<'_> {
     }
 }
 
+/// Default of [`Evaluator::full_logits_budget`]: 256 MiB, 1,300 prompts of GPT-2's vocabulary.
+pub const FULL_LOGITS_BUDGET: usize = 256 << 20;
+
+/// Where a plan's batch finds the full model's END logits (for `kl`).
+#[derive(Clone, Copy)]
+enum FullLogits {
+    /// In [`Evaluator::full_logits`].
+    Kept,
+    /// The plan is the full model.
+    SameAsPlan,
+    /// Recomputed for each batch (they do not fit the budget).
+    PerBatch,
+}
+
 /// Runs circuits against one model, prompt set and reference set.
 pub struct Evaluator<'a> {
     model: ModelHandle<'a>,
@@ -93,7 +107,13 @@ pub struct Evaluator<'a> {
     /// Prompts per forward call (bounds memory; results do not depend on it).
     pub batch_size: usize,
     reference: Option<(ReferenceNeeds, ReferenceValues)>,
+    /// The full model's END logits `(B, V)`, kept between plans while they fit in
+    /// `full_logits_budget`.
     full_logits: Option<Array2<f32>>,
+    /// Largest full-model END logits kept in memory (bytes, default
+    /// [`FULL_LOGITS_BUDGET`]); past it they are recomputed batch by batch beside each plan
+    /// (one more forward pass per plan), so memory does not grow as prompts × vocabulary.
+    pub full_logits_budget: usize,
     memo: HashMap<String, PromptMetrics>,
     /// Forward passes over a whole prompt set so far (evaluated or reference), for the cost
     /// guarantee in docs/performance.md.
@@ -103,6 +123,11 @@ pub struct Evaluator<'a> {
     /// A folder where reference values and per-prompt metrics are cached between runs, keyed
     /// by content (see [`super::disk_cache`]); `None` disables the cache.
     pub disk_cache: Option<std::path::PathBuf>,
+    /// The disk cache's size bound ([`super::disk_cache::DEFAULT_MAX_BYTES`] by default).
+    pub disk_cache_max_bytes: u64,
+    /// Called with what the disk cache did: entries read, rejected (and so recomputed),
+    /// evicted (`--verbose`).
+    pub on_cache_note: Option<super::disk_cache::OnNote<'a>>,
     /// The disk cache's key function, built on first use (after `label_alignment` is set).
     cache_keys: Option<CacheKeys>,
     /// Reference needs of every plan compiled so far, so one reference pass serves them all.
@@ -169,10 +194,13 @@ impl<'a> Evaluator<'a> {
             batch_size: 32,
             reference: None,
             full_logits: None,
+            full_logits_budget: FULL_LOGITS_BUDGET,
             memo: HashMap::new(),
             forward_passes: 0,
             on_batch: None,
             disk_cache: None,
+            disk_cache_max_bytes: super::disk_cache::DEFAULT_MAX_BYTES,
+            on_cache_note: None,
             cache_keys: None,
             planned_needs: ReferenceNeeds::default(),
             label_alignment: None,
@@ -335,16 +363,59 @@ impl<'a> Evaluator<'a> {
             return Ok(ReferenceValues::zero(n_eval));
         }
         let cache = self.disk_cache();
+        let shape = self.reference_shape(needs);
         if let Some((cache, keys)) = &cache {
-            if let Some(values) = cache.read_reference(keys, needs) {
-                return Ok(values);
+            match cache.read_reference(keys, needs, &shape) {
+                Lookup::Hit(values) => {
+                    self.cache_note("read reference values");
+                    return Ok(values);
+                }
+                Lookup::Absent => {}
+                Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
             }
         }
         let values = self.reference_forward(needs)?;
         if let Some((cache, keys)) = &cache {
-            cache.write_reference(keys, needs, &values);
+            for note in cache.write_reference(keys, needs, &shape, &values) {
+                self.cache_note(&note);
+            }
         }
         Ok(values)
+    }
+
+    /// The shapes of reference values for `needs`, before any forward pass.
+    fn reference_shape(&self, needs: &ReferenceNeeds) -> ReferenceShape {
+        let config = &self.model.config;
+        let longest = |prompts: &[Vec<u32>]| prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let (n_positions, n_sources) = match &self.label_alignment {
+            // One source per slot layout of the evaluated prompts, as long as the longest.
+            Some(_) => (longest(&self.prompts.ids), None),
+            None => (
+                longest(&self.reference_ids),
+                Some(match self.settings.ablation {
+                    AblationKind::Mean => 1,
+                    _ => self.reference_ids.len(),
+                }),
+            ),
+        };
+        ReferenceShape {
+            kind: self.settings.ablation,
+            n_prompts: self.prompts.ids.len(),
+            n_layers: config.n_layers,
+            n_heads: config.n_heads,
+            d_head: config.d_head,
+            d_model: config.d_model,
+            n_positions,
+            n_sources,
+            edge_heads: needs.edge_heads.iter().copied().collect(),
+            head_outputs: needs.head_outputs,
+        }
+    }
+
+    fn cache_note(&self, note: &str) {
+        if let Some(f) = &self.on_cache_note {
+            f(note);
+        }
     }
 
     /// One cached forward pass over the reference prompts, in batches.
@@ -425,6 +496,64 @@ impl<'a> Evaluator<'a> {
         Ok(logits.unwrap_or_else(|| Array2::zeros((0, 0))))
     }
 
+    /// Per-prompt metrics of the evaluated prompts under `hooks_for(batch range)`, computed
+    /// batch by batch: only one batch of END logits `(b, V)` is alive at a time (two when the
+    /// full model's are recomputed beside it), besides the kept full-model logits. Metrics are
+    /// per row, so they are the same bits whatever the batches.
+    fn metrics_by_batch<'h>(
+        &mut self,
+        hooks_for: &dyn Fn(std::ops::Range<usize>) -> Box<dyn Interventions + 'h>,
+        full: FullLogits,
+    ) -> miette::Result<PromptMetrics> {
+        let n = self.prompts.ids.len();
+        let batch = self.batch_size.max(1);
+        let mut metrics: PromptMetrics = super::ALL_METRICS
+            .iter()
+            .map(|&m| (m, Vec::with_capacity(n)))
+            .collect();
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            let ids = &self.prompts.ids[start..end];
+            let hooks = hooks_for(start..end);
+            let out = self
+                .model
+                .forward(ids, &ForwardOptions::default(), hooks.as_ref())?;
+            let rows = out.logits.index_axis(Axis(1), 0); // (b, V)
+            let recomputed;
+            let full_rows = match full {
+                FullLogits::Kept => self
+                    .full_logits
+                    .as_ref()
+                    .expect("kept")
+                    .slice(s![start..end, ..]),
+                FullLogits::SameAsPlan => rows.view(),
+                FullLogits::PerBatch => {
+                    let out =
+                        self.model
+                            .forward(ids, &ForwardOptions::default(), &NoInterventions)?;
+                    recomputed = out.logits;
+                    recomputed.index_axis(Axis(1), 0) // (b, V)
+                }
+            };
+            let batch_metrics =
+                per_prompt_metrics(rows, full_rows, &self.prompts.targets[start..end]);
+            for (metric, values) in batch_metrics {
+                metrics
+                    .get_mut(&metric)
+                    .expect("every metric")
+                    .extend(values);
+            }
+            if let Some(f) = &self.on_batch {
+                f(end - start);
+            }
+        }
+        self.forward_passes += match full {
+            FullLogits::PerBatch => 2,
+            _ => 1,
+        };
+        Ok(metrics)
+    }
+
     /// Per-prompt metrics of one plan; memoized by the plan's content.
     pub fn run(&mut self, plan: &Plan) -> miette::Result<PromptMetrics> {
         let key = plan.content_key();
@@ -432,19 +561,33 @@ impl<'a> Evaluator<'a> {
             return Ok(hit.clone());
         }
         let cache = self.disk_cache();
-        if let Some(hit) = cache
-            .as_ref()
-            .and_then(|(cache, keys)| cache.read_metrics(keys, &key))
-        {
-            self.memo.insert(key, hit.clone());
-            return Ok(hit);
+        if let Some((cache, keys)) = &cache {
+            match cache.read_metrics(keys, &key, self.prompts.ids.len()) {
+                Lookup::Hit(hit) => {
+                    self.cache_note("read per-prompt metrics of a plan");
+                    self.memo.insert(key, hit.clone());
+                    return Ok(hit);
+                }
+                Lookup::Absent => {}
+                Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
+            }
         }
-        if self.full_logits.is_none() {
+        let n = self.prompts.ids.len();
+        let fits = n.saturating_mul(self.model.n_embedding_rows()) * 4 <= self.full_logits_budget;
+        if self.full_logits.is_none() && fits {
             let full = self.end_logits(&|_| Box::new(NoInterventions))?;
             self.full_logits = Some(full);
         }
-        let logits = if plan.is_identity() {
-            self.full_logits.clone().expect("computed above")
+        let full = match (&self.full_logits, plan.is_identity()) {
+            (Some(_), _) => FullLogits::Kept,
+            (None, true) => FullLogits::SameAsPlan,
+            (None, false) => FullLogits::PerBatch,
+        };
+        let metrics = if let (true, Some(kept)) = (plan.is_identity(), &self.full_logits) {
+            // The full model's logits are the kept ones: no forward pass.
+            per_prompt_metrics(kept.view(), kept.view(), &self.prompts.targets)
+        } else if plan.is_identity() {
+            self.metrics_by_batch(&|_| Box::new(NoInterventions), full)?
         } else {
             let mut needs = self.planned_needs.clone();
             needs.edge_heads.extend(self.edge_term_heads(plan));
@@ -452,24 +595,24 @@ impl<'a> Evaluator<'a> {
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
             let edge_ablation = self.settings.edge_ablation;
-            let result = self.end_logits(&|prompts| {
-                Box::new(PlanInterventions {
-                    plan,
-                    reference: &reference.1,
-                    edge_ablation,
-                    prompts,
-                })
-            });
+            let result = self.metrics_by_batch(
+                &|prompts| {
+                    Box::new(PlanInterventions {
+                        plan,
+                        reference: &reference.1,
+                        edge_ablation,
+                        prompts,
+                    })
+                },
+                full,
+            );
             self.reference = Some(reference);
             result?
         };
-        let metrics = per_prompt_metrics(
-            logits.view(),
-            self.full_logits.as_ref().expect("computed above").view(),
-            &self.prompts.targets,
-        );
         if let Some((cache, keys)) = &cache {
-            cache.write_metrics(keys, &key, &metrics);
+            for note in cache.write_metrics(keys, &key, &metrics) {
+                self.cache_note(&note);
+            }
         }
         self.memo.insert(key, metrics.clone());
         Ok(metrics)
@@ -482,7 +625,9 @@ impl<'a> Evaluator<'a> {
             Some(keys) => keys.clone(),
             None => {
                 let keys = CacheKeys::new(&CacheInputs {
+                    config: &self.model.config,
                     weights_sha256: self.model.weights_hash(),
+                    tokenizer_sha256: self.model.tokenizer_hash(),
                     settings: self.settings,
                     evaluated: &self.prompts.ids,
                     targets: &self.prompts.targets,
@@ -493,7 +638,13 @@ impl<'a> Evaluator<'a> {
                 keys
             }
         };
-        Some((DiskCache { dir }, keys))
+        Some((
+            DiskCache {
+                dir,
+                max_bytes: self.disk_cache_max_bytes,
+            },
+            keys,
+        ))
     }
 }
 

@@ -29,6 +29,10 @@ pub struct SessionOptions<'a> {
     /// Cache reference values and per-prompt metrics on disk in this folder (the CLI passes
     /// [`super::disk_cache::cache_dir`]).
     pub disk_cache: Option<std::path::PathBuf>,
+    /// The disk cache's size bound; `None`: [`super::disk_cache::DEFAULT_MAX_BYTES`].
+    pub disk_cache_max_bytes: Option<u64>,
+    /// Called with what the disk cache did (entries read, rejected and recomputed, evicted).
+    pub on_cache_note: Option<super::disk_cache::OnNote<'a>>,
 }
 
 /// One `.circuit` file's model, prompts and reference set, ready to run plans on.
@@ -113,14 +117,7 @@ impl<'a> Session<'a> {
         let provenance = Provenance {
             model: settings.model.display_name(),
             model_sha256: model.weights_hash().to_string(),
-            tokenizer_sha256: sha256_hex(
-                model
-                    .tokenizer
-                    .inner()
-                    .to_string(false)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            ),
+            tokenizer_sha256: model.tokenizer_hash().to_string(),
             dataset: dataset_name(&settings.dataset),
             dataset_sha256: sha256_hex(data::jsonl::write(&dataset).as_bytes()),
             n_prompts: clean.len(),
@@ -152,6 +149,10 @@ impl<'a> Session<'a> {
         evaluator.on_batch = options.on_batch;
         evaluator.label_alignment = label_alignment;
         evaluator.disk_cache = options.disk_cache;
+        if let Some(max_bytes) = options.disk_cache_max_bytes {
+            evaluator.disk_cache_max_bytes = max_bytes;
+        }
+        evaluator.on_cache_note = options.on_cache_note;
         Ok(Session {
             settings: settings.clone(),
             clean,

@@ -26,6 +26,9 @@ pub mod topology;
 mod transformer;
 mod weights;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -80,6 +83,7 @@ pub struct Model {
     transformer: Transformer,
     origin: WeightOrigin,
     weights_hash: OnceLock<String>,
+    tokenizer_hash: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -110,6 +114,7 @@ impl Model {
             transformer,
             origin: WeightOrigin::Files(weights::weight_file_list(dir)?),
             weights_hash: OnceLock::new(),
+            tokenizer_hash: OnceLock::new(),
         })
     }
 
@@ -139,6 +144,7 @@ impl Model {
             transformer,
             origin: WeightOrigin::Static(safetensors),
             weights_hash: OnceLock::new(),
+            tokenizer_hash: OnceLock::new(),
         })
     }
 
@@ -177,6 +183,15 @@ impl Model {
                 }
             }
             hex::encode(hasher.finalize())
+        })
+    }
+
+    /// sha256 (hex) of the tokenizer's JSON as the engine parsed it (not the file's bytes: two
+    /// spellings of one tokenizer hash alike), computed once. Reports and the disk cache key.
+    pub fn tokenizer_hash(&self) -> &str {
+        self.tokenizer_hash.get_or_init(|| {
+            let json = self.tokenizer.inner().to_string(false).unwrap_or_default();
+            hex::encode(Sha256::digest(json.as_bytes()))
         })
     }
 

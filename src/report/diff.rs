@@ -127,7 +127,8 @@ pub fn circuit_changes(a: &BoundFile, b: &BoundFile) -> Vec<CircuitChange> {
     out
 }
 
-fn delta(before: Option<f64>, after: Option<f64>) -> String {
+/// A metric's change as reports write it: `0.1000 -> 0.2000 (+0.1000)`.
+pub fn delta(before: Option<f64>, after: Option<f64>) -> String {
     match (before, after) {
         (Some(x), Some(y)) => format!("{} -> {} ({:+.4})", num(x), num(y), y - x),
         (None, Some(y)) => format!("(none) -> {}", num(y)),

@@ -1,9 +1,12 @@
-//! Rendering results: text, JSON, markdown, diff, and SVG pictures ([`svg`]).
+//! Rendering results: text, JSON, markdown, diff, SVG pictures ([`svg`]) and HTML pages
+//! ([`html`]).
 //!
 //! Every report states what was in force: the aggregation order, the ablation kind, the edge
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod html;
+pub mod png;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -370,7 +373,8 @@ pub fn quantiles_text(q: &Quantiles) -> String {
     )
 }
 
-fn opt(x: Option<f64>) -> String {
+/// An optional number as reports write it: four decimals, or `undefined`.
+pub fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "undefined".to_string())
 }
 
