@@ -12,6 +12,9 @@ mod cli;
 #[derive(Parser, Debug)]
 #[command(name = "circuit", version, about)]
 struct Cli {
+    /// No progress on stderr (warnings and errors still print).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +57,7 @@ fn quiet_on_closed_pipe() {
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
+    cli::progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Run(args) => cli::run::execute(args),
         Command::Check(args) => cli::check::execute(args),

@@ -1,39 +1,15 @@
 //! `circuit dataset`: --list, generation to stdout or a file, inspect (table and JSON), and the
 //! exit codes and messages of bad input.
 
+mod cli_support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use cli_support::{assert_fails, circuit, stderr, stdout};
 
 const GPT2: &str = "tests/fixtures/gpt2-tokenizer";
 const STORIES: &str = "../shared/models/stories260K";
-
-fn circuit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_circuit"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-/// Asserts that `args` exit with `code` and that stderr names `needle`; returns stderr.
-fn assert_fails(args: &[&str], code: i32, needle: &str) -> String {
-    let output = circuit(args);
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(code), "{args:?}: {err}");
-    assert!(
-        err.contains(needle),
-        "{args:?} should mention {needle:?}: {err}"
-    );
-    err
-}
 
 #[test]
 fn list_prints_one_builtin_per_line_name_first() {

@@ -1,31 +1,8 @@
 //! `circuit run` end to end (the built binary), including its bad-input exits.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli_support;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn stories() -> PathBuf {
-    root().join("../shared/models/stories260K")
-}
-
-fn circuit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_circuit"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
+use cli_support::{circuit, root, stderr, stdout, stories};
 
 #[test]
 fn run_generates_the_known_stories260k_continuation() {
@@ -156,4 +133,30 @@ fn run_requires_a_prompt_and_a_readable_prompts_file() {
         err.contains("circuit::run::prompts_file") && err.contains("/nonexistent/prompts.txt"),
         "{err}"
     );
+}
+
+/// `run` prints a token as `dataset inspect` does: a SentencePiece `▁` is a leading space, in
+/// the text and in the JSON (stories260K's decoder would drop it: `there`).
+#[test]
+fn run_shows_tokens_with_their_leading_space_as_inspect_does() {
+    let model = stories();
+    let args = [
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Once upon a time",
+        "--top",
+        "2",
+    ];
+    let out = circuit(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("   2. \" there\""),
+        "{}",
+        stdout(&out)
+    );
+    let json = circuit(&[&args[..], &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(json["prompts"][0]["top"][1]["token"], " there", "{json}");
 }

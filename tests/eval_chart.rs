@@ -185,6 +185,7 @@ fn circuit_report(name: &str, faithfulness: Option<f64>, q: Option<Quantiles>) -
             faithfulness,
             ratio: Some(0.5),
             per_prompt_faithfulness: q,
+            ill_conditioned: None,
         },
         metrics: BTreeMap::new(),
         contents: Contents {

@@ -1,47 +1,30 @@
 //! Golden behaviour of `circuit eval`, `circuit test` and `circuit diff` through the binary:
 //! exit codes, the output contract, determinism of the JSON, and bad input.
 
-use std::path::{Path, PathBuf};
+mod cli_support;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_circuit");
+use cli_support::{command, stderr, stdout, stories};
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/eval")
-        .join(rel)
-}
-
-fn stories() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
-}
-
-/// One reference-value cache for every CLI test (entries are keyed by content), so the tests
-/// never write to the user's cache and later runs exercise cache hits.
-fn cache_dir() -> PathBuf {
-    std::env::temp_dir().join("circuit-eval-cli-test-cache")
+    cli_support::fixture("eval").join(rel)
 }
 
 fn run(args: &[&str], threads: &str) -> Output {
-    run_with_cache(args, threads, cache_dir().to_str().unwrap())
-}
-
-fn run_with_cache(args: &[&str], threads: &str, cache: &str) -> Output {
-    Command::new(BIN)
-        .args(args)
+    command(args)
         .env("RAYON_NUM_THREADS", threads)
-        .env("CIRCUIT_CACHE_DIR", cache)
-        .env("NO_COLOR", "1")
         .output()
         .expect("the binary runs")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn run_with_cache(args: &[&str], threads: &str, cache: &str) -> Output {
+    command(args)
+        .env("RAYON_NUM_THREADS", threads)
+        .env("CIRCUIT_CACHE_DIR", cache)
+        .output()
+        .expect("the binary runs")
 }
 
 #[test]
@@ -285,18 +268,17 @@ fn diff_against_a_git_revision() {
     assert_ne!(edited, original);
     std::fs::write(dir.path().join("friends.circuit"), edited).unwrap();
 
-    let o = Command::new(BIN)
-        .args([
-            "diff",
-            "HEAD:friends.circuit",
-            "friends.circuit",
-            "--model",
-            stories().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .env("CIRCUIT_CACHE_DIR", "off")
-        .output()
-        .unwrap();
+    let o = command(&[
+        "diff",
+        "HEAD:friends.circuit",
+        "friends.circuit",
+        "--model",
+        stories().to_str().unwrap(),
+    ])
+    .current_dir(dir.path())
+    .env("CIRCUIT_CACHE_DIR", "off")
+    .output()
+    .unwrap();
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("circuit base (changed)"), "{out}");
@@ -336,4 +318,77 @@ fn format_flag_and_its_aliases_print_the_same_bytes() {
         "{}",
         stderr(&both)
     );
+}
+
+/// A full-vs-empty gap within two standard errors of zero: every format says faithfulness is
+/// ill-conditioned and why; a well-conditioned file (friends) carries no such warning.
+#[test]
+fn an_ill_conditioned_faithfulness_is_flagged_in_every_format() {
+    let file = fixture("ill_conditioned/mixed.circuit");
+    let file = file.to_str().unwrap();
+    let text = run(&["eval", file], "2");
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert!(
+        stdout(&text).contains(
+            "  warning: faithfulness is ill-conditioned: it divides by m(full) - m(empty) = 0.1785, \
+             which is within 2 standard errors (0.1848 each) of zero"
+        ),
+        "{}",
+        stdout(&text)
+    );
+    let markdown = stdout(&run(&["eval", file, "--format", "markdown"], "2"));
+    assert!(
+        markdown.contains("> warning: `early`: faithfulness is ill-conditioned"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["eval", file, "--json"], "2"))).unwrap();
+    let warning = &json["circuits"][0]["ill_conditioned"];
+    let (gap, se) = (
+        warning["gap"].as_f64().unwrap(),
+        warning["gap_standard_error"].as_f64().unwrap(),
+    );
+    assert!(gap.abs() < 2.0 * se, "{warning}");
+
+    let friends = fixture("friends.circuit");
+    let clean = run(&["eval", friends.to_str().unwrap(), "--json"], "2");
+    assert!(!stdout(&clean).contains("ill_conditioned"));
+}
+
+/// Off a terminal, progress is plain lines counted in prompt runs with an ETA (here one per
+/// batch: `CIRCUIT_PROGRESS_SECONDS=0`); `--quiet` silences them and leaves the report alone.
+#[test]
+fn progress_is_plain_lines_off_a_terminal_and_quiet_silences_it() {
+    let file = fixture("ill_conditioned/mixed.circuit");
+    let file = file.to_str().unwrap();
+    let logged = command(&["eval", file])
+        .env("CIRCUIT_CACHE_DIR", "off")
+        .env("CIRCUIT_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert!(logged.status.success(), "{}", stderr(&logged));
+    let lines: Vec<String> = stderr(&logged).lines().map(str::to_string).collect();
+    // 6 reference prompts, then 6 prompts each for full, empty and the one circuit.
+    assert_eq!(
+        lines
+            .last()
+            .map(String::as_str)
+            .unwrap_or("")
+            .split(',')
+            .next(),
+        Some("evaluating 1 circuit: 24/24 prompt runs (100%)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("elapsed, about ")),
+        "{lines:?}"
+    );
+    let quiet = command(&["eval", "--quiet", file])
+        .env("CIRCUIT_CACHE_DIR", "off")
+        .env("CIRCUIT_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    assert_eq!(stderr(&quiet), "");
+    assert_eq!(stdout(&quiet), stdout(&logged));
 }

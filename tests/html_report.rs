@@ -486,6 +486,7 @@ fn made_up_report(circuit: &BoundCircuit) -> FileReport {
                 faithfulness: Some(0.9),
                 ratio: Some(0.9),
                 per_prompt_faithfulness: Some(q),
+                ill_conditioned: None,
             },
             metrics: [(
                 "logit_diff",

@@ -1,40 +1,18 @@
 //! Golden tests of `circuit check` and `circuit fmt` as a user runs them: exit codes, stdout
 //! and stderr (no colour: the output is not a terminal).
 
-use std::io::Write;
+mod cli_support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use cli_support::{stderr, stdout, transcript};
 
 fn circuit(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_circuit"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the circuit binary runs");
-    {
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            pipe.write_all(text.as_bytes()).unwrap();
-        }
+    match stdin {
+        Some(input) => cli_support::circuit_with_stdin(args, input),
+        None => cli_support::circuit(args),
     }
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
-
-/// Exit code, stdout and stderr in one snapshot.
-fn transcript(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 #[test]
@@ -48,8 +26,8 @@ fn check_clean_file() {
 fn check_file_with_warnings_exits_zero() {
     let out = circuit(&["check", "tests/fixtures/ok/warnings.circuit"], None);
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("circuit::resolve::duplicate_head"));
-    assert!(text(&out.stderr).contains("0 errors, 8 warnings"));
+    assert!(stderr(&out).contains("circuit::resolve::duplicate_head"));
+    assert!(stderr(&out).contains("0 errors, 8 warnings"));
 }
 
 #[test]
@@ -95,7 +73,7 @@ fn check_model_override() {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let out = circuit(
         &[
             "check",
@@ -134,7 +112,7 @@ fn check_json() {
         None,
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let first = &json[0];
     assert_eq!(first["code"], "circuit::resolve::unknown_label");
@@ -154,18 +132,13 @@ fn check_json() {
     .unwrap();
     assert_eq!(&source[start..end], "S3");
     assert!(first["help"].as_str().unwrap().contains("`IO`, `S1`, `S2`"));
-    insta::assert_snapshot!(text(&out.stdout));
+    insta::assert_snapshot!(stdout(&out));
 }
 
 #[test]
 fn fmt_check_lists_unformatted_files() {
     let formatted = circuit(&["fmt", "--check", "tests/fixtures/ok/ioi.circuit"], None);
-    assert_eq!(
-        formatted.status.code(),
-        Some(0),
-        "{}",
-        text(&formatted.stderr)
-    );
+    assert_eq!(formatted.status.code(), Some(0), "{}", stderr(&formatted));
     assert!(formatted.stdout.is_empty());
     let out = circuit(
         &[
@@ -197,7 +170,7 @@ fn fmt_syntax_error_exits_one_and_changes_nothing() {
     std::fs::write(&path, "circuit c {\n  9.1 @\n}\n").unwrap();
     let out = circuit(&["fmt", path.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("circuit::parse::syntax"));
+    assert!(stderr(&out).contains("circuit::parse::syntax"));
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         "circuit c {\n  9.1 @\n}\n"
@@ -232,21 +205,21 @@ fn check_against_the_real_stories260k_config() {
         None,
     );
     assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let err = stderr(&out);
     assert!(
-        stderr.contains("this model has 5 layers × 8 heads: heads 0.0 to 4.7"),
-        "{stderr}"
+        err.contains("this model has 5 layers × 8 heads: heads 0.0 to 4.7"),
+        "{err}"
     );
     assert!(
-        stderr.contains("`9.9`: layer 9 does not exist in this model"),
-        "{stderr}"
+        err.contains("`9.9`: layer 9 does not exist in this model"),
+        "{err}"
     );
     let fits = "dataset d = ioi\ncircuit c {\n  4.7 @ END\n  0..4.* @ S1+1\n  mlp 4\n}\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.circuit");
     std::fs::write(&path, fits).unwrap();
     let out = circuit(&["check", "--model", model, path.to_str().unwrap()], None);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// A QK edge whose key is after its query: an error when that holds in every prompt, a note
@@ -271,34 +244,72 @@ fn eval_reports_keys_after_their_queries_per_prompt() {
     );
     let every = write("every.circuit", "circuit c {\n  edge 0.0: END -> S1\n}\n");
     let run = |file: &str| {
-        Command::new(env!("CARGO_BIN_EXE_circuit"))
-            .args(["eval", file])
+        cli_support::command(&["eval", file])
             .env("CIRCUIT_CACHE_DIR", "off")
             .output()
             .unwrap()
     };
     let out = run(&some);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        text(&out.stdout).contains(
+        stdout(&out).contains(
             "note: circuit `c`: `edge 0.0: END -> S4` carries nothing in 1 of 2 prompts (e.g. prompt 1"
         ),
         "{}",
-        text(&out.stdout)
+        stdout(&out)
     );
     assert!(
-        text(&out.stdout).contains("circuit c (1 heads"),
+        stdout(&out).contains("circuit c (1 heads"),
         "the edge's head counts as kept: {}",
-        text(&out.stdout)
+        stdout(&out)
     );
     let out = run(&every);
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        text(&out.stderr).contains("circuit::plan::key_after_query"),
+        stderr(&out).contains("circuit::plan::key_after_query"),
         "{}",
-        text(&out.stderr)
+        stderr(&out)
     );
     // `check` cannot know (END may be S1 in some dataset) and accepts it.
     let out = circuit(&["check", &every], None);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Labels that share a token get a note only when some circuit names one of them: S1 and S2
+/// cover the same token here, and only the second file's circuit reads S1.
+#[test]
+fn alias_notes_only_for_labels_a_circuit_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    write(
+        "d.jsonl",
+        "{\"prompt\": \"1 2 3 4\", \"slots\": {\"S1\": [0, 1], \"S2\": [0, 1], \"S3\": [4, 5]}, \"answer\": \" 5\", \"distractor\": \" 4\"}\n\
+         {\"prompt\": \"5 6 7 8\", \"slots\": {\"S1\": [0, 1], \"S2\": [0, 1], \"S3\": [4, 5]}, \"answer\": \" 9\", \"distractor\": \" 8\"}\n",
+    );
+    let eval = |file: &str| {
+        let out = cli_support::command(&["eval", file])
+            .env("CIRCUIT_CACHE_DIR", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let header = "dataset d = \"d.jsonl\"\nablate heads by zero\n";
+    let unused = eval(&write(
+        "unused.circuit",
+        &format!("{header}circuit c {{\n  0.0 @ S3\n}}\n"),
+    ));
+    assert!(!unused.contains("land on the same token"), "{unused}");
+    let used = eval(&write(
+        "used.circuit",
+        &format!("{header}circuit c {{\n  0.0 @ S1\n}}\n"),
+    ));
+    assert!(
+        used.contains("note: S1 and S2 land on the same token in 2 of 2 prompts"),
+        "{used}"
+    );
 }

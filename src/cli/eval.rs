@@ -1,7 +1,6 @@
 //! `circuit eval`: faithfulness of each circuit of a file against the full model and the empty
 //! circuit, as a table, JSON or markdown, and with `--svg` as a chart.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,6 +9,7 @@ use circuit::measure::SessionOptions;
 
 use super::cache::CacheArgs;
 use super::format::{Format, FormatArgs};
+use super::progress::Progress;
 use circuit::model::ModelSource;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
@@ -54,46 +54,36 @@ pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
     Ok(resolved)
 }
 
-/// Evaluates circuits of a resolved file with a progress bar on stderr when it is a terminal,
-/// reading and writing the result cache as `cache` says.
+/// Evaluates circuits of a resolved file, with progress on stderr (`super::progress`).
 pub fn evaluate(
     resolved: &Resolved,
     circuits: &[String],
     cache: &CacheArgs,
 ) -> miette::Result<FileRun> {
     let disk_cache = cache.cache()?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} evaluating [{bar:30}] {pos}/{len} prompt passes ({elapsed})",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
+    let count = if circuits.is_empty() {
+        resolved.file.circuits.len()
+    } else {
+        circuits.len()
+    };
+    let progress = Progress::start(&format!(
+        "{count} circuit{}",
+        if count == 1 { "" } else { "s" }
+    ));
+    let (on_batch, on_total) = progress.callbacks();
     let options = SessionOptions {
-        on_batch: bar
-            .clone()
-            .map(|b| Box::new(move |n: usize| b.inc(n as u64)) as Box<dyn Fn(usize)>),
-        on_total: bar
-            .clone()
-            .map(|b| Box::new(move |n: usize| b.set_length(n as u64)) as Box<dyn Fn(usize)>),
+        on_batch,
+        on_total,
         disk_cache_max_bytes: disk_cache.as_ref().map(|c| c.max_bytes),
         disk_cache: disk_cache.map(|c| c.dir),
         on_cache_note: cache.verbose.then(|| {
-            let bar = bar.clone();
-            Box::new(move |note: &str| match &bar {
-                Some(bar) => bar.println(format!("cache: {note}")),
-                None => eprintln!("cache: {note}"),
-            }) as Box<dyn Fn(&str)>
+            let progress = progress.clone();
+            Box::new(move |note: &str| progress.println(&format!("cache: {note}")))
+                as Box<dyn Fn(&str)>
         }),
     };
     let result = run_file(&resolved.file, circuits, options);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     result
 }
 

@@ -67,6 +67,31 @@ pub enum PositionSet {
     Items(Vec<PositionItem>),
 }
 
+impl PositionItem {
+    /// The slot labels the item names (`S1..S4`: both ends).
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        let (a, b) = match self {
+            PositionItem::One(p) => (p, None),
+            PositionItem::Range(a, b) => (a, Some(b)),
+        };
+        std::iter::once(a).chain(b).filter_map(|p| match &p.anchor {
+            Anchor::Label { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+    }
+}
+
+impl PositionSet {
+    /// The slot labels the set names.
+    pub fn labels(&self) -> impl Iterator<Item = &str> {
+        let items: &[PositionItem] = match self {
+            PositionSet::All => &[],
+            PositionSet::Items(items) => items,
+        };
+        items.iter().flat_map(PositionItem::labels)
+    }
+}
+
 impl Position {
     /// A position with no offset.
     pub fn at(anchor: Anchor) -> Position {

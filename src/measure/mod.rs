@@ -164,6 +164,43 @@ pub struct Scores {
     /// Quantiles of the per-prompt `(m(C) − m(empty)) / (m(full) − m(empty))`, over the
     /// prompts where full and empty differ.
     pub per_prompt_faithfulness: Option<Quantiles>,
+    /// Set when faithfulness divides by a gap that is within noise of zero (see
+    /// [`ill_conditioned`]); absent from the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ill_conditioned: Option<IllConditioned>,
+}
+
+/// Standard errors the full-vs-empty gap must exceed for faithfulness to be trusted.
+pub const ILL_CONDITIONED_STANDARD_ERRORS: f64 = 2.0;
+
+/// Why a faithfulness is ill-conditioned: its denominator `m̄(full) − m̄(empty)` is smaller than
+/// [`ILL_CONDITIONED_STANDARD_ERRORS`] standard errors of the per-prompt gaps
+/// `m(full) − m(empty)`, so which side of zero it falls on is noise and the ratio can take any
+/// value (docs/semantics.md, "Ill-conditioned faithfulness").
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IllConditioned {
+    /// `m̄(full) − m̄(empty)`.
+    pub gap: f64,
+    /// Sample standard deviation of the per-prompt gaps over √n.
+    pub gap_standard_error: f64,
+}
+
+/// The warning for a gap within noise of zero; `None` when it is clear of it, when full and
+/// empty agree exactly (faithfulness is then undefined, not ill-conditioned), or with fewer than
+/// two prompts (no spread to compare with).
+pub fn ill_conditioned(full: &[f64], empty: &[f64]) -> Option<IllConditioned> {
+    let gaps: Vec<f64> = full.iter().zip(empty).map(|(f, e)| f - e).collect();
+    let n = gaps.len();
+    let gap = mean(&gaps);
+    if n < 2 || gap == 0.0 || !gap.is_finite() {
+        return None;
+    }
+    let variance = gaps.iter().map(|g| (g - gap).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let gap_standard_error = (variance / n as f64).sqrt();
+    (gap.abs() < ILL_CONDITIONED_STANDARD_ERRORS * gap_standard_error).then_some(IllConditioned {
+        gap,
+        gap_standard_error,
+    })
 }
 
 /// Normalizes per-prompt metric values of the three runs.
@@ -189,6 +226,7 @@ pub fn scores(full: &[f64], circuit: &[f64], empty: &[f64]) -> Scores {
         faithfulness,
         ratio,
         per_prompt_faithfulness: quantiles(&per_prompt),
+        ill_conditioned: faithfulness.and_then(|_| ill_conditioned(full, empty)),
     }
 }
 
@@ -247,5 +285,26 @@ mod tests {
         let q = quantiles(&[0.0, 1.0]).unwrap();
         assert_eq!(q.q25, 0.25);
         assert!(quantiles(&[]).is_none());
+    }
+
+    /// The gap faithfulness divides by is compared with its standard error: gaps of
+    /// 0.3, −0.1, 0.2, −0.2 have mean 0.05 and standard error 0.1155 (sd 0.2309 over √4), so
+    /// the gap is within 2 standard errors of zero; gaps of 1.0, 1.2, 0.8, 1.0 are not.
+    #[test]
+    fn a_gap_within_two_standard_errors_of_zero_is_ill_conditioned() {
+        let empty = [0.0; 4];
+        let noisy = ill_conditioned(&[0.3, -0.1, 0.2, -0.2], &empty).unwrap();
+        assert!((noisy.gap - 0.05).abs() < 1e-12);
+        let sd = ((0.25f64.powi(2) * 2.0 + 0.15f64.powi(2) * 2.0) / 3.0).sqrt();
+        assert!((noisy.gap_standard_error - sd / 2.0).abs() < 1e-12);
+        assert!(ill_conditioned(&[1.0, 1.2, 0.8, 1.0], &empty).is_none());
+        // One prompt has no spread to judge by; an exact tie is undefined, not ill-conditioned.
+        assert!(ill_conditioned(&[0.01], &[0.0]).is_none());
+        assert!(ill_conditioned(&[0.5, -0.5], &[0.0, 0.0]).is_none());
+        let s = scores(&[0.3, -0.1, 0.2, -0.2], &[0.1, 0.0, 0.1, 0.0], &empty);
+        assert!(s.faithfulness.is_some() && s.ill_conditioned.is_some());
+        assert!(scores(&[1.0, 1.2, 0.8, 1.0], &[0.5; 4], &empty)
+            .ill_conditioned
+            .is_none());
     }
 }

@@ -90,11 +90,27 @@ impl<'a> Session<'a> {
                 reference: reference.iter().map(prompt_slots).collect(),
             });
 
+        // A note only when a circuit names one of the aliased labels: a note on labels the file
+        // never reads would warn about nothing.
+        let used: std::collections::BTreeSet<&str> =
+            file.circuits.iter().flat_map(|c| c.labels()).collect();
         let mut notes: Vec<String> = match clean.first() {
-            Some(first) => data::alias_notes(&clean, &first.standard_positions())
-                .iter()
-                .map(|note| note.to_string())
-                .collect(),
+            Some(first) => {
+                let positions = first.standard_positions();
+                let named: std::collections::BTreeSet<String> = positions
+                    .iter()
+                    .filter(|p| match &p.anchor {
+                        data::positions::Anchor::Label { name, .. } => used.contains(name.as_str()),
+                        _ => false,
+                    })
+                    .map(|p| p.display_name())
+                    .collect();
+                data::alias_notes(&clean, &positions)
+                    .iter()
+                    .filter(|note| note.names.iter().any(|n| named.contains(n)))
+                    .map(|note| note.to_string())
+                    .collect()
+            }
             None => Vec::new(),
         };
         notes.extend(data::tokenized::unknown_words_note(

@@ -15,7 +15,10 @@ use std::fmt::Write as _;
 
 use crate::measure::evaluate::Evaluation;
 use crate::measure::file::{FileRun, Provenance};
-use crate::measure::{mean, metric_name, Quantiles, Scores, ALL_METRICS};
+use crate::measure::{
+    mean, metric_name, IllConditioned, Quantiles, Scores, ALL_METRICS,
+    ILL_CONDITIONED_STANDARD_ERRORS,
+};
 use crate::resolve::bound::{BoundCircuit, Metric, SettingName, Settings};
 
 /// The sentence every report carries, because the order changes the number.
@@ -274,6 +277,9 @@ impl FileReport {
                     );
                 }
             }
+            if let Some(warning) = &c.scores.ill_conditioned {
+                let _ = writeln!(out, "  warning: {}", ill_conditioned_text(warning));
+            }
         }
         out
     }
@@ -315,8 +321,35 @@ impl FileReport {
                 quantiles
             );
         }
+        let warnings: Vec<_> = self
+            .circuits
+            .iter()
+            .filter_map(|c| Some((&c.name, c.scores.ill_conditioned.as_ref()?)))
+            .collect();
+        if !warnings.is_empty() {
+            let _ = writeln!(out);
+        }
+        for (name, warning) in warnings {
+            let _ = writeln!(
+                out,
+                "> warning: `{name}`: {}\n",
+                ill_conditioned_text(warning)
+            );
+        }
         out
     }
+}
+
+/// The ill-conditioned warning, the same words in text and markdown.
+fn ill_conditioned_text(w: &IllConditioned) -> String {
+    format!(
+        "faithfulness is ill-conditioned: it divides by m(full) - m(empty) = {}, which is within \
+         {} standard errors ({} each) of zero over the prompts, so its size and sign are noise; \
+         read the per-prompt median, or use more prompts or a metric that separates full from empty",
+        num(w.gap),
+        ILL_CONDITIONED_STANDARD_ERRORS,
+        num(w.gap_standard_error)
+    )
 }
 
 /// Numbers in text and markdown: four decimals (JSON keeps full precision).

@@ -282,6 +282,16 @@ pub struct BoundCircuit {
 }
 
 impl BoundCircuit {
+    /// Every slot label the circuit's statements name.
+    pub fn labels(&self) -> std::collections::BTreeSet<&str> {
+        let sets = self.heads.values().chain(self.mlps.values());
+        let edges = self.qk_edges.iter().flat_map(|e| [&e.keys, &e.queries]);
+        sets.flat_map(PositionSet::labels)
+            .chain(edges.flat_map(PositionItem::labels))
+            .chain(self.path_edges.iter().flat_map(|e| e.positions.labels()))
+            .collect()
+    }
+
     /// Every head the circuit keeps somewhere: those of node statements and those of QK edges.
     pub fn kept_heads(&self) -> std::collections::BTreeSet<HeadId> {
         let from_edges = self.qk_edges.iter().map(|e| e.head);
