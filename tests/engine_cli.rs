@@ -2,7 +2,7 @@
 
 mod cli_support;
 
-use cli_support::{circuit, root, stderr, stdout, stories};
+use cli_support::{assert_fails, circuit, root, stderr, stdout, stories};
 
 #[test]
 fn run_generates_the_known_stories260k_continuation() {
@@ -159,4 +159,22 @@ fn run_shows_tokens_with_their_leading_space_as_inspect_does() {
     let json = circuit(&[&args[..], &["--json"]].concat());
     let json: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(json["prompts"][0]["top"][1]["token"], " there", "{json}");
+}
+
+#[test]
+fn run_takes_format_json_as_json_does_and_logits_needs_it() {
+    let by_flag = circuit(&["run", "--prompt", "1 2 3", "--json", "--top", "2"]);
+    let by_format = circuit(&["run", "--prompt", "1 2 3", "--format", "json", "--top", "2"]);
+    assert!(by_flag.status.success(), "{}", stderr(&by_flag));
+    assert!(by_format.status.success(), "{}", stderr(&by_format));
+    assert_eq!(stdout(&by_flag), stdout(&by_format));
+    assert!(stdout(&by_format).trim_start().starts_with('{'));
+    let with_logits = circuit(&["run", "--prompt", "1 2 3", "--format", "json", "--logits"]);
+    assert!(with_logits.status.success(), "{}", stderr(&with_logits));
+    assert!(stdout(&with_logits).contains("\"logits\""));
+    assert_fails(
+        &["run", "--prompt", "1 2 3", "--logits"],
+        2,
+        "circuit::run::logits_without_json",
+    );
 }

@@ -29,11 +29,11 @@ pub struct Args {
     /// How many of the most likely next tokens to print.
     #[arg(long, value_name = "K", default_value_t = 5)]
     pub top: usize,
-    /// Print machine-readable JSON instead of text.
+    /// `--format json` (or `--json`) prints machine-readable JSON instead of text.
+    #[command(flatten)]
+    pub format: super::format::TextOrJsonArgs,
+    /// With --format json: include each prompt's full next-token logits vector.
     #[arg(long)]
-    pub json: bool,
-    /// With --json: include each prompt's full next-token logits vector.
-    #[arg(long, requires = "json")]
     pub logits: bool,
     /// Append N greedily chosen tokens to each prompt and print the continuation.
     #[arg(long, value_name = "N")]
@@ -55,6 +55,12 @@ enum RunError {
         help("pass --prompt TEXT or --prompts FILE (one prompt per line)")
     )]
     NoPrompt,
+    #[error("--logits is part of the JSON output")]
+    #[diagnostic(
+        code(circuit::run::logits_without_json),
+        help("add --format json (or --json)")
+    )]
+    LogitsWithoutJson,
     #[error("--attention draws one prompt, but {count} were given")]
     #[diagnostic(
         code(circuit::run::attention_prompts),
@@ -86,6 +92,9 @@ enum RunError {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
+    if args.logits && args.format.format() != super::format::Format::Json {
+        return Err(RunError::LogitsWithoutJson.into());
+    }
     let mut prompts = args.prompt.clone();
     if let Some(path) = &args.prompts {
         let text = std::fs::read_to_string(path).map_err(|source| RunError::PromptsFile {
@@ -128,7 +137,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
 
     let predictions = predict(&model, prompts, args.top, args.generate)?;
 
-    if args.json {
+    if args.format.format() == super::format::Format::Json {
         let items: Vec<_> = predictions
             .iter()
             .map(|p| {
