@@ -245,6 +245,7 @@ pub struct ScanEntry {
     pub query: String,
     pub key: Option<String>,
     /// `m̄` of the file's metric with the candidate ablated.
+    #[serde(with = "f64_bits")]
     pub metric: f64,
     /// Prompts that have the slot (pair).
     pub n_prompts: usize,
@@ -288,8 +289,11 @@ pub struct ScanResult {
     pub settings: StoredSettings,
     pub provenance: Provenance,
     /// `m̄(full)`, `m̄(empty)` and `m̄(base)` (= full without a base circuit) of the metric.
+    #[serde(with = "f64_bits")]
     pub full: f64,
+    #[serde(with = "f64_bits")]
     pub empty: f64,
+    #[serde(with = "f64_bits")]
     pub base_metric: f64,
     pub slots: Vec<String>,
     pub n_prompts: usize,
@@ -298,6 +302,20 @@ pub struct ScanResult {
     pub d_model: usize,
     /// In candidate order.
     pub entries: Vec<ScanEntry>,
+}
+
+/// Part files store every number as its f64 bit pattern: JSON's decimal floats would not
+/// always read back to the same bits, and a merged scan must equal the unsharded one exactly.
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        u64::deserialize(deserializer).map(f64::from_bits)
+    }
 }
 
 /// The file tag of a part.
