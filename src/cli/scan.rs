@@ -161,10 +161,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     };
     // The picture first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
-        let title = match &args.file {
-            Some(file) => format!("circuit scan {}", file.display()),
-            None => "circuit scan --merge".to_string(),
-        };
+        // From the scan itself, so that merged parts draw the unsharded scan's picture.
+        let title = format!(
+            "circuit scan: {} on {}",
+            result.provenance.dataset, result.provenance.model
+        );
         let svg = circuit::report::scores::heat_map(&report, &title, 4);
         write_picture(path, &svg, "scan heat map")?;
     }

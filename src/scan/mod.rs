@@ -318,6 +318,10 @@ mod f64_bits {
     }
 }
 
+/// Candidates per disk cache entry: an interrupted scan loses at most this many (and the batch
+/// they were in); few enough entries that the cache's bookkeeping stays cheap.
+const CACHE_BLOCK: usize = 64;
+
 /// The file tag of a part.
 const PART_FORMAT: &str = "circuit scan part v1";
 
@@ -577,6 +581,20 @@ impl Scan {
         plan
     }
 
+    /// The cache key of a block of candidates' results: their plans' content and the engine.
+    fn block_key(&self, block: &[usize], engine: Engine) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for &c in block {
+            hasher.update(self.candidate_plan(&self.candidates[c]).content_key());
+        }
+        format!(
+            "scan block {} {}",
+            engine.name(),
+            hex::encode(hasher.finalize())
+        )
+    }
+
     /// Whether the incremental engine computes this scan (else it runs naive): the base plan
     /// has node and MLP ablations only, and QK-edge candidates are ablated by edge mean.
     pub fn incremental_supported(&self, session: &Session) -> bool {
@@ -623,39 +641,55 @@ impl Scan {
                 f(text);
             }
         };
-        // Cached candidates first; the rest are computed (and cached as they finish).
+        // Cached blocks first; the rest are computed, and each block is cached as soon as its
+        // last candidate is done.
         let mut results: BTreeMap<usize, PromptMetrics> = BTreeMap::new();
         let mut todo: Vec<usize> = Vec::new();
-        let entry_key = |c: usize| {
-            format!(
-                "scan candidate {} {}",
-                engine.name(),
-                self.candidate_plan(&self.candidates[c]).content_key()
-            )
+        let cache = match engine {
+            Engine::Incremental => options.disk_cache.as_ref(),
+            Engine::Naive => None, // the naive engine's runs are cached by the session, per plan
         };
-        for &c in &mine {
-            let cached = match (&options.disk_cache, engine) {
-                (Some(cache), Engine::Incremental) => {
-                    match cache.read_metrics(&keys, &entry_key(c), n_prompts) {
-                        Lookup::Hit(m) => Some(m),
-                        Lookup::Absent => None,
-                        Lookup::Rejected(why) => {
-                            note(&format!("recomputing: {why}"));
-                            None
-                        }
+        let blocks: Vec<&[usize]> = mine.chunks(CACHE_BLOCK).collect();
+        let block_keys: Vec<String> = match cache {
+            Some(_) => blocks.iter().map(|b| self.block_key(b, engine)).collect(),
+            None => Vec::new(),
+        };
+        let mut block_of: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut left_in_block: Vec<usize> = Vec::new();
+        for (j, block) in blocks.iter().enumerate() {
+            let cached = cache.and_then(|cache| {
+                match cache.read_metrics(&keys, &block_keys[j], n_prompts * block.len()) {
+                    Lookup::Hit(m) => Some(m),
+                    Lookup::Absent => None,
+                    Lookup::Rejected(why) => {
+                        note(&format!("recomputing: {why}"));
+                        None
                     }
                 }
-                _ => None, // the naive engine's runs are cached by the session, per plan
-            };
+            });
             match cached {
                 Some(m) => {
-                    results.insert(c, m);
+                    for (i, &c) in block.iter().enumerate() {
+                        let one: PromptMetrics = m
+                            .iter()
+                            .map(|(&metric, values)| {
+                                (metric, values[i * n_prompts..(i + 1) * n_prompts].to_vec())
+                            })
+                            .collect();
+                        results.insert(c, one);
+                    }
                     if let Some(f) = &options.on_progress {
-                        f(n_prompts);
+                        f(n_prompts * block.len());
                     }
                 }
-                None => todo.push(c),
+                None => {
+                    todo.extend(block.iter().copied());
+                    block.iter().for_each(|&c| {
+                        block_of.insert(c, j);
+                    });
+                }
             }
+            left_in_block.push(block.len());
         }
         if !results.is_empty() {
             note(&format!(
@@ -664,15 +698,26 @@ impl Scan {
             ));
         }
         let mut finished = |c: usize, m: PromptMetrics| {
-            if let (Some(cache), Engine::Incremental) = (&options.disk_cache, engine) {
-                for evicted in cache.write_metrics(&keys, &entry_key(c), &m) {
-                    note(&evicted);
-                }
-            }
             if let Some(f) = &options.on_progress {
                 f(n_prompts);
             }
             results.insert(c, m);
+            let Some(cache) = cache else {
+                return;
+            };
+            let j = block_of[&c];
+            left_in_block[j] -= 1;
+            if left_in_block[j] == 0 {
+                let mut block: PromptMetrics = BTreeMap::new();
+                for c in blocks[j] {
+                    for (&metric, values) in &results[c] {
+                        block.entry(metric).or_default().extend(values);
+                    }
+                }
+                for evicted in cache.write_metrics(&keys, &block_keys[j], &block) {
+                    note(&evicted);
+                }
+            }
         };
         match engine {
             Engine::Naive => {
