@@ -11,7 +11,7 @@ use circuit::scan::{merge, Engine, ScanGranularity, ScanOptions, ScanRequest, Sc
 use circuit::util::outputs::{check_outputs, Output};
 
 use super::cache::CacheArgs;
-use super::eval::{emit, resolve, write_picture};
+use super::eval::{emit, write_picture};
 use super::progress::Progress;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             .file
             .as_ref()
             .expect("clap requires FILE without --merge");
-        let resolved = resolve(file, args.model.as_deref())?;
+        let resolved = resolve_scanned(file, args.model.as_deref())?;
         inputs.push(file.clone());
         inputs.extend(resolved.file.settings.input_paths());
         check_paths(&args, &inputs)?;
@@ -171,6 +171,28 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     }
     emit(&text, args.output.as_deref())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and resolves the scanned file, warnings to stderr; a file without circuits is no
+/// matter here (a scan of the full model needs none), so that warning is left out.
+fn resolve_scanned(
+    path: &std::path::Path,
+    model: Option<&std::path::Path>,
+) -> miette::Result<circuit::resolve::Resolved> {
+    let options = circuit::resolve::ResolveOptions {
+        model_override: model.map(|m| circuit::model::ModelSource::Dir(m.to_path_buf())),
+    };
+    let mut resolved =
+        circuit::resolve::load_file(path, &circuit::resolve::RealEnvironment, &options)
+            .map_err(miette::Report::new)?;
+    resolved
+        .warnings
+        .items
+        .retain(|w| !w.code.ends_with("::no_circuit"));
+    if !resolved.warnings.is_empty() {
+        eprintln!("{}", resolved.warnings.render_plain(100));
+    }
+    Ok(resolved)
 }
 
 /// Outputs are checked before any work: their folders exist, and none is an input.

@@ -465,6 +465,12 @@ pub fn merge(parts: Vec<ScanResult>, paths: &[String]) -> Result<ScanResult, Sca
     let count = first.shard.count;
     let mut seen = vec![None::<&str>; count];
     for (part, path) in parts.iter().zip(paths) {
+        if part.shard.index == 0 || part.shard.index > count {
+            return Err(ScanError::NotAPart {
+                path: path.clone(),
+                why: format!("its shard {} is not a part of {count}", part.shard),
+            });
+        }
         let slot = &mut seen[part.shard.index - 1];
         if let Some(other) = slot {
             return Err(ScanError::MergeIncomplete {
@@ -486,7 +492,8 @@ pub fn merge(parts: Vec<ScanResult>, paths: &[String]) -> Result<ScanResult, Sca
     merged.shard = Shard::WHOLE;
     merged.entries = parts.iter().flat_map(|p| p.entries.clone()).collect();
     merged.entries.sort_by_key(|e| e.index);
-    if merged.entries.len() != merged.n_candidates {
+    let every_candidate_once = merged.entries.iter().enumerate().all(|(i, e)| e.index == i);
+    if merged.entries.len() != merged.n_candidates || !every_candidate_once {
         return Err(ScanError::MergeIncomplete {
             what: format!(
                 "{} entries for {} candidates",
