@@ -211,7 +211,7 @@ pub struct ScanOptions<'a> {
     pub on_total: Option<Box<dyn Fn(usize) + 'a>>,
     pub on_progress: Option<Box<dyn Fn(usize) + 'a>>,
     /// What the cache did (`--verbose`).
-    pub on_note: Option<Box<dyn Fn(&str) + 'a>>,
+    pub on_note: Option<crate::measure::disk_cache::OnNote<'a>>,
 }
 
 /// One candidate: what is ablated, and where in each prompt.
