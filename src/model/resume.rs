@@ -375,13 +375,17 @@ impl Model {
                 );
             });
         }
-        for (i, it) in items.iter().enumerate() {
-            let rows = q_offsets[i]..q_offsets[i] + q_lens[i];
+        // Item i's computed rows and the token position of the first of them.
+        let item_rows = |i: usize| {
             let first = if end_only {
-                it.first_row + lens[i] - 1
+                items[i].first_row + lens[i] - 1
             } else {
-                it.first_row
+                items[i].first_row
             };
+            (q_offsets[i]..q_offsets[i] + q_lens[i], first)
+        };
+        for (i, _) in items.iter().enumerate() {
+            let (rows, first) = item_rows(i);
             let mut item_z = z
                 .slice_mut(s![rows, ..])
                 .into_shape_with_order((q_lens[i], n_heads, d_head))
@@ -396,13 +400,8 @@ impl Model {
         }; // (N_q, D)
         let normed = layer.mlp_norm.apply(resid_mid.view());
         let (_, mut mlp_out) = layer.mlp.forward(normed.view(), false); // (N_q, D)
-        for (i, it) in items.iter().enumerate() {
-            let rows = q_offsets[i]..q_offsets[i] + q_lens[i];
-            let first = if end_only {
-                it.first_row + lens[i] - 1
-            } else {
-                it.first_row
-            };
+        for (i, _) in items.iter().enumerate() {
+            let (rows, first) = item_rows(i);
             edits.edit_mlp_out(index, i, first, &mut mlp_out.slice_mut(s![rows, ..]));
         }
         resid_mid + &mlp_out

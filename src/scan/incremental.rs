@@ -42,13 +42,7 @@ pub(super) fn run(
     let model = session.model();
     let clean = session.clean_prompts();
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets: Vec<Targets> = clean
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect();
+    let targets = super::prompt_targets(clean);
     let edge_ablation = session.settings().edge_ablation;
     let base = model.resume_base(
         &ids,

@@ -823,19 +823,24 @@ pub fn scan(
     scan.run(session, options)
 }
 
+/// The answer and distractor of each prompt.
+fn prompt_targets(prompts: &[crate::data::TokenizedPrompt]) -> Vec<Targets> {
+    prompts
+        .iter()
+        .map(|p| Targets {
+            answer: p.answer_id,
+            distractor: p.distractor_id,
+        })
+        .collect()
+}
+
 /// The disk cache's key function for the session's model, prompts and settings (the same
 /// inputs the session's own entries are keyed by).
 fn cache_keys(session: &Session) -> CacheKeys {
     let model = session.model();
     let clean = session.clean_prompts();
     let evaluated: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets: Vec<Targets> = clean
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect();
+    let targets = prompt_targets(clean);
     let reference: Vec<Vec<u32>> = session
         .reference_prompts()
         .iter()
