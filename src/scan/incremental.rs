@@ -12,7 +12,7 @@ use ndarray::{s, Array2, ArrayViewMut2, ArrayViewMut3, Axis};
 use super::Candidate;
 use crate::ablate::{PlanInterventions, ReferenceValues};
 use crate::attribute::Component;
-use crate::measure::{per_prompt_metrics, PromptMetrics, Session, Targets};
+use crate::measure::{per_prompt_metric, PromptMetrics, Session, Targets};
 use crate::model::resume::{NoRowEdits, ResumeItem, RowEdits};
 use crate::model::{ForwardOptions, NoInterventions};
 use crate::plan::Plan;
@@ -107,7 +107,18 @@ pub(super) fn run(
         let item_metrics = context.run_batch(candidates, &batch, &full_logits, &targets);
         let mut next = item_metrics.into_iter();
         for &i in &batch {
+            // Only the file's metric is computed for the prompts the candidate touches: the
+            // others are NaN there (never read: a scan reports the file's metric; its cache
+            // entries are its own, keyed by the metric).
             let mut metrics = base_metrics.clone();
+            let metric = session.settings().metric;
+            for (&m, values) in metrics.iter_mut() {
+                if m != metric {
+                    for &(b, _, _) in &candidates[i].rows {
+                        values[b] = f64::NAN;
+                    }
+                }
+            }
             for &(b, _, _) in &candidates[i].rows {
                 let item = next.next().expect("one result per item");
                 for (metric, value) in item {
@@ -128,7 +139,8 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Per item (each candidate's prompts in order, candidates in `batch` order), every metric.
+    /// Per item (each candidate's prompts in order, candidates in `batch` order), the file's
+    /// metric.
     fn run_batch(
         &self,
         candidates: &[&Candidate],
@@ -229,10 +241,9 @@ impl Context<'_> {
         let prompts: Vec<usize> = items.iter().map(|it| it.prompt).collect();
         let full_rows = full_logits.select(Axis(0), &prompts); // (I, V)
         let item_targets: Vec<Targets> = prompts.iter().map(|&b| targets[b]).collect();
-        let metrics = per_prompt_metrics(logits.view(), full_rows.view(), &item_targets);
-        (0..items.len())
-            .map(|i| metrics.iter().map(|(&m, v)| (m, v[i])).collect())
-            .collect()
+        let metric = self.session.settings().metric;
+        let values = per_prompt_metric(metric, logits.view(), full_rows.view(), &item_targets);
+        values.into_iter().map(|v| vec![(metric, v)]).collect()
     }
 
     /// Head `h`'s `z` at query `q` of prompt `b` with the candidate ablated: the node's
