@@ -285,6 +285,22 @@ mod tests {
     }
 
     #[test]
+    fn one_metric_is_the_bits_of_all_metrics() {
+        let logits = ndarray::Array2::from_shape_fn((3, 7), |(b, v)| {
+            ((b * 7 + v) as f32 * 0.37).sin() * 4.0
+        });
+        let full = logits.mapv(|x| x * 0.5 + 0.1);
+        let targets =
+            [(1, 2), (6, 0), (3, 3)].map(|(answer, distractor)| Targets { answer, distractor });
+        let all = per_prompt_metrics(logits.view(), full.view(), &targets);
+        for metric in ALL_METRICS {
+            let one = per_prompt_metric(metric, logits.view(), full.view(), &targets);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&all[&metric]), "{metric:?}");
+        }
+    }
+
+    #[test]
     fn faithfulness_averages_first() {
         let full = [2.0, 4.0];
         let empty = [0.0, 0.0];
