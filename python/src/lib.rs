@@ -25,6 +25,8 @@ use pyo3::types::{PyDict, PyList};
 
 use circuit::attribute::run::{score_session, Request};
 use circuit::attribute::{Granularity, Method};
+use circuit::data::autocircuit::{import, ImportOptions};
+use circuit::data::jsonl;
 use circuit::measure::expect::{check_file, circuits_to_run};
 use circuit::measure::file::run_circuits;
 use circuit::measure::session::select_circuits;
@@ -396,6 +398,53 @@ fn scores_json(
     })
 }
 
+/// `circuit.export_graph`: the JSON text `circuit export --format eap-ig-json` writes.
+#[pyfunction]
+#[pyo3(signature = (path, circuit, model=None))]
+fn export_graph_json(
+    py: Python<'_>,
+    path: PathBuf,
+    circuit: String,
+    model: Option<String>,
+) -> PyResult<String> {
+    let resolved = guarded(py, || resolve(&path, model.as_deref()))?;
+    warn_all(py, &resolved.warnings)?;
+    guarded(py, || {
+        let file = &resolved.file;
+        let selected = select_circuits(file, std::slice::from_ref(&circuit))?.remove(0);
+        let config = file.settings.model.config().map_err(coded)?;
+        Ok(circuit::report::graph_json::circuit_graph(&selected, &file.settings, &config).to_json())
+    })
+}
+
+/// `circuit.import_prompts`: the JSONL text `circuit dataset import` writes; its notes become
+/// Python warnings.
+#[pyfunction]
+#[pyo3(signature = (path, model=None, prepend_bos=true, drop=Vec::new()))]
+fn import_prompts_jsonl(
+    py: Python<'_>,
+    path: PathBuf,
+    model: Option<String>,
+    prepend_bos: bool,
+    drop: Vec<String>,
+) -> PyResult<String> {
+    let (text, notes) = guarded(py, || {
+        let source = match &model {
+            Some(spec) => ModelSource::parse(spec, Path::new("")),
+            None => ModelSource::default_model(),
+        };
+        let tokenizer = circuit::model::Tokenizer::open(&source).map_err(coded)?;
+        let options = ImportOptions { prepend_bos, drop };
+        let imported = import(&path, &tokenizer, &options).map_err(coded)?;
+        Ok((jsonl::write(&imported.dataset), imported.notes))
+    })?;
+    let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+    for note in notes {
+        PyErr::warn(py, &category, &std::ffi::CString::new(note.replace('\0', ""))?, 1)?;
+    }
+    Ok(text)
+}
+
 /// `circuit.format`: the canonical form of `.circuit` text (`circuit fmt`).
 #[pyfunction]
 #[pyo3(signature = (text, name="<string>"))]
@@ -588,6 +637,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(test_file, m)?)?;
     m.add_function(wrap_pyfunction!(scores_json, m)?)?;
     m.add_function(wrap_pyfunction!(format, m)?)?;
+    m.add_function(wrap_pyfunction!(export_graph_json, m)?)?;
+    m.add_function(wrap_pyfunction!(import_prompts_jsonl, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     Ok(())
 }
