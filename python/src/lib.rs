@@ -413,7 +413,10 @@ fn export_graph_json(
         let file = &resolved.file;
         let selected = select_circuits(file, std::slice::from_ref(&circuit))?.remove(0);
         let config = file.settings.model.config().map_err(coded)?;
-        Ok(circuit::report::graph_json::circuit_graph(&selected, &file.settings, &config).to_json())
+        Ok(
+            circuit::report::graph_json::circuit_graph(&selected, &file.settings, &config)
+                .to_json(),
+        )
     })
 }
 
@@ -440,7 +443,12 @@ fn import_prompts_jsonl(
     })?;
     let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
     for note in notes {
-        PyErr::warn(py, &category, &std::ffi::CString::new(note.replace('\0', ""))?, 1)?;
+        PyErr::warn(
+            py,
+            &category,
+            &std::ffi::CString::new(note.replace('\0', ""))?,
+            1,
+        )?;
     }
     Ok(text)
 }

@@ -34,7 +34,10 @@ pub struct ImportArgs {
 
 pub fn execute(args: ImportArgs) -> miette::Result<ExitCode> {
     if let Some(path) = &args.output {
-        check_outputs(&[Output { flag: "-o", path }], std::slice::from_ref(&args.file))?;
+        check_outputs(
+            &[Output { flag: "-o", path }],
+            std::slice::from_ref(&args.file),
+        )?;
     }
     let model = match &args.model {
         Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),

@@ -46,7 +46,9 @@ pub enum ImportError {
     )]
     Format { path: PathBuf, message: String },
 
-    #[error("{prompt}: {what} has {count} entries; a dataset scores one answer against one distractor")]
+    #[error(
+        "{prompt}: {what} has {count} entries; a dataset scores one answer against one distractor"
+    )]
     #[diagnostic(
         code(circuit::data::import_answers),
         help("keep one answer and one wrong answer per prompt")
@@ -147,7 +149,14 @@ fn as_offset(name: &str) -> Option<(&str, i64)> {
     let at = name.rfind(['+', '-'])?;
     let (base, rest) = name.split_at(at);
     let amount: i64 = rest[1..].parse().ok()?;
-    Some((base, if rest.starts_with('-') { -amount } else { amount }))
+    Some((
+        base,
+        if rest.starts_with('-') {
+            -amount
+        } else {
+            amount
+        },
+    ))
 }
 
 /// Like [`import`], from the file's text; `path` names it in errors and in the dataset.
@@ -224,7 +233,10 @@ pub fn import_str(
         }
     }
 
-    let text_of = |value: &serde_json::Value, what: &str, i: usize| -> Result<String, ImportError> {
+    let text_of = |value: &serde_json::Value,
+                   what: &str,
+                   i: usize|
+     -> Result<String, ImportError> {
         value.as_str().map(str::to_string).ok_or_else(|| {
             format_error(format!(
                 "prompt {i}: `{what}` is not text (token-id prompts do not import: their text is unknown)"
@@ -328,7 +340,9 @@ fn label_set(
             let t = index - pad - bos; // index among the prompt's text tokens
             if index < 0 || index >= padded {
                 return Err(fail(
-                    format!("is outside the sequence of {padded} positions (BOS and padding included)"),
+                    format!(
+                        "is outside the sequence of {padded} positions (BOS and padding included)"
+                    ),
                     drop_help,
                 ));
             }

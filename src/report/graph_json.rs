@@ -24,9 +24,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::diff::positions_text;
-use crate::attribute::export::{
-    downstream_name, upstream_name, Graph, GraphConfig, GraphEntry,
-};
+use crate::attribute::export::{downstream_name, upstream_name, Graph, GraphConfig, GraphEntry};
 use crate::data::positions::PositionSet;
 use crate::model::{HeadInput, ModelConfig, ResidualTopology};
 use crate::resolve::bound::{
@@ -129,7 +127,10 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
                 }
             };
             let entry = unscored(target_in_graph && in_graph(u) && passes);
-            edges.push((format!("{}->{}", upstream_name(u), downstream_name(d)), entry));
+            edges.push((
+                format!("{}->{}", upstream_name(u), downstream_name(d)),
+                entry,
+            ));
         }
     }
 
