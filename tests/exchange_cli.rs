@@ -392,7 +392,7 @@ fn labels_that_land_on_no_token_and_bad_files_are_coded_errors() {
         (r#"{"prompts": [{"clean": [1, 2], "corrupt": [1, 3], "answers": [[4]], "wrong_answers": [[5]]}]}"#.to_string(), &[], "circuit::data::import_format", "token-id prompts do not import"),
         ("{\"prompt\": []}".to_string(), &[], "circuit::data::import_format", "missing field"),
         (IOI.replace("\"punct\"", "\"p.unct\""), &["--drop", "starts"], "circuit::data::import_format", "`p.unct` is not a label"),
-        (IOI.replace("[\" Mary\"]", "[\" Maryland\"]"), &["--drop", "starts"], "circuit::data::multi_token_answer", "Maryland"),
+        (IOI.replace("[\" Mary\"]", "[\" Mary Ann\"]"), &["--drop", "starts"], "circuit::data::multi_token_answer", "Mary Ann"),
     ];
     for (text, extra, code, message) in cases {
         std::fs::write(&file, &text).unwrap();
