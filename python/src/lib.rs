@@ -154,13 +154,8 @@ fn guarded<T: Send>(py: Python<'_>, work: impl FnOnce() -> Outcome<T> + Send) ->
                 "internal error (a bug in circuit, please report it): {}",
                 panic_message(payload.as_ref())
             );
-            Err(circuit_error(
-                py,
-                Some("circuit::python::panic".to_string()),
-                message.clone(),
-                message,
-                None,
-            ))
+            let report = miette::miette!(code = "circuit::python::panic", "{message}");
+            Err(Failure::Report(report).into_py_err(py))
         }
     }
 }
@@ -487,6 +482,13 @@ fn ids_from_py(ids: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
         }
     };
     let dtype = array.dtype();
+    let kind: char = dtype.getattr("kind")?.extract()?;
+    if kind != 'i' && kind != 'u' {
+        return Err(PyTypeError::new_err(format!(
+            "ids must be an integer array (int64, int32, uint32, ...), got dtype {}",
+            dtype.str()?
+        )));
+    }
     let shape = array.shape().to_vec();
     if !(shape.len() == 1 || shape.len() == 2) {
         return Err(PyValueError::new_err(format!(
@@ -496,13 +498,6 @@ fn ids_from_py(ids: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u32>>> {
     if shape.contains(&0) {
         return Err(PyValueError::new_err(format!(
             "ids must hold at least one token per prompt, got shape {shape:?}"
-        )));
-    }
-    let kind: char = dtype.getattr("kind")?.extract()?;
-    if kind != 'i' && kind != 'u' {
-        return Err(PyTypeError::new_err(format!(
-            "ids must be an integer array (int64, int32, uint32, ...), got dtype {}",
-            dtype.str()?
         )));
     }
     let as_i64 = array.call_method1("astype", ("int64",))?;
