@@ -318,37 +318,24 @@ fn test_file<'py>(
     Ok(list)
 }
 
-/// The library's method of this name (`eap`, `eap-ig`, `attention`, `qkvo`, `dla`).
-fn method_named(name: &str, steps: usize) -> PyResult<Method> {
-    let all = [
-        Method::Eap,
-        Method::EapIg { steps },
-        Method::Attention,
-        Method::Qkvo,
-        Method::Dla,
-    ];
-    all.into_iter().find(|m| m.name() == name).ok_or_else(|| {
-        let names: Vec<&str> = all.iter().map(|m| m.name()).collect();
-        PyValueError::new_err(format!(
-            "unknown method {name:?}; one of: {}",
-            names.join(", ")
-        ))
-    })
-}
-
-fn granularity_named(name: &str) -> PyResult<Granularity> {
-    let all = [
-        Granularity::Nodes,
-        Granularity::QkEdges,
-        Granularity::PathEdges,
-    ];
-    all.into_iter().find(|g| g.name() == name).ok_or_else(|| {
-        let names: Vec<&str> = all.iter().map(|g| g.name()).collect();
-        PyValueError::new_err(format!(
-            "unknown granularity {name:?}; one of: {}",
-            names.join(", ")
-        ))
-    })
+/// The one of `all` the library names `name` (`Method::name`, `Granularity::name`); `what`
+/// says which argument was wrong.
+fn named<T: Copy>(
+    what: &str,
+    name: &str,
+    all: &[T],
+    name_of: fn(T) -> &'static str,
+) -> PyResult<T> {
+    all.iter()
+        .copied()
+        .find(|&x| name_of(x) == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|&x| name_of(x)).collect();
+            PyValueError::new_err(format!(
+                "unknown {what} {name:?}; one of: {}",
+                names.join(", ")
+            ))
+        })
 }
 
 /// `circuit.scores`: the JSON text `circuit scores --format json` prints.
@@ -366,8 +353,25 @@ fn scores_json(
     model: Option<String>,
     cache: bool,
 ) -> PyResult<String> {
-    let method = method_named(method, steps)?;
-    let granularity = granularity_named(granularity)?;
+    let methods = [
+        Method::Eap,
+        Method::EapIg { steps },
+        Method::Attention,
+        Method::Qkvo,
+        Method::Dla,
+    ];
+    let method = named("method", method, &methods, Method::name)?;
+    let granularities = [
+        Granularity::Nodes,
+        Granularity::QkEdges,
+        Granularity::PathEdges,
+    ];
+    let granularity = named(
+        "granularity",
+        granularity,
+        &granularities,
+        Granularity::name,
+    )?;
     if top == Some(0) {
         return Err(PyValueError::new_err("top=0 would keep no score"));
     }
