@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::cache::rows_as_prompts;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
 use super::linalg::matmul;
-use super::numerics::{dot, exp, gelu_new, silu, widest_simd};
+use super::numerics::{dot, exp, gelu_erf, gelu_new, silu, widest_simd};
 use super::transformer::{Layer, Mlp, Positions, Transformer};
 
 /// The batch a forward runs on: `B` prompts right-padded to `T` tokens.
@@ -320,10 +320,13 @@ impl Mlp {
         keep_pre_activation: bool,
     ) -> (MlpActivations, Array2<f32>) {
         match self {
-            Mlp::GeluNew { fc, proj } => {
+            Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                 let mut hidden = fc.apply(x); // (N, M)
                 let pre_activation = keep_pre_activation.then(|| hidden.clone()); // (N, M)
-                map_in_place(&mut hidden, gelu_new);
+                match self {
+                    Mlp::GeluNew { .. } => map_in_place(&mut hidden, gelu_new),
+                    _ => map_in_place(&mut hidden, gelu_erf),
+                }
                 let out = proj.apply(hidden.view()); // (N, D)
                 let activations = MlpActivations {
                     pre_activation,
@@ -384,7 +387,8 @@ fn expand_kv(kv: Array2<f32>, group: usize, d_head: usize) -> Array2<f32> {
 }
 
 /// Rotates each head's vector of `x` `(rows, H·d)` by its row's token position
-/// (`position_of_row`; the tables cover every position used).
+/// (`position_of_row`; the tables cover every position used): its first `r` dimensions, `r/2`
+/// the tables' width (all `d` but under partial rotary).
 fn rotate(
     x: &mut Array2<f32>,
     cos: &Array2<f32>,
@@ -392,7 +396,7 @@ fn rotate(
     position_of_row: impl Fn(usize) -> usize + Sync,
     d_head: usize,
 ) {
-    let half = d_head / 2;
+    let half = cos.ncols(); // r/2
     let width = x.ncols();
     x.as_slice_mut()
         .expect("standard layout")

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::topology::ResidualTopology;
 
-/// The two architecture families the engine runs.
+/// The architecture families the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
@@ -19,7 +19,14 @@ pub enum Architecture {
     Gpt2,
     /// `model_type: llama`: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention.
     Llama,
+    /// `model_type: gpt_neox` (Pythia): LayerNorm, partial rotary positions, q/k/v fused per
+    /// head, exact-GELU MLP, parallel residual (`use_parallel_residual`), untied `embed_out`.
+    #[serde(rename = "gpt_neox")]
+    GptNeox,
 }
+
+/// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
+pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["gpt2", "llama", "gpt_neox"];
 
 /// Shape and hyper-parameters of a transformer, in one vocabulary for both families.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -38,8 +45,14 @@ pub struct ModelConfig {
     pub n_ctx: usize,
     /// LayerNorm / RMSNorm epsilon.
     pub norm_eps: f32,
-    /// Rotary base (Llama only).
+    /// Rotary base (rotary families only; 0 for GPT-2).
     pub rope_theta: f32,
+    /// How many leading dimensions of each head rotary embeddings turn (`d_head` for Llama, a
+    /// fraction of it for GPT-NeoX's partial rotary; 0 for GPT-2's learned positions).
+    pub rotary_dim: usize,
+    /// Whether q, k and v projections have biases (GPT-NeoX `attention_bias`; GPT-2 always,
+    /// Llama when the file holds them).
+    pub attention_bias: bool,
     /// Whether the unembedding shares the token embedding matrix.
     pub tie_word_embeddings: bool,
     /// How attention and MLP of a layer are wired to the residual stream.
@@ -67,9 +80,20 @@ pub enum ConfigError {
     #[error("{path}: unsupported model_type {model_type:?}")]
     #[diagnostic(
         code(circuit::model::unknown_model_type),
-        help("supported model types are \"gpt2\" and \"llama\"")
+        help("supported model types are {}", supported_model_types())
     )]
     UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{path}: `{key}` = {value} selects a variant the engine does not implement")]
+    #[diagnostic(
+        code(circuit::model::unsupported_config),
+        help("{what}; running the model without it would give different numbers than transformers")
+    )]
+    UnsupportedOption {
+        path: PathBuf,
+        key: String,
+        value: String,
+        what: String,
+    },
     #[error("{path}: missing or invalid field `{field}` (expected {expected})")]
     #[diagnostic(code(circuit::model::config_field))]
     Field {
@@ -119,6 +143,8 @@ impl ModelConfig {
                     },
                     norm_eps: fields.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
                     rope_theta: 0.0,
+                    rotary_dim: 0,
+                    attention_bias: true,
                     tie_word_embeddings: true,
                     residual: ResidualTopology::Sequential,
                     activation: fields
@@ -161,6 +187,9 @@ impl ModelConfig {
                     n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
                     norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
                     rope_theta: fields.rope_theta()?,
+                    rotary_dim: d_head,
+                    // Read from the file: Llama checkpoints with `attention_bias` hold them.
+                    attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
                     tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
                     residual: ResidualTopology::Sequential,
                     activation: fields
@@ -169,11 +198,81 @@ impl ModelConfig {
                     bos_token_id: fields.opt_token_id("bos_token_id")?,
                 })
             }
+            "gpt_neox" => Self::gpt_neox(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
                 model_type: other.to_string(),
             }),
         }
+    }
+}
+
+impl ModelConfig {
+    /// GPT-NeoX / Pythia, as `GPTNeoXConfig` reads it: `rotary_emb_base` and `rotary_pct`
+    /// (transformers 4 and the hub's Pythia configs) or `rope_parameters.rope_theta` and
+    /// `.partial_rotary_factor` (transformers 5), defaults 10000 and 0.25.
+    fn gpt_neox(fields: &Fields) -> Result<ModelConfig, ConfigError> {
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+        let d_head = d_model / n_heads;
+        let rope = fields.rope(&["rotary_emb_base"], &["rotary_pct"], 0.25)?;
+        // transformers: `int(head_size * partial_rotary_factor)` dimensions are turned.
+        let rotary_dim = (d_head as f64 * rope.fraction) as usize;
+        if !rotary_dim.is_multiple_of(2) || !(0.0..=1.0).contains(&rope.fraction) {
+            return Err(fields.unsupported(
+                &rope.fraction_key,
+                &rope.fraction.to_string(),
+                &format!(
+                    "rotary embeddings turn pairs of dimensions; {} of a head of {d_head} is {rotary_dim} dimensions",
+                    rope.fraction
+                ),
+            ));
+        }
+        Ok(ModelConfig {
+            architecture: Architecture::GptNeox,
+            n_layers: fields.usize("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            norm_eps: fields.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
+            rope_theta: rope.theta,
+            rotary_dim,
+            attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(true),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            residual: if fields.opt_bool("use_parallel_residual")?.unwrap_or(true) {
+                ResidualTopology::Parallel
+            } else {
+                ResidualTopology::Sequential
+            },
+            activation: fields
+                .opt_string("hidden_act")?
+                .unwrap_or_else(|| "gelu".to_string()),
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+        })
+    }
+}
+
+/// A family's rotary settings, and under which key config.json gave the rotated fraction.
+struct Rope {
+    theta: f32,
+    fraction: f64,
+    fraction_key: String,
+}
+
+/// `"gpt2", "llama" and "gpt_neox"`.
+fn supported_model_types() -> String {
+    let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
     }
 }
 
@@ -228,6 +327,15 @@ impl Fields<'_> {
                 .ok_or_else(|| self.err(field, "a number")),
         }
     }
+    fn opt_f64(&self, field: &str) -> Result<Option<f64>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, "a number")),
+        }
+    }
     fn opt_bool(&self, field: &str) -> Result<Option<bool>, ConfigError> {
         match self.present(field) {
             None => Ok(None),
@@ -253,31 +361,76 @@ impl Fields<'_> {
     /// `rope_theta`, or (transformers ≥ 5) `rope_parameters.rope_theta`; default 10000.
     /// Scaled rotary variants (`rope_type` other than "default", `rope_scaling`) are rejected.
     fn rope_theta(&self) -> Result<f32, ConfigError> {
-        if self.present("rope_scaling").is_some() {
-            return Err(self.err(
+        Ok(self.rope(&[], &[], 1.0)?.theta)
+    }
+
+    /// The rotary base and the fraction of each head it turns: `rope_parameters.rope_theta` and
+    /// `.partial_rotary_factor` (transformers ≥ 5), else top-level `rope_theta` or a family's
+    /// older names (`theta_keys`) and `partial_rotary_factor` or `fraction_keys`; base 10000,
+    /// fraction `default_fraction`. A scaled rotary variant (`rope_scaling`, a `rope_type` other
+    /// than "default") is an error naming the key.
+    fn rope(
+        &self,
+        theta_keys: &[&str],
+        fraction_keys: &[&str],
+        default_fraction: f64,
+    ) -> Result<Rope, ConfigError> {
+        if let Some(scaling) = self.present("rope_scaling") {
+            return Err(self.unsupported(
                 "rope_scaling",
-                "null (scaled rotary embeddings are not supported)",
+                &scaling.to_string(),
+                "scaled rotary embeddings are not implemented",
             ));
         }
-        let Some(params) = self.present("rope_parameters") else {
-            return Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0));
-        };
-        let nested = Fields {
+        let nested = self.present("rope_parameters").map(|params| Fields {
             json: params,
             path: self.path,
-        };
-        match nested.opt_string("rope_type")?.as_deref() {
-            None | Some("default") => {}
-            Some(_) => {
-                return Err(self.err(
-                    "rope_parameters.rope_type",
-                    "\"default\" (scaled rotary embeddings are not supported)",
-                ))
+        });
+        if let Some(nested) = &nested {
+            match nested.opt_string("rope_type")?.as_deref() {
+                None | Some("default") => {}
+                Some(other) => {
+                    return Err(self.unsupported(
+                        "rope_parameters.rope_type",
+                        &format!("{other:?}"),
+                        "only the \"default\" rotary embedding is implemented (no scaling)",
+                    ))
+                }
             }
         }
-        match nested.opt_f32("rope_theta")? {
-            Some(theta) => Ok(theta),
-            None => Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0)),
+        // The first key present among the nested one, then the top-level spellings.
+        let first = |nested_key: &str, keys: &[&str]| -> Result<Option<(f64, String)>, ConfigError> {
+            if let Some(nested) = &nested {
+                if let Some(x) = nested.opt_f64(nested_key)? {
+                    return Ok(Some((x, format!("rope_parameters.{nested_key}"))));
+                }
+            }
+            for key in std::iter::once(&nested_key).chain(keys) {
+                if let Some(x) = self.opt_f64(key)? {
+                    return Ok(Some((x, key.to_string())));
+                }
+            }
+            Ok(None)
+        };
+        let theta = match first("rope_theta", theta_keys)? {
+            None => 10000.0,
+            Some((x, _)) if x > 0.0 && (x as f32).is_finite() => x as f32,
+            Some((_, key)) => return Err(self.err(&key, "a positive number")),
+        };
+        let (fraction, fraction_key) = first("partial_rotary_factor", fraction_keys)?
+            .unwrap_or((default_fraction, "partial_rotary_factor".to_string()));
+        Ok(Rope {
+            theta,
+            fraction,
+            fraction_key,
+        })
+    }
+    fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
+        ConfigError::UnsupportedOption {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+            what: what.to_string(),
         }
     }
     fn check_divisible(

@@ -50,7 +50,7 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Every key the config reader looks at, for either family.
+/// Every key the config reader looks at, for any family.
 const CONFIG_KEYS: &[&str] = &[
     "n_embd",
     "n_head",
@@ -75,6 +75,12 @@ const CONFIG_KEYS: &[&str] = &[
     "rope_parameters",
     "tie_word_embeddings",
     "hidden_act",
+    "layer_norm_eps",
+    "rotary_pct",
+    "rotary_emb_base",
+    "partial_rotary_factor",
+    "use_parallel_residual",
+    "attention_bias",
 ];
 
 /// A config object: a model type and some of the keys, each with a plausible or hostile value.
@@ -82,6 +88,7 @@ fn config() -> impl Strategy<Value = Value> {
     let model_type = prop_oneof![
         Just(json!("gpt2")),
         Just(json!("llama")),
+        Just(json!("gpt_neox")),
         Just(json!("mamba")),
         value(),
     ];

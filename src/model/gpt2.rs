@@ -104,6 +104,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             wpe: matrix("wpe.weight", config.n_ctx, d)?,
         },
         layers,
+        residual: config.residual,
         final_norm: layer_norm("ln_f")?,
         unembed: None,
     })

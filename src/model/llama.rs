@@ -95,8 +95,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         } else {
             matrix("model.embed_tokens.weight", vocab, d)?
         },
-        positions: Positions::rotary(config.d_head, config.rope_theta),
+        positions: Positions::rotary(config.rotary_dim, config.rope_theta),
         layers,
+        residual: config.residual,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None
