@@ -259,7 +259,10 @@ fn gpt_neox_parallel_f16_matches_transformers() {
     let config = &model.config;
     assert_eq!(config.residual, ResidualTopology::Parallel);
     // transformers 5's spelling: rope_parameters {rope_theta: 2000, partial_rotary_factor: 0.25}.
-    assert_eq!((config.rope_theta, config.d_head, config.rotary_dim), (2000.0, 16, 4));
+    assert_eq!(
+        (config.rope_theta, config.d_head, config.rotary_dim),
+        (2000.0, 16, 4)
+    );
     assert!(config.attention_bias);
     let e = expected("neox-parallel-f16");
     check_logits(&model, "neox-parallel-f16", &e);
@@ -273,7 +276,10 @@ fn gpt_neox_sequential_bf16_with_the_old_config_spelling_matches_transformers() 
     let config = &model.config;
     assert_eq!(config.residual, ResidualTopology::Sequential);
     // transformers 4's spelling: rotary_emb_base 500, rotary_pct 0.5.
-    assert_eq!((config.rope_theta, config.d_head, config.rotary_dim), (500.0, 16, 8));
+    assert_eq!(
+        (config.rope_theta, config.d_head, config.rotary_dim),
+        (500.0, 16, 8)
+    );
     assert!(!config.attention_bias);
     let e = expected("neox-sequential-bf16");
     check_logits(&model, "neox-sequential-bf16", &e);

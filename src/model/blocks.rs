@@ -572,12 +572,16 @@ mod tests {
             fc: linear(4, 6, 0),
             proj: linear(6, 4, 1),
         };
+        let exact_gelu = Mlp::GeluErf {
+            fc: linear(4, 6, 5),
+            proj: linear(6, 4, 6),
+        };
         let swiglu = Mlp::SwiGlu {
             gate: linear(4, 6, 2),
             up: linear(4, 6, 3),
             down: linear(6, 4, 4),
         };
-        for mlp in [&gelu, &swiglu] {
+        for mlp in [&gelu, &exact_gelu, &swiglu] {
             let (kept, out) = mlp.forward(x.view(), true);
             let (plain, plain_out) = mlp.forward(x.view(), false);
             // Keeping the pre-activation changes nothing else.
@@ -586,13 +590,15 @@ mod tests {
             assert!(plain.pre_activation.is_none());
             let pre = kept.pre_activation.expect("kept when asked");
             let (first, down) = match mlp {
-                Mlp::GeluNew { fc, proj } => (fc, proj),
+                Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => (fc, proj),
                 Mlp::SwiGlu { gate, down, .. } => (gate, down),
             };
             assert_eq!(pre, first.apply(x.view()));
-            let hidden = match &kept.up {
-                None => pre.mapv(gelu_new),
-                Some(up) => pre.mapv(silu) * up,
+            let hidden = match (mlp, &kept.up) {
+                (Mlp::GeluNew { .. }, None) => pre.mapv(gelu_new),
+                (Mlp::GeluErf { .. }, None) => pre.mapv(gelu_erf),
+                (Mlp::SwiGlu { .. }, Some(up)) => pre.mapv(silu) * up,
+                _ => panic!("only SwiGLU keeps an up projection"),
             };
             assert_eq!(kept.hidden, hidden);
             assert_eq!(out, down.apply(hidden.view()));

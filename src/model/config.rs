@@ -86,7 +86,9 @@ pub enum ConfigError {
     #[error("{path}: `{key}` = {value} selects a variant the engine does not implement")]
     #[diagnostic(
         code(circuit::model::unsupported_config),
-        help("{what}; running the model without it would give different numbers than transformers")
+        help(
+            "{what}; running the model without it would give different numbers than transformers"
+        )
     )]
     UnsupportedOption {
         path: PathBuf,
@@ -399,19 +401,20 @@ impl Fields<'_> {
             }
         }
         // The first key present among the nested one, then the top-level spellings.
-        let first = |nested_key: &str, keys: &[&str]| -> Result<Option<(f64, String)>, ConfigError> {
-            if let Some(nested) = &nested {
-                if let Some(x) = nested.opt_f64(nested_key)? {
-                    return Ok(Some((x, format!("rope_parameters.{nested_key}"))));
+        let first =
+            |nested_key: &str, keys: &[&str]| -> Result<Option<(f64, String)>, ConfigError> {
+                if let Some(nested) = &nested {
+                    if let Some(x) = nested.opt_f64(nested_key)? {
+                        return Ok(Some((x, format!("rope_parameters.{nested_key}"))));
+                    }
                 }
-            }
-            for key in std::iter::once(&nested_key).chain(keys) {
-                if let Some(x) = self.opt_f64(key)? {
-                    return Ok(Some((x, key.to_string())));
+                for key in std::iter::once(&nested_key).chain(keys) {
+                    if let Some(x) = self.opt_f64(key)? {
+                        return Ok(Some((x, key.to_string())));
+                    }
                 }
-            }
-            Ok(None)
-        };
+                Ok(None)
+            };
         let theta = match first("rope_theta", theta_keys)? {
             None => 10000.0,
             Some((x, _)) if x > 0.0 && (x as f32).is_finite() => x as f32,

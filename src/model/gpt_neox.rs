@@ -25,8 +25,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     }
     if config.tie_word_embeddings {
         return Err(ModelError::Unsupported {
-            what: "GPT-NeoX with `tie_word_embeddings: true` (Pythia's embed_out is its own matrix)"
-                .to_string(),
+            what:
+                "GPT-NeoX with `tie_word_embeddings: true` (Pythia's embed_out is its own matrix)"
+                    .to_string(),
         });
     }
     let (d, m, vocab, n_heads, d_head) = (
@@ -44,16 +45,17 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         Ok(Array1::from(files.tensor(name, &[len])?))
     };
     // nn.Linear(d_in → d_out), stored (out, in); biases as `bias` says.
-    let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
-        Ok(Linear {
-            weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-            bias: if bias {
-                Some(vector(&format!("{name}.bias"), d_out)?)
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
+                bias: if bias {
+                    Some(vector(&format!("{name}.bias"), d_out)?)
+                } else {
+                    None
+                },
+            })
+        };
     let layer_norm = |name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Layer {
             weight: vector(&format!("{name}.weight"), d)?,

@@ -354,7 +354,7 @@ fn gradients_inner(
         .rev()
     {
         let resid_pre = rows(&lc.resid_pre); // (N, D)
-        // The stream the MLP read: resid_mid when wired sequentially, resid_pre in parallel.
+                                             // The stream the MLP read: resid_mid when wired sequentially, resid_pre in parallel.
         let parallel = transformer.residual == ResidualTopology::Parallel;
         let mlp_read = if parallel {
             resid_pre.clone()
@@ -365,7 +365,7 @@ fn gradients_inner(
         // ---- MLP: resid_post = mlp_read + mlp(norm(mlp_read)) (+ attention, in parallel) ---
         let d_mlp_out = d_resid; // (N, D)
         let mlp_x = layer.mlp_norm.apply(mlp_read.view()); // (N, D), recomputed
-                                                            // A frozen MLP output passes nothing back into the MLP.
+                                                           // A frozen MLP output passes nothing back into the MLP.
         let d_mlp_through = match kept {
             Some(kept) => {
                 let mut d = d_mlp_out.clone(); // (N, D)
@@ -380,7 +380,7 @@ fn gradients_inner(
         };
         let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_read.view(), d_mlp_x.view()); // (N, D)
-        // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it.
+                                                                                        // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it.
         let d_mid = if parallel {
             d_mlp_out.clone()
         } else {
