@@ -46,7 +46,7 @@ pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventi
 pub use linalg::matmul;
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
-pub use topology::{Component, ResidualTopology};
+pub use topology::{Component, ResidualTopology, Unread};
 
 use transformer::Transformer;
 use weights::WeightFiles;
