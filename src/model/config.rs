@@ -479,6 +479,58 @@ mod tests {
         assert_eq!(config.n_kv_heads, 12);
     }
 
+    /// pythia-70m's config.json as on the hub (transformers 4 spelling).
+    const PYTHIA_70M: &str = r#"{"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0,
+        "eos_token_id": 0, "hidden_act": "gelu", "hidden_size": 512, "initializer_range": 0.02,
+        "intermediate_size": 2048, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+        "model_type": "gpt_neox", "num_attention_heads": 8, "num_hidden_layers": 6,
+        "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": false,
+        "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": true,
+        "use_parallel_residual": true, "vocab_size": 50304}"#;
+
+    #[test]
+    fn reads_pythia_70m_config() {
+        let config = ModelConfig::from_json_str(PYTHIA_70M, Path::new("config.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::GptNeox);
+        assert_eq!(
+            (config.n_layers, config.n_heads, config.n_kv_heads),
+            (6, 8, 8)
+        );
+        assert_eq!(
+            (config.d_model, config.d_head, config.d_mlp),
+            (512, 64, 2048)
+        );
+        assert_eq!((config.rotary_dim, config.rope_theta), (16, 10000.0));
+        assert_eq!(config.residual, ResidualTopology::Parallel);
+        assert!(config.attention_bias && !config.tie_word_embeddings);
+        assert_eq!((config.n_ctx, config.vocab_size), (2048, 50304));
+    }
+
+    #[test]
+    fn gpt_neox_reads_both_rope_spellings_and_transformers_defaults() {
+        let read = |text: &str| ModelConfig::from_json_str(text, Path::new("c.json")).unwrap();
+        let base = r#""model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10"#;
+        // transformers 5 writes rope_parameters; 4 wrote rotary_pct / rotary_emb_base.
+        let new = read(&format!(
+            r#"{{{base}, "rope_parameters": {{"rope_type": "default", "rope_theta": 500.0,
+                "partial_rotary_factor": 0.5}}}}"#
+        ));
+        let old = read(&format!(
+            r#"{{{base}, "rotary_emb_base": 500, "rotary_pct": 0.5}}"#
+        ));
+        assert_eq!(new, old);
+        assert_eq!((new.rotary_dim, new.rope_theta), (16, 500.0));
+        // GPTNeoXConfig's defaults: a quarter of each head, base 10000, parallel, biases.
+        let defaults = read(&format!("{{{base}}}"));
+        assert_eq!((defaults.rotary_dim, defaults.rope_theta), (8, 10000.0));
+        assert_eq!(defaults.residual, ResidualTopology::Parallel);
+        assert!(defaults.attention_bias);
+        assert_eq!(defaults.activation, "gelu");
+        let sequential = read(&format!(r#"{{{base}, "use_parallel_residual": false}}"#));
+        assert_eq!(sequential.residual, ResidualTopology::Sequential);
+    }
+
     #[test]
     fn unknown_model_type_is_named() {
         let text = r#"{"model_type":"mamba"}"#;
