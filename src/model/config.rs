@@ -28,7 +28,7 @@ pub enum Architecture {
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
 pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["gpt2", "llama", "gpt_neox"];
 
-/// Shape and hyper-parameters of a transformer, in one vocabulary for both families.
+/// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
     pub architecture: Architecture,
