@@ -55,6 +55,7 @@ MODELS = {
     "llama-gqa-bf16": ROOT / "tests" / "fixtures" / "models" / "llama-gqa-bf16",
     "neox-parallel-f16": ROOT / "tests" / "fixtures" / "models" / "neox-parallel-f16",
     "neox-sequential-bf16": ROOT / "tests" / "fixtures" / "models" / "neox-sequential-bf16",
+    "qwen2-tied-f32": ROOT / "tests" / "fixtures" / "models" / "qwen2-tied-f32",
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
 }
 PROMPTS = ["The cat sat", "Once upon a time", "A red ball"]

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          LlamaConfig, LlamaForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "models"
@@ -222,6 +222,26 @@ def neox_sequential_bf16():
     run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
 
 
+def qwen2_tied_f32():
+    """Qwen2: Llama's blocks with q/k/v biases (random, like every weight), 2 layers, 4 query
+    heads sharing 2 key/value heads of 12, rope_theta 300, tied embeddings (as Qwen2-0.5B), F32.
+    `sliding_window` and `max_window_layers` are set as the hub's configs set them, with
+    `use_sliding_window: false` (the window is off, as in every released Qwen2)."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = Qwen2Config(hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=300.0,
+                         tie_word_embeddings=True, use_sliding_window=False, sliding_window=4,
+                         max_window_layers=1, bos_token_id=0, eos_token_id=0,
+                         attn_implementation="eager")
+    torch.manual_seed(10)
+    model = Qwen2ForCausalLM(config).eval()
+    randomize(model, 11)
+    folder = OUT / "qwen2-tied-f32"
+    model = save_model(model, tok, folder, torch.float32)
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
+
+
 def stories260k():
     """Only the reference outputs are committed; the model stays in ../shared/models."""
     tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
@@ -241,7 +261,7 @@ def stories260k():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
-                stories260k]
+                qwen2_tied_f32, stories260k]
     # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
     chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
     for fixture in FIXTURES:

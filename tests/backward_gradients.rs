@@ -504,6 +504,12 @@ fn gpt_neox_sequential_gradients_match_torch_autograd() {
 }
 
 #[test]
+fn qwen2_gradients_match_torch_autograd() {
+    let name = "qwen2-tied-f32";
+    check_against_autograd(name, &Model::load(&fixture(name)).unwrap());
+}
+
+#[test]
 fn stories260k_gradients_match_torch_autograd() {
     check_against_autograd("stories260K", &Model::load(&stories()).unwrap());
 }

@@ -161,7 +161,7 @@ fn unknown_model_type() {
     let help = err.help().unwrap().to_string();
     assert_eq!(
         help,
-        r#"supported model types are "gpt2", "llama" and "gpt_neox""#
+        r#"supported model types are "gpt2", "llama", "gpt_neox" and "qwen2""#
     );
 }
 
@@ -666,8 +666,8 @@ fn errors_inside_the_safetensors_header_name_the_tensor() {
 
 // ---- GPT-NeoX / Pythia -----------------------------------------------------------------------
 
-/// A copy of the neox fixture `name` whose config.json is edited as JSON.
-fn neox_with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+/// A copy of the fixture `name` whose config.json is edited as JSON.
+fn with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = copy_fixture_named(name);
     let path = dir.path().join("config.json");
     let mut config: serde_json::Value =
@@ -680,7 +680,7 @@ fn neox_with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfi
 #[test]
 fn gpt_neox_scaled_rotary_is_an_error_naming_the_key() {
     // transformers 4's spelling (top-level rope_scaling) ...
-    let dir = neox_with_config("neox-sequential-bf16", |c| {
+    let dir = with_config("neox-sequential-bf16", |c| {
         c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0});
     });
     load_error(
@@ -689,7 +689,7 @@ fn gpt_neox_scaled_rotary_is_an_error_naming_the_key() {
         &["`rope_scaling`", "linear"],
     );
     // ... and transformers 5's (rope_parameters.rope_type).
-    let dir = neox_with_config("neox-parallel-f16", |c| {
+    let dir = with_config("neox-parallel-f16", |c| {
         c["rope_parameters"]["rope_type"] = "dynamic".into();
     });
     load_error(
@@ -702,7 +702,7 @@ fn gpt_neox_scaled_rotary_is_an_error_naming_the_key() {
 #[test]
 fn gpt_neox_rotary_fraction_of_an_odd_width_is_an_error_naming_the_key() {
     // 0.2 of a head of 16 is 3 dimensions: rotary embeddings turn pairs.
-    let dir = neox_with_config("neox-sequential-bf16", |c| {
+    let dir = with_config("neox-sequential-bf16", |c| {
         c["rotary_pct"] = 0.2.into();
     });
     let err = load_error(
@@ -712,7 +712,7 @@ fn gpt_neox_rotary_fraction_of_an_odd_width_is_an_error_naming_the_key() {
     );
     let help = err.help().unwrap().to_string();
     assert!(help.contains("of a head of 16 is 3 dimensions"), "{help}");
-    let dir = neox_with_config("neox-parallel-f16", |c| {
+    let dir = with_config("neox-parallel-f16", |c| {
         c["rope_parameters"]["partial_rotary_factor"] = 0.2.into();
     });
     load_error(
@@ -724,7 +724,7 @@ fn gpt_neox_rotary_fraction_of_an_odd_width_is_an_error_naming_the_key() {
 
 #[test]
 fn gpt_neox_other_activation_is_an_error() {
-    let dir = neox_with_config("neox-parallel-f16", |c| {
+    let dir = with_config("neox-parallel-f16", |c| {
         c["hidden_act"] = "relu".into();
     });
     load_error(
@@ -737,7 +737,7 @@ fn gpt_neox_other_activation_is_an_error() {
 #[test]
 fn gpt_neox_attention_bias_missing_from_the_weights() {
     // The config says the projections have biases; the file (written without) has none.
-    let dir = neox_with_config("neox-sequential-bf16", |c| {
+    let dir = with_config("neox-sequential-bf16", |c| {
         c["attention_bias"] = true.into();
     });
     let err = load_error(
@@ -826,4 +826,74 @@ fn gpt_neox_buffers_of_older_checkpoints_are_not_weights() {
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let model = Model::load(dir.path()).unwrap();
     assert_eq!(end_logits(&model), end_logits(&original));
+}
+
+// ---- Qwen2 ---------------------------------------------------------------------------------
+
+#[test]
+fn qwen2_binding_sliding_window_is_an_error_naming_the_key() {
+    // transformers 4's configs: no layer_types; layers from max_window_layers (1) on slide.
+    let dir = with_config("qwen2-tied-f32", |c| {
+        c["use_sliding_window"] = true.into();
+        c["sliding_window"] = 4.into();
+        c.as_object_mut().unwrap().remove("layer_types");
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`use_sliding_window`"],
+    );
+    let help = err.help().unwrap().to_string();
+    assert!(
+        help.contains("4 keys, shorter than the context of 64) on layer 1 "),
+        "{help}"
+    );
+    // transformers 5's: layer_types says which layers slide.
+    let dir = with_config("qwen2-tied-f32", |c| {
+        c["use_sliding_window"] = true.into();
+        c["sliding_window"] = 4.into();
+        c["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`use_sliding_window`"],
+    );
+    assert!(err.help().unwrap().to_string().contains("on layer 0 "));
+}
+
+#[test]
+fn qwen2_sliding_window_that_cannot_bind_loads_the_same_model() {
+    let original = Model::load(&fixture_named("qwen2-tied-f32")).unwrap();
+    for edit in [
+        // No layer slides ...
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 4,
+                           "layer_types": ["full_attention", "full_attention"]}),
+        // ... or the window is as long as the context.
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 64,
+                           "max_window_layers": 0}),
+    ] {
+        let dir = with_config("qwen2-tied-f32", |c| {
+            for (key, value) in edit.as_object().unwrap() {
+                c[key] = value.clone();
+            }
+        });
+        let model = Model::load(dir.path()).unwrap();
+        assert_eq!(end_logits(&model), end_logits(&original), "{edit}");
+    }
+}
+
+#[test]
+fn qwen2_query_bias_missing_from_the_weights() {
+    let dir = copy_fixture_named("qwen2-tied-f32");
+    rewrite_weights_of("qwen2-tied-f32", dir.path(), |name, dtype, shape, data| {
+        (name != "model.layers.1.self_attn.q_proj.bias")
+            .then(|| unchanged(name, dtype, shape, data).unwrap())
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::tensor_missing",
+        &["model.layers.1.self_attn.q_proj.bias"],
+    );
+    assert!(err.help().unwrap().to_string().contains("a Qwen2 model"));
 }

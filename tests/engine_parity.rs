@@ -1,6 +1,6 @@
 //! The engine against HuggingFace transformers: fixtures written by scripts/make_reference.py
 //! (random GPT-2 in F32 and F16, random GQA Llama in BF16, random GPT-NeoX in both wirings in
-//! F16 and BF16, the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
+//! F16 and BF16, random Qwen2 with tied embeddings in F32, the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
 //! and eager attention patterns for the cache, and HF's greedy generation.
 
 use std::path::{Path, PathBuf};
@@ -285,6 +285,22 @@ fn gpt_neox_sequential_bf16_with_the_old_config_spelling_matches_transformers() 
     check_logits(&model, "neox-sequential-bf16", &e);
     check_cache(&model, "neox-sequential-bf16", &e);
     check_greedy(&model, "neox-sequential-bf16", &e);
+}
+
+#[test]
+fn qwen2_tied_f32_matches_transformers() {
+    let model = Model::load(&fixture_dir("qwen2-tied-f32")).unwrap();
+    let config = &model.config;
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.d_head),
+        (4, 2, 12)
+    );
+    assert_eq!(config.rope_theta, 300.0);
+    assert!(config.tie_word_embeddings && config.attention_bias);
+    let e = expected("qwen2-tied-f32");
+    check_logits(&model, "qwen2-tied-f32", &e);
+    check_cache(&model, "qwen2-tied-f32", &e);
+    check_greedy(&model, "qwen2-tied-f32", &e);
 }
 
 #[test]

@@ -23,10 +23,12 @@ pub enum Architecture {
     /// head, exact-GELU MLP, parallel residual (`use_parallel_residual`), untied `embed_out`.
     #[serde(rename = "gpt_neox")]
     GptNeox,
+    /// `model_type: qwen2`: Llama's blocks with biases on q, k and v.
+    Qwen2,
 }
 
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
-pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["gpt2", "llama", "gpt_neox"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["gpt2", "llama", "gpt_neox", "qwen2"];
 
 /// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -155,51 +157,8 @@ impl ModelConfig {
                     bos_token_id: fields.opt_token_id("bos_token_id")?,
                 })
             }
-            "llama" => {
-                let d_model = fields.usize("hidden_size")?;
-                let n_heads = fields.usize("num_attention_heads")?;
-                let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-                let d_head = match fields.opt_usize("head_dim")? {
-                    Some(d) => d,
-                    None => {
-                        fields.check_divisible(
-                            "hidden_size",
-                            d_model,
-                            "num_attention_heads",
-                            n_heads,
-                        )?;
-                        d_model / n_heads
-                    }
-                };
-                fields.check_divisible(
-                    "num_attention_heads",
-                    n_heads,
-                    "num_key_value_heads",
-                    n_kv_heads,
-                )?;
-                Ok(ModelConfig {
-                    architecture: Architecture::Llama,
-                    n_layers: fields.usize("num_hidden_layers")?,
-                    n_heads,
-                    n_kv_heads,
-                    d_model,
-                    d_head,
-                    d_mlp: fields.usize("intermediate_size")?,
-                    vocab_size: fields.usize("vocab_size")?,
-                    n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-                    norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-                    rope_theta: fields.rope_theta()?,
-                    rotary_dim: d_head,
-                    // Read from the file: Llama checkpoints with `attention_bias` hold them.
-                    attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
-                    tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-                    residual: ResidualTopology::Sequential,
-                    activation: fields
-                        .opt_string("hidden_act")?
-                        .unwrap_or_else(|| "silu".to_string()),
-                    bos_token_id: fields.opt_token_id("bos_token_id")?,
-                })
-            }
+            "llama" => Self::llama_like(&fields, Architecture::Llama),
+            "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
             "gpt_neox" => Self::gpt_neox(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
@@ -210,6 +169,57 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
+    /// Llama, and Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it).
+    fn llama_like(fields: &Fields, architecture: Architecture) -> Result<ModelConfig, ConfigError> {
+        let qwen2 = architecture == Architecture::Qwen2;
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        let d_head = match fields.opt_usize("head_dim")? {
+            Some(d) => d,
+            None => {
+                fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+                d_model / n_heads
+            }
+        };
+        fields.check_divisible(
+            "num_attention_heads",
+            n_heads,
+            "num_key_value_heads",
+            n_kv_heads,
+        )?;
+        let n_layers = fields.usize("num_hidden_layers")?;
+        let n_ctx = fields
+            .opt_usize("max_position_embeddings")?
+            .unwrap_or(if qwen2 { 32768 } else { 2048 });
+        if qwen2 {
+            fields.reject_binding_sliding_window(n_layers, n_ctx)?;
+        }
+        Ok(ModelConfig {
+            architecture,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx,
+            norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: fields.rope_theta()?,
+            rotary_dim: d_head,
+            // Qwen2's q/k/v always have biases; Llama checkpoints with `attention_bias` hold
+            // them (the loader reads what the file has).
+            attention_bias: qwen2 || fields.opt_bool("attention_bias")?.unwrap_or(false),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            residual: ResidualTopology::Sequential,
+            activation: fields
+                .opt_string("hidden_act")?
+                .unwrap_or_else(|| "silu".to_string()),
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+        })
+    }
+
     /// GPT-NeoX / Pythia, as `GPTNeoXConfig` reads it: `rotary_emb_base` and `rotary_pct`
     /// (transformers 4 and the hub's Pythia configs) or `rope_parameters.rope_theta` and
     /// `.partial_rotary_factor` (transformers 5), defaults 10000 and 0.25.
@@ -266,7 +276,7 @@ struct Rope {
     fraction_key: String,
 }
 
-/// `"gpt2", "llama" and "gpt_neox"`.
+/// `"gpt2", "llama", "gpt_neox" and "qwen2"`.
 fn supported_model_types() -> String {
     let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
         .iter()
@@ -428,6 +438,75 @@ impl Fields<'_> {
             fraction_key,
         })
     }
+    /// Qwen2's sliding-window attention, as `Qwen2Config` reads it: the window is
+    /// `sliding_window` (default 4096) if `use_sliding_window` (default false), and a layer uses
+    /// it if `layer_types[i]` is "sliding_attention" (transformers 5 writes the list) or, without
+    /// the list, if `i ≥ max_window_layers` (default 28). The engine attends to every earlier
+    /// key, so a window that can bind (shorter than the context) on some layer is an error
+    /// naming the key; one that cannot is the same attention.
+    fn reject_binding_sliding_window(
+        &self,
+        n_layers: usize,
+        n_ctx: usize,
+    ) -> Result<(), ConfigError> {
+        if !self.opt_bool("use_sliding_window")?.unwrap_or(false) {
+            return Ok(());
+        }
+        let window = match self.present("sliding_window") {
+            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: no window
+            None => 4096,
+            Some(_) => self.usize("sliding_window")?,
+        };
+        if window >= n_ctx {
+            return Ok(());
+        }
+        let sliding_layers: Vec<usize> = match self.present("layer_types") {
+            Some(types) => {
+                let types = types
+                    .as_array()
+                    .filter(|t| t.len() == n_layers)
+                    .ok_or_else(|| {
+                        self.err(
+                            "layer_types",
+                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
+                        )
+                    })?;
+                let mut sliding = Vec::new();
+                for (i, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        Some("full_attention") => {}
+                        Some("sliding_attention") => sliding.push(i),
+                        _ => {
+                            return Err(self.err(
+                                "layer_types",
+                                "\"full_attention\" or \"sliding_attention\" per layer",
+                            ))
+                        }
+                    }
+                }
+                sliding
+            }
+            None => {
+                let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
+                (first..n_layers).collect()
+            }
+        };
+        match sliding_layers.first() {
+            None => Ok(()),
+            Some(&layer) => Err(self.unsupported(
+                "use_sliding_window",
+                "true",
+                &format!(
+                    "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) on layer {layer}{} is not implemented",
+                    if sliding_layers.len() > 1 {
+                        format!(" and {} more", sliding_layers.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
+    }
     fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
         ConfigError::UnsupportedOption {
             path: self.path.to_path_buf(),
@@ -529,6 +608,38 @@ mod tests {
         assert_eq!(defaults.activation, "gelu");
         let sequential = read(&format!(r#"{{{base}, "use_parallel_residual": false}}"#));
         assert_eq!(sequential.residual, ResidualTopology::Sequential);
+    }
+
+    /// Qwen2-0.5B's config.json as on the hub (transformers 4 spelling: top-level rope_theta,
+    /// sliding-window keys with the window off).
+    const QWEN2_0_5B: &str = r#"{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896,
+        "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 131072,
+        "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14,
+        "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": true,
+        "use_sliding_window": false, "vocab_size": 151936}"#;
+
+    #[test]
+    fn reads_qwen2_0_5b_config_in_both_spellings() {
+        let old = ModelConfig::from_json_str(QWEN2_0_5B, Path::new("config.json")).unwrap();
+        assert_eq!(old.architecture, Architecture::Qwen2);
+        assert_eq!((old.n_heads, old.n_kv_heads, old.d_head), (14, 2, 64));
+        assert_eq!((old.rope_theta, old.rotary_dim), (1e6, 64));
+        assert!(old.tie_word_embeddings && old.attention_bias);
+        // transformers 5 moves rope_theta into rope_parameters and writes layer_types.
+        let mut json: Value = serde_json::from_str(QWEN2_0_5B).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("rope_theta");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6}),
+        );
+        object.insert("layer_types".into(), vec!["full_attention"; 24].into());
+        object.insert("sliding_window".into(), Value::Null);
+        let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
+        assert_eq!(new, old);
     }
 
     #[test]

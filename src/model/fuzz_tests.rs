@@ -81,6 +81,10 @@ const CONFIG_KEYS: &[&str] = &[
     "partial_rotary_factor",
     "use_parallel_residual",
     "attention_bias",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "layer_types",
 ];
 
 /// A config object: a model type and some of the keys, each with a plausible or hostile value.
@@ -89,6 +93,7 @@ fn config() -> impl Strategy<Value = Value> {
         Just(json!("gpt2")),
         Just(json!("llama")),
         Just(json!("gpt_neox")),
+        Just(json!("qwen2")),
         Just(json!("mamba")),
         value(),
     ];

@@ -1,19 +1,25 @@
-//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`]. `nn.Linear`
-//! stores `(out, in)`; a transposed view gives the `(in, out)` the forward multiplies by.
+//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`], and Qwen2's
+//! (`Qwen2ForCausalLM`: the same names and blocks, with biases on q, k and v that the file must
+//! hold). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
+//! multiplies by.
 
 use ndarray::{Array1, Array2};
 
-use super::config::ModelConfig;
+use super::config::{Architecture, ModelConfig};
 use super::error::ModelError;
 use super::linalg::unembedding_layout;
 use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
 use super::weights::WeightFiles;
 
 pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
+    let family = match config.architecture {
+        Architecture::Qwen2 => "Qwen2",
+        _ => "Llama",
+    };
     if config.activation != "silu" {
         return Err(ModelError::Unsupported {
             what: format!(
-                "Llama hidden_act {:?} (only silu is implemented)",
+                "{family} hidden_act {:?} (only silu is implemented)",
                 config.activation
             ),
         });
@@ -35,19 +41,23 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         let values = files.tensor(name, &[rows, cols])?;
         Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
     };
-    // nn.Linear(d_in → d_out), bias only if the file has one (attention_bias / mlp_bias).
-    let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear, ModelError> {
-        let bias_name = format!("{name}.bias");
-        let bias = if files.contains(&bias_name) {
-            Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
-        } else {
-            None
+    // nn.Linear(d_in → d_out), bias if `required` (Qwen2's q/k/v: a missing one is an error)
+    // or if the file has one (Llama's attention_bias / mlp_bias).
+    let linear_with =
+        |name: &str, d_in: usize, d_out: usize, required: bool| -> Result<Linear, ModelError> {
+            let bias_name = format!("{name}.bias");
+            let bias = if required || files.contains(&bias_name) {
+                Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
+            } else {
+                None
+            };
+            Ok(Linear {
+                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
+                bias,
+            })
         };
-        Ok(Linear {
-            weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-            bias,
-        })
-    };
+    let linear = |name: &str, d_in: usize, d_out: usize| linear_with(name, d_in, d_out, false);
+    let qkv_bias = config.architecture == Architecture::Qwen2;
     let rms_norm = |name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Rms {
             weight: Array1::from(files.tensor(&format!("{name}.weight"), &[d])?),
@@ -71,9 +81,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         let o = linear(&format!("{l}.self_attn.o_proj"), q_width, d)?;
         layers.push(Layer {
             attn_norm: rms_norm(&format!("{l}.input_layernorm"))?,
-            q: linear(&format!("{l}.self_attn.q_proj"), d, q_width)?,
-            k: linear(&format!("{l}.self_attn.k_proj"), d, kv_width)?,
-            v: linear(&format!("{l}.self_attn.v_proj"), d, kv_width)?,
+            q: linear_with(&format!("{l}.self_attn.q_proj"), d, q_width, qkv_bias)?,
+            k: linear_with(&format!("{l}.self_attn.k_proj"), d, kv_width, qkv_bias)?,
+            v: linear_with(&format!("{l}.self_attn.v_proj"), d, kv_width, qkv_bias)?,
             o_bias: o.bias.clone().unwrap_or_else(|| Array1::zeros(d)),
             o,
             mlp_norm: rms_norm(&format!("{l}.post_attention_layernorm"))?,

@@ -500,6 +500,13 @@ fn restated_forwards_match_the_engine_on_gpt_neox_both_wirings() {
 }
 
 #[test]
+fn restated_forwards_match_the_engine_on_qwen2_with_qkv_biases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/qwen2-tied-f32");
+    restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+}
+
+#[test]
 fn restated_forwards_match_the_engine_on_a_grouped_query_llama() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/llama-gqa-bf16");
