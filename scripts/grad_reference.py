@@ -56,6 +56,7 @@ MODELS = {
     "neox-parallel-f16": ROOT / "tests" / "fixtures" / "models" / "neox-parallel-f16",
     "neox-sequential-bf16": ROOT / "tests" / "fixtures" / "models" / "neox-sequential-bf16",
     "qwen2-tied-f32": ROOT / "tests" / "fixtures" / "models" / "qwen2-tied-f32",
+    "mistral-head-dim-bf16": ROOT / "tests" / "fixtures" / "models" / "mistral-head-dim-bf16",
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
 }
 PROMPTS = ["The cat sat", "Once upon a time", "A red ball"]

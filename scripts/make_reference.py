@@ -29,7 +29,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "models"
@@ -242,6 +243,24 @@ def qwen2_tied_f32():
     run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
 
 
+def mistral_head_dim_bf16():
+    """Mistral (v0.3's form: `sliding_window: null`): Llama's blocks without biases, with an
+    explicit head_dim (16) that is not hidden_size / heads (48 / 4 = 12), so q is 64 wide; 2
+    layers, 4 query heads sharing 1 key/value head, rope_theta 1000, untied, BF16."""
+    tok = tiny_tokenizer(300, add_bos=True)
+    config = MistralConfig(hidden_size=48, intermediate_size=88, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                           vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-5,
+                           rope_theta=1000.0, sliding_window=None, tie_word_embeddings=False,
+                           bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(12)
+    model = MistralForCausalLM(config).eval()
+    randomize(model, 13)
+    folder = OUT / "mistral-head-dim-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[1], 8))
+
+
 def stories260k():
     """Only the reference outputs are committed; the model stays in ../shared/models."""
     tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
@@ -261,7 +280,7 @@ def stories260k():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
-                qwen2_tied_f32, stories260k]
+                qwen2_tied_f32, mistral_head_dim_bf16, stories260k]
     # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
     chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
     for fixture in FIXTURES:

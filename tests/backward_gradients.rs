@@ -510,6 +510,12 @@ fn qwen2_gradients_match_torch_autograd() {
 }
 
 #[test]
+fn mistral_gradients_match_torch_autograd() {
+    let name = "mistral-head-dim-bf16";
+    check_against_autograd(name, &Model::load(&fixture(name)).unwrap());
+}
+
+#[test]
 fn stories260k_gradients_match_torch_autograd() {
     check_against_autograd("stories260K", &Model::load(&stories()).unwrap());
 }

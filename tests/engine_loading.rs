@@ -161,7 +161,7 @@ fn unknown_model_type() {
     let help = err.help().unwrap().to_string();
     assert_eq!(
         help,
-        r#"supported model types are "gpt2", "llama", "gpt_neox" and "qwen2""#
+        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2" and "mistral""#
     );
 }
 
@@ -896,4 +896,62 @@ fn qwen2_query_bias_missing_from_the_weights() {
         &["model.layers.1.self_attn.q_proj.bias"],
     );
     assert!(err.help().unwrap().to_string().contains("a Qwen2 model"));
+}
+
+// ---- Mistral -------------------------------------------------------------------------------
+
+#[test]
+fn mistral_binding_sliding_window_is_an_error_naming_the_key() {
+    // Mistral v0.1's form: a window shorter than the context.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c["sliding_window"] = 16.into();
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`sliding_window` = 16"],
+    );
+    assert!(err.help().unwrap().to_string().contains("context of 64"));
+    // MistralConfig's default window (4096) when the key is absent, under a longer context.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+        c["max_position_embeddings"] = 8192.into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`sliding_window` = 4096"],
+    );
+    // A window as long as the context never binds: the same model.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c["sliding_window"] = 64.into();
+    });
+    let original = Model::load(&fixture_named("mistral-head-dim-bf16")).unwrap();
+    assert_eq!(
+        end_logits(&Model::load(dir.path()).unwrap()),
+        end_logits(&original)
+    );
+}
+
+#[test]
+fn mistral_bias_in_the_weights_is_an_unused_tensor() {
+    // transformers' Mistral has no biases: one in the file would be ignored there, so here it
+    // is an error rather than a different model.
+    let dir = copy_fixture_named("mistral-head-dim-bf16");
+    let bias = vec![0u8; 64 * 2];
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = tensors.tensors();
+    views.push((
+        "model.layers.0.self_attn.q_proj.bias".to_string(),
+        TensorView::new(Dtype::BF16, vec![64], &bias).unwrap(),
+    ));
+    let path = dir.path().join("weights.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    std::fs::rename(&path, dir.path().join("model.safetensors")).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::unexpected_tensors",
+        &["model.layers.0.self_attn.q_proj.bias"],
+    );
 }

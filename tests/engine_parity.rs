@@ -1,6 +1,7 @@
 //! The engine against HuggingFace transformers: fixtures written by scripts/make_reference.py
 //! (random GPT-2 in F32 and F16, random GQA Llama in BF16, random GPT-NeoX in both wirings in
-//! F16 and BF16, random Qwen2 with tied embeddings in F32, the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
+//! F16 and BF16, random Qwen2 with tied embeddings in F32, random Mistral with an explicit head_dim in BF16,
+//! the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
 //! and eager attention patterns for the cache, and HF's greedy generation.
 
 use std::path::{Path, PathBuf};
@@ -301,6 +302,22 @@ fn qwen2_tied_f32_matches_transformers() {
     check_logits(&model, "qwen2-tied-f32", &e);
     check_cache(&model, "qwen2-tied-f32", &e);
     check_greedy(&model, "qwen2-tied-f32", &e);
+}
+
+#[test]
+fn mistral_with_explicit_head_dim_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("mistral-head-dim-bf16")).unwrap();
+    let config = &model.config;
+    // head_dim 16, not hidden_size / heads = 12.
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.d_head),
+        (4, 1, 16)
+    );
+    assert!(!config.attention_bias && !config.tie_word_embeddings);
+    let e = expected("mistral-head-dim-bf16");
+    check_logits(&model, "mistral-head-dim-bf16", &e);
+    check_cache(&model, "mistral-head-dim-bf16", &e);
+    check_greedy(&model, "mistral-head-dim-bf16", &e);
 }
 
 #[test]

@@ -25,10 +25,13 @@ pub enum Architecture {
     GptNeox,
     /// `model_type: qwen2`: Llama's blocks with biases on q, k and v.
     Qwen2,
+    /// `model_type: mistral`: Llama's blocks without biases (sliding-window attention refused
+    /// where it can bind).
+    Mistral,
 }
 
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
-pub const SUPPORTED_MODEL_TYPES: [&str; 4] = ["gpt2", "llama", "gpt_neox", "qwen2"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "gpt_neox", "qwen2", "mistral"];
 
 /// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -159,6 +162,7 @@ impl ModelConfig {
             }
             "llama" => Self::llama_like(&fields, Architecture::Llama),
             "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
+            "mistral" => Self::llama_like(&fields, Architecture::Mistral),
             "gpt_neox" => Self::gpt_neox(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
@@ -169,9 +173,11 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
-    /// Llama, and Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it).
+    /// Llama, Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it) and Mistral
+    /// (Llama's blocks with no biases, as `MistralConfig` reads it).
     fn llama_like(fields: &Fields, architecture: Architecture) -> Result<ModelConfig, ConfigError> {
         let qwen2 = architecture == Architecture::Qwen2;
+        let mistral = architecture == Architecture::Mistral;
         let d_model = fields.usize("hidden_size")?;
         let n_heads = fields.usize("num_attention_heads")?;
         let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
@@ -191,9 +197,16 @@ impl ModelConfig {
         let n_layers = fields.usize("num_hidden_layers")?;
         let n_ctx = fields
             .opt_usize("max_position_embeddings")?
-            .unwrap_or(if qwen2 { 32768 } else { 2048 });
+            .unwrap_or(match architecture {
+                Architecture::Qwen2 => 32768,
+                Architecture::Mistral => 4096 * 32,
+                _ => 2048,
+            });
         if qwen2 {
             fields.reject_binding_sliding_window(n_layers, n_ctx)?;
+        }
+        if mistral {
+            fields.reject_binding_mistral_window(n_ctx)?;
         }
         Ok(ModelConfig {
             architecture,
@@ -210,7 +223,8 @@ impl ModelConfig {
             rotary_dim: d_head,
             // Qwen2's q/k/v always have biases; Llama checkpoints with `attention_bias` hold
             // them (the loader reads what the file has).
-            attention_bias: qwen2 || fields.opt_bool("attention_bias")?.unwrap_or(false),
+            attention_bias: qwen2
+                || (!mistral && fields.opt_bool("attention_bias")?.unwrap_or(false)),
             tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             residual: ResidualTopology::Sequential,
             activation: fields
@@ -276,7 +290,7 @@ struct Rope {
     fraction_key: String,
 }
 
-/// `"gpt2", "llama", "gpt_neox" and "qwen2"`.
+/// `"gpt2", "llama", "gpt_neox", "qwen2" and "mistral"`.
 fn supported_model_types() -> String {
     let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
         .iter()
@@ -507,6 +521,26 @@ impl Fields<'_> {
             )),
         }
     }
+    /// Mistral's sliding window: every layer attends to the last `sliding_window` keys (default
+    /// 4096; `null` turns it off, as Mistral v0.2 and later ship). A window shorter than the
+    /// context can bind and is refused, naming the key; the engine attends to every earlier key.
+    fn reject_binding_mistral_window(&self, n_ctx: usize) -> Result<(), ConfigError> {
+        let window = match self.present("sliding_window") {
+            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: off
+            None => 4096,
+            Some(_) => self.usize("sliding_window")?,
+        };
+        if window >= n_ctx {
+            return Ok(());
+        }
+        Err(self.unsupported(
+            "sliding_window",
+            &window.to_string(),
+            &format!(
+                "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) is not implemented"
+            ),
+        ))
+    }
     fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
         ConfigError::UnsupportedOption {
             path: self.path.to_path_buf(),
@@ -640,6 +674,30 @@ mod tests {
         object.insert("sliding_window".into(), Value::Null);
         let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
         assert_eq!(new, old);
+    }
+
+    #[test]
+    fn mistral_7b_windows_as_on_the_hub() {
+        // v0.1: a 4096-key window under a 32768 context, refused; v0.3: `sliding_window: null`.
+        let v01 = r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+            "max_position_embeddings": 32768, "rope_theta": 10000.0, "sliding_window": 4096,
+            "vocab_size": 32000}"#;
+        let err = ModelConfig::from_json_str(v01, Path::new("c.json")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedOption { ref key, .. } if key == "sliding_window"),
+            "{err}"
+        );
+        let v03 = v01
+            .replace("\"sliding_window\": 4096", "\"sliding_window\": null")
+            .replace("\"rope_theta\": 10000.0", "\"rope_theta\": 1000000.0");
+        let config = ModelConfig::from_json_str(&v03, Path::new("c.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::Mistral);
+        assert_eq!(
+            (config.d_head, config.n_kv_heads, config.rope_theta),
+            (128, 8, 1e6)
+        );
+        assert!(!config.attention_bias);
     }
 
     #[test]

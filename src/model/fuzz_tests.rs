@@ -94,6 +94,7 @@ fn config() -> impl Strategy<Value = Value> {
         Just(json!("llama")),
         Just(json!("gpt_neox")),
         Just(json!("qwen2")),
+        Just(json!("mistral")),
         Just(json!("mamba")),
         value(),
     ];

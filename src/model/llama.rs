@@ -1,6 +1,6 @@
 //! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`], and Qwen2's
-//! (`Qwen2ForCausalLM`: the same names and blocks, with biases on q, k and v that the file must
-//! hold). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
+//! and Mistral's (`Qwen2ForCausalLM`, `MistralForCausalLM`: the same names and blocks; Qwen2's
+//! q, k and v have biases the file must hold, Mistral has none). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
 //! multiplies by.
 
 use ndarray::{Array1, Array2};
@@ -14,7 +14,16 @@ use super::weights::WeightFiles;
 pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
     let family = match config.architecture {
         Architecture::Qwen2 => "Qwen2",
+        Architecture::Mistral => "Mistral",
         _ => "Llama",
+    };
+    // Which biases are read: Qwen2's q/k/v must be in the file and it has no other; Mistral has
+    // none (a bias transformers would not read is then an unused tensor, an error); Llama's are
+    // read where the file has them.
+    let (required_bias, optional_bias) = match config.architecture {
+        Architecture::Qwen2 => (true, false),
+        Architecture::Mistral => (false, false),
+        _ => (false, true),
     };
     if config.activation != "silu" {
         return Err(ModelError::Unsupported {
@@ -46,7 +55,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     let linear_with =
         |name: &str, d_in: usize, d_out: usize, required: bool| -> Result<Linear, ModelError> {
             let bias_name = format!("{name}.bias");
-            let bias = if required || files.contains(&bias_name) {
+            let bias = if required || (optional_bias && files.contains(&bias_name)) {
                 Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
             } else {
                 None
@@ -57,7 +66,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             })
         };
     let linear = |name: &str, d_in: usize, d_out: usize| linear_with(name, d_in, d_out, false);
-    let qkv_bias = config.architecture == Architecture::Qwen2;
+    let qkv_bias = required_bias;
     let rms_norm = |name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Rms {
             weight: Array1::from(files.tensor(&format!("{name}.weight"), &[d])?),

@@ -1,5 +1,5 @@
-//! The transformer engine: HuggingFace model folders (GPT-2, Llama, Qwen2 and GPT-NeoX /
-//! Pythia families) run in f32 on the CPU with ndarray, exposing named intervention points and an
+//! The transformer engine: HuggingFace model folders (GPT-2, Llama, Qwen2, Mistral and
+//! GPT-NeoX / Pythia families) run in f32 on the CPU with ndarray, exposing named intervention points and an
 //! activation cache.
 //!
 //! ```no_run
@@ -358,6 +358,7 @@ fn architecture_name(config: &ModelConfig) -> &'static str {
         Architecture::Llama => "Llama",
         Architecture::GptNeox => "GPT-NeoX",
         Architecture::Qwen2 => "Qwen2",
+        Architecture::Mistral => "Mistral",
     }
 }
 
@@ -391,7 +392,9 @@ fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
 fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
     let transformer = match config.architecture {
         Architecture::Gpt2 => gpt2::load(config, files)?,
-        Architecture::Llama | Architecture::Qwen2 => llama::load(config, files)?,
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+            llama::load(config, files)?
+        }
         Architecture::GptNeox => gpt_neox::load(config, files)?,
     };
     debug_assert_eq!(transformer.residual, config.residual);
