@@ -65,15 +65,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
 
     // Before anything is allocated from config values: the layer count is the file's.
-    let in_file = files.layer_count(|i| format!("gpt_neox.layers.{i}.input_layernorm.weight"));
-    if in_file != config.n_layers {
-        return Err(ModelError::LayerCount {
-            path: files.main_path().to_path_buf(),
-            field: "num_hidden_layers".to_string(),
-            config: config.n_layers,
-            weights: in_file,
-        });
-    }
+    files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
+        format!("gpt_neox.layers.{i}.input_layernorm.weight")
+    })?;
     let bias = config.attention_bias;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {

@@ -218,6 +218,27 @@ impl WeightFiles {
             .count()
     }
 
+    /// That config.json's `field` (`config` layers) is the number of layers the file holds
+    /// (`tensor_of_layer(i)` present for `i` from 0): checked before anything is allocated from
+    /// config values.
+    pub(crate) fn check_layer_count(
+        &self,
+        field: &str,
+        config: usize,
+        tensor_of_layer: impl Fn(usize) -> String,
+    ) -> Result<(), ModelError> {
+        let weights = self.layer_count(tensor_of_layer);
+        if weights == config {
+            return Ok(());
+        }
+        Err(ModelError::LayerCount {
+            path: self.main_path().to_path_buf(),
+            field: field.to_string(),
+            config,
+            weights,
+        })
+    }
+
     /// After a loader has read what its model needs: every other tensor (outside
     /// [`KNOWN_EXTRAS`]) is an error naming them.
     pub(crate) fn check_all_used(&self) -> Result<(), ModelError> {
