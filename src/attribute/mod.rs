@@ -203,13 +203,6 @@ pub enum AttributeError {
     )]
     KlAtMinimum,
 
-    #[error("eap-ig relative to a circuit is not implemented")]
-    #[diagnostic(
-        code(circuit::attribute::ig_with_circuit),
-        help("score the circuit with --method eap, or eap-ig relative to the full model (no --circuit)")
-    )]
-    IgWithCircuit,
-
     #[error("eap-ig needs at least one step")]
     #[diagnostic(
         code(circuit::attribute::no_steps),
@@ -245,12 +238,13 @@ pub struct AttributionInputs<'a> {
     pub mlps_in_scope: bool,
     /// Called once per gradient pass (progress bars).
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
-    /// Scores relative to a circuit: its node ablations in place (`o` is then each
-    /// component's value in the circuit's forward, and the backward stops at frozen entries).
+    /// Scores relative to a circuit: its ablations in place (`o` is then each component's
+    /// value in the circuit's forward, the backward stops at what the circuit holds constant,
+    /// and a term or path the circuit already ablates scores 0).
     pub circuit: Option<CircuitInPlace<'a>>,
 }
 
-/// A circuit's node ablations, as the forward applies them and as the backward sees them.
+/// A circuit's ablations, as the forward applies them and as the backward sees them.
 #[derive(Clone, Copy)]
 pub struct CircuitInPlace<'a> {
     pub hooks: &'a dyn crate::model::Interventions,
@@ -265,9 +259,6 @@ pub fn check_request(
     metric: &str,
     with_circuit: bool,
 ) -> Result<(), AttributeError> {
-    if with_circuit && matches!(method, Method::EapIg { .. }) {
-        return Err(AttributeError::IgWithCircuit);
-    }
     if metric == "accuracy" {
         return Err(backward::GradientError::NoGradient {
             metric: metric.to_string(),
@@ -361,7 +352,7 @@ fn clean_run(
         Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
     let clean = match inputs.circuit {
         None => backward::gradients(inputs.model, inputs.ids, targets, objective, options)?,
-        Some(circuit) => backward::gradients_with_node_ablation(
+        Some(circuit) => backward::gradients_with_ablation(
             inputs.model,
             inputs.ids,
             targets,
@@ -465,14 +456,26 @@ fn integrated_gradients(
     for k in 1..steps {
         let alpha = k as f32 / steps as f32;
         let point = &reference + &((x - &reference) * alpha); // (B, T, D)
-        let g = backward::gradients_at_embeddings(
-            inputs.model,
-            inputs.ids,
-            targets,
-            objective,
-            options,
-            point.view(),
-        )?;
+        let g = match inputs.circuit {
+            None => backward::gradients_at_embeddings(
+                inputs.model,
+                inputs.ids,
+                targets,
+                objective,
+                options,
+                point.view(),
+            )?,
+            Some(circuit) => backward::gradients_at_embeddings_with_ablation(
+                inputs.model,
+                inputs.ids,
+                targets,
+                objective,
+                options,
+                point.view(),
+                circuit.hooks,
+                circuit.kept,
+            )?,
+        };
         if let Some(f) = inputs.on_pass {
             f();
         }
@@ -658,6 +661,7 @@ fn qk_edge_scores(
     let cache = &clean.activations;
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
     let mut ablated = vec![0.0f64; d_head];
+    let computed = ComputedTerms::of(inputs.circuit.map(|c| c.kept));
     for (b, &len) in clean.lengths.iter().enumerate() {
         for layer in 0..cache.layers.len() {
             for h in 0..n_heads {
@@ -665,6 +669,11 @@ fn qk_edge_scores(
                 for q in 0..len {
                     let g = gradient.z[layer].slice(s![b, q, h, ..]);
                     for k in 0..=q {
+                        if !computed.contains(layer, b, q, h, k) {
+                            // The circuit already holds this term at ẽ: ablating it changes nothing.
+                            aggregate.add(Component::Head(head), b, q, Some(k), 0.0);
+                            continue;
+                        }
                         ablated.iter_mut().for_each(|x| *x = 0.0);
                         inputs.reference.add_edge_term(head, b, q, k, &mut ablated);
                         let term = edge_term(clean, layer, b, h, q, k);
@@ -678,6 +687,47 @@ fn qk_edge_scores(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Which QK-edge terms `A[q,k]·v[k]` a circuit's forward computes (all of them relative to the
+/// full model): not those of a node-ablated head output, nor those edge-mean ablation holds at
+/// their reference value.
+struct ComputedTerms<'a> {
+    kept: Option<backward::Kept<'a>>,
+    /// Per layer: (prompt, query, head) → the computed keys, where only some are.
+    partial: Vec<BTreeMap<(usize, usize, usize), &'a [usize]>>,
+}
+
+impl<'a> ComputedTerms<'a> {
+    fn of(kept: Option<backward::Kept<'a>>) -> ComputedTerms<'a> {
+        let partial = kept
+            .map(|k| {
+                k.qk_terms
+                    .iter()
+                    .map(|layer| {
+                        layer
+                            .iter()
+                            .map(|t| ((t.prompt, t.query, t.head), t.keys.as_slice()))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ComputedTerms { kept, partial }
+    }
+
+    fn contains(&self, layer: usize, b: usize, q: usize, h: usize, k: usize) -> bool {
+        let Some(kept) = self.kept else {
+            return true;
+        };
+        if !kept.z[layer][[b, q, h]] {
+            return false;
+        }
+        match self.partial.get(layer).and_then(|m| m.get(&(b, q, h))) {
+            Some(keys) => keys.contains(&k),
+            None => true,
         }
     }
 }
@@ -710,6 +760,19 @@ fn downstreams(n_layers: usize, n_heads: usize) -> Vec<Downstream> {
     out
 }
 
+/// A downstream input as the backward names it.
+pub fn reader_of(d: Downstream) -> backward::Reader {
+    match d {
+        Downstream::Head(h, input) => backward::Reader::Head {
+            layer: h.layer,
+            head: h.head,
+            input,
+        },
+        Downstream::Mlp(layer) => backward::Reader::Mlp(layer),
+        Downstream::Logits => backward::Reader::Logits,
+    }
+}
+
 fn path_edge_scores(
     inputs: &AttributionInputs,
     clean: &Gradients,
@@ -721,6 +784,18 @@ fn path_edge_scores(
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
     let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope);
     let downs = downstreams(n_layers, n_heads);
+    // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
+    let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
+    let readers: Vec<Option<&backward::PathReader>> = downs
+        .iter()
+        .map(|d| paths.iter().find(|p| p.reader == reader_of(*d)))
+        .collect();
+    let shape = crate::plan::PlanShape {
+        n_layers,
+        n_heads,
+        residual: inputs.model.config.residual,
+    };
+    let writer_index = |u: Upstream| shape.upstream_index(u);
     let mut ablated = vec![0.0f64; d_head];
     for (b, &len) in clean.lengths.iter().enumerate() {
         for t in 0..len {
@@ -776,7 +851,12 @@ fn path_edge_scores(
                 for (j, d) in downs.iter().enumerate() {
                     if d.reads(*u, inputs.model.config.residual) {
                         let component = Component::Path { from: *u, to: *d };
-                        aggregate.add(component, b, t, None, products[[i, j]] as f64);
+                        // A path the circuit already cuts carries ũ: cutting it changes nothing.
+                        let value = match &readers[j] {
+                            Some(r) if !r.reached_by(b, t, writer_index(*u)) => 0.0,
+                            _ => products[[i, j]] as f64,
+                        };
+                        aggregate.add(component, b, t, None, value);
                     }
                 }
             }

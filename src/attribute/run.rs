@@ -1,7 +1,6 @@
 //! Scores for an opened `.circuit` file: what `circuit scores` computes.
 
-use miette::Diagnostic;
-use thiserror::Error;
+use ndarray::s;
 
 use super::inputs::{reference_embeddings, slot_names};
 use super::{
@@ -11,25 +10,15 @@ use crate::ablate::{PlanInterventions, ReferenceNeeds};
 use crate::data::slots::prompt_slots;
 use crate::measure::file::Provenance;
 use crate::measure::{mean, metric_name, Session, Targets};
-use crate::model::backward::Kept;
-use crate::resolve::bound::{BoundCircuit, EdgeAblation, HeadId, Metric, Scope};
+use crate::model::backward::{Kept, KeptKeys, PathReader};
+use crate::plan::Plan;
+use crate::resolve::bound::{BoundCircuit, EdgeAblation, HeadId, Metric, Scope, Upstream};
 
 /// What to score.
 #[derive(Clone, Copy, Debug)]
 pub struct Request {
     pub method: Method,
     pub granularity: Granularity,
-}
-
-/// Bad requests, caught before any forward pass.
-#[derive(Debug, Error, Diagnostic)]
-pub enum RequestError {
-    #[error("circuit `{name}` has QK edges or path edges; scores relative to a circuit are implemented for node circuits (heads and MLPs at positions)")]
-    #[diagnostic(
-        code(circuit::attribute::circuit_gradients),
-        help("the backward pass stops gradient flow at node-ablated entries only; score relative to a circuit without `edge` lines, or relative to the full model (no --circuit)")
-    )]
-    EdgesInCircuit { name: String },
 }
 
 /// The scores of one file, with what they are relative to.
@@ -79,16 +68,7 @@ pub fn score_session(
         circuit.is_some(),
     )?;
     let plan = match circuit {
-        Some(c) => {
-            let plan = session.compile(c)?;
-            if plan.qk_queries.iter().any(|q| !q.is_empty()) || !plan.path_inputs.is_empty() {
-                return Err(RequestError::EdgesInCircuit {
-                    name: c.name.clone(),
-                }
-                .into());
-            }
-            Some(plan)
-        }
+        Some(c) => Some(session.compile(c)?),
         None => None,
     };
     if request.granularity == Granularity::QkEdges
@@ -101,7 +81,14 @@ pub fn score_session(
         session.model().config.n_heads,
     );
     let d_model = session.model().config.d_model;
+    // What the scores read, and what the circuit's own ablations read.
     let mut needs = ReferenceNeeds::default();
+    if let Some(plan) = &plan {
+        if settings.edge_ablation == EdgeAblation::EdgeMean {
+            needs.edge_heads = plan.edge_heads();
+        }
+        needs.head_outputs = plan.has_path_edges();
+    }
     if request.granularity == Granularity::QkEdges && request.method.in_metric_units() {
         needs.edge_heads = (0..n_layers)
             .flat_map(|layer| (0..n_heads).map(move |head| HeadId { layer, head }))
@@ -114,13 +101,7 @@ pub fn score_session(
 
     let clean = session.clean_prompts();
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets: Vec<Targets> = clean
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect();
+    let targets: Vec<Targets> = clean.iter().map(Targets::of).collect();
     let slots: Vec<Vec<String>> = clean
         .iter()
         .map(|p| slot_names(&prompt_slots(p).slots))
@@ -148,13 +129,13 @@ pub fn score_session(
         edge_ablation: settings.edge_ablation,
         prompts: 0..ids.len(),
     });
-    let circuit_in_place = match (&plan, &hooks) {
-        (Some(plan), Some(hooks)) => Some(CircuitInPlace {
+    let masks = plan
+        .as_ref()
+        .map(|plan| CircuitMasks::of(plan, settings.edge_ablation));
+    let circuit_in_place = match (&plan, &hooks, &masks) {
+        (Some(plan), Some(hooks), Some(masks)) => Some(CircuitInPlace {
             hooks,
-            kept: Kept {
-                z: &plan.head_keep,
-                mlp_out: &plan.mlp_keep,
-            },
+            kept: masks.kept(plan),
         }),
         _ => None,
     };
@@ -188,4 +169,66 @@ pub fn score_session(
         n_heads,
         d_model,
     })
+}
+
+/// What a plan's hooks hold constant besides node-ablated outputs, in the backward's terms.
+pub struct CircuitMasks {
+    /// Per layer: the QK-edge terms computed where only some are (edge mean; none under
+    /// knockout, which edits the scores the backward already differentiates).
+    pub qk_terms: Vec<Vec<KeptKeys>>,
+    /// Every input the plan rebuilds from chosen upstream components.
+    pub paths: Vec<PathReader>,
+}
+
+impl CircuitMasks {
+    pub fn of(plan: &Plan, edge_ablation: EdgeAblation) -> CircuitMasks {
+        let qk_terms = match edge_ablation {
+            EdgeAblation::EdgeMean => plan
+                .qk_queries
+                .iter()
+                .map(|layer| {
+                    layer
+                        .iter()
+                        .map(|q| KeptKeys {
+                            prompt: q.prompt,
+                            query: q.query,
+                            head: q.head,
+                            keys: q.keys.clone(),
+                        })
+                        .collect()
+                })
+                .collect(),
+            EdgeAblation::Knockout => Vec::new(),
+        };
+        let shape = plan.shape;
+        let paths = plan
+            .path_inputs
+            .iter()
+            .map(|(&downstream, mask)| {
+                let mut reaches = mask.clone(); // (B, T, U)
+                if !plan.scope_includes_mlps {
+                    // MLPs outside the ablation always reach (the hooks never swap them).
+                    for layer in 0..shape.n_layers {
+                        let u = shape.upstream_index(Upstream::Mlp(layer));
+                        reaches.slice_mut(s![.., .., u]).fill(true);
+                    }
+                }
+                PathReader {
+                    reader: super::reader_of(downstream),
+                    reaches,
+                }
+            })
+            .collect();
+        CircuitMasks { qk_terms, paths }
+    }
+
+    /// Everything `plan`'s hooks hold constant, for the backward.
+    pub fn kept<'a>(&'a self, plan: &'a Plan) -> Kept<'a> {
+        Kept {
+            z: &plan.head_keep,
+            mlp_out: &plan.mlp_keep,
+            qk_terms: &self.qk_terms,
+            paths: &self.paths,
+        }
+    }
 }

@@ -33,10 +33,15 @@ struct Fixture {
 }
 
 fn fixture(text: &str, edge_heads: bool) -> Fixture {
+    fixture_in(Path::new("."), text, edge_heads)
+}
+
+/// [`fixture`] of a file in `dir` (its model and dataset paths are relative to it).
+fn fixture_in(dir: &Path, text: &str, edge_heads: bool) -> Fixture {
     let resolved = resolve_source(
         "scores_test.circuit",
         text,
-        Path::new("."),
+        dir,
         &RealEnvironment,
         &ResolveOptions::default(),
     )
@@ -45,21 +50,17 @@ fn fixture(text: &str, edge_heads: bool) -> Fixture {
     let config = &session.model().config;
     let mut needs = ReferenceNeeds::default();
     if edge_heads {
+        // Every head's QK-edge terms, and (for circuits with path edges) every head's output.
         needs.edge_heads = (0..config.n_layers)
             .flat_map(|layer| (0..config.n_heads).map(move |head| HeadId { layer, head }))
             .collect();
+        needs.head_outputs = true;
     }
     let reference = session.reference_values(&needs).unwrap().clone();
     let clean = session.clean_prompts();
     Fixture {
         ids: clean.iter().map(|p| p.ids.clone()).collect(),
-        targets: clean
-            .iter()
-            .map(|p| Targets {
-                answer: p.answer_id,
-                distractor: p.distractor_id,
-            })
-            .collect(),
+        targets: clean.iter().map(Targets::of).collect(),
         slots: clean
             .iter()
             .map(|p| slot_names(&prompt_slots(p).slots))
@@ -440,15 +441,7 @@ fn undefined_requests_are_coded_errors() {
     );
     assert!(check_request(Method::EapIg { steps: 3 }, Granularity::Nodes, "kl", false).is_ok());
     assert!(check_request(Method::Eap, Granularity::Nodes, "kl", true).is_ok());
-    assert_eq!(
-        code(check_request(
-            Method::EapIg { steps: 3 },
-            Granularity::Nodes,
-            "prob",
-            true
-        )),
-        "circuit::attribute::ig_with_circuit"
-    );
+    assert!(check_request(Method::EapIg { steps: 3 }, Granularity::Nodes, "prob", true).is_ok());
 }
 
 /// A circuit's node ablations, then a nudge (the finite difference relative to the circuit).
@@ -477,6 +470,38 @@ impl Interventions for PlanThenNudge<'_> {
         self.plan.edit_mlp_out(layer, mlp_out);
         self.nudge.edit_mlp_out(layer, mlp_out);
     }
+
+    fn needs_component_outputs(&self) -> bool {
+        self.plan.needs_component_outputs()
+    }
+
+    fn head_input(
+        &self,
+        layer: usize,
+        head: usize,
+        which: crate::model::HeadInput,
+        resid_pre: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.head_input(layer, head, which, resid_pre, outputs)
+    }
+
+    fn mlp_input(
+        &self,
+        layer: usize,
+        resid_mid: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.mlp_input(layer, resid_mid, outputs)
+    }
+
+    fn unembed_input(
+        &self,
+        resid_final: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.unembed_input(resid_final, outputs)
+    }
 }
 
 #[test]
@@ -498,13 +523,11 @@ fn eap_relative_to_a_circuit_is_the_derivative_with_its_ablations_in_place() {
         edge_ablation: crate::resolve::bound::EdgeAblation::EdgeMean,
         prompts: 0..f.ids.len(),
     };
+    let masks = run::CircuitMasks::of(&plan, crate::resolve::bound::EdgeAblation::EdgeMean);
     let mut inputs = f.inputs("logit_diff", None);
     inputs.circuit = Some(CircuitInPlace {
         hooks: &hooks,
-        kept: backward::Kept {
-            z: &plan.head_keep,
-            mlp_out: &plan.mlp_keep,
-        },
+        kept: masks.kept(&plan),
     });
     let set = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
     let relative_to_full = scores(
@@ -571,4 +594,183 @@ fn eap_relative_to_a_circuit_is_the_derivative_with_its_ablations_in_place() {
         0.0
     );
     assert!(differs, "the circuit changed no score");
+}
+
+/// Circuit `name` of `text` (a file in `dir`) compiled on `f`'s prompts.
+fn compile_circuit(f: &Fixture, dir: &Path, text: &str, name: &str) -> crate::plan::Plan {
+    let resolved = resolve_source(
+        "scores_test.circuit",
+        text,
+        dir,
+        &RealEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
+    let circuit = resolved
+        .file
+        .circuits
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap();
+    f.session.compile(circuit).unwrap()
+}
+
+/// Asserts that each case's `eap` node score relative to the circuit `hooks` applies is the
+/// central finite difference of the circuit's forward along `(õ − o)`; returns how many of
+/// them are not 0 (so that a test can demand some gradient got through).
+fn assert_circuit_derivatives(
+    f: &Fixture,
+    hooks: &crate::ablate::PlanInterventions,
+    set: &ScoreSet,
+    cases: &[(usize, Option<usize>, usize)],
+) -> usize {
+    let epsilon = 1e-2;
+    let mut nonzero = 0;
+    for &(layer, head, t) in cases {
+        let nudged = |epsilon| PlanThenNudge {
+            plan: hooks,
+            nudge: Nudge {
+                reference: &f.reference,
+                layer,
+                head,
+                t,
+                epsilon,
+            },
+        };
+        let numeric = (f.metric(&nudged(epsilon)) - f.metric(&nudged(-epsilon))) / (2.0 * epsilon);
+        let component = match head {
+            Some(h) => Component::Head(HeadId { layer, head: h }),
+            None => Component::Mlp(layer),
+        };
+        let score = find(set, component, &f.slots[0][t], None);
+        eprintln!(
+            "{} @ {}: eap in the circuit {score:.6}, finite difference {numeric:.6}",
+            component.name(),
+            f.slots[0][t]
+        );
+        // The f32 forward's rounding noise bound, as in the tests above.
+        assert!(
+            (score - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
+            "{} @ {}: eap {score} vs finite difference {numeric}",
+            component.name(),
+            f.slots[0][t]
+        );
+        nonzero += usize::from(score.abs() > 1e-3);
+    }
+    nonzero
+}
+
+/// Max over nodes of |Σ parts − node| / max |node|: `parts` grouped by `group`.
+fn worst_sum_gap(
+    nodes: &ScoreSet,
+    parts: &ScoreSet,
+    group: impl Fn(&Entry) -> Component,
+) -> f64 {
+    let mut sums: BTreeMap<(Component, String), f64> = BTreeMap::new();
+    for e in &parts.entries {
+        *sums.entry((group(e), e.query.clone())).or_insert(0.0) += e.score;
+    }
+    let scale = nodes
+        .entries
+        .iter()
+        .map(|e| e.score.abs())
+        .fold(0.0, f64::max);
+    nodes
+        .entries
+        .iter()
+        .filter_map(|e| sums.get(&(e.component, e.query.clone())).map(|s| (s - e.score).abs() / scale))
+        .fold(0.0, f64::max)
+}
+
+fn upstream_node(e: &Entry) -> Component {
+    match e.component {
+        Component::Path {
+            from: Upstream::Head(h),
+            ..
+        } => Component::Head(h),
+        Component::Path {
+            from: Upstream::Mlp(l),
+            ..
+        } => Component::Mlp(l),
+        c => c,
+    }
+}
+
+/// A circuit with QK edges on a layer-1 head (its constant terms stop gradients into layer 0
+/// at S4 and END) and path edges into every kind of input, on the built-in model.
+const EDGES: &str = r#"
+circuit edges {
+  0.0, 0.1 @ END
+  0.2, 0.3 @ *
+  edge 1.0: S4 -> END, END -> END
+  1.1 @ *
+  2.0 @ END
+  mlp 0 @ S4, END
+  mlp 1, 2 @ END
+  edge 0.2, mlp 0 -> 1.1.q
+  edge 0.3 -> 1.1.k
+  edge 0.1 -> 1.1.v @ END
+  edge 0.0 -> mlp 1
+  edge 1.0, 1.1, mlp 1, mlp 2 -> logits
+}
+"#;
+
+#[test]
+fn eap_relative_to_a_circuit_with_edges_is_the_derivative_of_its_forward() {
+    let text = format!("{FILE}{EDGES}");
+    let f = fixture(&text, true);
+    let plan = compile_circuit(&f, Path::new("."), &text, "edges");
+    assert!(plan.has_path_edges() && plan.qk_queries.iter().any(|q| !q.is_empty()));
+    let hooks = crate::ablate::PlanInterventions {
+        plan: &plan,
+        reference: &f.reference,
+        edge_ablation: crate::resolve::bound::EdgeAblation::EdgeMean,
+        prompts: 0..f.ids.len(),
+    };
+    let masks = run::CircuitMasks::of(&plan, crate::resolve::bound::EdgeAblation::EdgeMean);
+    let mut inputs = f.inputs("logit_diff", None);
+    inputs.circuit = Some(CircuitInPlace {
+        hooks: &hooks,
+        kept: masks.kept(&plan),
+    });
+    let nodes = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
+    let end = f.ids[0].len() - 1;
+    let s4 = f.slots[0].iter().position(|s| s == "S4").unwrap();
+    let s3 = f.slots[0].iter().position(|s| s == "S3").unwrap();
+    let cases = [
+        (0, Some(0), end), // only into mlp 1 (and 1.0's kept keys)
+        (0, Some(1), end), // into 1.1.v at END only
+        (0, Some(2), s4),  // into 1.1.q; through 1.0's kept key S4
+        (0, Some(3), s3),  // into 1.1.k only
+        (0, Some(3), s4),
+        (0, None, s4), // mlp 0 into 1.1.q
+        (1, Some(0), end),
+        (1, Some(1), end),
+        (1, Some(1), s4),
+        (1, None, end),
+        (2, Some(0), end), // reaches the logits only through mlp 2
+        (2, None, end),
+    ];
+    let nonzero = assert_circuit_derivatives(&f, &hooks, &nodes, &cases);
+    assert!(nonzero >= 8, "only {nonzero} of the cases have a gradient");
+
+    // The sum identities hold relative to the circuit too: QK edges into a query sum to the
+    // node, path edges out of a component sum to it.
+    let edges = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
+    let qk_gap = worst_sum_gap(&nodes, &edges, |e| e.component);
+    let paths = scores(&inputs, Method::Eap, Granularity::PathEdges).unwrap();
+    let path_gap = worst_sum_gap(&nodes, &paths, upstream_node);
+    eprintln!("relative to the circuit: QK gap {qk_gap:.2e}, path gap {path_gap:.2e}");
+    assert!(qk_gap < 1e-6, "{qk_gap}");
+    assert!(path_gap < 1e-4, "{path_gap}");
+    // An ablated QK term or cut path already holds its ablated value: it scores exactly 0.
+    let one_zero = HeadId { layer: 1, head: 0 };
+    let s2 = &f.slots[0][f.slots[0].iter().position(|s| s == "S2").unwrap()];
+    assert_eq!(find(&edges, Component::Head(one_zero), "END", Some(s2)), 0.0);
+    assert_ne!(find(&edges, Component::Head(one_zero), "END", Some("S4")), 0.0);
+    let cut = Component::Path {
+        from: Upstream::Head(HeadId { layer: 0, head: 2 }),
+        to: Downstream::Logits,
+    };
+    assert_eq!(find(&paths, cut, "END", None), 0.0);
 }
