@@ -691,13 +691,16 @@ fn qk_edge_scores(
     }
 }
 
+/// (prompt, query token, head).
+type PromptQueryHead = (usize, usize, usize);
+
 /// Which QK-edge terms `A[q,k]·v[k]` a circuit's forward computes (all of them relative to the
 /// full model): not those of a node-ablated head output, nor those edge-mean ablation holds at
 /// their reference value.
 struct ComputedTerms<'a> {
     kept: Option<backward::Kept<'a>>,
     /// Per layer: (prompt, query, head) → the computed keys, where only some are.
-    partial: Vec<BTreeMap<(usize, usize, usize), &'a [usize]>>,
+    partial: Vec<BTreeMap<PromptQueryHead, &'a [usize]>>,
 }
 
 impl<'a> ComputedTerms<'a> {

@@ -661,11 +661,7 @@ fn assert_circuit_derivatives(
 }
 
 /// Max over nodes of |Σ parts − node| / max |node|: `parts` grouped by `group`.
-fn worst_sum_gap(
-    nodes: &ScoreSet,
-    parts: &ScoreSet,
-    group: impl Fn(&Entry) -> Component,
-) -> f64 {
+fn worst_sum_gap(nodes: &ScoreSet, parts: &ScoreSet, group: impl Fn(&Entry) -> Component) -> f64 {
     let mut sums: BTreeMap<(Component, String), f64> = BTreeMap::new();
     for e in &parts.entries {
         *sums.entry((group(e), e.query.clone())).or_insert(0.0) += e.score;
@@ -678,7 +674,10 @@ fn worst_sum_gap(
     nodes
         .entries
         .iter()
-        .filter_map(|e| sums.get(&(e.component, e.query.clone())).map(|s| (s - e.score).abs() / scale))
+        .filter_map(|e| {
+            sums.get(&(e.component, e.query.clone()))
+                .map(|s| (s - e.score).abs() / scale)
+        })
         .fold(0.0, f64::max)
 }
 
@@ -766,11 +765,237 @@ fn eap_relative_to_a_circuit_with_edges_is_the_derivative_of_its_forward() {
     // An ablated QK term or cut path already holds its ablated value: it scores exactly 0.
     let one_zero = HeadId { layer: 1, head: 0 };
     let s2 = &f.slots[0][f.slots[0].iter().position(|s| s == "S2").unwrap()];
-    assert_eq!(find(&edges, Component::Head(one_zero), "END", Some(s2)), 0.0);
-    assert_ne!(find(&edges, Component::Head(one_zero), "END", Some("S4")), 0.0);
+    assert_eq!(
+        find(&edges, Component::Head(one_zero), "END", Some(s2)),
+        0.0
+    );
+    assert_ne!(
+        find(&edges, Component::Head(one_zero), "END", Some("S4")),
+        0.0
+    );
     let cut = Component::Path {
         from: Upstream::Head(HeadId { layer: 0, head: 2 }),
         to: Downstream::Logits,
     };
     assert_eq!(find(&paths, cut, "END", None), 0.0);
+}
+
+#[test]
+fn eap_relative_to_a_circuit_under_grouped_query_attention_follows_each_heads_own_key() {
+    // stories260K: 8 query heads share 4 key/value heads. A path edge into 2.2.k gives head
+    // 2.2 a key of its own, which the cache (one key per key/value head, its first query
+    // head's) cannot hold for 2.3 beside it.
+    let dir = Path::new("tests/fixtures/eval");
+    // Zero ablation makes a rebuilt input (one writer and the embedding) far from the shared
+    // stream, so that a key computed from the wrong one would show.
+    let text = r#"model "../../../../shared/models/stories260K"
+dataset friends = "friends.jsonl"
+reference friends.corrupt
+ablate heads by zero
+metric logit_diff
+
+circuit gqa {
+  0.*, 1.* @ *
+  2.1, 2.2, 2.3 @ *
+  edge 3.1: S1 -> END, END -> END
+  4.* @ END
+  edge 0.3 -> 2.2.k
+  edge 1.0 -> 2.3.v
+  edge 0.5 -> 2.1.q
+  edge 2.1, 2.3, 3.1, 4.0 -> logits
+}
+"#;
+    let f = fixture_in(dir, text, true);
+    let plan = compile_circuit(&f, dir, text, "gqa");
+    let hooks = crate::ablate::PlanInterventions {
+        plan: &plan,
+        reference: &f.reference,
+        edge_ablation: crate::resolve::bound::EdgeAblation::EdgeMean,
+        prompts: 0..f.ids.len(),
+    };
+    let masks = run::CircuitMasks::of(&plan, crate::resolve::bound::EdgeAblation::EdgeMean);
+    let mut inputs = f.inputs("logit_diff", None);
+    inputs.mlps_in_scope = false;
+    inputs.circuit = Some(CircuitInPlace {
+        hooks: &hooks,
+        kept: masks.kept(&plan),
+    });
+    let nodes = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
+    let end = f.ids[0].len() - 1;
+    let s1 = f.slots[0].iter().position(|s| s == "S1").unwrap();
+    let cases = [
+        (0, Some(3), s1),
+        (0, Some(3), end),
+        (1, Some(2), s1),
+        (1, Some(2), end),
+        (1, Some(0), end),
+        (0, Some(5), end),
+        (2, Some(2), end),
+        (2, Some(3), end),
+        (2, Some(1), end),
+        (3, Some(1), end),
+        (1, Some(5), end), // reaches nothing that reaches the logits
+    ];
+    let nonzero = assert_circuit_derivatives(&f, &hooks, &nodes, &cases);
+    assert!(nonzero >= 5, "only {nonzero} of the cases have a gradient");
+}
+
+/// A circuit's ablations at input embeddings `embed`, then `epsilon · delta` added to head
+/// `head`'s output at token `t` (`delta` `(B, d)` fixed, unlike [`Nudge`]'s).
+struct CircuitAtPoint<'a> {
+    plan: &'a crate::ablate::PlanInterventions<'a>,
+    embed: ndarray::ArrayView3<'a, f32>,
+    layer: usize,
+    head: usize,
+    t: usize,
+    delta: ndarray::ArrayView2<'a, f64>,
+    epsilon: f64,
+}
+
+impl Interventions for CircuitAtPoint<'_> {
+    fn edit_embed(&self, embed: &mut ArrayViewMut3<f32>) {
+        embed.assign(&self.embed);
+    }
+    fn edit_scores(&self, layer: usize, scores: &mut ArrayViewMut4<f32>) {
+        self.plan.edit_scores(layer, scores);
+    }
+    fn edit_z(
+        &self,
+        layer: usize,
+        p: ArrayView4<f32>,
+        v: ArrayView4<f32>,
+        z: &mut ArrayViewMut4<f32>,
+    ) {
+        self.plan.edit_z(layer, p, v, z);
+        if layer == self.layer {
+            for b in 0..z.dim().0 {
+                let mut row = z.slice_mut(s![b, self.t, self.head, ..]);
+                for (o, &d) in row.iter_mut().zip(self.delta.row(b)) {
+                    *o = (*o as f64 + self.epsilon * d) as f32;
+                }
+            }
+        }
+    }
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ArrayViewMut3<f32>) {
+        self.plan.edit_mlp_out(layer, mlp_out);
+    }
+    fn needs_component_outputs(&self) -> bool {
+        self.plan.needs_component_outputs()
+    }
+    fn head_input(
+        &self,
+        layer: usize,
+        head: usize,
+        which: crate::model::HeadInput,
+        resid_pre: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.head_input(layer, head, which, resid_pre, outputs)
+    }
+    fn mlp_input(
+        &self,
+        layer: usize,
+        resid_mid: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.mlp_input(layer, resid_mid, outputs)
+    }
+    fn unembed_input(
+        &self,
+        resid_final: ndarray::ArrayView3<f32>,
+        outputs: &crate::model::ComponentOutputs,
+    ) -> Option<ndarray::Array3<f32>> {
+        self.plan.unembed_input(resid_final, outputs)
+    }
+}
+
+#[test]
+fn eap_ig_relative_to_a_circuit_averages_the_circuits_gradients_along_the_path() {
+    // With m = 2 the points are α = ½ and 1: the score is ½ (∂M/∂z(½) + ∂M/∂z(1)) · (õ − o),
+    // each derivative the finite difference of the circuit's forward at that input embedding
+    // along the fixed δ = õ − o of the circuit's clean forward.
+    let text = format!("{FILE}{EDGES}");
+    let f = fixture(&text, true);
+    let plan = compile_circuit(&f, Path::new("."), &text, "edges");
+    let hooks = crate::ablate::PlanInterventions {
+        plan: &plan,
+        reference: &f.reference,
+        edge_ablation: crate::resolve::bound::EdgeAblation::EdgeMean,
+        prompts: 0..f.ids.len(),
+    };
+    let model = f.session.model();
+    let reference_ids: Vec<Vec<u32>> = f
+        .session
+        .reference_prompts()
+        .iter()
+        .map(|p| p.ids.clone())
+        .collect();
+    let x_ref =
+        reference_embeddings(model, AblationKind::Mean, &f.ids, &reference_ids, None).unwrap();
+    let masks = run::CircuitMasks::of(&plan, crate::resolve::bound::EdgeAblation::EdgeMean);
+    let mut inputs = f.inputs("logit_diff", Some(x_ref.view()));
+    inputs.circuit = Some(CircuitInPlace {
+        hooks: &hooks,
+        kept: masks.kept(&plan),
+    });
+    let ig = scores(&inputs, Method::EapIg { steps: 2 }, Granularity::Nodes).unwrap();
+    let clean = model
+        .forward(
+            &f.ids,
+            &ForwardOptions {
+                all_logits: false,
+                cache: true,
+            },
+            &hooks,
+        )
+        .unwrap()
+        .cache
+        .unwrap();
+    let x = &clean.embed; // (B, T, D)
+    let midpoint = &x_ref + &((x - &x_ref) * 0.5f32); // (B, T, D)
+    let end = f.ids[0].len() - 1;
+    let s4 = f.slots[0].iter().position(|s| s == "S4").unwrap();
+    let mut nonzero = 0;
+    for (layer, head, t) in [
+        (0, 1, end),
+        (0, 2, s4),
+        (1, 0, end),
+        (1, 1, end),
+        (2, 0, end),
+    ] {
+        let d_head = clean.layers[layer].z.dim().3;
+        let delta = ndarray::Array2::from_shape_fn((f.ids.len(), d_head), |(b, i)| {
+            let mut r = vec![0.0f64; d_head];
+            f.reference.add_z(layer, b, t, head, &mut r);
+            r[i] - clean.layers[layer].z[[b, t, head, i]] as f64
+        }); // (B, d)
+        let derivative = |embed: ndarray::ArrayView3<f32>| {
+            let at = |epsilon| CircuitAtPoint {
+                plan: &hooks,
+                embed,
+                layer,
+                head,
+                t,
+                delta: delta.view(),
+                epsilon,
+            };
+            let epsilon = 1e-2;
+            (f.metric(&at(epsilon)) - f.metric(&at(-epsilon))) / (2.0 * epsilon)
+        };
+        let numeric = 0.5 * (derivative(midpoint.view()) + derivative(x.view()));
+        let component = Component::Head(HeadId { layer, head });
+        let score = find(&ig, component, &f.slots[0][t], None);
+        eprintln!(
+            "{} @ {}: eap-ig (m = 2) in the circuit {score:.6}, finite differences {numeric:.6}",
+            component.name(),
+            f.slots[0][t]
+        );
+        assert!(
+            (score - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
+            "{}: {score} vs {numeric}",
+            component.name()
+        );
+        nonzero += usize::from(score.abs() > 1e-3);
+    }
+    assert!(nonzero >= 3, "{nonzero}");
 }

@@ -12,8 +12,13 @@ use crate::measure::metric_name;
 /// The units sentence every score report carries.
 fn units(report: &ScoreReport) -> String {
     if report.set.method.in_metric_units() {
+        let estimate = match &report.circuit {
+            None => "{m}(component ablated alone) - {m}(full)".to_string(),
+            Some(name) => format!("{{m}}({name} with the component ablated too) - {{m}}({name})"),
+        };
         format!(
-            "score: first-order estimate of {m}(component ablated alone) - {m}(full), in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
+            "score: first-order estimate of {}, in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
+            estimate.replace("{m}", metric_name(report.metric)),
             num(report.full - report.empty),
             m = metric_name(report.metric),
         )

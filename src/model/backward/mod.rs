@@ -594,7 +594,13 @@ fn gradients_inner(
         // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
         let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
         for h in 0..n_heads {
-            if let Some(c) = unreached(&read, Writer::Head { layer: index, head: h }) {
+            if let Some(c) = unreached(
+                &read,
+                Writer::Head {
+                    layer: index,
+                    head: h,
+                },
+            ) {
                 let w_o = head_output_weight(model, index, h); // (d, D)
                 let mut cols = d_z.slice_mut(s![.., h * d_head..(h + 1) * d_head]);
                 cols -= &c.dot(&w_o.t()); // (N, d)
@@ -647,36 +653,43 @@ fn gradients_inner(
                         rows_as_prompts(&resid_pre, batch, seq),
                         &outputs.before(index, index, cache.embed.view()),
                     )?;
-                    Some((p, head, input, x.into_shape_with_order((n_rows, d_model)).unwrap()))
+                    Some((
+                        p,
+                        head,
+                        input,
+                        x.into_shape_with_order((n_rows, d_model)).unwrap(),
+                    ))
                 }
                 _ => None,
             })
             .collect();
         // Under grouped-query attention the cache keeps one key per key/value head; a rebuilt
         // k input gives its query head a key of its own, recomputed here for every head.
-        let k_by_query_head = (group > 1
-            && head_readers.iter().any(|r| r.2 == HeadInput::K))
-        .then(|| {
-            let normed = layer.attn_norm.apply(resid_pre.view()); // (N, D)
-            let shared = layer.k.apply(normed.view()); // (N, Hkv·d)
-            let mut k = Array2::<f32>::zeros((n_rows, n_heads * d_head)); // (N, H·d)
-            for h in 0..n_heads {
-                let kv = h / group;
-                k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
-                    .assign(&shared.slice(s![.., kv * d_head..(kv + 1) * d_head]));
-            }
-            for (_, h, _, x) in head_readers.iter().filter(|r| r.2 == HeadInput::K) {
-                let kv = h / group;
-                let x_normed = layer.attn_norm.apply(x.view()); // (N, D)
-                let own = layer.k.apply_columns(x_normed.view(), kv * d_head..(kv + 1) * d_head); // (N, d)
-                k.slice_mut(s![.., h * d_head..(h + 1) * d_head]).assign(&own);
-            }
-            if let Some((cos, sin)) = &rotary {
-                blocks::rotate_half(&mut k, cos.view(), sin.view(), |r| r % seq, d_head, false);
-            }
-            k.into_shape_with_order((batch, seq, n_heads, d_head))
-                .unwrap() // (B, T, H, d)
-        });
+        let k_by_query_head =
+            (group > 1 && head_readers.iter().any(|r| r.2 == HeadInput::K)).then(|| {
+                let normed = layer.attn_norm.apply(resid_pre.view()); // (N, D)
+                let shared = layer.k.apply(normed.view()); // (N, Hkv·d)
+                let mut k = Array2::<f32>::zeros((n_rows, n_heads * d_head)); // (N, H·d)
+                for h in 0..n_heads {
+                    let kv = h / group;
+                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                        .assign(&shared.slice(s![.., kv * d_head..(kv + 1) * d_head]));
+                }
+                for (_, h, _, x) in head_readers.iter().filter(|r| r.2 == HeadInput::K) {
+                    let kv = h / group;
+                    let x_normed = layer.attn_norm.apply(x.view()); // (N, D)
+                    let own = layer
+                        .k
+                        .apply_columns(x_normed.view(), kv * d_head..(kv + 1) * d_head); // (N, d)
+                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                        .assign(&own);
+                }
+                if let Some((cos, sin)) = &rotary {
+                    blocks::rotate_half(&mut k, cos.view(), sin.view(), |r| r % seq, d_head, false);
+                }
+                k.into_shape_with_order((batch, seq, n_heads, d_head))
+                    .unwrap() // (B, T, H, d)
+            });
         let mut d_q = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
