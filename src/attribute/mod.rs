@@ -456,26 +456,15 @@ fn integrated_gradients(
     for k in 1..steps {
         let alpha = k as f32 / steps as f32;
         let point = &reference + &((x - &reference) * alpha); // (B, T, D)
-        let g = match inputs.circuit {
-            None => backward::gradients_at_embeddings(
-                inputs.model,
-                inputs.ids,
-                targets,
-                objective,
-                options,
-                point.view(),
-            )?,
-            Some(circuit) => backward::gradients_at_embeddings_with_ablation(
-                inputs.model,
-                inputs.ids,
-                targets,
-                objective,
-                options,
-                point.view(),
-                circuit.hooks,
-                circuit.kept,
-            )?,
-        };
+        let g = backward::gradients_at_embeddings(
+            inputs.model,
+            inputs.ids,
+            targets,
+            objective,
+            options,
+            point.view(),
+            inputs.circuit.map(|c| (c.hooks, c.kept)),
+        )?;
         if let Some(f) = inputs.on_pass {
             f();
         }

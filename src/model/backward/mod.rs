@@ -174,30 +174,14 @@ pub fn gradients(
     objective: Objective,
     options: GradientOptions,
 ) -> Result<Gradients, GradientError> {
-    gradients_with(model, tokens, targets, objective, options, &NoInterventions)
-}
-
-/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
-/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
-/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
-/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
-/// forward, so these are the exact gradients of that forward.
-pub fn gradients_at_embeddings(
-    model: &Model,
-    tokens: &[Vec<u32>],
-    targets: &[(u32, u32)],
-    objective: Objective,
-    options: GradientOptions,
-    embeddings: ndarray::ArrayView3<f32>,
-) -> Result<Gradients, GradientError> {
-    check_embeddings(model, tokens, embeddings)?;
-    gradients_with(
+    gradients_inner(
         model,
         tokens,
         targets,
         objective,
         options,
-        &ReplaceEmbeddings { embeddings },
+        &NoInterventions,
+        None,
     )
 }
 
@@ -217,18 +201,6 @@ fn check_embeddings(
         });
     }
     Ok(())
-}
-
-/// The one edit [`gradients_at_embeddings`] makes: the embedding, a leaf, so the backward
-/// below (which knows no other edit) stays exact.
-struct ReplaceEmbeddings<'a> {
-    embeddings: ndarray::ArrayView3<'a, f32>,
-}
-
-impl super::Interventions for ReplaceEmbeddings<'_> {
-    fn edit_embed(&self, embed: &mut ndarray::ArrayViewMut3<f32>) {
-        embed.assign(&self.embeddings);
-    }
 }
 
 /// What a circuit's forward holds at constants, as the backward must see it: a constant passes
@@ -352,34 +324,29 @@ pub fn gradients_with_ablation(
     )
 }
 
-/// [`gradients_with_ablation`] of the forward whose input embeddings are `embeddings` (as
-/// [`gradients_at_embeddings`]), the circuit's ablations in place: integrated gradients
-/// relative to a circuit. `hooks` must not edit the embedding itself.
-#[allow(clippy::too_many_arguments)]
-pub fn gradients_at_embeddings_with_ablation(
+/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
+/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
+/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
+/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
+/// forward, so these are the exact gradients of that forward. With `ablation`, a circuit's
+/// hooks and what they hold constant are in place as in [`gradients_with_ablation`] (the hooks
+/// must not edit the embedding themselves).
+pub fn gradients_at_embeddings(
     model: &Model,
     tokens: &[Vec<u32>],
     targets: &[(u32, u32)],
     objective: Objective,
     options: GradientOptions,
     embeddings: ndarray::ArrayView3<f32>,
-    hooks: &dyn super::Interventions,
-    kept: Kept,
+    ablation: Option<(&dyn super::Interventions, Kept)>,
 ) -> Result<Gradients, GradientError> {
     check_embeddings(model, tokens, embeddings)?;
-    let hooks = WithEmbeddings {
-        inner: hooks,
-        embeddings,
+    let (inner, kept) = match ablation {
+        Some((hooks, kept)) => (hooks, Some(kept)),
+        None => (&NoInterventions as &dyn super::Interventions, None),
     };
-    gradients_inner(
-        model,
-        tokens,
-        targets,
-        objective,
-        options,
-        &hooks,
-        Some(kept),
-    )
+    let hooks = WithEmbeddings { inner, embeddings };
+    gradients_inner(model, tokens, targets, objective, options, &hooks, kept)
 }
 
 /// A circuit's hooks with the input embedding replaced.
@@ -436,19 +403,6 @@ impl super::Interventions for WithEmbeddings<'_> {
     ) -> Option<Array3<f32>> {
         self.inner.unembed_input(resid_final, outputs)
     }
-}
-
-/// `hooks` may only edit the embedding (a leaf); any other edit would make these gradients
-/// those of a different function.
-fn gradients_with(
-    model: &Model,
-    tokens: &[Vec<u32>],
-    targets: &[(u32, u32)],
-    objective: Objective,
-    options: GradientOptions,
-    hooks: &dyn super::Interventions,
-) -> Result<Gradients, GradientError> {
-    gradients_inner(model, tokens, targets, objective, options, hooks, None)
 }
 
 fn gradients_inner(
