@@ -236,6 +236,11 @@ pub struct AttributionInputs<'a> {
     pub reference_embeddings: Option<ArrayView3<'a, f32>>,
     /// Whether MLPs are components (`ablate heads and mlps`).
     pub mlps_in_scope: bool,
+    /// Under resample ablation at position alignment, the reference prompts (evaluated prompt
+    /// `b` reads `b mod R`): QK-edge scores then compute each term's reference value from their
+    /// forward, a chunk of prompts at a time, instead of reading every head's stored terms from
+    /// `reference` (`(R, T, T, d)` per head, which grows with the prompts times `T²`).
+    pub paired_reference: Option<&'a [Vec<u32>]>,
     /// Called once per gradient pass (progress bars).
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
     /// Scores relative to a circuit: its ablations in place (`o` is then each component's
@@ -309,7 +314,7 @@ pub fn scores(
             };
             match granularity {
                 Granularity::Nodes => node_scores(inputs, &clean, &gradient, &mut aggregate),
-                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate),
+                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate)?,
                 Granularity::PathEdges => {
                     path_edge_scores(inputs, &clean, &gradient, &mut aggregate)
                 }
@@ -646,38 +651,111 @@ fn qk_edge_scores(
     clean: &Gradients,
     gradient: &MeanGradients,
     aggregate: &mut Aggregate,
-) {
+) -> Result<(), AttributeError> {
     let cache = &clean.activations;
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
     let mut ablated = vec![0.0f64; d_head];
     let computed = ComputedTerms::of(inputs.circuit.map(|c| c.kept));
-    for (b, &len) in clean.lengths.iter().enumerate() {
-        for layer in 0..cache.layers.len() {
-            for h in 0..n_heads {
-                let head = HeadId { layer, head: h };
-                for q in 0..len {
-                    let g = gradient.z[layer].slice(s![b, q, h, ..]);
-                    for k in 0..=q {
-                        if !computed.contains(layer, b, q, h, k) {
-                            // The circuit already holds this term at ẽ: ablating it changes nothing.
-                            aggregate.add(Component::Head(head), b, q, Some(k), 0.0);
-                            continue;
+    let n_prompts = clean.lengths.len();
+    // Prompts in chunks, so that paired reference terms are computed for one chunk at a time.
+    let chunk = if inputs.paired_reference.is_some() {
+        PAIRED_CHUNK
+    } else {
+        n_prompts.max(1)
+    };
+    for start in (0..n_prompts).step_by(chunk) {
+        let prompts = start..(start + chunk).min(n_prompts);
+        let paired = match inputs.paired_reference {
+            Some(reference) => Some(paired_forward(inputs.model, reference, prompts.clone())?),
+            None => None,
+        };
+        for b in prompts {
+            let len = clean.lengths[b];
+            for layer in 0..cache.layers.len() {
+                for h in 0..n_heads {
+                    let head = HeadId { layer, head: h };
+                    for q in 0..len {
+                        let g = gradient.z[layer].slice(s![b, q, h, ..]);
+                        for k in 0..=q {
+                            if !computed.contains(layer, b, q, h, k) {
+                                // The circuit already holds this term at ẽ: ablating it
+                                // changes nothing.
+                                aggregate.add(Component::Head(head), b, q, Some(k), 0.0);
+                                continue;
+                            }
+                            ablated.iter_mut().for_each(|x| *x = 0.0);
+                            match &paired {
+                                Some(p) => p.add_edge_term(layer, b - start, h, q, k, &mut ablated),
+                                None => inputs.reference.add_edge_term(head, b, q, k, &mut ablated),
+                            }
+                            let term = edge_term(clean, layer, b, h, q, k);
+                            let score: f64 = ablated
+                                .iter()
+                                .zip(&term)
+                                .zip(g)
+                                .map(|((&a, &e), &g)| (a - e) * g as f64)
+                                .sum();
+                            aggregate.add(Component::Head(head), b, q, Some(k), score);
                         }
-                        ablated.iter_mut().for_each(|x| *x = 0.0);
-                        inputs.reference.add_edge_term(head, b, q, k, &mut ablated);
-                        let term = edge_term(clean, layer, b, h, q, k);
-                        let score: f64 = ablated
-                            .iter()
-                            .zip(&term)
-                            .zip(g)
-                            .map(|((&a, &e), &g)| (a - e) * g as f64)
-                            .sum();
-                        aggregate.add(Component::Head(head), b, q, Some(k), score);
                     }
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// Evaluated prompts per paired reference forward (QK-edge scores under resample).
+const PAIRED_CHUNK: usize = 32;
+
+/// The forward of the paired reference prompts of some evaluated prompts (row `i`: the partner
+/// of the chunk's `i`-th prompt), whose pattern and values give each QK-edge term's resample
+/// value `ẽ = A_r[q,k]·v_r[k]` as the stored reference terms would (rounded to f32 like them).
+struct PairedTerms {
+    cache: crate::model::ActivationCache,
+}
+
+impl PairedTerms {
+    fn add_edge_term(
+        &self,
+        layer: usize,
+        row: usize,
+        h: usize,
+        q: usize,
+        k: usize,
+        out: &mut [f64],
+    ) {
+        let lc = &self.cache.layers[layer];
+        let a = lc.pattern[[row, h, q, k]] as f64;
+        for (o, &v) in out
+            .iter_mut()
+            .zip(lc.v_by_query_head.slice(s![row, k, h, ..]))
+        {
+            *o += (a * v as f64) as f32 as f64;
+        }
+    }
+}
+
+/// [`PairedTerms`] of evaluated prompts `prompts`: prompt `b` reads reference `b mod R`, as
+/// resample ablation pairs them at position alignment.
+fn paired_forward(
+    model: &Model,
+    reference: &[Vec<u32>],
+    prompts: std::ops::Range<usize>,
+) -> Result<PairedTerms, AttributeError> {
+    let ids: Vec<Vec<u32>> = prompts
+        .map(|b| reference[b % reference.len()].clone())
+        .collect();
+    let options = crate::model::ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let out = model
+        .forward(&ids, &options, &crate::model::NoInterventions)
+        .map_err(backward::GradientError::from)?;
+    Ok(PairedTerms {
+        cache: out.cache.expect("the cache was asked for"),
+    })
 }
 
 /// (prompt, query token, head).

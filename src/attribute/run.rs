@@ -12,7 +12,9 @@ use crate::measure::file::Provenance;
 use crate::measure::{mean, metric_name, Session, Targets};
 use crate::model::backward::{Kept, KeptKeys, PathReader};
 use crate::plan::Plan;
-use crate::resolve::bound::{BoundCircuit, EdgeAblation, HeadId, Metric, Scope, Upstream};
+use crate::resolve::bound::{
+    AblationKind, BoundCircuit, EdgeAblation, HeadId, Metric, Scope, Upstream,
+};
 
 /// What to score.
 #[derive(Clone, Copy, Debug)]
@@ -89,7 +91,17 @@ pub fn score_session(
         }
         needs.head_outputs = plan.has_path_edges();
     }
-    if request.granularity == Granularity::QkEdges && request.method.in_metric_units() {
+    let qk_edge_terms =
+        request.granularity == Granularity::QkEdges && request.method.in_metric_units();
+    // Under resample at position alignment each term's reference value is the paired prompt's,
+    // computed from its forward while scoring instead of stored for every head.
+    let paired = settings.ablation == AblationKind::Resample && session.label_alignment().is_none();
+    let reference_ids: Vec<Vec<u32>> = session
+        .reference_prompts()
+        .iter()
+        .map(|p| p.ids.clone())
+        .collect();
+    if qk_edge_terms && !paired {
         needs.edge_heads = (0..n_layers)
             .flat_map(|layer| (0..n_heads).map(move |head| HeadId { layer, head }))
             .collect();
@@ -107,20 +119,13 @@ pub fn score_session(
         .map(|p| slot_names(&prompt_slots(p).slots))
         .collect();
     let x_ref = match request.method {
-        Method::EapIg { .. } => {
-            let reference_ids: Vec<Vec<u32>> = session
-                .reference_prompts()
-                .iter()
-                .map(|p| p.ids.clone())
-                .collect();
-            Some(reference_embeddings(
-                session.model(),
-                settings.ablation,
-                &ids,
-                &reference_ids,
-                session.label_alignment(),
-            )?)
-        }
+        Method::EapIg { .. } => Some(reference_embeddings(
+            session.model(),
+            settings.ablation,
+            &ids,
+            &reference_ids,
+            session.label_alignment(),
+        )?),
         _ => None,
     };
     let hooks = plan.as_ref().map(|plan| PlanInterventions {
@@ -148,6 +153,7 @@ pub fn score_session(
         reference: &reference,
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
+        paired_reference: (qk_edge_terms && paired).then_some(reference_ids.as_slice()),
         on_pass,
         circuit: circuit_in_place,
     };

@@ -85,6 +85,7 @@ impl Fixture {
             reference: &self.reference,
             reference_embeddings: x_ref,
             mlps_in_scope: true,
+            paired_reference: None,
             on_pass: None,
             circuit: None,
         }
@@ -892,4 +893,27 @@ fn eap_ig_relative_to_a_circuit_averages_the_circuits_gradients_along_the_path()
         nonzero += usize::from(score.abs() > 1e-3);
     }
     assert!(nonzero >= 3, "{nonzero}");
+}
+
+#[test]
+fn resample_qk_edge_scores_from_the_paired_forward_equal_the_stored_terms() {
+    // Under resample the stored reference terms are (R, T, T, d) per head; computing them
+    // from the paired prompts' forward while scoring must give the same numbers, bit for bit.
+    let text = FILE.replace("by mean", "by resample");
+    let f = fixture(&text, true);
+    let stored = scores(
+        &f.inputs("logit_diff", None),
+        Method::Eap,
+        Granularity::QkEdges,
+    )
+    .unwrap();
+    let reference_ids = f.reference_ids();
+    let mut inputs = f.inputs("logit_diff", None);
+    inputs.paired_reference = Some(&reference_ids);
+    let streamed = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
+    assert_eq!(stored.entries.len(), streamed.entries.len());
+    for (a, b) in stored.entries.iter().zip(&streamed.entries) {
+        assert_eq!(a.score.to_bits(), b.score.to_bits(), "{a:?} vs {b:?}");
+    }
+    assert!(stored.entries.iter().any(|e| e.score.abs() > 1e-3));
 }
