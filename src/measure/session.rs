@@ -131,13 +131,7 @@ impl<'a> Session<'a> {
 
         let prompts = EvalPrompts {
             ids: clean.iter().map(|p| p.ids.clone()).collect(),
-            targets: clean
-                .iter()
-                .map(|p| Targets {
-                    answer: p.answer_id,
-                    distractor: p.distractor_id,
-                })
-                .collect(),
+            targets: clean.iter().map(Targets::of).collect(),
             positions: clean
                 .iter()
                 .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions + 'a>)
