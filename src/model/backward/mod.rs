@@ -507,7 +507,7 @@ fn gradients_inner(
         .rev()
     {
         let resid_pre = rows(&lc.resid_pre); // (N, D)
-        // The stream the MLP read: resid_mid when wired sequentially, resid_pre in parallel.
+                                             // The stream the MLP read: resid_mid when wired sequentially, resid_pre in parallel.
         let parallel = transformer.residual == ResidualTopology::Parallel;
         let mlp_read = if parallel {
             resid_pre.clone()
@@ -532,7 +532,7 @@ fn gradients_inner(
         }); // (N, D)
         let mlp_in = rebuilt_mlp_in.as_ref().unwrap_or(&mlp_read); // (N, D)
         let mlp_x = layer.mlp_norm.apply(mlp_in.view()); // (N, D), recomputed
-        // A frozen MLP output passes nothing back into the MLP.
+                                                         // A frozen MLP output passes nothing back into the MLP.
         let d_mlp_through = match kept {
             Some(kept) => {
                 let mut d = d_mlp_out.clone(); // (N, D)
@@ -547,8 +547,8 @@ fn gradients_inner(
         };
         let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_in.view(), d_mlp_x.view()); // (N, D)
-        // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
-        // input, rebuilt or not, is the stream it reads + constants).
+                                                                                      // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
+                                                                                      // input, rebuilt or not, is the stream it reads + constants).
         let d_mid = if parallel {
             d_resid.clone()
         } else {
