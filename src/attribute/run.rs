@@ -116,11 +116,11 @@ pub fn score_session(
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
     let targets: Vec<Targets> = clean
         .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
+        .map(|p| {
+            let (answer, distractor) = p.targets()?;
+            Ok(Targets { answer, distractor })
         })
-        .collect();
+        .collect::<Result<_, crate::data::DataError>>()?;
     let slots: Vec<Vec<String>> = clean
         .iter()
         .map(|p| slot_names(&prompt_slots(p).slots))

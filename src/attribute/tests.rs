@@ -55,9 +55,9 @@ fn fixture(text: &str, edge_heads: bool) -> Fixture {
         ids: clean.iter().map(|p| p.ids.clone()).collect(),
         targets: clean
             .iter()
-            .map(|p| Targets {
-                answer: p.answer_id,
-                distractor: p.distractor_id,
+            .map(|p| {
+                let (answer, distractor) = p.targets().unwrap();
+                Targets { answer, distractor }
             })
             .collect(),
         slots: clean

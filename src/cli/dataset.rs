@@ -208,6 +208,14 @@ fn set_name(set: PromptSet) -> &'static str {
     }
 }
 
+/// `answer " 5" = 642`, or `no answer` (a reference prompt may have none: none is read).
+fn target_text(tokenizer: &Tokenizer, what: &str, text: &Option<String>, ids: &[u32]) -> String {
+    match text {
+        Some(text) => format!("{what} {text:?} {}", ids_text(tokenizer, ids)),
+        None => format!("no {what}"),
+    }
+}
+
 fn ids_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     match ids {
         [only] => format!("= {only}"),
@@ -267,14 +275,12 @@ fn inspect_text(
     );
     for p in &inspection.prompts {
         out.push_str(&format!(
-            "\n{} {}: {:?}\n  answer {:?} {}, distractor {:?} {}\n",
+            "\n{} {}: {:?}\n  {}, {}\n",
             set_name(p.set),
             p.index,
             p.record.prompt,
-            p.record.answer,
-            ids_text(tokenizer, &p.answer_ids),
-            p.record.distractor,
-            ids_text(tokenizer, &p.distractor_ids),
+            target_text(tokenizer, "answer", &p.record.answer, &p.answer_ids),
+            target_text(tokenizer, "distractor", &p.record.distractor, &p.distractor_ids),
         ));
         if let Some(tokens) = p.token_rows(tokenizer) {
             let rows: Vec<[String; 5]> = tokens

@@ -133,11 +133,11 @@ impl<'a> Session<'a> {
             ids: clean.iter().map(|p| p.ids.clone()).collect(),
             targets: clean
                 .iter()
-                .map(|p| Targets {
-                    answer: p.answer_id,
-                    distractor: p.distractor_id,
+                .map(|p| {
+                    let (answer, distractor) = p.targets()?;
+                    Ok(Targets { answer, distractor })
                 })
-                .collect(),
+                .collect::<Result<_, data::DataError>>()?,
             positions: clean
                 .iter()
                 .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions + 'a>)
