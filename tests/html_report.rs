@@ -465,6 +465,7 @@ fn made_up_report(circuit: &BoundCircuit) -> FileReport {
             n_prompts: 64,
             reference: "synthetic: reference prompts".to_string(),
             n_reference: 64,
+            overrides: Vec::new(),
         },
         settings: SettingsReport {
             metric: "logit_diff",

@@ -13,7 +13,7 @@ use circuit::data::builtin::{is_builtin, BUILTINS};
 use circuit::data::inspect::{inspect as inspect_dataset, Inspection};
 use circuit::data::tokenized::describe_tokens;
 use circuit::data::{jsonl, Dataset, DatasetSource, ParamValue, PromptSet};
-use circuit::model::{ModelSource, Tokenizer};
+use circuit::model::Tokenizer;
 use circuit::util::outputs::{check_outputs, Output};
 
 use super::format::{Format, TextOrJsonArgs};
@@ -225,10 +225,7 @@ fn ids_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
 
 fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     let source = dataset_source(&args.dataset, &args.params)?;
-    let model = match &args.model {
-        Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),
-        None => ModelSource::default_model(),
-    };
+    let model = super::settings::model_source(args.model.as_deref())?;
     // Named as the user wrote it, so the output does not depend on the working directory.
     let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
     let tokenizer = Tokenizer::open(&model)?;

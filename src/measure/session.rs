@@ -127,6 +127,7 @@ impl<'a> Session<'a> {
             n_prompts: clean.len(),
             reference: reference_name(&settings.reference, &settings.dataset),
             n_reference: n_reference_records,
+            overrides: settings.overrides.clone(),
         };
 
         let prompts = EvalPrompts {

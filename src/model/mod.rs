@@ -17,6 +17,7 @@ mod cache;
 pub mod config;
 mod error;
 mod gpt2;
+pub mod hub;
 pub mod interventions;
 pub mod linalg;
 mod llama;

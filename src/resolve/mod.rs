@@ -16,6 +16,7 @@ mod circuits;
 pub mod diagnostics;
 mod expectations;
 mod groups;
+pub mod overrides;
 mod positions;
 pub mod revision;
 mod settings;
@@ -137,6 +138,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct ResolveOptions {
     /// Use this model instead of the file's `model` setting (`--model DIR`).
     pub model_override: Option<ModelSource>,
+    /// `--set KEY=VALUE`, applied in order over the file's settings (`model` is
+    /// `model_override`'s business: the CLI turns it into that).
+    pub overrides: Vec<overrides::SettingOverride>,
 }
 
 /// A resolved file and the warnings found on the way.
