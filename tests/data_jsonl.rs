@@ -252,14 +252,27 @@ fn unpaired_reference_lines_need_neither_labels_nor_answers() {
     let dataset = parse_str(text).unwrap();
     let reference = &dataset.reference[0];
     assert!(reference.slots.is_empty());
-    assert_eq!((reference.answer.as_ref(), reference.distractor.as_ref()), (None, None));
+    assert_eq!(
+        (reference.answer.as_ref(), reference.distractor.as_ref()),
+        (None, None)
+    );
     // The labels a circuit may name are the evaluated prompts' (a reference prompt's labels
     // are read only under `align by label`, which checks them itself).
     assert_eq!(dataset.common_labels(), ["S1", "S2"]);
     // Written back without the absent fields, and read back to the same dataset.
     let written = write(&dataset);
-    assert!(written.lines().nth(1).unwrap().contains(r#""set":"reference""#), "{written}");
-    assert!(!written.lines().nth(1).unwrap().contains("answer"), "{written}");
+    assert!(
+        written
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(r#""set":"reference""#),
+        "{written}"
+    );
+    assert!(
+        !written.lines().nth(1).unwrap().contains("answer"),
+        "{written}"
+    );
     assert_eq!(parse_str(&written).unwrap(), dataset);
 }
 

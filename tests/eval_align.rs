@@ -344,7 +344,8 @@ fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
 /// Two evaluated prompts of one template, then `set: "reference"` lines: with `labelled`, as
 /// the clean records are written (slots, answer, distractor); without, bare prompts.
 fn unpaired(labelled: bool) -> String {
-    let template = "Cake done in {S1}. Boat done in {S2}. Book done in {S3}. Coat done in {S4}. Hat done in";
+    let template =
+        "Cake done in {S1}. Boat done in {S2}. Book done in {S3}. Coat done in {S4}. Hat done in";
     let fill = |n: [u32; 4]| {
         format!(
             r#""template": "{template}", "fillers": {{"S1": "{}", "S2": "{}", "S3": "{}", "S4": "{}"}}"#,
@@ -385,7 +386,10 @@ fn unpaired_reference_prompts_need_labels_only_under_align_by_label_and_never_an
         let path = dir.path().join(format!("unpaired_{labelled}.jsonl"));
         std::fs::write(&path, unpaired(labelled)).unwrap();
         let dataset = format!("{:?}", path.to_str().unwrap());
-        format!("{}{CIRCUITS}", header(&dataset, "d.corrupt", ablation, align))
+        format!(
+            "{}{CIRCUITS}",
+            header(&dataset, "d.corrupt", ablation, align)
+        )
     };
     // By position no reference label or answer is read: bare reference prompts resolve (the
     // circuits name S1..S4) and give the numbers of the same prompts with labels and answers.
@@ -414,6 +418,9 @@ fn unpaired_reference_prompts_need_labels_only_under_align_by_label_and_never_an
     std::fs::write(dir.path().join("unpaired_true.jsonl"), no_answers).unwrap();
     let path = dir.path().join("unpaired_true.jsonl");
     let dataset = format!("{:?}", path.to_str().unwrap());
-    let text = format!("{}{CIRCUITS}", header(&dataset, "d.corrupt", "mean", "label"));
+    let text = format!(
+        "{}{CIRCUITS}",
+        header(&dataset, "d.corrupt", "mean", "label")
+    );
     run(&text).unwrap();
 }

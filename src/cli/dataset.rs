@@ -277,7 +277,12 @@ fn inspect_text(
             p.index,
             p.record.prompt,
             target_text(tokenizer, "answer", &p.record.answer, &p.answer_ids),
-            target_text(tokenizer, "distractor", &p.record.distractor, &p.distractor_ids),
+            target_text(
+                tokenizer,
+                "distractor",
+                &p.record.distractor,
+                &p.distractor_ids
+            ),
         ));
         if let Some(tokens) = p.token_rows(tokenizer) {
             let rows: Vec<[String; 5]> = tokens

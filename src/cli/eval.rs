@@ -8,9 +8,9 @@ use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 
 use super::cache::CacheArgs;
-use super::settings::SettingArgs;
 use super::format::{Format, FormatArgs};
 use super::progress::Progress;
+use super::settings::SettingArgs;
 use circuit::report::FileReport;
 use circuit::resolve::{load_file, RealEnvironment, Resolved};
 use circuit::util::outputs::{check_outputs, Output};
@@ -157,7 +157,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 .join(", ")
         ));
     }
-    for (flag, given) in [("--svg", args.svg.is_some()), ("--html", args.html.is_some())] {
+    for (flag, given) in [
+        ("--svg", args.svg.is_some()),
+        ("--html", args.html.is_some()),
+    ] {
         if given {
             return Err(miette::miette!(
                 code = "circuit::eval::one_picture",
@@ -211,11 +214,7 @@ fn evaluate_one(args: &Args, file: &Path) -> miette::Result<String> {
             .chain(&args.svg)
             .map(|p| p.as_path())
             .collect();
-        super::show::check_output(
-            path,
-            &super::show::inputs_of(file, &resolved.file),
-            &others,
-        )?;
+        super::show::check_output(path, &super::show::inputs_of(file, &resolved.file), &others)?;
     }
     // Before the evaluation: a bad path fails in a second, not after minutes of work.
     let mut inputs = vec![file.to_path_buf()];
@@ -231,11 +230,7 @@ fn evaluate_one(args: &Args, file: &Path) -> miette::Result<String> {
         .collect();
     check_outputs(&outputs, &inputs)?;
     let run = evaluate(&resolved, &args.circuits, &args.cache)?;
-    let report = FileReport::new(
-        &file.display().to_string(),
-        &resolved.file.settings,
-        &run,
-    );
+    let report = FileReport::new(&file.display().to_string(), &resolved.file.settings, &run);
     let text = match args.format.format() {
         Format::Json => report.to_json(),
         Format::Markdown => report.to_markdown(),

@@ -128,7 +128,13 @@ pub fn inspect_record<'a>(
     let mut plain = |text: &Option<String>, what: &'static str| match text {
         None => {
             if set == PromptSet::Clean {
-                errors.push(DataError::MissingAnswer { prompt: id.clone(), what }.to_string());
+                errors.push(
+                    DataError::MissingAnswer {
+                        prompt: id.clone(),
+                        what,
+                    }
+                    .to_string(),
+                );
             }
             Vec::new()
         }

@@ -128,7 +128,9 @@ fn build_record(
     // A clean prompt's answer and distractor are read by the metric; a reference prompt's by
     // no setting, so it may leave them out (a paired one inherits the clean record's).
     let inherited = |own: &Option<String>, what: &str, pick: fn(&Record) -> &Option<String>| {
-        let value = own.clone().or_else(|| base.and_then(|(_, r)| pick(r).clone()));
+        let value = own
+            .clone()
+            .or_else(|| base.and_then(|(_, r)| pick(r).clone()));
         match value {
             None if set == PromptSet::Clean => Err(format!(
                 "missing `{what}` (the metric reads the {what}'s logit at END of every evaluated prompt; reference prompts need none)"
@@ -240,8 +242,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
                             "a `reference` holds no `reference` or `set` of its own".into(),
                         ));
                     }
-                    let paired = build_record(reference, PromptSet::Reference, Some((&raw, &record)))
-                        .map_err(|m| err(format!("reference: {m}")))?;
+                    let paired =
+                        build_record(reference, PromptSet::Reference, Some((&raw, &record)))
+                            .map_err(|m| err(format!("reference: {m}")))?;
                     paired_reference.push((line_number, paired));
                     first_paired.get_or_insert(line_number);
                 } else {
@@ -333,7 +336,10 @@ fn record_json(record: &Record) -> Map<String, Value> {
     let mut object = Map::new();
     object.insert("prompt".into(), json!(record.prompt));
     object.insert("slots".into(), Value::Object(slots));
-    for (key, value) in [("answer", &record.answer), ("distractor", &record.distractor)] {
+    for (key, value) in [
+        ("answer", &record.answer),
+        ("distractor", &record.distractor),
+    ] {
         if let Some(value) = value {
             object.insert(key.into(), json!(value));
         }

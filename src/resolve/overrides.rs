@@ -217,7 +217,10 @@ mod tests {
     #[test]
     fn keys_and_values_are_checked_with_a_did_you_mean() {
         let o = SettingOverride::parse(" metric = prob ").unwrap();
-        assert_eq!((o.text.as_str(), &o.setting), ("metric=prob", &Override::Metric(Metric::Prob)));
+        assert_eq!(
+            (o.text.as_str(), &o.setting),
+            ("metric=prob", &Override::Metric(Metric::Prob))
+        );
         assert_eq!(
             SettingOverride::parse("dataset.n=256").unwrap().setting,
             Override::DatasetParam("n".into(), ParamValue::Int(256))
@@ -228,7 +231,13 @@ mod tests {
         let e = SettingOverride::parse("ablation=zer").unwrap_err();
         assert_eq!(e.code, code::BAD_OVERRIDE);
         assert!(e.help.starts_with("did you mean `zero`?"), "{}", e.help);
-        assert_eq!(SettingOverride::parse("metric").unwrap_err().code, code::UNKNOWN_SETTING);
-        assert_eq!(SettingOverride::parse("metric=").unwrap_err().code, code::BAD_OVERRIDE);
+        assert_eq!(
+            SettingOverride::parse("metric").unwrap_err().code,
+            code::UNKNOWN_SETTING
+        );
+        assert_eq!(
+            SettingOverride::parse("metric=").unwrap_err().code,
+            code::BAD_OVERRIDE
+        );
     }
 }
