@@ -351,6 +351,54 @@ impl Model {
     }
 }
 
+/// The config's layer count against the weights' headers (no tensor is read): run before
+/// anything is allocated or expanded from config values, by the loaders and, through
+/// [`check_config_against_weights`], by `circuit check`.
+pub(crate) fn check_layer_count(
+    config: &ModelConfig,
+    files: &WeightFiles,
+) -> Result<(), ModelError> {
+    let (field, in_file) = match config.architecture {
+        Architecture::Gpt2 => {
+            let prefix = if files.contains("transformer.wte.weight") {
+                "transformer."
+            } else {
+                ""
+            };
+            let count = files.layer_count(|i| format!("{prefix}h.{i}.ln_1.weight"));
+            ("n_layer", count)
+        }
+        Architecture::Llama => {
+            let count = files.layer_count(|i| format!("model.layers.{i}.input_layernorm.weight"));
+            ("num_hidden_layers", count)
+        }
+    };
+    if in_file != config.n_layers {
+        return Err(ModelError::LayerCount {
+            path: files.main_path().to_path_buf(),
+            field: field.to_string(),
+            config: config.n_layers,
+            weights: in_file,
+        });
+    }
+    Ok(())
+}
+
+/// For a model folder's config read alone (`circuit check`): its layer count checked against
+/// the weights' safetensors headers, which are mapped but whose tensors are not read, so that
+/// `n_layer: 1000000000` is an error before `*` is expanded over it. A folder without weights
+/// (a config for checking only) has nothing to check against.
+pub fn check_config_against_weights(dir: &Path, config: &ModelConfig) -> Result<(), ModelError> {
+    let has_weights = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .any(|name| dir.join(name).exists());
+    if !has_weights {
+        return Ok(());
+    }
+    let files = WeightFiles::open_dir(dir, architecture_name(config))?;
+    check_layer_count(config, &files)
+}
+
 fn architecture_name(config: &ModelConfig) -> &'static str {
     match config.architecture {
         Architecture::Gpt2 => "GPT-2",

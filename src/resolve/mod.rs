@@ -69,7 +69,13 @@ impl Environment for RealEnvironment {
                 return Err(format!("the model folder {} does not exist", dir.display()));
             }
         }
-        source.config().map_err(|e| error_chain(&e))
+        let config = source.config().map_err(|e| error_chain(&e))?;
+        // Before any `*` is expanded over the config's layers: they must be the weights'.
+        if let ModelSource::Dir(dir) = source {
+            crate::model::check_config_against_weights(dir, &config)
+                .map_err(|e| error_chain(&e))?;
+        }
+        Ok(config)
     }
 
     fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
