@@ -26,6 +26,17 @@ impl ModelSource {
         super::hub::locate(spec, base_dir.join(spec), &roots).map(ModelSource::Dir)
     }
 
+    /// `spec` as a built-in model's name or else a folder relative to `base_dir`, without
+    /// looking at the disk (what a resolver that does not read the world, as the docs' tests,
+    /// takes a `model` setting to mean).
+    pub fn named(spec: &str, base_dir: &Path) -> ModelSource {
+        if super::builtin::is_builtin(spec) {
+            ModelSource::Builtin(spec.to_string())
+        } else {
+            ModelSource::Dir(base_dir.join(spec))
+        }
+    }
+
     /// The built-in default model: what every command uses when no model is named.
     pub fn default_model() -> ModelSource {
         ModelSource::Builtin(super::builtin::DEFAULT_MODEL_NAME.to_string())

@@ -25,6 +25,7 @@ pub mod value;
 use std::path::Path;
 
 use crate::data::DatasetSource;
+use crate::model::hub::ModelNotFound;
 use crate::model::{ModelConfig, ModelSource};
 pub use crate::syntax::{Diagnostics, Severity, SourceDiagnostic, SourceFile};
 use bound::BoundFile;
@@ -41,6 +42,13 @@ pub trait Environment {
     /// a prompt that lacks it, for the unknown-label help. Asked only when a label is unknown.
     fn dataset_partial_labels(&self, _source: &DatasetSource) -> Vec<PartialLabel> {
         Vec::new()
+    }
+    /// The model a `model "SPEC"` setting names, relative to `base_dir` (the file's folder).
+    /// By default the name alone decides (a built-in name, else a folder, not looked at);
+    /// [`RealEnvironment`] also looks in the local HuggingFace hub cache
+    /// ([`ModelSource::parse`]).
+    fn model_source(&self, spec: &str, base_dir: &Path) -> Result<ModelSource, ModelNotFound> {
+        Ok(ModelSource::named(spec, base_dir))
     }
     /// Whether the model's tokenizer adds a BOS token (`None`: unknown). Asked only when a file
     /// names `BOS` or a label is unknown. Must not read weights.
@@ -63,6 +71,10 @@ pub struct PartialLabel {
 pub struct RealEnvironment;
 
 impl Environment for RealEnvironment {
+    fn model_source(&self, spec: &str, base_dir: &Path) -> Result<ModelSource, ModelNotFound> {
+        ModelSource::parse(spec, base_dir)
+    }
+
     fn model_config(&self, source: &ModelSource) -> Result<ModelConfig, String> {
         if let ModelSource::Dir(dir) = source {
             if !dir.is_dir() {

@@ -60,7 +60,7 @@ impl<'a> Binder<'a> {
             }
             match &item.kind {
                 ast::ItemKind::Model(s) => {
-                    model = Some((ModelSource::parse(&s.value, base_dir), item.span.clone()))
+                    model = Some((env.model_source(&s.value, base_dir), item.span.clone()))
                 }
                 ast::ItemKind::Dataset { name, source } => {
                     if let Some(prev) = datasets.iter().find(|d| d.0 == name.name) {
