@@ -4,7 +4,8 @@
 
 mod cli_support;
 
-use cli_support::{circuit, stderr, stdout};
+use circuit::model::{ForwardOptions, Model, ModelSource, NoInterventions};
+use cli_support::{assert_fails, circuit, stderr, stdout};
 use serde_json::Value;
 
 const NUMERALS: &str = "circuits/toy-seqcont/numerals.circuit";
@@ -58,12 +59,10 @@ fn eval_takes_several_files_and_folders_one_report_each_in_order() {
     );
 
     // Pictures are of one file.
-    let o = circuit(&["eval", NUMERALS, LETTERS, "--svg", "x.svg"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("circuit::eval::one_picture"),
-        "{}",
-        stderr(&o)
+    assert_fails(
+        &["eval", NUMERALS, LETTERS, "--svg", "x.svg"],
+        2,
+        "circuit::eval::one_picture",
     );
 }
 
@@ -142,13 +141,8 @@ fn set_refuses_unknown_keys_and_values_with_a_did_you_mean() {
             "KEY=VALUE",
         ),
     ] {
-        let o = circuit(&args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(code) && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        let err = assert_fails(&args, 2, code);
+        assert!(err.contains(needle), "{args:?}: {err}");
     }
     // A parameter of a file dataset, and a parameter the generator does not take.
     let dir = tempfile::tempdir().unwrap();
@@ -161,19 +155,15 @@ fn set_refuses_unknown_keys_and_values_with_a_did_you_mean() {
         ),
     )
     .unwrap();
-    let o = circuit(&["check", path.to_str().unwrap(), "--set", "dataset.n=3"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("circuit::resolve::bad_override"),
-        "{}",
-        stderr(&o)
+    assert_fails(
+        &["check", path.to_str().unwrap(), "--set", "dataset.n=3"],
+        1,
+        "circuit::resolve::bad_override",
     );
-    let o = circuit(&["check", NUMERALS, "--set", "dataset.m=3"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("circuit::resolve::dataset"),
-        "{}",
-        stderr(&o)
+    assert_fails(
+        &["check", NUMERALS, "--set", "dataset.m=3"],
+        1,
+        "circuit::resolve::dataset",
     );
 }
 
@@ -233,7 +223,7 @@ fn test_says_when_a_file_has_no_expectations_and_refuses_to_pass_on_nothing() {
 
 #[test]
 fn run_attention_as_json_prints_the_patterns_numbers() {
-    let o = circuit(&[
+    let args = [
         "run",
         "--prompt",
         "1 2 3",
@@ -243,59 +233,46 @@ fn run_attention_as_json_prints_the_patterns_numbers() {
         "0.2",
         "--format",
         "json",
-    ]);
+    ];
+    let o = circuit(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let doc = json(&stdout(&o));
     assert_eq!(doc["tokens"], serde_json::json!([" 1", " 2", " 3"]));
+    // The engine's own pattern from its activation cache, `(B, H, T, T)`.
+    let model = Model::open(&ModelSource::default_model()).unwrap();
+    let ids = model.encode_prompt("1 2 3").unwrap();
+    let options = ForwardOptions {
+        cache: true,
+        ..ForwardOptions::default()
+    };
+    let out = model.forward(&[ids], &options, &NoInterventions).unwrap();
+    let cache = out.cache.unwrap();
     let heads = doc["heads"].as_array().unwrap();
-    assert_eq!(
-        (heads[0]["layer"].as_u64(), heads[0]["head"].as_u64()),
-        (Some(1), Some(0))
-    );
-    assert_eq!(
-        (heads[1]["layer"].as_u64(), heads[1]["head"].as_u64()),
-        (Some(0), Some(2))
-    );
-    for head in heads {
-        let rows = head["pattern"].as_array().unwrap();
-        assert_eq!(rows.len(), 3);
-        for (q, row) in rows.iter().enumerate() {
-            let row: Vec<f64> = row
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            // Causal: nothing after the query; the rest sums to one.
-            assert!(row[q + 1..].iter().all(|&w| w == 0.0), "{row:?}");
-            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
-        }
+    for (head, (layer, h)) in heads.iter().zip([(1, 0), (0, 2)]) {
+        assert_eq!(
+            (head["layer"].as_u64(), head["head"].as_u64()),
+            (Some(layer), Some(h))
+        );
+        let pattern = &cache.layers[layer as usize].pattern;
+        let expected: Vec<Vec<f32>> = (0..3)
+            .map(|q| (0..3).map(|k| pattern[[0, h as usize, q, k]]).collect())
+            .collect();
+        let printed: Vec<Vec<f32>> = serde_json::from_value(head["pattern"].clone()).unwrap();
+        assert_eq!(printed, expected, "head {layer}.{h}");
     }
-    // The numbers are the heatmap's: with --svg as well, both come out.
+    // With --svg as well, both come out, the numbers unchanged.
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("a.svg");
-    let both = circuit(&[
-        "run",
-        "--prompt",
-        "1 2 3",
-        "--attention",
-        "1.0",
-        "--attention",
-        "0.2",
-        "--format",
-        "json",
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let mut with_svg = args.to_vec();
+    with_svg.extend(["--svg", svg.to_str().unwrap()]);
+    let both = circuit(&with_svg);
     assert!(both.status.success(), "{}", stderr(&both));
     assert_eq!(json(&stdout(&both)), doc);
     assert!(svg.exists());
     // Neither: a coded error.
-    let o = circuit(&["run", "--prompt", "1 2 3", "--attention", "1.0"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("circuit::run::attention_output"),
-        "{}",
-        stderr(&o)
+    assert_fails(
+        &["run", "--prompt", "1 2 3", "--attention", "1.0"],
+        2,
+        "circuit::run::attention_output",
     );
 }
