@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 use circuit::measure::{PromptMetrics, ALL_METRICS};
-use circuit::resolve::RealEnvironment;
 use circuit::resolve::{resolve_source, ResolveOptions};
+use circuit::resolve::{RealEnvironment, Severity};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/align")
@@ -405,14 +405,50 @@ fn unpaired_reference_prompts_need_labels_only_under_align_by_label_and_never_an
         }
     }
     // By label the reference prompts' labels are read: a bare one is an error naming the
-    // prompt, the label and the setting that reads it.
-    let err = run(&source(false, "mean", "label")).err().unwrap();
-    let code = err.code().map(|c| c.to_string()).unwrap_or_default();
-    assert_eq!(code, "circuit::data::reference_label");
+    // prompt, the label and the setting that reads it; `check` finds it (at `align by label`)...
+    let message = "reference prompt 0 (\"Cake done in 56. Boat done in 6. Book done in 20. Coat done in 88. Hat done in\") has no label `S1`, which every evaluated prompt has; `align by label` reads it (reference statistics are matched per labelled slot)";
+    let diagnostics = resolve_source(
+        "align.circuit",
+        &source(false, "mean", "label"),
+        &fixtures(),
+        &RealEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_err();
+    let error = diagnostics
+        .items
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .unwrap();
+    assert_eq!(error.code, "circuit::resolve::reference");
+    assert_eq!(error.message, message);
+    // ... and so does evaluation, before any forward pass, for whoever evaluates unchecked.
+    let path = dir.path().join("unpaired_false.jsonl");
+    let dataset = circuit::data::load(&circuit::data::DatasetSource::File(path)).unwrap();
+    let model = circuit::model::Model::open(&circuit::model::ModelSource::default_model()).unwrap();
+    let tokenized = circuit::data::tokenize_dataset(&dataset, &model.tokenizer).unwrap();
+    let err = circuit::data::check_reference(
+        circuit::data::Pairing::Pooled,
+        true,
+        &tokenized.clean,
+        &tokenized.reference,
+    )
+    .unwrap_err();
     assert_eq!(
-        err.to_string(),
-        "reference prompt 0 (\"Cake done in 56. Boat done in 6. Book done in 20. Coat done in 88. Hat done in\") has no label `S1`, which every evaluated prompt has; `align by label` reads it (reference statistics are matched per labelled slot)"
+        miette::Diagnostic::code(&err)
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("circuit::data::reference_label")
     );
+    assert_eq!(err.to_string(), message);
+    // By position the same prompts pass the check.
+    circuit::data::check_reference(
+        circuit::data::Pairing::Pooled,
+        false,
+        &tokenized.clean,
+        &tokenized.reference,
+    )
+    .unwrap();
     // Labelled reference prompts without answers are fine by label too.
     let no_answers = unpaired(true).replace(", \"answer\": \" 1\", \"distractor\": \" 2\"", "");
     std::fs::write(dir.path().join("unpaired_true.jsonl"), no_answers).unwrap();

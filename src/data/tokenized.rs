@@ -610,6 +610,25 @@ pub fn check_reference_lengths(
     }
 }
 
+/// The one rule for reference prompts' labels under `align by label`: the first reference
+/// prompt (its index) lacking a label every evaluated prompt has, and that label. Each prompt is
+/// given as its slot labels.
+pub fn reference_label_gap(
+    evaluated: &[Vec<String>],
+    reference: &[Vec<String>],
+) -> Option<(usize, String)> {
+    let first = evaluated.first()?;
+    let common = first
+        .iter()
+        .filter(|label| evaluated.iter().all(|p| p.contains(label)));
+    for label in common {
+        if let Some(r) = reference.iter().position(|r| !r.contains(label)) {
+            return Some((r, label.clone()));
+        }
+    }
+    None
+}
+
 /// [`check_reference_lengths`] on tokenized prompts, naming them by their [`PromptId`]s; and
 /// under `align by label` (`by_label`), which reads reference prompts' labels to match slots,
 /// every reference prompt must carry every label all evaluated prompts carry (under `align by
@@ -621,19 +640,14 @@ pub fn check_reference(
     reference: &[TokenizedPrompt],
 ) -> Result<(), DataError> {
     if by_label {
-        if let Some(first) = evaluated.first() {
-            let common = first
-                .slots
-                .keys()
-                .filter(|label| evaluated.iter().all(|p| p.slots.contains_key(*label)));
-            for label in common {
-                if let Some(lacking) = reference.iter().find(|r| !r.slots.contains_key(label)) {
-                    return Err(DataError::ReferenceLabel {
-                        prompt: lacking.id(),
-                        label: label.clone(),
-                    });
-                }
-            }
+        let labels = |p: &TokenizedPrompt| p.slots.keys().cloned().collect::<Vec<_>>();
+        let evaluated_labels: Vec<Vec<String>> = evaluated.iter().map(labels).collect();
+        let reference_labels: Vec<Vec<String>> = reference.iter().map(labels).collect();
+        if let Some((r, label)) = reference_label_gap(&evaluated_labels, &reference_labels) {
+            return Err(DataError::ReferenceLabel {
+                prompt: reference[r].id(),
+                label,
+            });
         }
     }
     let lens =

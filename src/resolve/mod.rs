@@ -43,6 +43,16 @@ pub trait Environment {
     fn dataset_partial_labels(&self, _source: &DatasetSource) -> Vec<PartialLabel> {
         Vec::new()
     }
+    /// Under `align by label`: a reference prompt lacking a label every evaluated prompt has,
+    /// as the message naming both (`None`: none, or unknown). Asked only when the settings read
+    /// reference labels.
+    fn reference_label_gap(
+        &self,
+        _dataset: &DatasetSource,
+        _reference: &bound::ReferenceSet,
+    ) -> Option<String> {
+        None
+    }
     /// The model a `model "SPEC"` setting names, relative to `base_dir` (the file's folder).
     /// By default the name alone decides (a built-in name, else a folder, not looked at);
     /// [`RealEnvironment`] also looks in the local HuggingFace hub cache
@@ -127,6 +137,35 @@ impl Environment for RealEnvironment {
             }
         }
         out
+    }
+
+    fn reference_label_gap(
+        &self,
+        dataset: &DatasetSource,
+        reference: &bound::ReferenceSet,
+    ) -> Option<String> {
+        use crate::data::{record::prompt_id, PromptSet};
+        let evaluated = crate::data::load(dataset).ok()?;
+        let reference_records = match reference {
+            bound::ReferenceSet::Clean => return None,
+            bound::ReferenceSet::Corrupt => evaluated.reference.clone(),
+            bound::ReferenceSet::Dataset(other) => crate::data::load(other).ok()?.clean,
+        };
+        let labels = |records: &[crate::data::Record]| -> Vec<Vec<String>> {
+            records
+                .iter()
+                .map(|r| r.slots.keys().cloned().collect())
+                .collect()
+        };
+        let (r, label) = crate::data::tokenized::reference_label_gap(
+            &labels(&evaluated.clean),
+            &labels(&reference_records),
+        )?;
+        let error = crate::data::DataError::ReferenceLabel {
+            prompt: prompt_id(PromptSet::Reference, r, &reference_records[r]),
+            label,
+        };
+        Some(error.to_string())
     }
 
     fn tokenizer_adds_bos(&self, source: &ModelSource) -> Option<bool> {

@@ -274,6 +274,19 @@ impl<'a> Binder<'a> {
                 }
             }
         }
+        // Only `align by label` reads reference prompts' labels (and no ablation by zero reads
+        // reference prompts at all): there they must carry the evaluated prompts' labels.
+        if alignment == Alignment::Label && ablation != AblationKind::Zero {
+            if let Some(message) = env.reference_label_gap(&evaluated.0, &reference_set) {
+                let mut d = SourceDiagnostic::error(code::REFERENCE, message).with_help(
+                    "label it in every reference prompt, or use `align by position` (the default), which reads no reference prompt's labels",
+                );
+                if let Some(span) = seen.get("align") {
+                    d = d.with_label(span.clone(), "reads reference prompts' labels");
+                }
+                self.error(d);
+            }
+        }
         for (name, _, name_span, _) in &datasets {
             if !used_datasets.contains(name) {
                 self.error(
