@@ -312,6 +312,7 @@ fn the_real_environment_reads_config_json() {
     assert!(resolved.warnings.is_empty());
     let override_model = ResolveOptions {
         model_override: Some(ModelSource::Dir(PathBuf::from("/nonexistent/model"))),
+        ..ResolveOptions::default()
     };
     let err = load_file(&path, &RealEnvironment, &override_model).unwrap_err();
     assert_eq!(err.items[0].code, "circuit::resolve::model");
