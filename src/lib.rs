@@ -23,5 +23,6 @@ pub mod model;
 pub mod plan;
 pub mod report;
 pub mod resolve;
+pub mod scan;
 pub mod syntax;
 pub mod util;
