@@ -207,7 +207,8 @@ fn inspect_rejects_generator_flags_on_files_and_missing_files() {
             "no/such/dir",
         ],
         2,
-        "tokenizer.json",
+        // Found nowhere: not a folder, nor a hub name in the local HuggingFace cache.
+        "circuit::model::not_found",
     );
     assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join(GPT2).exists());
 }
