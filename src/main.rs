@@ -36,6 +36,9 @@ enum Command {
     /// Attribution scores (eap, eap-ig, attention, qkvo, dla) of every head, MLP, QK edge or
     /// path edge, ranked.
     Scores(cli::scores::Args),
+    /// Find a circuit reaching a target faithfulness: rank candidates by a score, check by exact
+    /// evaluations, prune, and write it as a .circuit file.
+    Discover(cli::discover::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
     /// Evaluate a .circuit file and draw it as a self-contained HTML page.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Test(args) => cli::test::execute(args),
         Command::Scores(args) => cli::scores::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
+        Command::Discover(args) => cli::discover::execute(args),
         Command::Show(args) => cli::show::execute(args),
         Command::Cache(args) => cli::cache::execute(args),
     };

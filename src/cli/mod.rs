@@ -5,6 +5,7 @@ pub mod cache;
 pub mod check;
 pub mod dataset;
 pub mod diff;
+pub mod discover;
 pub mod eval;
 pub mod fmt;
 pub mod format;
