@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long = "circuit", value_name = "BASE")]
     pub circuit: Option<String>,
     /// The faithfulness the found circuit must reach, in (0, 1.5].
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
     pub target: f64,
     /// The score candidates are ranked by (relative to the full model).
     #[arg(long, value_enum, default_value = "eap-ig")]

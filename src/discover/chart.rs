@@ -52,7 +52,8 @@ pub fn curve_chart(d: &Discovery, title: &str) -> String {
         ],
     };
     let top = header.bottom() + 20.0;
-    let width = (LEFT + PLOT_WIDTH + MARGIN * 2.0).max(header.width() + 2.0 * MARGIN);
+    // Room right of the plot for the reference lines' labels.
+    let width = (LEFT + PLOT_WIDTH + MARGIN * 2.0 + 80.0).max(header.width() + 2.0 * MARGIN);
     let height = top + PLOT_HEIGHT + 50.0;
     let mut svg = Svg::new(width, height);
     header.draw(&mut svg);
@@ -159,7 +160,7 @@ pub fn curve_chart(d: &Discovery, title: &str) -> String {
     svg.text(
         "point-label",
         fx + 8.0,
-        fy - 8.0,
+        fy + 16.0,
         Anchor::Start,
         &format!("found ({})", d.found.len()),
     );
