@@ -386,3 +386,59 @@ fn the_curve_svg_is_written_and_deterministic() {
     assert_eq!(first.matches(r#"class="point""#).count(), 10);
     assert!(first.contains(r#"class="found""#));
 }
+
+#[test]
+fn the_committed_found_files_are_what_discover_writes_today() {
+    // The heavy runs are committed (circuits/toy-seqcont/found/); these two are re-run here.
+    let dir = tempfile::tempdir().unwrap();
+    for granularity in ["nodes", "qk-edges"] {
+        let out = dir.path().join(format!("{granularity}.circuit"));
+        ok(&run(
+            &[
+                "discover",
+                "circuits/toy-seqcont/numerals_template.circuit",
+                "--target",
+                "0.9",
+                "--granularity",
+                granularity,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            "2",
+        ));
+        let committed = cli_support::root().join(format!(
+            "circuits/toy-seqcont/found/numerals_template_{granularity}.circuit"
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(&committed).unwrap(),
+            "{} is stale: re-run circuit discover",
+            committed.display()
+        );
+    }
+}
+
+#[test]
+fn on_stories260k_discovery_runs_end_to_end_and_its_output_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pronoun.circuit");
+    let report = json(&run(
+        &[
+            "discover",
+            "circuits/stories260K/pronoun.circuit",
+            "--target",
+            "0.9",
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    assert!(report["faithfulness"].as_f64().unwrap() >= 0.9);
+    // The model and dataset paths were rebased to the output's folder.
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("shared/models/stories260K\""), "{text}");
+    let test = ok(&run(&["test", out.to_str().unwrap()], "2"));
+    assert!(test.contains("1 passed, 0 failed"), "{test}");
+}

@@ -49,24 +49,35 @@ fn header(d: &Discovery, command: &str) -> Vec<String> {
             d.rank.name(),
             match d.prefix_k {
                 Some(k) => format!(
-                    "the top {k} reach faithfulness {:.4}, pruned from the output backwards to {} components: {:.4}.",
-                    d.prefix_faithfulness, d.found.len(), d.faithfulness
+                    "the top {k} reach faithfulness {:.4};",
+                    d.prefix_faithfulness
                 ),
                 None => format!(
-                    "target {} out of reach; the best prefix evaluated ({:.4}) pruned to {} components: {:.4}.",
-                    d.target, d.prefix_faithfulness, d.found.len(), d.faithfulness
+                    "target {} out of reach, the best prefix evaluated reaches {:.4};",
+                    crate::report::num(d.target),
+                    d.prefix_faithfulness
                 ),
             }
+        ),
+        format!(
+            "pruned from the output backwards to {} components: faithfulness {:.4}.",
+            d.found.len(),
+            d.faithfulness
         ),
         format!(
             "{} exact evaluations; curve CPR {:.4}, CMD {:.4}.",
             d.evaluations, d.curve.cpr, d.curve.cmd
         ),
         format!(
-            "Comments: the {} score{} and the exact cost of removal (faithfulness of `found` minus that without the component).",
+            "Comments: the {} score{} and the exact cost of removal",
             d.rank.name(),
-            if d.rank.in_metric_units() { " in faithfulness units" } else { "" }
+            if d.rank.in_metric_units() {
+                " in faithfulness units"
+            } else {
+                ""
+            }
         ),
+        "(faithfulness of `found` minus that without the component).".to_string(),
     ];
     if d.always.iter().any(|i| d.found.contains(i)) {
         lines.push(format!(
@@ -130,20 +141,32 @@ fn settings_text(input_text: &str, input_dir: &Path, out_dir: &Path) -> miette::
     Ok(crate::syntax::format_file(&file))
 }
 
-/// `to` relative to the folder `from` (both made absolute and canonical where they exist).
+/// `to` relative to the folder `from`, lexically: both made absolute against the working
+/// directory and `..` folded, symlinks *not* followed (a file that says `../../shared/x` means
+/// the path as written, wherever a link in between points on this machine).
 fn relative_path(from: &Path, to: &Path) -> Option<PathBuf> {
-    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    let from = canonical(from)?;
-    let to = canonical(to)?;
-    let a: Vec<PathComponent> = from.components().collect();
-    let b: Vec<PathComponent> = to.components().collect();
+    let normal = |p: &Path| -> Option<Vec<std::ffi::OsString>> {
+        let absolute = std::path::absolute(p).ok()?;
+        let mut parts: Vec<std::ffi::OsString> = Vec::new();
+        for c in absolute.components() {
+            match c {
+                PathComponent::ParentDir => {
+                    parts.pop();
+                }
+                PathComponent::CurDir => {}
+                other => parts.push(other.as_os_str().to_os_string()),
+            }
+        }
+        Some(parts)
+    };
+    let (a, b) = (normal(from)?, normal(to)?);
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let mut out = PathBuf::new();
     for _ in common..a.len() {
         out.push("..");
     }
     for c in &b[common..] {
-        out.push(c.as_os_str());
+        out.push(c);
     }
     Some(if out.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -306,4 +329,27 @@ pub fn verify(
         return Err(DiscoverError::WrittenDiffers.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_rebased_lexically_without_following_links() {
+        let rel = |from: &str, to: &str| relative_path(Path::new(from), Path::new(to)).unwrap();
+        assert_eq!(
+            rel(
+                "/r/circuits/stories260K/found",
+                "/r/circuits/stories260K/../../../shared/models/m"
+            ),
+            PathBuf::from("../../../../shared/models/m")
+        );
+        assert_eq!(rel("/r/a", "/r/a/d.jsonl"), PathBuf::from("d.jsonl"));
+        assert_eq!(
+            rel("/r/a/found", "/r/a/./d.jsonl"),
+            PathBuf::from("../d.jsonl")
+        );
+        assert_eq!(rel("/r/a", "/r/a"), PathBuf::from("."));
+    }
 }
