@@ -1,8 +1,8 @@
 //! The `.circuit` file a discovery writes: the input file's settings (paths rewritten to be
 //! relative to the output's folder), then the found circuit, heads grouped by layer, each kept
-//! component's score and exact cost of removal as a trailing comment, and `expect faithfulness
-//! >= F`. The text is put through `circuit fmt`'s formatter, and [`verify`] re-resolves it and
-//! checks it compiles to the very plan that was evaluated.
+//! component's score and exact cost of removal as a trailing comment, and
+//! `expect faithfulness >= F`. The text is put through `circuit fmt`'s formatter, and
+//! [`verify`] re-resolves it and checks it compiles to the very plan that was evaluated.
 
 use std::collections::BTreeMap;
 use std::path::{Component as PathComponent, Path, PathBuf};
@@ -36,7 +36,7 @@ pub fn circuit_file(
     text.push_str(&settings);
     text.push('\n');
     text.push_str(&circuit_text(discovery));
-    Ok(crate::syntax::format_source("found.circuit", &text).map_err(miette::Report::new)?)
+    crate::syntax::format_source("found.circuit", &text).map_err(miette::Report::new)
 }
 
 fn header(d: &Discovery, command: &str) -> Vec<String> {

@@ -4,10 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What an exact evaluation is: the faithfulness of the circuit keeping a set of candidates.
+type Oracle<'o, E> = Box<dyn FnMut(&BTreeSet<usize>) -> Result<f64, E> + 'o>;
+
 /// The exact faithfulness of a set of kept candidates, memoized: each distinct set is
 /// evaluated once, and [`Evaluations::count`] is the number of exact evaluations made.
 pub struct Evaluations<'o, E> {
-    oracle: Box<dyn FnMut(&BTreeSet<usize>) -> Result<f64, E> + 'o>,
+    oracle: Oracle<'o, E>,
     memo: BTreeMap<BTreeSet<usize>, f64>,
 }
 
