@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use circuit::attribute::{Granularity, Method};
 use circuit::discover::{self, output, DiscoverError, Request};
+use circuit::measure::error::EvalError;
+use circuit::measure::file::unknown_circuit;
 use circuit::measure::{Session, SessionOptions};
 use circuit::report::SettingsReport;
 use circuit::util::outputs::{check_outputs, Output};
@@ -113,12 +115,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let file = &resolved.file;
     if let Some(name) = &args.circuit {
         let Some(base) = file.circuits.iter().find(|c| &c.name == name) else {
-            let names: Vec<&str> = file.circuits.iter().map(|c| c.name.as_str()).collect();
-            let help = match circuit::util::did_you_mean(name, names.iter().copied()) {
-                Some(n) => format!("did you mean `{n}`? the file defines: {}", names.join(", ")),
-                None if names.is_empty() => "the file defines no circuit".to_string(),
-                None => format!("the file defines: {}", names.join(", ")),
-            };
+            // The did-you-mean of `--circuit` everywhere, under discover's own code.
+            let EvalError::UnknownCircuit { help, .. } = unknown_circuit(file, name);
             return Err(DiscoverError::UnknownBase {
                 name: name.clone(),
                 help,
@@ -187,24 +185,18 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let settings = SettingsReport::new(session.settings(), session.provenance());
     let shown = args.file.display().to_string();
     let written = args.output.as_ref().map(|p| p.display().to_string());
-    let report = match args.format {
-        DiscoverFormat::Text => discover::report::to_text(
-            &found,
-            &settings,
-            session.provenance(),
-            &shown,
-            written.as_deref(),
-            &text,
-        ),
-        DiscoverFormat::Json => discover::report::to_json(
-            &found,
-            &settings,
-            session.provenance(),
-            &shown,
-            written.as_deref(),
-            &text,
-        ),
+    let render = match args.format {
+        DiscoverFormat::Text => discover::report::to_text,
+        DiscoverFormat::Json => discover::report::to_json,
     };
+    let report = render(
+        &found,
+        &settings,
+        session.provenance(),
+        &shown,
+        written.as_deref(),
+        &text,
+    );
     if let Some(path) = &args.svg {
         let chart = discover::chart::curve_chart(&found, &format!("circuit discover {shown}"));
         write_picture(path, &chart, "discovery curve")?;

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::attribute::inputs::slot_names;
 use crate::attribute::{Component, Entry};
 use crate::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use crate::data::slots::{prompt_slots, END_LABEL};
@@ -75,16 +76,7 @@ pub struct SlotPositions {
 impl SlotPositions {
     /// Finds and checks a written position for every slot of `order` on `prompts`.
     pub fn new(order: &[String], prompts: &[TokenizedPrompt]) -> SlotPositions {
-        let slot_names: Vec<Vec<String>> = prompts
-            .iter()
-            .map(|p| {
-                prompt_slots(p)
-                    .slots
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            })
-            .collect();
+        let slot_names = token_slots(prompts);
         let mut out = SlotPositions {
             order: order.to_vec(),
             ..Default::default()
@@ -120,6 +112,14 @@ impl SlotPositions {
     pub fn writable(&self, slot: &str) -> bool {
         self.positions.contains_key(slot)
     }
+}
+
+/// The slot name of every token of every prompt, `(B, T_b)`, as the scores name them.
+pub fn token_slots(prompts: &[TokenizedPrompt]) -> Vec<Vec<String>> {
+    prompts
+        .iter()
+        .map(|p| slot_names(&prompt_slots(p).slots))
+        .collect()
 }
 
 /// `NAME`, `NAME+k`, `start`, `start+k` → (anchor, offset).

@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::attribute::run::{score_session, Request as ScoreRequest};
 use crate::attribute::{Component, Granularity, Method};
-use crate::data::slots::prompt_slots;
 use crate::measure::{mean, metric_name, scores as normalize, Session};
 use crate::resolve::bound::{BoundCircuit, Metric, Scope};
 
@@ -221,17 +220,7 @@ pub fn discover(
     excluded.unwritable = before - all.len();
     if let Some(base) = &request.base {
         let plan = session.compile(base)?;
-        let slots: Vec<Vec<String>> = session
-            .clean_prompts()
-            .iter()
-            .map(|p| {
-                prompt_slots(p)
-                    .slots
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            })
-            .collect();
+        let slots = candidates::token_slots(session.clean_prompts());
         let before = all.len();
         all.retain(|c| inside(c, &plan, &slots));
         excluded.outside_base = before - all.len();

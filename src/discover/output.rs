@@ -246,19 +246,20 @@ fn circuit_text(d: &Discovery) -> String {
         .map(|h| h.layer)
         .chain(mlps.keys().copied())
         .collect();
+    // A node statement's positions, in token order.
+    let at = |members: &[usize]| -> String {
+        let positions: Vec<String> = members
+            .iter()
+            .map(|&i| d.positions.text(&d.candidates[i].query))
+            .collect();
+        positions.join(", ")
+    };
     let mut out = format!("circuit {FOUND} {{\n");
     for layer in layers {
         out.push_str(&format!("  # layer {layer}\n"));
         for (h, members) in heads.iter_mut().filter(|(h, _)| h.layer == layer) {
             by_query(members);
-            let positions: Vec<String> = members
-                .iter()
-                .map(|&i| d.positions.text(&d.candidates[i].query))
-                .collect();
-            out.push_str(&node_line(
-                format!("{h} @ {}", positions.join(", ")),
-                members,
-            ));
+            out.push_str(&node_line(format!("{h} @ {}", at(members)), members));
         }
         for (_, members) in edges.iter_mut().filter(|(h, _)| h.layer == layer) {
             by_query(members);
@@ -269,12 +270,8 @@ fn circuit_text(d: &Discovery) -> String {
         }
         if let Some(members) = mlps.get_mut(&layer) {
             by_query(members);
-            let positions: Vec<String> = members
-                .iter()
-                .map(|&i| d.positions.text(&d.candidates[i].query))
-                .collect();
             out.push_str(&node_line(
-                format!("mlp {layer} @ {}", positions.join(", ")),
+                format!("mlp {layer} @ {}", at(members)),
                 members,
             ));
         }
