@@ -297,6 +297,24 @@ fn a_base_circuit_the_file_does_not_define_is_refused() {
 }
 
 #[test]
+fn a_base_circuit_with_path_edges_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{SMALL}\ncircuit paths {{\n  0.0 @ END\n  edge 0.0 -> logits\n}}\n");
+    let input = write(dir.path(), "paths.circuit", &text);
+    refused(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--circuit",
+            "paths",
+            "--target",
+            "0.9",
+        ],
+        "circuit::discover::base_path_edges",
+    );
+}
+
+#[test]
 fn an_output_in_a_missing_folder_is_refused_before_the_search() {
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "small.circuit", SMALL);

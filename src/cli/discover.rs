@@ -123,6 +123,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             }
             .into());
         };
+        if !base.path_edges.is_empty() {
+            return Err(DiscoverError::BasePathEdges { name: name.clone() }.into());
+        }
         request.base = Some(base.clone());
     }
     circuit::attribute::check_request(
@@ -153,7 +156,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
 
     let disk_cache = args.cache.cache()?;
     let progress = Progress::start(&args.file.display().to_string());
-    let (on_batch, _) = progress.callbacks();
+    let (on_batch, on_total) = progress.callbacks();
     let options = SessionOptions {
         on_batch,
         on_total: None,
@@ -166,7 +169,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }),
     };
     let mut session = Session::open(file, options)?;
-    let result = discover::discover(&mut session, &request, None);
+    // How many evaluations the search needs is known only as it goes: the total grows with
+    // each one (the reference prompts, the full model, the empty circuit, then each circuit).
+    let (n_clean, n_reference) = (
+        session.clean_prompts().len(),
+        session.reference_prompts().len(),
+    );
+    let on_evaluation =
+        on_total.map(|total| move |n: usize| total(n_reference + n_clean * (2 + n)));
+    let result = discover::discover(
+        &mut session,
+        &request,
+        on_evaluation.as_ref().map(|f| f as &dyn Fn(usize)),
+    );
     progress.finish();
     let found = result?;
 

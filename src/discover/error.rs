@@ -17,6 +17,13 @@ pub enum DiscoverError {
     #[diagnostic(code(circuit::discover::unknown_base), help("{help}"))]
     UnknownBase { name: String, help: String },
 
+    #[error("circuit `{name}` has path edges, which discovery does not search")]
+    #[diagnostic(
+        code(circuit::discover::base_path_edges),
+        help("discover inside a circuit of nodes and QK edges (without `edge U -> D` lines)")
+    )]
+    BasePathEdges { name: String },
+
     #[error(
         "--attention-threshold filters QK-edge candidates, but the granularity is {granularity}"
     )]
@@ -61,10 +68,6 @@ pub enum DiscoverError {
         best: f64,
         best_k: usize,
     },
-
-    #[error("slot `{slot}` cannot be written as a position of this dataset: {why}")]
-    #[diagnostic(code(circuit::discover::unwritable_slot))]
-    UnwritableSlot { slot: String, why: String },
 
     #[error("the written circuit does not compile to the circuit that was evaluated")]
     #[diagnostic(

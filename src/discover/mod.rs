@@ -52,6 +52,11 @@ pub struct Request {
 
 /// Requests that can be refused before anything is loaded.
 pub fn check_request(request: &Request) -> Result<(), DiscoverError> {
+    if let Some(base) = request.base.as_ref().filter(|b| !b.path_edges.is_empty()) {
+        return Err(DiscoverError::BasePathEdges {
+            name: base.name.clone(),
+        });
+    }
     let t = request.target;
     if !(t > 0.0 && t <= 1.5) {
         return Err(DiscoverError::TargetRange { target: t });
