@@ -36,6 +36,9 @@ enum Command {
     /// Attribution scores (eap, eap-ig, attention, qkvo, dla) of every head, MLP, QK edge or
     /// path edge, ranked.
     Scores(cli::scores::Args),
+    /// The exact effect of ablating each head, MLP or QK edge alone, ranked; sharded with
+    /// --shard i/N and joined with --merge.
+    Scan(cli::scan::Args),
     /// Find a circuit reaching a target faithfulness: rank candidates by a score, check by exact
     /// evaluations, prune, and write it as a .circuit file.
     Discover(cli::discover::Args),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Scores(args) => cli::scores::execute(args),
+        Command::Scan(args) => cli::scan::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
         Command::Discover(args) => cli::discover::execute(args),
         Command::Show(args) => cli::show::execute(args),

@@ -460,3 +460,62 @@ fn on_stories260k_discovery_runs_end_to_end_and_its_output_passes_circuit_test()
     let test = ok(&run(&["test", out.to_str().unwrap()], "2"));
     assert!(test.contains("1 passed, 0 failed"), "{test}");
 }
+
+#[test]
+fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let found = dir.path().join("found.circuit");
+    let report = json(&run(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--target",
+            "0.9",
+            "--rank",
+            "exact",
+            "-o",
+            found.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    assert_eq!(report["rank"], "exact");
+    // 3 layers × (4 heads + 1 MLP) × 23 slots, each ablated alone once.
+    assert_eq!(report["single_ablations"], 345);
+    // Each kept component's score is its exact single-ablation effect, as `circuit scores
+    // --method exact` reports it in faithfulness units.
+    let scores = json(&run(
+        &[
+            "scores",
+            input.to_str().unwrap(),
+            "--method",
+            "exact",
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    let by_text: std::collections::BTreeMap<&str, f64> = scores["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["circuit"].as_str().unwrap(),
+                e["faithfulness"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for k in report["kept"].as_array().unwrap() {
+        let c = k["component"].as_str().unwrap();
+        let score = k["score"].as_f64().unwrap();
+        assert!(
+            (by_text[c] - score).abs() < 1e-12,
+            "{c}: {score} vs {}",
+            by_text[c]
+        );
+    }
+    ok(&run(&["test", found.to_str().unwrap()], "2"));
+}

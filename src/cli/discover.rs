@@ -21,6 +21,8 @@ use super::progress::Progress;
 pub enum RankArg {
     EapIg,
     Eap,
+    /// The exact effect of ablating each candidate alone (the `circuit scan` engine).
+    Exact,
     Qkvo,
     Attention,
 }
@@ -94,6 +96,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let rank = match args.rank {
         RankArg::EapIg => Method::EapIg { steps: args.steps },
         RankArg::Eap => Method::Eap,
+        RankArg::Exact => Method::Exact,
         RankArg::Qkvo => Method::Qkvo,
         RankArg::Attention => Method::Attention,
     };
@@ -108,6 +111,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         attention_threshold: args.attention_threshold,
         base: None,
         best_effort: args.best_effort,
+        scan_cache: args.cache.cache()?,
     };
     // Everything that can be refused is refused before the model is loaded.
     discover::check_request(&request)?;
@@ -128,12 +132,15 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }
         request.base = Some(base.clone());
     }
-    circuit::attribute::check_request(
-        rank,
-        granularity,
-        circuit::measure::metric_name(file.settings.metric),
-        false,
-    )?;
+    // The exact scan is defined for every metric and granularity searched here.
+    if rank != Method::Exact {
+        circuit::attribute::check_request(
+            rank,
+            granularity,
+            circuit::measure::metric_name(file.settings.metric),
+            false,
+        )?;
+    }
     let mut inputs = vec![args.file.clone()];
     inputs.extend(file.settings.input_paths());
     let outputs: Vec<Output> = [("-o", &args.output), ("--svg", &args.svg)]
@@ -248,6 +255,7 @@ fn command_line(args: &Args) -> String {
     let rank = match args.rank {
         RankArg::EapIg => "eap-ig",
         RankArg::Eap => "eap",
+        RankArg::Exact => "exact",
         RankArg::Qkvo => "qkvo",
         RankArg::Attention => "attention",
     };

@@ -11,6 +11,7 @@ pub mod fmt;
 pub mod format;
 pub mod progress;
 pub mod run;
+pub mod scan;
 pub mod scores;
 pub mod show;
 pub mod test;

@@ -25,9 +25,12 @@ pub mod search;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::attribute::run::{score_session, Request as ScoreRequest};
+use crate::attribute::ScoreSet;
 use crate::attribute::{Component, Granularity, Method};
+use crate::measure::disk_cache::DiskCache;
 use crate::measure::{mean, metric_name, scores as normalize, Session};
 use crate::resolve::bound::{BoundCircuit, Metric, Scope};
+use crate::scan::{Engine, ScanGranularity, ScanOptions, ScanRequest, Shard};
 
 use candidates::{circuit_of, inside, Candidate, SlotPositions};
 pub use error::DiscoverError;
@@ -48,6 +51,9 @@ pub struct Request {
     pub base: Option<BoundCircuit>,
     /// When the target is out of reach, return the best circuit found instead of an error.
     pub best_effort: bool,
+    /// Where `--rank exact`'s scan caches per-candidate results (so an interrupted discovery
+    /// resumes); `None`: not cached.
+    pub scan_cache: Option<DiskCache>,
 }
 
 /// Requests that can be refused before anything is loaded.
@@ -108,6 +114,9 @@ pub struct Discovery {
     pub costs: BTreeMap<usize, f64>,
     /// Distinct circuits evaluated exactly.
     pub evaluations: usize,
+    /// Under `--rank exact`: the single ablations the scan computed to rank the candidates
+    /// (not counted in `evaluations`).
+    pub single_ablations: Option<usize>,
     /// The found circuit, named [`output::FOUND`].
     pub circuit: BoundCircuit,
 }
@@ -143,34 +152,16 @@ pub fn discover(
         .into());
     }
 
-    let ranked_set = score_session(
-        session,
-        ScoreRequest {
-            method: request.rank,
-            granularity: request.granularity,
-        },
-        None,
-        false,
-        None,
-    )?
-    .set;
+    let ranked_set = rank_scores(session, request, request.granularity, false)?;
+    let mut single_ablations = ranked_set.entries.len();
     let positions = SlotPositions::new(&ranked_set.slots, session.clean_prompts());
     let mut excluded = Excluded::default();
     let mut all: Vec<Candidate> = ranked_set.entries.iter().map(Candidate::scored).collect();
     if request.granularity == Granularity::QkEdges && settings.scope == Scope::HeadsAndMlps {
         // MLPs are nodes at either granularity: scored by the rank's node form where it has one.
         if request.rank.in_metric_units() {
-            let nodes = score_session(
-                session,
-                ScoreRequest {
-                    method: request.rank,
-                    granularity: Granularity::Nodes,
-                },
-                None,
-                false,
-                None,
-            )?
-            .set;
+            let nodes = rank_scores(session, request, Granularity::Nodes, true)?;
+            single_ablations += nodes.entries.len();
             all.extend(
                 nodes
                     .entries
@@ -340,8 +331,44 @@ pub fn discover(
         reached,
         costs,
         evaluations,
+        single_ablations: (request.rank == Method::Exact).then_some(single_ablations),
         circuit,
     })
+}
+
+/// The scores candidates are ranked by, relative to the full model: an attribution method, or
+/// (`exact`) the exact single-ablation scan. `mlps_only`: only the MLPs' node scores are read.
+fn rank_scores(
+    session: &mut Session,
+    request: &Request,
+    granularity: Granularity,
+    mlps_only: bool,
+) -> miette::Result<ScoreSet> {
+    if request.rank != Method::Exact {
+        let request = ScoreRequest {
+            method: request.rank,
+            granularity,
+        };
+        return Ok(score_session(session, request, None, false, None)?.set);
+    }
+    let granularity = match (granularity, mlps_only) {
+        (_, true) => ScanGranularity::Mlps,
+        (Granularity::QkEdges, false) => ScanGranularity::QkEdges,
+        _ => ScanGranularity::Nodes,
+    };
+    let scan = ScanRequest {
+        granularity,
+        base: None,
+        shard: Shard::WHOLE,
+        engine: Engine::Incremental,
+    };
+    let options = ScanOptions {
+        disk_cache: request.scan_cache.clone(),
+        ..Default::default()
+    };
+    Ok(crate::scan::scan(session, scan, &options)?
+        .score_report()
+        .set)
 }
 
 /// The pruning order, from the output backwards: later layers first (a layer's MLP before its

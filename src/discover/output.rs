@@ -65,8 +65,12 @@ fn header(d: &Discovery, command: &str) -> Vec<String> {
             d.faithfulness
         ),
         format!(
-            "{} exact evaluations; curve CPR {:.4}, CMD {:.4}.",
-            d.evaluations, d.curve.cpr, d.curve.cmd
+            "{} exact evaluations{}; curve CPR {:.4}, CMD {:.4}.",
+            d.evaluations,
+            d.single_ablations
+                .map_or(String::new(), |n| format!(" (after {n} single ablations)")),
+            d.curve.cpr,
+            d.curve.cmd
         ),
         format!(
             "Comments: the {} score{} and the exact cost of removal",

@@ -132,7 +132,13 @@ pub fn to_text(
         d.found.len(),
         d.faithfulness
     ));
-    out.push_str(&format!("exact evaluations: {}\n\n", d.evaluations));
+    match d.single_ablations {
+        Some(n) => out.push_str(&format!(
+            "exact evaluations: {} (and {n} single ablations by the scan that ranked them)\n\n",
+            d.evaluations
+        )),
+        None => out.push_str(&format!("exact evaluations: {}\n\n", d.evaluations)),
+    }
     out.push_str(&format!(
         "kept, by exact cost of removal (score{}):\n",
         if d.rank.in_metric_units() {
@@ -200,6 +206,7 @@ pub fn to_json(
         "components": d.found.len(),
         "kept": kept,
         "exact_evaluations": d.evaluations,
+        "single_ablations": d.single_ablations,
         "written": written,
         "circuit_text": circuit_text,
     });

@@ -9,7 +9,7 @@ use crate::plan::PromptPositions;
 use crate::resolve::bound::{BoundCircuit, BoundFile, ReferenceSet};
 
 /// Where the numbers came from, for reports.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Provenance {
     /// The model as the file names it.
     pub model: String,

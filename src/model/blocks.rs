@@ -365,7 +365,7 @@ fn map_in_place(a: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
 }
 
 /// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
-fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+pub(super) fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
     let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
     (angle.mapv(f32::cos), angle.mapv(f32::sin))
 }
@@ -385,7 +385,7 @@ fn expand_kv(kv: Array2<f32>, group: usize, d_head: usize) -> Array2<f32> {
 
 /// Rotates each head's vector of `x` `(rows, H·d)` by its row's token position
 /// (`position_of_row`; the tables cover every position used).
-fn rotate(
+pub(super) fn rotate(
     x: &mut Array2<f32>,
     cos: &Array2<f32>,
     sin: &Array2<f32>,

@@ -21,6 +21,7 @@ pub mod interventions;
 pub mod linalg;
 mod llama;
 mod numerics;
+pub mod resume;
 pub mod source;
 pub mod tokenizer;
 pub mod topology;
