@@ -120,7 +120,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(name) = &args.circuit {
         let Some(base) = file.circuits.iter().find(|c| &c.name == name) else {
             // The did-you-mean of `--circuit` everywhere, under discover's own code.
-            let EvalError::UnknownCircuit { help, .. } = unknown_circuit(file, name);
+            let help = match unknown_circuit(file, name) {
+                EvalError::UnknownCircuit { help, .. } => help,
+                other => other.to_string(),
+            };
             return Err(DiscoverError::UnknownBase {
                 name: name.clone(),
                 help,

@@ -12,7 +12,7 @@ use ndarray::{s, Array2, ArrayViewMut2, ArrayViewMut3, Axis};
 use super::Candidate;
 use crate::ablate::{PlanInterventions, ReferenceValues};
 use crate::attribute::Component;
-use crate::measure::{per_prompt_metrics, PromptMetrics, Session, Targets};
+use crate::measure::{per_prompt_metric, PromptMetrics, Session, Targets};
 use crate::model::resume::{NoRowEdits, ResumeItem, RowEdits};
 use crate::model::{ForwardOptions, NoInterventions};
 use crate::plan::Plan;
@@ -107,7 +107,18 @@ pub(super) fn run(
         let item_metrics = context.run_batch(candidates, &batch, &full_logits, &targets);
         let mut next = item_metrics.into_iter();
         for &i in &batch {
+            // Only the file's metric is computed for the prompts the candidate touches: the
+            // others are NaN there (never read: a scan reports the file's metric; its cache
+            // entries are its own, keyed by the metric).
             let mut metrics = base_metrics.clone();
+            let metric = session.settings().metric;
+            for (&m, values) in metrics.iter_mut() {
+                if m != metric {
+                    for &(b, _, _) in &candidates[i].rows {
+                        values[b] = f64::NAN;
+                    }
+                }
+            }
             for &(b, _, _) in &candidates[i].rows {
                 let item = next.next().expect("one result per item");
                 for (metric, value) in item {
@@ -128,7 +139,8 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Per item (each candidate's prompts in order, candidates in `batch` order), every metric.
+    /// Per item (each candidate's prompts in order, candidates in `batch` order), the file's
+    /// metric.
     fn run_batch(
         &self,
         candidates: &[&Candidate],
@@ -175,13 +187,12 @@ impl Context<'_> {
         if !heads.is_empty() {
             let z = Array2::from_shape_fn((heads.len(), n_heads * d_head), |(r, c)| heads[r].1[c]); // (I_h, H·d)
             let attn = model.attention_output_rows(layer, z.view()); // (I_h, D)
-            let mut resid_mid = attn;
-            for (r, &(item, _)) in heads.iter().enumerate() {
-                let it = items[item];
-                let mut row = resid_mid.row_mut(r);
-                row += &base_layer.resid_pre.slice(s![it.prompt, it.first_row, ..]);
-            }
-            let mut mlp = model.mlp_rows(layer, resid_mid.view()); // (I_h, D)
+            let resid_pre = Array2::from_shape_fn((heads.len(), d_model), |(r, c)| {
+                let it = items[heads[r].0];
+                base_layer.resid_pre[[it.prompt, it.first_row, c]]
+            }); // (I_h, D)
+            let resid_mid = &resid_pre + &attn; // (I_h, D)
+            let mut mlp = model.mlp_rows(layer, resid_pre.view(), resid_mid.view()); // (I_h, D)
             for (r, &(item, _)) in heads.iter().enumerate() {
                 let it = items[item];
                 if !self.base_plan.mlp_keep[layer][[it.prompt, it.first_row]] {
@@ -229,10 +240,9 @@ impl Context<'_> {
         let prompts: Vec<usize> = items.iter().map(|it| it.prompt).collect();
         let full_rows = full_logits.select(Axis(0), &prompts); // (I, V)
         let item_targets: Vec<Targets> = prompts.iter().map(|&b| targets[b]).collect();
-        let metrics = per_prompt_metrics(logits.view(), full_rows.view(), &item_targets);
-        (0..items.len())
-            .map(|i| metrics.iter().map(|(&m, v)| (m, v[i])).collect())
-            .collect()
+        let metric = self.session.settings().metric;
+        let values = per_prompt_metric(metric, logits.view(), full_rows.view(), &item_targets);
+        values.into_iter().map(|v| vec![(metric, v)]).collect()
     }
 
     /// Head `h`'s `z` at query `q` of prompt `b` with the candidate ablated: the node's

@@ -26,8 +26,9 @@
 //!   rounding (the products run over other row sets), tested at 1e-6 of faithfulness. Base
 //!   circuits with QK edges or path edges, and QK-edge candidates under knockout, run naive.
 //!
-//! Per-candidate results are cached on disk ([`crate::measure::disk_cache`], one entry per
-//! candidate keyed by its plan's content and the engine), so an interrupted scan resumes.
+//! Results are cached on disk ([`crate::measure::disk_cache`]'s key function, one metrics entry
+//! per block of 64 candidates keyed by their plans' content and the engine), so an interrupted
+//! scan resumes, losing at most the blocks it was computing.
 //! `--shard i/N` computes every N-th candidate; [`merge`] joins the parts of one scan.
 
 mod incremental;
@@ -508,6 +509,7 @@ pub fn merge(parts: Vec<ScanResult>, paths: &[String]) -> Result<ScanResult, Sca
 /// An opened scan: the candidates, the base plan and the reference values, ready to run.
 pub struct Scan {
     request: ScanRequest,
+    metric: Metric,
     base_plan: Plan,
     candidates: Vec<Candidate>,
     slots: Vec<String>,
@@ -540,6 +542,7 @@ impl Scan {
         }
         Ok(Scan {
             request,
+            metric: settings.metric,
             base_plan,
             candidates,
             slots: order,
@@ -595,9 +598,12 @@ impl Scan {
         for &c in block {
             hasher.update(self.candidate_plan(&self.candidates[c]).content_key());
         }
+        // The incremental engine computes the file's metric only (the others are NaN), so the
+        // metric is part of the key.
         format!(
-            "scan block {} {}",
+            "scan block {} {} {}",
             engine.name(),
+            metric_name(self.metric),
             hex::encode(hasher.finalize())
         )
     }
