@@ -643,6 +643,39 @@ fn every_error_a_user_can_see_has_a_code() {
             "--svg",
             "x.svg",
         ],
+        vec!["discover", &friends, "--target", "2"],
+        vec!["discover", "no/such.circuit", "--target", "0.9"],
+        vec!["discover", &friends, "--target", "0.9", "--circuit", "bsae"],
+        vec![
+            "discover",
+            "circuits/toy-seqcont/numerals_template.circuit",
+            "--target",
+            "1.4",
+        ],
+        vec![
+            "discover",
+            "circuits/toy-seqcont/numerals_template.circuit",
+            "--target",
+            "0.9",
+            "-o",
+            "no/folder/found.circuit",
+        ],
+        vec![
+            "discover",
+            "circuits/toy-seqcont/numerals_template.circuit",
+            "--target",
+            "0.9",
+            "-o",
+            "circuits/toy-seqcont/numerals.circuit",
+        ],
+        vec![
+            "discover",
+            "circuits/toy-seqcont/numerals_template.circuit",
+            "--target",
+            "0.9",
+            "--attention-threshold",
+            "0.1",
+        ],
     ];
     for args in &cases {
         let o = run(args);

@@ -6,6 +6,7 @@ pub mod check;
 pub mod dataset;
 pub mod dataset_import;
 pub mod diff;
+pub mod discover;
 pub mod eval;
 pub mod export;
 pub mod files;

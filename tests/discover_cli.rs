@@ -1,0 +1,521 @@
+//! `circuit discover` end to end on the built-in model (16 template prompts, so each run takes
+//! about a second): the written file passes `check`, `fmt --check` and `test` unchanged, its
+//! faithfulness and every cost of removal agree with `circuit eval` of the same file, the curve's
+//! areas follow from its points, the search is deterministic across thread counts, and every bad
+//! input is a coded error with nothing written.
+
+mod cli_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use cli_support::{command, stderr, stdout};
+
+const SMALL: &str = r#"model "toy-seqcont"
+dataset numerals = seqcont.numerals(n = 16, seed = 0, form = "template")
+reference numerals.corrupt
+ablate heads and mlps by mean
+metric logit_diff
+
+heads movers = 0.0..3, 1.0
+
+circuit movers_nodes {
+  movers @ END
+  mlp 0 @ S1, S2, S3, S4, END
+  mlp 1, 2 @ END
+}
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(args: &[&str], threads: &str) -> Output {
+    command(args)
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .expect("the circuit binary runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("JSON report")
+}
+
+/// The faithfulness `circuit eval --format json` gives each circuit of a file.
+fn eval_faithfulness(file: &Path) -> Vec<(String, f64)> {
+    let out = run(&["eval", file.to_str().unwrap(), "--format", "json"], "2");
+    let report = json(&out);
+    report["circuits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["faithfulness"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let found = dir.path().join("found.circuit");
+    let args = [
+        "discover",
+        input.to_str().unwrap(),
+        "--target",
+        "0.9",
+        "-o",
+        found.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let report = json(&run(&args, "2"));
+    let text = std::fs::read_to_string(&found).unwrap();
+    assert_eq!(report["circuit_text"].as_str().unwrap(), text);
+    assert!(text.contains("expect faithfulness >= 0.9"), "{text}");
+    assert!(text.contains("circuit found {"), "{text}");
+
+    for cmd in [
+        vec!["check", found.to_str().unwrap()],
+        vec!["fmt", "--check", found.to_str().unwrap()],
+        vec!["test", found.to_str().unwrap()],
+    ] {
+        ok(&run(&cmd, "2"));
+    }
+
+    // The reported faithfulness is the file's, as `circuit eval` computes it.
+    let f = report["faithfulness"].as_f64().unwrap();
+    assert!(f >= 0.9, "{f}");
+    let evaluated = eval_faithfulness(&found);
+    assert_eq!(evaluated[0].0, "found");
+    assert!((evaluated[0].1 - f).abs() < 1e-12, "{evaluated:?} vs {f}");
+
+    // Every cost of removal: the file with that one component dropped, through `circuit eval`.
+    // Components are written one per line: a head's positions on one line, so drop the whole
+    // statement only where it has one position (then it is exactly that component).
+    let kept = report["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), report["components"].as_u64().unwrap() as usize);
+    let mut checked = 0;
+    for k in kept {
+        let component = k["component"].as_str().unwrap();
+        let statement = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&format!("{component}  #")));
+        let Some(statement) = statement else { continue };
+        let without: String = text
+            .lines()
+            .filter(|l| l.trim() != statement)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            .replace("circuit found {", "circuit without {")
+            .replace("  expect faithfulness >= 0.9\n", "");
+        let file = write(dir.path(), "without.circuit", &without);
+        let g = eval_faithfulness(&file)[0].1;
+        let cost = k["cost"].as_f64().unwrap();
+        assert!(
+            (f - g - cost).abs() < 1e-12,
+            "{component}: {f} - {g} vs {cost}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "checked {checked} costs");
+
+    // The curve: ten MIB fractions, k = ceil(fraction × N), and CPR/CMD its trapezoids from
+    // (0, 0).
+    let n = report["candidates"].as_u64().unwrap() as f64;
+    let curve = report["curve"].as_array().unwrap();
+    let fractions: Vec<f64> = curve
+        .iter()
+        .map(|p| p["fraction"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        fractions,
+        [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    );
+    let (mut cpr, mut cmd, mut x0, mut f0) = (0.0, 0.0, 0.0, 0.0);
+    for p in curve {
+        let (x, y) = (
+            p["fraction"].as_f64().unwrap(),
+            p["faithfulness"].as_f64().unwrap(),
+        );
+        assert_eq!(p["k"].as_u64().unwrap() as f64, (x * n).ceil());
+        cpr += (x - x0) * (f0 + y) / 2.0;
+        cmd += (x - x0) * ((1.0f64 - f0).abs() + (1.0f64 - y).abs()) / 2.0;
+        (x0, f0) = (x, y);
+    }
+    assert!((report["cpr"].as_f64().unwrap() - cpr).abs() < 1e-12);
+    assert!((report["cmd"].as_f64().unwrap() - cmd).abs() < 1e-12);
+    // Every candidate kept is the full model.
+    assert!((f0 - 1.0).abs() < 1e-9, "{f0}");
+    assert!(report["exact_evaluations"].as_u64().unwrap() >= 10);
+}
+
+#[test]
+fn discovery_is_deterministic_across_thread_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let outputs: Vec<String> = ["1", "3"]
+        .iter()
+        .map(|threads| {
+            let found = dir.path().join(format!("found{threads}.circuit"));
+            let args = [
+                "discover",
+                input.to_str().unwrap(),
+                "--target",
+                "0.9",
+                "--granularity",
+                "qk-edges",
+                "--attention-threshold",
+                "0.05",
+                "-o",
+                found.to_str().unwrap(),
+                "--no-cache",
+            ];
+            ok(&run(&args, threads));
+            std::fs::read_to_string(&found).unwrap()
+        })
+        .collect();
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(outputs[0].contains("edge "), "{}", outputs[0]);
+}
+
+#[test]
+fn inside_a_base_circuit_only_its_components_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let args = [
+        "discover",
+        input.to_str().unwrap(),
+        "--circuit",
+        "movers_nodes",
+        "--target",
+        "0.8",
+        "--rank",
+        "eap",
+        "--format",
+        "json",
+    ];
+    let report = json(&run(&args, "2"));
+    // movers_nodes keeps 5 heads at END, MLP 0 at 5 positions and MLPs 1, 2 at END: 12.
+    assert_eq!(report["candidates"].as_u64().unwrap(), 12);
+    let allowed = [
+        "0.0 @ END",
+        "0.1 @ END",
+        "0.2 @ END",
+        "0.3 @ END",
+        "1.0 @ END",
+        "mlp 0 @ S1",
+        "mlp 0 @ S2",
+        "mlp 0 @ S3",
+        "mlp 0 @ S4",
+        "mlp 0 @ END",
+        "mlp 1 @ END",
+        "mlp 2 @ END",
+    ];
+    for k in report["kept"].as_array().unwrap() {
+        let c = k["component"].as_str().unwrap();
+        assert!(allowed.contains(&c), "{c} is not in movers_nodes");
+    }
+    assert!(report["faithfulness"].as_f64().unwrap() >= 0.8);
+}
+
+fn refused(args: &[&str], code: &str) -> String {
+    let out = run(args, "2");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(code), "expected {code}:\n{err}");
+    err
+}
+
+#[test]
+fn a_target_outside_the_range_is_refused_before_loading_anything() {
+    for target in ["0", "-0.5", "1.6", "NaN"] {
+        refused(
+            &["discover", "no/such.circuit", "--target", target],
+            "circuit::discover::target_range",
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_target_says_the_best_reached_and_writes_nothing_unless_best_effort() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let found = dir.path().join("found.circuit");
+    let args = [
+        "discover",
+        input.to_str().unwrap(),
+        "--target",
+        "1.4",
+        "-o",
+        found.to_str().unwrap(),
+    ];
+    let err = refused(&args, "circuit::discover::unreachable");
+    assert!(err.contains("the best circuit evaluated"), "{err}");
+    assert!(!found.exists());
+
+    let mut best = args.to_vec();
+    best.push("--best-effort");
+    let text = ok(&run(&best, "2"));
+    assert!(text.contains("out of reach"), "{text}");
+    ok(&run(&["test", found.to_str().unwrap()], "2"));
+}
+
+#[test]
+fn a_base_circuit_the_file_does_not_define_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let err = refused(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--circuit",
+            "movers_node",
+            "--target",
+            "0.9",
+        ],
+        "circuit::discover::unknown_base",
+    );
+    assert!(err.contains("did you mean `movers_nodes`"), "{err}");
+}
+
+#[test]
+fn a_base_circuit_with_path_edges_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{SMALL}\ncircuit paths {{\n  0.0 @ END\n  edge 0.0 -> logits\n}}\n");
+    let input = write(dir.path(), "paths.circuit", &text);
+    refused(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--circuit",
+            "paths",
+            "--target",
+            "0.9",
+        ],
+        "circuit::discover::base_path_edges",
+    );
+}
+
+#[test]
+fn an_output_in_a_missing_folder_is_refused_before_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let out = dir.path().join("no/such/folder/found.circuit");
+    refused(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--target",
+            "0.9",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        "circuit::output::no_folder",
+    );
+}
+
+#[test]
+fn an_existing_output_is_not_clobbered_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let found = write(dir.path(), "found.circuit", "keep me\n");
+    let args = [
+        "discover",
+        input.to_str().unwrap(),
+        "--target",
+        "0.9",
+        "-o",
+        found.to_str().unwrap(),
+    ];
+    refused(&args, "circuit::discover::output_exists");
+    assert_eq!(std::fs::read_to_string(&found).unwrap(), "keep me\n");
+    // Nor onto its own input, even with --force.
+    refused(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--target",
+            "0.9",
+            "-o",
+            input.to_str().unwrap(),
+            "--force",
+        ],
+        "circuit::output::is_input",
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    ok(&run(&forced, "2"));
+    assert!(std::fs::read_to_string(&found)
+        .unwrap()
+        .contains("circuit found"));
+}
+
+#[test]
+fn an_attention_threshold_needs_qk_edges() {
+    refused(
+        &[
+            "discover",
+            "circuits/toy-seqcont/numerals_template.circuit",
+            "--target",
+            "0.9",
+            "--attention-threshold",
+            "0.1",
+        ],
+        "circuit::discover::threshold_needs_qk_edges",
+    );
+}
+
+#[test]
+fn the_curve_svg_is_written_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let svg = dir.path().join("curve.svg");
+    let args = [
+        "discover",
+        input.to_str().unwrap(),
+        "--target",
+        "0.9",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    ok(&run(&args, "2"));
+    let first = std::fs::read_to_string(&svg).unwrap();
+    ok(&run(&args, "1"));
+    assert_eq!(first, std::fs::read_to_string(&svg).unwrap());
+    assert!(first.starts_with("<?xml"));
+    assert_eq!(first.matches(r#"class="point""#).count(), 10);
+    assert!(first.contains(r#"class="found""#));
+}
+
+#[test]
+fn the_committed_found_files_are_what_discover_writes_today() {
+    // The heavy runs are committed (circuits/toy-seqcont/found/); these two are re-run here.
+    let dir = tempfile::tempdir().unwrap();
+    for granularity in ["nodes", "qk-edges"] {
+        let out = dir.path().join(format!("{granularity}.circuit"));
+        ok(&run(
+            &[
+                "discover",
+                "circuits/toy-seqcont/numerals_template.circuit",
+                "--target",
+                "0.9",
+                "--granularity",
+                granularity,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            "2",
+        ));
+        let committed = cli_support::root().join(format!(
+            "circuits/toy-seqcont/found/numerals_template_{granularity}.circuit"
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(&committed).unwrap(),
+            "{} is stale: re-run circuit discover",
+            committed.display()
+        );
+    }
+}
+
+#[test]
+fn on_stories260k_discovery_runs_end_to_end_and_its_output_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pronoun.circuit");
+    let report = json(&run(
+        &[
+            "discover",
+            "circuits/stories260K/pronoun.circuit",
+            "--target",
+            "0.9",
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    assert!(report["faithfulness"].as_f64().unwrap() >= 0.9);
+    // The model and dataset paths were rebased to the output's folder.
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("shared/models/stories260K\""), "{text}");
+    let test = ok(&run(&["test", out.to_str().unwrap()], "2"));
+    assert!(test.contains("1 passed, 0 failed"), "{test}");
+}
+
+#[test]
+fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "small.circuit", SMALL);
+    let found = dir.path().join("found.circuit");
+    let report = json(&run(
+        &[
+            "discover",
+            input.to_str().unwrap(),
+            "--target",
+            "0.9",
+            "--rank",
+            "exact",
+            "-o",
+            found.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    assert_eq!(report["rank"], "exact");
+    // 3 layers × (4 heads + 1 MLP) × 23 slots, each ablated alone once.
+    assert_eq!(report["single_ablations"], 345);
+    // Each kept component's score is its exact single-ablation effect, as `circuit scores
+    // --method exact` reports it in faithfulness units.
+    let scores = json(&run(
+        &[
+            "scores",
+            input.to_str().unwrap(),
+            "--method",
+            "exact",
+            "--format",
+            "json",
+        ],
+        "2",
+    ));
+    let by_text: std::collections::BTreeMap<&str, f64> = scores["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["circuit"].as_str().unwrap(),
+                e["faithfulness"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for k in report["kept"].as_array().unwrap() {
+        let c = k["component"].as_str().unwrap();
+        let score = k["score"].as_f64().unwrap();
+        assert!(
+            (by_text[c] - score).abs() < 1e-12,
+            "{c}: {score} vs {}",
+            by_text[c]
+        );
+    }
+    ok(&run(&["test", found.to_str().unwrap()], "2"));
+}
