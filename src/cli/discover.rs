@@ -115,7 +115,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     };
     // Everything that can be refused is refused before the model is loaded.
     discover::check_request(&request)?;
-    let resolved = resolve(&args.file, None)?;
+    let resolved = resolve(&args.file, &super::settings::SettingArgs::default())?;
     let file = &resolved.file;
     if let Some(name) = &args.circuit {
         let Some(base) = file.circuits.iter().find(|c| &c.name == name) else {
