@@ -87,12 +87,12 @@ fn cgroup_headroom(root: &Path) -> Option<u64> {
     Some(max.saturating_sub(current))
 }
 
-/// Refuses a model whose estimated resident memory exceeds what is available.
-pub(crate) fn check_fits(files: &WeightFiles) -> Result<(), ModelError> {
+/// Refuses the model in folder `dir` if its estimated resident memory exceeds what is available.
+pub(crate) fn check_fits(files: &WeightFiles, dir: &Path) -> Result<(), ModelError> {
     let Some(available) = available()? else {
         return Ok(()); // nothing to compare with: load, as before
     };
-    compare(resident_bytes(files), &available, files.main_path())
+    compare(resident_bytes(files), &available, dir)
 }
 
 fn compare(needed: u64, available: &Available, path: &Path) -> Result<(), ModelError> {
@@ -145,13 +145,13 @@ mod tests {
             bytes: 19 << 30,
             source: "test".to_string(),
         };
-        let path = Path::new("m/model.safetensors");
+        let path = Path::new("models/llama-3-8b");
         assert!(compare(19 << 30, &available, path).is_ok());
         // Llama-3-8B as f32: 8.03e9 parameters · 4 bytes, plus its largest tensor again.
         let err = compare((8_030_261_248 + 525_336_576) * 4, &available, path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "m/model.safetensors: the model needs about 31.87 GiB of memory with f32 weights, \
+            "models/llama-3-8b: the model needs about 31.87 GiB of memory with f32 weights, \
              but 19.00 GiB is available (test)"
         );
     }
