@@ -4,8 +4,10 @@
 pub mod cache;
 pub mod check;
 pub mod dataset;
+pub mod dataset_import;
 pub mod diff;
 pub mod eval;
+pub mod export;
 pub mod fmt;
 pub mod format;
 pub mod progress;

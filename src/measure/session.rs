@@ -131,13 +131,7 @@ impl<'a> Session<'a> {
 
         let prompts = EvalPrompts {
             ids: clean.iter().map(|p| p.ids.clone()).collect(),
-            targets: clean
-                .iter()
-                .map(|p| Targets {
-                    answer: p.answer_id,
-                    distractor: p.distractor_id,
-                })
-                .collect(),
+            targets: clean.iter().map(Targets::of).collect(),
             positions: clean
                 .iter()
                 .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions + 'a>)
@@ -166,6 +160,12 @@ impl<'a> Session<'a> {
             on_total: options.on_total,
             evaluator,
         })
+    }
+
+    /// Asked after every forward batch from now on; `true` stops the running plan with
+    /// [`super::error::EvalError::Interrupted`] (the Python binding checks for Ctrl-C here).
+    pub fn set_interrupt(&mut self, interrupted: Box<dyn Fn() -> bool + 'a>) {
+        self.evaluator.interrupted = Some(interrupted);
     }
 
     /// The file's settings.

@@ -831,13 +831,7 @@ pub fn scan(
 
 /// The answer and distractor of each prompt.
 fn prompt_targets(prompts: &[crate::data::TokenizedPrompt]) -> Vec<Targets> {
-    prompts
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect()
+    prompts.iter().map(Targets::of).collect()
 }
 
 /// The disk cache's key function for the session's model, prompts and settings (the same

@@ -206,6 +206,31 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
     dx
 }
 
+// ---- exact GELU (GPT-NeoX's MLP) -----------------------------------------------------------
+
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `x·Φ(x) = 0.5·x·(1 + erf(x/√2))`, elementwise.
+pub(crate) fn gelu_erf_forward<F: NdFloat>(x: ArrayView2<F>) -> Array2<F> {
+    x.mapv(|x: F| {
+        let x64 = x.to_f64().expect("a float");
+        constant(0.5 * x64 * (1.0 + libm::erf(x64 * std::f64::consts::FRAC_1_SQRT_2)))
+    })
+}
+
+/// `dx = dy · (Φ(x) + x·φ(x))`, `φ(x) = e^(−x²/2)/√(2π)` the standard normal density.
+pub(crate) fn gelu_erf_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
+    let mut dx = dy.to_owned();
+    dx.zip_mut_with(&x, |d, &x: &F| {
+        let x = x.to_f64().expect("a float");
+        let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
+        let density = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
+        *d *= constant::<F>(cdf + x * density);
+    });
+    dx
+}
+
 // ---- SwiGLU (Llama's MLP) ----------------------------------------------------------------
 
 fn sigmoid<F: NdFloat>(x: F) -> F {
@@ -243,9 +268,10 @@ pub(crate) fn swiglu_backward<F: NdFloat>(
 
 // ---- Rotary positions (Llama) ------------------------------------------------------------
 
-/// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place: dimension `i < d/2`
-/// pairs with `i + d/2` and both turn by the angle whose cosine and sine are
-/// `cos[[position(row), i]]`, `sin[[position(row), i]]` (tables `(T, d/2)`). `inverse` turns
+/// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place, on its first `r`
+/// dimensions (`r/2` the tables' width: `r = d`, or less under partial rotary; the rest pass
+/// unchanged): dimension `i < r/2` pairs with `i + r/2` and both turn by the angle whose cosine
+/// and sine are `cos[[position(row), i]]`, `sin[[position(row), i]]` (tables `(T, r/2)`). `inverse` turns
 /// by the opposite angle, which is the rotation's backward (a rotation's transpose is its
 /// inverse).
 pub(crate) fn rotate_half<F: NdFloat>(
@@ -256,7 +282,7 @@ pub(crate) fn rotate_half<F: NdFloat>(
     d_head: usize,
     inverse: bool,
 ) {
-    let half = d_head / 2;
+    let half = cos.ncols(); // r/2
     for (row, mut values) in x.rows_mut().into_iter().enumerate() {
         let p = position(row);
         let (cos, sin) = (cos.row(p), sin.row(p));
@@ -330,6 +356,10 @@ pub(crate) struct AttentionGradients<F> {
 /// Backward of [`attention_forward`] given its `pattern` and `dz` `(T_q, d)`:
 /// `dA = dz·vᵀ`, `dv = Aᵀ·dz`, through the softmax `dS[i,k] = A[i,k](dA[i,k] − Σ_j A[i,j]dA[i,j])`
 /// (masked entries have `A = 0`, so no gradient), and `dq = scale·dS·k`, `dk = scale·dSᵀ·q`.
+///
+/// `computed` `(T_q, T_k)`, when given, marks the terms `A[i,k]·v[k]` of `z[i]` the forward
+/// computed; the others were constants (edge-mean ablation of a QK edge put a reference value
+/// in their place), so they pass nothing back: `dA[i,k] = 0` and no share of `dv[k]`.
 pub(crate) fn attention_backward<F: NdFloat>(
     q: ArrayView2<F>,
     k: ArrayView2<F>,
@@ -337,9 +367,26 @@ pub(crate) fn attention_backward<F: NdFloat>(
     pattern: ArrayView2<F>,
     dz: ArrayView2<F>,
     scale: F,
+    computed: Option<ArrayView2<bool>>,
 ) -> AttentionGradients<F> {
-    let d_pattern = dz.dot(&v.t()); // (T_q, T_k)
-    let dv = pattern.t().dot(&dz); // (T_k, d)
+    let mut d_pattern = dz.dot(&v.t()); // (T_q, T_k)
+    let dv = match computed {
+        None => pattern.t().dot(&dz), // (T_k, d)
+        Some(computed) => {
+            d_pattern.zip_mut_with(&computed, |d, &c| {
+                if !c {
+                    *d = F::zero()
+                }
+            });
+            let mut used = pattern.to_owned(); // (T_q, T_k)
+            used.zip_mut_with(&computed, |a, &c| {
+                if !c {
+                    *a = F::zero()
+                }
+            });
+            used.t().dot(&dz) // (T_k, d)
+        }
+    };
     let mut d_scores = &d_pattern * &pattern; // (T_q, T_k)
     for (mut row, a) in d_scores.rows_mut().into_iter().zip(pattern.rows()) {
         let weighted = row.sum(); // Σ_j A[i,j]·dA[i,j]

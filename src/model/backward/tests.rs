@@ -130,6 +130,19 @@ fn gelu_new_backward_matches_finite_differences() {
 }
 
 #[test]
+fn gelu_erf_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let x = random(&mut rng, (4, 10)) * 4.0;
+    let r = random(&mut rng, (4, 10));
+    let numeric = numeric_gradient(&x, |x| weighted_sum(&gelu_erf_forward(x.view()), &r));
+    check("gelu_erf", &gelu_erf_backward(x.view(), r.view()), &numeric);
+    // The restated forward is the engine's (f32, libm's erff) to rounding.
+    let engine = x.mapv(|v| f64::from(crate::model::numerics::gelu_erf(v as f32)));
+    let restated = gelu_erf_forward(x.view());
+    assert!((engine - restated).iter().all(|d| d.abs() < 1e-6));
+}
+
+#[test]
 fn swiglu_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let (gate, up) = (random(&mut rng, (4, 10)) * 4.0, random(&mut rng, (4, 10)));
@@ -147,10 +160,20 @@ fn swiglu_backward_matches_finite_differences() {
 
 #[test]
 fn rotary_backward_matches_finite_differences() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let (seq, d_head, heads) = (5, 8, 3);
-    let angle = Array2::from_shape_fn((seq, d_head / 2), |(t, i)| {
-        t as f64 * 10f64.powf(-((2 * i) as f64) / d_head as f64)
+    rotary_backward_on(8, 8, 7);
+}
+
+/// Partial rotary (GPT-NeoX): 4 of each head's 10 dimensions turn, the other 6 pass.
+#[test]
+fn partial_rotary_backward_matches_finite_differences() {
+    rotary_backward_on(10, 4, 17);
+}
+
+fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (seq, heads) = (5, 3);
+    let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
+        t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
     });
     let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
     let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
@@ -177,6 +200,12 @@ fn rotary_backward_matches_finite_differences() {
         d_head,
     );
     check("rotary", &analytic, &numeric);
+    // The dimensions past `rotary_dim` pass unchanged.
+    let turned = forward(&x);
+    for h in 0..heads {
+        let pass = s![.., h * d_head + rotary_dim..(h + 1) * d_head];
+        assert_eq!(turned.slice(pass), x.slice(pass));
+    }
 }
 
 #[test]
@@ -202,6 +231,7 @@ fn attention_backward_matches_finite_differences() {
         pattern.view(),
         r.view(),
         scale,
+        None,
     );
     check(
         "attention q",
@@ -224,6 +254,71 @@ fn attention_backward_matches_finite_differences() {
     // Masked entries get no gradient through the scores: the last key only reaches the last
     // query.
     assert!(grads.k.row(seq - 1).iter().any(|&g| g != 0.0));
+}
+
+#[test]
+fn attention_backward_with_constant_terms_matches_finite_differences() {
+    // Edge-mean ablation of QK edges: z[i] = Σ_{k computed} A[i,k]·v[k] + constants; the
+    // constant terms pass nothing back, but their scores still move the kept keys' weights.
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (seq, d) = (6, 4);
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = random(&mut rng, (seq, d)) * 2.0;
+    let k = random(&mut rng, (seq, d)) * 2.0;
+    let v = random(&mut rng, (seq, d));
+    let r = random(&mut rng, (seq, d));
+    // Query 4 keeps keys 1 and 4 only; query 5 keeps key 0; every other query keeps all.
+    let computed = Array2::from_shape_fn((seq, seq), |(i, j)| match i {
+        4 => j == 1 || j == 4,
+        5 => j == 0,
+        _ => true,
+    });
+    let loss = |q: &Array2<f64>, k: &Array2<f64>, v: &Array2<f64>| {
+        let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+        let mut used = pattern.clone();
+        used.zip_mut_with(&computed, |a, &c| {
+            if !c {
+                *a = 0.0
+            }
+        });
+        weighted_sum(&used.dot(v), &r)
+    };
+    let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+    let grads = attention_backward(
+        q.view(),
+        k.view(),
+        v.view(),
+        pattern.view(),
+        r.view(),
+        scale,
+        Some(computed.view()),
+    );
+    check(
+        "masked attention q",
+        &grads.q,
+        &numeric_gradient(&q, |q| loss(q, &k, &v)),
+    );
+    check(
+        "masked attention k",
+        &grads.k,
+        &numeric_gradient(&k, |k| loss(&q, k, &v)),
+    );
+    check(
+        "masked attention v",
+        &grads.v,
+        &numeric_gradient(&v, |v| loss(&q, &k, v)),
+    );
+    // Without the mask the gradients differ (the test can fail).
+    let unmasked = attention_backward(
+        q.view(),
+        k.view(),
+        v.view(),
+        pattern.view(),
+        r.view(),
+        scale,
+        None,
+    );
+    assert!((&unmasked.v - &grads.v).iter().any(|x| x.abs() > 1e-3));
 }
 
 #[test]
@@ -397,16 +492,22 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 let cached_z = lc.z.slice(s![b, ..len, h, ..]);
                 assert!(max_difference(attention.z.view(), cached_z) < tolerance);
             }
-            let resid_mid = lc.resid_mid.slice(s![b, ..len, ..]);
-            let x = norm(&layer.mlp_norm, resid_mid);
+            let mlp_read = match t.residual {
+                crate::model::ResidualTopology::Sequential => lc.resid_mid.slice(s![b, ..len, ..]),
+                crate::model::ResidualTopology::Parallel => resid_pre,
+            };
+            let x = norm(&layer.mlp_norm, mlp_read);
             let mlp_out = match &layer.mlp {
-                Mlp::GeluNew { fc, proj } => {
+                Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                     let pre = linear_forward(
                         x.view(),
                         fc.weight.view(),
                         fc.bias.as_ref().map(|b| b.view()),
                     );
-                    let hidden = gelu_new_forward(pre.view());
+                    let hidden = match &layer.mlp {
+                        Mlp::GeluNew { .. } => gelu_new_forward(pre.view()),
+                        _ => gelu_erf_forward(pre.view()),
+                    };
                     linear_forward(
                         hidden.view(),
                         proj.weight.view(),
@@ -452,6 +553,23 @@ fn restated_forwards_match_the_cache(model: &Model) {
 #[test]
 fn restated_forwards_match_the_engine_on_the_builtin_gpt2() {
     restated_forwards_match_the_cache(&crate::model::builtin::load("toy-seqcont").unwrap());
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_gpt_neox_both_wirings() {
+    for name in ["neox-parallel-f16", "neox-sequential-bf16"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+    }
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_qwen2_with_qkv_biases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/qwen2-tied-f32");
+    restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
 }
 
 #[test]
