@@ -113,7 +113,7 @@ pub fn score_session(
 
     let clean = session.clean_prompts();
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets: Vec<Targets> = clean.iter().map(Targets::of).collect();
+    let targets: Vec<Targets> = session.targets().to_vec();
     let slots: Vec<Vec<String>> = clean
         .iter()
         .map(|p| slot_names(&prompt_slots(p).slots))

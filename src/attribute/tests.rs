@@ -60,7 +60,7 @@ fn fixture_in(dir: &Path, text: &str, edge_heads: bool) -> Fixture {
     let clean = session.clean_prompts();
     Fixture {
         ids: clean.iter().map(|p| p.ids.clone()).collect(),
-        targets: clean.iter().map(Targets::of).collect(),
+        targets: clean.iter().map(|p| Targets::of(p).unwrap()).collect(),
         slots: clean
             .iter()
             .map(|p| slot_names(&prompt_slots(p).slots))

@@ -47,12 +47,11 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// The prompt's answer and distractor tokens (the one place they are read from a prompt).
-    pub fn of(prompt: &crate::data::TokenizedPrompt) -> Targets {
-        Targets {
-            answer: prompt.answer_id,
-            distractor: prompt.distractor_id,
-        }
+    /// The prompt's answer and distractor tokens (the one place they are read from a prompt);
+    /// an error on a prompt without them (a reference prompt).
+    pub fn of(prompt: &crate::data::TokenizedPrompt) -> Result<Targets, crate::data::DataError> {
+        let (answer, distractor) = prompt.targets()?;
+        Ok(Targets { answer, distractor })
     }
 }
 

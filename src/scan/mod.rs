@@ -48,7 +48,7 @@ use crate::attribute::{Component, Entry, Granularity, Method, ScoreSet};
 use crate::data::slots::prompt_slots;
 use crate::measure::disk_cache::{CacheInputs, CacheKeys, DiskCache, Entry as CacheEntry, Lookup};
 use crate::measure::file::Provenance;
-use crate::measure::{mean, metric_name, PromptMetrics, Session, Targets, ALL_METRICS};
+use crate::measure::{mean, metric_name, PromptMetrics, Session, ALL_METRICS};
 use crate::plan::{Plan, QkQuery};
 use crate::report::SettingsReport;
 use crate::resolve::bound::{
@@ -829,18 +829,13 @@ pub fn scan(
     scan.run(session, options)
 }
 
-/// The answer and distractor of each prompt.
-fn prompt_targets(prompts: &[crate::data::TokenizedPrompt]) -> Vec<Targets> {
-    prompts.iter().map(Targets::of).collect()
-}
-
 /// The disk cache's key function for the session's model, prompts and settings (the same
 /// inputs the session's own entries are keyed by).
 fn cache_keys(session: &Session) -> CacheKeys {
     let model = session.model();
     let clean = session.clean_prompts();
     let evaluated: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets = prompt_targets(clean);
+    let targets = session.targets().to_vec();
     let reference: Vec<Vec<u32>> = session
         .reference_prompts()
         .iter()
