@@ -526,7 +526,8 @@ pub fn cache_max_bytes() -> Result<u64, CacheError> {
     }
 }
 
-fn parse_size(text: &str) -> Option<u64> {
+/// `500M`, `4G`, `1024`: bytes, or with a K/M/G suffix (powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last()? {
         (i, 'k' | 'K') => (&text[..i], 10),

@@ -156,6 +156,25 @@ pub enum ModelError {
         vocab: usize,
     },
 
+    #[error("{path}: the model needs about {needed} of memory with f32 weights, but {available} is available ({source_of_available})")]
+    #[diagnostic(
+        code(circuit::model::does_not_fit),
+        help("the engine holds every weight as f32 (4 bytes per parameter: twice a BF16 file), plus its largest tensor once more while loading; free memory, use a machine or job with more, or a smaller model. If the available figure is wrong, set $CIRCUIT_MEMORY_AVAILABLE (e.g. 32G)")
+    )]
+    DoesNotFit {
+        path: PathBuf,
+        needed: String,
+        available: String,
+        source_of_available: String,
+    },
+
+    #[error("CIRCUIT_MEMORY_AVAILABLE={value:?} is not a size")]
+    #[diagnostic(
+        code(circuit::model::memory_available_var),
+        help("a number of bytes, optionally with a suffix K, M or G (powers of 1024): 500M, 32G")
+    )]
+    MemoryAvailableVar { value: String },
+
     #[error("built-in model {name:?} is not available: {message}")]
     #[diagnostic(
         code(circuit::model::builtin_missing),

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod interventions;
 pub mod linalg;
 mod llama;
+pub mod memory;
 mod numerics;
 pub mod resume;
 pub mod source;
@@ -110,6 +111,7 @@ impl Model {
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         let files = WeightFiles::open_dir(dir, architecture_name(&config))?;
+        memory::check_fits(&files, dir)?; // before converting: refuse rather than be OOM-killed
         let transformer = build(&config, &files)?;
         drop(files); // unmap: only the converted f32 arrays stay resident
         check_vocab(&tokenizer, &transformer, &tokenizer_path)?;

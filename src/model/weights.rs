@@ -148,6 +148,15 @@ impl WeightFiles {
         &self.shards[0].path
     }
 
+    /// The number of elements of every tensor, from the headers (no data read).
+    pub(crate) fn element_counts(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.metadata.tensors().into_values())
+            .map(|info| info.shape.iter().map(|&d| d as u64).product())
+            .collect()
+    }
+
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.location.contains_key(name)
     }
