@@ -19,6 +19,7 @@ fn upstream(u: Upstream) -> String {
     match u {
         Upstream::Head(h) => format!("a{}.h{}", h.layer, h.head),
         Upstream::Mlp(l) => format!("m{l}"),
+        Upstream::Embed => "input".to_string(),
     }
 }
 

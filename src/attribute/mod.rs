@@ -749,6 +749,7 @@ fn path_edge_scores(
                             None => delta.row_mut(i).assign(&o.mapv(|x| -x)),
                         }
                     }
+                    Upstream::Embed => unreachable!("upstreams() lists heads and MLPs only"),
                 }
             }
             // ∂M/∂(each downstream input) at (b, t): (Dn, D).

@@ -253,6 +253,7 @@ fn path_edge_scores_out_of_a_component_sum_to_its_node_score() {
         let node = match from {
             Upstream::Head(h) => Component::Head(h),
             Upstream::Mlp(l) => Component::Mlp(l),
+            Upstream::Embed => panic!("no score leaves the embedding: {e:?}"),
         };
         *sums.entry((node, e.query.clone())).or_insert(0.0) += e.score;
     }

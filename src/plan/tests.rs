@@ -52,6 +52,7 @@ fn prompts() -> Vec<FixedPositions> {
 fn circuit() -> BoundCircuit {
     BoundCircuit {
         name: "c".to_string(),
+        edge_complete: false,
         heads: BTreeMap::new(),
         mlps: BTreeMap::new(),
         qk_edges: vec![],
