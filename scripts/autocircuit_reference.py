@@ -16,7 +16,10 @@ one length; the metric is the logit difference at the last token.
 
 Run (a venv with auto-circuit and transformer-lens<3; see the module docs of the Rust test):
     HF_HUB_OFFLINE=1 /tmp/venv-ac/bin/python scripts/autocircuit_reference.py
-writes tests/fixtures/autocircuit/gpt2_tiny.json.
+writes tests/fixtures/autocircuit/gpt2_tiny.json, and the `random_half` circuit as an EAP-IG / MIB
+graph JSON (auto-circuit's node names written as EAP-IG writes them: `Resid Start` is `input`,
+`A1.2` is `a1.h2`, `A1.2.Q` is `a1.h2<q>`, `MLP 0` is `m0`, `Resid End` is `logits`) in
+tests/fixtures/autocircuit/gpt2_tiny_random_half_graph.json, for `circuit import`.
 """
 
 import json
@@ -38,6 +41,46 @@ from auto_circuit.utils.graph_utils import patch_mode, patchable_model
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tests/fixtures/models/gpt2-tiny"
 OUT = ROOT / "tests/fixtures/autocircuit/gpt2_tiny.json"
+GRAPH_OUT = ROOT / "tests/fixtures/autocircuit/gpt2_tiny_random_half_graph.json"
+
+
+def eap_ig_node(name):
+    """An auto-circuit node name as the EAP-IG graph format writes it."""
+    if name == "Resid Start":
+        return "input"
+    if name == "Resid End":
+        return "logits"
+    if name.startswith("MLP "):
+        return "m" + name[len("MLP "):]
+    assert name.startswith("A"), name
+    parts = name[1:].split(".")
+    head = f"a{parts[0]}.h{parts[1]}"
+    return head if len(parts) == 2 else f"{head}<{parts[2].lower()}>"
+
+
+def eap_ig_graph(config, edges, kept):
+    """The graph JSON of the circuit keeping `kept` among `edges`."""
+    nodes = {"input": {"score": None, "in_graph": True}}
+    for layer in range(config.n_layer):
+        for head in range(config.n_head):
+            nodes[f"a{layer}.h{head}"] = {"score": None, "in_graph": True}
+        nodes[f"m{layer}"] = {"score": None, "in_graph": True}
+    nodes["logits"] = {"score": None, "in_graph": True}
+    graph_edges = {}
+    for e in edges:
+        src, dest = e.split("->")
+        name = f"{eap_ig_node(src)}->{eap_ig_node(dest)}"
+        graph_edges[name] = {"score": None, "in_graph": e in kept}
+    return {
+        "cfg": {
+            "n_layers": config.n_layer,
+            "n_heads": config.n_head,
+            "parallel_attn_mlp": False,
+            "d_model": config.n_embd,
+        },
+        "nodes": nodes,
+        "edges": graph_edges,
+    }
 N_PROMPTS, LENGTH = 6, 7
 
 
@@ -168,6 +211,8 @@ def main():
         )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1) + "\n")
+    graph = eap_ig_graph(config, edges, set(circuits["random_half"]))
+    GRAPH_OUT.write_text(json.dumps(graph, indent=1) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}: {len(edges)} edges")
     for c in out["circuits"]:
         mean = sum(c["per_prompt"]) / N_PROMPTS

@@ -18,6 +18,7 @@
 pub mod ablate;
 pub mod attribute;
 pub mod data;
+pub mod exchange;
 pub mod measure;
 pub mod model;
 pub mod plan;

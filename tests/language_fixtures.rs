@@ -65,7 +65,11 @@ fn summary(file: &BoundFile) -> String {
         s.alignment
     );
     for c in &file.circuits {
-        let form = if c.edge_complete { " (edge-complete)" } else { "" };
+        let form = if c.edge_complete {
+            " (edge-complete)"
+        } else {
+            ""
+        };
         out.push_str(&format!("circuit {}{form}:\n", c.name));
         for (h, p) in &c.heads {
             out.push_str(&format!("  head {h} @ {}\n", set(p)));

@@ -287,7 +287,10 @@ impl ReferenceValues {
         for (l, m) in self.mlp_out.iter().enumerate() {
             expect(&format!("mlp_out.{l}"), m.shape(), &[s_, t, dm])?;
         }
-        match (&self.embed, shape.head_outputs && self.kind != AblationKind::Zero) {
+        match (
+            &self.embed,
+            shape.head_outputs && self.kind != AblationKind::Zero,
+        ) {
             (Some(e), true) => expect("embed", e.shape(), &[s_, t, dm])?,
             (None, false) => {}
             (Some(_), false) => return Err("an embedding without head outputs".to_string()),
@@ -315,10 +318,7 @@ impl ReferenceValues {
                 .head_out
                 .iter()
                 .all(|a| a.iter().all(|x| x.is_finite()))
-            && self
-                .embed
-                .iter()
-                .all(|a| a.iter().all(|x| x.is_finite()))
+            && self.embed.iter().all(|a| a.iter().all(|x| x.is_finite()))
             && self
                 .edge_terms
                 .values()
@@ -492,7 +492,11 @@ impl ReferenceBuilder {
         for row in 0..embed.shape()[0] {
             let r = self.seen + row;
             let len = self.ref_lens[r];
-            let src = if self.kind == AblationKind::Mean { 0 } else { r };
+            let src = if self.kind == AblationKind::Mean {
+                0
+            } else {
+                r
+            };
             accumulate(
                 sums.slice_mut(s![src, ..len, ..]),
                 embed.slice(s![row, ..len, ..]),

@@ -15,7 +15,8 @@ use super::{Component, ScoreSet};
 use crate::model::HeadInput;
 use crate::resolve::bound::{Downstream, Upstream};
 
-fn upstream(u: Upstream) -> String {
+/// The format's name of an upstream node: `input`, `a0.h1`, `m2`.
+pub fn upstream_name(u: Upstream) -> String {
     match u {
         Upstream::Head(h) => format!("a{}.h{}", h.layer, h.head),
         Upstream::Mlp(l) => format!("m{l}"),
@@ -23,7 +24,8 @@ fn upstream(u: Upstream) -> String {
     }
 }
 
-fn downstream(d: Downstream) -> String {
+/// The format's name of a downstream input: `a2.h3<q>`, `m2`, `logits`.
+pub fn downstream_name(d: Downstream) -> String {
     match d {
         Downstream::Head(h, which) => {
             let which = match which {
@@ -91,7 +93,7 @@ pub fn eap_ig_json(
     for (c, s) in &edge_scores {
         if let Component::Path { from, to } = c {
             edge_map.insert(
-                format!("{}->{}", upstream(*from), downstream(*to)),
+                format!("{}->{}", upstream_name(*from), downstream_name(*to)),
                 json!({"score": s, "in_graph": kept_edges.contains(c)}),
             );
         }

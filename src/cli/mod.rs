@@ -8,6 +8,7 @@ pub mod diff;
 pub mod eval;
 pub mod fmt;
 pub mod format;
+pub mod import;
 pub mod progress;
 pub mod run;
 pub mod scores;

@@ -253,7 +253,9 @@ pub fn layout(input: &GraphInput) -> Layout {
 
     let mut links: Vec<PathLink> = Vec::new();
     if c.path_edges.iter().any(|e| e.from == Upstream::Embed) {
-        notes.push("edges from `embed` are not drawn (the graph has no row for the embedding)".to_string());
+        notes.push(
+            "edges from `embed` are not drawn (the graph has no row for the embedding)".to_string(),
+        );
     }
     for e in c.path_edges.iter().filter(|e| e.from != Upstream::Embed) {
         name_positions(ex, &e.positions, &mut names);
