@@ -167,6 +167,7 @@ impl ReferenceValues {
     }
 
     /// Assembles values built elsewhere in this module tree (label alignment, [`super::align`]).
+    #[allow(clippy::too_many_arguments)] // one argument per stored field
     pub(crate) fn from_parts(
         kind: AblationKind,
         source_of_prompt: Vec<usize>,
