@@ -1,6 +1,6 @@
 //! Edge-complete circuits end to end (docs/semantics.md, section 7; docs/language.md,
-//! "Edge-complete circuits"): `circuit import` of an EAP-IG / MIB graph, evaluated against
-//! auto-circuit's own numbers; a node circuit and its edge-complete translation agree; a circuit
+//! "Edge-complete circuits"; against auto-circuit: tests/edge_complete_autocircuit.rs): a node
+//! circuit and its edge-complete translation agree; a circuit
 //! → graph JSON → `circuit import` → the same faithfulness; `eval`, `test`, `diff`, `check` and
 //! `fmt` on edge-complete files; bad graphs are coded errors with nothing written.
 
@@ -10,20 +10,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use circuit::attribute::export::{downstream_name, upstream_name};
-use circuit::exchange::{circuit_text, every_edge_name, parse_edge, read_graph};
-use circuit::measure::{AblationSettings, EvalPrompts, Evaluator, Targets};
-use circuit::model::{Model, ModelConfig, ResidualTopology};
-use circuit::plan::{PlanShape, PromptPositions};
-use circuit::resolve::bound::{
-    AblationKind, Downstream, EdgeAblation, HeadId, Metric, Scope, Upstream,
-};
-use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions};
+use circuit::exchange::{every_edge_name, parse_edge};
+use circuit::model::ResidualTopology;
+use circuit::plan::PlanShape;
+use circuit::resolve::bound::{Downstream, HeadId, Upstream};
 use cli_support::{circuit, root};
 use serde_json::{json, Value};
-
-#[path = "eval_support/fixed_positions.rs"]
-mod fixed_positions;
-use fixed_positions::FixedPositions;
 
 fn fixture_json(rel: &str) -> Value {
     let text = std::fs::read_to_string(root().join("tests/fixtures").join(rel)).unwrap();
@@ -69,108 +61,6 @@ fn faithfulness(file: &Path) -> Vec<(String, f64)> {
             )
         })
         .collect()
-}
-
-/// The graph the auto-circuit script wrote (its `random_half` circuit in EAP-IG names),
-/// imported as text, resolved and evaluated on the script's prompts: auto-circuit's numbers.
-#[test]
-fn an_imported_eap_ig_graph_evaluates_as_auto_circuit_does() {
-    let fixture = fixture_json("autocircuit/gpt2_tiny.json");
-    let model_dir = root().join(fixture["model"].as_str().unwrap());
-    let config = ModelConfig::from_dir(&model_dir).unwrap();
-    let graph_file = "tests/fixtures/autocircuit/gpt2_tiny_random_half_graph.json";
-    let graph_text = std::fs::read_to_string(root().join(graph_file)).unwrap();
-    let graph = read_graph(graph_file, &graph_text, &config).unwrap();
-    let expected = fixture["circuits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "random_half")
-        .unwrap();
-    assert_eq!(
-        graph.kept.len(),
-        expected["edges"].as_array().unwrap().len()
-    );
-    assert_eq!(graph.n_edges, fixture["n_edges"].as_u64().unwrap() as usize);
-
-    let text = circuit_text(
-        &graph,
-        "graph.json",
-        fixture["model"].as_str().unwrap(),
-        "seqcont.numerals",
-        "random_half",
-    );
-    let resolved = resolve_source(
-        "imported.circuit",
-        &text,
-        root(),
-        &RealEnvironment,
-        &ResolveOptions::default(),
-    )
-    .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
-    let bound = &resolved.file.circuits[0];
-    assert!(bound.edge_complete);
-    let kept: BTreeSet<(Upstream, Downstream)> =
-        bound.path_edges.iter().map(|e| (e.from, e.to)).collect();
-    assert_eq!(kept, graph.kept.iter().copied().collect());
-
-    let model = Model::load(&model_dir).unwrap();
-    let ids = |v: &Value| -> Vec<Vec<u32>> {
-        let prompts = v.as_array().unwrap().iter();
-        prompts
-            .map(|p| {
-                p.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect()
-    };
-    let clean = ids(&fixture["clean"]);
-    let targets = fixture["answers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(fixture["wrong_answers"].as_array().unwrap())
-        .map(|(a, w)| Targets {
-            answer: a.as_u64().unwrap() as u32,
-            distractor: w.as_u64().unwrap() as u32,
-        })
-        .collect();
-    let positions = clean.iter().enumerate().map(|(b, p)| {
-        Box::new(FixedPositions {
-            len: p.len(),
-            has_bos: false,
-            labels: Default::default(),
-            name: format!("prompt {b}"),
-        }) as Box<dyn PromptPositions>
-    });
-    let prompts = EvalPrompts {
-        ids: clean.clone(),
-        targets,
-        positions: positions.collect(),
-    };
-    let settings = AblationSettings {
-        ablation: AblationKind::Mean,
-        edge_ablation: EdgeAblation::EdgeMean,
-        scope: Scope::HeadsAndMlps,
-    };
-    assert_eq!(resolved.file.settings.scope, Scope::HeadsAndMlps);
-    let mut evaluator = Evaluator::new(&model, settings, prompts, ids(&fixture["corrupt"]));
-    let evaluation = evaluator.evaluate(&[bound]).unwrap();
-    let got = &evaluation.circuit("random_half").unwrap()[&Metric::LogitDiff];
-    for (i, (g, w)) in got
-        .iter()
-        .zip(expected["per_prompt"].as_array().unwrap())
-        .enumerate()
-    {
-        let w = w.as_f64().unwrap();
-        assert!(
-            (g - w).abs() <= 1e-4,
-            "prompt {i}: {g} here, auto-circuit says {w}"
-        );
-    }
 }
 
 /// Every input's kept upstream components, as `edge` statements, for the heads `heads` and MLPs

@@ -11,15 +11,18 @@
 //! /tmp/venv/lib/python3.11/site-packages, then `pip install --no-deps auto-circuit==1.0.1
 //! 'transformer-lens<3' better-abc plotly narwhals attrs blobfile lxml`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use circuit::data::positions::PositionSet;
+use circuit::exchange::{circuit_text, read_graph};
 use circuit::measure::{AblationSettings, EvalPrompts, Evaluator, Targets};
 use circuit::model::{HeadInput, Model};
 use circuit::plan::PromptPositions;
 use circuit::resolve::bound::{
     AblationKind, BoundCircuit, Downstream, EdgeAblation, HeadId, Metric, PathEdge, Scope, Upstream,
 };
+use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions};
 use serde_json::Value;
 
 #[path = "eval_support/fixed_positions.rs"]
@@ -104,45 +107,71 @@ fn edge_complete(name: &str, edges: &[Value]) -> BoundCircuit {
     }
 }
 
+/// The fixture, its model, and an evaluator of its clean prompts with the corrupt prompts as
+/// the reference under token-wise mean ablation (`ablate heads and mlps by mean`).
+struct Fixture {
+    json: Value,
+    model: Model,
+}
+
+impl Fixture {
+    fn load() -> Fixture {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("tests/fixtures/autocircuit/gpt2_tiny.json"))
+            .expect("the fixture of scripts/autocircuit_reference.py");
+        let json: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["ablation"], "tokenwise_mean_corrupt");
+        assert_eq!(json["metric"], "logit_diff");
+        let model = Model::load(&root.join(json["model"].as_str().unwrap())).unwrap();
+        Fixture { json, model }
+    }
+
+    fn evaluator(&self) -> Evaluator<'_> {
+        let clean = ids(&self.json["clean"]);
+        let answers = self.json["answers"].as_array().unwrap();
+        let wrong = self.json["wrong_answers"].as_array().unwrap();
+        let targets = answers
+            .iter()
+            .zip(wrong)
+            .map(|(a, w)| Targets {
+                answer: a.as_u64().unwrap() as u32,
+                distractor: w.as_u64().unwrap() as u32,
+            })
+            .collect();
+        let positions = clean.iter().enumerate().map(|(b, prompt)| {
+            Box::new(FixedPositions {
+                len: prompt.len(),
+                has_bos: false,
+                labels: Default::default(),
+                name: format!("prompt {b}"),
+            }) as Box<dyn PromptPositions>
+        });
+        let prompts = EvalPrompts {
+            ids: clean.clone(),
+            targets,
+            positions: positions.collect(),
+        };
+        let settings = AblationSettings {
+            ablation: AblationKind::Mean,
+            edge_ablation: EdgeAblation::EdgeMean,
+            scope: Scope::HeadsAndMlps,
+        };
+        Evaluator::new(&self.model, settings, prompts, ids(&self.json["corrupt"]))
+    }
+
+    /// auto-circuit's per-prompt logit differences of the circuit `name`.
+    fn expected(&self, name: &str) -> Vec<f64> {
+        let circuits = self.json["circuits"].as_array().unwrap();
+        let circuit = circuits.iter().find(|c| c["name"] == name).unwrap();
+        let values = circuit["per_prompt"].as_array().unwrap();
+        values.iter().map(|x| x.as_f64().unwrap()).collect()
+    }
+}
+
 #[test]
 fn edge_complete_circuits_match_auto_circuit() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("tests/fixtures/autocircuit/gpt2_tiny.json"))
-        .expect("the fixture of scripts/autocircuit_reference.py");
-    let fixture: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(fixture["ablation"], "tokenwise_mean_corrupt");
-    assert_eq!(fixture["metric"], "logit_diff");
-    let model = Model::load(&root.join(fixture["model"].as_str().unwrap())).unwrap();
-    let clean = ids(&fixture["clean"]);
-    let corrupt = ids(&fixture["corrupt"]);
-    let answers = fixture["answers"].as_array().unwrap();
-    let wrong = fixture["wrong_answers"].as_array().unwrap();
-    let targets = answers
-        .iter()
-        .zip(wrong)
-        .map(|(a, w)| Targets {
-            answer: a.as_u64().unwrap() as u32,
-            distractor: w.as_u64().unwrap() as u32,
-        })
-        .collect();
-    let positions = clean.iter().enumerate().map(|(b, prompt)| {
-        Box::new(FixedPositions {
-            len: prompt.len(),
-            has_bos: false,
-            labels: Default::default(),
-            name: format!("prompt {b}"),
-        }) as Box<dyn PromptPositions>
-    });
-    let prompts = EvalPrompts {
-        ids: clean.clone(),
-        targets,
-        positions: positions.collect(),
-    };
-    let settings = AblationSettings {
-        ablation: AblationKind::Mean,
-        edge_ablation: EdgeAblation::EdgeMean,
-        scope: Scope::HeadsAndMlps,
-    };
+    let loaded = Fixture::load();
+    let (fixture, model) = (&loaded.json, &loaded.model);
     let circuits: Vec<BoundCircuit> = fixture["circuits"]
         .as_array()
         .unwrap()
@@ -174,7 +203,7 @@ fn edge_complete_circuits_match_auto_circuit() {
     assert_eq!(every.path_edges.len(), n_edges);
     assert_eq!(fixture["n_edges"].as_u64().unwrap() as usize, n_edges);
 
-    let mut evaluator = Evaluator::new(&model, settings, prompts, corrupt);
+    let mut evaluator = loaded.evaluator();
     let refs: Vec<&BoundCircuit> = circuits.iter().collect();
     let evaluation = evaluator.evaluate(&refs).unwrap();
 
@@ -193,12 +222,7 @@ fn edge_complete_circuits_match_auto_circuit() {
     for c in fixture["circuits"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let got = &evaluation.circuit(name).unwrap()[&Metric::LogitDiff];
-        let want: Vec<f64> = c["per_prompt"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let want = loaded.expected(name);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let diff = (g - w).abs();
@@ -218,4 +242,59 @@ fn edge_complete_circuits_match_auto_circuit() {
         }
     }
     eprintln!("max |Δ| against auto-circuit: {worst:.2e}");
+}
+
+/// The graph the script wrote (its `random_half` circuit in EAP-IG names), imported as
+/// `circuit import` does, resolved as a `.circuit` text and evaluated: auto-circuit's numbers.
+#[test]
+fn an_imported_eap_ig_graph_evaluates_as_auto_circuit_does() {
+    let loaded = Fixture::load();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let graph_file = "tests/fixtures/autocircuit/gpt2_tiny_random_half_graph.json";
+    let graph_text = std::fs::read_to_string(root.join(graph_file)).unwrap();
+    let graph = read_graph(graph_file, &graph_text, &loaded.model.config).unwrap();
+    let circuits = loaded.json["circuits"].as_array().unwrap();
+    let random_half = circuits
+        .iter()
+        .find(|c| c["name"] == "random_half")
+        .unwrap();
+    assert_eq!(
+        graph.kept.len(),
+        random_half["edges"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        graph.n_edges,
+        loaded.json["n_edges"].as_u64().unwrap() as usize
+    );
+
+    let model_dir = loaded.json["model"].as_str().unwrap();
+    let text = circuit_text(
+        &graph,
+        "graph.json",
+        model_dir,
+        "seqcont.numerals",
+        "random_half",
+    );
+    let options = ResolveOptions::default();
+    let resolved = resolve_source("imported.circuit", &text, root, &RealEnvironment, &options)
+        .unwrap_or_else(|d| panic!("{}", d.render_plain(100)));
+    assert_eq!(resolved.file.settings.scope, Scope::HeadsAndMlps);
+    let bound = &resolved.file.circuits[0];
+    assert!(bound.edge_complete);
+    // The same edges as auto-circuit's circuit.
+    let imported: BTreeSet<(Upstream, Downstream)> =
+        bound.path_edges.iter().map(|e| (e.from, e.to)).collect();
+    let theirs = edge_complete("random_half", random_half["edges"].as_array().unwrap());
+    let theirs: BTreeSet<(Upstream, Downstream)> =
+        theirs.path_edges.iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(imported, theirs);
+
+    let evaluation = loaded.evaluator().evaluate(&[bound]).unwrap();
+    let got = &evaluation.circuit("random_half").unwrap()[&Metric::LogitDiff];
+    for (i, (g, w)) in got.iter().zip(loaded.expected("random_half")).enumerate() {
+        assert!(
+            (g - w).abs() <= TOLERANCE,
+            "prompt {i}: {g} here, auto-circuit says {w}"
+        );
+    }
 }
