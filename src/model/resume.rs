@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use super::blocks::{rotary_tables, rotate};
 use super::numerics::{dot, exp, widest_simd};
 use super::transformer::Positions;
+use super::ResidualTopology;
 use super::{ForwardOptions, Interventions, Model, ModelError};
 
 /// One layer of a base run, as a resumed forward reads it. Rows past a prompt's length are
@@ -169,10 +170,21 @@ impl Model {
         self.transformer.layers[layer].o.apply(z)
     }
 
-    /// The MLP of `layer` (its norm included) at rows of the residual stream `(N, D)` → `(N, D)`.
-    pub fn mlp_rows(&self, layer: usize, resid_mid: ArrayView2<f32>) -> Array2<f32> {
+    /// The MLP of `layer` (its norm included) at rows of the residual stream `(N, D)` → `(N, D)`:
+    /// it reads `resid_mid` (the stream after the layer's attention) under the sequential
+    /// wiring, `resid_pre` (the stream entering the layer) under the parallel one.
+    pub fn mlp_rows(
+        &self,
+        layer: usize,
+        resid_pre: ArrayView2<f32>,
+        resid_mid: ArrayView2<f32>,
+    ) -> Array2<f32> {
+        let reads = match self.transformer.residual {
+            ResidualTopology::Sequential => resid_mid,
+            ResidualTopology::Parallel => resid_pre,
+        };
         let layer = &self.transformer.layers[layer];
-        let normed = layer.mlp_norm.apply(resid_mid);
+        let normed = layer.mlp_norm.apply(reads);
         layer.mlp.forward(normed.view(), false).1
     }
 
@@ -393,12 +405,21 @@ impl Model {
             edits.edit_z(index, i, first, &mut item_z);
         }
         let attn_out = layer.o.apply(z.view()); // (N_q, D)
+        // Under the parallel wiring the MLP reads the stream entering the layer, not the
+        // attention's output (the one rule: `ResidualTopology`).
+        let parallel_input = match t.residual {
+            ResidualTopology::Sequential => None,
+            ResidualTopology::Parallel if end_only => Some(resid.select(Axis(0), end_rows)),
+            ResidualTopology::Parallel => Some(resid.clone()),
+        }; // (N_q, D)
         let resid_mid = if end_only {
             resid.select(Axis(0), end_rows) + &attn_out
         } else {
             resid + &attn_out
         }; // (N_q, D)
-        let normed = layer.mlp_norm.apply(resid_mid.view());
+        let normed = layer
+            .mlp_norm
+            .apply(parallel_input.as_ref().map_or(resid_mid.view(), |r| r.view()));
         let (_, mut mlp_out) = layer.mlp.forward(normed.view(), false); // (N_q, D)
         for (i, _) in items.iter().enumerate() {
             let (rows, first) = item_rows(i);

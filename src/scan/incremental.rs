@@ -187,13 +187,12 @@ impl Context<'_> {
         if !heads.is_empty() {
             let z = Array2::from_shape_fn((heads.len(), n_heads * d_head), |(r, c)| heads[r].1[c]); // (I_h, H·d)
             let attn = model.attention_output_rows(layer, z.view()); // (I_h, D)
-            let mut resid_mid = attn;
-            for (r, &(item, _)) in heads.iter().enumerate() {
-                let it = items[item];
-                let mut row = resid_mid.row_mut(r);
-                row += &base_layer.resid_pre.slice(s![it.prompt, it.first_row, ..]);
-            }
-            let mut mlp = model.mlp_rows(layer, resid_mid.view()); // (I_h, D)
+            let resid_pre = Array2::from_shape_fn((heads.len(), d_model), |(r, c)| {
+                let it = items[heads[r].0];
+                base_layer.resid_pre[[it.prompt, it.first_row, c]]
+            }); // (I_h, D)
+            let resid_mid = &resid_pre + &attn; // (I_h, D)
+            let mut mlp = model.mlp_rows(layer, resid_pre.view(), resid_mid.view()); // (I_h, D)
             for (r, &(item, _)) in heads.iter().enumerate() {
                 let it = items[item];
                 if !self.base_plan.mlp_keep[layer][[it.prompt, it.first_row]] {
