@@ -5,7 +5,7 @@ patches a factorized transformer: every destination input (each head's q, k and 
 MLP's input, `Resid End`) reads its clean value plus, for every incoming edge whose mask is 1,
 (ablation - current) of that edge's source ("Resid Start" = the embedding, each head's
 `hook_result`, each `hook_mlp_out`). With token-wise mean ablation over the corrupt prompts, that
-is the definition of an edge-complete `.circuit` (docs/semantics.md, section 7) under
+is the definition of an edge-complete `.circuit` (docs/semantics.md, section 8) under
 `ablate heads and mlps by mean`, `reference D.corrupt`, `align by position`.
 
 The model is the committed random GPT-2 fixture tests/fixtures/models/gpt2-tiny (3 layers,

@@ -22,6 +22,12 @@ embedding) so that each head's q, k and v can read its own copy of the residual 
 transformers' modules cannot express; it is checked against transformers' own logits first.
 
     /tmp/venv/bin/python scripts/grad_reference.py      # rewrites tests/fixtures/gradients/
+    /tmp/venv/bin/python scripts/grad_reference.py neox-parallel-f16   # only the models named
+
+GPT-NeoX: q, k and v are the per-head parts of the fused `query_key_value` (rows h·3d + j·d),
+partial rotary is transformers' own NeoX `apply_rotary_pos_emb`, and under
+`use_parallel_residual` the MLP reads `resid_pre` (so `mlp_in` is a copy of it, read by the MLP
+only) and `resid_post = resid_pre + attn_out + mlp_out`.
 
 Output per model: {name}.safetensors (float32 arrays; for prompt p: `p{p}.ids` (T,) i64,
 `p{p}.targets` (2,) i64 answer and distractor, `p{p}.metric` (1,) f64, `p{p}.{quantity}`) and
@@ -30,6 +36,7 @@ Output per model: {name}.safetensors (float32 arrays; for prompt p: `p{p}.ids` (
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -38,6 +45,7 @@ import transformers
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
+from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb as neox_rotary
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +53,10 @@ OUT = ROOT / "tests" / "fixtures" / "gradients"
 MODELS = {
     "gpt2-tiny": ROOT / "tests" / "fixtures" / "models" / "gpt2-tiny",
     "llama-gqa-bf16": ROOT / "tests" / "fixtures" / "models" / "llama-gqa-bf16",
+    "neox-parallel-f16": ROOT / "tests" / "fixtures" / "models" / "neox-parallel-f16",
+    "neox-sequential-bf16": ROOT / "tests" / "fixtures" / "models" / "neox-sequential-bf16",
+    "qwen2-tied-f32": ROOT / "tests" / "fixtures" / "models" / "qwen2-tied-f32",
+    "mistral-head-dim-bf16": ROOT / "tests" / "fixtures" / "models" / "mistral-head-dim-bf16",
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
 }
 PROMPTS = ["The cat sat", "Once upon a time", "A red ball"]
@@ -64,6 +76,8 @@ class Reference:
         self.cfg = hf.config
         self.sd = {k: v.to(torch.float64) for k, v in hf.state_dict().items()}
         self.gpt2 = self.cfg.model_type == "gpt2"
+        self.neox = self.cfg.model_type == "gpt_neox"
+        self.parallel = self.neox and self.cfg.use_parallel_residual
 
     def weights(self, i):
         """(norm1, (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo), norm2, mlp) with W as (in, out)."""
@@ -84,6 +98,28 @@ class Reference:
                 (w[:, 2 * d :], b[2 * d :]),
                 (sd[p + "attn.c_proj.weight"], sd[p + "attn.c_proj.bias"]),
                 ln("ln_2"),
+                mlp,
+            )
+        if self.neox:
+            p = f"gpt_neox.layers.{i}."
+            D, H = self.cfg.hidden_size, self.cfg.num_attention_heads
+            d = D // H
+            eps = self.cfg.layer_norm_eps
+            ln = lambda name: (lambda x: F.layer_norm(x, (D,), sd[p + name + ".weight"], sd[p + name + ".bias"], eps))
+            w, b = sd[p + "attention.query_key_value.weight"], sd.get(p + "attention.query_key_value.bias")
+            def part(j):  # rows of head h's j-th third, as transformers views the output (…, H, 3d)
+                rows = torch.cat([torch.arange((3 * h + j) * d, (3 * h + j + 1) * d) for h in range(H)])
+                return (w[rows].T, None if b is None else b[rows])
+            fc = (sd[p + "mlp.dense_h_to_4h.weight"].T, sd[p + "mlp.dense_h_to_4h.bias"])
+            proj = (sd[p + "mlp.dense_4h_to_h.weight"].T, sd[p + "mlp.dense_4h_to_h.bias"])
+            mlp = lambda x: F.gelu(x @ fc[0] + fc[1]) @ proj[0] + proj[1]
+            return (
+                ln("input_layernorm"),
+                part(0),
+                part(1),
+                part(2),
+                (sd[p + "attention.dense.weight"].T, sd.get(p + "attention.dense.bias")),
+                ln("post_attention_layernorm"),
                 mlp,
             )
         p = f"model.layers.{i}."
@@ -113,6 +149,13 @@ class Reference:
             embed = sd["transformer.wte.weight"][ids_t] + sd["transformer.wpe.weight"][:T]
             final_norm = lambda x: F.layer_norm(x, (D,), sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], cfg.layer_norm_epsilon)
             unembed = sd["transformer.wte.weight"]
+        elif self.neox:
+            n_layers, H, D = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size
+            d, H_kv = D // H, H
+            embed = sd["gpt_neox.embed_in.weight"][ids_t]
+            final_norm = lambda x: F.layer_norm(x, (D,), sd["gpt_neox.final_layer_norm.weight"], sd["gpt_neox.final_layer_norm.bias"], cfg.layer_norm_eps)
+            unembed = sd["lm_head.weight"]  # transformers 5's name of the file's embed_out
+            cos, sin = self.hf.gpt_neox.rotary_emb(embed[None], torch.arange(T)[None])  # (1, T, r) each
         else:
             n_layers, H, D = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size
             d = getattr(cfg, "head_dim", None) or D // H
@@ -147,7 +190,8 @@ class Reference:
                 proj[which] = y if bh is None else y + bh
             q, k, v = proj["q"], proj["k"], proj["v"]
             if not self.gpt2:
-                q4, k4 = apply_rotary_pos_emb(q.permute(1, 0, 2)[None], k.permute(1, 0, 2)[None], cos, sin)
+                rotary = neox_rotary if self.neox else apply_rotary_pos_emb
+                q4, k4 = rotary(q.permute(1, 0, 2)[None], k.permute(1, 0, 2)[None], cos, sin)
                 q, k = q4[0].permute(1, 0, 2), k4[0].permute(1, 0, 2)
             scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)  # (H, T, T)
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -161,7 +205,8 @@ class Reference:
             if o_w[1] is not None:
                 attn_out = attn_out + o_w[1]
             resid_mid = resid + attn_out
-            mlp_in = resid_mid * 1.0  # read by the MLP only: its grad is the MLP path's
+            # Read by the MLP only (its grad is the MLP path's): resid_mid, or in parallel resid_pre.
+            mlp_in = (resid if self.parallel else resid_mid) * 1.0
             mlp_in.retain_grad()
             keep["mlp_in"].append(mlp_in)
             mlp_out = mlp(norm2(mlp_in))
@@ -175,7 +220,10 @@ class Reference:
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    chosen = sys.argv[1:] or list(MODELS)
     for name, folder in MODELS.items():
+        if name not in chosen:
+            continue
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager")
         hf.eval()
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

@@ -6,6 +6,7 @@ Every fixture is a reference no one here wrote: random-weight models built and r
 (tests/engine_parity.rs) load the same folders with `circuit::model::Model` and compare.
 
     /tmp/venv/bin/python scripts/make_reference.py            # rewrites the fixtures
+    /tmp/venv/bin/python scripts/make_reference.py neox_parallel_f16   # only the ones named
     /tmp/venv/bin/pip install -r scripts/requirements.txt     # the pinned versions
 
 Per model folder:
@@ -14,7 +15,8 @@ Per model folder:
   expected.safetensors    for prompt i: `prompt{i}.ids` (T,) i64, `prompt{i}.logits` (T, V) f32,
                           `prompt{i}.hidden` (L+1, T, D) HF hidden_states (last one after the final
                           norm), `prompt{i}.attn` (L, H, T, T) eager attention patterns
-  expected.json           the prompt texts (and for stories260K the greedy continuation)
+  expected.json           the prompt texts (and, where generated, the greedy continuation of
+                          `greedy_prompt`: `greedy_ids`, the ids HF's `generate` appended)
 """
 
 import json
@@ -26,7 +28,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "models"
@@ -159,6 +163,104 @@ def llama_gqa_bf16():
     run_reference(model, tok, PROMPTS, folder)
 
 
+def greedy(model, tok: Tokenizer, prompt: str, new_tokens: int) -> dict:
+    """HF's greedy `generate` from `prompt`: the ids it appends (random models produce arbitrary
+    but deterministic tokens, so ids are compared, not text)."""
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False,
+                                   min_new_tokens=new_tokens)
+    return {"greedy_prompt": prompt, "greedy_ids": generated[0, len(ids):].tolist()}
+
+
+def neox_parallel_f16():
+    """GPT-NeoX (Pythia's wiring): parallel residual, partial rotary (a quarter of each head,
+    rotary base 2000), q/k/v fused per head, exact GELU, untied embed_out; 3 layers, 4 heads of
+    16, an MLP width (144) that is not 4·d, F16. config.json in transformers 5's spelling
+    (`rope_parameters`)."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = GPTNeoXConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
+                           intermediate_size=144, vocab_size=300, max_position_embeddings=64,
+                           rotary_pct=0.25, rotary_emb_base=2000, use_parallel_residual=True,
+                           layer_norm_eps=1e-5, hidden_act="gelu", tie_word_embeddings=False,
+                           bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(6)
+    model = GPTNeoXForCausalLM(config).eval()
+    randomize(model, 7)
+    folder = OUT / "neox-parallel-f16"
+    model = save_model(model, tok, folder, torch.float16)
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[1], 8))
+
+
+def neox_sequential_bf16():
+    """GPT-NeoX with `use_parallel_residual: false` (the MLP reads the attention's output), half
+    of each head rotated (rotary base 500), no attention biases; 2 layers, 3 heads of 16, BF16.
+    Its config.json is rewritten in the spelling of transformers 4 (and of the Pythia configs
+    on the hub): `rotary_pct`, `rotary_emb_base`; the reference is HF reading that file."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = GPTNeoXConfig(hidden_size=48, num_attention_heads=3, num_hidden_layers=2,
+                           intermediate_size=80, vocab_size=300, max_position_embeddings=64,
+                           rotary_pct=0.5, rotary_emb_base=500, use_parallel_residual=False,
+                           attention_bias=False, layer_norm_eps=1e-5, hidden_act="gelu",
+                           tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+                           attn_implementation="eager")
+    torch.manual_seed(8)
+    model = GPTNeoXForCausalLM(config).eval()
+    randomize(model, 9)
+    folder = OUT / "neox-sequential-bf16"
+    save_model(model, tok, folder, torch.bfloat16)
+    path = folder / "config.json"
+    written = json.loads(path.read_text())
+    rope = written.pop("rope_parameters")
+    assert rope.get("rope_type", "default") == "default", rope
+    written["rotary_pct"] = rope["partial_rotary_factor"]
+    written["rotary_emb_base"] = rope["rope_theta"]
+    path.write_text(json.dumps(written, indent=2) + "\n")
+    model = GPTNeoXForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                               attn_implementation="eager").eval()
+    assert model.config.rope_parameters["partial_rotary_factor"] == 0.5
+    assert model.config.rope_parameters["rope_theta"] == 500
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
+
+
+def qwen2_tied_f32():
+    """Qwen2: Llama's blocks with q/k/v biases (random, like every weight), 2 layers, 4 query
+    heads sharing 2 key/value heads of 12, rope_theta 300, tied embeddings (as Qwen2-0.5B), F32.
+    `sliding_window` and `max_window_layers` are set as the hub's configs set them, with
+    `use_sliding_window: false` (the window is off, as in every released Qwen2)."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = Qwen2Config(hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=300.0,
+                         tie_word_embeddings=True, use_sliding_window=False, sliding_window=4,
+                         max_window_layers=1, bos_token_id=0, eos_token_id=0,
+                         attn_implementation="eager")
+    torch.manual_seed(10)
+    model = Qwen2ForCausalLM(config).eval()
+    randomize(model, 11)
+    folder = OUT / "qwen2-tied-f32"
+    model = save_model(model, tok, folder, torch.float32)
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
+
+
+def mistral_head_dim_bf16():
+    """Mistral (v0.3's form: `sliding_window: null`): Llama's blocks without biases, with an
+    explicit head_dim (16) that is not hidden_size / heads (48 / 4 = 12), so q is 64 wide; 2
+    layers, 4 query heads sharing 1 key/value head, rope_theta 1000, untied, BF16."""
+    tok = tiny_tokenizer(300, add_bos=True)
+    config = MistralConfig(hidden_size=48, intermediate_size=88, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                           vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-5,
+                           rope_theta=1000.0, sliding_window=None, tie_word_embeddings=False,
+                           bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(12)
+    model = MistralForCausalLM(config).eval()
+    randomize(model, 13)
+    folder = OUT / "mistral-head-dim-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[1], 8))
+
+
 def stories260k():
     """Only the reference outputs are committed; the model stays in ../shared/models."""
     tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
@@ -177,9 +279,12 @@ def stories260k():
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    gpt2_tiny()
-    gpt2_f16()
-    llama_gqa_bf16()
-    stories260k()
+    FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
+                qwen2_tied_f32, mistral_head_dim_bf16, stories260k]
+    # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
+    chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
+    for fixture in FIXTURES:
+        if fixture.__name__ in chosen:
+            fixture()
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"fixtures: {total / 1e6:.2f} MB in {OUT}")

@@ -24,5 +24,6 @@ pub mod model;
 pub mod plan;
 pub mod report;
 pub mod resolve;
+pub mod scan;
 pub mod syntax;
 pub mod util;

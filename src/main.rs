@@ -36,6 +36,11 @@ enum Command {
     /// Attribution scores (eap, eap-ig, attention, qkvo, dla) of every head, MLP, QK edge or
     /// path edge, ranked.
     Scores(cli::scores::Args),
+    /// The exact effect of ablating each head, MLP or QK edge alone, ranked; sharded with
+    /// --shard i/N and joined with --merge.
+    Scan(cli::scan::Args),
+    /// Write a circuit in another tool's format (the EAP-IG / MIB graph JSON).
+    Export(cli::export::Args),
     /// Compare two versions of a .circuit file: what changed and how the metrics moved.
     Diff(cli::diff::Args),
     /// Evaluate a .circuit file and draw it as a self-contained HTML page.
@@ -68,7 +73,9 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Scores(args) => cli::scores::execute(args),
+        Command::Scan(args) => cli::scan::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
+        Command::Export(args) => cli::export::execute(args),
         Command::Show(args) => cli::show::execute(args),
         Command::Cache(args) => cli::cache::execute(args),
         Command::Import(args) => cli::import::execute(args),

@@ -1,4 +1,4 @@
-//! Edge-complete circuits end to end (docs/semantics.md, section 7; docs/language.md,
+//! Edge-complete circuits end to end (docs/semantics.md, section 8; docs/language.md,
 //! "Edge-complete circuits"; against auto-circuit: tests/edge_complete_autocircuit.rs): a node
 //! circuit and its edge-complete translation agree; a circuit
 //! → graph JSON → `circuit import` → the same faithfulness; `eval`, `test`, `diff`, `check` and

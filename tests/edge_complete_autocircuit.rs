@@ -1,4 +1,4 @@
-//! Edge-complete circuits against auto-circuit itself (docs/semantics.md, section 7):
+//! Edge-complete circuits against auto-circuit itself (docs/semantics.md, section 8):
 //! scripts/autocircuit_reference.py evaluates circuits given as sets of auto-circuit edges
 //! (`Resid Start->A0.1.V`, `A0.1->MLP 1`, `MLP 1->Resid End`) with its token-wise mean ablation
 //! over the corrupt prompts, on the committed random GPT-2 (tests/fixtures/models/gpt2-tiny), and

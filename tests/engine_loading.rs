@@ -1,7 +1,8 @@
 //! Loading: the layouts a HuggingFace folder may come in (sharded, names without the
 //! `transformer.` prefix, compiled-in bytes), and bad input, one test each: a clear
 //! `circuit::model::*` diagnostic naming the file, tensor or prompt and what was expected, never
-//! a panic. Broken folders are built here in tempdirs from the gpt2-tiny fixture.
+//! a panic. Broken folders are built here in tempdirs from the gpt2-tiny fixture (and, for the
+//! GPT-NeoX family's own settings and tensors, from the neox fixtures).
 
 use std::path::{Path, PathBuf};
 
@@ -11,25 +12,45 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2-tiny")
+    fixture_named("gpt2-tiny")
+}
+
+fn fixture_named(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 /// A copy of the gpt2-tiny folder.
 fn copy_fixture() -> tempfile::TempDir {
+    copy_fixture_named("gpt2-tiny")
+}
+
+/// A copy of the fixture folder `name`.
+fn copy_fixture_named(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        std::fs::copy(fixture().join(file), dir.path().join(file)).unwrap();
+        std::fs::copy(fixture_named(name).join(file), dir.path().join(file)).unwrap();
     }
     dir
 }
 
-/// Rewrites `model.safetensors` in `dir`: `edit` gets each tensor and returns what to store
-/// instead (`None` drops it).
+/// Rewrites `model.safetensors` in `dir`, a copy of gpt2-tiny: `edit` gets each tensor and
+/// returns what to store instead (`None` drops it).
 fn rewrite_weights(
     dir: &Path,
     edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
 ) {
-    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    rewrite_weights_of("gpt2-tiny", dir, edit)
+}
+
+/// [`rewrite_weights`] of a copy of the fixture `name`.
+fn rewrite_weights_of(
+    name: &str,
+    dir: &Path,
+    edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    let bytes = std::fs::read(fixture_named(name).join("model.safetensors")).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .tensors()
@@ -131,10 +152,16 @@ fn unknown_model_type() {
         config.replace("\"gpt2\"", "\"mamba\""),
     )
     .unwrap();
-    load_error(
+    let err = load_error(
         dir.path(),
         "circuit::model::unknown_model_type",
         &["mamba", "config.json"],
+    );
+    // The help lists every family the engine reads.
+    let help = err.help().unwrap().to_string();
+    assert_eq!(
+        help,
+        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2" and "mistral""#
     );
 }
 
@@ -635,4 +662,296 @@ fn errors_inside_the_safetensors_header_name_the_tensor() {
         entry["data_offsets"] = serde_json::json!([start + 4, end + 4]);
     });
     load_error(dir.path(), "circuit::model::bad_safetensors", &[tensor]);
+}
+
+// ---- GPT-NeoX / Pythia -----------------------------------------------------------------------
+
+/// A copy of the fixture `name` whose config.json is edited as JSON.
+fn with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = copy_fixture_named(name);
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn gpt_neox_scaled_rotary_is_an_error_naming_the_key() {
+    // transformers 4's spelling (top-level rope_scaling) ...
+    let dir = with_config("neox-sequential-bf16", |c| {
+        c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0});
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`rope_scaling`", "linear"],
+    );
+    // ... and transformers 5's (rope_parameters.rope_type).
+    let dir = with_config("neox-parallel-f16", |c| {
+        c["rope_parameters"]["rope_type"] = "dynamic".into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`rope_parameters.rope_type`", "dynamic"],
+    );
+}
+
+#[test]
+fn gpt_neox_rotary_fraction_of_an_odd_width_is_an_error_naming_the_key() {
+    // 0.2 of a head of 16 is 3 dimensions: rotary embeddings turn pairs.
+    let dir = with_config("neox-sequential-bf16", |c| {
+        c["rotary_pct"] = 0.2.into();
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`rotary_pct`", "0.2"],
+    );
+    let help = err.help().unwrap().to_string();
+    assert!(help.contains("of a head of 16 is 3 dimensions"), "{help}");
+    let dir = with_config("neox-parallel-f16", |c| {
+        c["rope_parameters"]["partial_rotary_factor"] = 0.2.into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`rope_parameters.partial_rotary_factor`"],
+    );
+}
+
+#[test]
+fn gpt_neox_other_activation_is_an_error() {
+    let dir = with_config("neox-parallel-f16", |c| {
+        c["hidden_act"] = "relu".into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported",
+        &["hidden_act", "relu"],
+    );
+}
+
+#[test]
+fn gpt_neox_attention_bias_missing_from_the_weights() {
+    // The config says the projections have biases; the file (written without) has none.
+    let dir = with_config("neox-sequential-bf16", |c| {
+        c["attention_bias"] = true.into();
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::tensor_missing",
+        &["gpt_neox.layers.0.attention.query_key_value.bias"],
+    );
+    assert!(err.help().unwrap().to_string().contains("a GPT-NeoX model"));
+}
+
+#[test]
+fn gpt_neox_fused_qkv_of_the_wrong_shape() {
+    let dir = copy_fixture_named("neox-parallel-f16");
+    rewrite_weights_of(
+        "neox-parallel-f16",
+        dir.path(),
+        |name, dtype, shape, data| {
+            if name == "gpt_neox.layers.1.attention.query_key_value.weight" {
+                // 128 of the 192 rows: q and k of every head but no v.
+                Some((dtype, vec![128, 64], data[..128 * 64 * 2].to_vec()))
+            } else {
+                unchanged(name, dtype, shape, data)
+            }
+        },
+    );
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_shape",
+        &[
+            "gpt_neox.layers.1.attention.query_key_value.weight",
+            "[128, 64]",
+            "[192, 64]",
+        ],
+    );
+}
+
+#[test]
+fn gpt_neox_embed_out_of_the_wrong_dtype() {
+    let dir = copy_fixture_named("neox-parallel-f16");
+    rewrite_weights_of(
+        "neox-parallel-f16",
+        dir.path(),
+        |name, dtype, shape, data| {
+            if name == "embed_out.weight" {
+                Some((Dtype::I16, shape.to_vec(), data.to_vec()))
+            } else {
+                unchanged(name, dtype, shape, data)
+            }
+        },
+    );
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_dtype",
+        &["embed_out.weight", "I16"],
+    );
+}
+
+#[test]
+fn gpt_neox_buffers_of_older_checkpoints_are_not_weights() {
+    // Pythia checkpoints saved by older transformers hold each layer's causal-mask buffers and
+    // rotary frequencies; the engine derives both, and loads the same model.
+    let dir = copy_fixture_named("neox-parallel-f16");
+    let original = Model::load(&fixture_named("neox-parallel-f16")).unwrap();
+    let bytes =
+        std::fs::read(fixture_named("neox-parallel-f16").join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = tensors.tensors();
+    let mask = vec![1u8; 4 * 4];
+    let masked_bias = f32_bytes(&[-1e9]);
+    let inv_freq = f32_bytes(&[1.0, 0.5]);
+    for layer in 0..3 {
+        let l = format!("gpt_neox.layers.{layer}.attention");
+        views.push((
+            format!("{l}.bias"),
+            TensorView::new(Dtype::BOOL, vec![1, 1, 4, 4], &mask).unwrap(),
+        ));
+        views.push((
+            format!("{l}.masked_bias"),
+            TensorView::new(Dtype::F32, vec![], &masked_bias).unwrap(),
+        ));
+        views.push((
+            format!("{l}.rotary_emb.inv_freq"),
+            TensorView::new(Dtype::F32, vec![2], &inv_freq).unwrap(),
+        ));
+    }
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    let model = Model::load(dir.path()).unwrap();
+    assert_eq!(end_logits(&model), end_logits(&original));
+}
+
+// ---- Qwen2 ---------------------------------------------------------------------------------
+
+#[test]
+fn qwen2_binding_sliding_window_is_an_error_naming_the_key() {
+    // transformers 4's configs: no layer_types; layers from max_window_layers (1) on slide.
+    let dir = with_config("qwen2-tied-f32", |c| {
+        c["use_sliding_window"] = true.into();
+        c["sliding_window"] = 4.into();
+        c.as_object_mut().unwrap().remove("layer_types");
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`use_sliding_window`"],
+    );
+    let help = err.help().unwrap().to_string();
+    assert!(
+        help.contains("4 keys, shorter than the context of 64) on layer 1 "),
+        "{help}"
+    );
+    // transformers 5's: layer_types says which layers slide.
+    let dir = with_config("qwen2-tied-f32", |c| {
+        c["use_sliding_window"] = true.into();
+        c["sliding_window"] = 4.into();
+        c["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`use_sliding_window`"],
+    );
+    assert!(err.help().unwrap().to_string().contains("on layer 0 "));
+}
+
+#[test]
+fn qwen2_sliding_window_that_cannot_bind_loads_the_same_model() {
+    let original = Model::load(&fixture_named("qwen2-tied-f32")).unwrap();
+    for edit in [
+        // No layer slides ...
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 4,
+                           "layer_types": ["full_attention", "full_attention"]}),
+        // ... or the window is as long as the context.
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 64,
+                           "max_window_layers": 0}),
+    ] {
+        let dir = with_config("qwen2-tied-f32", |c| {
+            for (key, value) in edit.as_object().unwrap() {
+                c[key] = value.clone();
+            }
+        });
+        let model = Model::load(dir.path()).unwrap();
+        assert_eq!(end_logits(&model), end_logits(&original), "{edit}");
+    }
+}
+
+#[test]
+fn qwen2_query_bias_missing_from_the_weights() {
+    let dir = copy_fixture_named("qwen2-tied-f32");
+    rewrite_weights_of("qwen2-tied-f32", dir.path(), |name, dtype, shape, data| {
+        (name != "model.layers.1.self_attn.q_proj.bias")
+            .then(|| unchanged(name, dtype, shape, data).unwrap())
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::tensor_missing",
+        &["model.layers.1.self_attn.q_proj.bias"],
+    );
+    assert!(err.help().unwrap().to_string().contains("a Qwen2 model"));
+}
+
+// ---- Mistral -------------------------------------------------------------------------------
+
+#[test]
+fn mistral_binding_sliding_window_is_an_error_naming_the_key() {
+    // Mistral v0.1's form: a window shorter than the context.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c["sliding_window"] = 16.into();
+    });
+    let err = load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`sliding_window` = 16"],
+    );
+    assert!(err.help().unwrap().to_string().contains("context of 64"));
+    // MistralConfig's default window (4096) when the key is absent, under a longer context.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+        c["max_position_embeddings"] = 8192.into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::unsupported_config",
+        &["`sliding_window` = 4096"],
+    );
+    // A window as long as the context never binds: the same model.
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c["sliding_window"] = 64.into();
+    });
+    let original = Model::load(&fixture_named("mistral-head-dim-bf16")).unwrap();
+    assert_eq!(
+        end_logits(&Model::load(dir.path()).unwrap()),
+        end_logits(&original)
+    );
+}
+
+#[test]
+fn mistral_bias_in_the_weights_is_an_unused_tensor() {
+    // transformers' Mistral has no biases: one in the file would be ignored there, so here it
+    // is an error rather than a different model.
+    let dir = copy_fixture_named("mistral-head-dim-bf16");
+    let bias = vec![0u8; 64 * 2];
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = tensors.tensors();
+    views.push((
+        "model.layers.0.self_attn.q_proj.bias".to_string(),
+        TensorView::new(Dtype::BF16, vec![64], &bias).unwrap(),
+    ));
+    let path = dir.path().join("weights.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    std::fs::rename(&path, dir.path().join("model.safetensors")).unwrap();
+    load_error(
+        dir.path(),
+        "circuit::model::unexpected_tensors",
+        &["model.layers.0.self_attn.q_proj.bias"],
+    );
 }

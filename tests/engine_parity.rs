@@ -1,10 +1,12 @@
 //! The engine against HuggingFace transformers: fixtures written by scripts/make_reference.py
-//! (random GPT-2 in F32 and F16, random GQA Llama in BF16, the real stories260K), compared to
-//! 1e-4 in the logits, plus HF's hidden states and eager attention patterns for the cache.
+//! (random GPT-2 in F32 and F16, random GQA Llama in BF16, random GPT-NeoX in both wirings in
+//! F16 and BF16, random Qwen2 with tied embeddings in F32, random Mistral with an explicit head_dim in BF16,
+//! the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
+//! and eager attention patterns for the cache, and HF's greedy generation.
 
 use std::path::{Path, PathBuf};
 
-use circuit::model::{ForwardOptions, Model, NoInterventions};
+use circuit::model::{ForwardOptions, Model, NoInterventions, ResidualTopology};
 use ndarray::{s, ArrayD, ArrayViewD, IxDyn};
 use safetensors::SafeTensors;
 
@@ -235,6 +237,87 @@ fn llama_gqa_bf16_matches_transformers() {
     let e = expected("llama-gqa-bf16");
     check_logits(&model, "llama-gqa-bf16", &e);
     check_cache(&model, "llama-gqa-bf16", &e);
+}
+
+/// The ids HF's greedy `generate` appended to `greedy_prompt` (random models: ids, not text).
+fn check_greedy(model: &Model, name: &str, e: &Expected) {
+    let prompt = model
+        .encode_prompt(e.meta["greedy_prompt"].as_str().unwrap())
+        .unwrap();
+    let want: Vec<u32> = e.meta["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap() as u32)
+        .collect();
+    let generated = model.generate_greedy(&prompt, want.len()).unwrap();
+    assert_eq!(generated[prompt.len()..], want[..], "{name}: greedy ids");
+}
+
+#[test]
+fn gpt_neox_parallel_f16_matches_transformers() {
+    let model = Model::load(&fixture_dir("neox-parallel-f16")).unwrap();
+    let config = &model.config;
+    assert_eq!(config.residual, ResidualTopology::Parallel);
+    // transformers 5's spelling: rope_parameters {rope_theta: 2000, partial_rotary_factor: 0.25}.
+    assert_eq!(
+        (config.rope_theta, config.d_head, config.rotary_dim),
+        (2000.0, 16, 4)
+    );
+    assert!(config.attention_bias);
+    let e = expected("neox-parallel-f16");
+    check_logits(&model, "neox-parallel-f16", &e);
+    check_cache(&model, "neox-parallel-f16", &e);
+    check_greedy(&model, "neox-parallel-f16", &e);
+}
+
+#[test]
+fn gpt_neox_sequential_bf16_with_the_old_config_spelling_matches_transformers() {
+    let model = Model::load(&fixture_dir("neox-sequential-bf16")).unwrap();
+    let config = &model.config;
+    assert_eq!(config.residual, ResidualTopology::Sequential);
+    // transformers 4's spelling: rotary_emb_base 500, rotary_pct 0.5.
+    assert_eq!(
+        (config.rope_theta, config.d_head, config.rotary_dim),
+        (500.0, 16, 8)
+    );
+    assert!(!config.attention_bias);
+    let e = expected("neox-sequential-bf16");
+    check_logits(&model, "neox-sequential-bf16", &e);
+    check_cache(&model, "neox-sequential-bf16", &e);
+    check_greedy(&model, "neox-sequential-bf16", &e);
+}
+
+#[test]
+fn qwen2_tied_f32_matches_transformers() {
+    let model = Model::load(&fixture_dir("qwen2-tied-f32")).unwrap();
+    let config = &model.config;
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.d_head),
+        (4, 2, 12)
+    );
+    assert_eq!(config.rope_theta, 300.0);
+    assert!(config.tie_word_embeddings && config.attention_bias);
+    let e = expected("qwen2-tied-f32");
+    check_logits(&model, "qwen2-tied-f32", &e);
+    check_cache(&model, "qwen2-tied-f32", &e);
+    check_greedy(&model, "qwen2-tied-f32", &e);
+}
+
+#[test]
+fn mistral_with_explicit_head_dim_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("mistral-head-dim-bf16")).unwrap();
+    let config = &model.config;
+    // head_dim 16, not hidden_size / heads = 12.
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.d_head),
+        (4, 1, 16)
+    );
+    assert!(!config.attention_bias && !config.tie_word_embeddings);
+    let e = expected("mistral-head-dim-bf16");
+    check_logits(&model, "mistral-head-dim-bf16", &e);
+    check_cache(&model, "mistral-head-dim-bf16", &e);
+    check_greedy(&model, "mistral-head-dim-bf16", &e);
 }
 
 #[test]

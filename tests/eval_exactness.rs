@@ -32,6 +32,15 @@ fn gpt2() -> Setup {
     Setup { model, data }
 }
 
+/// GPT-NeoX wired in parallel: the MLP of a layer reads the stream entering it.
+fn neox_parallel() -> Setup {
+    let dir = gpt2_tiny_dir().with_file_name("neox-parallel-f16");
+    let model = Model::load(&dir).unwrap();
+    let mut data = random_data(300, 8, 6, 5, 12);
+    data.reference.push(data.reference[0].clone());
+    Setup { model, data }
+}
+
 /// What the resolver knows here: the setup's model, and the hand-made prompts' labels.
 struct SetupEnvironment<'a>(&'a ModelConfig);
 
@@ -370,6 +379,47 @@ fn stories_path_edges_into_the_logits() {
 #[test]
 fn gpt2_path_edges_into_the_logits() {
     path_edges_into_logits(gpt2());
+}
+
+#[test]
+fn gpt_neox_parallel_path_edges_into_the_logits() {
+    path_edges_into_logits(neox_parallel());
+}
+
+/// Under the parallel wiring an MLP reads no head of its own layer: every earlier component
+/// kept into `mlp L` rebuilds exactly the stream it reads (had the rebuild also removed layer
+/// L's heads, which that stream does not hold, faithfulness would move); keeping only the
+/// embedding's path changes it.
+#[test]
+fn gpt_neox_parallel_path_edges_into_an_mlp_read_no_head_of_its_layer() {
+    let setup = neox_parallel();
+    let (l, _) = n_layers_heads(&setup);
+    let s = settings(
+        AblationKind::Mean,
+        EdgeAblation::EdgeMean,
+        Scope::HeadsAndMlps,
+    );
+    let (last, before) = (l - 1, l - 2);
+    let text = format!(
+        "{EVERYTHING}\
+         circuit all_kept extends everything {{ edge 0..{before}.*, mlp 0..{before} -> mlp {last} }}\n\
+         circuit cut extends everything {{ edge 0.0 -> mlp {last} }}\n"
+    );
+    let all_kept = circuit_named(&setup, &text, "all_kept");
+    let cut = circuit_named(&setup, &text, "cut");
+    let eval = evaluate(&setup, s, &[&all_kept, &cut]);
+    let faithfulness = |name: &str| {
+        eval.scores(name, Metric::LogitDiff)
+            .unwrap()
+            .faithfulness
+            .unwrap()
+    };
+    let (kept, cut) = (faithfulness("all_kept"), faithfulness("cut"));
+    assert!((kept - 1.0).abs() < 1e-6, "every path kept gives {kept}");
+    assert!(
+        (cut - 1.0).abs() > 1e-3,
+        "cutting paths changes the output: {cut}"
+    );
 }
 
 #[test]

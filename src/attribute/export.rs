@@ -40,6 +40,72 @@ pub fn downstream_name(d: Downstream) -> String {
     }
 }
 
+/// The format's `cfg`: the model's shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphConfig {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub parallel_attn_mlp: bool,
+    pub d_model: usize,
+}
+
+/// A node's or an edge's entry: its score (`null` when there is none, as for `input`) and
+/// whether it is in the graph.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GraphEntry {
+    pub score: Option<f64>,
+    pub in_graph: bool,
+}
+
+/// The EAP-IG / MIB graph as data: the one writer of the format, for scores
+/// ([`eap_ig_json`]) and for circuits (`report::graph_json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    pub cfg: GraphConfig,
+    /// By name, in the order written.
+    pub nodes: Vec<(String, GraphEntry)>,
+    pub edges: Vec<(String, GraphEntry)>,
+    /// Fields of ours after the format's (positions, what the format could not say); absent
+    /// when empty.
+    pub extra: Map<String, Value>,
+}
+
+impl Graph {
+    /// The JSON text: `cfg`, `nodes`, `edges`, then the extra fields; pretty, ending in a
+    /// newline.
+    pub fn to_json(&self) -> String {
+        let entries = |list: &[(String, GraphEntry)]| {
+            let mut map = Map::new();
+            for (name, e) in list {
+                map.insert(
+                    name.clone(),
+                    json!({"score": e.score, "in_graph": e.in_graph}),
+                );
+            }
+            Value::Object(map)
+        };
+        let mut value = Map::new();
+        value.insert(
+            "cfg".into(),
+            json!({
+                "n_layers": self.cfg.n_layers,
+                "n_heads": self.cfg.n_heads,
+                "parallel_attn_mlp": self.cfg.parallel_attn_mlp,
+                "d_model": self.cfg.d_model,
+            }),
+        );
+        value.insert("nodes".into(), entries(&self.nodes));
+        value.insert("edges".into(), entries(&self.edges));
+        for (k, v) in &self.extra {
+            value.insert(k.clone(), v.clone());
+        }
+        let mut text =
+            serde_json::to_string_pretty(&Value::Object(value)).expect("graph serializes");
+        text.push('\n');
+        text
+    }
+}
+
 /// Position-summed scores of one set, by name, in component order.
 fn summed(set: &ScoreSet) -> BTreeMap<Component, f64> {
     let mut out = BTreeMap::new();
@@ -75,40 +141,47 @@ pub fn eap_ig_json(
     let edge_scores = summed(edges);
     let kept_nodes = in_graph(&node_scores, top);
     let kept_edges = in_graph(&edge_scores, top);
-    let mut node_map = Map::new();
-    node_map.insert("input".into(), json!({"score": null, "in_graph": true}));
+    let unscored = GraphEntry {
+        score: None,
+        in_graph: true,
+    };
+    let mut graph_nodes = vec![("input".to_string(), unscored)];
     for (c, s) in &node_scores {
         let name = match c {
-            Component::Head(h) => format!("a{}.h{}", h.layer, h.head),
-            Component::Mlp(l) => format!("m{l}"),
+            Component::Head(h) => upstream_name(Upstream::Head(*h)),
+            Component::Mlp(l) => upstream_name(Upstream::Mlp(*l)),
             Component::Path { .. } => continue,
         };
-        node_map.insert(
-            name,
-            json!({"score": s, "in_graph": kept_nodes.contains(c)}),
-        );
+        let entry = GraphEntry {
+            score: Some(*s),
+            in_graph: kept_nodes.contains(c),
+        };
+        graph_nodes.push((name, entry));
     }
-    node_map.insert("logits".into(), json!({"score": null, "in_graph": true}));
-    let mut edge_map = Map::new();
+    graph_nodes.push(("logits".to_string(), unscored));
+    let mut graph_edges = Vec::new();
     for (c, s) in &edge_scores {
         if let Component::Path { from, to } = c {
-            edge_map.insert(
+            let entry = GraphEntry {
+                score: Some(*s),
+                in_graph: kept_edges.contains(c),
+            };
+            graph_edges.push((
                 format!("{}->{}", upstream_name(*from), downstream_name(*to)),
-                json!({"score": s, "in_graph": kept_edges.contains(c)}),
-            );
+                entry,
+            ));
         }
     }
-    let value = json!({
-        "cfg": {
-            "n_layers": n_layers,
-            "n_heads": n_heads,
-            "parallel_attn_mlp": false,
-            "d_model": d_model,
+    Graph {
+        cfg: GraphConfig {
+            n_layers,
+            n_heads,
+            parallel_attn_mlp: false,
+            d_model,
         },
-        "nodes": Value::Object(node_map),
-        "edges": Value::Object(edge_map),
-    });
-    let mut text = serde_json::to_string_pretty(&value).expect("scores serialize");
-    text.push('\n');
-    text
+        nodes: graph_nodes,
+        edges: graph_edges,
+        extra: Map::new(),
+    }
+    .to_json()
 }

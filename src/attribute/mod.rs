@@ -52,6 +52,9 @@ pub enum Method {
     Qkvo,
     /// Direct effect on the metric through the final norm (its scale frozen) and the unembedding.
     Dla,
+    /// The exact effect: the metric with the component ablated alone, minus the metric without
+    /// (computed by [`crate::scan`], not here).
+    Exact,
 }
 
 impl Method {
@@ -63,13 +66,17 @@ impl Method {
             Method::Attention => "attention",
             Method::Qkvo => "qkvo",
             Method::Dla => "dla",
+            Method::Exact => "exact",
         }
     }
 
     /// Whether the score is in the metric's units (an estimated change of `M`), so that
     /// faithfulness units exist for it.
     pub fn in_metric_units(self) -> bool {
-        matches!(self, Method::Eap | Method::EapIg { .. } | Method::Dla)
+        matches!(
+            self,
+            Method::Eap | Method::EapIg { .. } | Method::Dla | Method::Exact
+        )
     }
 
     /// Whether the score adds up over prompts (an estimate of a change of the prompt mean:
@@ -217,6 +224,15 @@ pub enum AttributeError {
     )]
     NoSteps,
 
+    #[error("exact scores are ablations, computed by `circuit::scan`, not from gradients")]
+    #[diagnostic(
+        code(circuit::attribute::exact_is_a_scan),
+        help(
+            "call circuit::scan::scan (what `circuit scores --method exact` and `circuit scan` do)"
+        )
+    )]
+    ExactIsAScan,
+
     #[error("QK-edge scores estimate edge-mean ablation, but this file ablates edges by knockout")]
     #[diagnostic(
         code(circuit::attribute::knockout_edges),
@@ -327,6 +343,7 @@ pub fn scores(
         Method::Attention | Method::Qkvo | Method::Dla => {
             cheap_scores(inputs, &clean, method, granularity, &mut aggregate)
         }
+        Method::Exact => return Err(AttributeError::ExactIsAScan),
     }
     Ok(ScoreSet {
         method,

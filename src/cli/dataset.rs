@@ -44,6 +44,8 @@ pub struct Args {
 enum Command {
     /// Per prompt: its tokens and the token every label resolves to.
     Inspect(InspectArgs),
+    /// An auto-circuit prompt file as dataset JSONL (labels from word_idxs and seq_labels).
+    Import(super::dataset_import::ImportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -116,8 +118,10 @@ impl GeneratorParams {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(command) = args.command {
-        let Command::Inspect(inspect_args) = *command;
-        return inspect(inspect_args);
+        return match *command {
+            Command::Inspect(inspect_args) => inspect(inspect_args),
+            Command::Import(import_args) => super::dataset_import::execute(import_args),
+        };
     }
     if args.list {
         let width = BUILTINS.iter().map(|b| b.name.len()).max().unwrap_or(0);

@@ -4,13 +4,16 @@
 pub mod cache;
 pub mod check;
 pub mod dataset;
+pub mod dataset_import;
 pub mod diff;
 pub mod eval;
+pub mod export;
 pub mod fmt;
 pub mod format;
 pub mod import;
 pub mod progress;
 pub mod run;
+pub mod scan;
 pub mod scores;
 pub mod show;
 pub mod test;

@@ -5,10 +5,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use circuit::attribute::run::{score_session, Request};
+use circuit::attribute::run::{score_session, Request, ScoreReport};
 use circuit::attribute::{check_request, export, Granularity, Method};
 use circuit::measure::{metric_name, Session, SessionOptions};
 use circuit::report::SettingsReport;
+use circuit::scan::{Engine, ScanError, ScanGranularity, ScanRequest, Shard};
 
 use super::eval::{emit, resolve, write_picture};
 
@@ -19,6 +20,8 @@ pub enum MethodArg {
     Attention,
     Qkvo,
     Dla,
+    /// The exact effect of ablating each component alone (an ablation scan, as `circuit scan`).
+    Exact,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,19 +75,14 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    if args.top == Some(0) {
-        return Err(miette::miette!(
-            code = "circuit::scores::top_zero",
-            help = "pass --top 1 or more, or leave it out",
-            "--top 0 would show no score"
-        ));
-    }
+    super::scan::check_top(args.top, "scores")?;
     let method = match args.method {
         MethodArg::Eap => Method::Eap,
         MethodArg::EapIg => Method::EapIg { steps: args.steps },
         MethodArg::Attention => Method::Attention,
         MethodArg::Qkvo => Method::Qkvo,
         MethodArg::Dla => Method::Dla,
+        MethodArg::Exact => Method::Exact,
     };
     let granularity = match args.granularity {
         GranularityArg::Nodes => Granularity::Nodes,
@@ -106,6 +104,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         ),
         None => None,
     };
+    if method == Method::Exact {
+        return exact(&args, file, granularity, relative_to);
+    }
     // Bad requests cost no forward pass.
     check_request(
         method,
@@ -151,6 +152,44 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let mut report = result?;
+    let settings = SettingsReport::new(session.settings(), session.provenance());
+    print_report(&args, &mut report, &settings)
+}
+
+/// `--method exact`: the scan's numbers, printed as every other method's.
+fn exact(
+    args: &Args,
+    file: &circuit::resolve::bound::BoundFile,
+    granularity: Granularity,
+    relative_to: Option<circuit::resolve::bound::BoundCircuit>,
+) -> miette::Result<ExitCode> {
+    let granularity = match granularity {
+        Granularity::Nodes => ScanGranularity::Nodes,
+        Granularity::QkEdges => ScanGranularity::QkEdges,
+        Granularity::PathEdges => return Err(ScanError::PathEdges.into()),
+    };
+    let request = ScanRequest {
+        granularity,
+        base: relative_to,
+        shard: Shard::WHOLE,
+        engine: Engine::Incremental,
+    };
+    let result = super::scan::run_scan(
+        file,
+        request,
+        &super::cache::CacheArgs::default(),
+        &args.file.display().to_string(),
+    )?;
+    let mut report = result.score_report();
+    print_report(args, &mut report, &result.settings_report())
+}
+
+/// Filters by `--query`, then prints (and draws) the report as `--format` and `--svg` say.
+fn print_report(
+    args: &Args,
+    report: &mut ScoreReport,
+    settings: &SettingsReport,
+) -> miette::Result<ExitCode> {
     if let Some(slot) = &args.query {
         if !report.set.slots.contains(slot) {
             return Err(miette::miette!(
@@ -161,12 +200,12 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }
         report.set.entries.retain(|e| &e.query == slot);
     }
-    let settings = SettingsReport::new(session.settings(), session.provenance());
+    let (report, settings) = (&*report, settings);
     let text = match args.format {
         ScoresFormat::Text => {
-            circuit::report::scores::to_text(&report, &settings, args.top.unwrap_or(20))
+            circuit::report::scores::to_text(report, settings, args.top.unwrap_or(20))
         }
-        ScoresFormat::Json => circuit::report::scores::to_json(&report, &settings, args.top),
+        ScoresFormat::Json => circuit::report::scores::to_json(report, settings, args.top),
         ScoresFormat::EapIgJson => export::eap_ig_json(
             report
                 .nodes_for_export
@@ -182,7 +221,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     // The picture first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
         let title = format!("circuit scores {}", args.file.display());
-        let svg = circuit::report::scores::heat_map(&report, &title, 4);
+        let svg = circuit::report::scores::heat_map(report, &title, 4);
         write_picture(path, &svg, "score heat map")?;
     }
     emit(&text, args.output.as_deref())?;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use circuit::measure::expect::{check, circuits_to_run};
+use circuit::measure::expect::{check_file, circuits_to_run};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -68,21 +68,17 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                 return Ok(Vec::new());
             }
             let run = super::eval::evaluate(&resolved, &names, &args.cache)?;
-            let metric = resolved.file.settings.metric;
-            let mut lines = Vec::new();
-            for circuit in &resolved.file.circuits {
-                for e in &circuit.expectations {
-                    let o = check(e, &circuit.name, &run.evaluation, metric);
-                    let status = if o.passed { "ok  " } else { "FAIL" };
-                    lines.push((
-                        o.passed,
-                        format!(
-                            "{status} {name} {}: {} {}",
-                            circuit.name, e.text, o.measured
-                        ),
-                    ));
-                }
-            }
+            let lines = check_file(&resolved.file, &run.evaluation)
+                .into_iter()
+                .map(|c| {
+                    let status = if c.outcome.passed { "ok  " } else { "FAIL" };
+                    let line = format!(
+                        "{status} {name} {}: {} {}",
+                        c.circuit, c.expectation.text, c.outcome.measured
+                    );
+                    (c.outcome.passed, line)
+                })
+                .collect();
             Ok(lines)
         })();
         match outcome {

@@ -6,6 +6,7 @@
 //! - [`tokenize_record`] / [`tokenize_dataset`] map slots to tokens under a model's tokenizer;
 //!   [`TokenizedPrompt::resolve`] turns a [`positions::PositionSet`] into token indices.
 
+pub mod autocircuit;
 pub mod builtin;
 pub mod error;
 pub mod inspect;

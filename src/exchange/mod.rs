@@ -6,7 +6,7 @@
 //! with `in_graph`, and `edges` named `U->D` (`a0.h1->a2.h3<q>`, `input->m0`, `m2->logits`),
 //! each with `in_graph`. A graph says which edges are kept and nothing about positions, so it is
 //! exactly an edge-complete circuit whose edges hold at every position (docs/semantics.md,
-//! section 7): every input reads the kept edges' upstream outputs and the reference values of
+//! section 8): every input reads the kept edges' upstream outputs and the reference values of
 //! all other upstream components, the embedding (`input`) included.
 //!
 //! An edge is kept when it is `in_graph` and so are both its nodes (a node listed with

@@ -14,4 +14,8 @@ pub enum EvalError {
         /// The closest name when one is close, and the names the file defines.
         help: String,
     },
+    /// [`super::Evaluator::interrupted`] said stop (Ctrl-C in Python).
+    #[error("the evaluation was interrupted")]
+    #[diagnostic(code(circuit::eval::interrupted))]
+    Interrupted,
 }

@@ -120,6 +120,10 @@ pub struct Evaluator<'a> {
     pub forward_passes: usize,
     /// Called after each forward batch with the number of prompts it held.
     pub on_batch: Option<Box<dyn Fn(usize) + 'a>>,
+    /// Asked after each forward batch; `true` stops the work with
+    /// [`EvalError::Interrupted`](super::error::EvalError::Interrupted). The Python binding's
+    /// Ctrl-C: a notebook must not wait for a whole evaluation to end.
+    pub interrupted: Option<Box<dyn Fn() -> bool + 'a>>,
     /// A folder where reference values and per-prompt metrics are cached between runs, keyed
     /// by content (see [`super::disk_cache`]); `None` disables the cache.
     pub disk_cache: Option<std::path::PathBuf>,
@@ -198,6 +202,7 @@ impl<'a> Evaluator<'a> {
             memo: HashMap::new(),
             forward_passes: 0,
             on_batch: None,
+            interrupted: None,
             disk_cache: None,
             disk_cache_max_bytes: super::disk_cache::DEFAULT_MAX_BYTES,
             on_cache_note: None,
@@ -418,6 +423,18 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// After a forward batch of `prompts` prompts: the progress callback, then the interrupt
+    /// check.
+    fn batch_done(&self, prompts: usize) -> miette::Result<()> {
+        if let Some(f) = &self.on_batch {
+            f(prompts);
+        }
+        if self.interrupted.as_ref().is_some_and(|stop| stop()) {
+            return Err(super::error::EvalError::Interrupted.into());
+        }
+        Ok(())
+    }
+
     /// One cached forward pass over the reference prompts, in batches.
     fn reference_forward(&mut self, needs: &ReferenceNeeds) -> miette::Result<ReferenceValues> {
         let n_eval = self.prompts.ids.len();
@@ -464,9 +481,7 @@ impl<'a> Evaluator<'a> {
                     b.add_batch(&layers)
                 }
             }
-            if let Some(f) = &self.on_batch {
-                f(chunk.len());
-            }
+            self.batch_done(chunk.len())?;
         }
         self.forward_passes += 1;
         Ok(match builder {
@@ -494,9 +509,7 @@ impl<'a> Evaluator<'a> {
             let rows = out.logits.index_axis(Axis(1), 0).to_owned(); // (b, V)
             let all = logits.get_or_insert_with(|| Array2::zeros((n, rows.ncols())));
             all.slice_mut(s![start..end, ..]).assign(&rows);
-            if let Some(f) = &self.on_batch {
-                f(end - start);
-            }
+            self.batch_done(end - start)?;
         }
         self.forward_passes += 1;
         Ok(logits.unwrap_or_else(|| Array2::zeros((0, 0))))
@@ -549,9 +562,7 @@ impl<'a> Evaluator<'a> {
                     .expect("every metric")
                     .extend(values);
             }
-            if let Some(f) = &self.on_batch {
-                f(end - start);
-            }
+            self.batch_done(end - start)?;
         }
         self.forward_passes += match full {
             FullLogits::PerBatch => 2,

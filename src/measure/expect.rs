@@ -85,6 +85,30 @@ pub struct Outcome {
     pub measured: String,
 }
 
+/// One expectation of a file, checked.
+pub struct Checked<'f> {
+    /// The circuit the `expect` line belongs to.
+    pub circuit: &'f str,
+    pub expectation: &'f Expectation,
+    pub outcome: Outcome,
+}
+
+/// Every expectation of `file`, in file order, checked against `evaluation` (which must hold
+/// the circuits [`circuits_to_run`] names): what `circuit test` prints.
+pub fn check_file<'f>(file: &'f BoundFile, evaluation: &Evaluation) -> Vec<Checked<'f>> {
+    let metric = file.settings.metric;
+    file.circuits
+        .iter()
+        .flat_map(|circuit| {
+            circuit.expectations.iter().map(move |e| Checked {
+                circuit: &circuit.name,
+                expectation: e,
+                outcome: check(e, &circuit.name, evaluation, metric),
+            })
+        })
+        .collect()
+}
+
 /// Checks one expectation of circuit `own`.
 pub fn check(e: &Expectation, own: &str, evaluation: &Evaluation, metric: Metric) -> Outcome {
     let lhs = value(&e.lhs, own, evaluation, metric);

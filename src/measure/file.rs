@@ -9,7 +9,7 @@ use crate::plan::PromptPositions;
 use crate::resolve::bound::{BoundCircuit, BoundFile, ReferenceSet};
 
 /// Where the numbers came from, for reports.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Provenance {
     /// The model as the file names it.
     pub model: String,
@@ -86,6 +86,13 @@ pub fn run_file(
     // Names first: a typo costs no model load.
     let circuits = select_circuits(file, circuit_names)?;
     let mut session = Session::open(file, options)?;
+    run_circuits(&mut session, circuits)
+}
+
+/// Evaluates `circuits` (from [`select_circuits`]), the full model and the empty circuit in an
+/// opened session: [`run_file`] after the session is open, for callers that set it up further
+/// ([`Session::set_interrupt`]).
+pub fn run_circuits(session: &mut Session, circuits: Vec<BoundCircuit>) -> miette::Result<FileRun> {
     let evaluation = session.evaluate(&circuits.iter().collect::<Vec<_>>())?;
     Ok(FileRun {
         provenance: session.provenance().clone(),

@@ -168,6 +168,12 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// Asked after every forward batch from now on; `true` stops the running plan with
+    /// [`super::error::EvalError::Interrupted`] (the Python binding checks for Ctrl-C here).
+    pub fn set_interrupt(&mut self, interrupted: Box<dyn Fn() -> bool + 'a>) {
+        self.evaluator.interrupted = Some(interrupted);
+    }
+
     /// The file's settings.
     pub fn settings(&self) -> &Settings {
         &self.settings

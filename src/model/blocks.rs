@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::cache::rows_as_prompts;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
 use super::linalg::matmul;
-use super::numerics::{dot, exp, gelu_new, silu, widest_simd};
+use super::numerics::{dot, exp, gelu_erf, gelu_new, silu, widest_simd};
 use super::transformer::{Layer, Mlp, Positions, Transformer};
 
 /// The batch a forward runs on: `B` prompts right-padded to `T` tokens.
@@ -320,10 +320,13 @@ impl Mlp {
         keep_pre_activation: bool,
     ) -> (MlpActivations, Array2<f32>) {
         match self {
-            Mlp::GeluNew { fc, proj } => {
+            Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                 let mut hidden = fc.apply(x); // (N, M)
                 let pre_activation = keep_pre_activation.then(|| hidden.clone()); // (N, M)
-                map_in_place(&mut hidden, gelu_new);
+                match self {
+                    Mlp::GeluNew { .. } => map_in_place(&mut hidden, gelu_new),
+                    _ => map_in_place(&mut hidden, gelu_erf),
+                }
                 let out = proj.apply(hidden.view()); // (N, D)
                 let activations = MlpActivations {
                     pre_activation,
@@ -365,7 +368,7 @@ fn map_in_place(a: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
 }
 
 /// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
-fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
+pub(super) fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
     let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
     (angle.mapv(f32::cos), angle.mapv(f32::sin))
 }
@@ -384,15 +387,16 @@ fn expand_kv(kv: Array2<f32>, group: usize, d_head: usize) -> Array2<f32> {
 }
 
 /// Rotates each head's vector of `x` `(rows, H·d)` by its row's token position
-/// (`position_of_row`; the tables cover every position used).
-fn rotate(
+/// (`position_of_row`; the tables cover every position used): its first `r` dimensions, `r/2`
+/// the tables' width (all `d` but under partial rotary).
+pub(super) fn rotate(
     x: &mut Array2<f32>,
     cos: &Array2<f32>,
     sin: &Array2<f32>,
     position_of_row: impl Fn(usize) -> usize + Sync,
     d_head: usize,
 ) {
-    let half = d_head / 2;
+    let half = cos.ncols(); // r/2
     let width = x.ncols();
     x.as_slice_mut()
         .expect("standard layout")
@@ -568,12 +572,16 @@ mod tests {
             fc: linear(4, 6, 0),
             proj: linear(6, 4, 1),
         };
+        let exact_gelu = Mlp::GeluErf {
+            fc: linear(4, 6, 5),
+            proj: linear(6, 4, 6),
+        };
         let swiglu = Mlp::SwiGlu {
             gate: linear(4, 6, 2),
             up: linear(4, 6, 3),
             down: linear(6, 4, 4),
         };
-        for mlp in [&gelu, &swiglu] {
+        for mlp in [&gelu, &exact_gelu, &swiglu] {
             let (kept, out) = mlp.forward(x.view(), true);
             let (plain, plain_out) = mlp.forward(x.view(), false);
             // Keeping the pre-activation changes nothing else.
@@ -582,13 +590,15 @@ mod tests {
             assert!(plain.pre_activation.is_none());
             let pre = kept.pre_activation.expect("kept when asked");
             let (first, down) = match mlp {
-                Mlp::GeluNew { fc, proj } => (fc, proj),
+                Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => (fc, proj),
                 Mlp::SwiGlu { gate, down, .. } => (gate, down),
             };
             assert_eq!(pre, first.apply(x.view()));
-            let hidden = match &kept.up {
-                None => pre.mapv(gelu_new),
-                Some(up) => pre.mapv(silu) * up,
+            let hidden = match (mlp, &kept.up) {
+                (Mlp::GeluNew { .. }, None) => pre.mapv(gelu_new),
+                (Mlp::GeluErf { .. }, None) => pre.mapv(gelu_erf),
+                (Mlp::SwiGlu { .. }, Some(up)) => pre.mapv(silu) * up,
+                _ => panic!("only SwiGLU keeps an up projection"),
             };
             assert_eq!(kept.hidden, hidden);
             assert_eq!(out, down.apply(hidden.view()));

@@ -47,7 +47,8 @@ pub struct LayerCache {
     pub head_out: Array4<f32>,
     /// `(B, T, D)`: the attention output including its bias.
     pub attn_out: Array3<f32>,
-    /// `(B, T, D)`: `resid_pre + attn_out`.
+    /// `(B, T, D)`: `resid_pre + attn_out`. Under the parallel wiring (GPT-NeoX) no block
+    /// reads it: the MLP reads `resid_pre`.
     pub resid_mid: Array3<f32>,
     /// `(B, T, D)` after [`Interventions::edit_mlp_out`](super::Interventions::edit_mlp_out).
     pub mlp_out: Array3<f32>,

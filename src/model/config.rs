@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::topology::ResidualTopology;
 
-/// The two architecture families the engine runs.
+/// The architecture families the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
@@ -19,9 +19,21 @@ pub enum Architecture {
     Gpt2,
     /// `model_type: llama`: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention.
     Llama,
+    /// `model_type: gpt_neox` (Pythia): LayerNorm, partial rotary positions, q/k/v fused per
+    /// head, exact-GELU MLP, parallel residual (`use_parallel_residual`), untied `embed_out`.
+    #[serde(rename = "gpt_neox")]
+    GptNeox,
+    /// `model_type: qwen2`: Llama's blocks with biases on q, k and v.
+    Qwen2,
+    /// `model_type: mistral`: Llama's blocks without biases (sliding-window attention refused
+    /// where it can bind).
+    Mistral,
 }
 
-/// Shape and hyper-parameters of a transformer, in one vocabulary for both families.
+/// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "gpt_neox", "qwen2", "mistral"];
+
+/// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -38,8 +50,14 @@ pub struct ModelConfig {
     pub n_ctx: usize,
     /// LayerNorm / RMSNorm epsilon.
     pub norm_eps: f32,
-    /// Rotary base (Llama only).
+    /// Rotary base (rotary families only; 0 for GPT-2).
     pub rope_theta: f32,
+    /// How many leading dimensions of each head rotary embeddings turn (`d_head` for Llama, a
+    /// fraction of it for GPT-NeoX's partial rotary; 0 for GPT-2's learned positions).
+    pub rotary_dim: usize,
+    /// Whether q, k and v projections have biases (GPT-NeoX `attention_bias`; GPT-2 always,
+    /// Llama when the file holds them).
+    pub attention_bias: bool,
     /// Whether the unembedding shares the token embedding matrix.
     pub tie_word_embeddings: bool,
     /// How attention and MLP of a layer are wired to the residual stream.
@@ -67,9 +85,22 @@ pub enum ConfigError {
     #[error("{path}: unsupported model_type {model_type:?}")]
     #[diagnostic(
         code(circuit::model::unknown_model_type),
-        help("supported model types are \"gpt2\" and \"llama\"")
+        help("supported model types are {}", supported_model_types())
     )]
     UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{path}: `{key}` = {value} selects a variant the engine does not implement")]
+    #[diagnostic(
+        code(circuit::model::unsupported_config),
+        help(
+            "{what}; running the model without it would give different numbers than transformers"
+        )
+    )]
+    UnsupportedOption {
+        path: PathBuf,
+        key: String,
+        value: String,
+        what: String,
+    },
     #[error("{path}: missing or invalid field `{field}` (expected {expected})")]
     #[diagnostic(code(circuit::model::config_field))]
     Field {
@@ -119,6 +150,8 @@ impl ModelConfig {
                     },
                     norm_eps: fields.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
                     rope_theta: 0.0,
+                    rotary_dim: 0,
+                    attention_bias: true,
                     tie_word_embeddings: true,
                     residual: ResidualTopology::Sequential,
                     activation: fields
@@ -127,53 +160,145 @@ impl ModelConfig {
                     bos_token_id: fields.opt_token_id("bos_token_id")?,
                 })
             }
-            "llama" => {
-                let d_model = fields.usize("hidden_size")?;
-                let n_heads = fields.usize("num_attention_heads")?;
-                let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-                let d_head = match fields.opt_usize("head_dim")? {
-                    Some(d) => d,
-                    None => {
-                        fields.check_divisible(
-                            "hidden_size",
-                            d_model,
-                            "num_attention_heads",
-                            n_heads,
-                        )?;
-                        d_model / n_heads
-                    }
-                };
-                fields.check_divisible(
-                    "num_attention_heads",
-                    n_heads,
-                    "num_key_value_heads",
-                    n_kv_heads,
-                )?;
-                Ok(ModelConfig {
-                    architecture: Architecture::Llama,
-                    n_layers: fields.usize("num_hidden_layers")?,
-                    n_heads,
-                    n_kv_heads,
-                    d_model,
-                    d_head,
-                    d_mlp: fields.usize("intermediate_size")?,
-                    vocab_size: fields.usize("vocab_size")?,
-                    n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-                    norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-                    rope_theta: fields.rope_theta()?,
-                    tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-                    residual: ResidualTopology::Sequential,
-                    activation: fields
-                        .opt_string("hidden_act")?
-                        .unwrap_or_else(|| "silu".to_string()),
-                    bos_token_id: fields.opt_token_id("bos_token_id")?,
-                })
-            }
+            "llama" => Self::llama_like(&fields, Architecture::Llama),
+            "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
+            "mistral" => Self::llama_like(&fields, Architecture::Mistral),
+            "gpt_neox" => Self::gpt_neox(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
                 model_type: other.to_string(),
             }),
         }
+    }
+}
+
+impl ModelConfig {
+    /// Llama, Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it) and Mistral
+    /// (Llama's blocks with no biases, as `MistralConfig` reads it).
+    fn llama_like(fields: &Fields, architecture: Architecture) -> Result<ModelConfig, ConfigError> {
+        let qwen2 = architecture == Architecture::Qwen2;
+        let mistral = architecture == Architecture::Mistral;
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+        let d_head = match fields.opt_usize("head_dim")? {
+            Some(d) => d,
+            None => {
+                fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+                d_model / n_heads
+            }
+        };
+        fields.check_divisible(
+            "num_attention_heads",
+            n_heads,
+            "num_key_value_heads",
+            n_kv_heads,
+        )?;
+        let n_layers = fields.usize("num_hidden_layers")?;
+        let n_ctx = fields
+            .opt_usize("max_position_embeddings")?
+            .unwrap_or(match architecture {
+                Architecture::Qwen2 => 32768,
+                Architecture::Mistral => 4096 * 32,
+                _ => 2048,
+            });
+        if qwen2 {
+            fields.reject_binding_sliding_window(n_layers, n_ctx)?;
+        }
+        if mistral {
+            fields.reject_binding_mistral_window(n_ctx)?;
+        }
+        Ok(ModelConfig {
+            architecture,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx,
+            norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: fields.rope_theta()?,
+            rotary_dim: d_head,
+            // Qwen2's q/k/v always have biases; Llama checkpoints with `attention_bias` hold
+            // them (the loader reads what the file has).
+            attention_bias: qwen2
+                || (!mistral && fields.opt_bool("attention_bias")?.unwrap_or(false)),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            residual: ResidualTopology::Sequential,
+            activation: fields
+                .opt_string("hidden_act")?
+                .unwrap_or_else(|| "silu".to_string()),
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+        })
+    }
+
+    /// GPT-NeoX / Pythia, as `GPTNeoXConfig` reads it: `rotary_emb_base` and `rotary_pct`
+    /// (transformers 4 and the hub's Pythia configs) or `rope_parameters.rope_theta` and
+    /// `.partial_rotary_factor` (transformers 5), defaults 10000 and 0.25.
+    fn gpt_neox(fields: &Fields) -> Result<ModelConfig, ConfigError> {
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+        let d_head = d_model / n_heads;
+        let rope = fields.rope(&["rotary_emb_base"], &["rotary_pct"], 0.25)?;
+        // transformers: `int(head_size * partial_rotary_factor)` dimensions are turned.
+        let rotary_dim = (d_head as f64 * rope.fraction) as usize;
+        if !rotary_dim.is_multiple_of(2) || !(0.0..=1.0).contains(&rope.fraction) {
+            return Err(fields.unsupported(
+                &rope.fraction_key,
+                &rope.fraction.to_string(),
+                &format!(
+                    "rotary embeddings turn pairs of dimensions; {} of a head of {d_head} is {rotary_dim} dimensions",
+                    rope.fraction
+                ),
+            ));
+        }
+        Ok(ModelConfig {
+            architecture: Architecture::GptNeox,
+            n_layers: fields.usize("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx: fields.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            norm_eps: fields.opt_f32("layer_norm_eps")?.unwrap_or(1e-5),
+            rope_theta: rope.theta,
+            rotary_dim,
+            attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(true),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            residual: if fields.opt_bool("use_parallel_residual")?.unwrap_or(true) {
+                ResidualTopology::Parallel
+            } else {
+                ResidualTopology::Sequential
+            },
+            activation: fields
+                .opt_string("hidden_act")?
+                .unwrap_or_else(|| "gelu".to_string()),
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+        })
+    }
+}
+
+/// A family's rotary settings, and under which key config.json gave the rotated fraction.
+struct Rope {
+    theta: f32,
+    fraction: f64,
+    fraction_key: String,
+}
+
+/// `"gpt2", "llama", "gpt_neox", "qwen2" and "mistral"`.
+fn supported_model_types() -> String {
+    let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
     }
 }
 
@@ -228,6 +353,15 @@ impl Fields<'_> {
                 .ok_or_else(|| self.err(field, "a number")),
         }
     }
+    fn opt_f64(&self, field: &str) -> Result<Option<f64>, ConfigError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, "a number")),
+        }
+    }
     fn opt_bool(&self, field: &str) -> Result<Option<bool>, ConfigError> {
         match self.present(field) {
             None => Ok(None),
@@ -253,31 +387,166 @@ impl Fields<'_> {
     /// `rope_theta`, or (transformers ≥ 5) `rope_parameters.rope_theta`; default 10000.
     /// Scaled rotary variants (`rope_type` other than "default", `rope_scaling`) are rejected.
     fn rope_theta(&self) -> Result<f32, ConfigError> {
-        if self.present("rope_scaling").is_some() {
-            return Err(self.err(
+        Ok(self.rope(&[], &[], 1.0)?.theta)
+    }
+
+    /// The rotary base and the fraction of each head it turns: `rope_parameters.rope_theta` and
+    /// `.partial_rotary_factor` (transformers ≥ 5), else top-level `rope_theta` or a family's
+    /// older names (`theta_keys`) and `partial_rotary_factor` or `fraction_keys`; base 10000,
+    /// fraction `default_fraction`. A scaled rotary variant (`rope_scaling`, a `rope_type` other
+    /// than "default") is an error naming the key.
+    fn rope(
+        &self,
+        theta_keys: &[&str],
+        fraction_keys: &[&str],
+        default_fraction: f64,
+    ) -> Result<Rope, ConfigError> {
+        if let Some(scaling) = self.present("rope_scaling") {
+            return Err(self.unsupported(
                 "rope_scaling",
-                "null (scaled rotary embeddings are not supported)",
+                &scaling.to_string(),
+                "scaled rotary embeddings are not implemented",
             ));
         }
-        let Some(params) = self.present("rope_parameters") else {
-            return Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0));
-        };
-        let nested = Fields {
+        let nested = self.present("rope_parameters").map(|params| Fields {
             json: params,
             path: self.path,
-        };
-        match nested.opt_string("rope_type")?.as_deref() {
-            None | Some("default") => {}
-            Some(_) => {
-                return Err(self.err(
-                    "rope_parameters.rope_type",
-                    "\"default\" (scaled rotary embeddings are not supported)",
-                ))
+        });
+        if let Some(nested) = &nested {
+            match nested.opt_string("rope_type")?.as_deref() {
+                None | Some("default") => {}
+                Some(other) => {
+                    return Err(self.unsupported(
+                        "rope_parameters.rope_type",
+                        &format!("{other:?}"),
+                        "only the \"default\" rotary embedding is implemented (no scaling)",
+                    ))
+                }
             }
         }
-        match nested.opt_f32("rope_theta")? {
-            Some(theta) => Ok(theta),
-            None => Ok(self.opt_f32("rope_theta")?.unwrap_or(10000.0)),
+        // The first key present among the nested one, then the top-level spellings.
+        let first =
+            |nested_key: &str, keys: &[&str]| -> Result<Option<(f64, String)>, ConfigError> {
+                if let Some(nested) = &nested {
+                    if let Some(x) = nested.opt_f64(nested_key)? {
+                        return Ok(Some((x, format!("rope_parameters.{nested_key}"))));
+                    }
+                }
+                for key in std::iter::once(&nested_key).chain(keys) {
+                    if let Some(x) = self.opt_f64(key)? {
+                        return Ok(Some((x, key.to_string())));
+                    }
+                }
+                Ok(None)
+            };
+        let theta = match first("rope_theta", theta_keys)? {
+            None => 10000.0,
+            Some((x, _)) if x > 0.0 && (x as f32).is_finite() => x as f32,
+            Some((_, key)) => return Err(self.err(&key, "a positive number")),
+        };
+        let (fraction, fraction_key) = first("partial_rotary_factor", fraction_keys)?
+            .unwrap_or((default_fraction, "partial_rotary_factor".to_string()));
+        Ok(Rope {
+            theta,
+            fraction,
+            fraction_key,
+        })
+    }
+    /// Qwen2's sliding-window attention, as `Qwen2Config` reads it: the window is
+    /// `sliding_window` (default 4096) if `use_sliding_window` (default false), and a layer uses
+    /// it if `layer_types[i]` is "sliding_attention" (transformers 5 writes the list) or, without
+    /// the list, if `i ≥ max_window_layers` (default 28). The engine attends to every earlier
+    /// key, so a window that can bind (shorter than the context) on some layer is an error
+    /// naming the key; one that cannot is the same attention.
+    fn reject_binding_sliding_window(
+        &self,
+        n_layers: usize,
+        n_ctx: usize,
+    ) -> Result<(), ConfigError> {
+        if !self.opt_bool("use_sliding_window")?.unwrap_or(false) {
+            return Ok(());
+        }
+        let window = match self.present("sliding_window") {
+            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: no window
+            None => 4096,
+            Some(_) => self.usize("sliding_window")?,
+        };
+        if window >= n_ctx {
+            return Ok(());
+        }
+        let sliding_layers: Vec<usize> = match self.present("layer_types") {
+            Some(types) => {
+                let types = types
+                    .as_array()
+                    .filter(|t| t.len() == n_layers)
+                    .ok_or_else(|| {
+                        self.err(
+                            "layer_types",
+                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
+                        )
+                    })?;
+                let mut sliding = Vec::new();
+                for (i, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        Some("full_attention") => {}
+                        Some("sliding_attention") => sliding.push(i),
+                        _ => {
+                            return Err(self.err(
+                                "layer_types",
+                                "\"full_attention\" or \"sliding_attention\" per layer",
+                            ))
+                        }
+                    }
+                }
+                sliding
+            }
+            None => {
+                let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
+                (first..n_layers).collect()
+            }
+        };
+        match sliding_layers.first() {
+            None => Ok(()),
+            Some(&layer) => Err(self.unsupported(
+                "use_sliding_window",
+                "true",
+                &format!(
+                    "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) on layer {layer}{} is not implemented",
+                    if sliding_layers.len() > 1 {
+                        format!(" and {} more", sliding_layers.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
+    }
+    /// Mistral's sliding window: every layer attends to the last `sliding_window` keys (default
+    /// 4096; `null` turns it off, as Mistral v0.2 and later ship). A window shorter than the
+    /// context can bind and is refused, naming the key; the engine attends to every earlier key.
+    fn reject_binding_mistral_window(&self, n_ctx: usize) -> Result<(), ConfigError> {
+        let window = match self.present("sliding_window") {
+            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: off
+            None => 4096,
+            Some(_) => self.usize("sliding_window")?,
+        };
+        if window >= n_ctx {
+            return Ok(());
+        }
+        Err(self.unsupported(
+            "sliding_window",
+            &window.to_string(),
+            &format!(
+                "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) is not implemented"
+            ),
+        ))
+    }
+    fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
+        ConfigError::UnsupportedOption {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+            what: what.to_string(),
         }
     }
     fn check_divisible(
@@ -321,6 +590,114 @@ mod tests {
         assert_eq!(config.d_mlp, 3072);
         assert_eq!(config.d_head, 64);
         assert_eq!(config.n_kv_heads, 12);
+    }
+
+    /// pythia-70m's config.json as on the hub (transformers 4 spelling).
+    const PYTHIA_70M: &str = r#"{"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0,
+        "eos_token_id": 0, "hidden_act": "gelu", "hidden_size": 512, "initializer_range": 0.02,
+        "intermediate_size": 2048, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+        "model_type": "gpt_neox", "num_attention_heads": 8, "num_hidden_layers": 6,
+        "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": false,
+        "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": true,
+        "use_parallel_residual": true, "vocab_size": 50304}"#;
+
+    #[test]
+    fn reads_pythia_70m_config() {
+        let config = ModelConfig::from_json_str(PYTHIA_70M, Path::new("config.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::GptNeox);
+        assert_eq!(
+            (config.n_layers, config.n_heads, config.n_kv_heads),
+            (6, 8, 8)
+        );
+        assert_eq!(
+            (config.d_model, config.d_head, config.d_mlp),
+            (512, 64, 2048)
+        );
+        assert_eq!((config.rotary_dim, config.rope_theta), (16, 10000.0));
+        assert_eq!(config.residual, ResidualTopology::Parallel);
+        assert!(config.attention_bias && !config.tie_word_embeddings);
+        assert_eq!((config.n_ctx, config.vocab_size), (2048, 50304));
+    }
+
+    #[test]
+    fn gpt_neox_reads_both_rope_spellings_and_transformers_defaults() {
+        let read = |text: &str| ModelConfig::from_json_str(text, Path::new("c.json")).unwrap();
+        let base = r#""model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10"#;
+        // transformers 5 writes rope_parameters; 4 wrote rotary_pct / rotary_emb_base.
+        let new = read(&format!(
+            r#"{{{base}, "rope_parameters": {{"rope_type": "default", "rope_theta": 500.0,
+                "partial_rotary_factor": 0.5}}}}"#
+        ));
+        let old = read(&format!(
+            r#"{{{base}, "rotary_emb_base": 500, "rotary_pct": 0.5}}"#
+        ));
+        assert_eq!(new, old);
+        assert_eq!((new.rotary_dim, new.rope_theta), (16, 500.0));
+        // GPTNeoXConfig's defaults: a quarter of each head, base 10000, parallel, biases.
+        let defaults = read(&format!("{{{base}}}"));
+        assert_eq!((defaults.rotary_dim, defaults.rope_theta), (8, 10000.0));
+        assert_eq!(defaults.residual, ResidualTopology::Parallel);
+        assert!(defaults.attention_bias);
+        assert_eq!(defaults.activation, "gelu");
+        let sequential = read(&format!(r#"{{{base}, "use_parallel_residual": false}}"#));
+        assert_eq!(sequential.residual, ResidualTopology::Sequential);
+    }
+
+    /// Qwen2-0.5B's config.json as on the hub (transformers 4 spelling: top-level rope_theta,
+    /// sliding-window keys with the window off).
+    const QWEN2_0_5B: &str = r#"{"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896,
+        "initializer_range": 0.02, "intermediate_size": 4864, "max_position_embeddings": 131072,
+        "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 14,
+        "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": true,
+        "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": true,
+        "use_sliding_window": false, "vocab_size": 151936}"#;
+
+    #[test]
+    fn reads_qwen2_0_5b_config_in_both_spellings() {
+        let old = ModelConfig::from_json_str(QWEN2_0_5B, Path::new("config.json")).unwrap();
+        assert_eq!(old.architecture, Architecture::Qwen2);
+        assert_eq!((old.n_heads, old.n_kv_heads, old.d_head), (14, 2, 64));
+        assert_eq!((old.rope_theta, old.rotary_dim), (1e6, 64));
+        assert!(old.tie_word_embeddings && old.attention_bias);
+        // transformers 5 moves rope_theta into rope_parameters and writes layer_types.
+        let mut json: Value = serde_json::from_str(QWEN2_0_5B).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("rope_theta");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6}),
+        );
+        object.insert("layer_types".into(), vec!["full_attention"; 24].into());
+        object.insert("sliding_window".into(), Value::Null);
+        let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
+        assert_eq!(new, old);
+    }
+
+    #[test]
+    fn mistral_7b_windows_as_on_the_hub() {
+        // v0.1: a 4096-key window under a 32768 context, refused; v0.3: `sliding_window: null`.
+        let v01 = r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+            "max_position_embeddings": 32768, "rope_theta": 10000.0, "sliding_window": 4096,
+            "vocab_size": 32000}"#;
+        let err = ModelConfig::from_json_str(v01, Path::new("c.json")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedOption { ref key, .. } if key == "sliding_window"),
+            "{err}"
+        );
+        let v03 = v01
+            .replace("\"sliding_window\": 4096", "\"sliding_window\": null")
+            .replace("\"rope_theta\": 10000.0", "\"rope_theta\": 1000000.0");
+        let config = ModelConfig::from_json_str(&v03, Path::new("c.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::Mistral);
+        assert_eq!(
+            (config.d_head, config.n_kv_heads, config.rope_theta),
+            (128, 8, 1e6)
+        );
+        assert!(!config.attention_bias);
     }
 
     #[test]

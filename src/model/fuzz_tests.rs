@@ -50,7 +50,7 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Every key the config reader looks at, for either family.
+/// Every key the config reader looks at, for any family.
 const CONFIG_KEYS: &[&str] = &[
     "n_embd",
     "n_head",
@@ -75,6 +75,16 @@ const CONFIG_KEYS: &[&str] = &[
     "rope_parameters",
     "tie_word_embeddings",
     "hidden_act",
+    "layer_norm_eps",
+    "rotary_pct",
+    "rotary_emb_base",
+    "partial_rotary_factor",
+    "use_parallel_residual",
+    "attention_bias",
+    "use_sliding_window",
+    "sliding_window",
+    "max_window_layers",
+    "layer_types",
 ];
 
 /// A config object: a model type and some of the keys, each with a plausible or hostile value.
@@ -82,6 +92,9 @@ fn config() -> impl Strategy<Value = Value> {
     let model_type = prop_oneof![
         Just(json!("gpt2")),
         Just(json!("llama")),
+        Just(json!("gpt_neox")),
+        Just(json!("qwen2")),
+        Just(json!("mistral")),
         Just(json!("mamba")),
         value(),
     ];

@@ -48,15 +48,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
 
     // Before anything is allocated from config values: the layer count is the file's.
-    let in_file = files.layer_count(|i| format!("{prefix}h.{i}.ln_1.weight"));
-    if in_file != config.n_layers {
-        return Err(ModelError::LayerCount {
-            path: files.main_path().to_path_buf(),
-            field: "n_layer".to_string(),
-            config: config.n_layers,
-            weights: in_file,
-        });
-    }
+    files.check_layer_count("n_layer", config.n_layers, |i| {
+        format!("{prefix}h.{i}.ln_1.weight")
+    })?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let h = format!("h.{i}");
@@ -104,6 +98,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             wpe: matrix("wpe.weight", config.n_ctx, d)?,
         },
         layers,
+        residual: config.residual,
         final_norm: layer_norm("ln_f")?,
         unembed: None,
     })

@@ -90,11 +90,13 @@ pub trait Interventions: Sync {
         None
     }
 
-    /// Path edges into an MLP: the residual stream it reads, `(B, T, D)`, pre-norm.
+    /// Path edges into an MLP: the residual stream it reads, `(B, T, D)`, pre-norm: its layer's
+    /// `resid_mid` when wired sequentially, `resid_pre` under the parallel wiring (GPT-NeoX),
+    /// where the MLP does not read its own layer's heads.
     fn mlp_input(
         &self,
         _layer: usize,
-        _resid_mid: ArrayView3<f32>,
+        _resid_read: ArrayView3<f32>,
         _outputs: &ComponentOutputs,
     ) -> Option<Array3<f32>> {
         None

@@ -1,19 +1,34 @@
-//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`]. `nn.Linear`
-//! stores `(out, in)`; a transposed view gives the `(in, out)` the forward multiplies by.
+//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`], and Qwen2's
+//! and Mistral's (`Qwen2ForCausalLM`, `MistralForCausalLM`: the same names and blocks; Qwen2's
+//! q, k and v have biases the file must hold, Mistral has none). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
+//! multiplies by.
 
 use ndarray::{Array1, Array2};
 
-use super::config::ModelConfig;
+use super::config::{Architecture, ModelConfig};
 use super::error::ModelError;
 use super::linalg::unembedding_layout;
 use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
 use super::weights::WeightFiles;
 
 pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
+    let family = match config.architecture {
+        Architecture::Qwen2 => "Qwen2",
+        Architecture::Mistral => "Mistral",
+        _ => "Llama",
+    };
+    // Which biases are read: Qwen2's q/k/v must be in the file and it has no other; Mistral has
+    // none (a bias transformers would not read is then an unused tensor, an error); Llama's are
+    // read where the file has them.
+    let (required_bias, optional_bias) = match config.architecture {
+        Architecture::Qwen2 => (true, false),
+        Architecture::Mistral => (false, false),
+        _ => (false, true),
+    };
     if config.activation != "silu" {
         return Err(ModelError::Unsupported {
             what: format!(
-                "Llama hidden_act {:?} (only silu is implemented)",
+                "{family} hidden_act {:?} (only silu is implemented)",
                 config.activation
             ),
         });
@@ -35,19 +50,23 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         let values = files.tensor(name, &[rows, cols])?;
         Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
     };
-    // nn.Linear(d_in → d_out), bias only if the file has one (attention_bias / mlp_bias).
-    let linear = |name: &str, d_in: usize, d_out: usize| -> Result<Linear, ModelError> {
-        let bias_name = format!("{name}.bias");
-        let bias = if files.contains(&bias_name) {
-            Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
-        } else {
-            None
+    // nn.Linear(d_in → d_out), bias if `required` (Qwen2's q/k/v: a missing one is an error)
+    // or if the file has one (Llama's attention_bias / mlp_bias).
+    let linear_with =
+        |name: &str, d_in: usize, d_out: usize, required: bool| -> Result<Linear, ModelError> {
+            let bias_name = format!("{name}.bias");
+            let bias = if required || (optional_bias && files.contains(&bias_name)) {
+                Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
+            } else {
+                None
+            };
+            Ok(Linear {
+                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
+                bias,
+            })
         };
-        Ok(Linear {
-            weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-            bias,
-        })
-    };
+    let linear = |name: &str, d_in: usize, d_out: usize| linear_with(name, d_in, d_out, false);
+    let qkv_bias = required_bias;
     let rms_norm = |name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Rms {
             weight: Array1::from(files.tensor(&format!("{name}.weight"), &[d])?),
@@ -56,24 +75,18 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
 
     // Before anything is allocated from config values: the layer count is the file's.
-    let in_file = files.layer_count(|i| format!("model.layers.{i}.input_layernorm.weight"));
-    if in_file != config.n_layers {
-        return Err(ModelError::LayerCount {
-            path: files.main_path().to_path_buf(),
-            field: "num_hidden_layers".to_string(),
-            config: config.n_layers,
-            weights: in_file,
-        });
-    }
+    files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
+        format!("model.layers.{i}.input_layernorm.weight")
+    })?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let l = format!("model.layers.{i}");
         let o = linear(&format!("{l}.self_attn.o_proj"), q_width, d)?;
         layers.push(Layer {
             attn_norm: rms_norm(&format!("{l}.input_layernorm"))?,
-            q: linear(&format!("{l}.self_attn.q_proj"), d, q_width)?,
-            k: linear(&format!("{l}.self_attn.k_proj"), d, kv_width)?,
-            v: linear(&format!("{l}.self_attn.v_proj"), d, kv_width)?,
+            q: linear_with(&format!("{l}.self_attn.q_proj"), d, q_width, qkv_bias)?,
+            k: linear_with(&format!("{l}.self_attn.k_proj"), d, kv_width, qkv_bias)?,
+            v: linear_with(&format!("{l}.self_attn.v_proj"), d, kv_width, qkv_bias)?,
             o_bias: o.bias.clone().unwrap_or_else(|| Array1::zeros(d)),
             o,
             mlp_norm: rms_norm(&format!("{l}.post_attention_layernorm"))?,
@@ -95,8 +108,9 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         } else {
             matrix("model.embed_tokens.weight", vocab, d)?
         },
-        positions: Positions::rotary(config.d_head, config.rope_theta),
+        positions: Positions::rotary(config.rotary_dim, config.rope_theta),
         layers,
+        residual: config.residual,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None

@@ -1,5 +1,6 @@
-//! The transformer engine: HuggingFace model folders (GPT-2 and Llama families) run in f32 on
-//! the CPU with ndarray, exposing named intervention points and an activation cache.
+//! The transformer engine: HuggingFace model folders (GPT-2, Llama, Qwen2, Mistral and
+//! GPT-NeoX / Pythia families) run in f32 on the CPU with ndarray, exposing named intervention points and an
+//! activation cache.
 //!
 //! ```no_run
 //! use circuit::model::{Model, ForwardOptions, NoInterventions};
@@ -17,10 +18,12 @@ mod cache;
 pub mod config;
 mod error;
 mod gpt2;
+mod gpt_neox;
 pub mod interventions;
 pub mod linalg;
 mod llama;
 mod numerics;
+pub mod resume;
 pub mod source;
 pub mod tokenizer;
 pub mod topology;
@@ -44,7 +47,7 @@ pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventi
 pub use linalg::matmul;
 pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
-pub use topology::{Component, ResidualTopology};
+pub use topology::{Component, ResidualTopology, Unread};
 
 use transformer::Transformer;
 use weights::WeightFiles;
@@ -354,6 +357,9 @@ fn architecture_name(config: &ModelConfig) -> &'static str {
     match config.architecture {
         Architecture::Gpt2 => "GPT-2",
         Architecture::Llama => "Llama",
+        Architecture::GptNeox => "GPT-NeoX",
+        Architecture::Qwen2 => "Qwen2",
+        Architecture::Mistral => "Mistral",
     }
 }
 
@@ -385,17 +391,14 @@ fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
 }
 
 fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
-    // `Transformer::forward` wires the blocks sequentially; a parallel-residual family needs
-    // its arm there first (docs/architecture.md), never a silently different wiring.
-    if config.residual != ResidualTopology::Sequential {
-        return Err(ModelError::Unsupported {
-            what: format!("the {:?} residual wiring", config.residual),
-        });
-    }
     let transformer = match config.architecture {
         Architecture::Gpt2 => gpt2::load(config, files)?,
-        Architecture::Llama => llama::load(config, files)?,
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+            llama::load(config, files)?
+        }
+        Architecture::GptNeox => gpt_neox::load(config, files)?,
     };
+    debug_assert_eq!(transformer.residual, config.residual);
     files.check_all_used()?;
     Ok(transformer)
 }

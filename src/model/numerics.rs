@@ -50,6 +50,13 @@ pub(crate) fn gelu_new(x: f32) -> f32 {
     x / (1.0 + exp(-2.0 * u))
 }
 
+/// The exact GELU `x · Φ(x) = 0.5·x·(1 + erf(x/√2))` (torch's `gelu`, GPT-NeoX's MLP), with
+/// libm's `erff` (within 1 ulp).
+#[inline]
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// `x · sigmoid(x)` (Llama's SwiGLU gate).
 #[inline]
 pub(crate) fn silu(x: f32) -> f32 {

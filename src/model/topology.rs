@@ -10,9 +10,8 @@ pub enum ResidualTopology {
     /// `resid_post = resid_mid + mlp(resid_mid)`: the MLP of a layer reads its attention.
     #[default]
     Sequential,
-    /// GPT-NeoX (`use_parallel_residual`): `resid_post = resid_pre + attn(resid_pre) +
-    /// mlp(resid_pre)`: attention and MLP of a layer read the same input. (No loader produces it
-    /// yet.)
+    /// GPT-NeoX / Pythia (`use_parallel_residual: true`): `resid_post = resid_pre +
+    /// attn(resid_pre) + mlp(resid_pre)`: attention and MLP of a layer read the same input.
     Parallel,
 }
 
@@ -28,7 +27,31 @@ pub enum Component {
     Unembed,
 }
 
+/// Why a reader does not read a writer's output ([`ResidualTopology::why_unread`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// The writer runs after the reader (or is the reader).
+    Backwards,
+    /// Under the parallel wiring, the MLP of `layer` reads the stream entering `layer`, which
+    /// that layer's attention has not written to.
+    ParallelSameLayer { layer: usize },
+}
+
 impl ResidualTopology {
+    /// `None` when `reader` reads `writer`'s output ([`Self::reads`]); otherwise why not, for
+    /// the errors of an edge that cannot exist.
+    pub fn why_unread(self, reader: Component, writer: Component) -> Option<Unread> {
+        if self.reads(reader, writer) {
+            return None;
+        }
+        match (self, writer, reader) {
+            (ResidualTopology::Parallel, Component::Attention(w), Component::Mlp(r)) if w == r => {
+                Some(Unread::ParallelSameLayer { layer: r })
+            }
+            _ => Some(Unread::Backwards),
+        }
+    }
+
     /// Whether the residual stream `reader` reads contains `writer`'s output (so a path edge
     /// from `writer` into `reader` goes forward).
     pub fn reads(self, reader: Component, writer: Component) -> bool {
@@ -102,6 +125,24 @@ mod tests {
             ]
         );
         assert!(parallel.iter().all(|p| sequential.contains(p)));
+    }
+
+    #[test]
+    fn why_unread_names_the_parallel_same_layer_pair() {
+        assert_eq!(Parallel.why_unread(Mlp(1), Attention(0)), None);
+        assert_eq!(
+            Parallel.why_unread(Mlp(1), Attention(1)),
+            Some(Unread::ParallelSameLayer { layer: 1 })
+        );
+        assert_eq!(
+            Parallel.why_unread(Mlp(1), Attention(2)),
+            Some(Unread::Backwards)
+        );
+        assert_eq!(
+            Sequential.why_unread(Mlp(1), Mlp(1)),
+            Some(Unread::Backwards)
+        );
+        assert_eq!(Sequential.why_unread(Mlp(1), Attention(1)), None);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The forward pass shared by GPT-2 and Llama, written to mirror the math.
+//! The forward pass shared by every family (GPT-2, Llama, GPT-NeoX), written to mirror the math.
 //!
-//! Both families are one residual stream with, per layer, `resid_mid = resid_pre + attn(norm(resid_pre))`
-//! and `resid_post = resid_mid + mlp(norm(resid_mid))`; they differ only in the norm (LayerNorm /
-//! RMSNorm), the positions (learned / rotary), the MLP (gelu_new / SwiGLU) and whether key/value
-//! heads are shared (grouped-query attention). Those differences are the enums below; the
-//! loaders (`gpt2.rs`, `llama.rs`) fill them from the safetensors names.
+//! Every family is one residual stream with, per layer, an attention and an MLP block, wired
+//! sequentially (`resid_mid = resid_pre + attn(norm(resid_pre))`, `resid_post = resid_mid +
+//! mlp(norm(resid_mid))`) or in parallel (GPT-NeoX: `resid_post = resid_pre +
+//! attn(norm(resid_pre)) + mlp(norm'(resid_pre))`); they differ only in the norm (LayerNorm /
+//! RMSNorm), the positions (learned / rotary, on all or part of each head), the MLP (gelu_new /
+//! exact GELU / SwiGLU) and whether key/value heads are shared (grouped-query attention).
+//! Those differences are the enums below; the loaders (`gpt2.rs`, `llama.rs`, `gpt_neox.rs`)
+//! fill them from the safetensors names.
 //!
 //! [`Transformer::forward`] wires the blocks of `blocks.rs` (embed, attention, MLP, final norm
 //! and unembed) along the residual stream; each hook of [`Interventions`] is called at exactly one
@@ -20,6 +23,7 @@ use super::cache::{rows_as_prompts, ActivationCache, Recorder};
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
 use super::numerics::{sum_of, widest_simd};
+use super::topology::ResidualTopology;
 
 /// LayerNorm (GPT-2) or RMSNorm (Llama), applied per row.
 pub(crate) enum Norm {
@@ -105,19 +109,22 @@ pub(crate) enum Positions {
     Learned {
         wpe: Array2<f32>, // (n_ctx, D)
     },
-    /// HF's rotate-half convention: dimension `i < d/2` pairs with `i + d/2`, rotated by
-    /// `position · inv_freq[i]`. The cos/sin tables are built per forward for its `T`
-    /// positions (a table for the whole context can be large for long-context models).
+    /// HF's rotate-half convention on the first `r = 2·inv_freq.len()` dimensions of each head
+    /// (`r = d`, or less under GPT-NeoX's partial rotary; the other `d − r` pass unchanged):
+    /// dimension `i < r/2` pairs with `i + r/2`, rotated by `position · inv_freq[i]`. The
+    /// cos/sin tables are built per forward for its `T` positions (a table for the whole
+    /// context can be large for long-context models).
     Rotary {
-        inv_freq: Vec<f32>, // (d/2,)
+        inv_freq: Vec<f32>, // (r/2,)
     },
 }
 
 impl Positions {
-    /// `inv_freq[i] = 1 / theta^(2i/d)`, in f32 as HF computes it.
-    pub(crate) fn rotary(d_head: usize, theta: f32) -> Positions {
-        let inv_freq = (0..d_head / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d_head as f32))
+    /// Rotary embeddings on the first `rotary_dim` dimensions of each head:
+    /// `inv_freq[i] = 1 / theta^(2i/r)`, in f32 as HF computes it.
+    pub(crate) fn rotary(rotary_dim: usize, theta: f32) -> Positions {
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / rotary_dim as f32))
             .collect();
         Positions::Rotary { inv_freq }
     }
@@ -126,6 +133,8 @@ impl Positions {
 pub(crate) enum Mlp {
     /// GPT-2: `c_proj(gelu_new(c_fc(x)))`.
     GeluNew { fc: Linear, proj: Linear },
+    /// GPT-NeoX: `dense_4h_to_h(gelu(dense_h_to_4h(x)))` with the exact (erf) GELU.
+    GeluErf { fc: Linear, proj: Linear },
     /// Llama: `down(silu(gate(x)) * up(x))`.
     SwiGlu {
         gate: Linear,
@@ -155,6 +164,8 @@ pub(crate) struct Transformer {
     pub embed: Array2<f32>, // (V, D)
     pub positions: Positions,
     pub layers: Vec<Layer>,
+    /// How each layer's attention and MLP are wired to the residual stream.
+    pub residual: ResidualTopology,
     pub final_norm: Norm,
     /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
     /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
@@ -165,8 +176,10 @@ impl Transformer {
     /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
     /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token.
     ///
-    /// The blocks (`blocks.rs`) wired along the residual stream, sequentially:
-    /// `resid_mid = resid_pre + attn(resid_pre)`, `resid_post = resid_mid + mlp(resid_mid)`.
+    /// The blocks (`blocks.rs`) wired along the residual stream as `self.residual` says:
+    /// sequentially, `resid_mid = resid_pre + attn(resid_pre)`, `resid_post = resid_mid +
+    /// mlp(resid_mid)`; in parallel, the MLP reads `resid_pre` instead (`resid_mid` is then the
+    /// partial sum `resid_pre + attn(resid_pre)`, which no block reads).
     pub(crate) fn forward(
         &self,
         ids: &Array2<u32>,
@@ -236,10 +249,20 @@ impl Transformer {
             }; // (N_q, D)
             recorder.attention_done(&attention, &layer.o_bias);
 
+            // The stream the MLP reads: the attention's output included or not.
+            let parallel_input;
+            let mlp_reads = match (self.residual, queries) {
+                (ResidualTopology::Sequential, _) => &resid_mid,
+                (ResidualTopology::Parallel, Rows::All) => &resid_pre,
+                (ResidualTopology::Parallel, Rows::Selected(rows)) => {
+                    parallel_input = resid_pre.select(Axis(0), rows); // (N_q, D)
+                    &parallel_input
+                }
+            };
             let mlp = self.mlp_forward(
                 index,
                 layer,
-                &resid_mid,
+                mlp_reads,
                 prompts,
                 hooks,
                 &recorder.outputs(),

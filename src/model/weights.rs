@@ -50,12 +50,19 @@ pub(crate) struct WeightFiles {
     used: RefCell<BTreeSet<String>>,
 }
 
-/// Tensors a checkpoint may hold that no model computes with, by name suffix: GPT-2's causal
-/// mask buffers (`h.N.attn.bias`, `h.N.attn.masked_bias`, saved by older transformers) and
-/// Llama's rotary frequency cache (`self_attn.rotary_emb.inv_freq`), which the engine derives
-/// from the config. Any other unread tensor fails the load: it means config and weights
-/// disagree (e.g. fewer layers in config.json than in the file).
-const KNOWN_EXTRAS: [&str; 3] = [".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"];
+/// Tensors a checkpoint may hold that no model computes with, by name suffix: the causal mask
+/// buffers of GPT-2 (`h.N.attn.bias`, `h.N.attn.masked_bias`) and GPT-NeoX
+/// (`layers.N.attention.bias`, `layers.N.attention.masked_bias`), saved by older transformers,
+/// and the rotary frequency caches of Llama and GPT-NeoX (`rotary_emb.inv_freq`), which the
+/// engine derives from the config. Any other unread tensor fails the load: it means config and
+/// weights disagree (e.g. fewer layers in config.json than in the file).
+const KNOWN_EXTRAS: [&str; 5] = [
+    ".attn.bias",
+    ".attn.masked_bias",
+    ".attention.bias",
+    ".attention.masked_bias",
+    ".rotary_emb.inv_freq",
+];
 
 fn describe(err: &SafeTensorError) -> String {
     match err {
@@ -209,6 +216,27 @@ impl WeightFiles {
         (0..)
             .take_while(|&i| self.contains(&tensor_of_layer(i)))
             .count()
+    }
+
+    /// That config.json's `field` (`config` layers) is the number of layers the file holds
+    /// (`tensor_of_layer(i)` present for `i` from 0): checked before anything is allocated from
+    /// config values.
+    pub(crate) fn check_layer_count(
+        &self,
+        field: &str,
+        config: usize,
+        tensor_of_layer: impl Fn(usize) -> String,
+    ) -> Result<(), ModelError> {
+        let weights = self.layer_count(tensor_of_layer);
+        if weights == config {
+            return Ok(());
+        }
+        Err(ModelError::LayerCount {
+            path: self.main_path().to_path_buf(),
+            field: field.to_string(),
+            config,
+            weights,
+        })
     }
 
     /// After a loader has read what its model needs: every other tensor (outside

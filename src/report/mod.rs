@@ -5,6 +5,7 @@
 //! ablation, the reference set, the scope, the metric, and the model and dataset hashes.
 
 pub mod diff;
+pub mod graph_json;
 pub mod html;
 pub mod png;
 pub mod scores;

@@ -11,7 +11,14 @@ use crate::measure::metric_name;
 
 /// The units sentence every score report carries.
 fn units(report: &ScoreReport) -> String {
-    if report.set.method.in_metric_units() {
+    if report.set.method == Method::Exact {
+        format!(
+            "score: exact {m}(component ablated alone) - {m}({base}), in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
+            num(report.full - report.empty),
+            m = metric_name(report.metric),
+            base = if report.circuit.is_some() { "circuit" } else { "full" },
+        )
+    } else if report.set.method.in_metric_units() {
         format!(
             "score: first-order estimate of {m}(component ablated alone) - {m}(full), in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
             num(report.full - report.empty),

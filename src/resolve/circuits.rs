@@ -6,7 +6,7 @@ use super::binder::{backticked, Binder, NamedHead};
 use super::bound::*;
 use super::diagnostics as code;
 use crate::data::positions::{PositionItem as BItem, PositionSet};
-use crate::model::HeadInput;
+use crate::model::{HeadInput, ResidualTopology, Unread};
 use crate::syntax::ast::{self, Span};
 use crate::syntax::SourceDiagnostic;
 use crate::util::did_you_mean;
@@ -296,27 +296,38 @@ impl<'a> Binder<'a> {
                     let downs = self.expand_downstream(to);
                     let set = self.positions(positions.as_ref());
                     let mut reported = false;
+                    let topology = self.config.as_ref().map(|c| c.residual).unwrap_or_default();
                     for (up, up_span) in &ups {
                         for down in &downs {
-                            if !reported
-                                && !down.reads(
-                                    *up,
-                                    self.config.as_ref().map(|c| c.residual).unwrap_or_default(),
-                                )
-                            {
+                            let why = topology.why_unread(down.component(), up.component());
+                            if let (false, Some(why)) = (reported, why) {
                                 reported = true;
-                                self.error(
-                                    SourceDiagnostic::error(
-                                        code::BACKWARD_EDGE,
+                                let (message, label, help) = match why {
+                                    Unread::Backwards => (
+                                        format!("the edge from {up} to {down} goes backwards"),
+                                        "runs after",
+                                        match topology {
+                                            ResidualTopology::Sequential => "a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)".to_string(),
+                                            ResidualTopology::Parallel => "a path edge goes from an earlier component to a later one (a head's output reaches later layers; under this model's parallel residual wiring an MLP does not read its own layer's attention)".to_string(),
+                                        },
+                                    ),
+                                    Unread::ParallelSameLayer { layer } => (
+                                        format!("the edge from {up} to {down} cannot exist: this model's MLP {layer} does not read layer {layer}'s heads"),
+                                        "adds beside that MLP, not into its input",
                                         format!(
-                                            "the edge from {} to {} goes backwards",
-                                            up,
-                                            down
+                                            "the model is wired in parallel (config.json `use_parallel_residual`, as GPT-NeoX / Pythia): attention and MLP of layer {layer} both read the residual stream entering layer {layer}; {}",
+                                            match layer {
+                                                0 => "no head's output reaches mlp 0".to_string(),
+                                                l => format!("a head's edge into mlp {l} starts at layer {} or earlier", l - 1),
+                                            }
                                         ),
-                                    )
-                                    .with_label(up_span.clone(), "runs after")
-                                    .with_label(to.span(), "this input")
-                                    .with_help("a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)"),
+                                    ),
+                                };
+                                self.error(
+                                    SourceDiagnostic::error(code::BACKWARD_EDGE, message)
+                                        .with_label(up_span.clone(), label)
+                                        .with_label(to.span(), "this input")
+                                        .with_help(help),
                                 );
                             }
                             state.path_edges.push(PathEdge {

@@ -337,7 +337,7 @@ impl Positions {
 /// `[edge-complete] circuit NAME [extends BASE] { ... }`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Circuit {
-    /// `edge-complete circuit …`: the circuit is its path edges only (docs/semantics.md, 7).
+    /// `edge-complete circuit …`: the circuit is its path edges only (docs/semantics.md, section 8).
     pub edge_complete: bool,
     pub name: Ident,
     pub base: Option<Ident>,

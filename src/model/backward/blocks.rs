@@ -206,6 +206,31 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
     dx
 }
 
+// ---- exact GELU (GPT-NeoX's MLP) -----------------------------------------------------------
+
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// `x·Φ(x) = 0.5·x·(1 + erf(x/√2))`, elementwise.
+pub(crate) fn gelu_erf_forward<F: NdFloat>(x: ArrayView2<F>) -> Array2<F> {
+    x.mapv(|x: F| {
+        let x64 = x.to_f64().expect("a float");
+        constant(0.5 * x64 * (1.0 + libm::erf(x64 * std::f64::consts::FRAC_1_SQRT_2)))
+    })
+}
+
+/// `dx = dy · (Φ(x) + x·φ(x))`, `φ(x) = e^(−x²/2)/√(2π)` the standard normal density.
+pub(crate) fn gelu_erf_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
+    let mut dx = dy.to_owned();
+    dx.zip_mut_with(&x, |d, &x: &F| {
+        let x = x.to_f64().expect("a float");
+        let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
+        let density = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
+        *d *= constant::<F>(cdf + x * density);
+    });
+    dx
+}
+
 // ---- SwiGLU (Llama's MLP) ----------------------------------------------------------------
 
 fn sigmoid<F: NdFloat>(x: F) -> F {
@@ -243,9 +268,10 @@ pub(crate) fn swiglu_backward<F: NdFloat>(
 
 // ---- Rotary positions (Llama) ------------------------------------------------------------
 
-/// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place: dimension `i < d/2`
-/// pairs with `i + d/2` and both turn by the angle whose cosine and sine are
-/// `cos[[position(row), i]]`, `sin[[position(row), i]]` (tables `(T, d/2)`). `inverse` turns
+/// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place, on its first `r`
+/// dimensions (`r/2` the tables' width: `r = d`, or less under partial rotary; the rest pass
+/// unchanged): dimension `i < r/2` pairs with `i + r/2` and both turn by the angle whose cosine
+/// and sine are `cos[[position(row), i]]`, `sin[[position(row), i]]` (tables `(T, r/2)`). `inverse` turns
 /// by the opposite angle, which is the rotation's backward (a rotation's transpose is its
 /// inverse).
 pub(crate) fn rotate_half<F: NdFloat>(
@@ -256,7 +282,7 @@ pub(crate) fn rotate_half<F: NdFloat>(
     d_head: usize,
     inverse: bool,
 ) {
-    let half = d_head / 2;
+    let half = cos.ncols(); // r/2
     for (row, mut values) in x.rows_mut().into_iter().enumerate() {
         let p = position(row);
         let (cos, sin) = (cos.row(p), sin.row(p));

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use super::transformer::{Linear, Mlp, Norm, Positions};
+use super::ResidualTopology;
 use super::{ActivationCache, ForwardOptions, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
 
@@ -353,12 +354,18 @@ fn gradients_inner(
         .rev()
     {
         let resid_pre = rows(&lc.resid_pre); // (N, D)
-        let resid_mid = rows(&lc.resid_mid); // (N, D)
+                                             // The stream the MLP read: resid_mid when wired sequentially, resid_pre in parallel.
+        let parallel = transformer.residual == ResidualTopology::Parallel;
+        let mlp_read = if parallel {
+            resid_pre.clone()
+        } else {
+            rows(&lc.resid_mid)
+        }; // (N, D)
 
-        // ---- MLP: resid_post = resid_mid + mlp(norm(resid_mid)) --------------------------
+        // ---- MLP: resid_post = mlp_read + mlp(norm(mlp_read)) (+ attention, in parallel) ---
         let d_mlp_out = d_resid; // (N, D)
-        let mlp_x = layer.mlp_norm.apply(resid_mid.view()); // (N, D), recomputed
-                                                            // A frozen MLP output passes nothing back into the MLP.
+        let mlp_x = layer.mlp_norm.apply(mlp_read.view()); // (N, D), recomputed
+                                                           // A frozen MLP output passes nothing back into the MLP.
         let d_mlp_through = match kept {
             Some(kept) => {
                 let mut d = d_mlp_out.clone(); // (N, D)
@@ -372,8 +379,13 @@ fn gradients_inner(
             None => d_mlp_out.clone(),
         };
         let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
-        let d_mlp_in = norm_backward(&layer.mlp_norm, resid_mid.view(), d_mlp_x.view()); // (N, D)
-        let d_mid = &d_mlp_out + &d_mlp_in; // (N, D)
+        let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_read.view(), d_mlp_x.view()); // (N, D)
+                                                                                        // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it.
+        let d_mid = if parallel {
+            d_mlp_out.clone()
+        } else {
+            &d_mlp_out + &d_mlp_in
+        }; // (N, D)
 
         // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
         let d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
@@ -458,6 +470,9 @@ fn gradients_inner(
             + blocks::linear_backward(layer.v.weight.view(), d_v_shared.view()); // (N, D)
         let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
         d_resid = &d_mid + &d_attn_in; // (N, D): ∂M/∂resid_pre
+        if parallel {
+            d_resid += &d_mlp_in; // the MLP read resid_pre itself
+        }
 
         layers.push(LayerGradients {
             resid_pre: to3(d_resid.clone()),
@@ -557,11 +572,14 @@ fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2
 /// pre-activations, then `dx` `(N, D)` from `d_out` `(N, D)`.
 fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2<f32> {
     match mlp {
-        Mlp::GeluNew { fc, proj } => {
+        Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
             let pre =
                 blocks::linear_forward(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
             let d_hidden = blocks::linear_backward(proj.weight.view(), d_out); // (N, M)
-            let d_pre = blocks::gelu_new_backward(pre.view(), d_hidden.view()); // (N, M)
+            let d_pre = match mlp {
+                Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.view(), d_hidden.view()),
+                _ => blocks::gelu_erf_backward(pre.view(), d_hidden.view()),
+            }; // (N, M)
             blocks::linear_backward(fc.weight.view(), d_pre.view())
         }
         Mlp::SwiGlu { gate, up, down } => {

@@ -130,6 +130,19 @@ fn gelu_new_backward_matches_finite_differences() {
 }
 
 #[test]
+fn gelu_erf_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let x = random(&mut rng, (4, 10)) * 4.0;
+    let r = random(&mut rng, (4, 10));
+    let numeric = numeric_gradient(&x, |x| weighted_sum(&gelu_erf_forward(x.view()), &r));
+    check("gelu_erf", &gelu_erf_backward(x.view(), r.view()), &numeric);
+    // The restated forward is the engine's (f32, libm's erff) to rounding.
+    let engine = x.mapv(|v| f64::from(crate::model::numerics::gelu_erf(v as f32)));
+    let restated = gelu_erf_forward(x.view());
+    assert!((engine - restated).iter().all(|d| d.abs() < 1e-6));
+}
+
+#[test]
 fn swiglu_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let (gate, up) = (random(&mut rng, (4, 10)) * 4.0, random(&mut rng, (4, 10)));
@@ -147,10 +160,20 @@ fn swiglu_backward_matches_finite_differences() {
 
 #[test]
 fn rotary_backward_matches_finite_differences() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let (seq, d_head, heads) = (5, 8, 3);
-    let angle = Array2::from_shape_fn((seq, d_head / 2), |(t, i)| {
-        t as f64 * 10f64.powf(-((2 * i) as f64) / d_head as f64)
+    rotary_backward_on(8, 8, 7);
+}
+
+/// Partial rotary (GPT-NeoX): 4 of each head's 10 dimensions turn, the other 6 pass.
+#[test]
+fn partial_rotary_backward_matches_finite_differences() {
+    rotary_backward_on(10, 4, 17);
+}
+
+fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (seq, heads) = (5, 3);
+    let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
+        t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
     });
     let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
     let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
@@ -177,6 +200,12 @@ fn rotary_backward_matches_finite_differences() {
         d_head,
     );
     check("rotary", &analytic, &numeric);
+    // The dimensions past `rotary_dim` pass unchanged.
+    let turned = forward(&x);
+    for h in 0..heads {
+        let pass = s![.., h * d_head + rotary_dim..(h + 1) * d_head];
+        assert_eq!(turned.slice(pass), x.slice(pass));
+    }
 }
 
 #[test]
@@ -397,16 +426,22 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 let cached_z = lc.z.slice(s![b, ..len, h, ..]);
                 assert!(max_difference(attention.z.view(), cached_z) < tolerance);
             }
-            let resid_mid = lc.resid_mid.slice(s![b, ..len, ..]);
-            let x = norm(&layer.mlp_norm, resid_mid);
+            let mlp_read = match t.residual {
+                crate::model::ResidualTopology::Sequential => lc.resid_mid.slice(s![b, ..len, ..]),
+                crate::model::ResidualTopology::Parallel => resid_pre,
+            };
+            let x = norm(&layer.mlp_norm, mlp_read);
             let mlp_out = match &layer.mlp {
-                Mlp::GeluNew { fc, proj } => {
+                Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                     let pre = linear_forward(
                         x.view(),
                         fc.weight.view(),
                         fc.bias.as_ref().map(|b| b.view()),
                     );
-                    let hidden = gelu_new_forward(pre.view());
+                    let hidden = match &layer.mlp {
+                        Mlp::GeluNew { .. } => gelu_new_forward(pre.view()),
+                        _ => gelu_erf_forward(pre.view()),
+                    };
                     linear_forward(
                         hidden.view(),
                         proj.weight.view(),
@@ -452,6 +487,23 @@ fn restated_forwards_match_the_cache(model: &Model) {
 #[test]
 fn restated_forwards_match_the_engine_on_the_builtin_gpt2() {
     restated_forwards_match_the_cache(&crate::model::builtin::load("toy-seqcont").unwrap());
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_gpt_neox_both_wirings() {
+    for name in ["neox-parallel-f16", "neox-sequential-bf16"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+    }
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_qwen2_with_qkv_biases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/qwen2-tied-f32");
+    restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
 }
 
 #[test]

@@ -1,0 +1,239 @@
+//! One circuit as the EAP-IG / MIB graph JSON (`circuit export --format eap-ig-json`), written by
+//! the format's one writer, [`crate::attribute::export::Graph`].
+//!
+//! The format keeps or leaves out whole nodes and edges, with no positions; a `.circuit`
+//! circuit says more. Where the format can say it, the graph means exactly what the circuit
+//! means under mean ablation (an edge left out reads its upstream's reference value, which is
+//! what an ablated upstream passes on here):
+//!
+//! - **nodes**: `input` and `logits` are in the graph; a head is when the circuit keeps it at
+//!   some position (a node statement or a QK edge); an MLP is when the circuit keeps it at some
+//!   position, and always when the file ablates heads only (its MLPs then keep their values).
+//! - **edges** `U -> D` into a node in the graph: when some path edge of the circuit names `D`,
+//!   the edges from upstream nodes those path edges keep (plus the embedding and MLPs outside
+//!   the scope, which are always kept); otherwise `D` reads the ordinary stream, so every edge
+//!   from a node in the graph (the embedding included). Edges into a node outside the graph are
+//!   left out: that node's output is ablated whatever it reads.
+//!
+//! What the format cannot say is kept in two fields of ours after `edges`: `positions` (where
+//! each node and path edge is kept, the QK edges) and `loss` (one sentence per thing a tool
+//! reading only the format's fields would get differently).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use super::diff::positions_text;
+use crate::attribute::export::{downstream_name, upstream_name, Graph, GraphConfig, GraphEntry};
+use crate::data::positions::PositionSet;
+use crate::model::{HeadInput, ModelConfig, ResidualTopology};
+use crate::resolve::bound::{
+    BoundCircuit, Downstream, HeadId, Scope, SettingName, Settings, Upstream,
+};
+
+/// A node of the graph other than `input` and `logits`, in the format's order.
+fn upstreams(config: &ModelConfig) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for layer in 0..config.n_layers {
+        out.extend((0..config.n_heads).map(|head| Upstream::Head(HeadId { layer, head })));
+        out.push(Upstream::Mlp(layer));
+    }
+    out
+}
+
+/// Every input of a node, in the format's order: each head's q, k, v, each MLP, the logits.
+fn downstreams(config: &ModelConfig) -> Vec<Downstream> {
+    let mut out = Vec::new();
+    for layer in 0..config.n_layers {
+        for head in 0..config.n_heads {
+            let h = HeadId { layer, head };
+            out.extend([HeadInput::Q, HeadInput::K, HeadInput::V].map(|w| Downstream::Head(h, w)));
+        }
+        out.push(Downstream::Mlp(layer));
+    }
+    out.push(Downstream::Logits);
+    out
+}
+
+/// The upstream node a downstream input belongs to (`None` for the logits).
+fn node_of(d: Downstream) -> Option<Upstream> {
+    match d {
+        Downstream::Head(h, _) => Some(Upstream::Head(h)),
+        Downstream::Mlp(l) => Some(Upstream::Mlp(l)),
+        Downstream::Logits => None,
+    }
+}
+
+/// `circuit` of a file with `settings`, on a model of shape `config`, as the graph.
+pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &ModelConfig) -> Graph {
+    let topology = config.residual;
+    // Where each kept node is kept (a QK edge keeps its head at its queries).
+    let mut kept: BTreeMap<Upstream, String> = BTreeMap::new();
+    for (h, set) in &circuit.heads {
+        kept.insert(Upstream::Head(*h), positions_text(set));
+    }
+    for e in &circuit.qk_edges {
+        kept.entry(Upstream::Head(e.head))
+            .or_insert_with(|| e.queries.display_name());
+    }
+    let mlps_in_scope = settings.scope == Scope::HeadsAndMlps;
+    for layer in 0..config.n_layers {
+        let mlp = Upstream::Mlp(layer);
+        match circuit.mlps.get(&layer) {
+            Some(set) if mlps_in_scope => {
+                kept.insert(mlp, positions_text(set));
+            }
+            _ if !mlps_in_scope => {
+                kept.insert(mlp, "*".to_string());
+            }
+            _ => {}
+        }
+    }
+    let in_graph = |u: Upstream| kept.contains_key(&u);
+    // Downstream inputs some path edge names, with the upstreams kept for them.
+    let mut path_kept: BTreeMap<Downstream, Vec<Upstream>> = BTreeMap::new();
+    for e in &circuit.path_edges {
+        path_kept.entry(e.to).or_default().push(e.from);
+    }
+
+    let unscored = |in_graph: bool| GraphEntry {
+        score: None,
+        in_graph,
+    };
+    let mut nodes = vec![("input".to_string(), unscored(true))];
+    for u in upstreams(config) {
+        nodes.push((upstream_name(u), unscored(in_graph(u))));
+    }
+    nodes.push(("logits".to_string(), unscored(true)));
+
+    let mut edges = Vec::new();
+    for d in downstreams(config) {
+        let reader = match node_of(d) {
+            Some(u) => u.component(),
+            None => crate::model::Component::Unembed,
+        };
+        let target_in_graph = node_of(d).is_none_or(in_graph);
+        let named = path_kept.get(&d);
+        let input_edge = format!("input->{}", downstream_name(d));
+        edges.push((input_edge, unscored(target_in_graph)));
+        for u in upstreams(config) {
+            if !topology.reads(reader, u.component()) {
+                continue;
+            }
+            let passes = match named {
+                None => true,
+                Some(from) => {
+                    from.contains(&u) || (matches!(u, Upstream::Mlp(_)) && !mlps_in_scope)
+                }
+            };
+            let entry = unscored(target_in_graph && in_graph(u) && passes);
+            edges.push((
+                format!("{}->{}", upstream_name(u), downstream_name(d)),
+                entry,
+            ));
+        }
+    }
+
+    let mut extra = Map::new();
+    extra.insert("circuit".into(), Value::String(circuit.name.clone()));
+    let node_positions: Map<String, Value> = kept
+        .iter()
+        .map(|(u, at)| (upstream_name(*u), Value::String(at.clone())))
+        .collect();
+    let qk_edges: Vec<Value> = circuit
+        .qk_edges
+        .iter()
+        .map(|e| Value::String(e.to_string()))
+        .collect();
+    let path_positions: Map<String, Value> = circuit
+        .path_edges
+        .iter()
+        .map(|e| {
+            (
+                format!("{}->{}", upstream_name(e.from), downstream_name(e.to)),
+                Value::String(positions_text(&e.positions)),
+            )
+        })
+        .collect();
+    extra.insert(
+        "positions".into(),
+        json!({"nodes": node_positions, "qk_edges": qk_edges, "edges": path_positions}),
+    );
+    extra.insert(
+        "loss".into(),
+        Value::Array(
+            loss(circuit, settings, &kept)
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        ),
+    );
+    Graph {
+        cfg: GraphConfig {
+            n_layers: config.n_layers,
+            n_heads: config.n_heads,
+            parallel_attn_mlp: topology == ResidualTopology::Parallel,
+            d_model: config.d_model,
+        },
+        nodes,
+        edges,
+        extra,
+    }
+}
+
+/// What a reader of the format's fields alone gets differently from the circuit.
+fn loss(
+    circuit: &BoundCircuit,
+    settings: &Settings,
+    kept: &BTreeMap<Upstream, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let partial: Vec<String> = kept
+        .iter()
+        .filter(|(_, at)| at.as_str() != "*")
+        .map(|(u, at)| format!("{} at {at}", upstream_name(*u)))
+        .collect();
+    if !partial.is_empty() {
+        out.push(format!(
+            "positions: the graph keeps a node at every position; the circuit keeps {} only (see `positions.nodes`)",
+            partial.join("; ")
+        ));
+    }
+    if !circuit.qk_edges.is_empty() {
+        out.push(format!(
+            "QK edges have no form in the graph: their heads are in it with every key at every position ({})",
+            circuit
+                .qk_edges
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let positional: Vec<String> = circuit
+        .path_edges
+        .iter()
+        .filter(|e| e.positions != PositionSet::All)
+        .map(|e| {
+            format!(
+                "{}->{} at {}",
+                upstream_name(e.from),
+                downstream_name(e.to),
+                positions_text(&e.positions)
+            )
+        })
+        .collect();
+    if !positional.is_empty() {
+        out.push(format!(
+            "path-edge positions: the graph keeps an edge at every position; the circuit keeps {} only",
+            positional.join("; ")
+        ));
+    }
+    out.push(format!(
+        "ablation: the format does not say how what it leaves out is ablated; this file ablates {} by {} (edges by {}), and the graph means the circuit only when evaluated the same way",
+        settings.scope.name(),
+        settings.ablation.name(),
+        settings.edge_ablation.name()
+    ));
+    out
+}
