@@ -1,9 +1,9 @@
-//! docs/tutorial.md shows the tool's real output. This test reruns every complete example in it
-//! (a ```` ```console ```` block holding `$ circuit ...` and its whole output) and checks the
-//! output is still exactly what the tool prints, so the tutorial's numbers cannot rot.
+//! docs/tutorial.md and README.md show the tool's real output. These tests rerun every complete
+//! example in them (a ```` ```console ```` block holding `$ circuit ...` and its whole output)
+//! and check the output is still exactly what the tool prints, so the docs' numbers cannot rot.
 //! Blocks shortened for the page (a `...` line, lines "left out"), blocks that depend on an edit
-//! (`circuit diff`) and blocks naming a file the repository does not hold are skipped; the test
-//! fails if nothing is left to check.
+//! (`circuit diff`) and blocks naming a file the repository does not hold are skipped; a test
+//! fails if fewer examples than it expects are left to check.
 
 use std::path::Path;
 use std::process::Command;
@@ -59,8 +59,20 @@ fn console_blocks(doc: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_tutorials_complete_examples_print_what_the_tool_prints() {
+    check_console_examples("docs/tutorial.md", 5);
+}
+
+#[test]
+fn the_readmes_complete_examples_print_what_the_tool_prints() {
+    check_console_examples("README.md", 1);
+}
+
+/// Reruns every complete console example of the document at `rel` (from the repository root)
+/// and fails, listing them, on those whose output differs, or when fewer than `at_least` were
+/// checked.
+fn check_console_examples(rel: &str, at_least: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let doc = std::fs::read_to_string(root.join("docs/tutorial.md")).unwrap();
+    let doc = std::fs::read_to_string(root.join(rel)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut checked = 0;
     let mut mismatches = Vec::new();
@@ -89,18 +101,18 @@ fn the_tutorials_complete_examples_print_what_the_tool_prints() {
         );
         if printed.trim_end() != expected.trim_end() {
             mismatches.push(format!(
-                "$ circuit {command}\n--- the tutorial shows:\n{expected}\n--- the tool prints:\n{printed}"
+                "$ circuit {command}\n--- {rel} shows:\n{expected}\n--- the tool prints:\n{printed}"
             ));
         }
         checked += 1;
     }
     assert!(
-        checked >= 5,
-        "only {checked} tutorial examples were checked"
+        checked >= at_least,
+        "only {checked} examples of {rel} were checked"
     );
     assert!(
         mismatches.is_empty(),
-        "docs/tutorial.md is out of date: paste what the tool prints into it (and check the prose):\n{}",
+        "{rel} is out of date: paste what the tool prints into it (and check the prose):\n{}",
         mismatches.join("\n")
     );
 }

@@ -614,6 +614,35 @@ fn every_error_a_user_can_see_has_a_code() {
         vec!["dataset", "inspect", "no/such.jsonl"],
         vec!["diff", "no/such.circuit", "HEAD:nothing.circuit"],
         vec!["diff", "NOREV:x.circuit", &friends],
+        vec![
+            "eval",
+            "circuits/toy-seqcont/numerals.circuit",
+            "--set",
+            "metrc=prob",
+        ],
+        vec![
+            "eval",
+            "circuits/toy-seqcont/numerals.circuit",
+            "--set",
+            "metric=porb",
+        ],
+        vec!["check", "--set", "dataset.n=2", &friends],
+        vec![
+            "run",
+            "--model",
+            "no-such-org/no-such-model",
+            "--prompt",
+            "x",
+        ],
+        vec!["run", "--prompt", "1 2", "--attention", "1.0"],
+        vec!["test", "tests/fixtures/ok/no_circuit.circuit"],
+        vec![
+            "eval",
+            "circuits/toy-seqcont/numerals.circuit",
+            "circuits/toy-seqcont/letters.circuit",
+            "--svg",
+            "x.svg",
+        ],
     ];
     for args in &cases {
         let o = run(args);

@@ -33,8 +33,8 @@ fn one_two_three(answer: &str) -> Record {
             ("S2".to_string(), Span::new(2, 3)),
             ("S3".to_string(), Span::new(4, 5)),
         ]),
-        answer: answer.into(),
-        distractor: " 3".into(),
+        answer: Some(answer.into()),
+        distractor: Some(" 3".into()),
     }
 }
 

@@ -98,8 +98,8 @@ fn fewer_prompts_are_a_prefix_of_more() {
 fn seed_zero_prompts_are_pinned() {
     let d = generate("seqcont.numerals", &[("n", int(2))]);
     assert_eq!(d.clean[0].prompt, "63 64 65 66");
-    assert_eq!(d.clean[0].answer, " 67");
-    assert_eq!(d.clean[0].distractor, " 66");
+    assert_eq!(d.clean[0].answer.as_deref(), Some(" 67"));
+    assert_eq!(d.clean[0].distractor.as_deref(), Some(" 66"));
     assert_eq!(d.reference[0].prompt, "71 73 47 51");
     assert_eq!(d.clean[1].prompt, "67 68 69 70");
     let d = generate(
@@ -110,7 +110,7 @@ fn seed_zero_prompts_are_pinned() {
         d.clean[0].prompt,
         "Mike born in August. Jane born in September. Peter born in October. Alice born in"
     );
-    assert_eq!(d.clean[0].answer, " November");
+    assert_eq!(d.clean[0].answer.as_deref(), Some(" November"));
     let d = generate("ioi", &[("n", int(1))]);
     assert_eq!(
         d.clean[0].prompt,
@@ -150,8 +150,8 @@ fn sequences_continue_and_wrap_only_where_they_should() {
                     assert!(wraps, "{name} must not wrap: {}", r.prompt);
                     wrapped += 1;
                 }
-                assert_eq!(r.answer, format!(" {}", list[next % list.len()]));
-                assert_eq!(r.distractor, format!(" {}", shown[shown.len() - 1]));
+                assert_eq!(r.answer, Some(format!(" {}", list[next % list.len()])));
+                assert_eq!(r.distractor, Some(format!(" {}", shown[shown.len() - 1])));
                 for (j, m) in shown.iter().enumerate() {
                     assert_eq!(r.slot_text(&format!("S{}", j + 1)), Some(*m));
                 }
@@ -193,7 +193,7 @@ fn template_form_matches_the_lexicon_sentences() {
         assert!(!clean.prompt.ends_with(' ') && !clean.prompt.contains("  "));
         assert_eq!(
             clean.distractor,
-            format!(" {}", clean.slot_text("S1").unwrap())
+            Some(format!(" {}", clean.slot_text("S1").unwrap()))
         );
         // The reference keeps template and fillers; only the members change.
         let strip = |r: &circuit::data::Record| {
@@ -218,8 +218,8 @@ fn ioi_prompts_and_abc_references() {
         let s1 = clean.slot_text("S1").unwrap();
         assert_eq!(clean.slot_text("S2"), Some(s1));
         assert_ne!(io, s1);
-        assert_eq!(clean.answer, format!(" {io}"));
-        assert_eq!(clean.distractor, format!(" {s1}"));
+        assert_eq!(clean.answer, Some(format!(" {io}")));
+        assert_eq!(clean.distractor, Some(format!(" {s1}")));
         let abc: BTreeSet<&str> = ["IO", "S1", "S2"]
             .iter()
             .map(|l| reference.slot_text(l).unwrap())

@@ -40,8 +40,8 @@ fn template_form_places_fillers_and_labels() {
     assert_eq!(reference.prompt, "When Al and Cy met, Di waved to");
     assert_eq!(reference.slot_text("S2"), Some("Di"));
     // The reference inherits answer and distractor from its clean record.
-    assert_eq!(reference.answer, " Zoë");
-    assert_eq!(reference.distractor, " Bo");
+    assert_eq!(reference.answer.as_deref(), Some(" Zoë"));
+    assert_eq!(reference.distractor.as_deref(), Some(" Bo"));
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn malformed_lines_name_the_line_number() {
         ("{not json", "not a dataset record"),
         (
             r#"{"prompt": "1 2", "slots": {"S1": [0, 1]}, "answer": " 3"}"#,
-            "missing `distractor`",
+            "missing `distractor` (the metric reads the distractor's logit at END of every evaluated prompt; reference prompts need none)",
         ),
         (
             r#"{"prompt": "1 2", "slots": {"S1": [0, 9]}, "answer": " 3", "distractor": " 2"}"#,
@@ -239,4 +239,46 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn unpaired_reference_lines_need_neither_labels_nor_answers() {
+    let text = concat!(
+        r#"{"prompt": "1 2 3", "slots": {"S1": [0, 1], "S2": [2, 3]}, "answer": " 4", "distractor": " 3"}"#,
+        "\n",
+        r#"{"prompt": "7 5 9", "set": "reference"}"#,
+        "\n",
+    );
+    let dataset = parse_str(text).unwrap();
+    let reference = &dataset.reference[0];
+    assert!(reference.slots.is_empty());
+    assert_eq!(
+        (reference.answer.as_ref(), reference.distractor.as_ref()),
+        (None, None)
+    );
+    // The labels a circuit may name are the evaluated prompts' (a reference prompt's labels
+    // are read only under `align by label`, which checks them itself).
+    assert_eq!(dataset.common_labels(), ["S1", "S2"]);
+    // Written back without the absent fields, and read back to the same dataset.
+    let written = write(&dataset);
+    assert!(
+        written
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(r#""set":"reference""#),
+        "{written}"
+    );
+    assert!(
+        !written.lines().nth(1).unwrap().contains("answer"),
+        "{written}"
+    );
+    assert_eq!(parse_str(&written).unwrap(), dataset);
+}
+
+#[test]
+fn a_byte_order_mark_before_the_first_record_is_accepted() {
+    let line = r#"{"prompt": "1 2", "slots": {"S1": [0, 1]}, "answer": " 3", "distractor": " 2"}"#;
+    let with_bom = parse_str(&format!("\u{feff}{line}\n")).unwrap();
+    assert_eq!(with_bom, parse_str(line).unwrap());
 }

@@ -21,8 +21,8 @@ fn record(prompt: &str, slots: &[(&str, usize, usize)], answer: &str, distractor
             .iter()
             .map(|(l, s, e)| (l.to_string(), Span::new(*s, *e)))
             .collect::<BTreeMap<_, _>>(),
-        answer: answer.to_string(),
-        distractor: distractor.to_string(),
+        answer: Some(answer.to_string()),
+        distractor: Some(distractor.to_string()),
     }
 }
 
@@ -84,8 +84,8 @@ fn regression_repeated_member_resolves_from_its_span() {
     assert_eq!(gpt2_prompt.resolve_position(&label("S4")).unwrap(), 3);
     // Under stories260K: <s> ▁ 1 ▁ 2 ▁ 3 ▁ 3: the second "3" is token 8, the first token 6.
     let record_stories = Record {
-        answer: " 3".into(),
-        distractor: " 2".into(),
+        answer: Some(" 3".into()),
+        distractor: Some(" 2".into()),
         ..reference
     };
     let id = circuit::data::record::prompt_id(PromptSet::Reference, 0, &record_stories);
@@ -99,8 +99,8 @@ fn regression_repeated_member_resolves_from_its_span() {
 fn gpt2_labels_end_offsets_ranges_and_all() {
     let prompt = tokenize_record(&sequence(&["1", "2", "3", "4"], " 5", " 4"), gpt2(), 0).unwrap();
     assert_eq!(prompt.ids, vec![16, 362, 513, 604]);
-    assert_eq!(prompt.answer_id, 642);
-    assert_eq!(prompt.distractor_id, 604);
+    assert_eq!(prompt.answer_id, Some(642));
+    assert_eq!(prompt.distractor_id, Some(604));
     assert!(!prompt.has_bos);
     for (i, name) in ["S1", "S2", "S3", "S4"].iter().enumerate() {
         assert_eq!(prompt.resolve_position(&label(name)).unwrap(), i);
@@ -147,7 +147,7 @@ fn gpt2_multi_token_slot_has_distinct_first_and_last_token() {
     assert!(message.contains("\" J\""), "{message}");
 
     let r = Record {
-        distractor: " John".into(),
+        distractor: Some(" John".into()),
         ..r
     };
     let prompt = tokenize_record(&r, gpt2(), 0).unwrap();
@@ -198,7 +198,10 @@ fn stories260k_bos_and_byte_fallback_slots() {
 
     // "a" and "b" are single pieces (▁a, ▁b) under stories260K.
     let prompt = tokenize_record_in(&r, stories(), PromptSet::Clean, 0).unwrap();
-    assert_eq!(prompt.answer_id, stories().encode_plain("a").unwrap()[0]);
+    assert_eq!(
+        prompt.answer_id,
+        Some(stories().encode_plain("a").unwrap()[0])
+    );
     assert_eq!(prompt.resolve_position(&bos()).unwrap(), 0);
     assert_eq!(prompt.resolve_position(&plus(bos(), 1)).unwrap(), 1);
     assert_eq!(prompt.resolve_position(&end()).unwrap(), 12);

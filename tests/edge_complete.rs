@@ -287,3 +287,60 @@ fn bad_graphs_are_coded_errors_and_write_nothing() {
     assert!(written.contains("\nmodel \"../"), "{written}");
     ok(circuit(&["check", out.to_str().unwrap()]));
 }
+
+/// Scores and scans relative to an edge-complete circuit are refused with a code before any
+/// forward pass, and nothing is written: the backward holds no constant for an `embed` edge
+/// that is not kept, and a scan removes kept nodes, which an edge-complete circuit has none of.
+/// Relative to a node circuit of the same file both run (the refusal is the form's, not the
+/// file's).
+#[test]
+fn scores_and_scans_relative_to_an_edge_complete_circuit_are_refused() {
+    let dir = scratch("refused");
+    let text = format!(
+        "{HEADER}\ncircuit nodes {{\n  0.1, 1.0\n  mlp 0\n}}\n\nedge-complete circuit edges {{\n  edge embed, 0.1 -> 1.0.v\n  edge 1.0, mlp 0 -> logits\n}}\n"
+    );
+    let file = dir.join("refused.circuit");
+    std::fs::write(&file, &text).unwrap();
+    let file = file.to_str().unwrap();
+    ok(circuit(&["check", file]));
+    let out_path = dir.join("out.json");
+    let out = out_path.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["scores", file, "--circuit", "edges"],
+            "circuit::attribute::edge_complete_circuit",
+        ),
+        (
+            &[
+                "scores",
+                file,
+                "--circuit",
+                "edges",
+                "--method",
+                "eap-ig",
+                "--granularity",
+                "path-edges",
+            ],
+            "circuit::attribute::edge_complete_circuit",
+        ),
+        (
+            &["scores", file, "--circuit", "edges", "--method", "exact"],
+            "circuit::scan::edge_complete_base",
+        ),
+        (
+            &["scan", file, "--circuit", "edges", "--no-cache"],
+            "circuit::scan::edge_complete_base",
+        ),
+    ];
+    for (args, code) in cases {
+        let mut args = args.to_vec();
+        args.extend(["-o", out]);
+        let run = circuit(&args);
+        assert!(!run.status.success(), "{args:?} ran");
+        assert!(stderr(&run).contains(code), "{args:?}: {}", stderr(&run));
+        assert!(!out_path.exists(), "{args:?} wrote {out}");
+    }
+    // The same commands relative to the node circuit run.
+    ok(circuit(&["scores", file, "--circuit", "nodes"]));
+    ok(circuit(&["scan", file, "--circuit", "nodes", "--no-cache"]));
+}

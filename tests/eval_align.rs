@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use circuit::measure::file::{run_file, FileRun};
 use circuit::measure::SessionOptions;
 use circuit::measure::{PromptMetrics, ALL_METRICS};
-use circuit::resolve::RealEnvironment;
 use circuit::resolve::{resolve_source, ResolveOptions};
+use circuit::resolve::{RealEnvironment, Severity};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/align")
@@ -329,8 +329,8 @@ fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
             )
             .unwrap();
         let logits = out.logits.slice(ndarray::s![0, 0, ..]);
-        let expected =
-            logits[p.answer_id as usize] as f64 - logits[p.distractor_id as usize] as f64;
+        let (answer, distractor) = p.targets().unwrap();
+        let expected = logits[answer as usize] as f64 - logits[distractor as usize] as f64;
         assert!(
             (got[b] - expected).abs() < 1e-5,
             "prompt {b}: {} vs {expected}",
@@ -339,4 +339,124 @@ fn the_label_aligned_mean_is_the_mean_over_reference_tokens_at_the_same_slot() {
         // And the ablation changed something.
         assert!((got[b] - run.evaluation.full[&Metric::LogitDiff][b]).abs() > 1e-4);
     }
+}
+
+/// Two evaluated prompts of one template, then `set: "reference"` lines: with `labelled`, as
+/// the clean records are written (slots, answer, distractor); without, bare prompts.
+fn unpaired(labelled: bool) -> String {
+    let template =
+        "Cake done in {S1}. Boat done in {S2}. Book done in {S3}. Coat done in {S4}. Hat done in";
+    let fill = |n: [u32; 4]| {
+        format!(
+            r#""template": "{template}", "fillers": {{"S1": "{}", "S2": "{}", "S3": "{}", "S4": "{}"}}"#,
+            n[0], n[1], n[2], n[3]
+        )
+    };
+    let mut out = String::new();
+    for n in [[63, 64, 65, 66], [21, 22, 23, 24]] {
+        out += &format!(
+            "{{{}, \"answer\": \" {}\", \"distractor\": \" {}\"}}\n",
+            fill(n),
+            n[3] + 1,
+            n[3]
+        );
+    }
+    for n in [[56, 6, 20, 88], [49, 80, 90, 16], [61, 35, 6, 76]] {
+        out += &if labelled {
+            format!(
+                "{{{}, \"answer\": \" 1\", \"distractor\": \" 2\", \"set\": \"reference\"}}\n",
+                fill(n)
+            )
+        } else {
+            let prompt = template
+                .replace("{S1}", &n[0].to_string())
+                .replace("{S2}", &n[1].to_string())
+                .replace("{S3}", &n[2].to_string())
+                .replace("{S4}", &n[3].to_string());
+            format!("{{\"prompt\": {prompt:?}, \"set\": \"reference\"}}\n")
+        };
+    }
+    out
+}
+
+#[test]
+fn unpaired_reference_prompts_need_labels_only_under_align_by_label_and_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = |labelled: bool, ablation: &str, align: &str| {
+        let path = dir.path().join(format!("unpaired_{labelled}.jsonl"));
+        std::fs::write(&path, unpaired(labelled)).unwrap();
+        let dataset = format!("{:?}", path.to_str().unwrap());
+        format!(
+            "{}{CIRCUITS}",
+            header(&dataset, "d.corrupt", ablation, align)
+        )
+    };
+    // By position no reference label or answer is read: bare reference prompts resolve (the
+    // circuits name S1..S4) and give the numbers of the same prompts with labels and answers.
+    for ablation in ["mean", "zero"] {
+        let bare = run(&source(false, ablation, "position")).unwrap();
+        let labelled = run(&source(true, ablation, "position")).unwrap();
+        for name in ["nodes", "qk_edges", "path_edges"] {
+            assert_eq!(
+                all_metrics(bare.evaluation.circuit(name).unwrap()),
+                all_metrics(labelled.evaluation.circuit(name).unwrap()),
+                "{ablation} {name}"
+            );
+        }
+    }
+    // By label the reference prompts' labels are read: a bare one is an error naming the
+    // prompt, the label and the setting that reads it; `check` finds it (at `align by label`)...
+    let message = "reference prompt 0 (\"Cake done in 56. Boat done in 6. Book done in 20. Coat done in 88. Hat done in\") has no label `S1`, which every evaluated prompt has; `align by label` reads it (reference statistics are matched per labelled slot)";
+    let diagnostics = resolve_source(
+        "align.circuit",
+        &source(false, "mean", "label"),
+        &fixtures(),
+        &RealEnvironment,
+        &ResolveOptions::default(),
+    )
+    .unwrap_err();
+    let error = diagnostics
+        .items
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .unwrap();
+    assert_eq!(error.code, "circuit::resolve::reference");
+    assert_eq!(error.message, message);
+    // ... and so does evaluation, before any forward pass, for whoever evaluates unchecked.
+    let path = dir.path().join("unpaired_false.jsonl");
+    let dataset = circuit::data::load(&circuit::data::DatasetSource::File(path)).unwrap();
+    let model = circuit::model::Model::open(&circuit::model::ModelSource::default_model()).unwrap();
+    let tokenized = circuit::data::tokenize_dataset(&dataset, &model.tokenizer).unwrap();
+    let err = circuit::data::check_reference(
+        circuit::data::Pairing::Pooled,
+        true,
+        &tokenized.clean,
+        &tokenized.reference,
+    )
+    .unwrap_err();
+    assert_eq!(
+        miette::Diagnostic::code(&err)
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("circuit::data::reference_label")
+    );
+    assert_eq!(err.to_string(), message);
+    // By position the same prompts pass the check.
+    circuit::data::check_reference(
+        circuit::data::Pairing::Pooled,
+        false,
+        &tokenized.clean,
+        &tokenized.reference,
+    )
+    .unwrap();
+    // Labelled reference prompts without answers are fine by label too.
+    let no_answers = unpaired(true).replace(", \"answer\": \" 1\", \"distractor\": \" 2\"", "");
+    std::fs::write(dir.path().join("unpaired_true.jsonl"), no_answers).unwrap();
+    let path = dir.path().join("unpaired_true.jsonl");
+    let dataset = format!("{:?}", path.to_str().unwrap());
+    let text = format!(
+        "{}{CIRCUITS}",
+        header(&dataset, "d.corrupt", "mean", "label")
+    );
+    run(&text).unwrap();
 }

@@ -209,6 +209,7 @@ fn file_report(file: &str, circuits: Vec<CircuitReport>) -> FileReport {
             n_prompts: 10,
             reference: "data<1>.jsonl: reference prompts".into(),
             n_reference: 10,
+            overrides: Vec::new(),
         },
         settings: SettingsReport {
             metric: "logit_diff",

@@ -315,9 +315,10 @@ fn auto_circuit_indices_become_spans_of_those_tokens() {
             }
         }
     }
-    assert_eq!(dataset.clean[1].answer, " Tom");
+    assert_eq!(dataset.clean[1].answer.as_deref(), Some(" Tom"));
     assert_eq!(
-        dataset.reference[1].answer, " Tom",
+        dataset.reference[1].answer.as_deref(),
+        Some(" Tom"),
         "the reference keeps the clean answers"
     );
     assert_eq!(

@@ -465,6 +465,7 @@ fn made_up_report(circuit: &BoundCircuit) -> FileReport {
             n_prompts: 64,
             reference: "synthetic: reference prompts".to_string(),
             n_reference: 64,
+            overrides: Vec::new(),
         },
         settings: SettingsReport {
             metric: "logit_diff",
@@ -528,8 +529,8 @@ fn gpt2_sized_page() -> (String, usize, usize) {
         slots: (0..t - 1)
             .map(|i| (format!("P{i}"), SlotTokens { first: i, last: i }))
             .collect(),
-        answer_id: 0,
-        distractor_id: 1,
+        answer_id: Some(0),
+        distractor_id: Some(1),
     };
     let tokens: Vec<String> = (0..t).map(|i| format!(" w{i}")).collect();
     let mut heads = BTreeMap::new();

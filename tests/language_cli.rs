@@ -83,7 +83,8 @@ fn check_model_override() {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(1));
+    // A --model found nowhere is the command line's error, before any file is read.
+    assert_eq!(out.status.code(), Some(2));
     insta::assert_snapshot!(transcript(&out));
 }
 
@@ -312,4 +313,48 @@ fn alias_notes_only_for_labels_a_circuit_names() {
         used.contains("note: S1 and S2 land on the same token in 2 of 2 prompts"),
         "{used}"
     );
+}
+
+/// `n_layer` of 10⁹ in a folder whose weights hold 3 layers: `check` compares the config with
+/// the weights' headers before expanding `*` over the layers (which would allocate 5·10⁹
+/// heads). Run under a 4 GB address-space limit, so that a regression fails instead of
+/// exhausting the machine.
+#[test]
+fn check_refuses_a_layer_count_the_weights_do_not_hold_before_expanding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("big");
+    std::fs::create_dir(&model).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(
+            cli_support::fixture("models/gpt2-tiny").join(file),
+            model.join(file),
+        )
+        .unwrap();
+    }
+    let config_path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["n_layer"] = 1_000_000_000u64.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let file = dir.path().join("big.circuit");
+    std::fs::write(
+        &file,
+        "model \"big\"\n\ncircuit c {\n  *.* @ END\n  mlp * @ *\n}\n",
+    )
+    .unwrap();
+    let script = format!(
+        "ulimit -v 4000000; exec {} check {}",
+        env!("CARGO_BIN_EXE_circuit"),
+        file.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("circuit::resolve::model"), "{err}");
+    assert!(err.contains("`n_layer` to 1000000000"), "{err}");
+    assert!(err.contains("hold 3 layers"), "{err}");
 }

@@ -312,6 +312,7 @@ fn the_real_environment_reads_config_json() {
     assert!(resolved.warnings.is_empty());
     let override_model = ResolveOptions {
         model_override: Some(ModelSource::Dir(PathBuf::from("/nonexistent/model"))),
+        ..ResolveOptions::default()
     };
     let err = load_file(&path, &RealEnvironment, &override_model).unwrap_err();
     assert_eq!(err.items[0].code, "circuit::resolve::model");
@@ -553,7 +554,8 @@ fn the_real_environment_finds_labels_only_some_prompts_have_and_the_tokenizers_b
     std::fs::write(
         &path,
         "{\"prompt\": \"1 2 3\", \"slots\": {\"S1\": [0, 1], \"S2\": [2, 3]}, \"answer\": \" 4\", \"distractor\": \" 3\"}\n\
-         {\"prompt\": \"5 6 7\", \"slots\": {\"S1\": [0, 1]}, \"answer\": \" 8\", \"distractor\": \" 7\", \"set\": \"reference\"}\n",
+         {\"prompt\": \"5 6 7\", \"slots\": {\"S1\": [0, 1]}, \"answer\": \" 8\", \"distractor\": \" 7\"}\n\
+         {\"prompt\": \"9 8\", \"set\": \"reference\"}\n",
     )
     .unwrap();
     let source = DatasetSource::File(path);
@@ -562,8 +564,10 @@ fn the_real_environment_finds_labels_only_some_prompts_have_and_the_tokenizers_b
     let partial = env.dataset_partial_labels(&source);
     assert_eq!(partial.len(), 1, "{partial:?}");
     assert_eq!(partial[0].label, "S2");
+    // An evaluated prompt lacks it; the bare reference prompt's labels are not asked for (only
+    // `align by label` reads them).
     assert!(
-        partial[0].missing_from.starts_with("reference prompt 0"),
+        partial[0].missing_from.starts_with("prompt 1"),
         "{partial:?}"
     );
     // The built-in toy model's word-level tokenizer adds none; stories260K's (Llama) adds one.

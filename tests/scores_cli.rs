@@ -101,6 +101,73 @@ fn scores_relative_to_a_node_circuit_say_so() {
 }
 
 #[test]
+fn scores_relative_to_a_circuit_with_qk_edges_and_with_eap_ig_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "small.circuit", SMALL);
+    let file = file.to_str().unwrap();
+    let text = stdout(&scores(
+        &[file, "--circuit", "from_s4", "--granularity", "qk-edges"],
+        "2",
+    ));
+    assert!(
+        text.starts_with(
+            "eap scores of qk-edges, relative to circuit from_s4 (its ablations in place)\n"
+        ),
+        "{text}"
+    );
+    let text = stdout(&scores(
+        &[
+            file,
+            "--circuit",
+            "from_s4",
+            "--method",
+            "eap-ig",
+            "--steps",
+            "2",
+        ],
+        "2",
+    ));
+    assert!(
+        text.starts_with("eap-ig (m = 2) scores of nodes, relative to circuit from_s4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_model_folder_without_a_tokenizer_is_a_coded_error_naming_the_file() {
+    // config.json and weights of stories260K, but no tokenizer.json.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let stories = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K");
+    for name in ["config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(stories.join(name), model.join(name)).unwrap();
+    }
+    let file = write_file(dir.path(), "small.circuit", SMALL);
+    let out = dir.path().join("out.txt");
+    let result = scores(
+        &[
+            file.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        "2",
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("circuit::model::tokenizer"), "{stderr}");
+    let missing = model.join("tokenizer.json");
+    assert!(
+        stderr.contains(missing.to_str().unwrap()),
+        "the message names {}: {stderr}",
+        missing.display()
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn json_is_byte_identical_across_thread_counts_and_complete() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(dir.path(), "small.circuit", SMALL);
@@ -234,18 +301,6 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
         &file,
         &["--circuit", "mover"],
         "circuit::eval::unknown_circuit",
-    );
-    refused(
-        d,
-        &file,
-        &["--circuit", "from_s4"],
-        "circuit::attribute::circuit_gradients",
-    );
-    refused(
-        d,
-        &file,
-        &["--circuit", "movers", "--method", "eap-ig"],
-        "circuit::attribute::ig_with_circuit",
     );
     let accuracy = write_file(
         d,

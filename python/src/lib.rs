@@ -177,7 +177,11 @@ fn diagnostics_to_py<'py>(
 /// Resolves a `.circuit` file as the CLI does (src/cli/eval.rs `resolve`).
 fn resolve(path: &Path, model: Option<&str>) -> Outcome<Resolved> {
     let options = ResolveOptions {
-        model_override: model.map(|spec| ModelSource::parse(spec, Path::new(""))),
+        model_override: model
+            .map(|spec| ModelSource::parse(spec, Path::new("")))
+            .transpose()
+            .map_err(coded)?,
+        overrides: Vec::new(),
     };
     load_file(path, &RealEnvironment, &options).map_err(Failure::Diagnostics)
 }
@@ -432,7 +436,7 @@ fn import_prompts_jsonl(
 ) -> PyResult<String> {
     let (text, notes) = guarded(py, || {
         let source = match &model {
-            Some(spec) => ModelSource::parse(spec, Path::new("")),
+            Some(spec) => ModelSource::parse(spec, Path::new("")).map_err(coded)?,
             None => ModelSource::default_model(),
         };
         let tokenizer = circuit::model::Tokenizer::open(&source).map_err(coded)?;
@@ -543,9 +547,11 @@ impl Model {
     #[new]
     fn new(py: Python<'_>, path_or_builtin: PathBuf) -> PyResult<Model> {
         let spec = path_or_builtin.display().to_string();
-        let source = ModelSource::parse(&spec, Path::new(""));
-        let name = source.display_name();
-        let inner = guarded(py, || circuit::model::Model::open(&source).map_err(coded))?;
+        let (inner, name) = guarded(py, || {
+            let source = ModelSource::parse(&spec, Path::new("")).map_err(coded)?;
+            let model = circuit::model::Model::open(&source).map_err(coded)?;
+            Ok((model, source.display_name()))
+        })?;
         Ok(Model { inner, name })
     }
 

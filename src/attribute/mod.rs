@@ -210,13 +210,6 @@ pub enum AttributeError {
     )]
     KlAtMinimum,
 
-    #[error("eap-ig relative to a circuit is not implemented")]
-    #[diagnostic(
-        code(circuit::attribute::ig_with_circuit),
-        help("score the circuit with --method eap, or eap-ig relative to the full model (no --circuit)")
-    )]
-    IgWithCircuit,
-
     #[error("eap-ig needs at least one step")]
     #[diagnostic(
         code(circuit::attribute::no_steps),
@@ -239,6 +232,13 @@ pub enum AttributeError {
         help("attention knockout is not linear in the edge's term; score QK edges of a file with `ablate edges by mean` (the default)")
     )]
     KnockoutEdges,
+
+    #[error("scores relative to edge-complete circuit `{name}` are not computed: its inputs read a reference embedding where no `embed` edge is kept, which the backward does not hold constant")]
+    #[diagnostic(
+        code(circuit::attribute::edge_complete_circuit),
+        help("score relative to the full model (no --circuit), or write the circuit in the node-based form (`circuit NAME {{ ... }}`)")
+    )]
+    EdgeCompleteCircuit { name: String },
 }
 
 /// What the scores are computed from: the evaluated prompts, their slots and the ablation's
@@ -259,14 +259,20 @@ pub struct AttributionInputs<'a> {
     pub reference_embeddings: Option<ArrayView3<'a, f32>>,
     /// Whether MLPs are components (`ablate heads and mlps`).
     pub mlps_in_scope: bool,
+    /// Under resample ablation at position alignment, the reference prompts (evaluated prompt
+    /// `b` reads `b mod R`): QK-edge scores then compute each term's reference value from their
+    /// forward, a chunk of prompts at a time, instead of reading every head's stored terms from
+    /// `reference` (`(R, T, T, d)` per head, which grows with the prompts times `T²`).
+    pub paired_reference: Option<&'a [Vec<u32>]>,
     /// Called once per gradient pass (progress bars).
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
-    /// Scores relative to a circuit: its node ablations in place (`o` is then each
-    /// component's value in the circuit's forward, and the backward stops at frozen entries).
+    /// Scores relative to a circuit: its ablations in place (`o` is then each component's
+    /// value in the circuit's forward, the backward stops at what the circuit holds constant,
+    /// and a term or path the circuit already ablates scores 0).
     pub circuit: Option<CircuitInPlace<'a>>,
 }
 
-/// A circuit's node ablations, as the forward applies them and as the backward sees them.
+/// A circuit's ablations, as the forward applies them and as the backward sees them.
 #[derive(Clone, Copy)]
 pub struct CircuitInPlace<'a> {
     pub hooks: &'a dyn crate::model::Interventions,
@@ -281,9 +287,6 @@ pub fn check_request(
     metric: &str,
     with_circuit: bool,
 ) -> Result<(), AttributeError> {
-    if with_circuit && matches!(method, Method::EapIg { .. }) {
-        return Err(AttributeError::IgWithCircuit);
-    }
     if metric == "accuracy" {
         return Err(backward::GradientError::NoGradient {
             metric: metric.to_string(),
@@ -334,7 +337,7 @@ pub fn scores(
             };
             match granularity {
                 Granularity::Nodes => node_scores(inputs, &clean, &gradient, &mut aggregate),
-                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate),
+                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate)?,
                 Granularity::PathEdges => {
                     path_edge_scores(inputs, &clean, &gradient, &mut aggregate)
                 }
@@ -378,7 +381,7 @@ fn clean_run(
         Objective::from_metric_name(inputs.metric, full_logits.as_ref().map(|l| l.view()))?;
     let clean = match inputs.circuit {
         None => backward::gradients(inputs.model, inputs.ids, targets, objective, options)?,
-        Some(circuit) => backward::gradients_with_node_ablation(
+        Some(circuit) => backward::gradients_with_ablation(
             inputs.model,
             inputs.ids,
             targets,
@@ -489,6 +492,7 @@ fn integrated_gradients(
             objective,
             options,
             point.view(),
+            inputs.circuit.map(|c| (c.hooks, c.kept)),
         )?;
         if let Some(f) = inputs.on_pass {
             f();
@@ -671,30 +675,153 @@ fn qk_edge_scores(
     clean: &Gradients,
     gradient: &MeanGradients,
     aggregate: &mut Aggregate,
-) {
+) -> Result<(), AttributeError> {
     let cache = &clean.activations;
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
     let mut ablated = vec![0.0f64; d_head];
-    for (b, &len) in clean.lengths.iter().enumerate() {
-        for layer in 0..cache.layers.len() {
-            for h in 0..n_heads {
-                let head = HeadId { layer, head: h };
-                for q in 0..len {
-                    let g = gradient.z[layer].slice(s![b, q, h, ..]);
-                    for k in 0..=q {
-                        ablated.iter_mut().for_each(|x| *x = 0.0);
-                        inputs.reference.add_edge_term(head, b, q, k, &mut ablated);
-                        let term = edge_term(clean, layer, b, h, q, k);
-                        let score: f64 = ablated
-                            .iter()
-                            .zip(&term)
-                            .zip(g)
-                            .map(|((&a, &e), &g)| (a - e) * g as f64)
-                            .sum();
-                        aggregate.add(Component::Head(head), b, q, Some(k), score);
+    let computed = ComputedTerms::of(inputs.circuit.map(|c| c.kept));
+    let n_prompts = clean.lengths.len();
+    // Prompts in chunks, so that paired reference terms are computed for one chunk at a time.
+    let chunk = if inputs.paired_reference.is_some() {
+        PAIRED_CHUNK
+    } else {
+        n_prompts.max(1)
+    };
+    for start in (0..n_prompts).step_by(chunk) {
+        let prompts = start..(start + chunk).min(n_prompts);
+        let paired = match inputs.paired_reference {
+            Some(reference) => Some(paired_forward(inputs.model, reference, prompts.clone())?),
+            None => None,
+        };
+        for b in prompts {
+            let len = clean.lengths[b];
+            for layer in 0..cache.layers.len() {
+                for h in 0..n_heads {
+                    let head = HeadId { layer, head: h };
+                    for q in 0..len {
+                        let g = gradient.z[layer].slice(s![b, q, h, ..]);
+                        for k in 0..=q {
+                            if !computed.contains(layer, b, q, h, k) {
+                                // The circuit already holds this term at ẽ: ablating it
+                                // changes nothing.
+                                aggregate.add(Component::Head(head), b, q, Some(k), 0.0);
+                                continue;
+                            }
+                            ablated.iter_mut().for_each(|x| *x = 0.0);
+                            match &paired {
+                                Some(p) => p.add_edge_term(layer, b - start, h, q, k, &mut ablated),
+                                None => inputs.reference.add_edge_term(head, b, q, k, &mut ablated),
+                            }
+                            let term = edge_term(clean, layer, b, h, q, k);
+                            let score: f64 = ablated
+                                .iter()
+                                .zip(&term)
+                                .zip(g)
+                                .map(|((&a, &e), &g)| (a - e) * g as f64)
+                                .sum();
+                            aggregate.add(Component::Head(head), b, q, Some(k), score);
+                        }
                     }
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Evaluated prompts per paired reference forward (QK-edge scores under resample).
+const PAIRED_CHUNK: usize = 32;
+
+/// The forward of the paired reference prompts of some evaluated prompts (row `i`: the partner
+/// of the chunk's `i`-th prompt), whose pattern and values give each QK-edge term's resample
+/// value `ẽ = A_r[q,k]·v_r[k]` as the stored reference terms would (rounded to f32 like them).
+struct PairedTerms {
+    cache: crate::model::ActivationCache,
+}
+
+impl PairedTerms {
+    fn add_edge_term(
+        &self,
+        layer: usize,
+        row: usize,
+        h: usize,
+        q: usize,
+        k: usize,
+        out: &mut [f64],
+    ) {
+        let lc = &self.cache.layers[layer];
+        let a = lc.pattern[[row, h, q, k]] as f64;
+        for (o, &v) in out
+            .iter_mut()
+            .zip(lc.v_by_query_head.slice(s![row, k, h, ..]))
+        {
+            *o += (a * v as f64) as f32 as f64;
+        }
+    }
+}
+
+/// [`PairedTerms`] of evaluated prompts `prompts`: prompt `b` reads reference `b mod R`, as
+/// resample ablation pairs them at position alignment.
+fn paired_forward(
+    model: &Model,
+    reference: &[Vec<u32>],
+    prompts: std::ops::Range<usize>,
+) -> Result<PairedTerms, AttributeError> {
+    let ids: Vec<Vec<u32>> = prompts
+        .map(|b| reference[b % reference.len()].clone())
+        .collect();
+    let options = crate::model::ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let out = model
+        .forward(&ids, &options, &crate::model::NoInterventions)
+        .map_err(backward::GradientError::from)?;
+    Ok(PairedTerms {
+        cache: out.cache.expect("the cache was asked for"),
+    })
+}
+
+/// (prompt, query token, head).
+type PromptQueryHead = (usize, usize, usize);
+
+/// Which QK-edge terms `A[q,k]·v[k]` a circuit's forward computes (all of them relative to the
+/// full model): not those of a node-ablated head output, nor those edge-mean ablation holds at
+/// their reference value.
+struct ComputedTerms<'a> {
+    kept: Option<backward::Kept<'a>>,
+    /// Per layer: (prompt, query, head) → the computed keys, where only some are.
+    partial: Vec<BTreeMap<PromptQueryHead, &'a [usize]>>,
+}
+
+impl<'a> ComputedTerms<'a> {
+    fn of(kept: Option<backward::Kept<'a>>) -> ComputedTerms<'a> {
+        let partial = kept
+            .map(|k| {
+                k.qk_terms
+                    .iter()
+                    .map(|layer| {
+                        layer
+                            .iter()
+                            .map(|t| ((t.prompt, t.query, t.head), t.keys.as_slice()))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ComputedTerms { kept, partial }
+    }
+
+    fn contains(&self, layer: usize, b: usize, q: usize, h: usize, k: usize) -> bool {
+        let Some(kept) = self.kept else {
+            return true;
+        };
+        if !kept.z[layer][[b, q, h]] {
+            return false;
+        }
+        match self.partial.get(layer).and_then(|m| m.get(&(b, q, h))) {
+            Some(keys) => keys.contains(&k),
+            None => true,
         }
     }
 }
@@ -727,6 +854,19 @@ fn downstreams(n_layers: usize, n_heads: usize) -> Vec<Downstream> {
     out
 }
 
+/// A downstream input as the backward names it.
+pub fn reader_of(d: Downstream) -> backward::Reader {
+    match d {
+        Downstream::Head(h, input) => backward::Reader::Head {
+            layer: h.layer,
+            head: h.head,
+            input,
+        },
+        Downstream::Mlp(layer) => backward::Reader::Mlp(layer),
+        Downstream::Logits => backward::Reader::Logits,
+    }
+}
+
 fn path_edge_scores(
     inputs: &AttributionInputs,
     clean: &Gradients,
@@ -738,6 +878,18 @@ fn path_edge_scores(
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
     let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope);
     let downs = downstreams(n_layers, n_heads);
+    // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
+    let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
+    let readers: Vec<Option<&backward::PathReader>> = downs
+        .iter()
+        .map(|d| paths.iter().find(|p| p.reader == reader_of(*d)))
+        .collect();
+    let shape = crate::plan::PlanShape {
+        n_layers,
+        n_heads,
+        residual: inputs.model.config.residual,
+    };
+    let writer_index = |u: Upstream| shape.upstream_index(u);
     let mut ablated = vec![0.0f64; d_head];
     for (b, &len) in clean.lengths.iter().enumerate() {
         for t in 0..len {
@@ -794,7 +946,12 @@ fn path_edge_scores(
                 for (j, d) in downs.iter().enumerate() {
                     if d.reads(*u, inputs.model.config.residual) {
                         let component = Component::Path { from: *u, to: *d };
-                        aggregate.add(component, b, t, None, products[[i, j]] as f64);
+                        // A path the circuit already cuts carries ũ: cutting it changes nothing.
+                        let value = match &readers[j] {
+                            Some(r) if !r.reached_by(b, t, writer_index(*u)) => 0.0,
+                            _ => products[[i, j]] as f64,
+                        };
+                        aggregate.add(component, b, t, None, value);
                     }
                 }
             }

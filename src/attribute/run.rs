@@ -1,7 +1,6 @@
 //! Scores for an opened `.circuit` file: what `circuit scores` computes.
 
-use miette::Diagnostic;
-use thiserror::Error;
+use ndarray::s;
 
 use super::inputs::{reference_embeddings, slot_names};
 use super::{
@@ -11,25 +10,17 @@ use crate::ablate::{PlanInterventions, ReferenceNeeds};
 use crate::data::slots::prompt_slots;
 use crate::measure::file::Provenance;
 use crate::measure::{mean, metric_name, Session, Targets};
-use crate::model::backward::Kept;
-use crate::resolve::bound::{BoundCircuit, EdgeAblation, HeadId, Metric, Scope};
+use crate::model::backward::{Kept, KeptKeys, PathReader};
+use crate::plan::Plan;
+use crate::resolve::bound::{
+    AblationKind, BoundCircuit, EdgeAblation, HeadId, Metric, Scope, Upstream,
+};
 
 /// What to score.
 #[derive(Clone, Copy, Debug)]
 pub struct Request {
     pub method: Method,
     pub granularity: Granularity,
-}
-
-/// Bad requests, caught before any forward pass.
-#[derive(Debug, Error, Diagnostic)]
-pub enum RequestError {
-    #[error("circuit `{name}` has QK edges or path edges; scores relative to a circuit are implemented for node circuits (heads and MLPs at positions)")]
-    #[diagnostic(
-        code(circuit::attribute::circuit_gradients),
-        help("the backward pass stops gradient flow at node-ablated entries only; score relative to a circuit without `edge` lines, or relative to the full model (no --circuit)")
-    )]
-    EdgesInCircuit { name: String },
 }
 
 /// The scores of one file, with what they are relative to.
@@ -78,17 +69,14 @@ pub fn score_session(
         metric_name(settings.metric),
         circuit.is_some(),
     )?;
-    let plan = match circuit {
-        Some(c) => {
-            let plan = session.compile(c)?;
-            if plan.qk_queries.iter().any(|q| !q.is_empty()) || !plan.path_inputs.is_empty() {
-                return Err(RequestError::EdgesInCircuit {
-                    name: c.name.clone(),
-                }
-                .into());
-            }
-            Some(plan)
+    if let Some(c) = circuit.filter(|c| c.edge_complete) {
+        return Err(AttributeError::EdgeCompleteCircuit {
+            name: c.name.clone(),
         }
+        .into());
+    }
+    let plan = match circuit {
+        Some(c) => Some(session.compile(c)?),
         None => None,
     };
     if request.granularity == Granularity::QkEdges
@@ -101,8 +89,25 @@ pub fn score_session(
         session.model().config.n_heads,
     );
     let d_model = session.model().config.d_model;
+    // What the scores read, and what the circuit's own ablations read.
     let mut needs = ReferenceNeeds::default();
-    if request.granularity == Granularity::QkEdges && request.method.in_metric_units() {
+    if let Some(plan) = &plan {
+        if settings.edge_ablation == EdgeAblation::EdgeMean {
+            needs.edge_heads = plan.edge_heads();
+        }
+        needs.head_outputs = plan.has_path_edges();
+    }
+    let qk_edge_terms =
+        request.granularity == Granularity::QkEdges && request.method.in_metric_units();
+    // Under resample at position alignment each term's reference value is the paired prompt's,
+    // computed from its forward while scoring instead of stored for every head.
+    let paired = settings.ablation == AblationKind::Resample && session.label_alignment().is_none();
+    let reference_ids: Vec<Vec<u32>> = session
+        .reference_prompts()
+        .iter()
+        .map(|p| p.ids.clone())
+        .collect();
+    if qk_edge_terms && !paired {
         needs.edge_heads = (0..n_layers)
             .flat_map(|layer| (0..n_heads).map(move |head| HeadId { layer, head }))
             .collect();
@@ -114,32 +119,19 @@ pub fn score_session(
 
     let clean = session.clean_prompts();
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets: Vec<Targets> = clean
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect();
+    let targets: Vec<Targets> = session.targets().to_vec();
     let slots: Vec<Vec<String>> = clean
         .iter()
         .map(|p| slot_names(&prompt_slots(p).slots))
         .collect();
     let x_ref = match request.method {
-        Method::EapIg { .. } => {
-            let reference_ids: Vec<Vec<u32>> = session
-                .reference_prompts()
-                .iter()
-                .map(|p| p.ids.clone())
-                .collect();
-            Some(reference_embeddings(
-                session.model(),
-                settings.ablation,
-                &ids,
-                &reference_ids,
-                session.label_alignment(),
-            )?)
-        }
+        Method::EapIg { .. } => Some(reference_embeddings(
+            session.model(),
+            settings.ablation,
+            &ids,
+            &reference_ids,
+            session.label_alignment(),
+        )?),
         _ => None,
     };
     let hooks = plan.as_ref().map(|plan| PlanInterventions {
@@ -148,13 +140,13 @@ pub fn score_session(
         edge_ablation: settings.edge_ablation,
         prompts: 0..ids.len(),
     });
-    let circuit_in_place = match (&plan, &hooks) {
-        (Some(plan), Some(hooks)) => Some(CircuitInPlace {
+    let masks = plan
+        .as_ref()
+        .map(|plan| CircuitMasks::of(plan, settings.edge_ablation));
+    let circuit_in_place = match (&plan, &hooks, &masks) {
+        (Some(plan), Some(hooks), Some(masks)) => Some(CircuitInPlace {
             hooks,
-            kept: Kept {
-                z: &plan.head_keep,
-                mlp_out: &plan.mlp_keep,
-            },
+            kept: masks.kept(plan),
         }),
         _ => None,
     };
@@ -167,6 +159,7 @@ pub fn score_session(
         reference: &reference,
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
+        paired_reference: (qk_edge_terms && paired).then_some(reference_ids.as_slice()),
         on_pass,
         circuit: circuit_in_place,
     };
@@ -188,4 +181,66 @@ pub fn score_session(
         n_heads,
         d_model,
     })
+}
+
+/// What a plan's hooks hold constant besides node-ablated outputs, in the backward's terms.
+pub struct CircuitMasks {
+    /// Per layer: the QK-edge terms computed where only some are (edge mean; none under
+    /// knockout, which edits the scores the backward already differentiates).
+    pub qk_terms: Vec<Vec<KeptKeys>>,
+    /// Every input the plan rebuilds from chosen upstream components.
+    pub paths: Vec<PathReader>,
+}
+
+impl CircuitMasks {
+    pub fn of(plan: &Plan, edge_ablation: EdgeAblation) -> CircuitMasks {
+        let qk_terms = match edge_ablation {
+            EdgeAblation::EdgeMean => plan
+                .qk_queries
+                .iter()
+                .map(|layer| {
+                    layer
+                        .iter()
+                        .map(|q| KeptKeys {
+                            prompt: q.prompt,
+                            query: q.query,
+                            head: q.head,
+                            keys: q.keys.clone(),
+                        })
+                        .collect()
+                })
+                .collect(),
+            EdgeAblation::Knockout => Vec::new(),
+        };
+        let shape = plan.shape;
+        let paths = plan
+            .path_inputs
+            .iter()
+            .map(|(&downstream, mask)| {
+                let mut reaches = mask.clone(); // (B, T, U)
+                if !plan.scope_includes_mlps {
+                    // MLPs outside the ablation always reach (the hooks never swap them).
+                    for layer in 0..shape.n_layers {
+                        let u = shape.upstream_index(Upstream::Mlp(layer));
+                        reaches.slice_mut(s![.., .., u]).fill(true);
+                    }
+                }
+                PathReader {
+                    reader: super::reader_of(downstream),
+                    reaches,
+                }
+            })
+            .collect();
+        CircuitMasks { qk_terms, paths }
+    }
+
+    /// Everything `plan`'s hooks hold constant, for the backward.
+    pub fn kept<'a>(&'a self, plan: &'a Plan) -> Kept<'a> {
+        Kept {
+            z: &plan.head_keep,
+            mlp_out: &plan.mlp_keep,
+            qk_terms: &self.qk_terms,
+            paths: &self.paths,
+        }
+    }
 }

@@ -2,11 +2,10 @@
 //! their dataset's labels; print every error and warning.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use circuit::model::ModelSource;
-use circuit::resolve::{load_file, RealEnvironment, ResolveOptions};
+use circuit::resolve::{load_file, RealEnvironment};
 
 use super::format::{Format, TextOrJsonArgs};
 
@@ -15,13 +14,12 @@ const WIDTH: usize = 100;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .circuit files to check.
+    /// The .circuit files to check, or folders (every *.circuit under them, sorted).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Use this model folder (or built-in name) instead of each file's `model` setting;
-    /// only its config.json is read.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<String>,
+    // Of `--model`, only the config.json is read.
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     /// `--format json` (or `--json`) prints diagnostics as JSON on stdout (one array for all
     /// files) instead of rendering them.
     #[command(flatten)]
@@ -29,19 +27,14 @@ pub struct Args {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let options = ResolveOptions {
-        model_override: args
-            .model
-            .as_deref()
-            // Relative to the working directory, kept relative so messages show it as typed.
-            .map(|spec| ModelSource::parse(spec, Path::new(""))),
-    };
+    let options = args.settings.options()?;
+    let files = super::files::collect_files(&args.files)?;
     let as_json = args.format.format() == Format::Json;
     let color = !as_json && std::io::stderr().is_terminal();
     let mut any_error = false;
     let mut json = Vec::new();
     let (mut errors, mut warnings) = (0, 0);
-    for path in &args.files {
+    for path in &files {
         let diagnostics = match load_file(path, &RealEnvironment, &options) {
             Ok(resolved) => resolved.warnings,
             Err(diagnostics) => {
@@ -71,7 +64,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             serde_json::to_string_pretty(&json).expect("diagnostics serialize")
         );
     } else {
-        let files = args.files.len();
+        let files = files.len();
         eprintln!(
             "checked {files} file{}: {errors} error{}, {warnings} warning{}",
             if files == 1 { "" } else { "s" },

@@ -13,7 +13,7 @@ use circuit::data::builtin::{is_builtin, BUILTINS};
 use circuit::data::inspect::{inspect as inspect_dataset, Inspection};
 use circuit::data::tokenized::describe_tokens;
 use circuit::data::{jsonl, Dataset, DatasetSource, ParamValue, PromptSet};
-use circuit::model::{ModelSource, Tokenizer};
+use circuit::model::Tokenizer;
 use circuit::util::outputs::{check_outputs, Output};
 
 use super::format::{Format, TextOrJsonArgs};
@@ -212,6 +212,14 @@ fn set_name(set: PromptSet) -> &'static str {
     }
 }
 
+/// `answer " 5" = 642`, or `no answer` (a reference prompt may have none: none is read).
+fn target_text(tokenizer: &Tokenizer, what: &str, text: &Option<String>, ids: &[u32]) -> String {
+    match text {
+        Some(text) => format!("{what} {text:?} {}", ids_text(tokenizer, ids)),
+        None => format!("no {what}"),
+    }
+}
+
 fn ids_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     match ids {
         [only] => format!("= {only}"),
@@ -221,10 +229,7 @@ fn ids_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
 
 fn inspect(args: InspectArgs) -> miette::Result<ExitCode> {
     let source = dataset_source(&args.dataset, &args.params)?;
-    let model = match &args.model {
-        Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),
-        None => ModelSource::default_model(),
-    };
+    let model = super::settings::model_source(args.model.as_deref())?;
     // Named as the user wrote it, so the output does not depend on the working directory.
     let model_name = args.model.clone().unwrap_or_else(|| model.display_name());
     let tokenizer = Tokenizer::open(&model)?;
@@ -271,14 +276,17 @@ fn inspect_text(
     );
     for p in &inspection.prompts {
         out.push_str(&format!(
-            "\n{} {}: {:?}\n  answer {:?} {}, distractor {:?} {}\n",
+            "\n{} {}: {:?}\n  {}, {}\n",
             set_name(p.set),
             p.index,
             p.record.prompt,
-            p.record.answer,
-            ids_text(tokenizer, &p.answer_ids),
-            p.record.distractor,
-            ids_text(tokenizer, &p.distractor_ids),
+            target_text(tokenizer, "answer", &p.record.answer, &p.answer_ids),
+            target_text(
+                tokenizer,
+                "distractor",
+                &p.record.distractor,
+                &p.distractor_ids
+            ),
         ));
         if let Some(tokens) = p.token_rows(tokenizer) {
             let rows: Vec<[String; 5]> = tokens

@@ -40,7 +40,7 @@ pub fn execute(args: ImportArgs) -> miette::Result<ExitCode> {
         )?;
     }
     let model = match &args.model {
-        Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?),
+        Some(spec) => ModelSource::parse(spec, &std::env::current_dir().into_diagnostic()?)?,
         None => ModelSource::default_model(),
     };
     let tokenizer = Tokenizer::open(&model)?;

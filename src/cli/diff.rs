@@ -11,7 +11,7 @@ use circuit::report::html::{diff_page, DiffPage};
 use circuit::report::FileReport;
 use circuit::resolve::bound::BoundFile;
 use circuit::resolve::revision::RevisionFile;
-use circuit::resolve::{resolve_source, RealEnvironment, ResolveOptions, Resolved};
+use circuit::resolve::{resolve_source, RealEnvironment, Resolved};
 use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
@@ -23,9 +23,9 @@ pub struct Args {
     /// Compare the files only; do not evaluate them.
     #[arg(long)]
     pub no_eval: bool,
-    /// Use this model folder instead of the files' `model` settings.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// `--model` and `--set` apply to both versions.
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     /// Write the diff to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
@@ -48,10 +48,9 @@ struct Version {
 }
 
 /// A file as it is, or `REV:PATH` with its dataset and model files read at that revision.
-fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Version> {
-    let options = ResolveOptions {
-        model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
-    };
+fn resolve_version(spec: &str, settings: &super::settings::SettingArgs) -> miette::Result<Version> {
+    let options = settings.options()?;
+    let model_overridden = options.model_override.is_some();
     let resolve = |text: &str, base: &Path| {
         resolve_source(spec, text, base, &RealEnvironment, &options).map_err(miette::Report::new)
     };
@@ -86,7 +85,7 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Version> 
     // Resolved once from the working tree to learn which files it refers to, then again from
     // those files as the revision holds them.
     let first = resolve(&version.text, &version.working_folder())?;
-    let inputs = file_inputs(&first, model.is_some());
+    let inputs = file_inputs(&first, model_overridden);
     let extracted = tempfile::tempdir().map_err(|e| {
         miette::miette!(
             code = "circuit::diff::extract",
@@ -100,7 +99,7 @@ fn resolve_version(spec: &str, model: Option<&Path>) -> miette::Result<Version> 
     let resolved = resolve(&version.text, &base)?;
     version.check_inputs(
         spec,
-        &file_inputs(&resolved, model.is_some()),
+        &file_inputs(&resolved, model_overridden),
         extracted.path(),
     )?;
     Ok(Version {
@@ -123,8 +122,8 @@ fn file_inputs(resolved: &Resolved, model_overridden: bool) -> Vec<PathBuf> {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let a_version = resolve_version(&args.a, args.model.as_deref())?;
-    let b_version = resolve_version(&args.b, args.model.as_deref())?;
+    let a_version = resolve_version(&args.a, &args.settings)?;
+    let b_version = resolve_version(&args.b, &args.settings)?;
     let (a, b) = (&a_version.resolved, &b_version.resolved);
     if let Some(path) = &args.html {
         let mut inputs = super::show::inputs_of(Path::new(&args.a), &a.file);

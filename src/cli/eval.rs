@@ -10,15 +10,18 @@ use circuit::measure::SessionOptions;
 use super::cache::CacheArgs;
 use super::format::{Format, FormatArgs};
 use super::progress::Progress;
-use circuit::model::ModelSource;
+use super::settings::SettingArgs;
 use circuit::report::FileReport;
-use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
+use circuit::resolve::{load_file, RealEnvironment, Resolved};
 use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The .circuit file to evaluate.
-    pub file: PathBuf,
+    /// The .circuit files to evaluate, or folders (every *.circuit under them, sorted). Several
+    /// files give one report per file, in that order (JSON: an array); the exit code is the
+    /// worst of them.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
     /// Evaluate only this circuit (repeatable); default: every circuit of the file.
     #[arg(long = "circuit", value_name = "NAME")]
     pub circuits: Vec<String>,
@@ -27,26 +30,24 @@ pub struct Args {
     /// Write the report to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
-    /// Use this model folder instead of the file's `model` setting.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: SettingArgs,
     /// Also draw the faithfulness of every circuit as an SVG chart into this file (atomically),
-    /// besides the normal report.
+    /// besides the normal report (one file only).
     #[arg(long, value_name = "OUT.svg")]
     pub svg: Option<PathBuf>,
     /// Also write a self-contained HTML page (graphs over positions, attention patterns,
-    /// faithfulness, settings) into this file (atomically).
+    /// faithfulness, settings) into this file (atomically; one file only).
     #[arg(long, value_name = "OUT.html")]
     pub html: Option<PathBuf>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
 
-/// Reads and resolves a `.circuit` file; warnings go to stderr, errors become the result.
-pub fn resolve(path: &Path, model: Option<&Path>) -> miette::Result<Resolved> {
-    let options = ResolveOptions {
-        model_override: model.map(|m| ModelSource::Dir(m.to_path_buf())),
-    };
+/// Reads and resolves a `.circuit` file under the command line's `--model` and `--set`;
+/// warnings go to stderr, errors become the result.
+pub fn resolve(path: &Path, settings: &SettingArgs) -> miette::Result<Resolved> {
+    let options = settings.options()?;
     let resolved = load_file(path, &RealEnvironment, &options).map_err(miette::Report::new)?;
     if !resolved.warnings.is_empty() {
         eprintln!("{}", resolved.warnings.render_plain(100));
@@ -136,7 +137,76 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let resolved = resolve(&args.file, args.model.as_deref())?;
+    // Bad --set keys fail before any file is read.
+    args.settings.options()?;
+    let files = super::files::collect_files(&args.files)?;
+    if let [file] = files.as_slice() {
+        let text = evaluate_one(&args, file)?;
+        emit(&text, args.output.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if files.is_empty() {
+        return Err(miette::miette!(
+            code = "circuit::eval::no_files",
+            help = "pass .circuit files, or folders holding them",
+            "no .circuit file under {}",
+            args.files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for (flag, given) in [
+        ("--svg", args.svg.is_some()),
+        ("--html", args.html.is_some()),
+    ] {
+        if given {
+            return Err(miette::miette!(
+                code = "circuit::eval::one_picture",
+                help = "evaluate one file at a time with {flag}",
+                "{flag} draws one file, but {} files were given",
+                files.len()
+            ));
+        }
+    }
+    // Every file in turn; one that fails is reported and the others still run.
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for file in &files {
+        match evaluate_one(&args, file) {
+            Ok(text) => reports.push(text),
+            Err(report) => {
+                failed = true;
+                eprintln!("{report:?}");
+            }
+        }
+    }
+    let text = match args.format.format() {
+        // One array of the file reports, each as `--json` prints it alone.
+        Format::Json => {
+            let values: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|r| serde_json::from_str(r).expect("a report is JSON"))
+                .collect();
+            let mut text = serde_json::to_string_pretty(&values).expect("reports serialize");
+            text.push('\n');
+            text
+        }
+        Format::Markdown | Format::Text => reports.join("\n"),
+    };
+    emit(&text, args.output.as_deref())?;
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Evaluates one file as `args` say and returns its report in the chosen format (pictures
+/// written on the way).
+fn evaluate_one(args: &Args, file: &Path) -> miette::Result<String> {
+    let resolved = resolve(file, &args.settings)?;
     if let Some(path) = &args.html {
         let others: Vec<&Path> = args
             .output
@@ -144,14 +214,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             .chain(&args.svg)
             .map(|p| p.as_path())
             .collect();
-        super::show::check_output(
-            path,
-            &super::show::inputs_of(&args.file, &resolved.file),
-            &others,
-        )?;
+        super::show::check_output(path, &super::show::inputs_of(file, &resolved.file), &others)?;
     }
     // Before the evaluation: a bad path fails in a second, not after minutes of work.
-    let mut inputs = vec![args.file.clone()];
+    let mut inputs = vec![file.to_path_buf()];
     inputs.extend(resolved.file.settings.input_paths());
     let outputs = [
         ("-o", &args.output),
@@ -164,11 +230,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         .collect();
     check_outputs(&outputs, &inputs)?;
     let run = evaluate(&resolved, &args.circuits, &args.cache)?;
-    let report = FileReport::new(
-        &args.file.display().to_string(),
-        &resolved.file.settings,
-        &run,
-    );
+    let report = FileReport::new(&file.display().to_string(), &resolved.file.settings, &run);
     let text = match args.format.format() {
         Format::Json => report.to_json(),
         Format::Markdown => report.to_markdown(),
@@ -182,6 +244,5 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if let Some(path) = &args.html {
         super::show::write_eval_page("eval", path, &resolved.file, &run, &report)?;
     }
-    emit(&text, args.output.as_deref())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(text)
 }

@@ -9,6 +9,7 @@ use circuit::measure::session::select_circuits;
 use circuit::util::outputs::{check_outputs, Output};
 
 use super::eval::{emit, resolve};
+use super::settings::SettingArgs;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -28,14 +29,14 @@ pub struct Args {
     /// Write to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
-    /// Use this model folder instead of the file's `model` setting (only its config.json is
-    /// read).
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// `--model` and `--set`, as the other commands take them (only the model's config.json
+    /// is read).
+    #[command(flatten)]
+    pub settings: SettingArgs,
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let resolved = resolve(&args.file, args.model.as_deref())?;
+    let resolved = resolve(&args.file, &args.settings)?;
     let file = &resolved.file;
     let mut inputs = vec![args.file.clone()];
     inputs.extend(file.settings.input_paths());

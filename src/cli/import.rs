@@ -16,7 +16,7 @@ use circuit::util::write_atomic;
 pub struct Args {
     /// The graph JSON (EAP-IG / MIB: `cfg`, `nodes`, `edges` with `in_graph`).
     pub graph: PathBuf,
-    /// The model the graph was made for: a built-in name or a HuggingFace folder; its
+    /// The model the graph was made for: a built-in name, a HuggingFace folder or a hub name; its
     /// config.json must match the graph's `cfg`.
     #[arg(long, value_name = "MODEL")]
     pub model: String,
@@ -47,11 +47,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             args.graph.display()
         )
     })?;
-    let source = ModelSource::parse(&args.model, Path::new(""));
+    let source = ModelSource::parse(&args.model, Path::new(""))?;
     let config = RealEnvironment.model_config(&source).map_err(|e| {
         miette!(
             code = "circuit::import::model",
-            help = "--model is a built-in model's name or a HuggingFace folder with config.json",
+            help = "--model is a built-in model's name, a HuggingFace folder with config.json or a hub name in the local cache",
             "cannot read the model {}: {e}",
             args.model
         )
@@ -63,7 +63,11 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let out_dir = absolute(args.output.parent().unwrap_or(Path::new("")))?;
     let model = match source {
         ModelSource::Builtin(name) => name,
-        ModelSource::Dir(dir) => relative_to(&out_dir, &absolute(&dir)?),
+        ModelSource::Dir(dir) if Path::new(&args.model).exists() => {
+            relative_to(&out_dir, &absolute(&dir)?)
+        }
+        // A hub name found in the local HuggingFace cache: the file names it the same way.
+        ModelSource::Dir(_) => args.model.clone(),
     };
     let dataset = match args.dataset.ends_with(".jsonl") {
         true => relative_to(&out_dir, &absolute(Path::new(&args.dataset))?),

@@ -16,9 +16,10 @@ use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A HuggingFace model folder (config.json, model.safetensors, tokenizer.json) or the name
-    /// of a built-in model. Default: the built-in default model.
-    #[arg(long, value_name = "DIR")]
+    /// A built-in model's name, a HuggingFace model folder (config.json, model.safetensors,
+    /// tokenizer.json), or a hub name (`gpt2`) found offline in the local HuggingFace cache.
+    /// Default: the built-in default model.
+    #[arg(long, value_name = "NAME-OR-DIR")]
     pub model: Option<String>,
     /// A prompt (may be repeated).
     #[arg(long, value_name = "TEXT")]
@@ -38,9 +39,9 @@ pub struct Args {
     /// Append N greedily chosen tokens to each prompt and print the continuation.
     #[arg(long, value_name = "N")]
     pub generate: Option<usize>,
-    /// Draw this head's attention pattern on the prompt (layer.head, e.g. 1.0; repeatable: one
-    /// panel per head) into the --svg file.
-    #[arg(long, value_name = "L.H", requires = "svg")]
+    /// This head's attention pattern on the prompt (layer.head, e.g. 1.0; repeatable): drawn
+    /// into the --svg file (one panel per head), and with --format json printed as numbers.
+    #[arg(long, value_name = "L.H")]
     pub attention: Vec<String>,
     /// With --attention: the SVG file to write the heatmaps to (atomically).
     #[arg(long, value_name = "OUT.svg", requires = "attention")]
@@ -67,6 +68,12 @@ enum RunError {
         help("pass a single --prompt with --attention")
     )]
     AttentionPrompts { count: usize },
+    #[error("--attention needs somewhere to put the pattern")]
+    #[diagnostic(
+        code(circuit::run::attention_output),
+        help("add --svg OUT.svg (a heatmap) or --format json (the numbers), or both")
+    )]
+    AttentionOutput,
     #[error("`{text}` is not a head: --attention takes LAYER.HEAD, e.g. 1.0")]
     #[diagnostic(code(circuit::run::bad_head))]
     BadHead { text: String },
@@ -110,11 +117,12 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     if prompts.is_empty() {
         return Err(RunError::NoPrompt.into());
     }
+    let as_json = args.format.format() == super::format::Format::Json;
+    if !args.attention.is_empty() && args.svg.is_none() && !as_json {
+        return Err(RunError::AttentionOutput.into());
+    }
 
-    let source = match &args.model {
-        Some(spec) => ModelSource::parse(spec, Path::new("")),
-        None => ModelSource::default_model(),
-    };
+    let source = super::settings::model_source(args.model.as_deref())?;
     if let Some(path) = &args.svg {
         let mut inputs: Vec<PathBuf> = args.prompts.iter().cloned().collect();
         if let ModelSource::Dir(dir) = &source {
@@ -130,14 +138,19 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     }
     let model = Model::open(&source)?;
     if !args.attention.is_empty() {
-        if let Some(path) = &args.svg {
-            return draw_attention(&model, &source, &prompts, &args.attention, path);
-        }
+        return attention(
+            &model,
+            &source,
+            &prompts,
+            &args.attention,
+            args.svg.as_deref(),
+            as_json,
+        );
     }
 
     let predictions = predict(&model, prompts, args.top, args.generate)?;
 
-    if args.format.format() == super::format::Format::Json {
+    if as_json {
         let items: Vec<_> = predictions
             .iter()
             .map(|p| {
@@ -204,14 +217,15 @@ fn parse_head(
     Ok((layer, head))
 }
 
-/// `--attention L.H --svg OUT`: one forward pass with the activation cache, then each head's
-/// pattern on the prompt as a heatmap panel.
-fn draw_attention(
+/// `--attention L.H`: one forward pass with the activation cache, then each head's pattern on
+/// the prompt as a heatmap panel into `svg`, and with `as_json` as numbers on stdout.
+fn attention(
     model: &Model,
     source: &ModelSource,
     prompts: &[String],
     heads: &[String],
-    path: &Path,
+    svg: Option<&Path>,
+    as_json: bool,
 ) -> miette::Result<ExitCode> {
     if prompts.len() != 1 {
         return Err(RunError::AttentionPrompts {
@@ -240,7 +254,27 @@ fn draw_attention(
         .iter()
         .map(|&id| token_label(&model.tokenizer, id))
         .collect();
-    let chart = circuit::report::svg::attention_chart(&name, prompt, &tokens, &panels);
-    super::eval::write_picture(path, &chart, "attention heatmap")?;
+    if let Some(path) = svg {
+        let chart = circuit::report::svg::attention_chart(&name, prompt, &tokens, &panels);
+        super::eval::write_picture(path, &chart, "attention heatmap")?;
+    }
+    if as_json {
+        // Row q holds the query token q's weights over the keys 0..=q (later keys are 0).
+        let document = json!({
+            "model": name,
+            "prompt": prompt,
+            "token_ids": ids,
+            "tokens": ids.iter().map(|&id| token_text(&model.tokenizer, id)).collect::<Vec<_>>(),
+            "heads": panels.iter().map(|p| json!({
+                "layer": p.layer,
+                "head": p.head,
+                "pattern": p.pattern,
+            })).collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).into_diagnostic()?
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -65,9 +65,8 @@ pub struct Args {
     /// Write the report (or the part) to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
-    /// Use this model folder instead of the file's `model` setting.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     /// How candidates are computed (both give the same numbers to f32 rounding).
     #[arg(long, value_enum, default_value = "incremental")]
     pub engine: EngineArg,
@@ -103,7 +102,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             .file
             .as_ref()
             .expect("clap requires FILE without --merge");
-        let resolved = resolve_scanned(file, args.model.as_deref())?;
+        let resolved = resolve_scanned(file, &args.settings)?;
         inputs.push(file.clone());
         inputs.extend(resolved.file.settings.input_paths());
         check_paths(&args, &inputs)?;
@@ -177,11 +176,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
 /// matter here (a scan of the full model needs none), so that warning is left out.
 fn resolve_scanned(
     path: &std::path::Path,
-    model: Option<&std::path::Path>,
+    settings: &super::settings::SettingArgs,
 ) -> miette::Result<circuit::resolve::Resolved> {
-    let options = circuit::resolve::ResolveOptions {
-        model_override: model.map(|m| circuit::model::ModelSource::Dir(m.to_path_buf())),
-    };
+    let options = settings.options()?;
     let mut resolved =
         circuit::resolve::load_file(path, &circuit::resolve::RealEnvironment, &options)
             .map_err(miette::Report::new)?;

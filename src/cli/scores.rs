@@ -66,9 +66,8 @@ pub struct Args {
     /// Write the report to this file (atomically) instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: Option<PathBuf>,
-    /// Use this model folder instead of the file's `model` setting.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     /// Also draw the scores as an SVG heat map into this file (atomically).
     #[arg(long, value_name = "OUT.svg")]
     pub svg: Option<PathBuf>,
@@ -96,7 +95,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             "--format eap-ig-json writes a graph of path edges"
         ));
     }
-    let resolved = resolve(&args.file, args.model.as_deref())?;
+    let resolved = resolve(&args.file, &args.settings)?;
     let file = &resolved.file;
     let relative_to = match &args.circuit {
         Some(name) => Some(

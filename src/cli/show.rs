@@ -31,9 +31,8 @@ pub struct Args {
     /// twice the page's resolution, for papers (written atomically).
     #[arg(long, value_name = "OUT.png")]
     pub png: Option<PathBuf>,
-    /// Use this model folder instead of the file's `model` setting.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     #[command(flatten)]
     pub cache: super::cache::CacheArgs,
 }
@@ -285,7 +284,7 @@ fn kept_heads(c: &BoundCircuit) -> impl Iterator<Item = HeadId> + '_ {
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let resolved = super::eval::resolve(&args.file, args.model.as_deref())?;
+    let resolved = super::eval::resolve(&args.file, &args.settings)?;
     let inputs = inputs_of(&args.file, &resolved.file);
     if let Some(html) = &args.html {
         check_output(

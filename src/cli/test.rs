@@ -1,8 +1,8 @@
 //! `circuit test`: every `expect` of the given `.circuit` files (directories searched
-//! recursively) run as a test suite, one line per expectation, then `N passed, N failed`.
+//! recursively) run as a test suite, one line per expectation, then `N passed, N failed`. A file
+//! without expectations says so; files without any expectation at all are an error, not a pass.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use circuit::measure::expect::{check_file, circuits_to_run};
@@ -12,60 +12,30 @@ pub struct Args {
     /// .circuit files or directories (searched recursively for *.circuit).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Use this model folder instead of each file's `model` setting.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: super::settings::SettingArgs,
     #[command(flatten)]
     pub cache: super::cache::CacheArgs,
 }
 
-/// The `.circuit` files under `paths`, sorted, each once.
-pub fn collect_files(paths: &[PathBuf]) -> miette::Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().is_some_and(|e| e == "circuit") {
-                out.insert(path);
-            }
-        }
-        Ok(())
-    }
-    let mut files = BTreeSet::new();
-    for path in paths {
-        if path.is_dir() {
-            walk(path, &mut files).map_err(|e| {
-                miette::miette!(
-                    code = "circuit::test::read_dir",
-                    "cannot read directory {}: {e}",
-                    path.display()
-                )
-            })?;
-        } else if path.exists() {
-            files.insert(path.clone());
-        } else {
-            return Err(miette::miette!(
-                code = "circuit::test::missing_path",
-                help = "pass .circuit files or directories holding them",
-                "{} does not exist",
-                path.display()
-            ));
-        }
-    }
-    Ok(files.into_iter().collect())
+/// What one file gave: its expectation lines, or that it has none.
+enum FileOutcome {
+    Lines(Vec<(bool, String)>),
+    NoExpectations,
 }
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
-    let files = collect_files(&args.paths)?;
-    let (mut passed, mut failed) = (0usize, 0usize);
+    // Bad --set keys fail before any file is read.
+    args.settings.options()?;
+    let files = super::files::collect_files(&args.paths)?;
+    let (mut passed, mut failed, mut without) = (0usize, 0usize, 0usize);
     for path in &files {
         let name = path.display().to_string();
-        let outcome = (|| -> miette::Result<Vec<(bool, String)>> {
-            let resolved = super::eval::resolve(path, args.model.as_deref())?;
+        let outcome = (|| -> miette::Result<FileOutcome> {
+            let resolved = super::eval::resolve(path, &args.settings)?;
             let names = circuits_to_run(&resolved.file)?;
             if names.is_empty() {
-                return Ok(Vec::new());
+                return Ok(FileOutcome::NoExpectations);
             }
             let run = super::eval::evaluate(&resolved, &names, &args.cache)?;
             let lines = check_file(&resolved.file, &run.evaluation)
@@ -79,10 +49,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                     (c.outcome.passed, line)
                 })
                 .collect();
-            Ok(lines)
+            Ok(FileOutcome::Lines(lines))
         })();
         match outcome {
-            Ok(lines) => {
+            Ok(FileOutcome::Lines(lines)) => {
                 for (ok, line) in lines {
                     println!("{line}");
                     if ok {
@@ -92,6 +62,10 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
                     }
                 }
             }
+            Ok(FileOutcome::NoExpectations) => {
+                println!("none {name}: no `expect` in this file, nothing tested");
+                without += 1;
+            }
             Err(report) => {
                 // A file that cannot be evaluated fails as a whole; the others still run.
                 println!("FAIL {name}: cannot evaluate (see below)");
@@ -100,7 +74,21 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    let without_note = match without {
+        0 => String::new(),
+        1 => ", 1 file without expectations".to_string(),
+        n => format!(", {n} files without expectations"),
+    };
+    println!("{passed} passed, {failed} failed{without_note}");
+    if passed + failed == 0 {
+        return Err(miette::miette!(
+            code = "circuit::test::no_expectations",
+            help = "add `expect faithfulness >= 0.8` (or another expectation) to a circuit; `circuit eval` prints the numbers without testing them",
+            "nothing was tested: no expectation in the {} file{} given",
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        ));
+    }
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {

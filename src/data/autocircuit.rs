@@ -373,8 +373,8 @@ fn label_set(
         let record = Record {
             prompt: text.clone(),
             slots,
-            answer: answer.clone(),
-            distractor: distractor.clone(),
+            answer: Some(answer.clone()),
+            distractor: Some(distractor.clone()),
         };
         record.validate(&id)?;
         // The label must name its token again once the pipeline maps spans to tokens.

@@ -333,8 +333,8 @@ fn seqcont(lexicon: &Lexicon, p: &SeqParams) -> Result<Sets, DataError> {
             Ok(Record {
                 prompt,
                 slots,
-                answer: format!(" {answer}"),
-                distractor: format!(" {distractor}"),
+                answer: Some(format!(" {answer}")),
+                distractor: Some(format!(" {distractor}")),
             })
         };
         clean.push(make(&shown)?);
@@ -426,8 +426,8 @@ fn ioi(lexicon: &Lexicon, p: &IoiParams) -> Result<Sets, DataError> {
             fill_template(template, &fillers)
                 .map_err(|m| lexicon_error(format!("ioi template {template:?}: {m}")))
         };
-        let answer = format!(" {}", ioi.names[io_s[0]]);
-        let distractor = format!(" {}", ioi.names[io_s[1]]);
+        let answer = Some(format!(" {}", ioi.names[io_s[0]]));
+        let distractor = Some(format!(" {}", ioi.names[io_s[1]]));
         let (prompt, slots) = make(io_s[0], io_s[1], io_s[1])?;
         clean.push(Record {
             prompt,

@@ -101,6 +101,23 @@ pub enum DataError {
     )]
     ReservedLabel { prompt: PromptId, label: String },
 
+    #[error("{prompt}: no {what}")]
+    #[diagnostic(
+        code(circuit::data::missing_answer),
+        help("every evaluated prompt needs an answer and a distractor: the metric reads their logits at END (reference prompts need none)")
+    )]
+    MissingAnswer {
+        prompt: PromptId,
+        what: &'static str,
+    },
+
+    #[error("{prompt} has no label `{label}`, which every evaluated prompt has; `align by label` reads it (reference statistics are matched per labelled slot)")]
+    #[diagnostic(
+        code(circuit::data::reference_label),
+        help("label `{label}` in every reference prompt, or use `align by position` (the default), which reads no reference prompt's labels")
+    )]
+    ReferenceLabel { prompt: PromptId, label: String },
+
     #[error("{prompt}: {what} is empty")]
     #[diagnostic(code(circuit::data::empty_text))]
     EmptyText {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::error::PromptSet;
+use super::error::{DataError, PromptSet};
 use super::record::{prompt_id, Dataset, Record};
 use super::slots::{slots_of_prompt, Slot};
 use super::tokenized::{
@@ -124,24 +124,40 @@ pub fn inspect_record<'a>(
         }
         None => Vec::new(),
     };
-    let mut plain = |text: &str, what: &'static str| match tokenizer.encode_plain(text) {
-        Ok(ids) => {
-            if let Err(e) = check_single_token(tokenizer, text, &ids, what, &id) {
-                errors.push(e.to_string());
+    // A reference prompt's answer is read by no setting: shown when given, never an error.
+    let mut plain = |text: &Option<String>, what: &'static str| match text {
+        None => {
+            if set == PromptSet::Clean {
+                errors.push(
+                    DataError::MissingAnswer {
+                        prompt: id.clone(),
+                        what,
+                    }
+                    .to_string(),
+                );
             }
-            ids
-        }
-        Err(e) => {
-            errors.push(e.to_string());
             Vec::new()
         }
+        Some(text) => match tokenizer.encode_plain(text) {
+            Ok(ids) => {
+                let checked = check_single_token(tokenizer, text, &ids, what, &id);
+                if let (Err(e), PromptSet::Clean) = (checked, set) {
+                    errors.push(e.to_string());
+                }
+                ids
+            }
+            Err(e) => {
+                errors.push(e.to_string());
+                Vec::new()
+            }
+        },
     };
     let answer_ids = plain(&record.answer, "answer");
     let distractor_ids = plain(&record.distractor, "distractor");
     let aliases = match &tokens {
         Some(t) => {
-            // Aliases depend on positions only; the answer ids are not read, so placeholders
-            // stand in for answers that may not be single tokens here.
+            // Aliases depend on positions only; the answer ids are not read (and may not be
+            // single tokens here).
             let prompt = TokenizedPrompt {
                 set,
                 index,
@@ -150,8 +166,8 @@ pub fn inspect_record<'a>(
                 offsets: t.offsets.clone(),
                 has_bos: t.has_bos,
                 slots: t.slots.clone(),
-                answer_id: 0,
-                distractor_id: 0,
+                answer_id: None,
+                distractor_id: None,
             };
             prompt
                 .aliases(&prompt.standard_positions())

@@ -85,9 +85,13 @@ pub fn fill_template(
     Ok((prompt, slots))
 }
 
-/// Turns one raw record into a [`Record`]; `base` is the clean record a nested reference inherits
-/// its template, answer and distractor from.
-fn build_record(raw: &RawRecord, base: Option<(&RawRecord, &Record)>) -> Result<Record, String> {
+/// Turns one raw record of `set` into a [`Record`]; `base` is the clean record a nested reference
+/// inherits its template, answer and distractor from.
+fn build_record(
+    raw: &RawRecord,
+    set: PromptSet,
+    base: Option<(&RawRecord, &Record)>,
+) -> Result<Record, String> {
     let (prompt, slots) = match (&raw.prompt, &raw.template) {
         (Some(_), Some(_)) => {
             return Err(
@@ -121,10 +125,18 @@ fn build_record(raw: &RawRecord, base: Option<(&RawRecord, &Record)>) -> Result<
             fill_template(template, &fillers)?
         }
     };
-    let inherited = |own: &Option<String>, what: &str, pick: fn(&Record) -> &String| {
-        own.clone()
-            .or_else(|| base.map(|(_, r)| pick(r).clone()))
-            .ok_or_else(|| format!("missing `{what}`"))
+    // A clean prompt's answer and distractor are read by the metric; a reference prompt's by
+    // no setting, so it may leave them out (a paired one inherits the clean record's).
+    let inherited = |own: &Option<String>, what: &str, pick: fn(&Record) -> &Option<String>| {
+        let value = own
+            .clone()
+            .or_else(|| base.and_then(|(_, r)| pick(r).clone()));
+        match value {
+            None if set == PromptSet::Clean => Err(format!(
+                "missing `{what}` (the metric reads the {what}'s logit at END of every evaluated prompt; reference prompts need none)"
+            )),
+            value => Ok(value),
+        }
     };
     Ok(Record {
         prompt,
@@ -187,6 +199,8 @@ fn without_position(e: &serde_json::Error) -> String {
 
 /// Parses a JSONL dataset; `path` names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
+    // A byte order mark (as some Windows editors write) is not part of the first record.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut clean = Vec::new();
     let mut paired_reference = Vec::new();
     let mut unpaired_reference = Vec::new();
@@ -210,18 +224,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
                 format!("not a dataset record: {}", without_position(&e)),
             )
         })?;
-        let record = build_record(&raw, None).map_err(&err)?;
-        let set = raw.set.as_deref().unwrap_or("clean");
+        let set = match raw.set.as_deref().unwrap_or("clean") {
+            "clean" => PromptSet::Clean,
+            "reference" => PromptSet::Reference,
+            other => {
+                return Err(err(format!(
+                    "`set` is {other:?}; it is \"clean\" (the default) or \"reference\""
+                )))
+            }
+        };
+        let record = build_record(&raw, set, None).map_err(&err)?;
         match set {
-            "clean" => {
+            PromptSet::Clean => {
                 if let Some(reference) = &raw.reference {
                     if reference.reference.is_some() || reference.set.is_some() {
                         return Err(err(
                             "a `reference` holds no `reference` or `set` of its own".into(),
                         ));
                     }
-                    let paired = build_record(reference, Some((&raw, &record)))
-                        .map_err(|m| err(format!("reference: {m}")))?;
+                    let paired =
+                        build_record(reference, PromptSet::Reference, Some((&raw, &record)))
+                            .map_err(|m| err(format!("reference: {m}")))?;
                     paired_reference.push((line_number, paired));
                     first_paired.get_or_insert(line_number);
                 } else {
@@ -229,18 +252,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Dataset, DataError> {
                 }
                 clean.push((line_number, record));
             }
-            "reference" => {
+            PromptSet::Reference => {
                 if raw.reference.is_some() {
                     return Err(err(
                         "a reference prompt holds no `reference` of its own".into()
                     ));
                 }
                 unpaired_reference.push((line_number, record));
-            }
-            other => {
-                return Err(err(format!(
-                    "`set` is {other:?}; it is \"clean\" (the default) or \"reference\""
-                )))
             }
         }
     }
@@ -318,8 +336,14 @@ fn record_json(record: &Record) -> Map<String, Value> {
     let mut object = Map::new();
     object.insert("prompt".into(), json!(record.prompt));
     object.insert("slots".into(), Value::Object(slots));
-    object.insert("answer".into(), json!(record.answer));
-    object.insert("distractor".into(), json!(record.distractor));
+    for (key, value) in [
+        ("answer", &record.answer),
+        ("distractor", &record.distractor),
+    ] {
+        if let Some(value) = value {
+            object.insert(key.into(), json!(value));
+        }
+    }
     object
 }
 

@@ -55,17 +55,21 @@ pub struct Record {
     pub prompt: String,
     /// Slot label → byte range of the slot's text in `prompt`.
     pub slots: BTreeMap<String, Span>,
-    /// The expected next token's text, usually with a leading space (`" 5"`).
-    pub answer: String,
-    /// The competing token whose logit the answer's is compared with (`" 4"`).
-    pub distractor: String,
+    /// The expected next token's text, usually with a leading space (`" 5"`). Every evaluated
+    /// (clean) prompt has one (the metric reads it); a reference prompt may have none, since no
+    /// setting reads a reference prompt's answer.
+    pub answer: Option<String>,
+    /// The competing token whose logit the answer's is compared with (`" 4"`); optional on
+    /// reference prompts, as `answer` is.
+    pub distractor: Option<String>,
 }
 
 /// Labels every prompt has without the dataset defining them.
 pub const RESERVED_LABELS: [&str; 2] = ["END", "BOS"];
 
 impl Record {
-    /// Checks what the rest of the pipeline relies on: non-empty prompt and answers, slot labels
+    /// Checks what the rest of the pipeline relies on: non-empty prompt and answers (present on
+    /// every evaluated prompt; a reference prompt may have none), slot labels
     /// that are not END/BOS, and byte spans that are non-empty, inside the prompt and on
     /// character boundaries.
     pub fn validate(&self, id: &PromptId) -> Result<(), DataError> {
@@ -76,11 +80,20 @@ impl Record {
             });
         }
         for (what, text) in [("answer", &self.answer), ("distractor", &self.distractor)] {
-            if text.is_empty() {
-                return Err(DataError::EmptyText {
-                    prompt: id.clone(),
-                    what,
-                });
+            match text {
+                Some(text) if text.is_empty() => {
+                    return Err(DataError::EmptyText {
+                        prompt: id.clone(),
+                        what,
+                    })
+                }
+                None if id.set == PromptSet::Clean => {
+                    return Err(DataError::MissingAnswer {
+                        prompt: id.clone(),
+                        what,
+                    })
+                }
+                _ => {}
             }
         }
         for (label, span) in &self.slots {
@@ -176,8 +189,10 @@ impl Dataset {
         Ok(())
     }
 
-    /// The slot labels every prompt (clean and reference) defines, in the order their spans
-    /// start in the first clean prompt.
+    /// The slot labels every evaluated (clean) prompt defines, in the order their spans start
+    /// in the first clean prompt: the labels a circuit may name. Reference prompts need not
+    /// carry them: only `align by label` reads a reference prompt's labels, and it checks them
+    /// itself ([`super::tokenized::check_reference`]).
     pub fn common_labels(&self) -> Vec<String> {
         let Some(first) = self.clean.first() else {
             return Vec::new();
@@ -185,12 +200,7 @@ impl Dataset {
         first
             .labels_in_order()
             .into_iter()
-            .filter(|label| {
-                self.clean
-                    .iter()
-                    .chain(&self.reference)
-                    .all(|r| r.slots.contains_key(label))
-            })
+            .filter(|label| self.clean.iter().all(|r| r.slots.contains_key(label)))
             .collect()
     }
 }

@@ -32,8 +32,11 @@ pub struct TokenizedPrompt {
     /// Whether token 0 is a BOS the tokenizer added.
     pub has_bos: bool,
     pub slots: BTreeMap<String, SlotTokens>,
-    pub answer_id: u32,
-    pub distractor_id: u32,
+    /// The answer's single token: always there on an evaluated (clean) prompt; on a reference
+    /// prompt never read (and so neither required nor checked), `None`.
+    pub answer_id: Option<u32>,
+    /// The distractor's single token, as `answer_id`.
+    pub distractor_id: Option<u32>,
 }
 
 /// Names that land on the same token of a prompt.
@@ -287,7 +290,9 @@ pub fn tokenize_record(
     tokenize_record_in(record, tokenizer, PromptSet::Clean, index)
 }
 
-/// [`tokenize_record`] for a prompt of either set (errors then say "reference prompt").
+/// [`tokenize_record`] for a prompt of either set (errors then say "reference prompt"). A
+/// reference prompt's answer and distractor are not read by any setting, so they are neither
+/// required nor tokenized (`answer_id` is `None`).
 pub fn tokenize_record_in(
     record: &Record,
     tokenizer: &Tokenizer,
@@ -296,8 +301,16 @@ pub fn tokenize_record_in(
 ) -> Result<TokenizedPrompt, DataError> {
     let id = prompt_id(set, index, record);
     let tokens = tokenize_prompt(record, tokenizer, &id)?;
-    let answer_id = single_token(tokenizer, &record.answer, "answer", &id)?;
-    let distractor_id = single_token(tokenizer, &record.distractor, "distractor", &id)?;
+    let target = |text: &Option<String>, what: &'static str| match (set, text) {
+        (PromptSet::Reference, _) => Ok(None),
+        (PromptSet::Clean, Some(text)) => single_token(tokenizer, text, what, &id).map(Some),
+        (PromptSet::Clean, None) => Err(DataError::MissingAnswer {
+            prompt: id.clone(),
+            what,
+        }),
+    };
+    let answer_id = target(&record.answer, "answer")?;
+    let distractor_id = target(&record.distractor, "distractor")?;
     Ok(TokenizedPrompt {
         set,
         index,
@@ -339,6 +352,19 @@ pub fn tokenize_dataset(
 }
 
 impl TokenizedPrompt {
+    /// The (answer, distractor) tokens the metric reads; an error on a prompt without them (a
+    /// reference prompt, whose answers are never tokenized).
+    pub fn targets(&self) -> Result<(u32, u32), DataError> {
+        let missing = |what| DataError::MissingAnswer {
+            prompt: self.id(),
+            what,
+        };
+        Ok((
+            self.answer_id.ok_or_else(|| missing("answer"))?,
+            self.distractor_id.ok_or_else(|| missing("distractor"))?,
+        ))
+    }
+
     pub fn id(&self) -> PromptId {
         PromptId {
             set: self.set,
@@ -584,13 +610,46 @@ pub fn check_reference_lengths(
     }
 }
 
-/// [`check_reference_lengths`] on tokenized prompts, naming them by their [`PromptId`]s.
+/// The one rule for reference prompts' labels under `align by label`: the first reference
+/// prompt (its index) lacking a label every evaluated prompt has, and that label. Each prompt is
+/// given as its slot labels.
+pub fn reference_label_gap(
+    evaluated: &[Vec<String>],
+    reference: &[Vec<String>],
+) -> Option<(usize, String)> {
+    let first = evaluated.first()?;
+    let common = first
+        .iter()
+        .filter(|label| evaluated.iter().all(|p| p.contains(label)));
+    for label in common {
+        if let Some(r) = reference.iter().position(|r| !r.contains(label)) {
+            return Some((r, label.clone()));
+        }
+    }
+    None
+}
+
+/// [`check_reference_lengths`] on tokenized prompts, naming them by their [`PromptId`]s; and
+/// under `align by label` (`by_label`), which reads reference prompts' labels to match slots,
+/// every reference prompt must carry every label all evaluated prompts carry (under `align by
+/// position` no reference label is read, so none is required).
 pub fn check_reference(
     pairing: Pairing,
     by_label: bool,
     evaluated: &[TokenizedPrompt],
     reference: &[TokenizedPrompt],
 ) -> Result<(), DataError> {
+    if by_label {
+        let labels = |p: &TokenizedPrompt| p.slots.keys().cloned().collect::<Vec<_>>();
+        let evaluated_labels: Vec<Vec<String>> = evaluated.iter().map(labels).collect();
+        let reference_labels: Vec<Vec<String>> = reference.iter().map(labels).collect();
+        if let Some((r, label)) = reference_label_gap(&evaluated_labels, &reference_labels) {
+            return Err(DataError::ReferenceLabel {
+                prompt: reference[r].id(),
+                label,
+            });
+        }
+    }
     let lens =
         |prompts: &[TokenizedPrompt]| prompts.iter().map(TokenizedPrompt::len).collect::<Vec<_>>();
     check_reference_lengths(

@@ -25,6 +25,10 @@ pub struct Provenance {
     /// The reference set as the file names it, and its size.
     pub reference: String,
     pub n_reference: usize,
+    /// Settings overridden from the command line (`--set metric=prob`), as written (absent
+    /// from JSON when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// A file's circuits evaluated.

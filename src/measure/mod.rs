@@ -46,6 +46,15 @@ pub struct Targets {
     pub distractor: u32,
 }
 
+impl Targets {
+    /// The prompt's answer and distractor tokens (the one place they are read from a prompt);
+    /// an error on a prompt without them (a reference prompt).
+    pub fn of(prompt: &crate::data::TokenizedPrompt) -> Result<Targets, crate::data::DataError> {
+        let (answer, distractor) = prompt.targets()?;
+        Ok(Targets { answer, distractor })
+    }
+}
+
 /// `log softmax` of one logits row, in f64.
 fn log_softmax(row: ndarray::ArrayView1<f32>) -> Vec<f64> {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));

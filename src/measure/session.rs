@@ -39,6 +39,8 @@ pub struct SessionOptions<'a> {
 pub struct Session<'a> {
     settings: Settings,
     clean: Vec<TokenizedPrompt>,
+    /// The answer and distractor of each clean prompt, in order.
+    targets: Vec<Targets>,
     reference: Vec<TokenizedPrompt>,
     provenance: Provenance,
     notes: Vec<String>,
@@ -127,17 +129,17 @@ impl<'a> Session<'a> {
             n_prompts: clean.len(),
             reference: reference_name(&settings.reference, &settings.dataset),
             n_reference: n_reference_records,
+            overrides: settings.overrides.clone(),
         };
 
+        // Every evaluated prompt has its answer and distractor tokens (tokenization checked them).
+        let targets = clean
+            .iter()
+            .map(Targets::of)
+            .collect::<Result<Vec<_>, data::DataError>>()?;
         let prompts = EvalPrompts {
             ids: clean.iter().map(|p| p.ids.clone()).collect(),
-            targets: clean
-                .iter()
-                .map(|p| Targets {
-                    answer: p.answer_id,
-                    distractor: p.distractor_id,
-                })
-                .collect(),
+            targets: targets.clone(),
             positions: clean
                 .iter()
                 .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions + 'a>)
@@ -160,6 +162,7 @@ impl<'a> Session<'a> {
         Ok(Session {
             settings: settings.clone(),
             clean,
+            targets,
             reference,
             provenance,
             notes,
@@ -186,6 +189,11 @@ impl<'a> Session<'a> {
     /// The prompts circuits are evaluated on, in dataset order.
     pub fn clean_prompts(&self) -> &[TokenizedPrompt] {
         &self.clean
+    }
+
+    /// The tokens each evaluated prompt is scored on, in dataset order.
+    pub fn targets(&self) -> &[Targets] {
+        &self.targets
     }
 
     /// The prompts reference values are taken from.

@@ -48,9 +48,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
 
     // Before anything is allocated from config values: the layer count is the file's.
-    files.check_layer_count("n_layer", config.n_layers, |i| {
-        format!("{prefix}h.{i}.ln_1.weight")
-    })?;
+    super::check_layer_count(config, files)?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let h = format!("h.{i}");

@@ -75,9 +75,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
 
     // Before anything is allocated from config values: the layer count is the file's.
-    files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
-        format!("model.layers.{i}.input_layernorm.weight")
-    })?;
+    super::check_layer_count(config, files)?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let l = format!("model.layers.{i}");

@@ -19,6 +19,7 @@ pub mod config;
 mod error;
 mod gpt2;
 mod gpt_neox;
+pub mod hub;
 pub mod interventions;
 pub mod linalg;
 mod llama;
@@ -351,6 +352,53 @@ impl Model {
     pub fn n_embedding_rows(&self) -> usize {
         self.transformer.embed.nrows()
     }
+}
+
+/// The config's layer count against the weights' headers (no tensor is read): run before
+/// anything is allocated or expanded from config values, by the loaders and, through
+/// [`check_config_against_weights`], by `circuit check`.
+pub(crate) fn check_layer_count(
+    config: &ModelConfig,
+    files: &WeightFiles,
+) -> Result<(), ModelError> {
+    match config.architecture {
+        Architecture::Gpt2 => {
+            let prefix = if files.contains("transformer.wte.weight") {
+                "transformer."
+            } else {
+                ""
+            };
+            files.check_layer_count("n_layer", config.n_layers, |i| {
+                format!("{prefix}h.{i}.ln_1.weight")
+            })?;
+        }
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+            files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
+                format!("model.layers.{i}.input_layernorm.weight")
+            })?;
+        }
+        Architecture::GptNeox => {
+            files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
+                format!("gpt_neox.layers.{i}.input_layernorm.weight")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// For a model folder's config read alone (`circuit check`): its layer count checked against
+/// the weights' safetensors headers, which are mapped but whose tensors are not read, so that
+/// `n_layer: 1000000000` is an error before `*` is expanded over it. A folder without weights
+/// (a config for checking only) has nothing to check against.
+pub fn check_config_against_weights(dir: &Path, config: &ModelConfig) -> Result<(), ModelError> {
+    let has_weights = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .any(|name| dir.join(name).exists());
+    if !has_weights {
+        return Ok(());
+    }
+    let files = WeightFiles::open_dir(dir, architecture_name(config))?;
+    check_layer_count(config, &files)
 }
 
 fn architecture_name(config: &ModelConfig) -> &'static str {

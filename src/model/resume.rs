@@ -405,8 +405,8 @@ impl Model {
             edits.edit_z(index, i, first, &mut item_z);
         }
         let attn_out = layer.o.apply(z.view()); // (N_q, D)
-        // Under the parallel wiring the MLP reads the stream entering the layer, not the
-        // attention's output (the one rule: `ResidualTopology`).
+                                                // Under the parallel wiring the MLP reads the stream entering the layer, not the
+                                                // attention's output (the one rule: `ResidualTopology`).
         let parallel_input = match t.residual {
             ResidualTopology::Sequential => None,
             ResidualTopology::Parallel if end_only => Some(resid.select(Axis(0), end_rows)),
@@ -417,9 +417,11 @@ impl Model {
         } else {
             resid + &attn_out
         }; // (N_q, D)
-        let normed = layer
-            .mlp_norm
-            .apply(parallel_input.as_ref().map_or(resid_mid.view(), |r| r.view()));
+        let normed = layer.mlp_norm.apply(
+            parallel_input
+                .as_ref()
+                .map_or(resid_mid.view(), |r| r.view()),
+        );
         let (_, mut mlp_out) = layer.mlp.forward(normed.view(), false); // (N_q, D)
         for (i, _) in items.iter().enumerate() {
             let (rows, first) = item_rows(i);

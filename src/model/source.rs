@@ -14,9 +14,22 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Interprets `spec` as written by a user: a built-in model's name, or else a folder path,
-    /// relative to `base_dir` (the folder of the `.circuit` file, or the working directory).
-    pub fn parse(spec: &str, base_dir: &Path) -> ModelSource {
+    /// Interprets `spec` as written by a user (the one place a model name becomes a model): a
+    /// built-in model's name; else a folder path, relative to `base_dir` (the folder of the
+    /// `.circuit` file, or the working directory); else a hub name (`gpt2`,
+    /// `EleutherAI/pythia-70m`) in the local HuggingFace cache ([`super::hub`], offline).
+    pub fn parse(spec: &str, base_dir: &Path) -> Result<ModelSource, super::hub::ModelNotFound> {
+        if super::builtin::is_builtin(spec) {
+            return Ok(ModelSource::Builtin(spec.to_string()));
+        }
+        let roots = super::hub::cache_roots();
+        super::hub::locate(spec, base_dir.join(spec), &roots).map(ModelSource::Dir)
+    }
+
+    /// `spec` as a built-in model's name or else a folder relative to `base_dir`, without
+    /// looking at the disk (what a resolver that does not read the world, as the docs' tests,
+    /// takes a `model` setting to mean).
+    pub fn named(spec: &str, base_dir: &Path) -> ModelSource {
         if super::builtin::is_builtin(spec) {
             ModelSource::Builtin(spec.to_string())
         } else {

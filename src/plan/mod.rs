@@ -14,6 +14,7 @@ use ndarray::{Array2, Array3};
 use thiserror::Error;
 
 use crate::data::positions::{PositionItem, PositionSet};
+use crate::model::backward::Writer;
 use crate::model::{HeadInput, ResidualTopology};
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
@@ -93,12 +94,17 @@ impl PlanShape {
     }
 
     /// Index of an upstream component in a path-edge mask's last axis.
+    /// The backward reads the masks in the same order ([`Writer::index`] owns it).
     pub fn upstream_index(&self, upstream: Upstream) -> usize {
-        match upstream {
-            Upstream::Head(h) => h.layer * self.n_heads + h.head,
-            Upstream::Mlp(layer) => self.n_layers * self.n_heads + layer,
-            Upstream::Embed => self.n_layers * self.n_heads + self.n_layers,
-        }
+        let writer = match upstream {
+            Upstream::Head(h) => Writer::Head {
+                layer: h.layer,
+                head: h.head,
+            },
+            Upstream::Mlp(layer) => Writer::Mlp(layer),
+            Upstream::Embed => Writer::Embed,
+        };
+        writer.index(self.n_layers, self.n_heads)
     }
 
     /// Every input of the model a path edge can enter, in the forward's order: per layer each

@@ -211,6 +211,10 @@ impl FileReport {
         }
         rows.push(("metric", format!("{} at END", s.metric)));
         rows.push(("aggregation", s.aggregation.to_string()));
+        if !p.overrides.is_empty() {
+            let set: Vec<String> = p.overrides.iter().map(|o| format!("--set {o}")).collect();
+            rows.push(("overridden", code(&set.join(" "))));
+        }
         rows
     }
 

@@ -19,8 +19,13 @@ fn units(report: &ScoreReport) -> String {
             base = if report.circuit.is_some() { "circuit" } else { "full" },
         )
     } else if report.set.method.in_metric_units() {
+        let estimate = match &report.circuit {
+            None => "{m}(component ablated alone) - {m}(full)".to_string(),
+            Some(name) => format!("{{m}}({name} with the component ablated too) - {{m}}({name})"),
+        };
         format!(
-            "score: first-order estimate of {m}(component ablated alone) - {m}(full), in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
+            "score: first-order estimate of {}, in {m} units; faithfulness units divide it by m(full) - m(empty) = {}",
+            estimate.replace("{m}", metric_name(report.metric)),
             num(report.full - report.empty),
             m = metric_name(report.metric),
         )

@@ -106,6 +106,10 @@ pub struct Settings {
     pub scope: Scope,
     pub metric: Metric,
     pub alignment: Alignment,
+    /// The `--set KEY=VALUE` overrides applied over the file's own settings (already in the
+    /// fields above), as written, for reports' provenance.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// A QK edge: through `head`, information moves from key position(s) to the query position(s).

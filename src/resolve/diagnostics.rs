@@ -13,6 +13,7 @@ macro_rules! codes {
 
 codes! {
     BACKWARD_EDGE = "backward_edge",
+    BAD_OVERRIDE = "bad_override",
     DATASET = "dataset",
     DROP_MISSING = "drop_missing",
     DUPLICATE_CIRCUIT = "duplicate_circuit",
@@ -44,6 +45,7 @@ codes! {
     UNKNOWN_LABEL = "unknown_label",
     UNKNOWN_MLP = "unknown_mlp",
     UNKNOWN_QUANTITY = "unknown_quantity",
+    UNKNOWN_SETTING = "unknown_setting",
     UNUSED_DATASET = "unused_dataset",
     UNUSED_GROUP = "unused_group",
 }

@@ -16,6 +16,7 @@ mod circuits;
 pub mod diagnostics;
 mod expectations;
 mod groups;
+pub mod overrides;
 mod positions;
 pub mod revision;
 mod settings;
@@ -24,6 +25,7 @@ pub mod value;
 use std::path::Path;
 
 use crate::data::DatasetSource;
+use crate::model::hub::ModelNotFound;
 use crate::model::{ModelConfig, ModelSource};
 pub use crate::syntax::{Diagnostics, Severity, SourceDiagnostic, SourceFile};
 use bound::BoundFile;
@@ -40,6 +42,23 @@ pub trait Environment {
     /// a prompt that lacks it, for the unknown-label help. Asked only when a label is unknown.
     fn dataset_partial_labels(&self, _source: &DatasetSource) -> Vec<PartialLabel> {
         Vec::new()
+    }
+    /// Under `align by label`: a reference prompt lacking a label every evaluated prompt has,
+    /// as the message naming both (`None`: none, or unknown). Asked only when the settings read
+    /// reference labels.
+    fn reference_label_gap(
+        &self,
+        _dataset: &DatasetSource,
+        _reference: &bound::ReferenceSet,
+    ) -> Option<String> {
+        None
+    }
+    /// The model a `model "SPEC"` setting names, relative to `base_dir` (the file's folder).
+    /// By default the name alone decides (a built-in name, else a folder, not looked at);
+    /// [`RealEnvironment`] also looks in the local HuggingFace hub cache
+    /// ([`ModelSource::parse`]).
+    fn model_source(&self, spec: &str, base_dir: &Path) -> Result<ModelSource, ModelNotFound> {
+        Ok(ModelSource::named(spec, base_dir))
     }
     /// Whether the model's tokenizer adds a BOS token (`None`: unknown). Asked only when a file
     /// names `BOS` or a label is unknown. Must not read weights.
@@ -62,13 +81,23 @@ pub struct PartialLabel {
 pub struct RealEnvironment;
 
 impl Environment for RealEnvironment {
+    fn model_source(&self, spec: &str, base_dir: &Path) -> Result<ModelSource, ModelNotFound> {
+        ModelSource::parse(spec, base_dir)
+    }
+
     fn model_config(&self, source: &ModelSource) -> Result<ModelConfig, String> {
         if let ModelSource::Dir(dir) = source {
             if !dir.is_dir() {
                 return Err(format!("the model folder {} does not exist", dir.display()));
             }
         }
-        source.config().map_err(|e| error_chain(&e))
+        let config = source.config().map_err(|e| error_chain(&e))?;
+        // Before any `*` is expanded over the config's layers: they must be the weights'.
+        if let ModelSource::Dir(dir) = source {
+            crate::model::check_config_against_weights(dir, &config)
+                .map_err(|e| error_chain(&e))?;
+        }
+        Ok(config)
     }
 
     fn dataset_labels(&self, source: &DatasetSource) -> Result<Vec<String>, String> {
@@ -110,6 +139,35 @@ impl Environment for RealEnvironment {
         out
     }
 
+    fn reference_label_gap(
+        &self,
+        dataset: &DatasetSource,
+        reference: &bound::ReferenceSet,
+    ) -> Option<String> {
+        use crate::data::{record::prompt_id, PromptSet};
+        let evaluated = crate::data::load(dataset).ok()?;
+        let reference_records = match reference {
+            bound::ReferenceSet::Clean => return None,
+            bound::ReferenceSet::Corrupt => evaluated.reference.clone(),
+            bound::ReferenceSet::Dataset(other) => crate::data::load(other).ok()?.clean,
+        };
+        let labels = |records: &[crate::data::Record]| -> Vec<Vec<String>> {
+            records
+                .iter()
+                .map(|r| r.slots.keys().cloned().collect())
+                .collect()
+        };
+        let (r, label) = crate::data::tokenized::reference_label_gap(
+            &labels(&evaluated.clean),
+            &labels(&reference_records),
+        )?;
+        let error = crate::data::DataError::ReferenceLabel {
+            prompt: prompt_id(PromptSet::Reference, r, &reference_records[r]),
+            label,
+        };
+        Some(error.to_string())
+    }
+
     fn tokenizer_adds_bos(&self, source: &ModelSource) -> Option<bool> {
         let tokenizer = match source {
             ModelSource::Builtin(name) => crate::model::builtin::tokenizer(name).ok()?,
@@ -137,6 +195,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct ResolveOptions {
     /// Use this model instead of the file's `model` setting (`--model DIR`).
     pub model_override: Option<ModelSource>,
+    /// `--set KEY=VALUE`, applied in order over the file's settings (`model` is
+    /// `model_override`'s business: the CLI turns it into that).
+    pub overrides: Vec<overrides::SettingOverride>,
 }
 
 /// A resolved file and the warnings found on the way.

@@ -6,8 +6,10 @@ use std::path::Path;
 use super::binder::{backticked, Binder};
 use super::bound::*;
 use super::diagnostics as code;
+use super::overrides::{Override, SettingOverride};
 use super::{Environment, ResolveOptions};
 use crate::data::{DatasetSource, ParamValue};
+use crate::model::hub::ModelNotFound;
 use crate::model::ModelSource;
 use crate::syntax::ast::{self, Span};
 use crate::syntax::SourceDiagnostic;
@@ -22,7 +24,7 @@ impl<'a> Binder<'a> {
         options: &ResolveOptions,
     ) -> Option<Settings> {
         let mut seen: HashMap<&'static str, Span> = HashMap::new();
-        let mut model: Option<(ModelSource, Span)> = None;
+        let mut model: Option<(Result<ModelSource, ModelNotFound>, Span)> = None;
         let mut datasets: Vec<(String, DatasetSource, Span, Span)> = Vec::new();
         let mut reference: Option<(&ast::Ident, Option<ast::ReferencePart>, Span)> = None;
         let mut ablation = AblationKind::Mean;
@@ -58,7 +60,7 @@ impl<'a> Binder<'a> {
             }
             match &item.kind {
                 ast::ItemKind::Model(s) => {
-                    model = Some((ModelSource::parse(&s.value, base_dir), item.span.clone()))
+                    model = Some((env.model_source(&s.value, base_dir), item.span.clone()))
                 }
                 ast::ItemKind::Dataset { name, source } => {
                     if let Some(prev) = datasets.iter().find(|d| d.0 == name.name) {
@@ -113,15 +115,42 @@ impl<'a> Binder<'a> {
             }
         }
 
-        // The model: --model wins over the file's setting; the built-in default otherwise.
+        // `--set KEY=VALUE` over the file's settings, in order (a later one wins); values were
+        // checked when parsed.
+        let mut dataset_params: Vec<(&SettingOverride, &str, &ParamValue)> = Vec::new();
+        for o in &options.overrides {
+            match &o.setting {
+                // The CLI turns `model` into `model_override`.
+                Override::Model(_) => {}
+                Override::DatasetParam(param, value) => dataset_params.push((o, param, value)),
+                Override::Metric(m) => metric = *m,
+                Override::Ablation(a) => ablation = *a,
+                Override::Scope(s) => scope = *s,
+                Override::Edges(e) => edge_ablation = *e,
+                Override::Align(a) => alignment = *a,
+            }
+        }
+
+        // The model: --model wins over the file's setting; the built-in default otherwise. A
+        // model found nowhere is reported here; the rest of the file is still checked (without
+        // a config, so heads are not range-checked) and no settings are returned.
         let (model_source, model_span, overridden) = match (&options.model_override, model) {
-            (Some(m), _) => (m.clone(), None, true),
-            (None, Some((m, span))) => (m, Some(span), false),
-            (None, None) => (ModelSource::default_model(), None, false),
+            (Some(m), _) => (Some(m.clone()), None, true),
+            (None, Some((Ok(m), span))) => (Some(m), Some(span), false),
+            (None, Some((Err(not_found), span))) => {
+                self.error(
+                    SourceDiagnostic::error(code::MODEL, not_found.to_string())
+                        .with_label(span.clone(), "this model")
+                        .with_help(not_found.help),
+                );
+                (None, Some(span), false)
+            }
+            (None, None) => (Some(ModelSource::default_model()), None, false),
         };
-        match env.model_config(&model_source) {
-            Ok(config) => self.config = Some(config),
-            Err(message) => {
+        match model_source.as_ref().map(|m| (m, env.model_config(m))) {
+            None => {}
+            Some((_, Ok(config))) => self.config = Some(config),
+            Some((model_source, Err(message))) => {
                 let mut d = SourceDiagnostic::error(
                     code::MODEL,
                     format!(
@@ -132,7 +161,7 @@ impl<'a> Binder<'a> {
                 d = match (&model_span, overridden) {
                     (_, true) => d.with_help("check the folder given to --model (it must hold config.json)"),
                     (Some(span), false) => d.with_label(span.clone(), "this model").with_help(
-                        "`model` takes a built-in model's name or a HuggingFace folder (with config.json), relative to this file; `circuit check --model DIR` overrides it",
+                        "`model` takes a built-in model's name, a HuggingFace folder (with config.json) relative to this file, or a hub name in the local HuggingFace cache; `circuit check --model DIR` overrides it",
                     ),
                     (None, false) => d.with_help(
                         "the file names no model, so the built-in default is used; add `model \"DIR\"` or pass --model DIR",
@@ -143,7 +172,7 @@ impl<'a> Binder<'a> {
         }
 
         // The evaluated dataset is the first one declared.
-        let evaluated = match datasets.first() {
+        let mut evaluated = match datasets.first() {
             Some((name, src, _, item_span)) => {
                 self.dataset_name = Some(name.clone());
                 (src.clone(), Some(item_span.clone()))
@@ -156,6 +185,27 @@ impl<'a> Binder<'a> {
                 None,
             ),
         };
+        for (o, param, value) in dataset_params {
+            match &mut evaluated.0 {
+                DatasetSource::Builtin { params, .. } => {
+                    params.insert(param.to_string(), value.clone());
+                }
+                DatasetSource::File(path) => {
+                    let mut d = SourceDiagnostic::error(
+                        code::BAD_OVERRIDE,
+                        format!(
+                            "--set {o}: the evaluated dataset is the file {}, which has no parameters",
+                            path.display()
+                        ),
+                    )
+                    .with_help("`dataset.PARAM` sets a parameter of a built-in generator (`seqcont.numerals(n = 64)`)");
+                    if let Some(span) = evaluated.1.clone() {
+                        d = d.with_label(span, "this dataset");
+                    }
+                    self.error(d);
+                }
+            }
+        }
         match env.dataset_labels(&evaluated.0) {
             Ok(labels) => self.labels = Some(labels),
             Err(message) => {
@@ -224,6 +274,19 @@ impl<'a> Binder<'a> {
                 }
             }
         }
+        // Only `align by label` reads reference prompts' labels (and no ablation by zero reads
+        // reference prompts at all): there they must carry the evaluated prompts' labels.
+        if alignment == Alignment::Label && ablation != AblationKind::Zero {
+            if let Some(message) = env.reference_label_gap(&evaluated.0, &reference_set) {
+                let mut d = SourceDiagnostic::error(code::REFERENCE, message).with_help(
+                    "label it in every reference prompt, or use `align by position` (the default), which reads no reference prompt's labels",
+                );
+                if let Some(span) = seen.get("align") {
+                    d = d.with_label(span.clone(), "reads reference prompts' labels");
+                }
+                self.error(d);
+            }
+        }
         for (name, _, name_span, _) in &datasets {
             if !used_datasets.contains(name) {
                 self.error(
@@ -240,7 +303,7 @@ impl<'a> Binder<'a> {
         }
 
         Some(Settings {
-            model: model_source,
+            model: model_source?,
             dataset: evaluated.0,
             reference: reference_set,
             ablation,
@@ -248,6 +311,7 @@ impl<'a> Binder<'a> {
             scope,
             metric,
             alignment,
+            overrides: options.overrides.iter().map(|o| o.to_string()).collect(),
         })
     }
 

@@ -42,7 +42,7 @@ pub(super) fn run(
     let model = session.model();
     let clean = session.clean_prompts();
     let ids: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets = super::prompt_targets(clean);
+    let targets = session.targets().to_vec();
     let edge_ablation = session.settings().edge_ablation;
     let base = model.resume_base(
         &ids,

@@ -48,7 +48,7 @@ use crate::attribute::{Component, Entry, Granularity, Method, ScoreSet};
 use crate::data::slots::prompt_slots;
 use crate::measure::disk_cache::{CacheInputs, CacheKeys, DiskCache, Entry as CacheEntry, Lookup};
 use crate::measure::file::Provenance;
-use crate::measure::{mean, metric_name, PromptMetrics, Session, Targets, ALL_METRICS};
+use crate::measure::{mean, metric_name, PromptMetrics, Session, ALL_METRICS};
 use crate::plan::{Plan, QkQuery};
 use crate::report::SettingsReport;
 use crate::resolve::bound::{
@@ -189,6 +189,12 @@ pub enum ScanError {
         help("use --granularity nodes or qk-edges with --method exact, or a gradient method for path edges")
     )]
     PathEdges,
+    #[error("circuit `{name}` is edge-complete: a scan removes one kept head, MLP or QK edge of its base, and an edge-complete circuit keeps edges only")]
+    #[diagnostic(
+        code(circuit::scan::edge_complete_base),
+        help("scan relative to the full model (no --circuit), or a node-based circuit (`circuit NAME {{ ... }}`)")
+    )]
+    EdgeCompleteBase { name: String },
 }
 
 /// What to scan.
@@ -522,6 +528,12 @@ impl Scan {
         if request.granularity == ScanGranularity::Mlps && settings.scope != Scope::HeadsAndMlps {
             return Err(ScanError::MlpsOutOfScope.into());
         }
+        if let Some(circuit) = request.base.as_ref().filter(|c| c.edge_complete) {
+            return Err(ScanError::EdgeCompleteBase {
+                name: circuit.name.clone(),
+            }
+            .into());
+        }
         let base_plan = match &request.base {
             Some(circuit) => session.compile(circuit)?,
             None => session.full_plan(),
@@ -829,24 +841,13 @@ pub fn scan(
     scan.run(session, options)
 }
 
-/// The answer and distractor of each prompt.
-fn prompt_targets(prompts: &[crate::data::TokenizedPrompt]) -> Vec<Targets> {
-    prompts
-        .iter()
-        .map(|p| Targets {
-            answer: p.answer_id,
-            distractor: p.distractor_id,
-        })
-        .collect()
-}
-
 /// The disk cache's key function for the session's model, prompts and settings (the same
 /// inputs the session's own entries are keyed by).
 fn cache_keys(session: &Session) -> CacheKeys {
     let model = session.model();
     let clean = session.clean_prompts();
     let evaluated: Vec<Vec<u32>> = clean.iter().map(|p| p.ids.clone()).collect();
-    let targets = prompt_targets(clean);
+    let targets = session.targets().to_vec();
     let reference: Vec<Vec<u32>> = session
         .reference_prompts()
         .iter()

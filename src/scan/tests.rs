@@ -45,6 +45,7 @@ fn result(shard: Shard, indices: &[usize], key: &str) -> ScanResult {
             n_prompts: 2,
             reference: "r".into(),
             n_reference: 2,
+            overrides: Vec::new(),
         },
         // serde_json's default decimal parsing reads this one back 1 ulp off (seen in a merge).
         full: 19.256428509950638,

@@ -356,6 +356,10 @@ pub(crate) struct AttentionGradients<F> {
 /// Backward of [`attention_forward`] given its `pattern` and `dz` `(T_q, d)`:
 /// `dA = dz·vᵀ`, `dv = Aᵀ·dz`, through the softmax `dS[i,k] = A[i,k](dA[i,k] − Σ_j A[i,j]dA[i,j])`
 /// (masked entries have `A = 0`, so no gradient), and `dq = scale·dS·k`, `dk = scale·dSᵀ·q`.
+///
+/// `computed` `(T_q, T_k)`, when given, marks the terms `A[i,k]·v[k]` of `z[i]` the forward
+/// computed; the others were constants (edge-mean ablation of a QK edge put a reference value
+/// in their place), so they pass nothing back: `dA[i,k] = 0` and no share of `dv[k]`.
 pub(crate) fn attention_backward<F: NdFloat>(
     q: ArrayView2<F>,
     k: ArrayView2<F>,
@@ -363,9 +367,26 @@ pub(crate) fn attention_backward<F: NdFloat>(
     pattern: ArrayView2<F>,
     dz: ArrayView2<F>,
     scale: F,
+    computed: Option<ArrayView2<bool>>,
 ) -> AttentionGradients<F> {
-    let d_pattern = dz.dot(&v.t()); // (T_q, T_k)
-    let dv = pattern.t().dot(&dz); // (T_k, d)
+    let mut d_pattern = dz.dot(&v.t()); // (T_q, T_k)
+    let dv = match computed {
+        None => pattern.t().dot(&dz), // (T_k, d)
+        Some(computed) => {
+            d_pattern.zip_mut_with(&computed, |d, &c| {
+                if !c {
+                    *d = F::zero()
+                }
+            });
+            let mut used = pattern.to_owned(); // (T_q, T_k)
+            used.zip_mut_with(&computed, |a, &c| {
+                if !c {
+                    *a = F::zero()
+                }
+            });
+            used.t().dot(&dz) // (T_k, d)
+        }
+    };
     let mut d_scores = &d_pattern * &pattern; // (T_q, T_k)
     for (mut row, a) in d_scores.rows_mut().into_iter().zip(pattern.rows()) {
         let weighted = row.sum(); // Σ_j A[i,j]·dA[i,j]

@@ -24,11 +24,13 @@ pub(crate) mod blocks;
 mod tests;
 
 use miette::Diagnostic;
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis};
 use rayon::prelude::*;
 use thiserror::Error;
 
-use super::transformer::{Linear, Mlp, Norm, Positions};
+use super::cache::rows_as_prompts;
+use super::transformer::{Mlp, Norm, Positions};
+use super::HeadInput;
 use super::ResidualTopology;
 use super::{ActivationCache, ForwardOptions, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
@@ -173,22 +175,22 @@ pub fn gradients(
     objective: Objective,
     options: GradientOptions,
 ) -> Result<Gradients, GradientError> {
-    gradients_with(model, tokens, targets, objective, options, &NoInterventions)
+    gradients_inner(
+        model,
+        tokens,
+        targets,
+        objective,
+        options,
+        &NoInterventions,
+        None,
+    )
 }
 
-/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
-/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
-/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
-/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
-/// forward, so these are the exact gradients of that forward.
-pub fn gradients_at_embeddings(
+fn check_embeddings(
     model: &Model,
     tokens: &[Vec<u32>],
-    targets: &[(u32, u32)],
-    objective: Objective,
-    options: GradientOptions,
     embeddings: ndarray::ArrayView3<f32>,
-) -> Result<Gradients, GradientError> {
+) -> Result<(), GradientError> {
     let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
     let expected = (tokens.len(), seq, model.config.d_model);
     if embeddings.dim() != expected {
@@ -199,43 +201,118 @@ pub fn gradients_at_embeddings(
             ),
         });
     }
-    gradients_with(
-        model,
-        tokens,
-        targets,
-        objective,
-        options,
-        &ReplaceEmbeddings { embeddings },
-    )
+    Ok(())
 }
 
-/// The one edit [`gradients_at_embeddings`] makes: the embedding, a leaf, so the backward
-/// below (which knows no other edit) stays exact.
-struct ReplaceEmbeddings<'a> {
-    embeddings: ndarray::ArrayView3<'a, f32>,
+/// What a circuit's forward holds at constants, as the backward must see it: a constant passes
+/// no gradient to what computed it. Prompts as in the forward; `T` its padded length.
+#[derive(Clone, Copy, Debug)]
+pub struct Kept<'a> {
+    /// Per layer `(B, T, H)`: whether head `h`'s output `z` at token `t` is computed (`true`)
+    /// or a constant (`false`: node ablation put a reference value there).
+    pub z: &'a [ndarray::Array3<bool>],
+    /// Per layer `(B, T)`: likewise for the MLP's output.
+    pub mlp_out: &'a [Array2<bool>],
+    /// Per layer: the (prompt, query, head) where only some terms `A[q,k]·v[k]` of `z[q]` are
+    /// computed (edge-mean ablation of QK edges); the other keys' terms are constants. Empty
+    /// under attention knockout, whose `-inf` scores the cached pattern already carries.
+    pub qk_terms: &'a [Vec<KeptKeys>],
+    /// The readers whose input the forward rebuilt from chosen writers (path edges).
+    pub paths: &'a [PathReader],
 }
 
-impl super::Interventions for ReplaceEmbeddings<'_> {
-    fn edit_embed(&self, embed: &mut ndarray::ArrayViewMut3<f32>) {
-        embed.assign(&self.embeddings);
+/// The keys whose terms `A[q,k]·v[k]` are computed at one (prompt, query, head).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptKeys {
+    pub prompt: usize,
+    pub query: usize,
+    pub head: usize,
+    /// Ascending, each `≤ query`.
+    pub keys: Vec<usize>,
+}
+
+/// An input of the residual stream a path edge can enter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// Head `head` of `layer`, through its q, k or v input.
+    Head {
+        layer: usize,
+        head: usize,
+        input: super::HeadInput,
+    },
+    /// The MLP of a layer.
+    Mlp(usize),
+    /// The final norm and unembedding.
+    Logits,
+}
+
+impl Reader {
+    fn component(self) -> super::Component {
+        match self {
+            Reader::Head { layer, .. } => super::Component::Attention(layer),
+            Reader::Mlp(layer) => super::Component::Mlp(layer),
+            Reader::Logits => super::Component::Unembed,
+        }
     }
 }
 
-/// Which head outputs and MLP outputs a forward keeps computed (`true`) or holds at a constant
-/// (`false`: a node ablation replaced them by reference values): per layer `(B, T, H)` and
-/// `(B, T)`, prompts as in the forward.
-#[derive(Clone, Copy, Debug)]
-pub struct Kept<'a> {
-    pub z: &'a [ndarray::Array3<bool>],
-    pub mlp_out: &'a [Array2<bool>],
+/// A component that writes to the residual stream and that a path edge can leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writer {
+    Head {
+        layer: usize,
+        head: usize,
+    },
+    Mlp(usize),
+    /// The token (and position) embedding: a writer only edge-complete circuits ablate.
+    Embed,
 }
 
-/// [`gradients`] of the forward with `hooks` in place, where `hooks` replaces exactly the
-/// entries `kept` marks `false` by constants (node ablation of heads and MLPs: no QK-edge,
-/// knockout or path-edge edit). A constant passes no gradient to what computed it, so the
-/// backward stops there: the gradient *at* a frozen entry (`LayerGradients::z`, `mlp_out`) is
-/// still reported (what changing it would do), but none flows from it into the layer below.
-pub fn gradients_with_node_ablation(
+impl Writer {
+    /// Its index along [`PathReader::reaches`]' last axis: heads `layer·H + head`, then MLPs
+    /// `n_layers·H + layer`, then the embedding last (the plan's upstream order).
+    pub fn index(self, n_layers: usize, n_heads: usize) -> usize {
+        match self {
+            Writer::Head { layer, head } => layer * n_heads + head,
+            Writer::Mlp(layer) => n_layers * n_heads + layer,
+            Writer::Embed => n_layers * n_heads + n_layers,
+        }
+    }
+
+    fn component(self) -> super::Component {
+        match self {
+            Writer::Head { layer, .. } => super::Component::Attention(layer),
+            Writer::Mlp(layer) => super::Component::Mlp(layer),
+            Writer::Embed => super::Component::Embed,
+        }
+    }
+}
+
+/// A reader whose input is `resid − Σ_{u not reaching} (out_u − c_u)` with constants `c_u`.
+#[derive(Clone, Debug)]
+pub struct PathReader {
+    pub reader: Reader,
+    /// `(B, T, U)`, `U` indexed by [`Writer::index`]: whether writer `u`'s output in this
+    /// forward reaches the input at token `t` of prompt `b` (else a constant stands in for it).
+    pub reaches: Array3<bool>,
+}
+
+impl PathReader {
+    /// Whether `writer`'s output at token `t` of prompt `b` reaches this reader (writers it
+    /// does not read at all are the caller's to exclude).
+    pub fn reached_by(&self, b: usize, t: usize, writer_index: usize) -> bool {
+        self.reaches[[b, t, writer_index]]
+    }
+}
+
+/// [`gradients`] of the forward with `hooks` in place, where `hooks` replaces exactly what
+/// `kept` marks as constants by constants: node ablation of heads and MLPs, edge-mean
+/// ablation of QK-edge terms, writers that do not reach a path-edge reader; attention knockout
+/// (an edit of the scores) needs no mark. A constant passes no gradient to what computed it,
+/// so the backward stops there: the gradient *at* a frozen entry (`LayerGradients::z`,
+/// `mlp_out`) is still reported (what changing it would do), but none flows from it into the
+/// layer below. A writer's gradient is the sum over the readers it reaches.
+pub fn gradients_with_ablation(
     model: &Model,
     tokens: &[Vec<u32>],
     targets: &[(u32, u32)],
@@ -255,17 +332,85 @@ pub fn gradients_with_node_ablation(
     )
 }
 
-/// `hooks` may only edit the embedding (a leaf); any other edit would make these gradients
-/// those of a different function.
-fn gradients_with(
+/// [`gradients`] of the forward whose input embeddings `(B, T, D)` (token + learned position
+/// embedding, prompts right-padded to `T`) are `embeddings` instead of the tokens' own: the
+/// entry point of integrated gradients (`eap-ig` interpolates between a reference embedding and
+/// the clean one). The tokens still fix the lengths and END. The embedding is a leaf of the
+/// forward, so these are the exact gradients of that forward. With `ablation`, a circuit's
+/// hooks and what they hold constant are in place as in [`gradients_with_ablation`] (the hooks
+/// must not edit the embedding themselves).
+pub fn gradients_at_embeddings(
     model: &Model,
     tokens: &[Vec<u32>],
     targets: &[(u32, u32)],
     objective: Objective,
     options: GradientOptions,
-    hooks: &dyn super::Interventions,
+    embeddings: ndarray::ArrayView3<f32>,
+    ablation: Option<(&dyn super::Interventions, Kept)>,
 ) -> Result<Gradients, GradientError> {
-    gradients_inner(model, tokens, targets, objective, options, hooks, None)
+    check_embeddings(model, tokens, embeddings)?;
+    let (inner, kept) = match ablation {
+        Some((hooks, kept)) => (hooks, Some(kept)),
+        None => (&NoInterventions as &dyn super::Interventions, None),
+    };
+    let hooks = WithEmbeddings { inner, embeddings };
+    gradients_inner(model, tokens, targets, objective, options, &hooks, kept)
+}
+
+/// A circuit's hooks with the input embedding replaced.
+struct WithEmbeddings<'a> {
+    inner: &'a dyn super::Interventions,
+    embeddings: ndarray::ArrayView3<'a, f32>,
+}
+
+impl super::Interventions for WithEmbeddings<'_> {
+    fn edit_embed(&self, embed: &mut ndarray::ArrayViewMut3<f32>) {
+        embed.assign(&self.embeddings);
+    }
+    fn edit_scores(&self, layer: usize, scores: &mut ndarray::ArrayViewMut4<f32>) {
+        self.inner.edit_scores(layer, scores)
+    }
+    fn edit_z(
+        &self,
+        layer: usize,
+        pattern: ndarray::ArrayView4<f32>,
+        v: ndarray::ArrayView4<f32>,
+        z: &mut ndarray::ArrayViewMut4<f32>,
+    ) {
+        self.inner.edit_z(layer, pattern, v, z)
+    }
+    fn edit_mlp_out(&self, layer: usize, mlp_out: &mut ndarray::ArrayViewMut3<f32>) {
+        self.inner.edit_mlp_out(layer, mlp_out)
+    }
+    fn needs_component_outputs(&self) -> bool {
+        self.inner.needs_component_outputs()
+    }
+    fn head_input(
+        &self,
+        layer: usize,
+        head: usize,
+        which: super::HeadInput,
+        resid_pre: ndarray::ArrayView3<f32>,
+        outputs: &super::ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        self.inner
+            .head_input(layer, head, which, resid_pre, outputs)
+    }
+    fn mlp_input(
+        &self,
+        layer: usize,
+        resid_mid: ndarray::ArrayView3<f32>,
+        outputs: &super::ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        self.inner.mlp_input(layer, resid_mid, outputs)
+    }
+    fn unembed_input(
+        &self,
+        resid_final: ndarray::ArrayView3<f32>,
+        outputs: &super::ComponentOutputs,
+    ) -> Option<Array3<f32>> {
+        self.inner.unembed_input(resid_final, outputs)
+    }
 }
 
 fn gradients_inner(
@@ -287,7 +432,7 @@ fn gradients_inner(
         cache: true,
     };
     let out = model.forward(tokens, &forward_options, hooks)?;
-    let cache = out.cache.expect("asked for the cache");
+    let mut cache = out.cache.expect("asked for the cache");
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
     let (n_heads, d_head) = (transformer.n_heads, transformer.d_head);
@@ -345,6 +490,21 @@ fn gradients_inner(
     };
     let scale = 1.0 / (d_head as f32).sqrt();
 
+    // Path edges: each rebuilt reader's input is recomputed from the cached component outputs
+    // with the hooks (as the forward built it), and its gradient kept, so that each writer's
+    // gradient leaves out the readers it does not reach.
+    let paths = kept.map(|k| k.paths).unwrap_or(&[]);
+    let topology = model.config.residual;
+    let outputs = PathOutputs::take(&mut cache, transformer, !paths.is_empty());
+    let mut read: Vec<(&PathReader, Array2<f32>)> = Vec::new(); // (reader, ∂M/∂input (N, D))
+    if let Some(p) = paths.iter().find(|p| p.reader == Reader::Logits) {
+        read.push((p, d_resid.clone()));
+    }
+    let n_layers = transformer.layers.len();
+    let unreached = |read: &[(&PathReader, Array2<f32>)], writer: Writer| {
+        unreached_gradient(read, writer, n_layers, n_heads, topology, seq, d_model)
+    };
+
     let mut layers = Vec::with_capacity(transformer.layers.len());
     for (index, (layer, lc)) in transformer
         .layers
@@ -362,10 +522,24 @@ fn gradients_inner(
             rows(&lc.resid_mid)
         }; // (N, D)
 
-        // ---- MLP: resid_post = mlp_read + mlp(norm(mlp_read)) (+ attention, in parallel) ---
-        let d_mlp_out = d_resid; // (N, D)
-        let mlp_x = layer.mlp_norm.apply(mlp_read.view()); // (N, D), recomputed
-                                                           // A frozen MLP output passes nothing back into the MLP.
+        // ---- MLP: resid_post = mlp_read + mlp(norm(mlp input)) (+ attention, in parallel) -
+        // ∂M/∂(MLP output): the readers it reaches.
+        let mut d_mlp_out = d_resid.clone(); // (N, D)
+        if let Some(c) = unreached(&read, Writer::Mlp(index)) {
+            d_mlp_out -= &c;
+        }
+        let mlp_reader = paths.iter().find(|p| p.reader == Reader::Mlp(index));
+        let rebuilt_mlp_in = mlp_reader.and_then(|_| {
+            let input = hooks.mlp_input(
+                index,
+                rows_as_prompts(&mlp_read, batch, seq),
+                &outputs.before(index + 1, index, cache.embed.view()),
+            )?;
+            Some(input.into_shape_with_order((n_rows, d_model)).unwrap())
+        }); // (N, D)
+        let mlp_in = rebuilt_mlp_in.as_ref().unwrap_or(&mlp_read); // (N, D)
+        let mlp_x = layer.mlp_norm.apply(mlp_in.view()); // (N, D), recomputed
+                                                         // A frozen MLP output passes nothing back into the MLP.
         let d_mlp_through = match kept {
             Some(kept) => {
                 let mut d = d_mlp_out.clone(); // (N, D)
@@ -379,16 +553,33 @@ fn gradients_inner(
             None => d_mlp_out.clone(),
         };
         let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
-        let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_read.view(), d_mlp_x.view()); // (N, D)
-                                                                                        // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it.
+        let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_in.view(), d_mlp_x.view()); // (N, D)
+                                                                                      // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
+                                                                                      // input, rebuilt or not, is the stream it reads + constants).
         let d_mid = if parallel {
-            d_mlp_out.clone()
+            d_resid.clone()
         } else {
-            &d_mlp_out + &d_mlp_in
+            &d_resid + &d_mlp_in
         }; // (N, D)
+        if let Some(p) = mlp_reader {
+            read.push((p, d_mlp_in.clone()));
+        }
 
         // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
-        let d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
+        let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
+        for h in 0..n_heads {
+            if let Some(c) = unreached(
+                &read,
+                Writer::Head {
+                    layer: index,
+                    head: h,
+                },
+            ) {
+                let w_o = head_output_weight(model, index, h); // (d, D)
+                let mut cols = d_z.slice_mut(s![.., h * d_head..(h + 1) * d_head]);
+                cols -= &c.dot(&w_o.t()); // (N, d)
+            }
+        }
         let d_z4 = d_z
             .into_shape_with_order((batch, seq, n_heads, d_head))
             .unwrap(); // (B, T, H, d)
@@ -405,6 +596,74 @@ fn gradients_inner(
             }
             None => d_z4.clone(),
         };
+        // Which terms A[q,k]·v[k] were computed, where some were constants: (B, H, T, T).
+        let computed = kept
+            .map(|k| k.qk_terms.get(index).map(Vec::as_slice).unwrap_or(&[]))
+            .filter(|terms| !terms.is_empty())
+            .map(|terms| {
+                let mut computed = Array4::from_elem((batch, n_heads, seq, seq), true);
+                for t in terms {
+                    let mut row = computed.slice_mut(s![t.prompt, t.head, t.query, ..]);
+                    row.fill(false);
+                    for &k in &t.keys {
+                        row[k] = true;
+                    }
+                }
+                computed
+            });
+        // The head inputs path edges rebuilt, recomputed: (head, input, (N, D)).
+        let head_readers: Vec<(&PathReader, usize, HeadInput, Array2<f32>)> = paths
+            .iter()
+            .filter_map(|p| match p.reader {
+                Reader::Head {
+                    layer: l,
+                    head,
+                    input,
+                } if l == index => {
+                    let x = hooks.head_input(
+                        index,
+                        head,
+                        input,
+                        rows_as_prompts(&resid_pre, batch, seq),
+                        &outputs.before(index, index, cache.embed.view()),
+                    )?;
+                    Some((
+                        p,
+                        head,
+                        input,
+                        x.into_shape_with_order((n_rows, d_model)).unwrap(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        // Under grouped-query attention the cache keeps one key per key/value head; a rebuilt
+        // k input gives its query head a key of its own, recomputed here for every head.
+        let k_by_query_head =
+            (group > 1 && head_readers.iter().any(|r| r.2 == HeadInput::K)).then(|| {
+                let normed = layer.attn_norm.apply(resid_pre.view()); // (N, D)
+                let shared = layer.k.apply(normed.view()); // (N, Hkv·d)
+                let mut k = Array2::<f32>::zeros((n_rows, n_heads * d_head)); // (N, H·d)
+                for h in 0..n_heads {
+                    let kv = h / group;
+                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                        .assign(&shared.slice(s![.., kv * d_head..(kv + 1) * d_head]));
+                }
+                for (_, h, _, x) in head_readers.iter().filter(|r| r.2 == HeadInput::K) {
+                    let kv = h / group;
+                    let x_normed = layer.attn_norm.apply(x.view()); // (N, D)
+                    let own = layer
+                        .k
+                        .apply_columns(x_normed.view(), kv * d_head..(kv + 1) * d_head); // (N, d)
+                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                        .assign(&own);
+                }
+                if let Some((cos, sin)) = &rotary {
+                    blocks::rotate_half(&mut k, cos.view(), sin.view(), |r| r % seq, d_head, false);
+                }
+                k.into_shape_with_order((batch, seq, n_heads, d_head))
+                    .unwrap() // (B, T, H, d)
+            });
         let mut d_q = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_k = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
         let mut d_v = Array4::<f32>::zeros((batch, seq, n_heads, d_head)); // per query head
@@ -415,13 +674,18 @@ fn gradients_inner(
             .map(|bh| {
                 let (b, h) = (bh / n_heads, bh % n_heads);
                 let kv = h / group;
+                let k = match &k_by_query_head {
+                    Some(k) => k.slice(s![b, .., h, ..]),
+                    None => lc.k.slice(s![b, .., kv, ..]),
+                };
                 blocks::attention_backward(
                     lc.q.slice(s![b, .., h, ..]),
-                    lc.k.slice(s![b, .., kv, ..]),
-                    lc.v.slice(s![b, .., kv, ..]),
+                    k,
+                    lc.v_by_query_head.slice(s![b, .., h, ..]),
                     lc.pattern.slice(s![b, h, .., ..]),
                     d_z_through.slice(s![b, .., h, ..]),
                     scale,
+                    computed.as_ref().map(|c| c.slice(s![b, h, .., ..])),
                 )
             })
             .collect();
@@ -433,43 +697,81 @@ fn gradients_inner(
             d_pattern.slice_mut(s![b, h, .., ..]).assign(&grads.pattern);
         }
         let flat = |a: Array4<f32>| a.into_shape_with_order((n_rows, n_heads * d_head)).unwrap();
-        let (mut d_q, mut d_k, d_v) = (flat(d_q), flat(d_k), flat(d_v)); // (N, H·d) each
+        let (mut d_q, mut d_k, mut d_v) = (flat(d_q), flat(d_k), flat(d_v)); // (N, H·d) each
         if let Some((cos, sin)) = &rotary {
             // The cache holds q and k after rotary; their gradients before it are turned back.
             blocks::rotate_half_backward(&mut d_q, cos.view(), sin.view(), |r| r % seq, d_head);
             blocks::rotate_half_backward(&mut d_k, cos.view(), sin.view(), |r| r % seq, d_head);
         }
 
+        // ∂M/∂(the residual stream one head's q, k or v reads), pre-norm, at the input that
+        // head read (rebuilt by path edges, or resid_pre).
+        let input_gradient = |h: usize, which: HeadInput, d_proj: &Array2<f32>| {
+            let (linear, source) = match which {
+                HeadInput::Q => (&layer.q, h),
+                HeadInput::K => (&layer.k, h / group),
+                HeadInput::V => (&layer.v, h / group),
+            };
+            let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
+            let weight = linear
+                .weight
+                .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
+            let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
+            let input = head_readers
+                .iter()
+                .find(|r| r.1 == h && r.2 == which)
+                .map(|r| &r.3)
+                .unwrap_or(&resid_pre); // (N, D)
+            norm_backward(&layer.attn_norm, input.view(), d_x.view()) // (N, D)
+        };
         let head_inputs = options.head_inputs.then(|| {
-            let per_head = |linear: &Linear, d_proj: &Array2<f32>, kv_shared: bool| {
+            let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
                 let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
                 for h in 0..n_heads {
-                    let source = if kv_shared { h / group } else { h };
-                    let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
-                    let weight = linear
-                        .weight
-                        .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
-                    let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
-                    let d_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
-                    out.slice_mut(s![.., .., h, ..]).assign(&to3(d_in));
+                    out.slice_mut(s![.., .., h, ..])
+                        .assign(&to3(input_gradient(h, which, d_proj)));
                 }
                 out
             };
             HeadInputGradients {
-                q: per_head(&layer.q, &d_q, false),
-                k: per_head(&layer.k, &d_k, true),
-                v: per_head(&layer.v, &d_v, true),
+                q: per_head(HeadInput::Q, &d_q),
+                k: per_head(HeadInput::K, &d_k),
+                v: per_head(HeadInput::V, &d_v),
             }
         });
+        // Rebuilt inputs: their gradients reach the stream as they are (the input is
+        // resid_pre + constants) and are kept for the writers below; their projections leave
+        // the shared path.
+        let mut d_rebuilt = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
+        for (p, h, which, _) in &head_readers {
+            let d_proj = match which {
+                HeadInput::Q => &d_q,
+                HeadInput::K => &d_k,
+                HeadInput::V => &d_v,
+            };
+            let g = input_gradient(*h, *which, d_proj); // (N, D)
+            d_rebuilt += &g;
+            read.push((p, g));
+        }
+        for (_, h, which, _) in &head_readers {
+            let d_proj = match which {
+                HeadInput::Q => &mut d_q,
+                HeadInput::K => &mut d_k,
+                HeadInput::V => &mut d_v,
+            };
+            d_proj
+                .slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                .fill(0.0);
+        }
 
-        // The shared residual stream: every head's q, k, v read the same normed input.
+        // The shared residual stream: every other head's q, k, v read the same normed input.
         let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
         let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
         let d_x = blocks::linear_backward(layer.q.weight.view(), d_q.view())
             + blocks::linear_backward(layer.k.weight.view(), d_k_shared.view())
             + blocks::linear_backward(layer.v.weight.view(), d_v_shared.view()); // (N, D)
         let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
-        d_resid = &d_mid + &d_attn_in; // (N, D): ∂M/∂resid_pre
+        d_resid = &d_mid + &d_attn_in + &d_rebuilt; // (N, D): ∂M/∂resid_pre
         if parallel {
             d_resid += &d_mlp_in; // the MLP read resid_pre itself
         }
@@ -483,6 +785,7 @@ fn gradients_inner(
             mlp_out: to3(d_mlp_out),
         });
     }
+    outputs.put_back(&mut cache);
     layers.reverse();
     Ok(Gradients {
         layers,
@@ -601,4 +904,98 @@ fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2
 fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
     let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);
     (angle.mapv(f32::cos), angle.mapv(f32::sin))
+}
+
+/// The per-component outputs of a cached forward, as the path-edge hooks were handed them
+/// ([`super::ComponentOutputs`]), to rebuild a reader's input in the backward exactly as the
+/// forward did. Taken out of the cache (no copy) and put back after the backward.
+struct PathOutputs {
+    head_out: Vec<Array4<f32>>,  // per layer (B, T, H, D)
+    attn_bias: Vec<Array1<f32>>, // per layer (D,)
+    mlp_out: Vec<Array3<f32>>,   // per layer (B, T, D)
+}
+
+impl PathOutputs {
+    fn take(
+        cache: &mut ActivationCache,
+        transformer: &super::transformer::Transformer,
+        wanted: bool,
+    ) -> PathOutputs {
+        if !wanted {
+            return PathOutputs {
+                head_out: Vec::new(),
+                attn_bias: Vec::new(),
+                mlp_out: Vec::new(),
+            };
+        }
+        PathOutputs {
+            head_out: (cache.layers.iter_mut())
+                .map(|l| std::mem::take(&mut l.head_out))
+                .collect(),
+            attn_bias: (transformer.layers.iter())
+                .map(|l| l.o_bias.clone())
+                .collect(),
+            mlp_out: (cache.layers.iter_mut())
+                .map(|l| std::mem::take(&mut l.mlp_out))
+                .collect(),
+        }
+    }
+
+    /// What the forward handed a hook after `head_layers` attention blocks and `mlp_layers`
+    /// MLPs: a head of layer `l` sees `(l, l)`, the MLP of layer `l` sees `(l + 1, l)`.
+    fn before<'a>(
+        &'a self,
+        head_layers: usize,
+        mlp_layers: usize,
+        embed: ndarray::ArrayView3<'a, f32>,
+    ) -> super::ComponentOutputs<'a> {
+        super::ComponentOutputs {
+            embed,
+            head_out: &self.head_out[..head_layers],
+            attn_bias: &self.attn_bias[..head_layers],
+            mlp_out: &self.mlp_out[..mlp_layers],
+        }
+    }
+
+    fn put_back(self, cache: &mut ActivationCache) {
+        for (layer, (head_out, mlp_out)) in cache
+            .layers
+            .iter_mut()
+            .zip(self.head_out.into_iter().zip(self.mlp_out))
+        {
+            layer.head_out = head_out;
+            layer.mlp_out = mlp_out;
+        }
+    }
+}
+
+/// `Σ` over the rebuilt readers that read `writer` but that its output does not reach (at a
+/// token), of their input gradients `(N, D)`: what `∂M/∂(the stream)` counts for `writer`
+/// and its own gradient must not. `None` when there is none.
+fn unreached_gradient(
+    read: &[(&PathReader, Array2<f32>)],
+    writer: Writer,
+    n_layers: usize,
+    n_heads: usize,
+    topology: super::ResidualTopology,
+    seq: usize,
+    d_model: usize,
+) -> Option<Array2<f32>> {
+    let u = writer.index(n_layers, n_heads);
+    let mut sum: Option<Array2<f32>> = None;
+    for (reader, gradient) in read {
+        if !topology.reads(reader.reader.component(), writer.component()) {
+            continue;
+        }
+        for ((b, t, _), &reaches) in reader.reaches.slice(s![.., .., u..u + 1]).indexed_iter() {
+            if reaches || t >= seq {
+                continue;
+            }
+            let row = b * seq + t;
+            let total = sum.get_or_insert_with(|| Array2::zeros((gradient.nrows(), d_model)));
+            let mut target = total.row_mut(row);
+            target += &gradient.row(row);
+        }
+    }
+    sum
 }

@@ -231,6 +231,7 @@ fn attention_backward_matches_finite_differences() {
         pattern.view(),
         r.view(),
         scale,
+        None,
     );
     check(
         "attention q",
@@ -253,6 +254,71 @@ fn attention_backward_matches_finite_differences() {
     // Masked entries get no gradient through the scores: the last key only reaches the last
     // query.
     assert!(grads.k.row(seq - 1).iter().any(|&g| g != 0.0));
+}
+
+#[test]
+fn attention_backward_with_constant_terms_matches_finite_differences() {
+    // Edge-mean ablation of QK edges: z[i] = Σ_{k computed} A[i,k]·v[k] + constants; the
+    // constant terms pass nothing back, but their scores still move the kept keys' weights.
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let (seq, d) = (6, 4);
+    let scale = 1.0 / (d as f64).sqrt();
+    let q = random(&mut rng, (seq, d)) * 2.0;
+    let k = random(&mut rng, (seq, d)) * 2.0;
+    let v = random(&mut rng, (seq, d));
+    let r = random(&mut rng, (seq, d));
+    // Query 4 keeps keys 1 and 4 only; query 5 keeps key 0; every other query keeps all.
+    let computed = Array2::from_shape_fn((seq, seq), |(i, j)| match i {
+        4 => j == 1 || j == 4,
+        5 => j == 0,
+        _ => true,
+    });
+    let loss = |q: &Array2<f64>, k: &Array2<f64>, v: &Array2<f64>| {
+        let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+        let mut used = pattern.clone();
+        used.zip_mut_with(&computed, |a, &c| {
+            if !c {
+                *a = 0.0
+            }
+        });
+        weighted_sum(&used.dot(v), &r)
+    };
+    let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+    let grads = attention_backward(
+        q.view(),
+        k.view(),
+        v.view(),
+        pattern.view(),
+        r.view(),
+        scale,
+        Some(computed.view()),
+    );
+    check(
+        "masked attention q",
+        &grads.q,
+        &numeric_gradient(&q, |q| loss(q, &k, &v)),
+    );
+    check(
+        "masked attention k",
+        &grads.k,
+        &numeric_gradient(&k, |k| loss(&q, k, &v)),
+    );
+    check(
+        "masked attention v",
+        &grads.v,
+        &numeric_gradient(&v, |v| loss(&q, &k, v)),
+    );
+    // Without the mask the gradients differ (the test can fail).
+    let unmasked = attention_backward(
+        q.view(),
+        k.view(),
+        v.view(),
+        pattern.view(),
+        r.view(),
+        scale,
+        None,
+    );
+    assert!((&unmasked.v - &grads.v).iter().any(|x| x.abs() > 1e-3));
 }
 
 #[test]
