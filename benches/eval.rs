@@ -46,6 +46,7 @@ fn circuit_for(model: &Model) -> BoundCircuit {
     let (layers, heads) = (model.config.n_layers, model.config.n_heads);
     let mut c = BoundCircuit {
         name: "bench".to_string(),
+        edge_complete: false,
         heads: Default::default(),
         mlps: Default::default(),
         qk_edges: vec![],

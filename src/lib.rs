@@ -19,6 +19,7 @@ pub mod ablate;
 pub mod attribute;
 pub mod data;
 pub mod discover;
+pub mod exchange;
 pub mod measure;
 pub mod model;
 pub mod plan;

@@ -50,6 +50,8 @@ enum Command {
     Show(cli::show::Args),
     /// Show or clear the result cache (where it is, its entries and size).
     Cache(cli::cache::Args),
+    /// Write an EAP-IG / MIB graph JSON as an edge-complete .circuit file.
+    Import(cli::import::Args),
 }
 
 /// A closed stdout or stderr (`circuit run ... | head -1`) ends the program quietly, as it does
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cli::export::execute(args),
         Command::Show(args) => cli::show::execute(args),
         Command::Cache(args) => cli::cache::execute(args),
+        Command::Import(args) => cli::import::execute(args),
     };
     match result {
         Ok(code) => code,

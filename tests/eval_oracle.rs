@@ -147,6 +147,7 @@ fn circuit_from_json(c: &Value) -> BoundCircuit {
         .collect();
     BoundCircuit {
         name: c["name"].as_str().unwrap().to_string(),
+        edge_complete: false,
         heads,
         mlps,
         qk_edges,

@@ -552,6 +552,7 @@ fn gpt2_sized_page() -> (String, usize, usize) {
     let n_edges = qk_edges.len();
     let circuit = BoundCircuit {
         name: "everything".to_string(),
+        edge_complete: false,
         heads,
         mlps: BTreeMap::new(),
         qk_edges,

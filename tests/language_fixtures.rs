@@ -65,7 +65,12 @@ fn summary(file: &BoundFile) -> String {
         s.alignment
     );
     for c in &file.circuits {
-        out.push_str(&format!("circuit {}:\n", c.name));
+        let form = if c.edge_complete {
+            " (edge-complete)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("circuit {}{form}:\n", c.name));
         for (h, p) in &c.heads {
             out.push_str(&format!("  head {h} @ {}\n", set(p)));
         }

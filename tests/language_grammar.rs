@@ -50,13 +50,13 @@ file_test!(rule_ident_char, accept: ["heads g_1 = 1.1"], reject: ["heads g-1 = 1
 file_test!(rule_literal, accept: ["dataset d = g(a = \"s\", b = true, c = -1.5)"], reject: ["dataset d = g(a = b)"]);
 file_test!(rule_heads_atom, accept: ["heads g = 1.1, other, 0..2.*"], reject: ["heads g = 1"]);
 file_test!(rule_statement, accept: ["circuit c { 1.1 @ END mlp 2 edge 1.1: S1 -> END edge 1.1 -> logits drop 1.1 expect ratio > 0 }"], reject: ["circuit c { model \"m\" }"]);
-file_test!(rule_component, accept: ["circuit c { drop 1.1, g, mlp 3 }"], reject: ["circuit c { drop logits }"]);
+file_test!(rule_component, accept: ["circuit c { drop 1.1, g, mlp 3, embed }"], reject: ["circuit c { drop logits }"]);
 file_test!(rule_downstream, accept: ["circuit c { edge 1.1 -> logits edge 1.1 -> mlp 2 edge 1.1 -> 2.2.k }"], reject: ["circuit c { edge 1.1 -> 2.2 }"]);
 file_test!(rule_anchor, accept: ["circuit c { 1.1 @ END, BOS, first(S1), IO }"], reject: ["circuit c { 1.1 @ 3 }"]);
 file_test!(rule_primary, accept: ["circuit c { expect (ratio) > 0.5 }"], reject: ["circuit c { expect [ratio] > 0.5 }"]);
 
 rule_test!(rule_file, Rule::file, accept: ["", "model \"m\"\n"], reject: ["model"]);
-rule_test!(rule_keyword, Rule::keyword, accept: ["model", "END", "first"], reject: ["models", "End"]);
+rule_test!(rule_keyword, Rule::keyword, accept: ["model", "END", "first", "embed"], reject: ["models", "End", "embedding"]);
 rule_test!(rule_ident, Rule::ident, accept: ["movers", "_x", "S1", "models"], reject: ["1x", "model", "END", ""]);
 rule_test!(rule_uint, Rule::uint, accept: ["0", "123"], reject: ["-1", "1.5", ""]);
 rule_test!(rule_number, Rule::number, accept: ["0.8", "1e-3", "2E+5", "7"], reject: ["-1", ".5", "1."]);
@@ -108,7 +108,9 @@ rule_test!(rule_wildcard, Rule::wildcard, accept: ["*"], reject: ["**"]);
 rule_test!(rule_index_range, Rule::index_range, accept: ["0..4"], reject: ["0...4", "0.4"]);
 rule_test!(rule_group_ref, Rule::group_ref, accept: ["movers"], reject: ["9.1", "edge"]);
 rule_test!(rule_layer_list, Rule::layer_list, accept: ["0..4, 6, 8..11", "*"], reject: ["0..4,", "a"]);
-rule_test!(rule_circuit_def, Rule::circuit_def, accept: ["circuit c {}", "circuit c extends b { 9.1 @ END }"], reject: ["circuit {}", "circuit c { 9.1 @ END", "circuit c extends {}"]);
+rule_test!(rule_circuit_def, Rule::circuit_def, accept: ["circuit c {}", "circuit c extends b { 9.1 @ END }", "edge-complete circuit c { edge embed -> logits }"], reject: ["circuit {}", "circuit c { 9.1 @ END", "circuit c extends {}", "circuit c edge-complete {}"]);
+rule_test!(rule_edge_complete, Rule::edge_complete, accept: ["edge-complete"], reject: ["edge_complete", "edge-completed", "edge"]);
+rule_test!(rule_embed, Rule::embed, accept: ["embed"], reject: ["embeds", "embedding", "input"]);
 rule_test!(rule_extends_clause, Rule::extends_clause, accept: ["extends base"], reject: ["extends", "extends 9.1"]);
 rule_test!(rule_head_node, Rule::head_node, accept: ["9.1 @ END", "g, 9.1 @ S1+1, S2+1", "9.1"], reject: ["9.1 @", "@ END"]);
 rule_test!(rule_mlp_node, Rule::mlp_node, accept: ["mlp 3", "mlp 0..4, 6 @ *"], reject: ["mlp", "mlp @ END"]);

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, Axis, Dimension, RemoveAxis};
+use ndarray::{s, Array, Array2, Array3, Array4, ArrayD, ArrayView3, Axis, Dimension, RemoveAxis};
 
 use super::reference::{
     accumulate, accumulate_edge_term, LayerActivations, ReferenceError, ReferenceNeeds,
@@ -278,6 +278,8 @@ pub struct LabelReferenceBuilder {
     mlp_out: Vec<Array2<f64>>,
     /// Per layer, `(rows, H, D)`; empty unless path edges were asked for.
     head_out: Vec<Array3<f64>>,
+    /// `(rows, D)`, with the head outputs.
+    embed: Option<Array2<f64>>,
     /// Per head with QK edges, `(pair rows, d)`.
     edge_terms: BTreeMap<HeadId, Array2<f64>>,
 }
@@ -298,8 +300,30 @@ impl LabelReferenceBuilder {
             z: Vec::new(),
             mlp_out: Vec::new(),
             head_out: Vec::new(),
+            embed: None,
             edge_terms: BTreeMap::new(),
         })
+    }
+
+    /// Adds the input embeddings `(b, T, D)` of the next batch, before [`Self::add_batch`] of
+    /// the same batch; kept only with the head outputs (path edges).
+    pub fn add_embed_batch(&mut self, embed: ArrayView3<f32>) {
+        if self.kind == AblationKind::Zero || !self.needs.head_outputs {
+            return;
+        }
+        let n_rows = self.layout.count.len();
+        let sums = self
+            .embed
+            .get_or_insert_with(|| Array2::zeros((n_rows, embed.shape()[2])));
+        for batch_row in 0..embed.shape()[0] {
+            let rows = &self.layout.row_of_ref[self.seen + batch_row];
+            for (t, &row) in rows.iter().enumerate() {
+                accumulate(
+                    sums.slice_mut(s![row, ..]),
+                    embed.slice(s![batch_row, t, ..]),
+                );
+            }
+        }
     }
 
     /// Adds one batch of reference prompts (the next ones in order), every layer.
@@ -377,6 +401,9 @@ impl LabelReferenceBuilder {
         let z = layout.means_by_token(&self.z, t_all); // per layer (S, T, H, d)
         let mlp_out = layout.means_by_token(&self.mlp_out, t_all); // per layer (S, T, D)
         let head_out = layout.means_by_token(&self.head_out, t_all); // per layer (S, T, H, D)
+        let embed = self
+            .embed
+            .map(|sums| layout.means_by_token(&[sums], t_all).remove(0)); // (S, T, D)
         let edge_terms: BTreeMap<HeadId, Array4<f32>> = self
             .edge_terms
             .iter()
@@ -414,6 +441,7 @@ impl LabelReferenceBuilder {
             z,
             mlp_out,
             head_out,
+            embed,
             edge_terms,
             edge_base_is_ref_z,
         )

@@ -91,8 +91,9 @@ impl PlanInterventions<'_> {
     }
 
     /// Rebuilds the residual stream a downstream input reads: the stream as computed in this
-    /// forward, with each in-scope upstream component whose path edge is not kept swapped for
-    /// its reference value: `x − out_u + ref(out_u)`.
+    /// forward, with each in-scope upstream component whose path edge is not kept (the
+    /// embedding too, in an edge-complete circuit) swapped for its reference value:
+    /// `x − out_u + ref(out_u)`.
     fn path_input(
         &self,
         downstream: Downstream,
@@ -111,9 +112,17 @@ impl PlanInterventions<'_> {
         let mlp_layers: Vec<usize> = (0..outputs.mlp_out.len())
             .filter(|&layer| reads(Component::Mlp(layer)))
             .collect();
+        let embed = shape.upstream_index(Upstream::Embed);
         for (row, prompt, len) in self.rows() {
             for t in 0..len {
                 let mut pos = x.slice_mut(s![row, t, ..]);
+                // Kept unless the circuit is edge-complete and keeps no `embed` edge here.
+                if !mask[[prompt, t, embed]] {
+                    pos -= &outputs.embed.slice(s![row, t, ..]);
+                    if let Some(r) = self.reference.embed(prompt, t) {
+                        pos += &r;
+                    }
+                }
                 for &layer in &head_layers {
                     for head in 0..shape.n_heads {
                         let u = shape.upstream_index(Upstream::Head(HeadId { layer, head }));

@@ -87,6 +87,9 @@ pub struct ReferenceValues {
     mlp_out: Vec<Array3<f32>>,
     /// Per layer, `(S, T, H, D)`; empty unless path edges were asked for.
     head_out: Vec<Array4<f32>>,
+    /// The input embedding `(S, T, D)`, stored with the head outputs (path edges): what an
+    /// edge-complete circuit's inputs read where no `embed` edge is kept.
+    embed: Option<Array3<f32>>,
     /// Per head with QK edges, `(S, T_q, T_k, d)`: the term `A[q,k]·v[k]` per source.
     edge_terms: BTreeMap<HeadId, Array4<f32>>,
     /// `(S, T_q)`, only under `align by label` with QK edges: whether `ref(z)[q]` equals
@@ -157,18 +160,21 @@ impl ReferenceValues {
             z: Vec::new(),
             mlp_out: Vec::new(),
             head_out: Vec::new(),
+            embed: None,
             edge_terms: BTreeMap::new(),
             edge_base_is_ref_z: None,
         }
     }
 
     /// Assembles values built elsewhere in this module tree (label alignment, [`super::align`]).
+    #[allow(clippy::too_many_arguments)] // one argument per stored field
     pub(crate) fn from_parts(
         kind: AblationKind,
         source_of_prompt: Vec<usize>,
         z: Vec<Array4<f32>>,
         mlp_out: Vec<Array3<f32>>,
         head_out: Vec<Array4<f32>>,
+        embed: Option<Array3<f32>>,
         edge_terms: BTreeMap<HeadId, Array4<f32>>,
         edge_base_is_ref_z: Option<Array2<bool>>,
     ) -> ReferenceValues {
@@ -178,6 +184,7 @@ impl ReferenceValues {
             z,
             mlp_out,
             head_out,
+            embed,
             edge_terms,
             edge_base_is_ref_z,
         }
@@ -281,6 +288,15 @@ impl ReferenceValues {
         for (l, m) in self.mlp_out.iter().enumerate() {
             expect(&format!("mlp_out.{l}"), m.shape(), &[s_, t, dm])?;
         }
+        match (
+            &self.embed,
+            shape.head_outputs && self.kind != AblationKind::Zero,
+        ) {
+            (Some(e), true) => expect("embed", e.shape(), &[s_, t, dm])?,
+            (None, false) => {}
+            (Some(_), false) => return Err("an embedding without head outputs".to_string()),
+            (None, true) => return Err("head outputs without the embedding".to_string()),
+        }
         for (l, o) in self.head_out.iter().enumerate() {
             expect(&format!("head_out.{l}"), o.shape(), &[s_, t, h, dm])?;
         }
@@ -303,6 +319,7 @@ impl ReferenceValues {
                 .head_out
                 .iter()
                 .all(|a| a.iter().all(|x| x.is_finite()))
+            && self.embed.iter().all(|a| a.iter().all(|x| x.is_finite()))
             && self
                 .edge_terms
                 .values()
@@ -379,6 +396,19 @@ impl ReferenceValues {
         self.mlp_out.get(layer).map(|m| m.slice(s![src, t, ..]))
     }
 
+    /// The replacement input embedding at `t` of evaluated prompt `prompt`, `(D,)`; `None` =
+    /// zero.
+    pub fn embed(&self, prompt: usize, t: usize) -> Option<ndarray::ArrayView1<'_, f32>> {
+        if self.kind == AblationKind::Zero {
+            return None;
+        }
+        let src = self.source_of_prompt[prompt];
+        let embed = self.embed.as_ref().unwrap_or_else(|| {
+            panic!("the reference embedding was not computed; ReferenceNeeds::head_outputs must be set for path edges and the builder given the embedding")
+        });
+        Some(embed.slice(s![src, t, ..]))
+    }
+
     /// The replacement output of head `head` at `t`, `(D,)`; `None` = zero.
     pub fn head_out(
         &self,
@@ -422,6 +452,8 @@ pub struct ReferenceBuilder {
     z: Vec<ndarray::Array4<f64>>,
     mlp_out: Vec<ndarray::Array3<f64>>,
     head_out: Vec<ndarray::Array4<f64>>,
+    /// `(S, T, D)`, with the head outputs.
+    embed: Option<ndarray::Array3<f64>>,
     edge_terms: BTreeMap<HeadId, ndarray::Array4<f64>>,
 }
 
@@ -443,7 +475,33 @@ impl ReferenceBuilder {
             z: Vec::new(),
             mlp_out: Vec::new(),
             head_out: Vec::new(),
+            embed: None,
             edge_terms: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the input embeddings `(b, T, D)` of the next batch, before [`Self::add_batch`] of
+    /// the same batch; kept only with the head outputs (path edges).
+    pub fn add_embed_batch(&mut self, embed: ArrayView3<f32>) {
+        if self.kind == AblationKind::Zero || !self.needs.head_outputs {
+            return;
+        }
+        let (n_src, t_all) = (self.n_sources(), self.max_len);
+        let sums = self
+            .embed
+            .get_or_insert_with(|| ndarray::Array3::zeros((n_src, t_all, embed.shape()[2])));
+        for row in 0..embed.shape()[0] {
+            let r = self.seen + row;
+            let len = self.ref_lens[r];
+            let src = if self.kind == AblationKind::Mean {
+                0
+            } else {
+                r
+            };
+            accumulate(
+                sums.slice_mut(s![src, ..len, ..]),
+                embed.slice(s![row, ..len, ..]),
+            );
         }
     }
 
@@ -548,6 +606,7 @@ impl ReferenceBuilder {
                 .map(|a| a.mapv(|x| (x * scale) as f32))
                 .collect(),
             head_out: self.head_out.into_iter().map(to_f32_4).collect(),
+            embed: self.embed.map(|a| a.mapv(|x| (x * scale) as f32)),
             edge_terms: self
                 .edge_terms
                 .into_iter()
@@ -559,7 +618,7 @@ impl ReferenceBuilder {
 }
 
 /// On-disk form of [`ReferenceValues`]: a safetensors file (f32, little-endian) whose tensors
-/// are `z.{layer}`, `mlp_out.{layer}`, `head_out.{layer}`, `edge.{layer}.{head}` and
+/// are `z.{layer}`, `mlp_out.{layer}`, `head_out.{layer}`, `embed`, `edge.{layer}.{head}` and
 /// `source_of_prompt`, with the ablation kind in the metadata. Values round-trip bit for bit.
 impl ReferenceValues {
     pub fn to_safetensors(&self) -> Vec<u8> {
@@ -586,6 +645,9 @@ impl ReferenceValues {
                 a.shape(),
                 a.iter().copied().collect(),
             );
+        }
+        if let Some(a) = &self.embed {
+            push("embed".to_string(), a.shape(), a.iter().copied().collect());
         }
         for (h, a) in &self.edge_terms {
             push(
@@ -677,6 +739,10 @@ impl ReferenceValues {
         let head_out = (0..count("head_out."))
             .map(|l| array4(&format!("head_out.{l}")))
             .collect::<Option<Vec<_>>>()?;
+        let embed = match tensors.names().contains(&"embed") {
+            true => Some(array3("embed")?),
+            false => None,
+        };
         let mut edge_terms = BTreeMap::new();
         for name in tensors.names() {
             if let Some(rest) = name.strip_prefix("edge.") {
@@ -709,6 +775,7 @@ impl ReferenceValues {
             z,
             mlp_out,
             head_out,
+            embed,
             edge_terms,
             edge_base_is_ref_z,
         ))

@@ -15,11 +15,12 @@ use super::{Component, ScoreSet};
 use crate::model::HeadInput;
 use crate::resolve::bound::{Downstream, Upstream};
 
-/// The format's name of an upstream node: `a0.h1`, `m2`.
+/// The format's name of an upstream node: `input`, `a0.h1`, `m2`.
 pub fn upstream_name(u: Upstream) -> String {
     match u {
         Upstream::Head(h) => format!("a{}.h{}", h.layer, h.head),
         Upstream::Mlp(l) => format!("m{l}"),
+        Upstream::Embed => "input".to_string(),
     }
 }
 

@@ -232,6 +232,13 @@ pub enum AttributeError {
         help("attention knockout is not linear in the edge's term; score QK edges of a file with `ablate edges by mean` (the default)")
     )]
     KnockoutEdges,
+
+    #[error("scores relative to edge-complete circuit `{name}` are not computed: its inputs read a reference embedding where no `embed` edge is kept, which the backward does not hold constant")]
+    #[diagnostic(
+        code(circuit::attribute::edge_complete_circuit),
+        help("score relative to the full model (no --circuit), or write the circuit in the node-based form (`circuit NAME {{ ... }}`)")
+    )]
+    EdgeCompleteCircuit { name: String },
 }
 
 /// What the scores are computed from: the evaluated prompts, their slots and the ablation's
@@ -911,6 +918,7 @@ fn path_edge_scores(
                             None => delta.row_mut(i).assign(&o.mapv(|x| -x)),
                         }
                     }
+                    Upstream::Embed => unreachable!("upstreams() lists heads and MLPs only"),
                 }
             }
             // ∂M/∂(each downstream input) at (b, t): (Dn, D).

@@ -69,6 +69,12 @@ pub fn score_session(
         metric_name(settings.metric),
         circuit.is_some(),
     )?;
+    if let Some(c) = circuit.filter(|c| c.edge_complete) {
+        return Err(AttributeError::EdgeCompleteCircuit {
+            name: c.name.clone(),
+        }
+        .into());
+    }
     let plan = match circuit {
         Some(c) => Some(session.compile(c)?),
         None => None,

@@ -645,6 +645,10 @@ fn upstream_node(e: &Entry) -> Component {
             from: Upstream::Mlp(l),
             ..
         } => Component::Mlp(l),
+        Component::Path {
+            from: Upstream::Embed,
+            ..
+        } => panic!("no score leaves the embedding: {e:?}"),
         c => c,
     }
 }

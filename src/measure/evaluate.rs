@@ -472,8 +472,14 @@ impl<'a> Evaluator<'a> {
                 })
                 .collect();
             match &mut builder {
-                AnyBuilder::Position(b) => b.add_batch(&layers),
-                AnyBuilder::Label(b) => b.add_batch(&layers),
+                AnyBuilder::Position(b) => {
+                    b.add_embed_batch(cache.embed.view());
+                    b.add_batch(&layers)
+                }
+                AnyBuilder::Label(b) => {
+                    b.add_embed_batch(cache.embed.view());
+                    b.add_batch(&layers)
+                }
             }
             self.batch_done(chunk.len())?;
         }

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::data::positions::{PositionItem, PositionSet};
 use crate::model::backward::Writer;
-use crate::model::ResidualTopology;
+use crate::model::{HeadInput, ResidualTopology};
 use crate::resolve::bound::{BoundCircuit, Downstream, HeadId, Scope, Upstream};
 
 /// One evaluated prompt as the plan sees it: its token count, and how the circuit's position
@@ -87,9 +87,10 @@ pub struct PlanShape {
 }
 
 impl PlanShape {
-    /// Number of upstream components a path edge can carry: every head, then every MLP.
+    /// Number of upstream components a path edge can carry: every head, then every MLP, then
+    /// the embedding.
     pub fn n_upstream(&self) -> usize {
-        self.n_layers * self.n_heads + self.n_layers
+        self.n_layers * self.n_heads + self.n_layers + 1
     }
 
     /// Index of an upstream component in a path-edge mask's last axis.
@@ -101,8 +102,25 @@ impl PlanShape {
                 head: h.head,
             },
             Upstream::Mlp(layer) => Writer::Mlp(layer),
+            Upstream::Embed => Writer::Embed,
         };
         writer.index(self.n_layers, self.n_heads)
+    }
+
+    /// Every input of the model a path edge can enter, in the forward's order: per layer each
+    /// head's q, k and v, then the MLP's input; then the logits.
+    pub fn downstream_inputs(&self) -> Vec<Downstream> {
+        let mut inputs = Vec::new();
+        for layer in 0..self.n_layers {
+            for head in 0..self.n_heads {
+                for which in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                    inputs.push(Downstream::Head(HeadId { layer, head }, which));
+                }
+            }
+            inputs.push(Downstream::Mlp(layer));
+        }
+        inputs.push(Downstream::Logits);
+        inputs
     }
 }
 
@@ -282,17 +300,32 @@ pub fn compile(
     prompts: &[&dyn PromptPositions],
 ) -> miette::Result<Plan> {
     let prompt_lens: Vec<usize> = prompts.iter().map(|p| p.token_count()).collect();
-    let mut plan = Plan::empty(shape, &prompt_lens, scope);
+    // An edge-complete circuit ablates no node: every head and MLP computes on the inputs its
+    // edges rebuild.
+    let mut plan = match circuit.edge_complete {
+        true => Plan::full(shape, &prompt_lens, scope),
+        false => Plan::empty(shape, &prompt_lens, scope),
+    };
     check_components(circuit, shape)?;
 
-    // A downstream input named by any path edge keeps, at each real position, only the
-    // upstream components whose edge names that position; padding stays untouched (true).
+    // A downstream input named by any path edge (in an edge-complete circuit: every input)
+    // keeps, at each real position, only the upstream components whose edge names that
+    // position; padding stays untouched (true). Outside the edge-complete form the embedding
+    // is always kept.
     let max_len = plan.max_len();
-    for edge in &circuit.path_edges {
-        plan.path_inputs.entry(edge.to).or_insert_with(|| {
+    let inputs = match circuit.edge_complete {
+        true => shape.downstream_inputs(),
+        false => circuit.path_edges.iter().map(|e| e.to).collect(),
+    };
+    let embed = shape.upstream_index(Upstream::Embed);
+    for input in inputs {
+        plan.path_inputs.entry(input).or_insert_with(|| {
             let mut mask = Array3::from_elem((prompts.len(), max_len, shape.n_upstream()), true);
             for (b, &len) in prompt_lens.iter().enumerate() {
                 mask.slice_mut(ndarray::s![b, ..len, ..]).fill(false);
+                if !circuit.edge_complete {
+                    mask.slice_mut(ndarray::s![b, ..len, embed]).fill(true);
+                }
             }
             mask
         });
@@ -469,6 +502,7 @@ fn check_components(circuit: &BoundCircuit, shape: PlanShape) -> Result<(), Plan
         match edge.from {
             Upstream::Head(h) => check_head(&h)?,
             Upstream::Mlp(l) => check_layer(l)?,
+            Upstream::Embed => {}
         }
         match edge.to {
             Downstream::Head(h, _) => check_head(&h)?,

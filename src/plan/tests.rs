@@ -52,6 +52,7 @@ fn prompts() -> Vec<FixedPositions> {
 fn circuit() -> BoundCircuit {
     BoundCircuit {
         name: "c".to_string(),
+        edge_complete: false,
         heads: BTreeMap::new(),
         mlps: BTreeMap::new(),
         qk_edges: vec![],
@@ -266,6 +267,50 @@ fn path_edges_mark_kept_upstream_per_position() {
     let mlp0 = SHAPE.upstream_index(Upstream::Mlp(0));
     assert!((0..5).all(|t| into_logits[[0, t, mlp0]]));
     assert!(plan.has_path_edges());
+}
+
+#[test]
+fn an_edge_complete_circuit_rebuilds_every_input_and_ablates_no_node() {
+    let mut c = circuit();
+    c.edge_complete = true;
+    c.path_edges.push(PathEdge {
+        from: Upstream::Embed,
+        to: Downstream::Head(h(1, 2), HeadInput::Q),
+        positions: set(&[end(0)]),
+        span: 0..0,
+    });
+    c.path_edges.push(PathEdge {
+        from: Upstream::Head(h(0, 1)),
+        to: Downstream::Logits,
+        positions: PositionSet::All,
+        span: 0..0,
+    });
+    let plan = compile_for(&c, Scope::HeadsAndMlps).unwrap();
+    // Every head's q, k and v, every MLP, the logits.
+    assert_eq!(plan.path_inputs.len(), 2 * 3 * 3 + 2 + 1);
+    assert!(plan.head_keep.iter().all(|m| m.iter().all(|&k| k)));
+    assert!(plan.mlp_keep.iter().all(|m| m.iter().all(|&k| k)));
+    let embed = SHAPE.upstream_index(Upstream::Embed);
+    let into_q = &plan.path_inputs[&Downstream::Head(h(1, 2), HeadInput::Q)];
+    // Prompt 0 has 5 tokens (END = 4), prompt 1 has 7 (END = 6).
+    assert!(into_q[[0, 4, embed]] && into_q[[1, 6, embed]]);
+    assert!(!into_q[[0, 3, embed]] && !into_q[[1, 5, embed]]);
+    assert!((0..SHAPE.n_upstream()).all(|u| u == embed || !into_q[[0, 4, u]]));
+    // An input no edge enters reads reference values only: nothing kept at a real position.
+    let into_mlp = &plan.path_inputs[&Downstream::Mlp(1)];
+    assert!((0..5).all(|t| (0..SHAPE.n_upstream()).all(|u| !into_mlp[[0, t, u]])));
+    assert!(into_mlp[[0, 6, 0]], "padding untouched");
+    let into_logits = &plan.path_inputs[&Downstream::Logits];
+    let head = SHAPE.upstream_index(Upstream::Head(h(0, 1)));
+    assert!((0..7).all(|t| into_logits[[1, t, head]] && !into_logits[[1, t, embed]]));
+
+    // Outside the edge-complete form the embedding is always kept.
+    c.edge_complete = false;
+    c.path_edges.remove(0);
+    let plan = compile_for(&c, Scope::HeadsAndMlps).unwrap();
+    assert_eq!(plan.path_inputs.len(), 1);
+    let into_logits = &plan.path_inputs[&Downstream::Logits];
+    assert!((0..7).all(|t| into_logits[[1, t, embed]]));
 }
 
 #[test]

@@ -139,6 +139,9 @@ impl std::fmt::Display for QkEdge {
 pub enum Upstream {
     Head(HeadId),
     Mlp(usize),
+    /// The input embedding (token + learned position embedding): a source only in
+    /// edge-complete circuits; elsewhere it is always kept.
+    Embed,
 }
 
 /// Components are written as the language writes them: `4.4`, `mlp 2`. Diagnostics, plan errors
@@ -148,6 +151,7 @@ impl std::fmt::Display for Upstream {
         match self {
             Upstream::Head(h) => write!(f, "{h}"),
             Upstream::Mlp(l) => write!(f, "mlp {l}"),
+            Upstream::Embed => f.write_str("embed"),
         }
     }
 }
@@ -166,6 +170,7 @@ impl Upstream {
         match self {
             Upstream::Head(h) => Component::Attention(h.layer),
             Upstream::Mlp(layer) => Component::Mlp(layer),
+            Upstream::Embed => Component::Embed,
         }
     }
 }
@@ -270,6 +275,12 @@ pub struct Expectation {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct BoundCircuit {
     pub name: String,
+    /// `edge-complete circuit`: the circuit is its path edges only. Every head and MLP computes
+    /// on its own inputs, and every downstream input (each head's q, k and v, each MLP's input,
+    /// the logits) reads the outputs of the upstream components (the embedding included) whose
+    /// edge is kept and the reference values of all others. `heads`, `mlps` and `qk_edges` are
+    /// empty (the resolver refuses node statements and QK edges in such a circuit).
+    pub edge_complete: bool,
     /// Heads named by node statements, each with the query positions where its output `z` is
     /// kept with every key. A head is also kept at the queries of its QK edges (an edge implies
     /// its node); a head in neither is ablated at every position.

@@ -73,6 +73,7 @@ impl<'a> Binder<'a> {
             let state = state.unwrap_or_default();
             out.push(BoundCircuit {
                 name: circuit.name.name.clone(),
+                edge_complete: circuit.edge_complete,
                 heads: state.heads,
                 mlps: state.mlps,
                 qk_edges: state.qk_edges,
@@ -138,6 +139,29 @@ impl<'a> Binder<'a> {
                         .with_help("a circuit cannot extend itself, directly or through others"),
                     );
                 }
+                Some(b) if defs[b].0.edge_complete != circuit.edge_complete => {
+                    let form = |edge_complete: bool| {
+                        if edge_complete {
+                            "an edge-complete circuit"
+                        } else {
+                            "a node-based circuit"
+                        }
+                    };
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::FORM_MISMATCH,
+                            format!(
+                                "`{}` is {} but extends `{}`, which is {}",
+                                circuit.name.name,
+                                form(circuit.edge_complete),
+                                base.name,
+                                form(defs[b].0.edge_complete)
+                            ),
+                        )
+                        .with_label(base.span.clone(), "a circuit of the other form")
+                        .with_help("a circuit extends only circuits of its own form: write `edge-complete` before both `circuit`s or before neither"),
+                    );
+                }
                 Some(b) => {
                     if let Some(base_state) = self.circuit_state(b, defs, states, stack) {
                         state = base_state;
@@ -158,6 +182,28 @@ impl<'a> Binder<'a> {
         let mut named_mlps: HashMap<usize, Span> = HashMap::new();
         let mut own_edges: Vec<(QkEdge, Span, Span)> = Vec::new();
         for st in &circuit.body {
+            if circuit.edge_complete {
+                let what = match &st.kind {
+                    ast::StatementKind::HeadNode { .. } => Some("a head node"),
+                    ast::StatementKind::MlpNode { .. } => Some("an MLP node"),
+                    ast::StatementKind::QkEdge { .. } => Some("a QK edge"),
+                    _ => None,
+                };
+                if let Some(what) = what {
+                    self.error(
+                        SourceDiagnostic::error(
+                            code::NODE_IN_EDGE_COMPLETE,
+                            format!(
+                                "{what} in the edge-complete circuit `{}`",
+                                circuit.name.name
+                            ),
+                        )
+                        .with_label(st.span.clone(), "not a path edge")
+                        .with_help("an edge-complete circuit is a set of path edges only (`edge FROM -> TO`): every component computes, and what reaches an input is decided by its edges; to keep a head's output everywhere, keep its edges into every input that reads it"),
+                    );
+                    continue;
+                }
+            }
             match &st.kind {
                 ast::StatementKind::HeadNode { heads, positions } => {
                     let set = self.positions(positions.as_ref());
@@ -244,6 +290,9 @@ impl<'a> Binder<'a> {
                 } => {
                     let ups: Vec<(Upstream, Span)> =
                         from.iter().flat_map(|c| self.expand_component(c)).collect();
+                    if !self.embed_allowed(circuit, &ups) {
+                        continue;
+                    }
                     let downs = self.expand_downstream(to);
                     let set = self.positions(positions.as_ref());
                     let mut reported = false;
@@ -292,13 +341,27 @@ impl<'a> Binder<'a> {
                 }
                 ast::StatementKind::Drop(items) => {
                     for c in items {
-                        for (up, span) in self.expand_component(c) {
+                        let ups = self.expand_component(c);
+                        if !self.embed_allowed(circuit, &ups) {
+                            continue;
+                        }
+                        for (up, span) in ups {
+                            let touches = |e: &PathEdge| e.from == up || enters(e.to, up);
                             let present = match up {
+                                // An edge-complete circuit holds only edges: a component is in
+                                // it when an edge leaves or enters it, and dropping it removes
+                                // both kinds.
+                                _ if circuit.edge_complete => {
+                                    let present = state.path_edges.iter().any(touches);
+                                    state.path_edges.retain(|e| !touches(e));
+                                    present
+                                }
                                 Upstream::Head(h) => {
                                     state.qk_edges.retain(|e| e.head != h);
                                     state.heads.remove(&h).is_some()
                                 }
                                 Upstream::Mlp(l) => state.mlps.remove(&l).is_some(),
+                                Upstream::Embed => false, // refused above: no edge-complete form
                             };
                             state.path_edges.retain(|e| e.from != up);
                             if !present {
@@ -327,6 +390,29 @@ impl<'a> Binder<'a> {
                 self.check_key_order(&edge, key_span, query_span);
             }
         }
+    }
+
+    /// `embed` names a source only in an edge-complete circuit (elsewhere the embedding is
+    /// always kept); reports it otherwise and says whether `ups` may be used.
+    fn embed_allowed(&mut self, circuit: &ast::Circuit, ups: &[(Upstream, Span)]) -> bool {
+        if circuit.edge_complete {
+            return true;
+        }
+        let Some((_, span)) = ups.iter().find(|(u, _)| *u == Upstream::Embed) else {
+            return true;
+        };
+        self.error(
+            SourceDiagnostic::error(
+                code::EMBED_OUTSIDE_EDGE_COMPLETE,
+                format!(
+                    "`embed` in the node-based circuit `{}`",
+                    circuit.name.name
+                ),
+            )
+            .with_label(span.clone(), "the embedding is always kept here")
+            .with_help("only an edge-complete circuit (`edge-complete circuit NAME { ... }`) can ablate the embedding; in a node-based circuit every input reads it"),
+        );
+        false
     }
 
     /// A key after its query carries nothing under the causal mask. When that holds in every
@@ -378,6 +464,15 @@ impl<'a> Binder<'a> {
                     .collect()
             }
         }
+    }
+}
+
+/// Whether `to` is an input of component `up` (a head's q, k or v; an MLP's input).
+fn enters(to: Downstream, up: Upstream) -> bool {
+    match (to, up) {
+        (Downstream::Head(h, _), Upstream::Head(u)) => h == u,
+        (Downstream::Mlp(l), Upstream::Mlp(u)) => l == u,
+        _ => false,
     }
 }
 

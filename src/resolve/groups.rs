@@ -252,6 +252,7 @@ impl<'a> Binder<'a> {
                 .into_iter()
                 .map(|l| (Upstream::Mlp(l), span.clone()))
                 .collect(),
+            ast::Component::Embed(span) => vec![(Upstream::Embed, span.clone())],
         }
     }
 

@@ -189,6 +189,12 @@ pub enum ScanError {
         help("use --granularity nodes or qk-edges with --method exact, or a gradient method for path edges")
     )]
     PathEdges,
+    #[error("circuit `{name}` is edge-complete: a scan removes one kept head, MLP or QK edge of its base, and an edge-complete circuit keeps edges only")]
+    #[diagnostic(
+        code(circuit::scan::edge_complete_base),
+        help("scan relative to the full model (no --circuit), or a node-based circuit (`circuit NAME {{ ... }}`)")
+    )]
+    EdgeCompleteBase { name: String },
 }
 
 /// What to scan.
@@ -521,6 +527,12 @@ impl Scan {
         let settings = session.settings();
         if request.granularity == ScanGranularity::Mlps && settings.scope != Scope::HeadsAndMlps {
             return Err(ScanError::MlpsOutOfScope.into());
+        }
+        if let Some(circuit) = request.base.as_ref().filter(|c| c.edge_complete) {
+            return Err(ScanError::EdgeCompleteBase {
+                name: circuit.name.clone(),
+            }
+            .into());
         }
         let base_plan = match &request.base {
             Some(circuit) => session.compile(circuit)?,

@@ -236,13 +236,15 @@ impl HeadsAtom {
 pub enum Component {
     Heads(HeadsAtom),
     Mlp(Selector, #[serde(skip)] Span),
+    /// `embed`: the input embedding, a source only in edge-complete circuits.
+    Embed(#[serde(skip)] Span),
 }
 
 impl Component {
     pub fn span(&self) -> Span {
         match self {
             Component::Heads(h) => h.span(),
-            Component::Mlp(_, s) => s.clone(),
+            Component::Mlp(_, s) | Component::Embed(s) => s.clone(),
         }
     }
 }
@@ -332,9 +334,11 @@ impl Positions {
     }
 }
 
-/// `circuit NAME [extends BASE] { ... }`.
+/// `[edge-complete] circuit NAME [extends BASE] { ... }`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Circuit {
+    /// `edge-complete circuit …`: the circuit is its path edges only (docs/semantics.md, section 8).
+    pub edge_complete: bool,
     pub name: Ident,
     pub base: Option<Ident>,
     /// A comment on the line of the opening `{`.

@@ -65,6 +65,9 @@ fn push_trailing(out: &mut String, trivia: &Trivia) {
 }
 
 fn format_circuit(out: &mut String, circuit: &Circuit, trivia: &Trivia) {
+    if circuit.edge_complete {
+        out.push_str("edge-complete ");
+    }
     out.push_str("circuit ");
     out.push_str(&circuit.name.name);
     if let Some(base) = &circuit.base {
@@ -263,6 +266,7 @@ fn component(c: &Component) -> String {
     match c {
         Component::Heads(h) => heads_atom(h),
         Component::Mlp(sel, _) => format!("mlp {}", selector(sel)),
+        Component::Embed(_) => "embed".to_string(),
     }
 }
 

@@ -223,7 +223,12 @@ impl Builder<'_> {
                 ItemKind::Group { name, heads }
             }
             Rule::circuit_def => {
-                let name = ident(parts.next().unwrap());
+                let mut first = parts.next().unwrap();
+                let edge_complete = first.as_rule() == Rule::edge_complete;
+                if edge_complete {
+                    first = parts.next().unwrap();
+                }
+                let name = ident(first);
                 let mut base = None;
                 let mut body = Vec::new();
                 for p in parts {
@@ -243,6 +248,7 @@ impl Builder<'_> {
                     }
                 }
                 ItemKind::Circuit(Circuit {
+                    edge_complete,
                     name,
                     base,
                     open_comment: None,
@@ -323,6 +329,7 @@ impl Builder<'_> {
 
     fn component(&mut self, pair: Pair<Rule>) -> Component {
         match pair.as_rule() {
+            Rule::embed => Component::Embed(self.trimmed(&pair)),
             Rule::mlp_ref => {
                 let span = self.trimmed(&pair);
                 let sel = children(pair).pop().unwrap();
@@ -643,6 +650,8 @@ pub fn readable_rule(rule: Rule) -> &'static str {
         Rule::kw_align | Rule::align_setting => "`align`",
         Rule::kw_heads | Rule::group_def | Rule::scope | Rule::node_ablation => "`heads`",
         Rule::kw_circuit | Rule::circuit_def => "`circuit`",
+        Rule::edge_complete => "`edge-complete`",
+        Rule::embed => "`embed`",
         Rule::kw_extends | Rule::extends_clause => "`extends`",
         Rule::kw_edge | Rule::qk_edge | Rule::path_edge => "`edge`",
         Rule::kw_mlp | Rule::mlp_node | Rule::mlp_ref => "`mlp`",
@@ -671,7 +680,7 @@ pub fn readable_rule(rule: Rule) -> &'static str {
         Rule::layer_list => "an MLP layer",
         Rule::qk_pair => "`KEY -> QUERY`",
         Rule::up_to => "a range like `..S1`",
-        Rule::component_list => "a head, a group or `mlp L`",
+        Rule::component_list => "a head, a group, `mlp L` or `embed`",
         Rule::logits => "`logits`",
         Rule::head_input_ref => "a head input like `9.1.q`",
         Rule::head_input => "`q`, `k` or `v`",

@@ -171,6 +171,7 @@ pub fn h(layer: usize, head: usize) -> HeadId {
 pub fn circuit(name: &str) -> BoundCircuit {
     BoundCircuit {
         name: name.to_string(),
+        edge_complete: false,
         heads: BTreeMap::new(),
         mlps: BTreeMap::new(),
         qk_edges: vec![],

@@ -259,17 +259,23 @@ impl Reader {
 /// A component that writes to the residual stream and that a path edge can leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Writer {
-    Head { layer: usize, head: usize },
+    Head {
+        layer: usize,
+        head: usize,
+    },
     Mlp(usize),
+    /// The token (and position) embedding: a writer only edge-complete circuits ablate.
+    Embed,
 }
 
 impl Writer {
     /// Its index along [`PathReader::reaches`]' last axis: heads `layer·H + head`, then MLPs
-    /// `n_layers·H + layer` (the plan's upstream order).
+    /// `n_layers·H + layer`, then the embedding last (the plan's upstream order).
     pub fn index(self, n_layers: usize, n_heads: usize) -> usize {
         match self {
             Writer::Head { layer, head } => layer * n_heads + head,
             Writer::Mlp(layer) => n_layers * n_heads + layer,
+            Writer::Embed => n_layers * n_heads + n_layers,
         }
     }
 
@@ -277,6 +283,7 @@ impl Writer {
         match self {
             Writer::Head { layer, .. } => super::Component::Attention(layer),
             Writer::Mlp(layer) => super::Component::Mlp(layer),
+            Writer::Embed => super::Component::Embed,
         }
     }
 }

@@ -219,6 +219,9 @@ pub fn layout(input: &GraphInput) -> Layout {
     }
     let kept_at = |u: Upstream| -> BTreeSet<usize> {
         match u {
+            // In an edge-complete circuit every component computes everywhere; its edges
+            // decide what reaches each input.
+            _ if c.edge_complete => (0..t).collect(),
             Upstream::Mlp(_) if !mlps_drawn => (0..t).collect(),
             _ => kept
                 .iter()
@@ -249,7 +252,12 @@ pub fn layout(input: &GraphInput) -> Layout {
     }
 
     let mut links: Vec<PathLink> = Vec::new();
-    for e in &c.path_edges {
+    if c.path_edges.iter().any(|e| e.from == Upstream::Embed) {
+        notes.push(
+            "edges from `embed` are not drawn (the graph has no row for the embedding)".to_string(),
+        );
+    }
+    for e in c.path_edges.iter().filter(|e| e.from != Upstream::Embed) {
         name_positions(ex, &e.positions, &mut names);
         let stated: BTreeSet<usize> = match resolve(ex, &e.positions, "path edge") {
             Ok(ps) => ps.into_iter().collect(),
@@ -297,7 +305,7 @@ pub fn layout(input: &GraphInput) -> Layout {
         .iter()
         .filter_map(|(u, _)| match u {
             Upstream::Head(h) => Some(*h),
-            Upstream::Mlp(_) => None,
+            Upstream::Mlp(_) | Upstream::Embed => None,
         })
         .collect();
     named_heads.extend(qk.iter().map(|(h, _, _)| *h));
@@ -381,6 +389,7 @@ pub fn layout(input: &GraphInput) -> Layout {
         let row = match u {
             Upstream::Head(h) => row_of_head(h),
             Upstream::Mlp(l) => Row::Mlp(l),
+            Upstream::Embed => unreachable!("kept holds heads and MLPs only"),
         };
         match nodes
             .iter_mut()
@@ -475,6 +484,7 @@ pub fn component_id(u: Upstream) -> String {
     match u {
         Upstream::Head(h) => h.to_string(),
         Upstream::Mlp(l) => format!("mlp{l}"),
+        Upstream::Embed => "embed".to_string(),
     }
 }
 
@@ -554,6 +564,7 @@ pub fn draw(input: &GraphInput, layout: &Layout) -> String {
     let row_of = |u: Upstream| match u {
         Upstream::Head(h) => head_row(h),
         Upstream::Mlp(l) => Row::Mlp(l),
+        Upstream::Embed => unreachable!("edges from embed are not drawn"),
     };
     let describe = |p: usize| format!("{} (token {p} {:?})", column_name(p), token(p));
 
