@@ -261,6 +261,7 @@ pub fn circuit_of(
             })
             .collect(),
         path_edges: Vec::new(),
+        edge_complete: false,
         expectations: Vec::new(),
         span: 0..0,
     }

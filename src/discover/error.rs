@@ -17,10 +17,12 @@ pub enum DiscoverError {
     #[diagnostic(code(circuit::discover::unknown_base), help("{help}"))]
     UnknownBase { name: String, help: String },
 
-    #[error("circuit `{name}` has path edges, which discovery does not search")]
+    #[error(
+        "circuit `{name}` has path edges (or is edge-complete), which discovery does not search"
+    )]
     #[diagnostic(
         code(circuit::discover::base_path_edges),
-        help("discover inside a circuit of nodes and QK edges (without `edge U -> D` lines)")
+        help("discover inside a circuit of nodes and QK edges (without `edge U -> D` lines, not `edge-complete`)")
     )]
     BasePathEdges { name: String },
 

@@ -58,7 +58,11 @@ pub struct Request {
 
 /// Requests that can be refused before anything is loaded.
 pub fn check_request(request: &Request) -> Result<(), DiscoverError> {
-    if let Some(base) = request.base.as_ref().filter(|b| !b.path_edges.is_empty()) {
+    if let Some(base) = request
+        .base
+        .as_ref()
+        .filter(|b| !b.path_edges.is_empty() || b.edge_complete)
+    {
         return Err(DiscoverError::BasePathEdges {
             name: base.name.clone(),
         });
