@@ -58,8 +58,6 @@ def test_bad_score_requests_raise():
         circuit.scores(NUMERALS, granularity="edges")
     with pytest.raises(ValueError, match="top=0"):
         circuit.scores(NUMERALS, top=0)
-    # Refused by the library before any forward pass (docs/semantics.md).
-    raises("circuit::attribute::circuit_gradients", circuit.scores, NUMERALS, circuit="movers_from_s4")
 
 
 def test_a_syntax_error_in_format_is_coded():

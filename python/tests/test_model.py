@@ -150,4 +150,4 @@ def test_engine_errors_carry_their_code():
     assert e.value.code == "circuit::model::prompt_too_long"
     with pytest.raises(circuit.CircuitError) as e:
         circuit.Model("no/such/model")
-    assert e.value.code == "circuit::model::config_missing"
+    assert e.value.code == "circuit::model::not_found"
