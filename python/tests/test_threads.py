@@ -69,3 +69,32 @@ def test_sigint_interrupts_a_long_evaluation(tmp_path):
     assert child.returncode == 3, (child.returncode, out, err)
     assert "interrupted after" in out
     assert waited < 60, f"the interrupt took {waited:.1f}s"
+
+
+def test_sigint_interrupts_a_long_discovery(tmp_path):
+    path = big_file(tmp_path, 200000)
+    script = textwrap.dedent(
+        f"""
+        import sys, time, circuit
+        print("ready", flush=True)
+        start = time.monotonic()
+        try:
+            circuit.discover({str(path)!r}, 0.9, rank="eap", cache=False)
+        except KeyboardInterrupt:
+            print(f"interrupted after {{time.monotonic() - start:.1f}}s", flush=True)
+            sys.exit(3)
+        print("finished", flush=True)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(2.0)  # into its first evaluations (the full model and the empty circuit)
+    sent = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    waited = time.monotonic() - sent
+    assert child.returncode == 3, (child.returncode, out, err)
+    assert "interrupted after" in out
+    assert waited < 60, f"the interrupt took {waited:.1f}s"
