@@ -97,15 +97,7 @@ fn an_exported_node_circuit_evaluates_the_same_as_its_graph_of_edges() {
     assert_eq!(graph["cfg"]["n_heads"], 4);
     assert_eq!(graph["cfg"]["d_model"], 64);
     assert_eq!(graph["cfg"]["parallel_attn_mlp"], false);
-    let in_graph = |section: &str| -> Vec<String> {
-        graph[section]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(_, v)| v["in_graph"] == true)
-            .map(|(k, _)| k.clone())
-            .collect()
-    };
+    let in_graph = |section: &str| in_graph(&graph, section);
     assert_eq!(
         in_graph("nodes"),
         ["input", "a0.h0", "a0.h2", "m0", "a1.h0", "a2.h1", "m2", "logits"]
