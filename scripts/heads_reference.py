@@ -9,6 +9,9 @@ For a model folder (loaded with transformers) and a dataset JSONL, per head:
       copying = Σ Re λ / Σ |λ|; positive share = share of Re λ > 0 among the min(n, d)
       eigenvalues of largest modulus (the other |n − d| of an (n, n) matrix of rank ≤ d are 0,
       and so are not counted; the Rust side decomposes the smaller factor product instead).
+  few_tokens
+      (the built-in model only) the OV scores again on the first 10 of those tokens, fewer than
+      d = 16, where the Rust side decomposes the (n, n) product rather than the (d, d) one.
   qk_singular_values
       the d largest singular values of the full (D, D) matrix
       diag(γ_l)·W_Q · (diag(γ_l)·W_K)ᵀ / √d (torch.linalg.svdvals).
@@ -123,7 +126,16 @@ def attention_scores(model, prompts):
     return means, [int(c) for c in counts]
 
 
-def reference(name, model_dir, records, title):
+def ov_scores(e_s, u_s, gamma, v, o, d):
+    """Copying score and positive share of the full (n, n) OV matrix on the rows e_s (n, D)
+    and columns u_s (D, n), formed explicitly."""
+    ov = (e_s * gamma) @ v @ o @ u_s  # (n, n)
+    lam = torch.linalg.eigvals(ov)
+    lam = lam[torch.argsort(lam.abs(), descending=True)][: min(e_s.shape[0], d)]
+    return (lam.real.sum() / lam.abs().sum()).item(), (lam.real > 0).double().mean().item()
+
+
+def reference(name, model_dir, records, title, few=None):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="eager")
     model.eval()
     tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
@@ -144,7 +156,7 @@ def reference(name, model_dir, records, title):
     e_s = w_e[tokens]  # (n, D)
     u_s = gamma_f[:, None] * w_u[:, tokens]  # (D, n)
     attention, counts = attention_scores(model, prompts)
-    heads = []
+    heads, few_heads = [], []
     with torch.no_grad():
         for layer in range(cfg.num_hidden_layers):
             gamma, w_q, w_k, w_v, w_o = (x.detach() for x in head_weights(model, layer))
@@ -154,14 +166,15 @@ def reference(name, model_dir, records, title):
                 k = gamma[:, None] * w_k[:, kv * d:(kv + 1) * d]
                 v = w_v[:, kv * d:(kv + 1) * d]
                 o = w_o[head * d:(head + 1) * d, :]
-                ov = (e_s * gamma) @ v @ o @ u_s  # (n, n), formed in full
-                lam = torch.linalg.eigvals(ov)
-                lam = lam[torch.argsort(lam.abs(), descending=True)][: min(len(tokens), d)]
-                copying = (lam.real.sum() / lam.abs().sum()).item()
-                positive = (lam.real > 0).double().mean().item()
+                copying, positive = ov_scores(e_s, u_s, gamma, v, o, d)
                 qk = (q @ k.T) / math.sqrt(d)  # (D, D), formed in full
                 sigma = torch.linalg.svdvals(qk)[:d]
                 prev, dup, ind = attention[layer][head]
+                if few is not None:
+                    few_copying, few_positive = ov_scores(
+                        e_s[:few], u_s[:, :few], gamma, v, o, d)
+                    few_heads.append({"head": f"{layer}.{head}", "ov_copying": few_copying,
+                                      "ov_positive_share": few_positive})
                 heads.append({
                     "head": f"{layer}.{head}",
                     "ov_copying": copying,
@@ -179,6 +192,9 @@ def reference(name, model_dir, records, title):
         "repeated_token_queries": counts[1],
         "heads": heads,
     }
+    if few is not None:
+        # The OV circuit on fewer tokens than d: the (n, n) product is the smaller one.
+        fixture["few_tokens"] = {"tokens": tokens[:few], "heads": few_heads}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}.json").write_text(json.dumps(fixture, indent=1) + "\n")
     print(f"wrote {OUT / (name + '.json')}: {len(heads)} heads, {len(tokens)} tokens")
@@ -190,7 +206,7 @@ def main():
         "toy_seqcont_numerals_template": lambda: reference(
             "toy_seqcont_numerals_template", ROOT / "models" / "toy-seqcont", builtin_numerals(),
             "circuits/toy-seqcont/numerals_template.circuit: the built-in model on "
-            "seqcont.numerals(n = 64, seed = 0, form = \"template\")"),
+            "seqcont.numerals(n = 64, seed = 0, form = \"template\")", few=10),
         "stories260K_pronoun": lambda: reference(
             "stories260K_pronoun", STORIES, load_jsonl(ROOT / "circuits" / "stories260K" / "pronoun.jsonl"),
             "circuits/stories260K/pronoun.circuit: stories260K on pronoun.jsonl"),

@@ -139,6 +139,40 @@ fn ov_and_qk_match_torch_on_the_built_in_model() {
     check_weights(&report, &fixture("toy_seqcont_numerals_template.json"));
 }
 
+/// Fewer tokens (10) than the head size (16): the `(n, n)` product is the one decomposed.
+#[cfg(feature = "linalg")]
+#[test]
+fn ov_on_fewer_tokens_than_the_head_size_matches_torch() {
+    use circuit::heads::circuits::ov_circuit;
+    use circuit::model::{Model, ModelSource};
+    let model = Model::open(&ModelSource::default_model()).unwrap();
+    let few = &fixture("toy_seqcont_numerals_template.json")["few_tokens"];
+    let tokens: Vec<u32> = serde_json::from_value(few["tokens"].clone()).unwrap();
+    assert!(tokens.len() < model.config.d_head);
+    for theirs in few["heads"].as_array().unwrap() {
+        let name = theirs["head"].as_str().unwrap();
+        let (layer, head) = name.split_once('.').unwrap();
+        let ours = ov_circuit(
+            &model,
+            layer.parse().unwrap(),
+            head.parse().unwrap(),
+            &tokens,
+        )
+        .unwrap();
+        assert_eq!(ours.eigenvalues.len(), tokens.len());
+        close(
+            &format!("{name} OV copying"),
+            ours.copying,
+            &theirs["ov_copying"],
+        );
+        close(
+            &format!("{name} OV positive share"),
+            Some(ours.positive_share),
+            &theirs["ov_positive_share"],
+        );
+    }
+}
+
 #[cfg(feature = "linalg")]
 #[test]
 fn ov_and_qk_match_torch_on_stories260k() {
@@ -318,6 +352,47 @@ fn a_model_without_a_tokenizer_is_a_coded_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("circuit::model::"), "{stderr}");
+    assert!(stderr.contains("circuit::model::tokenizer"), "{stderr}");
     assert!(stderr.contains("tokenizer.json"), "{stderr}");
+}
+
+/// docs/tutorial.md shows a `--features linalg` build's output in a ```text block (the console
+/// blocks are rerun by tests/circuits_tutorial.rs with the default build): rerun it here.
+#[cfg(feature = "linalg")]
+#[test]
+fn the_tutorials_linalg_example_is_what_this_build_prints() {
+    let doc = std::fs::read_to_string(repo().join("docs/tutorial.md")).unwrap();
+    let mut checked = 0;
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if line != "```text" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        let Some(command) = block
+            .first()
+            .and_then(|l| l.strip_prefix("$ circuit heads "))
+        else {
+            continue;
+        };
+        let expected = block[1..].join("\n");
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let out = Command::new(BIN)
+            .arg("heads")
+            .args(&args)
+            .current_dir(repo())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&out).trim_end(),
+            expected.trim_end(),
+            "$ circuit heads {command}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 1,
+        "no `circuit heads` text block in docs/tutorial.md"
+    );
 }

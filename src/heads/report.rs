@@ -57,10 +57,13 @@ pub fn to_text(file: &str, report: &HeadsReport) -> String {
         row(
             "OV",
             format!(
-                "eigenvalues of W_E·γ·W_V·W_O·γ_f·W_U on the dataset's {} tokens: \
-                 copying = Σ Re λ / Σ |λ|, pos = share with Re λ > 0",
+                "eigenvalues of W_E·γ·W_V·W_O·γ_f·W_U on the dataset's {} tokens;",
                 report.tokens.len()
             ),
+        );
+        row(
+            "",
+            "copying = Σ Re λ / Σ |λ|, pos = share of eigenvalues with Re λ > 0".to_string(),
         );
         let distance = if report.rotary {
             " at query-key distance 0 (rotary positions)"
