@@ -8,19 +8,22 @@
 //! the output saying the OV/QK columns need the feature) and in `cargo test --release
 //! --features linalg --test heads`.
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use cli_support::{assert_fails, circuit};
 
 use circuit::heads::{characterize, dataset_tokens, HeadsReport};
 use circuit::measure::{Session, SessionOptions};
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_circuit");
 /// Agreement asked of every number (f32 engine against float64 torch).
 const TOLERANCE: f64 = 1e-4;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    cli_support::root().to_path_buf()
 }
 
 fn characterized(circuit_file: &str) -> HeadsReport {
@@ -212,13 +215,7 @@ metric logit_diff
 "#;
 
 fn heads(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("heads")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("CIRCUIT_CACHE_DIR", "off")
-        .output()
-        .unwrap()
+    circuit(&[&["heads"], args].concat())
 }
 
 fn write_small(dir: &Path) -> PathBuf {
@@ -227,13 +224,10 @@ fn write_small(dir: &Path) -> PathBuf {
     path
 }
 
+/// stdout of a run that must succeed.
 fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    assert!(out.status.success(), "{}", cli_support::stderr(out));
+    cli_support::stdout(out)
 }
 
 /// The file's path as printed: the snapshot must not hold the temporary folder.
@@ -318,10 +312,13 @@ fn writes_atomically_to_output_and_never_onto_its_input() {
     assert!(written.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), printed.stdout);
 
-    let onto_input = heads(&[file.to_str().unwrap(), "-o", file.to_str().unwrap()]);
-    assert_eq!(onto_input.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&onto_input.stderr);
-    assert!(stderr.contains("circuit::output::is_input"), "{stderr}");
+    let onto_input = [
+        "heads",
+        file.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ];
+    assert_fails(&onto_input, 2, "circuit::output::is_input");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), SMALL);
 }
 
@@ -348,11 +345,9 @@ fn a_model_without_a_tokenizer_is_a_coded_error() {
         "{\"prompt\": \"a b c\", \"answer\": \" d\", \"distractor\": \" e\"}\n",
     )
     .unwrap();
-    let out = heads(&[file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("circuit::model::tokenizer"), "{stderr}");
+    assert!(heads(&[file.to_str().unwrap()]).stdout.is_empty());
+    let args = ["heads", file.to_str().unwrap()];
+    let stderr = assert_fails(&args, 2, "circuit::model::tokenizer");
     assert!(stderr.contains("tokenizer.json"), "{stderr}");
 }
 
@@ -377,13 +372,7 @@ fn the_tutorials_linalg_example_is_what_this_build_prints() {
         };
         let expected = block[1..].join("\n");
         let args: Vec<&str> = command.split_whitespace().collect();
-        let out = Command::new(BIN)
-            .arg("heads")
-            .args(&args)
-            .current_dir(repo())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
+        let out = heads(&args);
         assert_eq!(
             stdout(&out).trim_end(),
             expected.trim_end(),
