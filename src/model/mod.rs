@@ -19,6 +19,7 @@ pub mod config;
 mod error;
 mod gpt2;
 mod gpt_neox;
+pub mod head_weights;
 pub mod hub;
 pub mod interventions;
 pub mod linalg;
