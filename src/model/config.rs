@@ -28,10 +28,30 @@ pub enum Architecture {
     /// `model_type: mistral`: Llama's blocks without biases (sliding-window attention refused
     /// where it can bind).
     Mistral,
+    /// `model_type: gemma2`: Llama's blocks with GeGLU, RMSNorm with `(1 + w)`, post-norms
+    /// around attention and MLP, scaled embeddings and tanh soft caps ([`Scaling`]).
+    Gemma2,
 }
 
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
-pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "gpt_neox", "qwen2", "mistral"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
+    ["gpt2", "llama", "gpt_neox", "qwen2", "mistral", "gemma2"];
+
+/// Gemma 2's scalings and soft caps, as `Gemma2Config` reads them; all `None` (no scaling, the
+/// usual `1/√d_head`) for every other family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Scaling {
+    /// The token embedding is multiplied by this: Gemma 2's `√hidden_size`, rounded to f32 as
+    /// transformers rounds its normalizer to the model's dtype (the engine's is f32).
+    pub embed: Option<f32>,
+    /// The attention scores' scale, `query_pre_attn_scalar^-0.5` (Gemma 2); `None`: `1/√d_head`.
+    pub query: Option<f32>,
+    /// `attn_logit_softcapping`: scores become `c·tanh(s/c)` before the causal mask and any
+    /// knockout (whose `−∞` is then applied after the cap).
+    pub attn_logit_softcap: Option<f32>,
+    /// `final_logit_softcapping`: logits become `c·tanh(l/c)`.
+    pub final_logit_softcap: Option<f32>,
+}
 
 /// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -65,6 +85,8 @@ pub struct ModelConfig {
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
     pub bos_token_id: Option<u32>,
+    /// Gemma 2's embedding scale, attention scale and soft caps (none for the other families).
+    pub scaling: Scaling,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -158,12 +180,14 @@ impl ModelConfig {
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
                     bos_token_id: fields.opt_token_id("bos_token_id")?,
+                    scaling: Scaling::default(),
                 })
             }
             "llama" => Self::llama_like(&fields, Architecture::Llama),
             "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
             "mistral" => Self::llama_like(&fields, Architecture::Mistral),
             "gpt_neox" => Self::gpt_neox(&fields),
+            "gemma2" => Self::gemma2(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
                 model_type: other.to_string(),
@@ -231,6 +255,7 @@ impl ModelConfig {
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "silu".to_string()),
             bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling: Scaling::default(),
         })
     }
 
@@ -279,6 +304,93 @@ impl ModelConfig {
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "gelu".to_string()),
             bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling: Scaling::default(),
+        })
+    }
+}
+
+impl ModelConfig {
+    /// Gemma 2, as `Gemma2Config` reads it (its defaults where a key is absent): `head_dim`
+    /// (256), grouped-query attention (`num_key_value_heads`, 4), `hidden_activation`
+    /// (`gelu_pytorch_tanh`), `query_pre_attn_scalar` (256), `attn_logit_softcapping` (50) and
+    /// `final_logit_softcapping` (30, `null` for none), tied embeddings, and a sliding window
+    /// (`sliding_window`, 4096) on the layers `layer_types` names, by default the even ones.
+    fn gemma2(fields: &Fields) -> Result<ModelConfig, ConfigError> {
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(4);
+        // Gemma2Config.validate_architecture asks this even with an explicit head_dim.
+        fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+        fields.check_divisible(
+            "num_attention_heads",
+            n_heads,
+            "num_key_value_heads",
+            n_kv_heads,
+        )?;
+        let d_head = fields.opt_usize("head_dim")?.unwrap_or(256);
+        let n_layers = fields.usize("num_hidden_layers")?;
+        let n_ctx = fields.opt_usize("max_position_embeddings")?.unwrap_or(8192);
+        if fields.opt_bool("use_bidirectional_attention")? == Some(true) {
+            return Err(fields.unsupported(
+                "use_bidirectional_attention",
+                "true",
+                "bidirectional attention (no causal mask) is not implemented",
+            ));
+        }
+        let activation = fields
+            .opt_string("hidden_activation")?
+            .unwrap_or_else(|| "gelu_pytorch_tanh".to_string());
+        if activation != "gelu_pytorch_tanh" {
+            return Err(fields.unsupported(
+                "hidden_activation",
+                &format!("{activation:?}"),
+                "Gemma 2's MLP is implemented with \"gelu_pytorch_tanh\" only",
+            ));
+        }
+        let query_pre_attn_scalar = fields.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0);
+        if !(query_pre_attn_scalar > 0.0) {
+            return Err(fields.err("query_pre_attn_scalar", "a positive number"));
+        }
+        let softcap = |key: &str, default: f64| -> Result<Option<f32>, ConfigError> {
+            let value = match fields.json.get(key) {
+                None => Some(default),
+                Some(Value::Null) => None, // `null`: no soft cap
+                Some(_) => fields.opt_f64(key)?,
+            };
+            match value {
+                Some(c) if !(c > 0.0 && (c as f32).is_finite()) => {
+                    Err(fields.err(key, "a positive number or null"))
+                }
+                c => Ok(c.map(|c| c as f32)),
+            }
+        };
+        let scaling = Scaling {
+            // transformers: torch.tensor(hidden_size ** 0.5), cast to the model's dtype.
+            embed: Some((d_model as f64).sqrt() as f32),
+            query: Some(query_pre_attn_scalar.powf(-0.5) as f32),
+            attn_logit_softcap: softcap("attn_logit_softcapping", 50.0)?,
+            final_logit_softcap: softcap("final_logit_softcapping", 30.0)?,
+        };
+        fields.reject_binding_gemma2_windows(n_layers, n_ctx)?;
+        Ok(ModelConfig {
+            architecture: Architecture::Gemma2,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx,
+            norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: fields.rope_theta()?,
+            rotary_dim: d_head,
+            attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+            residual: ResidualTopology::SequentialPostNorm,
+            activation,
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling,
         })
     }
 }
@@ -290,7 +402,7 @@ struct Rope {
     fraction_key: String,
 }
 
-/// `"gpt2", "llama", "gpt_neox", "qwen2" and "mistral"`.
+/// `"gpt2", "llama", "gpt_neox", "qwen2", "mistral" and "gemma2"`.
 fn supported_model_types() -> String {
     let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
         .iter()
@@ -540,6 +652,73 @@ impl Fields<'_> {
                 "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) is not implemented"
             ),
         ))
+    }
+    /// Gemma 2's windows, as `Gemma2Config` reads them: `sliding_window` keys (default 4096;
+    /// `null`: none) on the layers `layer_types` marks "sliding_attention", by default every
+    /// even layer (`(i + 1) % 2`). `(layer, window)` per sliding layer.
+    fn gemma2_windows(&self, n_layers: usize) -> Result<Vec<(usize, usize)>, ConfigError> {
+        let window = match self.json.get("sliding_window") {
+            Some(Value::Null) => return Ok(Vec::new()),
+            None => 4096,
+            Some(_) => self.usize("sliding_window")?,
+        };
+        let sliding: Vec<usize> = match self.present("layer_types") {
+            Some(types) => {
+                let types = types
+                    .as_array()
+                    .filter(|t| t.len() == n_layers)
+                    .ok_or_else(|| {
+                        self.err(
+                            "layer_types",
+                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
+                        )
+                    })?;
+                let mut sliding = Vec::new();
+                for (i, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        Some("full_attention") => {}
+                        Some("sliding_attention") => sliding.push(i),
+                        _ => {
+                            return Err(self.err(
+                                "layer_types",
+                                "\"full_attention\" or \"sliding_attention\" per layer",
+                            ))
+                        }
+                    }
+                }
+                sliding
+            }
+            None => (0..n_layers).filter(|i| (i + 1) % 2 == 1).collect(),
+        };
+        Ok(sliding.into_iter().map(|layer| (layer, window)).collect())
+    }
+    /// A Gemma 2 window that can bind (shorter than the context) is refused, naming the key:
+    /// the engine attends to every earlier key.
+    fn reject_binding_gemma2_windows(
+        &self,
+        n_layers: usize,
+        n_ctx: usize,
+    ) -> Result<(), ConfigError> {
+        let binding: Vec<(usize, usize)> = self
+            .gemma2_windows(n_layers)?
+            .into_iter()
+            .filter(|&(_, window)| window < n_ctx)
+            .collect();
+        match binding.first() {
+            None => Ok(()),
+            Some(&(layer, window)) => Err(self.unsupported(
+                "sliding_window",
+                &window.to_string(),
+                &format!(
+                    "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) on layer {layer}{} is not implemented",
+                    if binding.len() > 1 {
+                        format!(" and {} more", binding.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
     }
     fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
         ConfigError::UnsupportedOption {

@@ -93,6 +93,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                 up: linear(&format!("{l}.mlp.up_proj"), d, m)?,
                 down: linear(&format!("{l}.mlp.down_proj"), m, d)?,
             },
+            attn_post_norm: None,
+            mlp_post_norm: None,
         });
     }
     let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");
@@ -109,6 +111,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         positions: Positions::rotary(config.rotary_dim, config.rope_theta),
         layers,
         residual: config.residual,
+        scaling: config.scaling,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None

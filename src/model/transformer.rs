@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::blocks::{Batch, Rows};
 use super::cache::{rows_as_prompts, ActivationCache, Recorder};
+use super::config::Scaling;
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
 use super::numerics::{sum_of, widest_simd};
@@ -141,6 +142,13 @@ pub(crate) enum Mlp {
         up: Linear,
         down: Linear,
     },
+    /// Gemma 2: `down(gelu_tanh(gate(x)) * up(x))` (`gelu_pytorch_tanh`, the same function as
+    /// GPT-2's `gelu_new`).
+    GeGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
 }
 
 /// One transformer block's weights.
@@ -154,6 +162,11 @@ pub(crate) struct Layer {
     pub o_bias: Array1<f32>, // (D,)
     pub mlp_norm: Norm,
     pub mlp: Mlp,
+    /// Gemma 2's `post_attention_layernorm`: applied to the attention's output `o(z)` before
+    /// it is added to the residual stream (`None`: added as it is).
+    pub attn_post_norm: Option<Norm>,
+    /// Gemma 2's `post_feedforward_layernorm`, likewise for the MLP's output.
+    pub mlp_post_norm: Option<Norm>,
 }
 
 /// A whole model's weights, in one vocabulary for both families.
@@ -170,6 +183,22 @@ pub(crate) struct Transformer {
     /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
     /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
     pub unembed: Option<Array2<f32>>, // (V, D)
+    /// Gemma 2's embedding scale, attention scale and soft caps (none elsewhere).
+    pub scaling: Scaling,
+}
+
+impl Transformer {
+    /// The attention scores' scale: `1/√d_head`, or the config's (Gemma 2).
+    pub(crate) fn score_scale(&self) -> f32 {
+        self.scaling
+            .query
+            .unwrap_or_else(|| 1.0 / (self.d_head as f32).sqrt())
+    }
+}
+
+/// `c·tanh(x/c)` (transformers' soft cap: divide, tanh, multiply), elementwise.
+pub(crate) fn soft_cap(x: f32, cap: f32) -> f32 {
+    (x / cap).tanh() * cap
 }
 
 impl Transformer {
@@ -252,7 +281,9 @@ impl Transformer {
             // The stream the MLP reads: the attention's output included or not.
             let parallel_input;
             let mlp_reads = match (self.residual, queries) {
-                (ResidualTopology::Sequential, _) => &resid_mid,
+                (ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm, _) => {
+                    &resid_mid
+                }
                 (ResidualTopology::Parallel, Rows::All) => &resid_pre,
                 (ResidualTopology::Parallel, Rows::Selected(rows)) => {
                     parallel_input = resid_pre.select(Axis(0), rows); // (N_q, D)
