@@ -879,6 +879,78 @@ mod tests {
         assert!(!config.attention_bias);
     }
 
+    /// gemma-2-2b's config.json as on the hub (transformers 4.42's spelling).
+    const GEMMA2_2B: &str = r#"{"architectures": ["Gemma2ForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+        "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": 30.0,
+        "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+        "initializer_range": 0.02, "intermediate_size": 9216, "max_position_embeddings": 8192,
+        "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26,
+        "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+        "torch_dtype": "float32", "transformers_version": "4.42.4", "use_cache": true,
+        "vocab_size": 256000}"#;
+
+    #[test]
+    fn reads_gemma2_2b_config() {
+        // Its 4096-key window under an 8192 context binds on layers 0, 2, ..., 24: refused.
+        let err = ModelConfig::from_json_str(GEMMA2_2B, Path::new("c.json")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnsupportedOption { ref key, ref what, .. }
+                if key == "sliding_window" && what.contains("on layer 0 and 12 more")),
+            "{err:?}"
+        );
+        let unwindowed = GEMMA2_2B.replace("\"sliding_window\": 4096", "\"sliding_window\": null");
+        let config = ModelConfig::from_json_str(&unwindowed, Path::new("c.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::Gemma2);
+        assert_eq!(
+            (config.n_heads, config.n_kv_heads, config.d_head, config.d_mlp),
+            (8, 4, 256, 9216)
+        );
+        assert_eq!(config.residual, ResidualTopology::SequentialPostNorm);
+        assert!(config.tie_word_embeddings && !config.attention_bias);
+        assert_eq!(config.scaling.embed, Some(48.0));
+        assert_eq!(config.scaling.query, Some(1.0 / 16.0));
+        assert_eq!(
+            (config.scaling.attn_logit_softcap, config.scaling.final_logit_softcap),
+            (Some(50.0), Some(30.0))
+        );
+        // transformers 5's spelling: rope_parameters and layer_types.
+        let mut json: Value = serde_json::from_str(&unwindowed).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("rope_theta");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
+        );
+        let types: Vec<&str> = (0..26)
+            .map(|i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" })
+            .collect();
+        object.insert("layer_types".into(), types.into());
+        let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
+        assert_eq!(new, config);
+    }
+
+    #[test]
+    fn gemma2_defaults_are_gemma2_configs() {
+        let text = r#"{"model_type": "gemma2", "hidden_size": 64, "num_attention_heads": 8,
+            "num_hidden_layers": 3, "intermediate_size": 16, "vocab_size": 10,
+            "max_position_embeddings": 4096, "final_logit_softcapping": null}"#;
+        let config = ModelConfig::from_json_str(text, Path::new("c.json")).unwrap();
+        // Gemma2Config: 4 key/value heads, head_dim 256, query_pre_attn_scalar 256, an
+        // attention cap of 50, tied, and the window (4096, as long as this context) unbound.
+        assert_eq!((config.n_kv_heads, config.d_head), (4, 256));
+        assert_eq!(config.scaling.query, Some(1.0 / 16.0));
+        assert_eq!(config.scaling.attn_logit_softcap, Some(50.0));
+        assert_eq!(config.scaling.final_logit_softcap, None);
+        assert_eq!(config.activation, "gelu_pytorch_tanh");
+        assert!(config.tie_word_embeddings);
+        let bad = text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 3, \"layer_types\": [\"full_attention\"]");
+        let err = ModelConfig::from_json_str(&bad, Path::new("c.json")).unwrap_err();
+        assert!(matches!(err, ConfigError::Field { ref field, .. } if field == "layer_types"));
+    }
+
     #[test]
     fn unknown_model_type_is_named() {
         let text = r#"{"model_type":"mamba"}"#;

@@ -324,7 +324,7 @@ impl<'a> Binder<'a> {
                                     ),
                                     Unread::PostNorm => (
                                         format!("the edge from {up} to {down} is not defined on this model: its blocks' outputs are normed before they are added (post-norms)"),
-                                        "reaches later inputs only through its layer's post-norm",
+                                        "no path edge is defined on a model with post-norms",
                                         "on a model with post-norms (Gemma 2: `post_attention_layernorm`, `post_feedforward_layernorm`) a head's write z·W_O enters the residual stream only through its layer's post-attention norm, together with the layer's other heads, so it is no term of any later input that a path edge could keep or swap for its reference value; node ablation (`HEAD @ POSITIONS`), QK edges and MLP nodes are defined (they edit z before W_O, or an MLP's normed output) and evaluate as usual (docs/semantics.md, \"Gemma 2\")".to_string(),
                                     ),
                                 };
