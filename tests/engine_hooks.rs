@@ -521,7 +521,9 @@ impl Interventions for KnockOutFirstKey {
     fn edit_scores(&self, layer: usize, scores: &mut ArrayViewMut4<f32>) {
         if layer == self.0 {
             let queries = scores.dim().2;
-            scores.slice_mut(s![.., .., 1..queries, 0]).fill(f32::NEG_INFINITY);
+            scores
+                .slice_mut(s![.., .., 1..queries, 0])
+                .fill(f32::NEG_INFINITY);
         }
     }
 }
@@ -554,7 +556,11 @@ fn gemma2_knockout_is_applied_after_the_soft_cap() {
                 for (i, s) in kept.iter().enumerate() {
                     let want = (s - max).exp() / sum;
                     let got = knocked.pattern[[b, h, q, i + 1]] as f64;
-                    assert!((got - want).abs() < 1e-6, "({b}, {h}, {q}, {}): {got} vs {want}", i + 1);
+                    assert!(
+                        (got - want).abs() < 1e-6,
+                        "({b}, {h}, {q}, {}): {got} vs {want}",
+                        i + 1
+                    );
                     compared += 1;
                 }
             }

@@ -968,7 +968,10 @@ fn gemma2_binding_sliding_window_is_an_error_naming_the_key() {
         &["`sliding_window` = 16"],
     );
     let help = err.help().unwrap().to_string();
-    assert!(help.contains("context of 64") && help.contains("on layer 0 and 1 more"), "{help}");
+    assert!(
+        help.contains("context of 64") && help.contains("on layer 0 and 1 more"),
+        "{help}"
+    );
     // Gemma2Config's defaults when the keys are absent: a 4096-key window on the even layers.
     let dir = with_config("gemma2-bf16", |c| {
         let object = c.as_object_mut().unwrap();
@@ -1007,8 +1010,16 @@ fn gemma2_binding_sliding_window_is_an_error_naming_the_key() {
 #[test]
 fn gemma2_unimplemented_variants_are_errors_naming_the_key() {
     for (key, value, needle) in [
-        ("hidden_activation", serde_json::json!("gelu"), "`hidden_activation` = \"gelu\""),
-        ("use_bidirectional_attention", serde_json::json!(true), "`use_bidirectional_attention` = true"),
+        (
+            "hidden_activation",
+            serde_json::json!("gelu"),
+            "`hidden_activation` = \"gelu\"",
+        ),
+        (
+            "use_bidirectional_attention",
+            serde_json::json!(true),
+            "`use_bidirectional_attention` = true",
+        ),
         (
             "rope_parameters",
             serde_json::json!({"rope_type": "linear", "rope_theta": 700.0, "factor": 2.0}),
@@ -1024,7 +1035,11 @@ fn gemma2_unimplemented_variants_are_errors_naming_the_key() {
     let dir = with_config("gemma2-bf16", |c| {
         c["attn_logit_softcapping"] = 0.into();
     });
-    load_error(dir.path(), "circuit::model::config_field", &["attn_logit_softcapping"]);
+    load_error(
+        dir.path(),
+        "circuit::model::config_field",
+        &["attn_logit_softcapping"],
+    );
     // Switching a cap off changes the logits (the fixture's caps bind).
     let dir = with_config("gemma2-bf16", |c| {
         c["final_logit_softcapping"] = serde_json::Value::Null;

@@ -383,6 +383,12 @@ fn gemma2_bf16_matches_transformers() {
         .fold(0f32, |m, s| m.max(s.abs()));
     let largest_logit = out.logits.iter().fold(0f32, |m, l| m.max(l.abs()));
     eprintln!("largest |score| {largest_score} (cap 4), |logit| {largest_logit} (cap 5)");
-    assert!(largest_score > 3.0 && largest_score < 4.0, "{largest_score}");
-    assert!(largest_logit > 4.0 && largest_logit < 5.0, "{largest_logit}");
+    assert!(
+        largest_score > 3.0 && largest_score < 4.0,
+        "{largest_score}"
+    );
+    assert!(
+        largest_logit > 4.0 && largest_logit < 5.0,
+        "{largest_logit}"
+    );
 }

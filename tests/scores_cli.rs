@@ -356,7 +356,11 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
         model.display()
     );
     let file = write_file(d, "gemma2.circuit", &text);
-    for extra in [&[][..], &["--granularity", "qk-edges"], &["--method", "eap-ig", "--steps", "2"]] {
+    for extra in [
+        &[][..],
+        &["--granularity", "qk-edges"],
+        &["--method", "eap-ig", "--steps", "2"],
+    ] {
         let mut args = vec![file.to_str().unwrap()];
         args.extend_from_slice(extra);
         let table = stdout(&scores(&args, "2"));
@@ -368,5 +372,10 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
         &["--granularity", "path-edges"],
         "circuit::attribute::post_norm_path_edges",
     );
-    refused(d, &file, &["--method", "dla"], "circuit::attribute::post_norm_dla");
+    refused(
+        d,
+        &file,
+        &["--method", "dla"],
+        "circuit::attribute::post_norm_dla",
+    );
 }

@@ -905,7 +905,12 @@ mod tests {
         let config = ModelConfig::from_json_str(&unwindowed, Path::new("c.json")).unwrap();
         assert_eq!(config.architecture, Architecture::Gemma2);
         assert_eq!(
-            (config.n_heads, config.n_kv_heads, config.d_head, config.d_mlp),
+            (
+                config.n_heads,
+                config.n_kv_heads,
+                config.d_head,
+                config.d_mlp
+            ),
             (8, 4, 256, 9216)
         );
         assert_eq!(config.residual, ResidualTopology::SequentialPostNorm);
@@ -913,7 +918,10 @@ mod tests {
         assert_eq!(config.scaling.embed, Some(48.0));
         assert_eq!(config.scaling.query, Some(1.0 / 16.0));
         assert_eq!(
-            (config.scaling.attn_logit_softcap, config.scaling.final_logit_softcap),
+            (
+                config.scaling.attn_logit_softcap,
+                config.scaling.final_logit_softcap
+            ),
             (Some(50.0), Some(30.0))
         );
         // transformers 5's spelling: rope_parameters and layer_types.
@@ -925,7 +933,13 @@ mod tests {
             serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
         );
         let types: Vec<&str> = (0..26)
-            .map(|i| if i % 2 == 0 { "sliding_attention" } else { "full_attention" })
+            .map(|i| {
+                if i % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
             .collect();
         object.insert("layer_types".into(), types.into());
         let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
@@ -946,7 +960,10 @@ mod tests {
         assert_eq!(config.scaling.final_logit_softcap, None);
         assert_eq!(config.activation, "gelu_pytorch_tanh");
         assert!(config.tie_word_embeddings);
-        let bad = text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 3, \"layer_types\": [\"full_attention\"]");
+        let bad = text.replace(
+            "\"num_hidden_layers\": 3",
+            "\"num_hidden_layers\": 3, \"layer_types\": [\"full_attention\"]",
+        );
         let err = ModelConfig::from_json_str(&bad, Path::new("c.json")).unwrap_err();
         assert!(matches!(err, ConfigError::Field { ref field, .. } if field == "layer_types"));
     }

@@ -39,16 +39,19 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
     };
     // nn.Linear(d_in → d_out); the attention's projections have biases iff `attention_bias`.
-    let linear = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
-        Ok(Linear {
-            weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-            bias: if bias {
-                Some(Array1::from(files.tensor(&format!("{name}.bias"), &[d_out])?))
-            } else {
-                None
-            },
-        })
-    };
+    let linear =
+        |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
+                bias: if bias {
+                    Some(Array1::from(
+                        files.tensor(&format!("{name}.bias"), &[d_out])?,
+                    ))
+                } else {
+                    None
+                },
+            })
+        };
     // Gemma2RMSNorm: `norm(x.float()) * (1.0 + weight.float())`; storing `1 + w` (one f32
     // addition, as transformers does it) leaves the engine's `w · norm(x)` the same product.
     let rms_norm = |name: &str| -> Result<Norm, ModelError> {

@@ -375,7 +375,10 @@ pub(crate) fn check_layer_count(
                 format!("{prefix}h.{i}.ln_1.weight")
             })?;
         }
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral | Architecture::Gemma2 => {
+        Architecture::Llama
+        | Architecture::Qwen2
+        | Architecture::Mistral
+        | Architecture::Gemma2 => {
             files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
                 format!("model.layers.{i}.input_layernorm.weight")
             })?;

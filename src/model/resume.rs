@@ -421,8 +421,8 @@ impl Model {
             edits.edit_z(index, i, first, &mut item_z);
         }
         let attn_out = self.attention_output_rows(index, z.view()); // (N_q, D), post-normed
-                                                // Under the parallel wiring the MLP reads the stream entering the layer, not the
-                                                // attention's output (the one rule: `ResidualTopology`).
+                                                                    // Under the parallel wiring the MLP reads the stream entering the layer, not the
+                                                                    // attention's output (the one rule: `ResidualTopology`).
         let parallel_input = match t.residual {
             ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm => None,
             ResidualTopology::Parallel if end_only => Some(resid.select(Axis(0), end_rows)),

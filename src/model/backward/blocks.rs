@@ -256,7 +256,11 @@ pub(crate) fn geglu_backward<F: NdFloat>(
 // ---- Soft cap (Gemma 2's final logits) -----------------------------------------------------
 
 /// `dx = dy · (1 − (y/c)²)` for `y = c·tanh(x/c)`, given the capped `y`.
-pub(crate) fn soft_cap_backward<F: NdFloat>(capped: ArrayView2<F>, cap: F, dy: ArrayView2<F>) -> Array2<F> {
+pub(crate) fn soft_cap_backward<F: NdFloat>(
+    capped: ArrayView2<F>,
+    cap: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
     let mut dx = dy.to_owned();
     dx.zip_mut_with(&capped, |d, &y| {
         let t = y / cap;

@@ -592,8 +592,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
         }
         let resid_final = cache.resid_final.slice(s![b, ..len, ..]);
         let unembed = t.unembed.as_ref().unwrap_or(&t.embed);
-        let mut logits =
-            unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
+        let mut logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
         if let Some(cap) = t.scaling.final_logit_softcap {
             logits.mapv_inplace(|l| (l / cap).tanh() * cap);
         }
@@ -631,8 +630,8 @@ fn restated_forwards_match_the_engine_on_qwen2_with_qkv_biases() {
 
 #[test]
 fn restated_forwards_match_the_engine_on_gemma2() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models/gemma2-bf16");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
     restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
 }
 
