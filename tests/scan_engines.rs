@@ -386,27 +386,7 @@ fn incremental_equals_naive_on_gemma2() {
 #[test]
 fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [
-        ("1234", "5", "6"),
-        ("2345", "6", "7"),
-        ("3456", "7", "8"),
-        ("4567", "8", "9"),
-        ("5678", "9", "0"),
-        ("0123", "4", "5"),
-    ] {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    std::fs::write(dir.path().join("digits.jsonl"), lines).unwrap();
-    let model = repo("tests/fixtures/models/neox-parallel-f16");
-    let text = format!(
-        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
-        model.display()
-    );
-    let path = dir.path().join("neox.circuit");
-    std::fs::write(&path, text).unwrap();
+    let path = digits_file(dir.path(), "neox-parallel-f16", "heads and mlps");
     assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
     assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
 }

@@ -348,7 +348,8 @@ impl ModelConfig {
             ));
         }
         let query_pre_attn_scalar = fields.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0);
-        if !(query_pre_attn_scalar > 0.0) {
+        // (JSON numbers are never NaN.)
+        if query_pre_attn_scalar <= 0.0 || !query_pre_attn_scalar.is_finite() {
             return Err(fields.err("query_pre_attn_scalar", "a positive number"));
         }
         let softcap = |key: &str, default: f64| -> Result<Option<f32>, ConfigError> {
@@ -358,7 +359,7 @@ impl ModelConfig {
                 Some(_) => fields.opt_f64(key)?,
             };
             match value {
-                Some(c) if !(c > 0.0 && (c as f32).is_finite()) => {
+                Some(c) if c <= 0.0 || !(c as f32).is_finite() => {
                     Err(fields.err(key, "a positive number or null"))
                 }
                 c => Ok(c.map(|c| c as f32)),
@@ -586,32 +587,8 @@ impl Fields<'_> {
         if window >= n_ctx {
             return Ok(());
         }
-        let sliding_layers: Vec<usize> = match self.present("layer_types") {
-            Some(types) => {
-                let types = types
-                    .as_array()
-                    .filter(|t| t.len() == n_layers)
-                    .ok_or_else(|| {
-                        self.err(
-                            "layer_types",
-                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
-                        )
-                    })?;
-                let mut sliding = Vec::new();
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        Some("full_attention") => {}
-                        Some("sliding_attention") => sliding.push(i),
-                        _ => {
-                            return Err(self.err(
-                                "layer_types",
-                                "\"full_attention\" or \"sliding_attention\" per layer",
-                            ))
-                        }
-                    }
-                }
-                sliding
-            }
+        let sliding_layers: Vec<usize> = match self.sliding_layer_types(n_layers)? {
+            Some(sliding) => sliding,
             None => {
                 let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
                 (first..n_layers).collect()
@@ -653,6 +630,36 @@ impl Fields<'_> {
             ),
         ))
     }
+    /// The layers transformers 5's `layer_types` marks "sliding_attention" (one entry per
+    /// layer, each "full_attention" or "sliding_attention"); `None` when the list is absent.
+    fn sliding_layer_types(&self, n_layers: usize) -> Result<Option<Vec<usize>>, ConfigError> {
+        let Some(types) = self.present("layer_types") else {
+            return Ok(None);
+        };
+        let types = types
+            .as_array()
+            .filter(|t| t.len() == n_layers)
+            .ok_or_else(|| {
+                self.err(
+                    "layer_types",
+                    &format!("a list of {n_layers} layer types (num_hidden_layers)"),
+                )
+            })?;
+        let mut sliding = Vec::new();
+        for (i, t) in types.iter().enumerate() {
+            match t.as_str() {
+                Some("full_attention") => {}
+                Some("sliding_attention") => sliding.push(i),
+                _ => {
+                    return Err(self.err(
+                        "layer_types",
+                        "\"full_attention\" or \"sliding_attention\" per layer",
+                    ))
+                }
+            }
+        }
+        Ok(Some(sliding))
+    }
     /// Gemma 2's windows, as `Gemma2Config` reads them: `sliding_window` keys (default 4096;
     /// `null`: none) on the layers `layer_types` marks "sliding_attention", by default every
     /// even layer (`(i + 1) % 2`). `(layer, window)` per sliding layer.
@@ -662,32 +669,8 @@ impl Fields<'_> {
             None => 4096,
             Some(_) => self.usize("sliding_window")?,
         };
-        let sliding: Vec<usize> = match self.present("layer_types") {
-            Some(types) => {
-                let types = types
-                    .as_array()
-                    .filter(|t| t.len() == n_layers)
-                    .ok_or_else(|| {
-                        self.err(
-                            "layer_types",
-                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
-                        )
-                    })?;
-                let mut sliding = Vec::new();
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        Some("full_attention") => {}
-                        Some("sliding_attention") => sliding.push(i),
-                        _ => {
-                            return Err(self.err(
-                                "layer_types",
-                                "\"full_attention\" or \"sliding_attention\" per layer",
-                            ))
-                        }
-                    }
-                }
-                sliding
-            }
+        let sliding: Vec<usize> = match self.sliding_layer_types(n_layers)? {
+            Some(sliding) => sliding,
             None => (0..n_layers).filter(|i| (i + 1) % 2 == 1).collect(),
         };
         Ok(sliding.into_iter().map(|layer| (layer, window)).collect())

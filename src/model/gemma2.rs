@@ -12,46 +12,24 @@
 //!   soft-capped, the logits soft-capped ([`Scaling`](super::config::Scaling), from the config);
 //! - the unembedding tied to the embedding unless the file holds `lm_head.weight`.
 
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 
 use super::config::ModelConfig;
 use super::error::ModelError;
 use super::linalg::unembedding_layout;
-use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
+use super::transformer::{Layer, Mlp, Norm, Positions, Transformer};
 use super::weights::WeightFiles;
 
 pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
-    if !config.d_head.is_multiple_of(2) {
-        return Err(ModelError::Unsupported {
-            what: format!(
-                "rotary embeddings need an even head size, not {}",
-                config.d_head
-            ),
-        });
-    }
+    Positions::check_even_head(config.d_head)?;
     let (d, m, vocab) = (config.d_model, config.d_mlp, config.vocab_size);
     let (q_width, kv_width) = (
         config.n_heads * config.d_head,
         config.n_kv_heads * config.d_head,
     );
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>, ModelError> {
-        let values = files.tensor(name, &[rows, cols])?;
-        Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
-    };
-    // nn.Linear(d_in → d_out); the attention's projections have biases iff `attention_bias`.
+    // The attention's projections have biases iff `attention_bias`; the MLP's never.
     let linear =
-        |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-                bias: if bias {
-                    Some(Array1::from(
-                        files.tensor(&format!("{name}.bias"), &[d_out])?,
-                    ))
-                } else {
-                    None
-                },
-            })
-        };
+        |name: &str, d_in: usize, d_out: usize, bias: bool| files.linear(name, d_in, d_out, bias);
     // Gemma2RMSNorm: `norm(x.float()) * (1.0 + weight.float())`; storing `1 + w` (one f32
     // addition, as transformers does it) leaves the engine's `w · norm(x)` the same product.
     let rms_norm = |name: &str| -> Result<Norm, ModelError> {
@@ -87,7 +65,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         });
     }
     let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");
-    let embed = matrix("model.embed_tokens.weight", vocab, d)?; // (V, D)
+    let embed = files.matrix("model.embed_tokens.weight", vocab, d)?; // (V, D)
     Ok(Transformer {
         n_heads: config.n_heads,
         n_kv_heads: config.n_kv_heads,
@@ -105,7 +83,11 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         unembed: if tied {
             None
         } else {
-            Some(unembedding_layout(matrix("lm_head.weight", vocab, d)?))
+            Some(unembedding_layout(files.matrix(
+                "lm_head.weight",
+                vocab,
+                d,
+            )?))
         },
         scaling: config.scaling,
     })

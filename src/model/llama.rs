@@ -33,14 +33,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             ),
         });
     }
-    if !config.d_head.is_multiple_of(2) {
-        return Err(ModelError::Unsupported {
-            what: format!(
-                "rotary embeddings need an even head size, not {}",
-                config.d_head
-            ),
-        });
-    }
+    Positions::check_even_head(config.d_head)?;
     let (d, m, vocab) = (config.d_model, config.d_mlp, config.vocab_size);
     let (q_width, kv_width) = (
         config.n_heads * config.d_head,

@@ -121,6 +121,17 @@ pub(crate) enum Positions {
 }
 
 impl Positions {
+    /// Rotary embeddings turn pairs of dimensions: a family rotating whole heads needs an even
+    /// head size.
+    pub(crate) fn check_even_head(d_head: usize) -> Result<(), super::ModelError> {
+        if d_head.is_multiple_of(2) {
+            return Ok(());
+        }
+        Err(super::ModelError::Unsupported {
+            what: format!("rotary embeddings need an even head size, not {d_head}"),
+        })
+    }
+
     /// Rotary embeddings on the first `rotary_dim` dimensions of each head:
     /// `inv_freq[i] = 1 / theta^(2i/r)`, in f32 as HF computes it.
     pub(crate) fn rotary(rotary_dim: usize, theta: f32) -> Positions {
