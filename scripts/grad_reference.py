@@ -29,6 +29,12 @@ partial rotary is transformers' own NeoX `apply_rotary_pos_emb`, and under
 `use_parallel_residual` the MLP reads `resid_pre` (so `mlp_in` is a copy of it, read by the MLP
 only) and `resid_post = resid_pre + attn_out + mlp_out`.
 
+Gemma 2: every RMSNorm multiplies by (1 + w); the embedding is scaled by √D; scores are scaled by
+query_pre_attn_scalar^-0.5 and soft-capped (c·tanh(s/c)) before the causal mask; the attention's
+and the MLP's outputs pass through their post-norms before they are added (so `mlp_out` is the
+MLP's output after `post_feedforward_layernorm`, what is added to the stream); the MLP is GeGLU
+(gelu tanh); the logits are soft-capped.
+
 Output per model: {name}.safetensors (float32 arrays; for prompt p: `p{p}.ids` (T,) i64,
 `p{p}.targets` (2,) i64 answer and distractor, `p{p}.metric` (1,) f64, `p{p}.{quantity}`) and
 {name}.json (prompts, versions, the agreement with transformers' logits).
@@ -57,6 +63,7 @@ MODELS = {
     "neox-sequential-bf16": ROOT / "tests" / "fixtures" / "models" / "neox-sequential-bf16",
     "qwen2-tied-f32": ROOT / "tests" / "fixtures" / "models" / "qwen2-tied-f32",
     "mistral-head-dim-bf16": ROOT / "tests" / "fixtures" / "models" / "mistral-head-dim-bf16",
+    "gemma2-bf16": ROOT / "tests" / "fixtures" / "models" / "gemma2-bf16",
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
     "mistral-window-f32": ROOT / "tests" / "fixtures" / "models" / "mistral-window-f32",
     "qwen2-window-f16": ROOT / "tests" / "fixtures" / "models" / "qwen2-window-f16",
@@ -82,6 +89,20 @@ class Reference:
         self.gpt2 = self.cfg.model_type == "gpt2"
         self.neox = self.cfg.model_type == "gpt_neox"
         self.parallel = self.neox and self.cfg.use_parallel_residual
+        self.gemma2 = self.cfg.model_type == "gemma2"
+
+    def rms(self, name):
+        """RMSNorm by its weight's name: Gemma 2 multiplies by (1 + w)."""
+        w = self.sd[name + ".weight"]
+        gain = 1.0 + w if self.gemma2 else w
+        return lambda x: rms_norm(x, gain, self.cfg.rms_norm_eps)
+
+    def post_norms(self, i):
+        """Gemma 2's norms on the attention's and the MLP's outputs (identity elsewhere)."""
+        if not self.gemma2:
+            return (lambda x: x), (lambda x: x)
+        p = f"model.layers.{i}."
+        return self.rms(p + "post_attention_layernorm"), self.rms(p + "post_feedforward_layernorm")
 
     def window(self, i):
         """Layer i's sliding window as transformers applies it (None: every earlier key).
@@ -138,16 +159,21 @@ class Reference:
         p = f"model.layers.{i}."
         eps = self.cfg.rms_norm_eps
         lin = lambda name: (sd[p + name + ".weight"].T, sd.get(p + name + ".bias"))
-        norm = lambda name: (lambda x: rms_norm(x, sd[p + name + ".weight"], eps))
+        norm = lambda name: self.rms(p + name)
         gate, up, down = lin("mlp.gate_proj"), lin("mlp.up_proj"), lin("mlp.down_proj")
-        mlp = lambda x: (F.silu(x @ gate[0]) * (x @ up[0])) @ down[0]
+        if self.gemma2:
+            mlp = lambda x: (F.gelu(x @ gate[0], approximate="tanh") * (x @ up[0])) @ down[0]
+        else:
+            mlp = lambda x: (F.silu(x @ gate[0]) * (x @ up[0])) @ down[0]
         return (
             norm("input_layernorm"),
             lin("self_attn.q_proj"),
             lin("self_attn.k_proj"),
             lin("self_attn.v_proj"),
             lin("self_attn.o_proj"),
-            norm("post_attention_layernorm"),
+            # Gemma 2's MLP reads pre_feedforward_layernorm; its post_attention_layernorm is
+            # a post-norm (`post_norms`).
+            norm("pre_feedforward_layernorm" if self.gemma2 else "post_attention_layernorm"),
             mlp,
         )
 
@@ -174,7 +200,9 @@ class Reference:
             d = getattr(cfg, "head_dim", None) or D // H
             H_kv = cfg.num_key_value_heads
             embed = sd["model.embed_tokens.weight"][ids_t]
-            final_norm = lambda x: rms_norm(x, sd["model.norm.weight"], cfg.rms_norm_eps)
+            if self.gemma2:
+                embed = embed * math.sqrt(D)
+            final_norm = self.rms("model.norm")
             unembed = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])
             positions = torch.arange(T)[None]
             cos, sin = self.hf.model.rotary_emb(embed[None], positions)  # (1, T, d) each
@@ -191,6 +219,7 @@ class Reference:
 
         for i in range(n_layers):
             norm1, q_w, k_w, v_w, o_w, norm2, mlp = self.weights(i)
+            post_attn, post_mlp = self.post_norms(i)
             resid.retain_grad()
             keep["resid_pre"].append(resid)
             proj = {}
@@ -206,7 +235,13 @@ class Reference:
                 rotary = neox_rotary if self.neox else apply_rotary_pos_emb
                 q4, k4 = rotary(q.permute(1, 0, 2)[None], k.permute(1, 0, 2)[None], cos, sin)
                 q, k = q4[0].permute(1, 0, 2), k4[0].permute(1, 0, 2)
-            scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)  # (H, T, T)
+            if self.gemma2:
+                scores = torch.einsum("qhd,khd->hqk", q, k) * cfg.query_pre_attn_scalar**-0.5
+                if cfg.attn_logit_softcapping is not None:
+                    cap = cfg.attn_logit_softcapping
+                    scores = torch.tanh(scores / cap) * cap
+            else:
+                scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)  # (H, T, T)
             window = self.window(i)
             if window is None:
                 layer_mask = mask
@@ -223,17 +258,21 @@ class Reference:
             attn_out = z.reshape(T, H * d) @ o_w[0]
             if o_w[1] is not None:
                 attn_out = attn_out + o_w[1]
+            attn_out = post_attn(attn_out)
             resid_mid = resid + attn_out
             # Read by the MLP only (its grad is the MLP path's): resid_mid, or in parallel resid_pre.
             mlp_in = (resid if self.parallel else resid_mid) * 1.0
             mlp_in.retain_grad()
             keep["mlp_in"].append(mlp_in)
-            mlp_out = mlp(norm2(mlp_in))
+            mlp_out = post_mlp(mlp(norm2(mlp_in)))
             mlp_out.retain_grad()
             keep["mlp_out"].append(mlp_out)
             resid = resid_mid + mlp_out
         resid.retain_grad()
         logits = final_norm(resid) @ unembed.T  # (T, V)
+        if self.gemma2 and cfg.final_logit_softcapping is not None:
+            cap = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
         return logits, resid, keep
 
 

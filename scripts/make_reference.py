@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel,
+                          GPTNeoXConfig, GPTNeoXForCausalLM,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
@@ -309,6 +310,32 @@ def qwen2_window_f16():
     run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[3], 8))
 
 
+def gemma2_bf16():
+    """Gemma 2: GeGLU (gelu_pytorch_tanh), RMSNorm with (1 + w), embeddings scaled by √48,
+    pre- and post-norms around attention and MLP, soft caps small enough to bind on these
+    random weights (attention 4, final logits 5), query_pre_attn_scalar 24 (not head_dim), an
+    explicit head_dim (16, not 48 / 4 = 12), 4 query heads sharing 2 key/value heads, rope_theta
+    700, tied embeddings, 3 layers, BF16. Sliding windows of 4 keys on the default layers (0 and
+    2), shorter than most prompts, so they bind."""
+    tok = tiny_tokenizer(300, add_bos=True)
+    config = Gemma2Config(hidden_size=48, intermediate_size=88, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                          vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-6,
+                          rope_theta=700.0, query_pre_attn_scalar=24,
+                          attn_logit_softcapping=4.0, final_logit_softcapping=5.0,
+                          sliding_window=4, hidden_activation="gelu_pytorch_tanh",
+                          tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                          pad_token_id=0, attn_implementation="eager")
+    torch.manual_seed(14)
+    model = Gemma2ForCausalLM(config).eval()
+    randomize(model, 15)
+    folder = OUT / "gemma2-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    assert model.config.layer_types == ["sliding_attention", "full_attention",
+                                        "sliding_attention"], model.config.layer_types
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[3], 8))
+
+
 def qwen2_layer_types_bf16():
     """Qwen2 in transformers 5's spelling: `layer_types` sliding, full, sliding (which no
     `max_window_layers` gives: the list decides), a window of 3 keys, tied embeddings; 3
@@ -351,8 +378,8 @@ def stories260k():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
-                qwen2_tied_f32, mistral_head_dim_bf16, stories260k, mistral_window_f32,
-                qwen2_window_f16, qwen2_layer_types_bf16]
+                qwen2_tied_f32, mistral_head_dim_bf16, gemma2_bf16, stories260k,
+                mistral_window_f32, qwen2_window_f16, qwen2_layer_types_bf16]
     # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
     chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
     for fixture in FIXTURES:

@@ -514,3 +514,57 @@ fn the_cache_keeps_the_values_by_query_head_the_attention_used() {
         }
     }
 }
+
+/// Knocks out key 0 for every later query of one layer's heads.
+struct KnockOutFirstKey(usize);
+impl Interventions for KnockOutFirstKey {
+    fn edit_scores(&self, layer: usize, scores: &mut ArrayViewMut4<f32>) {
+        if layer == self.0 {
+            let queries = scores.dim().2;
+            scores
+                .slice_mut(s![.., .., 1..queries, 0])
+                .fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+/// Gemma 2 soft-caps its scores (`c·tanh(s/c)`, c = 4 in the fixture) before the hook sees them,
+/// so a knocked-out pair is `−∞` after the cap and reads nothing; were the cap applied after the
+/// hook, `c·tanh(−∞) = −4` would be a finite score with a share of the softmax. The other keys
+/// renormalize over the capped clean scores.
+#[test]
+fn gemma2_knockout_is_applied_after_the_soft_cap() {
+    let model = Model::load(&fixture("gemma2-bf16")).unwrap();
+    let cap = model.config.scaling.attn_logit_softcap.unwrap();
+    let clean = run(&model, &NoInterventions, true);
+    let knocked = run(&model, &KnockOutFirstKey(1), true);
+    let (clean, knocked) = (
+        &clean.cache.as_ref().unwrap().layers[1],
+        &knocked.cache.as_ref().unwrap().layers[1],
+    );
+    let lengths = prompts(&model).iter().map(Vec::len).collect::<Vec<_>>();
+    let mut compared = 0;
+    for (b, &len) in lengths.iter().enumerate() {
+        for h in 0..model.config.n_heads {
+            for q in 1..len {
+                assert_eq!(knocked.pattern[[b, h, q, 0]], 0.0);
+                assert_eq!(knocked.scores[[b, h, q, 0]], f32::NEG_INFINITY);
+                let kept: Vec<f64> = (1..=q).map(|k| clean.scores[[b, h, q, k]] as f64).collect();
+                assert!(kept.iter().all(|s| s.abs() <= cap as f64), "capped scores");
+                let max = kept.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = kept.iter().map(|s| (s - max).exp()).sum();
+                for (i, s) in kept.iter().enumerate() {
+                    let want = (s - max).exp() / sum;
+                    let got = knocked.pattern[[b, h, q, i + 1]] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-6,
+                        "({b}, {h}, {q}, {}): {got} vs {want}",
+                        i + 1
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(compared > 20);
+}

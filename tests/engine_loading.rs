@@ -161,7 +161,7 @@ fn unknown_model_type() {
     let help = err.help().unwrap().to_string();
     assert_eq!(
         help,
-        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2" and "mistral""#
+        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2", "mistral" and "gemma2""#
     );
 }
 
@@ -930,5 +930,109 @@ fn mistral_bias_in_the_weights_is_an_unused_tensor() {
         dir.path(),
         "circuit::model::unexpected_tensors",
         &["model.layers.0.self_attn.q_proj.bias"],
+    );
+}
+
+#[test]
+fn gemma2_windows_are_read_as_gemma2config_reads_them() {
+    let windows = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = with_config("gemma2-bf16", edit);
+        Model::load(dir.path()).unwrap().config.attention_windows
+    };
+    assert_eq!(
+        windows(&|c| c["sliding_window"] = 16.into()),
+        [Some(16), None, Some(16)]
+    );
+    // Gemma2Config's defaults when the keys are absent: a 4096-key window on the even layers.
+    assert_eq!(
+        windows(&|c| {
+            let object = c.as_object_mut().unwrap();
+            object.remove("sliding_window");
+            object.remove("layer_types");
+            c["max_position_embeddings"] = 8192.into();
+        }),
+        [Some(4096), None, Some(4096)]
+    );
+    // Only the layers `layer_types` names slide.
+    assert_eq!(
+        windows(&|c| {
+            c["sliding_window"] = 16.into();
+            c["layer_types"] =
+                serde_json::json!(["full_attention", "full_attention", "sliding_attention"]);
+        }),
+        [None, None, Some(16)]
+    );
+    // No window, every layer full, or a window no prompt reaches: the same model.
+    let unwindowed = with_config("gemma2-bf16", |c| {
+        c["sliding_window"] = serde_json::Value::Null
+    });
+    let original = end_logits(&Model::load(unwindowed.path()).unwrap());
+    for edit in [
+        serde_json::json!({"sliding_window": 64}),
+        serde_json::json!({"sliding_window": 16, "layer_types": ["full_attention", "full_attention", "full_attention"]}),
+    ] {
+        let dir = with_config("gemma2-bf16", |c| {
+            for (key, value) in edit.as_object().unwrap() {
+                c[key] = value.clone();
+            }
+        });
+        assert_eq!(end_logits(&Model::load(dir.path()).unwrap()), original);
+    }
+}
+
+#[test]
+fn gemma2_unimplemented_variants_are_errors_naming_the_key() {
+    for (key, value, needle) in [
+        (
+            "hidden_activation",
+            serde_json::json!("gelu"),
+            "`hidden_activation` = \"gelu\"",
+        ),
+        (
+            "use_bidirectional_attention",
+            serde_json::json!(true),
+            "`use_bidirectional_attention` = true",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_type": "linear", "rope_theta": 700.0, "factor": 2.0}),
+            "`rope_parameters.rope_type` = \"linear\"",
+        ),
+    ] {
+        let dir = with_config("gemma2-bf16", |c| {
+            c[key] = value.clone();
+        });
+        load_error(dir.path(), "circuit::model::unsupported_config", &[needle]);
+    }
+    // A soft cap must be a positive number or null.
+    let dir = with_config("gemma2-bf16", |c| {
+        c["attn_logit_softcapping"] = 0.into();
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::config_field",
+        &["attn_logit_softcapping"],
+    );
+    // Switching a cap off changes the logits (the fixture's caps bind).
+    let dir = with_config("gemma2-bf16", |c| {
+        c["final_logit_softcapping"] = serde_json::Value::Null;
+    });
+    let uncapped = Model::load(dir.path()).unwrap();
+    assert_eq!(uncapped.config.scaling.final_logit_softcap, None);
+    let original = end_logits(&Model::load(&fixture_named("gemma2-bf16")).unwrap());
+    assert_ne!(end_logits(&uncapped), original);
+}
+
+#[test]
+fn gemma2_missing_post_norm_is_a_missing_tensor() {
+    let dir = copy_fixture_named("gemma2-bf16");
+    rewrite_weights_of("gemma2-bf16", dir.path(), |name, dtype, shape, data| {
+        (name != "model.layers.1.post_feedforward_layernorm.weight")
+            .then(|| (dtype, shape.to_vec(), data.to_vec()))
+    });
+    load_error(
+        dir.path(),
+        "circuit::model::tensor_missing",
+        &["model.layers.1.post_feedforward_layernorm.weight"],
     );
 }

@@ -398,3 +398,53 @@ fn stories260k_greedy_continuation() {
     let e = expected("stories260K");
     assert_eq!(text, e.meta["greedy_continuation"].as_str().unwrap());
 }
+
+#[test]
+fn gemma2_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("gemma2-bf16")).unwrap();
+    let config = &model.config;
+    assert_eq!(config.architecture, circuit::model::Architecture::Gemma2);
+    // head_dim 16, not hidden_size / heads = 12; grouped-query attention; tied embeddings.
+    assert_eq!(
+        (config.n_heads, config.n_kv_heads, config.d_head),
+        (4, 2, 16)
+    );
+    assert!(config.tie_word_embeddings && !config.attention_bias);
+    let scaling = config.scaling;
+    assert_eq!(scaling.embed, Some(48f32.sqrt()));
+    assert_eq!(scaling.query, Some((24f64).powf(-0.5) as f32));
+    assert_eq!(
+        (scaling.attn_logit_softcap, scaling.final_logit_softcap),
+        (Some(4.0), Some(5.0))
+    );
+    let e = expected("gemma2-bf16");
+    check_logits(&model, "gemma2-bf16", &e);
+    check_cache(&model, "gemma2-bf16", &e);
+    check_greedy(&model, "gemma2-bf16", &e);
+    // Both soft caps bind on this fixture (so a missing cap would fail the parity above): some
+    // score and some logit come close to their cap, which tanh reaches only from far beyond it.
+    let out = model
+        .forward(
+            &e.ids,
+            &ForwardOptions {
+                all_logits: true,
+                cache: true,
+            },
+            &NoInterventions,
+        )
+        .unwrap();
+    let cache = out.cache.unwrap();
+    let largest_score = (cache.layers.iter())
+        .flat_map(|l| l.scores.iter().copied().filter(|s| s.is_finite()))
+        .fold(0f32, |m, s| m.max(s.abs()));
+    let largest_logit = out.logits.iter().fold(0f32, |m, l| m.max(l.abs()));
+    eprintln!("largest |score| {largest_score} (cap 4), |logit| {largest_logit} (cap 5)");
+    assert!(
+        largest_score > 3.0 && largest_score < 4.0,
+        "{largest_score}"
+    );
+    assert!(
+        largest_logit > 4.0 && largest_logit < 5.0,
+        "{largest_logit}"
+    );
+}

@@ -345,11 +345,8 @@ fn shards_merge_into_the_whole_scan() {
     assert_eq!(merged, whole);
 }
 
-/// GPT-NeoX with the parallel residual: the MLP of the ablated layer reads the stream entering
-/// it, not the attention's output, in the incremental engine as in the forward.
-#[test]
-fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
-    let dir = tempfile::tempdir().unwrap();
+/// A file over a small digits dataset for the model fixture `model`, scope `scope`.
+fn digits_file(dir: &Path, model: &str, scope: &str) -> PathBuf {
     let mut lines = String::new();
     for (prompt, answer, distractor) in [
         ("1234", "5", "6"),
@@ -363,14 +360,33 @@ fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
             "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
         ));
     }
-    std::fs::write(dir.path().join("digits.jsonl"), lines).unwrap();
-    let model = repo("tests/fixtures/models/neox-parallel-f16");
+    std::fs::write(dir.join("digits.jsonl"), lines).unwrap();
     let text = format!(
-        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
-        model.display()
+        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate {scope} by mean\nmetric logit_diff\n",
+        repo(&format!("tests/fixtures/models/{model}")).display()
     );
-    let path = dir.path().join("neox.circuit");
+    let path = dir.join(format!("{model}.circuit"));
     std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Gemma 2: the incremental engine's attention soft-caps its scores with the engine's scale
+/// (`query_pre_attn_scalar`), and its attention and MLP outputs pass through their post-norms.
+#[test]
+fn incremental_equals_naive_on_gemma2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = digits_file(dir.path(), "gemma2-bf16", "heads and mlps");
+    assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
+    assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
+    assert_engines_agree(&path, ScanGranularity::QkEdges, None, Shard::WHOLE);
+}
+
+/// GPT-NeoX with the parallel residual: the MLP of the ablated layer reads the stream entering
+/// it, not the attention's output, in the incremental engine as in the forward.
+#[test]
+fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = digits_file(dir.path(), "neox-parallel-f16", "heads and mlps");
     assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
     assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
 }

@@ -335,3 +335,47 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
     );
     stdout(&out);
 }
+
+/// Gemma 2: node and QK-edge scores run through its backward; path-edge scores and `dla`, which
+/// need a head's write to be a term of later inputs, are refused under its post-norms.
+#[test]
+fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
+    {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    std::fs::write(d.join("digits.jsonl"), lines).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
+    let text = format!(
+        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
+        model.display()
+    );
+    let file = write_file(d, "gemma2.circuit", &text);
+    for extra in [
+        &[][..],
+        &["--granularity", "qk-edges"],
+        &["--method", "eap-ig", "--steps", "2"],
+    ] {
+        let mut args = vec![file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let table = stdout(&scores(&args, "2"));
+        assert!(table.contains("0."), "{extra:?}: {table}");
+    }
+    refused(
+        d,
+        &file,
+        &["--granularity", "path-edges"],
+        "circuit::attribute::post_norm_path_edges",
+    );
+    refused(
+        d,
+        &file,
+        &["--method", "dla"],
+        "circuit::attribute::post_norm_dla",
+    );
+}

@@ -233,6 +233,20 @@ pub enum AttributeError {
     )]
     KnockoutEdges,
 
+    #[error("path-edge scores are not defined on this model: its blocks' outputs are normed before they are added (post-norms)")]
+    #[diagnostic(
+        code(circuit::attribute::post_norm_path_edges),
+        help("on Gemma 2 a head's write reaches the residual stream only through its layer's post-attention norm, so it is no term of a later input that a path edge could swap; score nodes or QK edges (docs/semantics.md, \"Gemma 2\")")
+    )]
+    PostNormPathEdges,
+
+    #[error("`dla` is not defined on this model: a head's write reaches the residual stream only through its layer's post-attention norm (post-norms)")]
+    #[diagnostic(
+        code(circuit::attribute::post_norm_dla),
+        help("direct-logit attribution multiplies a head's write by the final norm's frozen Jacobian, which needs the write to be a term of the final stream; use eap or eap-ig (docs/semantics.md, \"Gemma 2\")")
+    )]
+    PostNormDla,
+
     #[error("scores relative to edge-complete circuit `{name}` are not computed: its inputs read a reference embedding where no `embed` edge is kept, which the backward does not hold constant")]
     #[diagnostic(
         code(circuit::attribute::edge_complete_circuit),

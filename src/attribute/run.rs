@@ -84,6 +84,15 @@ pub fn score_session(
     {
         return Err(AttributeError::KnockoutEdges.into());
     }
+    // Post-norms (Gemma 2): no head's write is a term of a later input (the one topology rule).
+    if session.model().config.residual == crate::model::ResidualTopology::SequentialPostNorm {
+        if request.granularity == Granularity::PathEdges {
+            return Err(AttributeError::PostNormPathEdges.into());
+        }
+        if request.method == Method::Dla {
+            return Err(AttributeError::PostNormDla.into());
+        }
+    }
     let (n_layers, n_heads) = (
         session.model().config.n_layers,
         session.model().config.n_heads,

@@ -20,7 +20,7 @@ use super::config::visible_keys;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
 use super::linalg::matmul;
 use super::numerics::{dot, exp, gelu_erf, gelu_new, silu, widest_simd};
-use super::transformer::{Layer, Mlp, Positions, Transformer};
+use super::transformer::{soft_cap, Layer, Mlp, Positions, Transformer};
 
 /// The batch a forward runs on: `B` prompts right-padded to `T` tokens.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +124,10 @@ impl Transformer {
                 out += &wpe.row(position);
             }
         }
+        // Gemma 2 scales the token embedding (by √D, as transformers' normalizer).
+        if let Some(scale) = self.scaling.embed {
+            resid *= scale;
+        }
         resid
     }
 
@@ -198,10 +202,11 @@ impl Transformer {
         };
         let (q, k, v) = (heads(q, n_queries), heads(k, seq), heads(v, seq)); // (B, T_q|T, H, d)
 
-        let scale = 1.0 / (d_head as f32).sqrt();
+        let scale = self.score_scale();
+        let softcap = self.scaling.attn_logit_softcap;
         let query_position = |b: usize, i: usize| queries.batch_row(b * n_queries + i) % seq;
         let window = self.attention_windows[index];
-        let mut scores = causal_scores(&q, &k, scale, window, query_position); // (B, H, T_q, T)
+        let mut scores = causal_scores(&q, &k, scale, window, softcap, query_position); // (B, H, T_q, T)
 
         // Intervention point: pre-softmax scores (attention knockout).
         hooks.edit_scores(index, &mut scores.view_mut());
@@ -215,7 +220,12 @@ impl Transformer {
             .view()
             .into_shape_with_order((prompts * n_queries, n_heads * d_head))
             .unwrap(); // (N_q, H·d)
-        let out = layer.o.apply(z_rows); // (N_q, D)
+        let mut out = layer.o.apply(z_rows); // (N_q, D)
+        if let Some(post_norm) = &layer.attn_post_norm {
+            // Gemma 2: what is added is the normed output of the whole layer's heads.
+            out = post_norm.apply(out.view()); // (N_q, D)
+        }
+        // Each head's own write before any post-norm (under one it is no term of the stream).
         let head_out = want_head_out
             .then(|| per_head_outputs(&z_rows, &layer.o.weight, prompts, n_queries, n_heads)); // (B, T_q, H, D)
         AttentionTrace {
@@ -262,7 +272,10 @@ impl Transformer {
             ),
             None => layer.mlp_norm.apply(resid.view()),
         }; // (N_q, D)
-        let (activations, out) = layer.mlp.forward(normed.view(), keep_pre_activation); // (N_q, D)
+        let (activations, mut out) = layer.mlp.forward(normed.view(), keep_pre_activation); // (N_q, D)
+        if let Some(post_norm) = &layer.mlp_post_norm {
+            out = post_norm.apply(out.view()); // (N_q, D), Gemma 2's post-feedforward norm
+        }
         let mut out = out
             .into_shape_with_order((prompts, rows_per_prompt, d_model))
             .unwrap(); // (B, T_q, D)
@@ -295,7 +308,11 @@ impl Transformer {
         };
         let unembed = self.unembed.as_ref().unwrap_or(&self.embed); // (V, D)
         let normed = self.final_norm.apply(rows); // (N_q, D)
-        matmul(normed.view(), unembed.t())
+        let mut logits = matmul(normed.view(), unembed.t()); // (N_q, V)
+        if let Some(cap) = self.scaling.final_logit_softcap {
+            map_in_place(&mut logits, |x| soft_cap(x, cap)); // Gemma 2's final soft cap
+        }
+        logits
             .into_shape_with_order((prompts, rows_per_prompt, unembed.nrows()))
             .unwrap() // (B, T_q, V)
     }
@@ -337,11 +354,14 @@ impl Mlp {
                 };
                 (activations, out)
             }
-            Mlp::SwiGlu { gate, up, down } => {
+            Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
                 let mut hidden = gate.apply(x); // (N, M)
                 let up = up.apply(x); // (N, M)
                 let pre_activation = keep_pre_activation.then(|| hidden.clone()); // (N, M)
-                map_in_place(&mut hidden, silu);
+                match self {
+                    Mlp::GeGlu { .. } => map_in_place(&mut hidden, gelu_new),
+                    _ => map_in_place(&mut hidden, silu),
+                }
                 hidden *= &up;
                 let out = down.apply(hidden.view()); // (N, D)
                 let activations = MlpActivations {
@@ -418,14 +438,17 @@ pub(super) fn rotate(
 }
 
 /// Scaled `q·k` for every (prompt, head) and each query row `i < T_q`, which sits at token
-/// position `query_position(b, i)`; keys after that position, and under a sliding `window`
-/// keys before the window ([`visible_keys`]), get `-inf` (the causal mask).
+/// position `query_position(b, i)`, soft-capped to `c·tanh(s/c)` when `softcap` is `Some(c)`
+/// (Gemma 2; the cap comes first, as in transformers, so the mask and a knockout's `-inf`
+/// stay `-inf`); keys after that position, and under a sliding `window` keys before the window
+/// ([`visible_keys`]), get `-inf` (the causal mask).
 /// `q` `(B, T_q, H, d)`, `k` `(B, T, H, d)` → `(B, H, T_q, T)`.
 fn causal_scores(
     q: &Array4<f32>,
     k: &Array4<f32>,
     scale: f32,
     window: Option<usize>,
+    softcap: Option<f32>,
     query_position: impl Fn(usize, usize) -> usize + Sync,
 ) -> Array4<f32> {
     let (batch, n_queries, n_heads, d_head) = q.dim();
@@ -449,7 +472,11 @@ fn causal_scores(
                         let visible = visible_keys(window, query_position(b, i));
                         for tk in 0..seq {
                             block[i * seq + tk] = if visible.contains(&tk) {
-                                dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
+                                let s = dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale;
+                                match softcap {
+                                    Some(cap) => soft_cap(s, cap),
+                                    None => s,
+                                }
                             } else {
                                 f32::NEG_INFINITY
                             };
@@ -585,7 +612,12 @@ mod tests {
             up: linear(4, 6, 3),
             down: linear(6, 4, 4),
         };
-        for mlp in [&gelu, &exact_gelu, &swiglu] {
+        let geglu = Mlp::GeGlu {
+            gate: linear(4, 6, 7),
+            up: linear(4, 6, 8),
+            down: linear(6, 4, 9),
+        };
+        for mlp in [&gelu, &exact_gelu, &swiglu, &geglu] {
             let (kept, out) = mlp.forward(x.view(), true);
             let (plain, plain_out) = mlp.forward(x.view(), false);
             // Keeping the pre-activation changes nothing else.
@@ -595,14 +627,15 @@ mod tests {
             let pre = kept.pre_activation.expect("kept when asked");
             let (first, down) = match mlp {
                 Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => (fc, proj),
-                Mlp::SwiGlu { gate, down, .. } => (gate, down),
+                Mlp::SwiGlu { gate, down, .. } | Mlp::GeGlu { gate, down, .. } => (gate, down),
             };
             assert_eq!(pre, first.apply(x.view()));
             let hidden = match (mlp, &kept.up) {
                 (Mlp::GeluNew { .. }, None) => pre.mapv(gelu_new),
                 (Mlp::GeluErf { .. }, None) => pre.mapv(gelu_erf),
                 (Mlp::SwiGlu { .. }, Some(up)) => pre.mapv(silu) * up,
-                _ => panic!("only SwiGLU keeps an up projection"),
+                (Mlp::GeGlu { .. }, Some(up)) => pre.mapv(gelu_new) * up,
+                _ => panic!("only the gated MLPs keep an up projection"),
             };
             assert_eq!(kept.hidden, hidden);
             assert_eq!(out, down.apply(hidden.view()));

@@ -28,10 +28,30 @@ pub enum Architecture {
     Qwen2,
     /// `model_type: mistral`: Llama's blocks without biases, sliding-window attention.
     Mistral,
+    /// `model_type: gemma2`: Llama's blocks with GeGLU, RMSNorm with `(1 + w)`, post-norms
+    /// around attention and MLP, scaled embeddings and tanh soft caps ([`Scaling`]).
+    Gemma2,
 }
 
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
-pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["gpt2", "llama", "gpt_neox", "qwen2", "mistral"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
+    ["gpt2", "llama", "gpt_neox", "qwen2", "mistral", "gemma2"];
+
+/// Gemma 2's scalings and soft caps, as `Gemma2Config` reads them; all `None` (no scaling, the
+/// usual `1/√d_head`) for every other family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Scaling {
+    /// The token embedding is multiplied by this: Gemma 2's `√hidden_size`, rounded to f32 as
+    /// transformers rounds its normalizer to the model's dtype (the engine's is f32).
+    pub embed: Option<f32>,
+    /// The attention scores' scale, `query_pre_attn_scalar^-0.5` (Gemma 2); `None`: `1/√d_head`.
+    pub query: Option<f32>,
+    /// `attn_logit_softcapping`: scores become `c·tanh(s/c)` before the causal mask and any
+    /// knockout (whose `−∞` is then applied after the cap).
+    pub attn_logit_softcap: Option<f32>,
+    /// `final_logit_softcapping`: logits become `c·tanh(l/c)`.
+    pub final_logit_softcap: Option<f32>,
+}
 
 /// Shape and hyper-parameters of a transformer, in one vocabulary for every family.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -70,6 +90,8 @@ pub struct ModelConfig {
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
     pub bos_token_id: Option<u32>,
+    /// Gemma 2's embedding scale, attention scale and soft caps (none for the other families).
+    pub scaling: Scaling,
 }
 
 #[derive(Debug, Error, Diagnostic)]
@@ -165,12 +187,14 @@ impl ModelConfig {
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
                     bos_token_id: fields.opt_token_id("bos_token_id")?,
+                    scaling: Scaling::default(),
                 })
             }
             "llama" => Self::llama_like(&fields, Architecture::Llama),
             "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
             "mistral" => Self::llama_like(&fields, Architecture::Mistral),
             "gpt_neox" => Self::gpt_neox(&fields),
+            "gemma2" => Self::gemma2(&fields),
             other => Err(ConfigError::UnknownModelType {
                 path: path.to_path_buf(),
                 model_type: other.to_string(),
@@ -240,6 +264,7 @@ impl ModelConfig {
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "silu".to_string()),
             bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling: Scaling::default(),
         })
     }
 
@@ -290,6 +315,95 @@ impl ModelConfig {
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "gelu".to_string()),
             bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling: Scaling::default(),
+        })
+    }
+}
+
+impl ModelConfig {
+    /// Gemma 2, as `Gemma2Config` reads it (its defaults where a key is absent): `head_dim`
+    /// (256), grouped-query attention (`num_key_value_heads`, 4), `hidden_activation`
+    /// (`gelu_pytorch_tanh`), `query_pre_attn_scalar` (256), `attn_logit_softcapping` (50) and
+    /// `final_logit_softcapping` (30, `null` for none), tied embeddings, and a sliding window
+    /// (`sliding_window`, 4096) on the layers `layer_types` names, by default the even ones.
+    fn gemma2(fields: &Fields) -> Result<ModelConfig, ConfigError> {
+        let d_model = fields.usize("hidden_size")?;
+        let n_heads = fields.usize("num_attention_heads")?;
+        let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(4);
+        // Gemma2Config.validate_architecture asks this even with an explicit head_dim.
+        fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
+        fields.check_divisible(
+            "num_attention_heads",
+            n_heads,
+            "num_key_value_heads",
+            n_kv_heads,
+        )?;
+        let d_head = fields.opt_usize("head_dim")?.unwrap_or(256);
+        let n_layers = fields.usize("num_hidden_layers")?;
+        let n_ctx = fields.opt_usize("max_position_embeddings")?.unwrap_or(8192);
+        if fields.opt_bool("use_bidirectional_attention")? == Some(true) {
+            return Err(fields.unsupported(
+                "use_bidirectional_attention",
+                "true",
+                "bidirectional attention (no causal mask) is not implemented",
+            ));
+        }
+        let activation = fields
+            .opt_string("hidden_activation")?
+            .unwrap_or_else(|| "gelu_pytorch_tanh".to_string());
+        if activation != "gelu_pytorch_tanh" {
+            return Err(fields.unsupported(
+                "hidden_activation",
+                &format!("{activation:?}"),
+                "Gemma 2's MLP is implemented with \"gelu_pytorch_tanh\" only",
+            ));
+        }
+        let query_pre_attn_scalar = fields.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0);
+        // (JSON numbers are never NaN.)
+        if query_pre_attn_scalar <= 0.0 || !query_pre_attn_scalar.is_finite() {
+            return Err(fields.err("query_pre_attn_scalar", "a positive number"));
+        }
+        let softcap = |key: &str, default: f64| -> Result<Option<f32>, ConfigError> {
+            let value = match fields.json.get(key) {
+                None => Some(default),
+                Some(Value::Null) => None, // `null`: no soft cap
+                Some(_) => fields.opt_f64(key)?,
+            };
+            match value {
+                Some(c) if c <= 0.0 || !(c as f32).is_finite() => {
+                    Err(fields.err(key, "a positive number or null"))
+                }
+                c => Ok(c.map(|c| c as f32)),
+            }
+        };
+        let scaling = Scaling {
+            // transformers: torch.tensor(hidden_size ** 0.5), cast to the model's dtype.
+            embed: Some((d_model as f64).sqrt() as f32),
+            query: Some(query_pre_attn_scalar.powf(-0.5) as f32),
+            attn_logit_softcap: softcap("attn_logit_softcapping", 50.0)?,
+            final_logit_softcap: softcap("final_logit_softcapping", 30.0)?,
+        };
+        let attention_windows = fields.gemma2_windows(n_layers)?;
+        Ok(ModelConfig {
+            architecture: Architecture::Gemma2,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            d_model,
+            d_head,
+            d_mlp: fields.usize("intermediate_size")?,
+            vocab_size: fields.usize("vocab_size")?,
+            n_ctx,
+            norm_eps: fields.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: fields.rope_theta()?,
+            rotary_dim: d_head,
+            attention_bias: fields.opt_bool("attention_bias")?.unwrap_or(false),
+            tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+            residual: ResidualTopology::SequentialPostNorm,
+            attention_windows,
+            activation,
+            bos_token_id: fields.opt_token_id("bos_token_id")?,
+            scaling,
         })
     }
 }
@@ -309,7 +423,7 @@ struct Rope {
     fraction_key: String,
 }
 
-/// `"gpt2", "llama", "gpt_neox", "qwen2" and "mistral"`.
+/// `"gpt2", "llama", "gpt_neox", "qwen2", "mistral" and "gemma2"`.
 fn supported_model_types() -> String {
     let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
         .iter()
@@ -481,29 +595,8 @@ impl Fields<'_> {
         } else {
             None
         };
-        let sliding: Vec<bool> = match self.present("layer_types") {
-            Some(types) => {
-                let types = types
-                    .as_array()
-                    .filter(|t| t.len() == n_layers)
-                    .ok_or_else(|| {
-                        self.err(
-                            "layer_types",
-                            &format!("a list of {n_layers} layer types (num_hidden_layers)"),
-                        )
-                    })?;
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("full_attention") => Ok(false),
-                        Some("sliding_attention") => Ok(true),
-                        _ => Err(self.err(
-                            "layer_types",
-                            "\"full_attention\" or \"sliding_attention\" per layer",
-                        )),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+        let sliding: Vec<bool> = match self.sliding_layer_types(n_layers)? {
+            Some(sliding) => sliding,
             None => {
                 let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
                 (0..n_layers).map(|i| i >= first).collect()
@@ -522,6 +615,50 @@ impl Fields<'_> {
             None => Ok(Some(4096)),
             Some(_) => Ok(Some(self.usize("sliding_window")?)),
         }
+    }
+
+    /// Which layers transformers 5's `layer_types` marks "sliding_attention" (one entry per
+    /// layer, each "full_attention" or "sliding_attention"); `None` when the list is absent.
+    fn sliding_layer_types(&self, n_layers: usize) -> Result<Option<Vec<bool>>, ConfigError> {
+        let Some(types) = self.present("layer_types") else {
+            return Ok(None);
+        };
+        let types = types
+            .as_array()
+            .filter(|t| t.len() == n_layers)
+            .ok_or_else(|| {
+                self.err(
+                    "layer_types",
+                    &format!("a list of {n_layers} layer types (num_hidden_layers)"),
+                )
+            })?;
+        types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(false),
+                Some("sliding_attention") => Ok(true),
+                _ => Err(self.err(
+                    "layer_types",
+                    "\"full_attention\" or \"sliding_attention\" per layer",
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// Gemma 2's windows, as `Gemma2Config` reads them: `sliding_window` keys (default 4096;
+    /// `null`: none) on the layers `layer_types` marks "sliding_attention", by default every
+    /// even layer (`bool((i + 1) % 2)`).
+    fn gemma2_windows(&self, n_layers: usize) -> Result<Vec<Option<usize>>, ConfigError> {
+        let window = self.sliding_window()?;
+        let sliding: Vec<bool> = match self.sliding_layer_types(n_layers)? {
+            Some(sliding) => sliding,
+            None => (0..n_layers).map(|i| (i + 1) % 2 == 1).collect(),
+        };
+        Ok(sliding
+            .into_iter()
+            .map(|slides| window.filter(|_| slides))
+            .collect())
     }
 
     fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
@@ -740,6 +877,93 @@ mod tests {
         assert_eq!(visible_keys(Some(3), 7), 5..=7);
         assert_eq!(visible_keys(Some(3), 1), 0..=1);
         assert_eq!(visible_keys(Some(1), 4), 4..=4); // itself only
+    }
+
+    /// gemma-2-2b's config.json as on the hub (transformers 4.42's spelling).
+    const GEMMA2_2B: &str = r#"{"architectures": ["Gemma2ForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "attn_logit_softcapping": 50.0, "bos_token_id": 2,
+        "cache_implementation": "hybrid", "eos_token_id": 1, "final_logit_softcapping": 30.0,
+        "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304,
+        "initializer_range": 0.02, "intermediate_size": 9216, "max_position_embeddings": 8192,
+        "model_type": "gemma2", "num_attention_heads": 8, "num_hidden_layers": 26,
+        "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096,
+        "torch_dtype": "float32", "transformers_version": "4.42.4", "use_cache": true,
+        "vocab_size": 256000}"#;
+
+    #[test]
+    fn reads_gemma2_2b_config() {
+        // Its 4096-key window under an 8192 context, on layers 0, 2, ..., 24.
+        let windowed = ModelConfig::from_json_str(GEMMA2_2B, Path::new("c.json")).unwrap();
+        let alternating: Vec<Option<usize>> =
+            (0..26).map(|i| (i % 2 == 0).then_some(4096)).collect();
+        assert_eq!(windowed.attention_windows, alternating);
+        let unwindowed = GEMMA2_2B.replace("\"sliding_window\": 4096", "\"sliding_window\": null");
+        let config = ModelConfig::from_json_str(&unwindowed, Path::new("c.json")).unwrap();
+        assert_eq!(config.architecture, Architecture::Gemma2);
+        assert_eq!(
+            (
+                config.n_heads,
+                config.n_kv_heads,
+                config.d_head,
+                config.d_mlp
+            ),
+            (8, 4, 256, 9216)
+        );
+        assert_eq!(config.residual, ResidualTopology::SequentialPostNorm);
+        assert!(config.tie_word_embeddings && !config.attention_bias);
+        assert_eq!(config.scaling.embed, Some(48.0));
+        assert_eq!(config.scaling.query, Some(1.0 / 16.0));
+        assert_eq!(
+            (
+                config.scaling.attn_logit_softcap,
+                config.scaling.final_logit_softcap
+            ),
+            (Some(50.0), Some(30.0))
+        );
+        // transformers 5's spelling: rope_parameters and layer_types.
+        let mut json: Value = serde_json::from_str(&unwindowed).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("rope_theta");
+        object.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
+        );
+        let types: Vec<&str> = (0..26)
+            .map(|i| {
+                if i % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        object.insert("layer_types".into(), types.into());
+        let new = ModelConfig::from_json_str(&json.to_string(), Path::new("c.json")).unwrap();
+        assert_eq!(new, config);
+    }
+
+    #[test]
+    fn gemma2_defaults_are_gemma2_configs() {
+        let text = r#"{"model_type": "gemma2", "hidden_size": 64, "num_attention_heads": 8,
+            "num_hidden_layers": 3, "intermediate_size": 16, "vocab_size": 10,
+            "max_position_embeddings": 4096, "final_logit_softcapping": null}"#;
+        let config = ModelConfig::from_json_str(text, Path::new("c.json")).unwrap();
+        // Gemma2Config: 4 key/value heads, head_dim 256, query_pre_attn_scalar 256, an
+        // attention cap of 50, tied, and the window (4096, as long as this context) unbound.
+        assert_eq!((config.n_kv_heads, config.d_head), (4, 256));
+        assert_eq!(config.scaling.query, Some(1.0 / 16.0));
+        assert_eq!(config.scaling.attn_logit_softcap, Some(50.0));
+        assert_eq!(config.scaling.final_logit_softcap, None);
+        assert_eq!(config.activation, "gelu_pytorch_tanh");
+        assert!(config.tie_word_embeddings);
+        let bad = text.replace(
+            "\"num_hidden_layers\": 3",
+            "\"num_hidden_layers\": 3, \"layer_types\": [\"full_attention\"]",
+        );
+        let err = ModelConfig::from_json_str(&bad, Path::new("c.json")).unwrap_err();
+        assert!(matches!(err, ConfigError::Field { ref field, .. } if field == "layer_types"));
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                 fc: conv1d(&format!("{h}.mlp.c_fc"), d, m)?,
                 proj: conv1d(&format!("{h}.mlp.c_proj"), m, d)?,
             },
+            attn_post_norm: None,
+            mlp_post_norm: None,
         });
     }
     let embed = matrix("wte.weight", vocab, d)?; // (V, D)
@@ -98,6 +100,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         layers,
         residual: config.residual,
         attention_windows: config.attention_windows.clone(),
+        scaling: config.scaling,
         final_norm: layer_norm("ln_f")?,
         unembed: None,
     })

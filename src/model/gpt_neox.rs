@@ -100,6 +100,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                 fc: linear(&format!("{l}.mlp.dense_h_to_4h"), d, m, true)?,
                 proj: linear(&format!("{l}.mlp.dense_4h_to_h"), m, d, true)?,
             },
+            attn_post_norm: None,
+            mlp_post_norm: None,
         });
     }
     Ok(Transformer {
@@ -111,6 +113,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         layers,
         residual: config.residual,
         attention_windows: config.attention_windows.clone(),
+        scaling: config.scaling,
         final_norm: layer_norm("gpt_neox.final_layer_norm")?,
         // The matrix the logits are read with, laid out for the product (linalg).
         unembed: Some(unembedding_layout(matrix("embed_out.weight", vocab, d)?)),

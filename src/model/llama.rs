@@ -33,14 +33,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             ),
         });
     }
-    if !config.d_head.is_multiple_of(2) {
-        return Err(ModelError::Unsupported {
-            what: format!(
-                "rotary embeddings need an even head size, not {}",
-                config.d_head
-            ),
-        });
-    }
+    Positions::check_even_head(config.d_head)?;
     let (d, m, vocab) = (config.d_model, config.d_mlp, config.vocab_size);
     let (q_width, kv_width) = (
         config.n_heads * config.d_head,
@@ -93,6 +86,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                 up: linear(&format!("{l}.mlp.up_proj"), d, m)?,
                 down: linear(&format!("{l}.mlp.down_proj"), m, d)?,
             },
+            attn_post_norm: None,
+            mlp_post_norm: None,
         });
     }
     let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");
@@ -110,6 +105,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         layers,
         residual: config.residual,
         attention_windows: config.attention_windows.clone(),
+        scaling: config.scaling,
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None

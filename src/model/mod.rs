@@ -1,5 +1,5 @@
-//! The transformer engine: HuggingFace model folders (GPT-2, Llama, Qwen2, Mistral and
-//! GPT-NeoX / Pythia families) run in f32 on the CPU with ndarray, exposing named intervention points and an
+//! The transformer engine: HuggingFace model folders (GPT-2, Llama, Qwen2, Mistral, Gemma 2
+//! and GPT-NeoX / Pythia families) run in f32 on the CPU with ndarray, exposing named intervention points and an
 //! activation cache.
 //!
 //! ```no_run
@@ -17,6 +17,7 @@ pub mod builtin;
 mod cache;
 pub mod config;
 mod error;
+mod gemma2;
 mod gpt2;
 mod gpt_neox;
 pub mod head_weights;
@@ -375,7 +376,10 @@ pub(crate) fn check_layer_count(
                 format!("{prefix}h.{i}.ln_1.weight")
             })?;
         }
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+        Architecture::Llama
+        | Architecture::Qwen2
+        | Architecture::Mistral
+        | Architecture::Gemma2 => {
             files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
                 format!("model.layers.{i}.input_layernorm.weight")
             })?;
@@ -411,6 +415,7 @@ fn architecture_name(config: &ModelConfig) -> &'static str {
         Architecture::GptNeox => "GPT-NeoX",
         Architecture::Qwen2 => "Qwen2",
         Architecture::Mistral => "Mistral",
+        Architecture::Gemma2 => "Gemma 2",
     }
 }
 
@@ -448,6 +453,7 @@ fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, Model
             llama::load(config, files)?
         }
         Architecture::GptNeox => gpt_neox::load(config, files)?,
+        Architecture::Gemma2 => gemma2::load(config, files)?,
     };
     debug_assert_eq!(transformer.residual, config.residual);
     files.check_all_used()?;

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::blocks::{rotary_tables, rotate};
 use super::config::visible_keys;
 use super::numerics::{dot, exp, widest_simd};
-use super::transformer::Positions;
+use super::transformer::{soft_cap, Positions};
 use super::ResidualTopology;
 use super::{ForwardOptions, Interventions, Model, ModelError};
 
@@ -166,10 +166,16 @@ impl Model {
         })
     }
 
-    /// `o(z) + bias` of `layer` for rows of per-head outputs `z` `(N, H·d)` → `(N, D)`: what the
-    /// attention block adds to the residual stream.
+    /// `o(z) + bias` of `layer` for rows of per-head outputs `z` `(N, H·d)` → `(N, D)`, then
+    /// the layer's post-attention norm if it has one (Gemma 2): what the attention block adds
+    /// to the residual stream.
     pub fn attention_output_rows(&self, layer: usize, z: ArrayView2<f32>) -> Array2<f32> {
-        self.transformer.layers[layer].o.apply(z)
+        let layer = &self.transformer.layers[layer];
+        let out = layer.o.apply(z); // (N, D)
+        match &layer.attn_post_norm {
+            Some(post_norm) => post_norm.apply(out.view()),
+            None => out,
+        }
     }
 
     /// The MLP of `layer` (its norm included) at rows of the residual stream `(N, D)` → `(N, D)`:
@@ -182,12 +188,16 @@ impl Model {
         resid_mid: ArrayView2<f32>,
     ) -> Array2<f32> {
         let reads = match self.transformer.residual {
-            ResidualTopology::Sequential => resid_mid,
+            ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm => resid_mid,
             ResidualTopology::Parallel => resid_pre,
         };
         let layer = &self.transformer.layers[layer];
         let normed = layer.mlp_norm.apply(reads);
-        layer.mlp.forward(normed.view(), false).1
+        let out = layer.mlp.forward(normed.view(), false).1; // (N, D)
+        match &layer.mlp_post_norm {
+            Some(post_norm) => post_norm.apply(out.view()),
+            None => out,
+        }
     }
 
     /// Final norm and unembedding of residual rows `(N, D)` → logits `(N, V)`.
@@ -295,7 +305,8 @@ impl Model {
             );
             rotate(&mut k, &cos, &sin, |r| position_of_row[r], d_head);
         }
-        let scale = 1.0 / (d_head as f32).sqrt();
+        let scale = t.score_scale();
+        let softcap = t.scaling.attn_logit_softcap;
         // Item of each query row, and the query rows' offsets per item.
         let (q_lens, q_offsets): (Vec<usize>, Vec<usize>) = if end_only {
             (
@@ -350,14 +361,19 @@ impl Model {
                                         &k_s[r * kv_width + g * d_head..][..d_head]
                                     }
                                 };
-                                // Scores, softmax: as the engine's `causal_scores` and
-                                // `softmax_rows` (max, exp(x − max), sum, divide), over the
-                                // keys the layer's window lets the query see (the one rule).
+                                // Scores (soft-capped as Gemma 2 caps them), softmax: as the
+                                // engine's `causal_scores` and `softmax_rows` (max,
+                                // exp(x − max), sum, divide), over the keys the layer's window
+                                // lets the query see (the one rule).
                                 let visible = visible_keys(window, position);
                                 let first = *visible.start();
                                 let w = &mut weights[visible];
                                 for (j, x) in w.iter_mut().enumerate() {
-                                    *x = dot(qv, key(first + j)) * scale;
+                                    let s = dot(qv, key(first + j)) * scale;
+                                    *x = match softcap {
+                                        Some(cap) => soft_cap(s, cap),
+                                        None => s,
+                                    };
                                 }
                                 let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                                 let mut sum = 0.0;
@@ -411,11 +427,11 @@ impl Model {
                 .expect("rows of H·d"); // (S, H, d)
             edits.edit_z(index, i, first, &mut item_z);
         }
-        let attn_out = layer.o.apply(z.view()); // (N_q, D)
-                                                // Under the parallel wiring the MLP reads the stream entering the layer, not the
-                                                // attention's output (the one rule: `ResidualTopology`).
+        let attn_out = self.attention_output_rows(index, z.view()); // (N_q, D), post-normed
+                                                                    // Under the parallel wiring the MLP reads the stream entering the layer, not the
+                                                                    // attention's output (the one rule: `ResidualTopology`).
         let parallel_input = match t.residual {
-            ResidualTopology::Sequential => None,
+            ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm => None,
             ResidualTopology::Parallel if end_only => Some(resid.select(Axis(0), end_rows)),
             ResidualTopology::Parallel => Some(resid.clone()),
         }; // (N_q, D)
@@ -430,6 +446,9 @@ impl Model {
                 .map_or(resid_mid.view(), |r| r.view()),
         );
         let (_, mut mlp_out) = layer.mlp.forward(normed.view(), false); // (N_q, D)
+        if let Some(post_norm) = &layer.mlp_post_norm {
+            mlp_out = post_norm.apply(mlp_out.view()); // (N_q, D), Gemma 2
+        }
         for (i, _) in items.iter().enumerate() {
             let (rows, first) = item_rows(i);
             edits.edit_mlp_out(index, i, first, &mut mlp_out.slice_mut(s![rows, ..]));

@@ -13,6 +13,14 @@ pub enum ResidualTopology {
     /// GPT-NeoX / Pythia (`use_parallel_residual: true`): `resid_post = resid_pre +
     /// attn(resid_pre) + mlp(resid_pre)`: attention and MLP of a layer read the same input.
     Parallel,
+    /// Gemma 2: wired sequentially, but each block's output passes through a norm of its own
+    /// before it is added (`resid_mid = resid_pre + post_norm(attn(norm(resid_pre)))`, likewise
+    /// the MLP). The streams read what the sequential wiring reads, but a head's write
+    /// `z_h · W_O^h` is no term of them: it enters through its layer's post-attention norm,
+    /// together with the layer's other heads, so no path edge can keep or swap it
+    /// ([`Unread::PostNorm`]).
+    #[serde(rename = "sequential_post_norm")]
+    SequentialPostNorm,
 }
 
 /// A block that reads or writes the residual stream. All heads of a layer are one attention
@@ -35,14 +43,22 @@ pub enum Unread {
     /// Under the parallel wiring, the MLP of `layer` reads the stream entering `layer`, which
     /// that layer's attention has not written to.
     ParallelSameLayer { layer: usize },
+    /// Under [`ResidualTopology::SequentialPostNorm`] no input is a sum of component outputs
+    /// (heads reach it through their layer's post-attention norm), so path edges, which swap
+    /// such terms, are not defined: every one is refused, whatever its ends.
+    PostNorm,
 }
 
 impl ResidualTopology {
-    /// `None` when `reader` reads `writer`'s output ([`Self::reads`]); otherwise why not, for
-    /// the errors of an edge that cannot exist.
+    /// `None` when a path edge from `writer` into `reader` can exist: `reader` reads
+    /// `writer`'s output ([`Self::reads`]) as a term of its stream; otherwise why not, for the
+    /// errors of an edge that cannot exist.
     pub fn why_unread(self, reader: Component, writer: Component) -> Option<Unread> {
         if self.reads(reader, writer) {
-            return None;
+            return match self {
+                ResidualTopology::SequentialPostNorm => Some(Unread::PostNorm),
+                _ => None,
+            };
         }
         match (self, writer, reader) {
             (ResidualTopology::Parallel, Component::Attention(w), Component::Mlp(r)) if w == r => {
@@ -60,7 +76,7 @@ impl ResidualTopology {
             (Unembed, _) | (_, Embed) => false,
             (Embed, _) | (_, Unembed) => true,
             (Attention(w), Mlp(r)) => match self {
-                ResidualTopology::Sequential => w <= r,
+                ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm => w <= r,
                 ResidualTopology::Parallel => w < r,
             },
             (Attention(w) | Mlp(w), Attention(r)) | (Mlp(w), Mlp(r)) => w < r,
@@ -146,8 +162,24 @@ mod tests {
     }
 
     #[test]
+    fn post_norm_reads_as_sequential_but_refuses_every_path_edge() {
+        assert_eq!(read_pairs(SequentialPostNorm), read_pairs(Sequential));
+        for (reader, writer) in read_pairs(SequentialPostNorm) {
+            assert_eq!(
+                SequentialPostNorm.why_unread(reader, writer),
+                Some(Unread::PostNorm),
+                "{reader:?} <- {writer:?}"
+            );
+        }
+        assert_eq!(
+            SequentialPostNorm.why_unread(Mlp(0), Attention(1)),
+            Some(Unread::Backwards)
+        );
+    }
+
+    #[test]
     fn embed_is_read_by_all_and_unembed_reads_all() {
-        for topology in [Sequential, Parallel] {
+        for topology in [Sequential, Parallel, SequentialPostNorm] {
             for c in [Attention(0), Mlp(0), Attention(2), Mlp(2), Unembed] {
                 assert!(topology.reads(c, Embed), "{c:?}");
             }

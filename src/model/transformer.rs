@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::blocks::{Batch, Rows};
 use super::cache::{rows_as_prompts, ActivationCache, Recorder};
+use super::config::Scaling;
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
 use super::numerics::{sum_of, widest_simd};
@@ -120,6 +121,17 @@ pub(crate) enum Positions {
 }
 
 impl Positions {
+    /// Rotary embeddings turn pairs of dimensions: a family rotating whole heads needs an even
+    /// head size.
+    pub(crate) fn check_even_head(d_head: usize) -> Result<(), super::ModelError> {
+        if d_head.is_multiple_of(2) {
+            return Ok(());
+        }
+        Err(super::ModelError::Unsupported {
+            what: format!("rotary embeddings need an even head size, not {d_head}"),
+        })
+    }
+
     /// Rotary embeddings on the first `rotary_dim` dimensions of each head:
     /// `inv_freq[i] = 1 / theta^(2i/r)`, in f32 as HF computes it.
     pub(crate) fn rotary(rotary_dim: usize, theta: f32) -> Positions {
@@ -141,6 +153,13 @@ pub(crate) enum Mlp {
         up: Linear,
         down: Linear,
     },
+    /// Gemma 2: `down(gelu_tanh(gate(x)) * up(x))` (`gelu_pytorch_tanh`, the same function as
+    /// GPT-2's `gelu_new`).
+    GeGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
 }
 
 /// One transformer block's weights.
@@ -154,6 +173,11 @@ pub(crate) struct Layer {
     pub o_bias: Array1<f32>, // (D,)
     pub mlp_norm: Norm,
     pub mlp: Mlp,
+    /// Gemma 2's `post_attention_layernorm`: applied to the attention's output `o(z)` before
+    /// it is added to the residual stream (`None`: added as it is).
+    pub attn_post_norm: Option<Norm>,
+    /// Gemma 2's `post_feedforward_layernorm`, likewise for the MLP's output.
+    pub mlp_post_norm: Option<Norm>,
 }
 
 /// A whole model's weights, in one vocabulary for both families.
@@ -174,6 +198,22 @@ pub(crate) struct Transformer {
     /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
     /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
     pub unembed: Option<Array2<f32>>, // (V, D)
+    /// Gemma 2's embedding scale, attention scale and soft caps (none elsewhere).
+    pub scaling: Scaling,
+}
+
+impl Transformer {
+    /// The attention scores' scale: `1/√d_head`, or the config's (Gemma 2).
+    pub(crate) fn score_scale(&self) -> f32 {
+        self.scaling
+            .query
+            .unwrap_or_else(|| 1.0 / (self.d_head as f32).sqrt())
+    }
+}
+
+/// `c·tanh(x/c)` (transformers' soft cap: divide, tanh, multiply), elementwise.
+pub(crate) fn soft_cap(x: f32, cap: f32) -> f32 {
+    (x / cap).tanh() * cap
 }
 
 impl Transformer {
@@ -256,7 +296,9 @@ impl Transformer {
             // The stream the MLP reads: the attention's output included or not.
             let parallel_input;
             let mlp_reads = match (self.residual, queries) {
-                (ResidualTopology::Sequential, _) => &resid_mid,
+                (ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm, _) => {
+                    &resid_mid
+                }
                 (ResidualTopology::Parallel, Rows::All) => &resid_pre,
                 (ResidualTopology::Parallel, Rows::Selected(rows)) => {
                     parallel_input = resid_pre.select(Axis(0), rows); // (N_q, D)

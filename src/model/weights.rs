@@ -220,6 +220,38 @@ impl WeightFiles {
         Ok(values)
     }
 
+    /// Tensor `name` as a `(rows, cols)` matrix.
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<ndarray::Array2<f32>, ModelError> {
+        let values = self.tensor(name, &[rows, cols])?;
+        Ok(ndarray::Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
+    }
+
+    /// An `nn.Linear(d_in → d_out)` named `name`: `{name}.weight` stored `(out, in)` and seen
+    /// as the `(in, out)` the forward multiplies by (a transposed view, no copy), and
+    /// `{name}.bias` when `bias`.
+    pub(crate) fn linear(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<super::transformer::Linear, ModelError> {
+        Ok(super::transformer::Linear {
+            weight: self
+                .matrix(&format!("{name}.weight"), d_out, d_in)?
+                .reversed_axes(), // (in, out)
+            bias: match bias {
+                true => Some(self.tensor(&format!("{name}.bias"), &[d_out])?.into()),
+                false => None,
+            },
+        })
+    }
+
     /// How many layers the file holds: the `i` from 0 for which `tensor_of_layer(i)` exists.
     pub(crate) fn layer_count(&self, tensor_of_layer: impl Fn(usize) -> String) -> usize {
         (0..)

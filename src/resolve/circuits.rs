@@ -307,7 +307,7 @@ impl<'a> Binder<'a> {
                                         format!("the edge from {up} to {down} goes backwards"),
                                         "runs after",
                                         match topology {
-                                            ResidualTopology::Sequential => "a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)".to_string(),
+                                            ResidualTopology::Sequential | ResidualTopology::SequentialPostNorm => "a path edge goes from an earlier component to a later one (a head's output reaches later layers; an MLP reads its own layer's attention output)".to_string(),
                                             ResidualTopology::Parallel => "a path edge goes from an earlier component to a later one (a head's output reaches later layers; under this model's parallel residual wiring an MLP does not read its own layer's attention)".to_string(),
                                         },
                                     ),
@@ -322,9 +322,18 @@ impl<'a> Binder<'a> {
                                             }
                                         ),
                                     ),
+                                    Unread::PostNorm => (
+                                        format!("the edge from {up} to {down} is not defined on this model: its blocks' outputs are normed before they are added (post-norms)"),
+                                        "no path edge is defined on a model with post-norms",
+                                        "on a model with post-norms (Gemma 2: `post_attention_layernorm`, `post_feedforward_layernorm`) a head's write z·W_O enters the residual stream only through its layer's post-attention norm, together with the layer's other heads, so it is no term of any later input that a path edge could keep or swap for its reference value; node ablation (`HEAD @ POSITIONS`), QK edges and MLP nodes are defined (they edit z before W_O, or an MLP's normed output) and evaluate as usual (docs/semantics.md, \"Gemma 2\")".to_string(),
+                                    ),
+                                };
+                                let code = match why {
+                                    Unread::PostNorm => code::POST_NORM_PATH_EDGE,
+                                    _ => code::BACKWARD_EDGE,
                                 };
                                 self.error(
-                                    SourceDiagnostic::error(code::BACKWARD_EDGE, message)
+                                    SourceDiagnostic::error(code, message)
                                         .with_label(up_span.clone(), label)
                                         .with_label(to.span(), "this input")
                                         .with_help(help),

@@ -37,6 +37,7 @@ codes! {
     NODE_IN_EDGE_COMPLETE = "node_in_edge_complete",
     OFFSET_AFTER_END = "offset_after_end",
     OFFSET_BEFORE_BOS = "offset_before_bos",
+    POST_NORM_PATH_EDGE = "post_norm_path_edge",
     REFERENCE = "reference",
     RESERVED_NAME = "reserved_name",
     UNKNOWN_CIRCUIT = "unknown_circuit",

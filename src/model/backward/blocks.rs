@@ -231,6 +231,44 @@ pub(crate) fn gelu_erf_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
     dx
 }
 
+// ---- GeGLU (Gemma 2's MLP) ---------------------------------------------------------------
+
+/// `(dgate, dup)` for `h = gelu_tanh(gate)·up`: `dgate = gelu_tanh'(gate)·dh·up` (the
+/// derivative of [`gelu_new_backward`]), `dup = dh·gelu_tanh(gate)`.
+pub(crate) fn geglu_backward<F: NdFloat>(
+    gate: ArrayView2<F>,
+    up: ArrayView2<F>,
+    dh: ArrayView2<F>,
+) -> (Array2<F>, Array2<F>) {
+    let (c, a, half): (F, F, F) = (
+        constant(SQRT_2_OVER_PI),
+        constant(GELU_CUBIC),
+        constant(0.5),
+    );
+    let d_gate = gelu_new_backward(gate, (&dh * &up).view());
+    let mut d_up = dh.to_owned();
+    d_up.zip_mut_with(&gate, |d, &x| {
+        *d *= half * x * (F::one() + (c * (x + a * x * x * x)).tanh());
+    });
+    (d_gate, d_up)
+}
+
+// ---- Soft cap (Gemma 2's final logits) -----------------------------------------------------
+
+/// `dx = dy · (1 − (y/c)²)` for `y = c·tanh(x/c)`, given the capped `y`.
+pub(crate) fn soft_cap_backward<F: NdFloat>(
+    capped: ArrayView2<F>,
+    cap: F,
+    dy: ArrayView2<F>,
+) -> Array2<F> {
+    let mut dx = dy.to_owned();
+    dx.zip_mut_with(&capped, |d, &y| {
+        let t = y / cap;
+        *d *= F::one() - t * t;
+    });
+    dx
+}
+
 // ---- SwiGLU (Llama's MLP) ----------------------------------------------------------------
 
 fn sigmoid<F: NdFloat>(x: F) -> F {
@@ -320,17 +358,26 @@ pub(crate) struct AttentionForward<F> {
 }
 
 #[cfg(test)] // restated forward: the tests check it against the engine's
-/// `scores[i, k] = scale · q[i]·k[k]` for keys `k ≤ i` (query row `i` at token position `i`),
-/// `-inf` after; `pattern = softmax(scores)`, `z = pattern · v`. `q` `(T, d)`, `k`, `v`
-/// `(T, d)`.
+/// `scores[i, k] = scale · q[i]·k[k]` for the keys query row `i` (at token position `i`) sees
+/// under `window` ([`visible_keys`]: `k ≤ i`, and within a sliding window), soft-capped to
+/// `c·tanh(s/c)` with `softcap = Some(c)`, `-inf` elsewhere; `pattern =
+/// softmax(scores)`, `z = pattern · v`. `q` `(T, d)`, `k`, `v` `(T, d)`.
 pub(crate) fn attention_forward<F: NdFloat>(
     q: ArrayView2<F>,
     k: ArrayView2<F>,
     v: ArrayView2<F>,
     scale: F,
+    softcap: Option<F>,
+    window: Option<usize>,
 ) -> AttentionForward<F> {
     let mut pattern = q.dot(&k.t()) * scale; // (T_q, T_k)
+    if let Some(cap) = softcap {
+        pattern.mapv_inplace(|s| (s / cap).tanh() * cap);
+    }
     for (i, mut row) in pattern.rows_mut().into_iter().enumerate() {
+        let visible = crate::model::visible_keys(window, i);
+        row.slice_mut(s![..*visible.start()])
+            .fill(F::neg_infinity());
         row.slice_mut(s![i + 1..]).fill(F::neg_infinity());
         let max = row.fold(F::neg_infinity(), |m, &x| m.max(x));
         row.mapv_inplace(|x| (x - max).exp());
@@ -360,6 +407,12 @@ pub(crate) struct AttentionGradients<F> {
 /// `computed` `(T_q, T_k)`, when given, marks the terms `A[i,k]·v[k]` of `z[i]` the forward
 /// computed; the others were constants (edge-mean ablation of a QK edge put a reference value
 /// in their place), so they pass nothing back: `dA[i,k] = 0` and no share of `dv[k]`.
+///
+/// `softcap`, when given, is the forward's scores `(T_q, T_k)` after Gemma 2's soft cap
+/// `S = c·tanh(s/c)` and the cap `c`: the scores' gradient passes through the cap as
+/// `ds = dS · (1 − (S/c)²)` (entries at `−∞`, masked or knocked out, have `A = 0` and pass
+/// nothing).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_backward<F: NdFloat>(
     q: ArrayView2<F>,
     k: ArrayView2<F>,
@@ -367,6 +420,7 @@ pub(crate) fn attention_backward<F: NdFloat>(
     pattern: ArrayView2<F>,
     dz: ArrayView2<F>,
     scale: F,
+    softcap: Option<(ArrayView2<F>, F)>,
     computed: Option<ArrayView2<bool>>,
 ) -> AttentionGradients<F> {
     let mut d_pattern = dz.dot(&v.t()); // (T_q, T_k)
@@ -391,6 +445,16 @@ pub(crate) fn attention_backward<F: NdFloat>(
     for (mut row, a) in d_scores.rows_mut().into_iter().zip(pattern.rows()) {
         let weighted = row.sum(); // Σ_j A[i,j]·dA[i,j]
         row.zip_mut_with(&a, |ds, &a| *ds -= a * weighted);
+    }
+    if let Some((capped, cap)) = softcap {
+        d_scores.zip_mut_with(&capped, |ds, &s| {
+            *ds = if s.is_finite() {
+                let t = s / cap; // tanh(raw / c)
+                *ds * (F::one() - t * t)
+            } else {
+                F::zero()
+            };
+        });
     }
     d_scores *= scale;
     AttentionGradients {

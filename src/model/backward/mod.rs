@@ -474,6 +474,11 @@ fn gradients_inner(
         let scaled = gradient.mapv(|g| (g / batch as f64) as f32);
         d_logits.row_mut(b).assign(&scaled);
     }
+    if let Some(cap) = transformer.scaling.final_logit_softcap {
+        // Gemma 2: the metric read the capped logits; through the cap to the product's.
+        let capped = out.logits.index_axis(Axis(1), 0); // (B, V)
+        d_logits = blocks::soft_cap_backward(capped, cap, d_logits.view()); // (B, V)
+    }
     let resid_final = rows(&cache.resid_final); // (N, D)
     let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
     let d_normed = blocks::unembed_backward(unembed.view(), d_logits.view()); // (B, D)
@@ -488,7 +493,8 @@ fn gradients_inner(
         Positions::Rotary { inv_freq } => Some(rotary_tables(inv_freq, seq)),
         Positions::Learned { .. } => None,
     };
-    let scale = 1.0 / (d_head as f32).sqrt();
+    let scale = transformer.score_scale();
+    let softcap = transformer.scaling.attn_logit_softcap;
 
     // Path edges: each rebuilt reader's input is recomputed from the cached component outputs
     // with the hooks (as the forward built it), and its gradient kept, so that each writer's
@@ -552,6 +558,15 @@ fn gradients_inner(
             }
             None => d_mlp_out.clone(),
         };
+        // Gemma 2: the MLP's output passed through its post-feedforward norm, at the MLP's own
+        // output (recomputed).
+        let d_mlp_through = match &layer.mlp_post_norm {
+            Some(post_norm) => {
+                let raw = layer.mlp.forward(mlp_x.view(), false).1; // (N, D)
+                norm_backward(post_norm, raw.view(), d_mlp_through.view())
+            }
+            None => d_mlp_through,
+        }; // (N, D)
         let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_in.view(), d_mlp_x.view()); // (N, D)
                                                                                       // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
@@ -566,7 +581,16 @@ fn gradients_inner(
         }
 
         // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
-        let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
+        // (Gemma 2: + post_norm(z·W_O + b_O), through the norm at the recomputed o(z).)
+        let d_o = match &layer.attn_post_norm {
+            Some(post_norm) => {
+                let z_rows = rows_of_heads(&lc.z); // (N, H·d)
+                let o = layer.o.apply(z_rows.view()); // (N, D)
+                norm_backward(post_norm, o.view(), d_mid.view())
+            }
+            None => d_mid.clone(),
+        }; // (N, D)
+        let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_o.view()); // (N, H·d)
         for h in 0..n_heads {
             if let Some(c) = unreached(
                 &read,
@@ -685,6 +709,7 @@ fn gradients_inner(
                     lc.pattern.slice(s![b, h, .., ..]),
                     d_z_through.slice(s![b, .., h, ..]),
                     scale,
+                    softcap.map(|cap| (lc.scores.slice(s![b, h, .., ..]), cap)),
                     computed.as_ref().map(|c| c.slice(s![b, h, .., ..])),
                 )
             })
@@ -885,18 +910,31 @@ fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2
             }; // (N, M)
             blocks::linear_backward(fc.weight.view(), d_pre.view())
         }
-        Mlp::SwiGlu { gate, up, down } => {
+        Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
             let gate_pre =
                 blocks::linear_forward(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
             let up_pre =
                 blocks::linear_forward(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
             let d_hidden = blocks::linear_backward(down.weight.view(), d_out); // (N, M)
-            let (d_gate, d_up) =
-                blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view());
+            let (d_gate, d_up) = match mlp {
+                Mlp::GeGlu { .. } => {
+                    blocks::geglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view())
+                }
+                _ => blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view()),
+            };
             blocks::linear_backward(gate.weight.view(), d_gate.view())
                 + blocks::linear_backward(up.weight.view(), d_up.view())
         }
     }
+}
+
+/// `(B, T, H, d)` per-head outputs as `(N, H·d)` rows.
+fn rows_of_heads(z: &Array4<f32>) -> Array2<f32> {
+    let (batch, seq, n_heads, d_head) = z.dim();
+    z.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((batch * seq, n_heads * d_head))
+        .expect("standard layout")
 }
 
 /// cos and sin of `t · inv_freq[i]` for `t < seq`, `(T, d/2)` each, in f32 exactly as the

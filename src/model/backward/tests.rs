@@ -159,6 +159,31 @@ fn swiglu_backward_matches_finite_differences() {
 }
 
 #[test]
+fn geglu_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let (gate, up) = (random(&mut rng, (4, 10)) * 4.0, random(&mut rng, (4, 10)));
+    let r = random(&mut rng, (4, 10));
+    let forward = |g: &Array2<f64>, u: &Array2<f64>| gelu_new_forward(g.view()) * u;
+    let (d_gate, d_up) = geglu_backward(gate.view(), up.view(), r.view());
+    let numeric_gate = numeric_gradient(&gate, |g| weighted_sum(&forward(g, &up), &r));
+    let numeric_up = numeric_gradient(&up, |u| weighted_sum(&forward(&gate, u), &r));
+    check("geglu gate", &d_gate, &numeric_gate);
+    check("geglu up", &d_up, &numeric_up);
+}
+
+#[test]
+fn soft_cap_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let x = random(&mut rng, (3, 7)) * 6.0;
+    let r = random(&mut rng, (3, 7));
+    let cap = 2.5;
+    let forward = |x: &Array2<f64>| x.mapv(|v| (v / cap).tanh() * cap);
+    let analytic = soft_cap_backward(forward(&x).view(), cap, r.view());
+    let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
+    check("soft cap", &analytic, &numeric);
+}
+
+#[test]
 fn rotary_backward_matches_finite_differences() {
     rotary_backward_on(8, 8, 7);
 }
@@ -210,6 +235,13 @@ fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
 
 #[test]
 fn attention_backward_matches_finite_differences() {
+    // Plain, and soft-capped (Gemma 2) with a cap the scores reach.
+    for softcap in [None, Some(0.8)] {
+        attention_backward_on(softcap);
+    }
+}
+
+fn attention_backward_on(softcap: Option<f64>) {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let (seq, d) = (6, 4);
     let scale = 1.0 / (d as f64).sqrt();
@@ -219,11 +251,19 @@ fn attention_backward_matches_finite_differences() {
     let r = random(&mut rng, (seq, d));
     let loss = |q: &Array2<f64>, k: &Array2<f64>, v: &Array2<f64>| {
         weighted_sum(
-            &attention_forward(q.view(), k.view(), v.view(), scale).z,
+            &attention_forward(q.view(), k.view(), v.view(), scale, softcap, None).z,
             &r,
         )
     };
-    let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+    let pattern = attention_forward(q.view(), k.view(), v.view(), scale, softcap, None).pattern;
+    // The capped scores the forward's cache holds (masked entries −∞).
+    let mut capped = (q.dot(&k.t()) * scale).mapv(|s| match softcap {
+        Some(cap) => (s / cap).tanh() * cap,
+        None => s,
+    });
+    for (i, mut row) in capped.rows_mut().into_iter().enumerate() {
+        row.slice_mut(s![i + 1..]).fill(f64::NEG_INFINITY);
+    }
     let grads = attention_backward(
         q.view(),
         k.view(),
@@ -231,6 +271,7 @@ fn attention_backward_matches_finite_differences() {
         pattern.view(),
         r.view(),
         scale,
+        softcap.map(|cap| (capped.view(), cap)),
         None,
     );
     check(
@@ -274,7 +315,7 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
         _ => true,
     });
     let loss = |q: &Array2<f64>, k: &Array2<f64>, v: &Array2<f64>| {
-        let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+        let pattern = attention_forward(q.view(), k.view(), v.view(), scale, None, None).pattern;
         let mut used = pattern.clone();
         used.zip_mut_with(&computed, |a, &c| {
             if !c {
@@ -283,7 +324,7 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
         });
         weighted_sum(&used.dot(v), &r)
     };
-    let pattern = attention_forward(q.view(), k.view(), v.view(), scale).pattern;
+    let pattern = attention_forward(q.view(), k.view(), v.view(), scale, None, None).pattern;
     let grads = attention_backward(
         q.view(),
         k.view(),
@@ -291,6 +332,7 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
         pattern.view(),
         r.view(),
         scale,
+        None,
         Some(computed.view()),
     );
     check(
@@ -316,6 +358,7 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
         pattern.view(),
         r.view(),
         scale,
+        None,
         None,
     );
     assert!((&unmasked.v - &grads.v).iter().any(|x| x.abs() > 1e-3));
@@ -455,7 +498,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
     let tolerance = 2e-5;
     for (b, ids) in tokens.iter().enumerate() {
         let len = ids.len();
-        for (layer, lc) in t.layers.iter().zip(&cache.layers) {
+        for (layer_index, (layer, lc)) in t.layers.iter().zip(&cache.layers).enumerate() {
             let resid_pre = lc.resid_pre.slice(s![b, ..len, ..]);
             let x = norm(&layer.attn_norm, resid_pre);
             let project = |linear: &super::super::transformer::Linear| {
@@ -480,12 +523,13 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 assert!(max_difference(qh.view(), lc.q.slice(s![b, ..len, h, ..])) < tolerance);
                 assert!(max_difference(kh.view(), lc.k.slice(s![b, ..len, kv, ..])) < tolerance);
                 assert!(max_difference(vh.view(), lc.v.slice(s![b, ..len, kv, ..])) < tolerance);
-                let scale = 1.0 / (d_head as f32).sqrt();
                 let attention = attention_forward(
                     lc.q.slice(s![b, ..len, h, ..]),
                     lc.k.slice(s![b, ..len, kv, ..]),
                     lc.v.slice(s![b, ..len, kv, ..]),
-                    scale,
+                    t.score_scale(),
+                    t.scaling.attn_logit_softcap,
+                    t.attention_windows[layer_index],
                 );
                 let cached_pattern = lc.pattern.slice(s![b, h, ..len, ..len]);
                 assert!(max_difference(attention.pattern.view(), cached_pattern) < tolerance);
@@ -493,7 +537,10 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 assert!(max_difference(attention.z.view(), cached_z) < tolerance);
             }
             let mlp_read = match t.residual {
-                crate::model::ResidualTopology::Sequential => lc.resid_mid.slice(s![b, ..len, ..]),
+                crate::model::ResidualTopology::Sequential
+                | crate::model::ResidualTopology::SequentialPostNorm => {
+                    lc.resid_mid.slice(s![b, ..len, ..])
+                }
                 crate::model::ResidualTopology::Parallel => resid_pre,
             };
             let x = norm(&layer.mlp_norm, mlp_read);
@@ -514,7 +561,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
                         proj.bias.as_ref().map(|b| b.view()),
                     )
                 }
-                Mlp::SwiGlu { gate, up, down } => {
+                Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
                     let g = linear_forward(
                         x.view(),
                         gate.weight.view(),
@@ -525,7 +572,10 @@ fn restated_forwards_match_the_cache(model: &Model) {
                         up.weight.view(),
                         up.bias.as_ref().map(|b| b.view()),
                     );
-                    let hidden = swiglu_forward(g.view(), u.view());
+                    let hidden = match &layer.mlp {
+                        Mlp::GeGlu { .. } => gelu_new_forward(g.view()) * &u,
+                        _ => swiglu_forward(g.view(), u.view()),
+                    };
                     linear_forward(
                         hidden.view(),
                         down.weight.view(),
@@ -533,13 +583,20 @@ fn restated_forwards_match_the_cache(model: &Model) {
                     )
                 }
             };
+            let mlp_out = match &layer.mlp_post_norm {
+                Some(post_norm) => norm(post_norm, mlp_out.view()),
+                None => mlp_out,
+            };
             let cached = lc.mlp_out.slice(s![b, ..len, ..]);
             let scale = cached.iter().fold(1.0f32, |m, x| m.max(x.abs()));
             assert!(max_difference(mlp_out.view(), cached) < tolerance * scale);
         }
         let resid_final = cache.resid_final.slice(s![b, ..len, ..]);
         let unembed = t.unembed.as_ref().unwrap_or(&t.embed);
-        let logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
+        let mut logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
+        if let Some(cap) = t.scaling.final_logit_softcap {
+            logits.mapv_inplace(|l| (l / cap).tanh() * cap);
+        }
         let engine = out.logits.slice(s![b, ..len, ..]);
         let scale = engine.iter().fold(1.0f32, |m, x| m.max(x.abs()));
         let difference = max_difference(logits.view(), engine);
@@ -569,6 +626,13 @@ fn restated_forwards_match_the_engine_on_gpt_neox_both_wirings() {
 fn restated_forwards_match_the_engine_on_qwen2_with_qkv_biases() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/qwen2-tied-f32");
+    restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_gemma2() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
     restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
 }
 
