@@ -200,7 +200,7 @@ impl Transformer {
 
         let scale = 1.0 / (d_head as f32).sqrt();
         let query_position = |b: usize, i: usize| queries.batch_row(b * n_queries + i) % seq;
-        let window = self.attention_windows[index];
+        let window = self.attention_window(index);
         let mut scores = causal_scores(&q, &k, scale, window, query_position); // (B, H, T_q, T)
 
         // Intervention point: pre-softmax scores (attention knockout).

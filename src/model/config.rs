@@ -65,7 +65,9 @@ pub struct ModelConfig {
     /// Per layer, the keys a query attends to: `Some(w)` is a sliding window (a query at
     /// position `p` sees the keys at `p − w < k ≤ p`, transformers' `kv_idx > q_idx −
     /// sliding_window`), `None` every key up to `p` (plain causal). [`visible_keys`] is
-    /// the one rule every attention and every check reads.
+    /// the one rule every attention and every check reads. Empty when no layer has a window,
+    /// so that an absurd layer count is not expanded before the weights are checked; read it
+    /// through [`ModelConfig::attention_window`].
     pub attention_windows: Vec<Option<usize>>,
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
@@ -116,6 +118,12 @@ pub enum ConfigError {
 }
 
 impl ModelConfig {
+    /// Layer `layer`'s sliding window ([`ModelConfig::attention_windows`]), `None` for plain
+    /// causal attention.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
+        self.attention_windows.get(layer).copied().flatten()
+    }
+
     /// Reads `config.json` from a model folder.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");
@@ -160,7 +168,7 @@ impl ModelConfig {
                     attention_bias: true,
                     tie_word_embeddings: true,
                     residual: ResidualTopology::Sequential,
-                    attention_windows: vec![None; n_layers],
+                    attention_windows: Vec::new(),
                     activation: fields
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
@@ -213,8 +221,11 @@ impl ModelConfig {
         // no `layer_types`); Qwen2: the layers `qwen_windows` names.
         let attention_windows = match architecture {
             Architecture::Qwen2 => fields.qwen_windows(n_layers)?,
-            Architecture::Mistral => vec![fields.sliding_window()?; n_layers],
-            _ => vec![None; n_layers],
+            Architecture::Mistral => match fields.sliding_window()? {
+                Some(window) => vec![Some(window); n_layers],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
         };
         Ok(ModelConfig {
             architecture,
@@ -285,7 +296,7 @@ impl ModelConfig {
             } else {
                 ResidualTopology::Sequential
             },
-            attention_windows: vec![None; n_layers],
+            attention_windows: Vec::new(),
             activation: fields
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "gelu".to_string()),
@@ -481,6 +492,8 @@ impl Fields<'_> {
         } else {
             None
         };
+        // The list is read (and checked) whether or not a window is set; without a window no
+        // layer slides, and nothing is expanded per layer.
         let sliding: Vec<bool> = match self.present("layer_types") {
             Some(types) => {
                 let types = types
@@ -504,11 +517,15 @@ impl Fields<'_> {
                     })
                     .collect::<Result<_, _>>()?
             }
+            None if window.is_none() => return Ok(Vec::new()),
             None => {
                 let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
                 (0..n_layers).map(|i| i >= first).collect()
             }
         };
+        if window.is_none() {
+            return Ok(Vec::new());
+        }
         Ok(sliding
             .into_iter()
             .map(|slides| window.filter(|_| slides))
@@ -682,7 +699,7 @@ mod tests {
             (128, 8, 1e6)
         );
         assert!(!config.attention_bias);
-        assert_eq!(config.attention_windows, vec![None; 32]);
+        assert_eq!(config.attention_window(0), None);
     }
 
     #[test]
@@ -695,10 +712,10 @@ mod tests {
                 .attention_windows
         };
         // Off unless use_sliding_window, whatever the other keys say.
-        assert_eq!(windows(""), vec![None; 4]);
+        assert_eq!(windows(""), Vec::<Option<usize>>::new());
         assert_eq!(
             windows(r#", "sliding_window": 3, "max_window_layers": 1"#),
-            vec![None; 4]
+            Vec::<Option<usize>>::new()
         );
         // On: layers from max_window_layers (default 28) slide, the window defaults to 4096.
         let on = r#", "use_sliding_window": true"#;
@@ -722,7 +739,7 @@ mod tests {
         );
         assert_eq!(
             windows(&format!(r#"{on}, "sliding_window": null{types}"#)),
-            vec![None; 4]
+            Vec::<Option<usize>>::new()
         );
         // A layer type the engine does not know is an error naming the key.
         let bad = format!(
