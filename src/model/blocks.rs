@@ -205,7 +205,7 @@ impl Transformer {
         let scale = self.score_scale();
         let softcap = self.scaling.attn_logit_softcap;
         let query_position = |b: usize, i: usize| queries.batch_row(b * n_queries + i) % seq;
-        let window = self.attention_windows[index];
+        let window = self.attention_window(index);
         let mut scores = causal_scores(&q, &k, scale, window, softcap, query_position); // (B, H, T_q, T)
 
         // Intervention point: pre-softmax scores (attention knockout).

@@ -85,7 +85,9 @@ pub struct ModelConfig {
     /// Per layer, the keys a query attends to: `Some(w)` is a sliding window (a query at
     /// position `p` sees the keys at `p − w < k ≤ p`, transformers' `kv_idx > q_idx −
     /// sliding_window`), `None` every key up to `p` (plain causal). [`visible_keys`] is
-    /// the one rule every attention and every check reads.
+    /// the one rule every attention and every check reads. Empty when no layer has a window,
+    /// so that an absurd layer count is not expanded before the weights are checked; read it
+    /// through [`ModelConfig::attention_window`].
     pub attention_windows: Vec<Option<usize>>,
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
@@ -138,6 +140,12 @@ pub enum ConfigError {
 }
 
 impl ModelConfig {
+    /// Layer `layer`'s sliding window ([`ModelConfig::attention_windows`]), `None` for plain
+    /// causal attention.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
+        self.attention_windows.get(layer).copied().flatten()
+    }
+
     /// Reads `config.json` from a model folder.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");
@@ -182,7 +190,7 @@ impl ModelConfig {
                     attention_bias: true,
                     tie_word_embeddings: true,
                     residual: ResidualTopology::Sequential,
-                    attention_windows: vec![None; n_layers],
+                    attention_windows: Vec::new(),
                     activation: fields
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
@@ -237,8 +245,11 @@ impl ModelConfig {
         // no `layer_types`); Qwen2: the layers `qwen_windows` names.
         let attention_windows = match architecture {
             Architecture::Qwen2 => fields.qwen_windows(n_layers)?,
-            Architecture::Mistral => vec![fields.sliding_window()?; n_layers],
-            _ => vec![None; n_layers],
+            Architecture::Mistral => match fields.sliding_window()? {
+                Some(window) => vec![Some(window); n_layers],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
         };
         Ok(ModelConfig {
             architecture,
@@ -310,7 +321,7 @@ impl ModelConfig {
             } else {
                 ResidualTopology::Sequential
             },
-            attention_windows: vec![None; n_layers],
+            attention_windows: Vec::new(),
             activation: fields
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "gelu".to_string()),
@@ -595,13 +606,19 @@ impl Fields<'_> {
         } else {
             None
         };
+        // The list is read (and checked) whether or not a window is set; without a window no
+        // layer slides, and nothing is expanded per layer.
         let sliding: Vec<bool> = match self.sliding_layer_types(n_layers)? {
             Some(sliding) => sliding,
+            None if window.is_none() => return Ok(Vec::new()),
             None => {
                 let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
                 (0..n_layers).map(|i| i >= first).collect()
             }
         };
+        if window.is_none() {
+            return Ok(Vec::new());
+        }
         Ok(sliding
             .into_iter()
             .map(|slides| window.filter(|_| slides))
@@ -653,8 +670,13 @@ impl Fields<'_> {
         let window = self.sliding_window()?;
         let sliding: Vec<bool> = match self.sliding_layer_types(n_layers)? {
             Some(sliding) => sliding,
+            // Without a window nothing is expanded per layer (see `qwen_windows`).
+            None if window.is_none() => return Ok(Vec::new()),
             None => (0..n_layers).map(|i| (i + 1) % 2 == 1).collect(),
         };
+        if window.is_none() {
+            return Ok(Vec::new());
+        }
         Ok(sliding
             .into_iter()
             .map(|slides| window.filter(|_| slides))
@@ -819,7 +841,7 @@ mod tests {
             (128, 8, 1e6)
         );
         assert!(!config.attention_bias);
-        assert_eq!(config.attention_windows, vec![None; 32]);
+        assert_eq!(config.attention_window(0), None);
     }
 
     #[test]
@@ -832,10 +854,10 @@ mod tests {
                 .attention_windows
         };
         // Off unless use_sliding_window, whatever the other keys say.
-        assert_eq!(windows(""), vec![None; 4]);
+        assert_eq!(windows(""), Vec::<Option<usize>>::new());
         assert_eq!(
             windows(r#", "sliding_window": 3, "max_window_layers": 1"#),
-            vec![None; 4]
+            Vec::<Option<usize>>::new()
         );
         // On: layers from max_window_layers (default 28) slide, the window defaults to 4096.
         let on = r#", "use_sliding_window": true"#;
@@ -859,7 +881,7 @@ mod tests {
         );
         assert_eq!(
             windows(&format!(r#"{on}, "sliding_window": null{types}"#)),
-            vec![None; 4]
+            Vec::<Option<usize>>::new()
         );
         // A layer type the engine does not know is an error naming the key.
         let bad = format!(

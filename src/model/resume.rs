@@ -272,7 +272,7 @@ impl Model {
         let (n_heads, d_head) = (t.n_heads, t.d_head);
         let group = n_heads / t.n_kv_heads;
         let base_layer = &base.layers[index];
-        let window = t.attention_windows[index];
+        let window = t.attention_window(index);
         // Token position of stacked row r of item i: first_row + (r − offset).
         let mut position_of_row = vec![0usize; resid.nrows()];
         for (i, it) in items.iter().enumerate() {

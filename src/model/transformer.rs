@@ -217,6 +217,11 @@ pub(crate) fn soft_cap(x: f32, cap: f32) -> f32 {
 }
 
 impl Transformer {
+    /// Layer `layer`'s sliding window, `None` for plain causal attention.
+    pub(crate) fn attention_window(&self, layer: usize) -> Option<usize> {
+        self.attention_windows.get(layer).copied().flatten()
+    }
+
     /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
     /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token.
     ///

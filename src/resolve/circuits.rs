@@ -466,7 +466,7 @@ impl<'a> Binder<'a> {
         let window = self
             .config
             .as_ref()
-            .and_then(|c| c.attention_windows.get(edge.head.layer).copied().flatten());
+            .and_then(|c| c.attention_window(edge.head.layer));
         let Some(window) = window else {
             return;
         };

@@ -891,7 +891,8 @@ fn candidates(
     };
     for (b, prompt) in slots.iter().enumerate() {
         for (q, query) in prompt.iter().enumerate() {
-            for (layer, &window) in attention_windows.iter().enumerate().take(shape.n_layers) {
+            for layer in 0..shape.n_layers {
+                let window = attention_windows.get(layer).copied().flatten();
                 if heads {
                     for head in 0..shape.n_heads {
                         if !base.head_keep[layer][[b, q, head]] {

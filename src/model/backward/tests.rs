@@ -529,7 +529,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
                     lc.v.slice(s![b, ..len, kv, ..]),
                     t.score_scale(),
                     t.scaling.attn_logit_softcap,
-                    t.attention_windows[layer_index],
+                    t.attention_window(layer_index),
                 );
                 let cached_pattern = lc.pattern.slice(s![b, h, ..len, ..len]);
                 assert!(max_difference(attention.pattern.view(), cached_pattern) < tolerance);
