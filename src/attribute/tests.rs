@@ -85,6 +85,7 @@ impl Fixture {
             reference: &self.reference,
             reference_embeddings: x_ref,
             mlps_in_scope: true,
+            embed_edges: false,
             paired_reference: None,
             on_pass: None,
             circuit: None,

@@ -31,6 +31,9 @@ pub enum RankArg {
 pub enum GranularityArg {
     Nodes,
     QkEdges,
+    /// Path edges upstream -> downstream input (embed, heads, MLPs into each later head's q, k,
+    /// v, each MLP and the logits) at each position: the found circuit is edge-complete.
+    PathEdges,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +59,9 @@ pub struct Args {
     /// Integration points of eap-ig.
     #[arg(long, default_value_t = 5, value_name = "M")]
     pub steps: usize,
-    /// Candidates: heads × query slots (and MLPs × slots under `ablate heads and mlps`), or QK
-    /// edges key slot → query slot of every head (MLPs still as nodes).
+    /// Candidates: heads × query slots (and MLPs × slots under `ablate heads and mlps`), QK
+    /// edges key slot → query slot of every head (MLPs still as nodes), or path edges at each
+    /// slot (an edge-complete circuit).
     #[arg(long, value_enum, default_value = "nodes")]
     pub granularity: GranularityArg,
     /// Keep as QK-edge candidates only (head, key -> query) pairs whose mean attention is at
@@ -103,6 +107,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let granularity = match args.granularity {
         GranularityArg::Nodes => Granularity::Nodes,
         GranularityArg::QkEdges => Granularity::QkEdges,
+        GranularityArg::PathEdges => Granularity::PathEdges,
     };
     let mut request = Request {
         target: args.target,
@@ -130,10 +135,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
             }
             .into());
         };
-        if !base.path_edges.is_empty() {
-            return Err(DiscoverError::BasePathEdges { name: name.clone() }.into());
-        }
         request.base = Some(base.clone());
+        discover::check_request(&request)?;
     }
     // The exact scan is defined for every metric and granularity searched here.
     if rank != Method::Exact {
@@ -266,8 +269,10 @@ fn command_line(args: &Args) -> String {
     if args.rank == RankArg::EapIg && args.steps != 5 {
         parts.push(format!("--steps {}", args.steps));
     }
-    if args.granularity == GranularityArg::QkEdges {
-        parts.push("--granularity qk-edges".to_string());
+    match args.granularity {
+        GranularityArg::Nodes => {}
+        GranularityArg::QkEdges => parts.push("--granularity qk-edges".to_string()),
+        GranularityArg::PathEdges => parts.push("--granularity path-edges".to_string()),
     }
     if let Some(t) = args.attention_threshold {
         parts.push(format!("--attention-threshold {t}"));
