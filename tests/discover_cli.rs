@@ -390,32 +390,26 @@ fn a_target_outside_the_range_is_refused_before_loading_anything() {
 
 #[test]
 fn path_edges_ranked_by_a_score_they_do_not_have_are_refused_before_loading_anything() {
-    for rank in ["qkvo", "attention"] {
-        refused(
-            &[
-                "discover",
-                "no/such.circuit",
-                "--target",
-                "0.9",
-                "--granularity",
-                "path-edges",
-                "--rank",
-                rank,
-            ],
-            "circuit::discover::path_edge_rank",
-        );
-    }
-    refused(
-        &[
+    let path_edges = |extra: [&'static str; 2]| {
+        let mut args = vec![
             "discover",
             "no/such.circuit",
             "--target",
             "0.9",
             "--granularity",
             "path-edges",
-            "--attention-threshold",
-            "0.1",
-        ],
+        ];
+        args.extend(extra);
+        args
+    };
+    for rank in ["qkvo", "attention"] {
+        refused(
+            &path_edges(["--rank", rank]),
+            "circuit::discover::path_edge_rank",
+        );
+    }
+    refused(
+        &path_edges(["--attention-threshold", "0.1"]),
         "circuit::discover::threshold_needs_qk_edges",
     );
 }
@@ -576,9 +570,9 @@ fn the_curve_svg_is_written_and_deterministic() {
 
 #[test]
 fn the_committed_found_files_are_what_discover_writes_today() {
-    // The heavy runs are committed (circuits/toy-seqcont/found/); these two are re-run here.
+    // The heavy runs are committed (circuits/toy-seqcont/found/); these three are re-run here.
     let dir = tempfile::tempdir().unwrap();
-    for granularity in ["nodes", "qk-edges"] {
+    for granularity in ["nodes", "qk-edges", "path-edges"] {
         let out = dir.path().join(format!("{granularity}.circuit"));
         ok(&run(
             &[

@@ -503,3 +503,51 @@ fn backwards(
     });
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HeadInput;
+    use crate::resolve::bound::{Downstream, HeadId, Upstream};
+
+    #[test]
+    fn path_edges_are_pruned_from_the_logits_backwards_by_the_input_they_enter() {
+        let h = |layer, head| HeadId { layer, head };
+        let edge = |from, to, query: &str| Candidate {
+            component: Component::Path { from, to },
+            query: query.to_string(),
+            key: None,
+            score: Some(0.0),
+        };
+        let candidates = vec![
+            edge(
+                Upstream::Embed,
+                Downstream::Head(h(0, 1), HeadInput::V),
+                "S4",
+            ),
+            edge(Upstream::Mlp(1), Downstream::Logits, "END"),
+            edge(Upstream::Head(h(0, 1)), Downstream::Mlp(0), "END"),
+            edge(
+                Upstream::Embed,
+                Downstream::Head(h(0, 1), HeadInput::K),
+                "S4",
+            ),
+            edge(
+                Upstream::Head(h(0, 0)),
+                Downstream::Head(h(1, 2), HeadInput::Q),
+                "END",
+            ),
+            edge(Upstream::Embed, Downstream::Mlp(0), "END"),
+            edge(Upstream::Mlp(0), Downstream::Logits, "END"),
+        ];
+        let positions = SlotPositions {
+            order: vec!["S4".to_string(), "END".to_string()],
+            ..Default::default()
+        };
+        let kept: BTreeSet<usize> = (0..candidates.len()).collect();
+        let order = backwards(&candidates, &positions, &kept, 3);
+        // The logits (later upstream first), layer 1, then layer 0: its MLP before its heads,
+        // END before S4, v before k; into one input, later upstream components first.
+        assert_eq!(order, [1, 6, 4, 2, 5, 0, 3]);
+    }
+}
