@@ -1,8 +1,9 @@
 //! `circuit discover` end to end on the built-in model (16 template prompts, so each run takes
-//! about a second): the written file passes `check`, `fmt --check` and `test` unchanged, its
-//! faithfulness and every cost of removal agree with `circuit eval` of the same file, the curve's
-//! areas follow from its points, the search is deterministic across thread counts, and every bad
-//! input is a coded error with nothing written.
+//! about a second): the written file (node-based, or edge-complete under `--granularity
+//! path-edges`) passes `check`, `fmt --check` and `test` unchanged, its faithfulness and every
+//! cost of removal agree with `circuit eval` of the same file, the curve's areas follow from its
+//! points, the search is deterministic across thread counts, and every bad input is a coded error
+//! with nothing written.
 
 mod cli_support;
 
@@ -39,6 +40,36 @@ fn run(args: &[&str], threads: &str) -> Output {
         .expect("the circuit binary runs")
 }
 
+/// A temporary folder holding one input file, `small.circuit`, to discover on.
+struct Scratch {
+    dir: tempfile::TempDir,
+    input: PathBuf,
+}
+
+impl Scratch {
+    fn new(text: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "small.circuit", text);
+        Scratch { dir, input }
+    }
+
+    /// A path in the folder (not created).
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn input(&self) -> &str {
+        self.input.to_str().unwrap()
+    }
+
+    /// `circuit discover small.circuit ARGS...`.
+    fn discover(&self, args: &[&str], threads: &str) -> Output {
+        let mut all = vec!["discover", self.input()];
+        all.extend_from_slice(args);
+        run(&all, threads)
+    }
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -70,22 +101,18 @@ fn eval_faithfulness(file: &Path) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[test]
-fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let found = dir.path().join("found.circuit");
-    let args = [
-        "discover",
-        input.to_str().unwrap(),
-        "--target",
-        "0.9",
-        "-o",
-        found.to_str().unwrap(),
-        "--format",
-        "json",
-    ];
-    let report = json(&run(&args, "2"));
+/// Runs `discover --target 0.9 ARGS -o found.circuit --format json` and checks its file and
+/// report: `check`, `fmt --check` and `test` pass on the file; `circuit eval` of the file gives
+/// the reported faithfulness, and of the file without each single-position statement the
+/// faithfulness less that component's reported cost; the curve's k and areas follow from its
+/// points; every candidate kept is the full model (within `all_tolerance`).
+fn check_found_file(args: &[&str], all_tolerance: f64) -> (serde_json::Value, String) {
+    let scratch = Scratch::new(SMALL);
+    let found = scratch.path("found.circuit");
+    let mut all = vec!["--target", "0.9", "-o", found.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend(["--format", "json"]);
+    let report = json(&scratch.discover(&all, "2"));
     let text = std::fs::read_to_string(&found).unwrap();
     assert_eq!(report["circuit_text"].as_str().unwrap(), text);
     assert!(text.contains("expect faithfulness >= 0.9"), "{text}");
@@ -107,8 +134,8 @@ fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() 
     assert!((evaluated[0].1 - f).abs() < 1e-12, "{evaluated:?} vs {f}");
 
     // Every cost of removal: the file with that one component dropped, through `circuit eval`.
-    // Components are written one per line: a head's positions on one line, so drop the whole
-    // statement only where it has one position (then it is exactly that component).
+    // Components are written one per line: a statement's positions on one line, so drop the
+    // whole statement only where it has one position (then it is exactly that component).
     let kept = report["kept"].as_array().unwrap();
     assert_eq!(kept.len(), report["components"].as_u64().unwrap() as usize);
     let mut checked = 0;
@@ -126,7 +153,7 @@ fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() 
             .collect::<String>()
             .replace("circuit found {", "circuit without {")
             .replace("  expect faithfulness >= 0.9\n", "");
-        let file = write(dir.path(), "without.circuit", &without);
+        let file = write(scratch.dir.path(), "without.circuit", &without);
         let g = eval_faithfulness(&file)[0].1;
         let cost = k["cost"].as_f64().unwrap();
         assert!(
@@ -162,47 +189,64 @@ fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() 
     }
     assert!((report["cpr"].as_f64().unwrap() - cpr).abs() < 1e-12);
     assert!((report["cmd"].as_f64().unwrap() - cmd).abs() < 1e-12);
-    // Every candidate kept is the full model.
-    assert!((f0 - 1.0).abs() < 1e-9, "{f0}");
+    assert!((f0 - 1.0).abs() < all_tolerance, "{f0}");
     assert!(report["exact_evaluations"].as_u64().unwrap() >= 10);
+    (report, text)
+}
+
+#[test]
+fn the_found_file_passes_check_fmt_and_test_and_eval_agrees_with_every_number() {
+    check_found_file(&[], 1e-9);
+}
+
+#[test]
+fn path_edges_are_found_as_an_edge_complete_circuit_that_eval_agrees_with() {
+    // Every edge kept rebuilds every input from the same outputs: the full model within
+    // rounding (docs/semantics.md, section 8).
+    let (report, text) = check_found_file(&["--granularity", "path-edges"], 1e-5);
+    assert_eq!(report["granularity"], "path-edges");
+    assert!(text.contains("edge-complete circuit found {"), "{text}");
+    // 16 upstream components (embed, 12 heads, 3 MLPs) into the 40 inputs they reach forward
+    // (3 layers × 4 heads × q, k, v, 3 MLPs, the logits): 262 edges, at each of 23 slots.
+    assert_eq!(report["candidates"], 262 * 23);
+    // Positions are written as labels, as the scores name the slots.
+    for k in report["kept"].as_array().unwrap() {
+        let c = k["component"].as_str().unwrap();
+        assert!(
+            c.starts_with("edge ") && c.contains(" -> ") && c.contains(" @ "),
+            "{c}"
+        );
+    }
+    assert!(text.contains("-> logits @ END"), "{text}");
 }
 
 #[test]
 fn discovery_is_deterministic_across_thread_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let outputs: Vec<String> = ["1", "3"]
-        .iter()
-        .map(|threads| {
-            let found = dir.path().join(format!("found{threads}.circuit"));
-            let args = [
-                "discover",
-                input.to_str().unwrap(),
-                "--target",
-                "0.9",
-                "--granularity",
-                "qk-edges",
-                "--attention-threshold",
-                "0.05",
-                "-o",
-                found.to_str().unwrap(),
-                "--no-cache",
-            ];
-            ok(&run(&args, threads));
-            std::fs::read_to_string(&found).unwrap()
-        })
-        .collect();
-    assert_eq!(outputs[0], outputs[1]);
-    assert!(outputs[0].contains("edge "), "{}", outputs[0]);
+    let scratch = Scratch::new(SMALL);
+    for extra in [
+        &["--granularity", "qk-edges", "--attention-threshold", "0.05"][..],
+        &["--granularity", "path-edges"][..],
+    ] {
+        let outputs: Vec<String> = ["1", "3"]
+            .iter()
+            .map(|threads| {
+                let found = scratch.path(&format!("found{threads}.circuit"));
+                let mut args = vec!["--target", "0.9", "-o", found.to_str().unwrap()];
+                args.extend_from_slice(extra);
+                args.extend(["--no-cache", "--force"]);
+                ok(&scratch.discover(&args, threads));
+                std::fs::read_to_string(&found).unwrap()
+            })
+            .collect();
+        assert_eq!(outputs[0], outputs[1]);
+        assert!(outputs[0].contains("edge "), "{}", outputs[0]);
+    }
 }
 
 #[test]
 fn inside_a_base_circuit_only_its_components_are_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
+    let scratch = Scratch::new(SMALL);
     let args = [
-        "discover",
-        input.to_str().unwrap(),
         "--circuit",
         "movers_nodes",
         "--target",
@@ -212,7 +256,7 @@ fn inside_a_base_circuit_only_its_components_are_kept() {
         "--format",
         "json",
     ];
-    let report = json(&run(&args, "2"));
+    let report = json(&scratch.discover(&args, "2"));
     // movers_nodes keeps 5 heads at END, MLP 0 at 5 positions and MLPs 1, 2 at END: 12.
     assert_eq!(report["candidates"].as_u64().unwrap(), 12);
     let allowed = [
@@ -236,6 +280,96 @@ fn inside_a_base_circuit_only_its_components_are_kept() {
     assert!(report["faithfulness"].as_f64().unwrap() >= 0.8);
 }
 
+/// An edge-complete circuit of the movers' path: from the embedding through the four layer-0
+/// heads (their values at S4, their queries at END) and the MLPs at END into the logits, one
+/// position per line so that each line is one candidate.
+const EDGE_BASE: &str = r#"
+edge-complete circuit movers_edges {
+  edge embed -> 0.0.v @ S4
+  edge embed -> 0.1.v @ S4
+  edge embed -> 0.2.v @ S4
+  edge embed -> 0.3.v @ S4
+  edge embed -> 0.0.k @ S4
+  edge embed -> 0.1.k @ S4
+  edge embed -> 0.2.k @ S4
+  edge embed -> 0.3.k @ S4
+  edge embed -> 0.0.q @ END
+  edge embed -> 0.1.q @ END
+  edge embed -> 0.2.q @ END
+  edge embed -> 0.3.q @ END
+  edge embed -> mlp 0 @ END
+  edge 0.0 -> mlp 0 @ END
+  edge 0.1 -> mlp 0 @ END
+  edge 0.2 -> mlp 0 @ END
+  edge 0.3 -> mlp 0 @ END
+  edge mlp 0 -> mlp 1 @ END
+  edge mlp 0 -> mlp 2 @ END
+  edge mlp 1 -> mlp 2 @ END
+  edge mlp 0 -> logits @ END
+  edge mlp 1 -> logits @ END
+  edge mlp 2 -> logits @ END
+}
+"#;
+
+#[test]
+fn path_edges_inside_an_edge_complete_base_rank_exact_by_removal_from_it() {
+    let scratch = Scratch::new(&format!("{SMALL}{EDGE_BASE}"));
+    let found = scratch.path("found.circuit");
+    let args = [
+        "--circuit",
+        "movers_edges",
+        "--granularity",
+        "path-edges",
+        "--rank",
+        "exact",
+        "--target",
+        "0.5",
+        "--best-effort",
+        "-o",
+        found.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let report = json(&scratch.discover(&args, "2"));
+    let lines: Vec<&str> = EDGE_BASE
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("edge "))
+        .collect();
+    assert_eq!(report["candidates"].as_u64().unwrap() as usize, lines.len());
+    // The base, then the base without each of its edges: one evaluation each.
+    assert_eq!(
+        report["single_ablations"].as_u64().unwrap() as usize,
+        lines.len() + 1
+    );
+    // Each kept edge's score is the exact effect of removing it from the base alone, as
+    // `circuit eval` of the base written without that line gives it (faithfulness units).
+    let mut variants = String::from(SMALL);
+    for (i, line) in lines.iter().enumerate() {
+        variants.push_str(&format!("\nedge-complete circuit without_{i} {{\n"));
+        for other in lines.iter().filter(|l| *l != line) {
+            variants.push_str(&format!("  {other}\n"));
+        }
+        variants.push_str("}\n");
+    }
+    variants.push_str(EDGE_BASE);
+    let file = write(scratch.dir.path(), "variants.circuit", &variants);
+    let f: std::collections::BTreeMap<String, f64> = eval_faithfulness(&file).into_iter().collect();
+    let kept = report["kept"].as_array().unwrap();
+    assert!(!kept.is_empty());
+    for k in kept {
+        let c = k["component"].as_str().unwrap();
+        let i = lines
+            .iter()
+            .position(|l| *l == c)
+            .expect("a line of the base");
+        let exact = f[&format!("without_{i}")] - f["movers_edges"];
+        let score = k["score"].as_f64().unwrap();
+        assert!((exact - score).abs() < 1e-12, "{c}: {score} vs {exact}");
+    }
+    ok(&run(&["test", found.to_str().unwrap()], "2"));
+}
+
 fn refused(args: &[&str], code: &str) -> String {
     let out = run(args, "2");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -255,13 +389,38 @@ fn a_target_outside_the_range_is_refused_before_loading_anything() {
 }
 
 #[test]
+fn path_edges_ranked_by_a_score_they_do_not_have_are_refused_before_loading_anything() {
+    let path_edges = |extra: [&'static str; 2]| {
+        let mut args = vec![
+            "discover",
+            "no/such.circuit",
+            "--target",
+            "0.9",
+            "--granularity",
+            "path-edges",
+        ];
+        args.extend(extra);
+        args
+    };
+    for rank in ["qkvo", "attention"] {
+        refused(
+            &path_edges(["--rank", rank]),
+            "circuit::discover::path_edge_rank",
+        );
+    }
+    refused(
+        &path_edges(["--attention-threshold", "0.1"]),
+        "circuit::discover::threshold_needs_qk_edges",
+    );
+}
+
+#[test]
 fn an_unreachable_target_says_the_best_reached_and_writes_nothing_unless_best_effort() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let found = dir.path().join("found.circuit");
-    let args = [
+    let scratch = Scratch::new(SMALL);
+    let found = scratch.path("found.circuit");
+    let mut args = vec![
         "discover",
-        input.to_str().unwrap(),
+        scratch.input(),
         "--target",
         "1.4",
         "-o",
@@ -271,21 +430,19 @@ fn an_unreachable_target_says_the_best_reached_and_writes_nothing_unless_best_ef
     assert!(err.contains("the best circuit evaluated"), "{err}");
     assert!(!found.exists());
 
-    let mut best = args.to_vec();
-    best.push("--best-effort");
-    let text = ok(&run(&best, "2"));
+    args.push("--best-effort");
+    let text = ok(&run(&args, "2"));
     assert!(text.contains("out of reach"), "{text}");
     ok(&run(&["test", found.to_str().unwrap()], "2"));
 }
 
 #[test]
 fn a_base_circuit_the_file_does_not_define_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
+    let scratch = Scratch::new(SMALL);
     let err = refused(
         &[
             "discover",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--circuit",
             "movers_node",
             "--target",
@@ -297,32 +454,48 @@ fn a_base_circuit_the_file_does_not_define_is_refused() {
 }
 
 #[test]
-fn a_base_circuit_with_path_edges_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!("{SMALL}\ncircuit paths {{\n  0.0 @ END\n  edge 0.0 -> logits\n}}\n");
-    let input = write(dir.path(), "paths.circuit", &text);
-    refused(
-        &[
+fn a_base_circuit_of_the_other_form_is_refused() {
+    let text =
+        format!("{SMALL}\ncircuit paths {{\n  0.0 @ END\n  edge 0.0 -> logits\n}}\n{EDGE_BASE}");
+    let scratch = Scratch::new(&text);
+    let base = |name: &'static str, granularity: &'static str| {
+        [
             "discover",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--circuit",
-            "paths",
+            name,
             "--target",
             "0.9",
-        ],
+            "--granularity",
+            granularity,
+        ]
+    };
+    // Nodes and QK edges inside a circuit with path edges, or an edge-complete one.
+    refused(
+        &base("paths", "nodes"),
         "circuit::discover::base_path_edges",
     );
+    refused(
+        &base("movers_edges", "qk-edges"),
+        "circuit::discover::base_path_edges",
+    );
+    // Path edges inside a node-based circuit.
+    for name in ["paths", "movers_nodes"] {
+        refused(
+            &base(name, "path-edges"),
+            "circuit::discover::base_not_edge_complete",
+        );
+    }
 }
 
 #[test]
 fn an_output_in_a_missing_folder_is_refused_before_the_search() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let out = dir.path().join("no/such/folder/found.circuit");
+    let scratch = Scratch::new(SMALL);
+    let out = scratch.path("no/such/folder/found.circuit");
     refused(
         &[
             "discover",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--target",
             "0.9",
             "-o",
@@ -334,12 +507,11 @@ fn an_output_in_a_missing_folder_is_refused_before_the_search() {
 
 #[test]
 fn an_existing_output_is_not_clobbered_without_force() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let found = write(dir.path(), "found.circuit", "keep me\n");
-    let args = [
+    let scratch = Scratch::new(SMALL);
+    let found = write(scratch.dir.path(), "found.circuit", "keep me\n");
+    let mut args = vec![
         "discover",
-        input.to_str().unwrap(),
+        scratch.input(),
         "--target",
         "0.9",
         "-o",
@@ -351,18 +523,17 @@ fn an_existing_output_is_not_clobbered_without_force() {
     refused(
         &[
             "discover",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--target",
             "0.9",
             "-o",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--force",
         ],
         "circuit::output::is_input",
     );
-    let mut forced = args.to_vec();
-    forced.push("--force");
-    ok(&run(&forced, "2"));
+    args.push("--force");
+    ok(&run(&args, "2"));
     assert!(std::fs::read_to_string(&found)
         .unwrap()
         .contains("circuit found"));
@@ -385,20 +556,12 @@ fn an_attention_threshold_needs_qk_edges() {
 
 #[test]
 fn the_curve_svg_is_written_and_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let svg = dir.path().join("curve.svg");
-    let args = [
-        "discover",
-        input.to_str().unwrap(),
-        "--target",
-        "0.9",
-        "--svg",
-        svg.to_str().unwrap(),
-    ];
-    ok(&run(&args, "2"));
+    let scratch = Scratch::new(SMALL);
+    let svg = scratch.path("curve.svg");
+    let args = ["--target", "0.9", "--svg", svg.to_str().unwrap()];
+    ok(&scratch.discover(&args, "2"));
     let first = std::fs::read_to_string(&svg).unwrap();
-    ok(&run(&args, "1"));
+    ok(&scratch.discover(&args, "1"));
     assert_eq!(first, std::fs::read_to_string(&svg).unwrap());
     assert!(first.starts_with("<?xml"));
     assert_eq!(first.matches(r#"class="point""#).count(), 10);
@@ -407,9 +570,9 @@ fn the_curve_svg_is_written_and_deterministic() {
 
 #[test]
 fn the_committed_found_files_are_what_discover_writes_today() {
-    // The heavy runs are committed (circuits/toy-seqcont/found/); these two are re-run here.
+    // The heavy runs are committed (circuits/toy-seqcont/found/); these three are re-run here.
     let dir = tempfile::tempdir().unwrap();
-    for granularity in ["nodes", "qk-edges"] {
+    for granularity in ["nodes", "qk-edges", "path-edges"] {
         let out = dir.path().join(format!("{granularity}.circuit"));
         ok(&run(
             &[
@@ -463,13 +626,10 @@ fn on_stories260k_discovery_runs_end_to_end_and_its_output_passes_circuit_test()
 
 #[test]
 fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write(dir.path(), "small.circuit", SMALL);
-    let found = dir.path().join("found.circuit");
-    let report = json(&run(
+    let scratch = Scratch::new(SMALL);
+    let found = scratch.path("found.circuit");
+    let report = json(&scratch.discover(
         &[
-            "discover",
-            input.to_str().unwrap(),
             "--target",
             "0.9",
             "--rank",
@@ -489,7 +649,7 @@ fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
     let scores = json(&run(
         &[
             "scores",
-            input.to_str().unwrap(),
+            scratch.input(),
             "--method",
             "exact",
             "--format",

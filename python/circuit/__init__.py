@@ -101,7 +101,7 @@ def discover(
 ):
     """A circuit of the file's model reaching faithfulness ``target``, found by ranking
     candidates by ``rank`` (eap-ig, eap, exact, qkvo, attention) at ``granularity`` (nodes,
-    qk-edges) and checking by exact evaluations: the dict
+    qk-edges, path-edges) and checking by exact evaluations: the dict
     ``circuit discover PATH --target T --format json`` prints, the found ``.circuit`` file's
     text in its ``circuit_text``. ``circuit``: search inside that circuit of the file;
     ``output``: also write the found file there (an existing file only with ``force``);

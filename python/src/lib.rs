@@ -394,6 +394,7 @@ fn scores_json(
         let request = Request {
             method,
             granularity,
+            embed_edges: false,
         };
         let report = score_session(&mut session, request, relative_to.as_ref(), false, None)
             .map_err(|e| interrupted(Failure::Report(e), &raised))?;
@@ -432,7 +433,11 @@ fn discover_json(
         Method::Attention,
     ];
     let rank = named("rank", rank, &ranks, Method::name)?;
-    let granularities = [Granularity::Nodes, Granularity::QkEdges];
+    let granularities = [
+        Granularity::Nodes,
+        Granularity::QkEdges,
+        Granularity::PathEdges,
+    ];
     let granularity = named(
         "granularity",
         granularity,

@@ -273,6 +273,10 @@ pub struct AttributionInputs<'a> {
     pub reference_embeddings: Option<ArrayView3<'a, f32>>,
     /// Whether MLPs are components (`ablate heads and mlps`).
     pub mlps_in_scope: bool,
+    /// Path edges also leave `embed` (the edge-complete form's source, docs/semantics.md
+    /// section 8): `õ` is the reference embedding, so `reference` must hold it
+    /// (`ReferenceNeeds::head_outputs`).
+    pub embed_edges: bool,
     /// Under resample ablation at position alignment, the reference prompts (evaluated prompt
     /// `b` reads `b mod R`): QK-edge scores then compute each term's reference value from their
     /// forward, a chunk of prompts at a time, instead of reading every head's stored terms from
@@ -579,7 +583,7 @@ impl<'a> Aggregate<'a> {
 }
 
 /// The slots in order of first occurrence, prompt by prompt.
-fn slot_order(slots: &[Vec<String>]) -> Vec<String> {
+pub fn slot_order(slots: &[Vec<String>]) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     for prompt in slots {
         for slot in prompt {
@@ -840,10 +844,30 @@ impl<'a> ComputedTerms<'a> {
     }
 }
 
-/// Every upstream component a path edge can leave, in order: heads layer by layer, then (in
-/// scope) each layer's MLP after its heads.
-fn upstreams(n_layers: usize, n_heads: usize, mlps: bool) -> Vec<Upstream> {
+/// Every path edge `(from, to)` that goes forward in `model`, upstream by upstream in
+/// [`upstreams`] order, each into every downstream input it reaches in [`downstreams`] order.
+pub fn path_edges(model: &Model, mlps: bool, embed: bool) -> Vec<(Upstream, Downstream)> {
+    let config = &model.config;
+    let downs = downstreams(config.n_layers, config.n_heads);
     let mut out = Vec::new();
+    for u in upstreams(config.n_layers, config.n_heads, mlps, embed) {
+        out.extend(
+            downs
+                .iter()
+                .filter(|d| d.reads(u, config.residual))
+                .map(|&d| (u, d)),
+        );
+    }
+    out
+}
+
+/// Every upstream component a path edge can leave, in order: `embed` (when asked), then heads
+/// layer by layer, then (in scope) each layer's MLP after its heads.
+fn upstreams(n_layers: usize, n_heads: usize, mlps: bool, embed: bool) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    if embed {
+        out.push(Upstream::Embed);
+    }
     for layer in 0..n_layers {
         out.extend((0..n_heads).map(|head| Upstream::Head(HeadId { layer, head })));
         if mlps {
@@ -890,7 +914,7 @@ fn path_edge_scores(
     let cache = &clean.activations;
     let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
-    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope);
+    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
     let downs = downstreams(n_layers, n_heads);
     // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
     let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
@@ -932,7 +956,13 @@ fn path_edge_scores(
                             None => delta.row_mut(i).assign(&o.mapv(|x| -x)),
                         }
                     }
-                    Upstream::Embed => unreachable!("upstreams() lists heads and MLPs only"),
+                    Upstream::Embed => {
+                        let x = cache.embed.slice(s![b, t, ..]);
+                        match inputs.reference.embed(b, t) {
+                            Some(r) => delta.row_mut(i).assign(&(&r - &x)),
+                            None => delta.row_mut(i).assign(&x.mapv(|v| -v)),
+                        }
+                    }
                 }
             }
             // ∂M/∂(each downstream input) at (b, t): (Dn, D).

@@ -21,6 +21,8 @@ use crate::resolve::bound::{
 pub struct Request {
     pub method: Method,
     pub granularity: Granularity,
+    /// Path edges also leave `embed` (the sources of an edge-complete circuit).
+    pub embed_edges: bool,
 }
 
 /// The scores of one file, with what they are relative to.
@@ -106,6 +108,8 @@ pub fn score_session(
         }
         needs.head_outputs = plan.has_path_edges();
     }
+    // The reference embedding is stored with the head outputs.
+    needs.head_outputs |= request.embed_edges && request.granularity == Granularity::PathEdges;
     let qk_edge_terms =
         request.granularity == Granularity::QkEdges && request.method.in_metric_units();
     // Under resample at position alignment each term's reference value is the paired prompt's,
@@ -168,6 +172,7 @@ pub fn score_session(
         reference: &reference,
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
+        embed_edges: request.embed_edges,
         paired_reference: (qk_edge_terms && paired).then_some(reference_ids.as_slice()),
         on_pass,
         circuit: circuit_in_place,

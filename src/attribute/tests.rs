@@ -85,6 +85,7 @@ impl Fixture {
             reference: &self.reference,
             reference_embeddings: x_ref,
             mlps_in_scope: true,
+            embed_edges: false,
             paired_reference: None,
             on_pass: None,
             circuit: None,
@@ -268,6 +269,89 @@ fn path_edge_scores_out_of_a_component_sum_to_its_node_score() {
     let worst = worst_sum_gap(&nodes, &paths, upstream_node, |_| true);
     eprintln!("max |Σ_D path(u → D) − node(u)| / max |node| = {worst:.2e}");
     assert!(worst < 1e-4, "{worst}");
+}
+
+/// Moves the input embedding at token `t` of every prompt by `epsilon · (ref − embed)`:
+/// `epsilon = 1` gives every input the reference embedding there.
+struct EmbedNudge<'a> {
+    reference: &'a ReferenceValues,
+    t: usize,
+    epsilon: f64,
+}
+
+impl Interventions for EmbedNudge<'_> {
+    fn edit_embed(&self, embed: &mut ArrayViewMut3<f32>) {
+        for b in 0..embed.dim().0 {
+            let reference = self.reference.embed(b, self.t).unwrap().to_owned();
+            let mut row = embed.slice_mut(s![b, self.t, ..]);
+            for (x, &r) in row.iter_mut().zip(&reference) {
+                *x = (*x as f64 + self.epsilon * (r as f64 - *x as f64)) as f32;
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_path_edges_into_every_input_sum_to_the_derivative_along_the_reference_embedding() {
+    // The embedding reaches every input additively, so its path-edge scores at a token summed
+    // over the inputs are the derivative of M along (ref(embed) − embed) there: checked against
+    // a central finite difference of the forward (which knows nothing of path edges).
+    let f = fixture(FILE, true);
+    let plain = scores(
+        &f.inputs("logit_diff", None),
+        Method::Eap,
+        Granularity::PathEdges,
+    )
+    .unwrap();
+    let mut inputs = f.inputs("logit_diff", None);
+    inputs.embed_edges = true;
+    let with_embed = scores(&inputs, Method::Eap, Granularity::PathEdges).unwrap();
+    let from_embed = |e: &&Entry| {
+        matches!(
+            e.component,
+            Component::Path {
+                from: Upstream::Embed,
+                ..
+            }
+        )
+    };
+    // The other edges' scores are unchanged.
+    let others: Vec<&Entry> = with_embed
+        .entries
+        .iter()
+        .filter(|e| !from_embed(e))
+        .collect();
+    assert_eq!(others, plain.entries.iter().collect::<Vec<_>>());
+    // Member tokens (at END every prompt has the same token, so ref(embed) = embed there).
+    let at = |slot: &str| f.slots[0].iter().position(|s| s == slot).unwrap();
+    let epsilon = 1e-2;
+    for t in [at("S3"), at("S4")] {
+        let slot = &f.slots[0][t];
+        let edges: Vec<&Entry> = with_embed
+            .entries
+            .iter()
+            .filter(|e| from_embed(e) && &e.query == slot)
+            .collect();
+        // Every input: 3 layers × 4 heads × q, k, v, 3 MLPs, the logits.
+        assert_eq!(edges.len(), 40);
+        let sum: f64 = edges.iter().map(|e| e.score).sum();
+        let nudge = |epsilon| EmbedNudge {
+            reference: &f.reference,
+            t,
+            epsilon,
+        };
+        let numeric = (f.metric(&nudge(epsilon)) - f.metric(&nudge(-epsilon))) / (2.0 * epsilon);
+        eprintln!("embed @ {slot}: Σ_D eap {sum:.5}, finite difference {numeric:.5}");
+        assert!(
+            numeric.abs() > 0.05,
+            "a derivative the check can tell from 0"
+        );
+        // The bound of the node test above (f32 forward rounding).
+        assert!(
+            (sum - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
+            "embed @ {slot}: {sum} vs {numeric}"
+        );
+    }
 }
 
 #[test]

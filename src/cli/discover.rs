@@ -29,6 +29,9 @@ pub enum RankArg {
 pub enum GranularityArg {
     Nodes,
     QkEdges,
+    /// Path edges upstream -> downstream input (embed, heads, MLPs into each later head's q, k,
+    /// v, each MLP and the logits) at each position: the found circuit is edge-complete.
+    PathEdges,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +57,9 @@ pub struct Args {
     /// Integration points of eap-ig.
     #[arg(long, default_value_t = 5, value_name = "M")]
     pub steps: usize,
-    /// Candidates: heads × query slots (and MLPs × slots under `ablate heads and mlps`), or QK
-    /// edges key slot → query slot of every head (MLPs still as nodes).
+    /// Candidates: heads × query slots (and MLPs × slots under `ablate heads and mlps`), QK
+    /// edges key slot → query slot of every head (MLPs still as nodes), or path edges at each
+    /// slot (an edge-complete circuit).
     #[arg(long, value_enum, default_value = "nodes")]
     pub granularity: GranularityArg,
     /// Keep as QK-edge candidates only (head, key -> query) pairs whose mean attention is at
@@ -91,6 +95,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let granularity = match args.granularity {
         GranularityArg::Nodes => Granularity::Nodes,
         GranularityArg::QkEdges => Granularity::QkEdges,
+        GranularityArg::PathEdges => Granularity::PathEdges,
     };
     let invocation = Invocation {
         file: args.file.clone(),

@@ -142,6 +142,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         Request {
             method,
             granularity,
+            embed_edges: false,
         },
         relative_to.as_ref(),
         with_nodes,

@@ -16,8 +16,9 @@ use crate::attribute::{Component, Entry};
 use crate::data::positions::{Anchor, Position, PositionItem, PositionSet, SlotToken};
 use crate::data::slots::{prompt_slots, END_LABEL};
 use crate::data::TokenizedPrompt;
+use crate::model::Model;
 use crate::plan::Plan;
-use crate::resolve::bound::{single, BoundCircuit, HeadId, QkEdge};
+use crate::resolve::bound::{single, BoundCircuit, Downstream, HeadId, PathEdge, QkEdge, Upstream};
 
 /// One component a discovered circuit may keep.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,18 +50,58 @@ impl Candidate {
         let q = positions.text(&self.query);
         match (&self.component, &self.key) {
             (Component::Head(h), Some(key)) => format!("edge {h}: {} -> {q}", positions.text(key)),
+            (Component::Path { from, to }, _) => format!("edge {from} -> {to} @ {q}"),
             (c, _) => format!("{} @ {q}", c.name()),
         }
     }
 
-    /// The layer of the component.
-    pub fn layer(&self) -> usize {
+    /// The layer of the component; of a path edge, the layer of the input it enters (the
+    /// logits: after the last layer, `n_layers`).
+    pub fn layer(&self, n_layers: usize) -> usize {
         match self.component {
             Component::Head(h) => h.layer,
             Component::Mlp(l) => l,
-            Component::Path { .. } => unreachable!("discovery has no path-edge candidates"),
+            Component::Path { to, .. } => match to {
+                Downstream::Head(h, _) => h.layer,
+                Downstream::Mlp(l) => l,
+                Downstream::Logits => n_layers,
+            },
         }
     }
+}
+
+/// Upstream components in forward order: `embed`, then per layer its heads, then its MLP.
+pub fn upstream_rank(u: Upstream) -> (usize, usize, usize) {
+    match u {
+        Upstream::Embed => (0, 0, 0),
+        Upstream::Head(h) => (1 + h.layer, 0, h.head),
+        Upstream::Mlp(l) => (1 + l, 1, 0),
+    }
+}
+
+/// Downstream inputs in forward order: per layer each head's q, k, v, then the MLP; the logits
+/// last (layer `n_layers`).
+pub fn downstream_rank(d: Downstream, n_layers: usize) -> (usize, usize, usize) {
+    match d {
+        Downstream::Head(h, input) => (h.layer, 0, h.head * 3 + input as usize),
+        Downstream::Mlp(l) => (l, 1, 0),
+        Downstream::Logits => (n_layers, 1, 0),
+    }
+}
+
+/// Every path edge of the model at every slot of `order` (the edge-complete form's edges:
+/// `embed` among the sources), unscored.
+pub fn path_edge_candidates(model: &Model, mlps: bool, order: &[String]) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (from, to) in crate::attribute::path_edges(model, mlps, true) {
+        out.extend(order.iter().map(|slot| Candidate {
+            component: Component::Path { from, to },
+            query: slot.clone(),
+            key: None,
+            score: None,
+        }));
+    }
+    out
 }
 
 /// The written position of every slot that can be written, and why the others cannot.
@@ -216,7 +257,8 @@ fn check_position(
 }
 
 /// The circuit keeping exactly `kept` (indices into `candidates`), named `name`. Positions of
-/// one component are listed in token order.
+/// one component are listed in token order. Path-edge candidates make an edge-complete
+/// circuit (even when none of them is kept: then every input reads reference values).
 pub fn circuit_of(
     name: &str,
     candidates: &[Candidate],
@@ -226,15 +268,21 @@ pub fn circuit_of(
     let mut heads: BTreeMap<HeadId, Vec<&str>> = BTreeMap::new();
     let mut mlps: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     let mut edges: Vec<(HeadId, &str, &str)> = Vec::new();
+    let mut paths: BTreeMap<(Downstream, Upstream), Vec<&str>> = BTreeMap::new();
     for &i in kept {
         let c = &candidates[i];
         match (&c.component, &c.key) {
             (Component::Head(h), Some(key)) => edges.push((*h, key, &c.query)),
             (Component::Head(h), None) => heads.entry(*h).or_default().push(&c.query),
             (Component::Mlp(l), _) => mlps.entry(*l).or_default().push(&c.query),
-            (Component::Path { .. }, _) => unreachable!("discovery has no path-edge candidates"),
+            (Component::Path { from, to }, _) => {
+                paths.entry((*to, *from)).or_default().push(&c.query)
+            }
         }
     }
+    let edge_complete = candidates
+        .iter()
+        .any(|c| matches!(c.component, Component::Path { .. }));
     let set = |slots: Vec<&str>| {
         let mut slots = slots;
         slots.sort_by_key(|s| positions.rank(s));
@@ -260,8 +308,16 @@ pub fn circuit_of(
                 span: 0..0,
             })
             .collect(),
-        path_edges: Vec::new(),
-        edge_complete: false,
+        path_edges: paths
+            .into_iter()
+            .map(|((to, from), slots)| PathEdge {
+                from,
+                to,
+                positions: set(slots),
+                span: 0..0,
+            })
+            .collect(),
+        edge_complete,
         expectations: Vec::new(),
         span: 0..0,
     }
@@ -299,7 +355,14 @@ pub fn inside(candidate: &Candidate, plan: &Plan, slots: &[Vec<String>]) -> bool
                         .all(|k| e.keys.contains(k)),
                 }
             }),
-            (Component::Path { .. }, _) => false,
+            (Component::Path { from, to }, _) => {
+                // An input no edge enters reads only reference values.
+                let Some(mask) = plan.path_inputs.get(to) else {
+                    return false;
+                };
+                let u = plan.shape.upstream_index(*from);
+                queries.iter().all(|&t| mask[[b, t, u]])
+            }
         }
     })
 }

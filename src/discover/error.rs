@@ -17,14 +17,26 @@ pub enum DiscoverError {
     #[diagnostic(code(circuit::discover::unknown_base), help("{help}"))]
     UnknownBase { name: String, help: String },
 
-    #[error(
-        "circuit `{name}` has path edges (or is edge-complete), which discovery does not search"
-    )]
+    #[error("circuit `{name}` has path edges (or is edge-complete): nodes and QK edges are searched inside a circuit of nodes and QK edges")]
     #[diagnostic(
         code(circuit::discover::base_path_edges),
-        help("discover inside a circuit of nodes and QK edges (without `edge U -> D` lines, not `edge-complete`)")
+        help("discover nodes or QK edges inside a circuit of nodes and QK edges (without `edge U -> D` lines, not `edge-complete`), or path edges inside an edge-complete circuit (--granularity path-edges)")
     )]
     BasePathEdges { name: String },
+
+    #[error("circuit `{name}` is not edge-complete, and path edges are searched inside an edge-complete circuit")]
+    #[diagnostic(
+        code(circuit::discover::base_not_edge_complete),
+        help("write the base as `edge-complete circuit {name} {{ edge ... }}`, or discover nodes or QK edges inside it (--granularity nodes|qk-edges)")
+    )]
+    BaseNotEdgeComplete { name: String },
+
+    #[error("--rank {rank} has no path-edge score")]
+    #[diagnostic(
+        code(circuit::discover::path_edge_rank),
+        help("rank path edges by a gradient score or exactly: --rank eap-ig, eap or exact")
+    )]
+    PathEdgeRank { rank: &'static str },
 
     #[error(
         "--attention-threshold filters QK-edge candidates, but the granularity is {granularity}"

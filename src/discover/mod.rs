@@ -33,7 +33,7 @@ use crate::measure::{mean, metric_name, scores as normalize, Session};
 use crate::resolve::bound::{BoundCircuit, Metric, Scope};
 use crate::scan::{Engine, ScanGranularity, ScanOptions, ScanRequest, Shard};
 
-use candidates::{circuit_of, inside, Candidate, SlotPositions};
+use candidates::{circuit_of, downstream_rank, inside, upstream_rank, Candidate, SlotPositions};
 pub use error::DiscoverError;
 use search::{Curve, Evaluations, PrefixResult};
 
@@ -44,7 +44,7 @@ pub struct Request {
     pub target: f64,
     /// The score candidates are ranked by.
     pub rank: Method,
-    /// `Nodes` or `QkEdges`.
+    /// `Nodes`, `QkEdges` or `PathEdges` (the found circuit is then edge-complete).
     pub granularity: Granularity,
     /// Keep as QK-edge candidates only pairs whose mean attention is at least this.
     pub attention_threshold: Option<f64>,
@@ -59,13 +59,24 @@ pub struct Request {
 
 /// Requests that can be refused before anything is loaded.
 pub fn check_request(request: &Request) -> Result<(), DiscoverError> {
-    if let Some(base) = request
-        .base
-        .as_ref()
-        .filter(|b| !b.path_edges.is_empty() || b.edge_complete)
-    {
-        return Err(DiscoverError::BasePathEdges {
-            name: base.name.clone(),
+    let path_edges = request.granularity == Granularity::PathEdges;
+    if let Some(base) = &request.base {
+        // Path edges are searched inside an edge-complete circuit; nodes and QK edges inside
+        // a circuit of nodes and QK edges.
+        if path_edges && !base.edge_complete {
+            return Err(DiscoverError::BaseNotEdgeComplete {
+                name: base.name.clone(),
+            });
+        }
+        if !path_edges && (!base.path_edges.is_empty() || base.edge_complete) {
+            return Err(DiscoverError::BasePathEdges {
+                name: base.name.clone(),
+            });
+        }
+    }
+    if path_edges && matches!(request.rank, Method::Qkvo | Method::Attention) {
+        return Err(DiscoverError::PathEdgeRank {
+            rank: request.rank.name(),
         });
     }
     let t = request.target;
@@ -94,6 +105,8 @@ pub struct Discovery {
     pub attention_threshold: Option<f64>,
     pub base: Option<String>,
     pub metric: Metric,
+    /// The model's layers (path edges into the logits sort after the last).
+    pub n_layers: usize,
     /// `m̄(full)` and `m̄(empty)` of the file's metric.
     pub full: f64,
     pub empty: f64,
@@ -157,43 +170,18 @@ pub fn discover(
         .into());
     }
 
-    let ranked_set = rank_scores(session, request, request.granularity, false)?;
-    let mut single_ablations = ranked_set.entries.len();
-    let positions = SlotPositions::new(&ranked_set.slots, session.clean_prompts());
+    let (mut all, positions, mut single_ablations) = match request.granularity {
+        Granularity::PathEdges => path_edge_space(session, request)?,
+        _ => node_space(session, request)?,
+    };
     let mut excluded = Excluded::default();
-    let mut all: Vec<Candidate> = ranked_set.entries.iter().map(Candidate::scored).collect();
-    if request.granularity == Granularity::QkEdges && settings.scope == Scope::HeadsAndMlps {
-        // MLPs are nodes at either granularity: scored by the rank's node form where it has one.
-        if request.rank.in_metric_units() {
-            let nodes = rank_scores(session, request, Granularity::Nodes, true)?;
-            single_ablations += nodes.entries.len();
-            all.extend(
-                nodes
-                    .entries
-                    .iter()
-                    .filter(|e| matches!(e.component, Component::Mlp(_)))
-                    .map(Candidate::scored),
-            );
-        } else {
-            let n_layers = session.model().config.n_layers;
-            for layer in 0..n_layers {
-                for slot in &ranked_set.slots {
-                    all.push(Candidate {
-                        component: Component::Mlp(layer),
-                        query: slot.clone(),
-                        key: None,
-                        score: None,
-                    });
-                }
-            }
-        }
-    }
     if let Some(threshold) = request.attention_threshold {
         let attention = score_session(
             session,
             ScoreRequest {
                 method: Method::Attention,
                 granularity: Granularity::QkEdges,
+                embed_edges: false,
             },
             None,
             false,
@@ -236,6 +224,13 @@ pub fn discover(
         };
         return Err(DiscoverError::NoCandidates { why }.into());
     }
+    if request.granularity == Granularity::PathEdges && request.rank == Method::Exact {
+        single_ablations = exact_path_edge_scores(session, &mut all, &positions, on_evaluation)?;
+    }
+    let offset = single_ablations
+        * usize::from(
+            request.rank == Method::Exact && request.granularity == Granularity::PathEdges,
+        );
 
     let mut ranked: Vec<usize> = (0..all.len()).filter(|&i| all[i].score.is_some()).collect();
     ranked.sort_by(|&a, &b| {
@@ -245,6 +240,7 @@ pub fn discover(
     let always: Vec<usize> = (0..all.len()).filter(|&i| all[i].score.is_none()).collect();
 
     let candidates = all;
+    let n_layers = session.model().config.n_layers;
     let full_metrics = session.run(&session.full_plan())?[&metric].clone();
     let empty_metrics = session.run(&session.empty_plan())?[&metric].clone();
     let (found, faithfulness, reached, prefix_k, prefix_faithfulness, curve, costs, evaluations) = {
@@ -255,7 +251,7 @@ pub fn discover(
         let mut evals = Evaluations::new(move |kept: &BTreeSet<usize>| -> miette::Result<f64> {
             evaluated += 1;
             if let Some(cb) = on_evaluation {
-                cb(evaluated);
+                cb(offset + evaluated);
             }
             let circuit = circuit_of(output::FOUND, candidates, kept, positions);
             let plan = session.compile(&circuit)?;
@@ -298,7 +294,7 @@ pub fn discover(
                 )
             }
         };
-        let order = backwards(candidates, positions, &start);
+        let order = backwards(candidates, positions, &start, n_layers);
         let (found, f) = search::prune(&mut evals, start, &order, target)?;
         let costs = search::removal_costs(&mut evals, &found)?;
         let evaluations = evals.count();
@@ -321,6 +317,7 @@ pub fn discover(
         attention_threshold: request.attention_threshold,
         base: request.base.as_ref().map(|b| b.name.clone()),
         metric,
+        n_layers,
         full,
         empty,
         candidates,
@@ -341,6 +338,103 @@ pub fn discover(
     })
 }
 
+/// The candidates of `nodes` and `qk-edges` (scored by the rank, relative to the full model),
+/// their slots' written positions, and the single ablations an exact rank computed.
+fn node_space(
+    session: &mut Session,
+    request: &Request,
+) -> miette::Result<(Vec<Candidate>, SlotPositions, usize)> {
+    let scope = session.settings().scope;
+    let ranked_set = rank_scores(session, request, request.granularity, false)?;
+    let mut single_ablations = ranked_set.entries.len();
+    let positions = SlotPositions::new(&ranked_set.slots, session.clean_prompts());
+    let mut all: Vec<Candidate> = ranked_set.entries.iter().map(Candidate::scored).collect();
+    if request.granularity == Granularity::QkEdges && scope == Scope::HeadsAndMlps {
+        // MLPs are nodes at either granularity: scored by the rank's node form where it has one.
+        if request.rank.in_metric_units() {
+            let nodes = rank_scores(session, request, Granularity::Nodes, true)?;
+            single_ablations += nodes.entries.len();
+            all.extend(
+                nodes
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e.component, Component::Mlp(_)))
+                    .map(Candidate::scored),
+            );
+        } else {
+            let n_layers = session.model().config.n_layers;
+            for layer in 0..n_layers {
+                for slot in &ranked_set.slots {
+                    all.push(Candidate {
+                        component: Component::Mlp(layer),
+                        query: slot.clone(),
+                        key: None,
+                        score: None,
+                    });
+                }
+            }
+        }
+    }
+    Ok((all, positions, single_ablations))
+}
+
+/// The candidates of `path-edges`: every edge of the edge-complete form (`embed`, heads and, in
+/// scope, MLPs into every later head's q, k and v, MLP and the logits) at every slot, scored by
+/// the rank relative to the full model; under `exact` unscored here (scored by
+/// [`exact_path_edge_scores`] once the search space is known).
+fn path_edge_space(
+    session: &mut Session,
+    request: &Request,
+) -> miette::Result<(Vec<Candidate>, SlotPositions, usize)> {
+    let mlps = session.settings().scope == Scope::HeadsAndMlps;
+    if request.rank == Method::Exact {
+        let order = crate::attribute::slot_order(&candidates::token_slots(session.clean_prompts()));
+        let positions = SlotPositions::new(&order, session.clean_prompts());
+        let all = candidates::path_edge_candidates(session.model(), mlps, &order);
+        return Ok((all, positions, 0));
+    }
+    let request = ScoreRequest {
+        method: request.rank,
+        granularity: Granularity::PathEdges,
+        embed_edges: true,
+    };
+    let set = score_session(session, request, None, false, None)?.set;
+    let positions = SlotPositions::new(&set.slots, session.clean_prompts());
+    Ok((
+        set.entries.iter().map(Candidate::scored).collect(),
+        positions,
+        0,
+    ))
+}
+
+/// `exact` for path edges: each candidate's score is `m̄(all but it) − m̄(all)`, where `all`
+/// is the edge-complete circuit of every candidate searched (the full model's edges, or those
+/// of the base circuit), each an exact evaluation by the engine. Returns how many were made.
+fn exact_path_edge_scores(
+    session: &mut Session,
+    candidates: &mut [Candidate],
+    positions: &SlotPositions,
+    on_evaluation: Option<&dyn Fn(usize)>,
+) -> miette::Result<usize> {
+    let metric = session.settings().metric;
+    let mut metric_of = |kept: &BTreeSet<usize>, candidates: &[Candidate]| -> miette::Result<f64> {
+        let plan = session.compile(&circuit_of(output::FOUND, candidates, kept, positions))?;
+        Ok(mean(&session.run(&plan)?[&metric]))
+    };
+    let everything: BTreeSet<usize> = (0..candidates.len()).collect();
+    let base = metric_of(&everything, candidates)?;
+    for i in 0..candidates.len() {
+        let mut without = everything.clone();
+        without.remove(&i);
+        let m = metric_of(&without, candidates)?;
+        candidates[i].score = Some(m - base);
+        if let Some(cb) = on_evaluation {
+            cb(i + 2);
+        }
+    }
+    Ok(candidates.len() + 1)
+}
+
 /// The scores candidates are ranked by, relative to the full model: an attribution method, or
 /// (`exact`) the exact single-ablation scan. `mlps_only`: only the MLPs' node scores are read.
 fn rank_scores(
@@ -353,6 +447,7 @@ fn rank_scores(
         let request = ScoreRequest {
             method: request.rank,
             granularity,
+            embed_edges: false,
         };
         return Ok(score_session(session, request, None, false, None)?.set);
     }
@@ -377,29 +472,83 @@ fn rank_scores(
 }
 
 /// The pruning order, from the output backwards: later layers first (a layer's MLP before its
-/// heads, since it reads them), later query positions first, then later keys, then higher
-/// head indices.
+/// heads, since it reads them; a path edge by the input it enters, the logits last of all),
+/// later query positions first, then later keys, then higher head indices (of a path edge,
+/// later upstream components first).
 fn backwards(
     candidates: &[Candidate],
     positions: &SlotPositions,
     kept: &BTreeSet<usize>,
+    n_layers: usize,
 ) -> Vec<usize> {
     let mut order: Vec<usize> = kept.iter().copied().collect();
     order.sort_by_key(|&i| {
         let c = &candidates[i];
-        let (is_mlp, head) = match c.component {
-            Component::Mlp(_) => (1, 0),
-            Component::Head(h) => (0, h.head),
-            Component::Path { .. } => (0, 0),
+        let (is_mlp, head, upstream) = match c.component {
+            Component::Mlp(_) => (1, 0, None),
+            Component::Head(h) => (0, h.head, None),
+            Component::Path { from, to } => {
+                let (_, is_mlp, head) = downstream_rank(to, n_layers);
+                (is_mlp, head, Some(upstream_rank(from)))
+            }
         };
         std::cmp::Reverse((
-            c.layer(),
+            c.layer(n_layers),
             is_mlp,
             positions.rank(&c.query),
             c.key.as_deref().map(|k| positions.rank(k)),
             head,
+            upstream,
             i,
         ))
     });
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HeadInput;
+    use crate::resolve::bound::{Downstream, HeadId, Upstream};
+
+    #[test]
+    fn path_edges_are_pruned_from_the_logits_backwards_by_the_input_they_enter() {
+        let h = |layer, head| HeadId { layer, head };
+        let edge = |from, to, query: &str| Candidate {
+            component: Component::Path { from, to },
+            query: query.to_string(),
+            key: None,
+            score: Some(0.0),
+        };
+        let candidates = vec![
+            edge(
+                Upstream::Embed,
+                Downstream::Head(h(0, 1), HeadInput::V),
+                "S4",
+            ),
+            edge(Upstream::Mlp(1), Downstream::Logits, "END"),
+            edge(Upstream::Head(h(0, 1)), Downstream::Mlp(0), "END"),
+            edge(
+                Upstream::Embed,
+                Downstream::Head(h(0, 1), HeadInput::K),
+                "S4",
+            ),
+            edge(
+                Upstream::Head(h(0, 0)),
+                Downstream::Head(h(1, 2), HeadInput::Q),
+                "END",
+            ),
+            edge(Upstream::Embed, Downstream::Mlp(0), "END"),
+            edge(Upstream::Mlp(0), Downstream::Logits, "END"),
+        ];
+        let positions = SlotPositions {
+            order: vec!["S4".to_string(), "END".to_string()],
+            ..Default::default()
+        };
+        let kept: BTreeSet<usize> = (0..candidates.len()).collect();
+        let order = backwards(&candidates, &positions, &kept, 3);
+        // The logits (later upstream first), layer 1, then layer 0: its MLP before its heads,
+        // END before S4, v before k; into one input, later upstream components first.
+        assert_eq!(order, [1, 6, 4, 2, 5, 0, 3]);
+    }
 }

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Component as PathComponent, Path, PathBuf};
 
-use super::candidates::Candidate;
+use super::candidates::{downstream_rank, upstream_rank, Candidate};
 use super::error::DiscoverError;
 use super::Discovery;
-use crate::attribute::Component;
+use crate::attribute::{Component, Granularity};
 use crate::measure::Session;
-use crate::resolve::bound::HeadId;
+use crate::resolve::bound::{Downstream, HeadId, Upstream};
 use crate::resolve::{resolve_source, RealEnvironment, ResolveOptions};
 use crate::syntax::ast::{DatasetExpr, File, ItemKind, Trivia};
 
@@ -205,6 +205,9 @@ fn score_comment(d: &Discovery, c: &Candidate) -> String {
 
 /// The `circuit found { ... }` block.
 fn circuit_text(d: &Discovery) -> String {
+    if d.granularity == Granularity::PathEdges {
+        return path_circuit_text(d);
+    }
     // Per layer: head node statements (one per head, its positions in token order), QK edges,
     // then the layer's MLP.
     let mut heads: BTreeMap<HeadId, Vec<usize>> = BTreeMap::new();
@@ -228,36 +231,14 @@ fn circuit_text(d: &Discovery) -> String {
             )
         })
     };
-    let cost = |i: usize| short(d.costs.get(&i).copied().unwrap_or(f64::NAN));
-    let node_line = |statement: String, members: &[usize]| -> String {
-        let notes: Vec<String> = members
-            .iter()
-            .map(|&i| {
-                let c = &d.candidates[i];
-                let at = if members.len() > 1 {
-                    format!("{}: ", d.positions.text(&c.query))
-                } else {
-                    String::new()
-                };
-                format!("{at}{}, cost {}", score_comment(d, c), cost(i))
-            })
-            .collect();
-        format!("  {statement}  # {}\n", notes.join("; "))
-    };
+    let node_line = |statement: String, members: &[usize]| statement_line(d, statement, members);
     let layers: std::collections::BTreeSet<usize> = heads
         .keys()
         .chain(edges.keys())
         .map(|h| h.layer)
         .chain(mlps.keys().copied())
         .collect();
-    // A node statement's positions, in token order.
-    let at = |members: &[usize]| -> String {
-        let positions: Vec<String> = members
-            .iter()
-            .map(|&i| d.positions.text(&d.candidates[i].query))
-            .collect();
-        positions.join(", ")
-    };
+    let at = |members: &[usize]| positions_text(d, members);
     let mut out = format!("circuit {FOUND} {{\n");
     for layer in layers {
         out.push_str(&format!("  # layer {layer}\n"));
@@ -279,6 +260,74 @@ fn circuit_text(d: &Discovery) -> String {
                 members,
             ));
         }
+    }
+    out.push_str(&format!(
+        "  expect faithfulness >= {}\n}}\n",
+        expected_floor(d)
+    ));
+    out
+}
+
+/// A statement of the found circuit with its members' scores and costs as a trailing comment
+/// (per position when it has several).
+fn statement_line(d: &Discovery, statement: String, members: &[usize]) -> String {
+    let notes: Vec<String> = members
+        .iter()
+        .map(|&i| {
+            let c = &d.candidates[i];
+            let at = if members.len() > 1 {
+                format!("{}: ", d.positions.text(&c.query))
+            } else {
+                String::new()
+            };
+            let cost = short(d.costs.get(&i).copied().unwrap_or(f64::NAN));
+            format!("{at}{}, cost {cost}", score_comment(d, c))
+        })
+        .collect();
+    format!("  {statement}  # {}\n", notes.join("; "))
+}
+
+/// A statement's positions, in token order (`members` sorted so).
+fn positions_text(d: &Discovery, members: &[usize]) -> String {
+    let positions: Vec<String> = members
+        .iter()
+        .map(|&i| d.positions.text(&d.candidates[i].query))
+        .collect();
+    positions.join(", ")
+}
+
+/// The `edge-complete circuit found { ... }` block: one `edge FROM -> TO @ POSITIONS` line per
+/// kept (upstream, input) pair, grouped by the layer of the input (the logits last), inputs in
+/// forward order and, into one input, upstream components in forward order.
+fn path_circuit_text(d: &Discovery) -> String {
+    let n_layers = d.n_layers;
+    type Key = ((usize, usize, usize), (usize, usize, usize));
+    let mut by_input: BTreeMap<Key, (Upstream, Downstream, Vec<usize>)> = BTreeMap::new();
+    for &i in &d.found {
+        if let Component::Path { from, to } = d.candidates[i].component {
+            let key = (downstream_rank(to, n_layers), upstream_rank(from));
+            by_input
+                .entry(key)
+                .or_insert((from, to, Vec::new()))
+                .2
+                .push(i);
+        }
+    }
+    let mut out = format!("edge-complete circuit {FOUND} {{\n");
+    let mut section = None;
+    for (from, to, members) in by_input.values_mut() {
+        let heading = match to {
+            Downstream::Head(h, _) => format!("into layer {}", h.layer),
+            Downstream::Mlp(l) => format!("into layer {l}"),
+            Downstream::Logits => "into the logits".to_string(),
+        };
+        if section.as_ref() != Some(&heading) {
+            out.push_str(&format!("  # {heading}\n"));
+            section = Some(heading);
+        }
+        members.sort_by_key(|&i| d.positions.rank(&d.candidates[i].query));
+        let statement = format!("edge {from} -> {to} @ {}", positions_text(d, members));
+        out.push_str(&statement_line(d, statement, members));
     }
     out.push_str(&format!(
         "  expect faithfulness >= {}\n}}\n",
