@@ -269,5 +269,9 @@ fn write_scores(dir: &Path, only: &str, set: &ScoreSet) {
         })
         .collect();
     let name = format!("eap_ours_{}.json", only.replace(':', "_"));
-    std::fs::write(dir.join(name), serde_json::Value::Array(entries).to_string()).unwrap();
+    std::fs::write(
+        dir.join(name),
+        serde_json::Value::Array(entries).to_string(),
+    )
+    .unwrap();
 }
