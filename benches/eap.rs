@@ -7,6 +7,7 @@
 //!     cargo bench --bench eap                          # every method × granularity, 1 thread
 //!     cargo bench --bench eap -- --threads 2
 //!     cargo bench --bench eap -- --only eap:path-edges # one measurement
+//!     cargo bench --bench eap -- --ablation mean       # mean ablation (default: resample)
 //!     cargo bench --bench eap -- --small               # a 2-layer model: checks that it runs,
 //!                                                      # and writes our scores for the
 //!                                                      # agreement check (`bench_eap.py compare`)
@@ -16,9 +17,11 @@
 //! make-model` with /tmp/venv's transformers (`$CIRCUIT_BENCH_PYTHON` to use another Python),
 //! the GPT-2 tokenizer fixture copied in; never committed. The prompts are 16 random digits
 //! `"3 1 4 …"` (16 tokens under GPT-2's tokenizer), each paired with another 16 random digits as
-//! its reference prompt; answer `" 5"`, distractor `" 7"`; `ablate heads and mlps by resample`,
-//! `metric logit_diff` (what TransformerLens's `attribution_patch` computes, clean and corrupt
-//! swapped: see the script).
+//! its reference prompt; answer `" 5"`, distractor `" 7"`; `ablate heads and mlps by resample`
+//! (what TransformerLens's `attribution_patch` computes, clean and corrupt swapped: see the
+//! script) or, with `--ablation mean`, by the mean over the reference prompts; `metric
+//! logit_diff`. (Under resample, QK-edge scores run one more forward, over the paired reference
+//! prompts, instead of storing every head's reference terms: `attribute::paired_forward`.)
 //!
 //! Each measurement runs in its own child process (rayon and matrixmultiply size their thread
 //! pools once per process, and the peak RSS is the process's): it opens the file, times the
@@ -76,6 +79,11 @@ fn main() {
         child(Path::new(&dir), &value("--only").expect("--only"), small);
         return;
     }
+    let ablation = value("--ablation").unwrap_or("resample".into());
+    assert!(
+        ablation == "resample" || ablation == "mean",
+        "--ablation resample|mean"
+    );
     let threads: usize = value("--threads").map_or(1, |t| t.parse().expect("--threads N"));
     let dir = PathBuf::from(value("--model").unwrap_or_else(|| {
         if small {
@@ -87,7 +95,7 @@ fn main() {
     if !dir.join("model.safetensors").exists() {
         make_model(&dir, small);
     }
-    write_task(&dir);
+    write_task(&dir, &ablation);
     let only = value("--only");
     for (method, granularity) in measurements() {
         let name = label(method, granularity);
@@ -97,6 +105,7 @@ fn main() {
         let mut command = Command::new(std::env::current_exe().unwrap());
         command
             .args(["--child", dir.to_str().unwrap(), "--only", &name])
+            .args(["--ablation", &ablation])
             .env("RAYON_NUM_THREADS", threads.to_string())
             .env("MATMUL_NUM_THREADS", threads.to_string())
             .env("CIRCUIT_CACHE_DIR", "off");
@@ -133,7 +142,7 @@ fn digits(rng: &mut rand_chacha::ChaCha8Rng) -> String {
 }
 
 /// The prompts (each with its paired reference prompt) and the `.circuit` file.
-fn write_task(dir: &Path) {
+fn write_task(dir: &Path, ablation: &str) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut jsonl = String::new();
     for _ in 0..PROMPTS {
@@ -143,7 +152,7 @@ fn write_task(dir: &Path) {
         ));
     }
     std::fs::write(dir.join("eap_prompts.jsonl"), jsonl).unwrap();
-    let file = "model \".\"\ndataset digits = \"eap_prompts.jsonl\"\nreference digits.corrupt\nablate heads and mlps by resample\nmetric logit_diff\n";
+    let file = format!("model \".\"\ndataset digits = \"eap_prompts.jsonl\"\nreference digits.corrupt\nablate heads and mlps by {ablation}\nmetric logit_diff\n");
     std::fs::write(dir.join("eap.circuit"), file).unwrap();
 }
 
@@ -153,6 +162,10 @@ fn child(dir: &Path, only: &str, small: bool) {
         .find(|&(m, g)| label(m, g) == only)
         .expect("a known measurement");
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_default();
+    let ablation = std::env::args()
+        .skip_while(|a| a != "--ablation")
+        .nth(1)
+        .expect("--ablation");
     let file = load_file(
         &dir.join("eap.circuit"),
         &RealEnvironment,
@@ -161,6 +174,7 @@ fn child(dir: &Path, only: &str, small: bool) {
     .expect("the bench file resolves")
     .file;
     let mut session = Session::open(&file, SessionOptions::default()).expect("opens");
+    let opened_rss = rss_bytes();
     let ids: Vec<Vec<u32>> = session
         .clean_prompts()
         .iter()
@@ -209,10 +223,10 @@ fn child(dir: &Path, only: &str, small: bool) {
     };
     let config = &session.model().config;
     println!(
-        "{only:<22} {} layers x {} heads, d_model {}, {PROMPTS} prompts x {SEQ} tokens, {threads} thread(s): \
-         scores {warm:7.2} s = {:5.2} END forwards (goal <= {budget}); first call {cold:7.2} s \
+        "{only:<18} {ablation:<8} {} layers x {} heads, d_model {}, {PROMPTS} prompts x {SEQ} tokens, {threads} thread(s): \
+         scores {warm:6.2} s = {:5.2} END forwards (goal <= {budget}); first call {cold:6.2} s \
          (+ reference, full, empty); END forward median {plain:.3} s; {} scores; \
-         peak RSS {:.0} MB = {:.2} x weight bytes ({:.0} MB)",
+         peak RSS {:.0} MB = {:.2} x weight bytes ({:.0} MB; {:.0} MB resident after opening the file)",
         config.n_layers,
         config.n_heads,
         config.d_model,
@@ -221,10 +235,22 @@ fn child(dir: &Path, only: &str, small: bool) {
         peak / 1e6,
         peak / weight_bytes,
         weight_bytes / 1e6,
+        opened_rss / 1e6,
     );
     if small {
         write_scores(dir, only, &second.set);
     }
+}
+
+/// Resident memory of this process now (VmRSS, Linux), in bytes.
+fn rss_bytes() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb * 1024.0)
 }
 
 /// Token ids of the clean and reference prompts, for `scripts/bench_eap.py`.
