@@ -42,7 +42,7 @@ use rand::{Rng, SeedableRng};
 
 #[path = "support/random_gpt2.rs"]
 mod random_gpt2;
-use random_gpt2::peak_rss_bytes;
+use random_gpt2::{peak_rss_bytes, rss_bytes};
 
 const PROMPTS: usize = 32;
 const SEQ: usize = 16;
@@ -240,17 +240,6 @@ fn child(dir: &Path, only: &str, small: bool) {
     if small {
         write_scores(dir, only, &second.set);
     }
-}
-
-/// Resident memory of this process now (VmRSS, Linux), in bytes.
-fn rss_bytes() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0)
 }
 
 /// Token ids of the clean and reference prompts, for `scripts/bench_eap.py`.
