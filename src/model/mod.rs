@@ -43,7 +43,7 @@ use ndarray::{Array2, Array3, Axis};
 use sha2::{Digest, Sha256};
 
 pub use cache::{ActivationCache, LayerCache};
-pub use config::{Architecture, ModelConfig};
+pub use config::{visible_keys, Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use linalg::matmul;
