@@ -19,10 +19,20 @@ pub struct Gpt2Shape {
 
 /// Peak resident memory of this process so far (VmHWM, Linux), in bytes.
 pub fn peak_rss_bytes() -> f64 {
+    status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS, Linux), in bytes.
+pub fn rss_bytes() -> f64 {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` field of /proc/self/status, in bytes (NaN where there is none).
+fn status_bytes(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb * 1024.0)

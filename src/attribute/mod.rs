@@ -26,7 +26,8 @@ pub mod run;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use miette::Diagnostic;
 use ndarray::{s, Array2, Array3, Array4, ArrayView3, Axis};
@@ -344,8 +345,7 @@ pub fn scores(
     // The full model's own END logits (kl's reference): the clean run's.
     let clean = clean_run(inputs, &targets, options)?;
     let objective = objective(inputs.metric, &clean)?;
-    let mut aggregate = Aggregate::new(inputs.slots, method.additive());
-    match method {
+    let entries = match method {
         Method::Eap | Method::EapIg { .. } => {
             let gradient = match method {
                 Method::EapIg { steps } => {
@@ -354,22 +354,20 @@ pub fn scores(
                 _ => MeanGradients::of(&clean),
             };
             match granularity {
-                Granularity::Nodes => node_scores(inputs, &clean, &gradient, &mut aggregate),
-                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient, &mut aggregate)?,
-                Granularity::PathEdges => {
-                    path_edge_scores(inputs, &clean, &gradient, &mut aggregate)
-                }
+                Granularity::Nodes => node_scores(inputs, &clean, &gradient),
+                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient)?,
+                Granularity::PathEdges => path_edge_scores(inputs, &clean, &gradient),
             }
         }
         Method::Attention | Method::Qkvo | Method::Dla => {
-            cheap_scores(inputs, &clean, method, granularity, &mut aggregate)
+            cheap_scores(inputs, &clean, method, granularity)
         }
         Method::Exact => return Err(AttributeError::ExactIsAScan),
-    }
+    };
     Ok(ScoreSet {
         method,
         granularity,
-        entries: aggregate.finish(),
+        entries,
         slots: slot_order(inputs.slots),
         n_prompts: inputs.ids.len(),
     })
@@ -422,78 +420,104 @@ fn objective<'g>(metric: &str, clean: &'g Gradients) -> Result<Objective<'g>, At
     )?)
 }
 
-/// `∂M/∂(activation)` as the scores read it: the clean run's, or averaged over the
-/// integrated-gradient points.
-struct MeanGradients {
+/// `∂M/∂(activation)` as the scores read it: the clean run's (borrowed: `eap` copies nothing,
+/// which for path edges would be 680 MB of head-input gradients at GPT-2 small, 32 × 16
+/// tokens), or averaged over the integrated-gradient points (owned).
+struct MeanGradients<'g> {
     /// Per layer `(B, T, H, d)`.
-    z: Vec<Array4<f32>>,
+    z: Vec<Cow<'g, Array4<f32>>>,
     /// Per layer `(B, T, D)`.
-    mlp_out: Vec<Array3<f32>>,
+    mlp_out: Vec<Cow<'g, Array3<f32>>>,
     /// Per layer, `[q, k, v]` each `(B, T, H, D)` (path edges only).
-    head_inputs: Vec<Option<[Array4<f32>; 3]>>,
+    head_inputs: Vec<Option<[Cow<'g, Array4<f32>>; 3]>>,
     /// Per layer `(B, T, D)`: the MLP's input (path edges into `mlp L`).
-    mlp_in: Vec<Array3<f32>>,
+    mlp_in: Vec<Cow<'g, Array3<f32>>>,
     /// `(B, T, D)`: the final residual stream (path edges into the logits).
-    resid_final: Array3<f32>,
+    resid_final: Cow<'g, Array3<f32>>,
 }
 
-impl MeanGradients {
-    fn of(g: &Gradients) -> MeanGradients {
+impl<'g> MeanGradients<'g> {
+    fn of(g: &'g Gradients) -> MeanGradients<'g> {
         MeanGradients {
-            z: g.layers.iter().map(|l| l.z.clone()).collect(),
-            mlp_out: g.layers.iter().map(|l| l.mlp_out.clone()).collect(),
+            z: g.layers.iter().map(|l| Cow::Borrowed(&l.z)).collect(),
+            mlp_out: g.layers.iter().map(|l| Cow::Borrowed(&l.mlp_out)).collect(),
             head_inputs: g
                 .layers
                 .iter()
                 .map(|l| {
-                    l.head_inputs
-                        .as_ref()
-                        .map(|h| [h.q.clone(), h.k.clone(), h.v.clone()])
+                    l.head_inputs.as_ref().map(|h| {
+                        [
+                            Cow::Borrowed(&h.q),
+                            Cow::Borrowed(&h.k),
+                            Cow::Borrowed(&h.v),
+                        ]
+                    })
                 })
                 .collect(),
-            mlp_in: g.layers.iter().map(|l| l.mlp_in.clone()).collect(),
-            resid_final: g.resid_final.clone(),
+            mlp_in: g.layers.iter().map(|l| Cow::Borrowed(&l.mlp_in)).collect(),
+            resid_final: Cow::Borrowed(&g.resid_final),
         }
+    }
+
+    /// Takes the arrays of `g` (no copy).
+    fn owned(g: Gradients) -> MeanGradients<'static> {
+        let mut out = MeanGradients {
+            z: Vec::new(),
+            mlp_out: Vec::new(),
+            head_inputs: Vec::new(),
+            mlp_in: Vec::new(),
+            resid_final: Cow::Owned(g.resid_final),
+        };
+        for l in g.layers {
+            out.z.push(Cow::Owned(l.z));
+            out.mlp_out.push(Cow::Owned(l.mlp_out));
+            out.mlp_in.push(Cow::Owned(l.mlp_in));
+            out.head_inputs.push(
+                l.head_inputs
+                    .map(|h| [Cow::Owned(h.q), Cow::Owned(h.k), Cow::Owned(h.v)]),
+            );
+        }
+        out
     }
 
     fn add(&mut self, g: &Gradients) {
         for (layer, lg) in g.layers.iter().enumerate() {
-            self.z[layer] += &lg.z;
-            self.mlp_out[layer] += &lg.mlp_out;
-            self.mlp_in[layer] += &lg.mlp_in;
+            *self.z[layer].to_mut() += &lg.z;
+            *self.mlp_out[layer].to_mut() += &lg.mlp_out;
+            *self.mlp_in[layer].to_mut() += &lg.mlp_in;
             if let (Some(sum), Some(h)) = (&mut self.head_inputs[layer], &lg.head_inputs) {
-                sum[0] += &h.q;
-                sum[1] += &h.k;
-                sum[2] += &h.v;
+                *sum[0].to_mut() += &h.q;
+                *sum[1].to_mut() += &h.k;
+                *sum[2].to_mut() += &h.v;
             }
         }
-        self.resid_final += &g.resid_final;
+        *self.resid_final.to_mut() += &g.resid_final;
     }
 
     fn scale(&mut self, factor: f32) {
         for layer in 0..self.z.len() {
-            self.z[layer] *= factor;
-            self.mlp_out[layer] *= factor;
-            self.mlp_in[layer] *= factor;
+            *self.z[layer].to_mut() *= factor;
+            *self.mlp_out[layer].to_mut() *= factor;
+            *self.mlp_in[layer].to_mut() *= factor;
             if let Some(sum) = &mut self.head_inputs[layer] {
-                sum.iter_mut().for_each(|a| *a *= factor);
+                sum.iter_mut().for_each(|a| *a.to_mut() *= factor);
             }
         }
-        self.resid_final *= factor;
+        *self.resid_final.to_mut() *= factor;
     }
 }
 
 /// The gradients at `x̃ + α(x − x̃)`, `α = k/m` for `k = 1..m`, averaged. The last point is
 /// the clean run itself (`α = 1` is taken as `x`, not recomputed, so `m = 1` is `eap` bit for
 /// bit). The objective (and `kl`'s reference logits) stays the clean run's.
-fn integrated_gradients(
+fn integrated_gradients<'g>(
     inputs: &AttributionInputs,
     targets: &[(u32, u32)],
     objective: Objective,
     options: GradientOptions,
-    clean: &Gradients,
+    clean: &'g Gradients,
     steps: usize,
-) -> Result<MeanGradients, AttributeError> {
+) -> Result<MeanGradients<'g>, AttributeError> {
     let x = &clean.activations.embed; // (B, T, D)
     let reference = match inputs.reference_embeddings {
         Some(r) => r.to_owned(),
@@ -516,7 +540,7 @@ fn integrated_gradients(
             f();
         }
         match &mut sum {
-            None => sum = Some(MeanGradients::of(&g)),
+            None => sum = Some(MeanGradients::owned(g)),
             Some(s) => s.add(&g),
         }
     }
@@ -533,53 +557,136 @@ fn integrated_gradients(
     Ok(sum)
 }
 
-/// (component, query slot, key slot).
-type SlotKey = (Component, String, Option<String>);
-
-/// Sums per-(component, slot) values over prompts in prompt order.
-struct Aggregate<'a> {
-    slots: &'a [Vec<String>],
+/// Sums per-(component, slot) values over prompts in prompt order, in f64.
+///
+/// Every component of a score set gets a value at every (prompt, query token, key token) its
+/// caller visits, so prompt counts are kept per slot (pair), and the sums as one row over the
+/// components per slot (pair): adding a value is an index, not a key built and looked up
+/// (path edges add ~37,000 values per token of GPT-2 small). Each (component, slot) still sums
+/// its values in prompt order, then token order, as its caller visits them.
+struct Aggregate {
+    /// The slot index of every token of every prompt, `(B, T_b)`.
+    slot_ids: Vec<Vec<usize>>,
+    /// Slot index → name.
+    names: Vec<String>,
     additive: bool,
-    /// Keyed by (component, query slot, key slot): (sum, prompts seen, last prompt counted).
-    sums: BTreeMap<SlotKey, (f64, usize, usize)>,
+    components: Vec<Component>,
+    /// (query slot, key slot or `usize::MAX`) → index into `cells`.
+    index: HashMap<(usize, usize), usize>,
+    cells: Vec<Cell>,
 }
 
-impl<'a> Aggregate<'a> {
-    fn new(slots: &'a [Vec<String>], additive: bool) -> Aggregate<'a> {
+/// One slot (pair): the sum of each component's values, and how many prompts have it.
+struct Cell {
+    query: usize,
+    key: Option<usize>,
+    sums: Vec<f64>,
+    n_prompts: usize,
+    last_prompt: usize,
+}
+
+impl Aggregate {
+    fn new(slots: &[Vec<String>], additive: bool, components: Vec<Component>) -> Aggregate {
+        let mut names: Vec<String> = Vec::new();
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let slot_ids = slots
+            .iter()
+            .map(|prompt| {
+                prompt
+                    .iter()
+                    .map(|slot| {
+                        *by_name.entry(slot.as_str()).or_insert_with(|| {
+                            names.push(slot.clone());
+                            names.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         Aggregate {
-            slots,
+            slot_ids,
+            names,
             additive,
-            sums: BTreeMap::new(),
+            components,
+            index: HashMap::new(),
+            cells: Vec::new(),
         }
     }
 
-    /// Adds prompt `b`'s value at query token `q` (and key token `k`).
-    fn add(&mut self, component: Component, b: usize, q: usize, k: Option<usize>, value: f64) {
-        let key = (
-            component,
-            self.slots[b][q].clone(),
-            k.map(|k| self.slots[b][k].clone()),
-        );
-        let entry = self.sums.entry(key).or_insert((0.0, 0, usize::MAX));
-        entry.0 += value;
-        if entry.2 != b {
-            entry.1 += 1;
-            entry.2 = b;
+    /// The sums (one per component, in `components` order) of prompt `b`'s query token `q`
+    /// (and key token `k`), prompt `b` counted once: the caller adds its values into them.
+    fn row(&mut self, b: usize, q: usize, k: Option<usize>) -> &mut [f64] {
+        let query = self.slot_ids[b][q];
+        let key = k.map(|k| self.slot_ids[b][k]);
+        let n_components = self.components.len();
+        let cells = &mut self.cells;
+        let i = *self
+            .index
+            .entry((query, key.unwrap_or(usize::MAX)))
+            .or_insert_with(|| {
+                cells.push(Cell {
+                    query,
+                    key,
+                    sums: vec![0.0; n_components],
+                    n_prompts: 0,
+                    last_prompt: usize::MAX,
+                });
+                cells.len() - 1
+            });
+        let cell = &mut self.cells[i];
+        if cell.last_prompt != b {
+            cell.n_prompts += 1;
+            cell.last_prompt = b;
         }
+        &mut cell.sums
     }
 
+    /// Every (component, slot) entry, ordered by component, then query slot name, then key
+    /// slot name.
     fn finish(self) -> Vec<Entry> {
-        self.sums
+        let Aggregate {
+            names,
+            additive,
+            components,
+            cells,
+            ..
+        } = self;
+        let mut order: Vec<(usize, usize)> = (0..components.len())
+            .flat_map(|c| (0..cells.len()).map(move |cell| (c, cell)))
+            .collect();
+        order.sort_by(|&(a, x), &(b, y)| {
+            let name = |k: Option<usize>| k.map(|k| names[k].as_str());
+            components[a]
+                .cmp(&components[b])
+                .then_with(|| names[cells[x].query].cmp(&names[cells[y].query]))
+                .then_with(|| name(cells[x].key).cmp(&name(cells[y].key)))
+        });
+        order
             .into_iter()
-            .map(|((component, query, key), (sum, n, _))| Entry {
-                component,
-                query,
-                key,
-                score: if self.additive { sum } else { sum / n as f64 },
-                n_prompts: n,
+            .map(|(c, i)| {
+                let cell = &cells[i];
+                let sum = cell.sums[c];
+                Entry {
+                    component: components[c],
+                    query: names[cell.query].clone(),
+                    key: cell.key.map(|k| names[k].clone()),
+                    score: if additive {
+                        sum
+                    } else {
+                        sum / cell.n_prompts as f64
+                    },
+                    n_prompts: cell.n_prompts,
+                }
             })
             .collect()
     }
+}
+
+/// Every head, layer by layer: component `layer · H + head` of node and QK-edge score sets.
+fn head_components(n_layers: usize, n_heads: usize) -> Vec<Component> {
+    (0..n_layers)
+        .flat_map(|layer| (0..n_heads).map(move |head| Component::Head(HeadId { layer, head })))
+        .collect()
 }
 
 /// The slots in order of first occurrence, prompt by prompt.
@@ -613,32 +720,32 @@ fn node_scores(
     inputs: &AttributionInputs,
     clean: &Gradients,
     gradient: &MeanGradients,
-    aggregate: &mut Aggregate,
-) {
+) -> Vec<Entry> {
     let cache = &clean.activations;
+    let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    // Heads layer by layer, then (in scope) the MLPs: component `n_layers · H + layer`.
+    let mut components = head_components(n_layers, n_heads);
+    if inputs.mlps_in_scope {
+        components.extend((0..n_layers).map(Component::Mlp));
+    }
+    let mut aggregate = Aggregate::new(inputs.slots, true, components);
     let mut ablated = vec![0.0f64; d_head];
     for (b, &len) in clean.lengths.iter().enumerate() {
-        for (layer, lc) in cache.layers.iter().enumerate() {
-            for t in 0..len {
+        for t in 0..len {
+            let row = aggregate.row(b, t, None);
+            for (layer, lc) in cache.layers.iter().enumerate() {
                 for h in 0..n_heads {
                     ablated.iter_mut().for_each(|x| *x = 0.0);
                     inputs.reference.add_z(layer, b, t, h, &mut ablated);
-                    let score = delta_dot(
+                    row[layer * n_heads + h] += delta_dot(
                         &ablated,
                         lc.z.slice(s![b, t, h, ..]),
                         gradient.z[layer].slice(s![b, t, h, ..]),
                     );
-                    aggregate.add(
-                        Component::Head(HeadId { layer, head: h }),
-                        b,
-                        t,
-                        None,
-                        score,
-                    );
                 }
                 if inputs.mlps_in_scope {
-                    let score = mlp_delta_dot(
+                    row[n_layers * n_heads + layer] += mlp_delta_dot(
                         inputs.reference,
                         layer,
                         b,
@@ -646,11 +753,11 @@ fn node_scores(
                         lc.mlp_out.slice(s![b, t, ..]),
                         gradient.mlp_out[layer].slice(s![b, t, ..]),
                     );
-                    aggregate.add(Component::Mlp(layer), b, t, None, score);
                 }
             }
         }
     }
+    aggregate.finish()
 }
 
 /// `(õ − o) · g` of an MLP output (`õ = 0` under zero ablation).
@@ -669,33 +776,15 @@ fn mlp_delta_dot(
     delta_dot(&ablated, clean, gradient)
 }
 
-/// The clean term `A[q,k]·v[k]` of `head` (values by key/value head under GQA), `(d,)`.
-fn edge_term(
-    clean: &Gradients,
-    layer: usize,
-    b: usize,
-    head: usize,
-    q: usize,
-    k: usize,
-) -> Vec<f64> {
-    let lc = &clean.activations.layers[layer];
-    let n_heads = lc.z.dim().2;
-    let group = n_heads / lc.v.dim().2;
-    let a = lc.pattern[[b, head, q, k]] as f64;
-    lc.v.slice(s![b, k, head / group, ..])
-        .iter()
-        .map(|&v| a * v as f64)
-        .collect()
-}
-
 fn qk_edge_scores(
     inputs: &AttributionInputs,
     clean: &Gradients,
     gradient: &MeanGradients,
-    aggregate: &mut Aggregate,
-) -> Result<(), AttributeError> {
+) -> Result<Vec<Entry>, AttributeError> {
     let cache = &clean.activations;
+    let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let mut aggregate = Aggregate::new(inputs.slots, true, head_components(n_layers, n_heads));
     let mut ablated = vec![0.0f64; d_head];
     let computed = ComputedTerms::of(inputs.circuit.map(|c| c.kept));
     let n_prompts = clean.lengths.len();
@@ -713,38 +802,41 @@ fn qk_edge_scores(
         };
         for b in prompts {
             let len = clean.lengths[b];
-            for layer in 0..cache.layers.len() {
-                for h in 0..n_heads {
-                    let head = HeadId { layer, head: h };
-                    for q in 0..len {
-                        let g = gradient.z[layer].slice(s![b, q, h, ..]);
-                        for k in 0..=q {
+            for q in 0..len {
+                for k in 0..=q {
+                    let row = aggregate.row(b, q, Some(k));
+                    for (layer, lc) in cache.layers.iter().enumerate() {
+                        let group = n_heads / lc.v.dim().2;
+                        for h in 0..n_heads {
                             if !computed.contains(layer, b, q, h, k) {
                                 // The circuit already holds this term at ẽ: ablating it
-                                // changes nothing.
-                                aggregate.add(Component::Head(head), b, q, Some(k), 0.0);
+                                // changes nothing (its score stays 0).
                                 continue;
                             }
+                            let head = HeadId { layer, head: h };
                             ablated.iter_mut().for_each(|x| *x = 0.0);
                             match &paired {
                                 Some(p) => p.add_edge_term(layer, b - start, h, q, k, &mut ablated),
                                 None => inputs.reference.add_edge_term(head, b, q, k, &mut ablated),
                             }
-                            let term = edge_term(clean, layer, b, h, q, k);
-                            let score: f64 = ablated
+                            // ẽ − e with the clean term e = A[q,k]·v[k] (values by key/value
+                            // head under GQA), dotted with ∂M/∂z_h[q].
+                            let a = lc.pattern[[b, h, q, k]] as f64;
+                            let v = lc.v.slice(s![b, k, h / group, ..]);
+                            let g = gradient.z[layer].slice(s![b, q, h, ..]);
+                            row[layer * n_heads + h] += ablated
                                 .iter()
-                                .zip(&term)
+                                .zip(v)
                                 .zip(g)
-                                .map(|((&a, &e), &g)| (a - e) * g as f64)
-                                .sum();
-                            aggregate.add(Component::Head(head), b, q, Some(k), score);
+                                .map(|((&r, &v), &g)| (r - a * v as f64) * g as f64)
+                                .sum::<f64>();
                         }
                     }
                 }
             }
         }
     }
-    Ok(())
+    Ok(aggregate.finish())
 }
 
 /// Evaluated prompts per paired reference forward (QK-edge scores under resample).
@@ -909,13 +1001,31 @@ fn path_edge_scores(
     inputs: &AttributionInputs,
     clean: &Gradients,
     gradient: &MeanGradients,
-    aggregate: &mut Aggregate,
-) {
+) -> Vec<Entry> {
     let cache = &clean.activations;
     let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let d_model = cache.embed.dim().2;
     let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
     let downs = downstreams(n_layers, n_heads);
+    let residual = inputs.model.config.residual;
+    // The path edges, in (upstream, downstream) order: pair (i, j) is component `pair[i][j]`.
+    let mut components = Vec::new();
+    let pair: Vec<Vec<Option<usize>>> = ups
+        .iter()
+        .map(|&u| {
+            downs
+                .iter()
+                .map(|&d| {
+                    d.reads(u, residual).then(|| {
+                        components.push(Component::Path { from: u, to: d });
+                        components.len() - 1
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let mut aggregate = Aggregate::new(inputs.slots, true, components);
     // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
     let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
     let readers: Vec<Option<&backward::PathReader>> = downs
@@ -925,48 +1035,56 @@ fn path_edge_scores(
     let shape = crate::plan::PlanShape {
         n_layers,
         n_heads,
-        residual: inputs.model.config.residual,
+        residual,
     };
-    let writer_index = |u: Upstream| shape.upstream_index(u);
+    let writer_index: Vec<usize> = ups.iter().map(|&u| shape.upstream_index(u)).collect();
     let mut ablated = vec![0.0f64; d_head];
     for (b, &len) in clean.lengths.iter().enumerate() {
-        for t in 0..len {
-            // ũ − u per upstream component at (b, t), in the residual stream: (U, D).
-            let d_model = cache.embed.dim().2;
-            let mut delta = Array2::<f32>::zeros((ups.len(), d_model));
-            for (i, u) in ups.iter().enumerate() {
-                match *u {
-                    Upstream::Head(h) => {
+        // ũ − u of every upstream component at every token of prompt b, in the residual
+        // stream: (T, U, D). A head's is (z̃ − z)·W_O^h, one product per head over the tokens.
+        let mut delta = Array3::<f32>::zeros((len, ups.len(), d_model));
+        for (i, u) in ups.iter().enumerate() {
+            match *u {
+                Upstream::Head(h) => {
+                    let z = cache.layers[h.layer].z.slice(s![b, ..len, h.head, ..]); // (T, d)
+                    let mut dz = Array2::<f32>::zeros((len, d_head)); // (T, d)
+                    for (t, mut row) in dz.rows_mut().into_iter().enumerate() {
                         ablated.iter_mut().for_each(|x| *x = 0.0);
                         inputs.reference.add_z(h.layer, b, t, h.head, &mut ablated);
-                        let z = cache.layers[h.layer].z.slice(s![b, t, h.head, ..]);
-                        let dz: Vec<f32> = ablated
-                            .iter()
-                            .zip(z)
-                            .map(|(&a, &o)| (a - o as f64) as f32)
-                            .collect();
-                        let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
-                        let dz = ndarray::ArrayView1::from(&dz);
-                        delta.row_mut(i).assign(&dz.dot(&w_o));
-                    }
-                    Upstream::Mlp(l) => {
-                        let o = cache.layers[l].mlp_out.slice(s![b, t, ..]);
-                        match inputs.reference.mlp_out(l, b, t) {
-                            Some(r) => delta.row_mut(i).assign(&(&r - &o)),
-                            None => delta.row_mut(i).assign(&o.mapv(|x| -x)),
+                        for ((out, &a), &o) in row.iter_mut().zip(&ablated).zip(z.row(t)) {
+                            *out = (a - o as f64) as f32;
                         }
                     }
-                    Upstream::Embed => {
+                    let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
+                    delta
+                        .slice_mut(s![.., i, ..])
+                        .assign(&crate::model::matmul(dz.view(), w_o)); // (T, D)
+                }
+                Upstream::Mlp(l) => {
+                    for t in 0..len {
+                        let o = cache.layers[l].mlp_out.slice(s![b, t, ..]);
+                        let mut target = delta.slice_mut(s![t, i, ..]);
+                        match inputs.reference.mlp_out(l, b, t) {
+                            Some(r) => target.assign(&(&r - &o)),
+                            None => target.assign(&o.mapv(|x| -x)),
+                        }
+                    }
+                }
+                Upstream::Embed => {
+                    for t in 0..len {
                         let x = cache.embed.slice(s![b, t, ..]);
+                        let mut target = delta.slice_mut(s![t, i, ..]);
                         match inputs.reference.embed(b, t) {
-                            Some(r) => delta.row_mut(i).assign(&(&r - &x)),
-                            None => delta.row_mut(i).assign(&x.mapv(|v| -v)),
+                            Some(r) => target.assign(&(&r - &x)),
+                            None => target.assign(&x.mapv(|v| -v)),
                         }
                     }
                 }
             }
+        }
+        let mut grads = Array2::<f32>::zeros((downs.len(), d_model)); // (Dn, D)
+        for t in 0..len {
             // ∂M/∂(each downstream input) at (b, t): (Dn, D).
-            let mut grads = Array2::<f32>::zeros((downs.len(), d_model));
             for (j, d) in downs.iter().enumerate() {
                 let g = match *d {
                     Downstream::Head(h, which) => {
@@ -985,22 +1103,25 @@ fn path_edge_scores(
                 };
                 grads.row_mut(j).assign(&g);
             }
-            let products = delta.dot(&grads.t()); // (U, Dn)
-            for (i, u) in ups.iter().enumerate() {
-                for (j, d) in downs.iter().enumerate() {
-                    if d.reads(*u, inputs.model.config.residual) {
-                        let component = Component::Path { from: *u, to: *d };
-                        // A path the circuit already cuts carries ũ: cutting it changes nothing.
-                        let value = match &readers[j] {
-                            Some(r) if !r.reached_by(b, t, writer_index(*u)) => 0.0,
-                            _ => products[[i, j]] as f64,
-                        };
-                        aggregate.add(component, b, t, None, value);
+            let products = crate::model::matmul(delta.index_axis(Axis(0), t), grads.t()); // (U, Dn)
+            let row = aggregate.row(b, t, None);
+            for (i, pairs) in pair.iter().enumerate() {
+                for (j, component) in pairs.iter().enumerate() {
+                    let Some(component) = *component else {
+                        continue;
+                    };
+                    // A path the circuit already cuts carries ũ: cutting it changes nothing.
+                    if let Some(r) = &readers[j] {
+                        if !r.reached_by(b, t, writer_index[i]) {
+                            continue;
+                        }
                     }
+                    row[component] += products[[i, j]] as f64;
                 }
             }
         }
     }
+    aggregate.finish()
 }
 
 /// `attention`, `qkvo` and `dla` per QK edge (nodes: summed over keys).
@@ -1009,10 +1130,11 @@ fn cheap_scores(
     clean: &Gradients,
     method: Method,
     granularity: Granularity,
-    aggregate: &mut Aggregate,
-) {
+) -> Vec<Entry> {
     let cache = &clean.activations;
     let (_, seq, n_heads, _) = cache.layers[0].z.dim();
+    let components = head_components(cache.layers.len(), n_heads);
+    let mut aggregate = Aggregate::new(inputs.slots, method.additive(), components);
     // dla: ∂M/∂(final residual) at END with the final norm's scale frozen, (B, D).
     let dla_direction = (method == Method::Dla).then(|| {
         let x = Array2::from_shape_fn(
@@ -1037,7 +1159,6 @@ fn cheap_scores(
                         .collect(),
                 };
                 debug_assert_eq!(per_key.len(), seq);
-                let head = HeadId { layer, head: h };
                 // dla: only END's row reaches the logits directly.
                 let queries: Vec<usize> = match method {
                     Method::Dla => vec![len - 1],
@@ -1051,10 +1172,11 @@ fn cheap_scores(
                             _ => a * per_key,
                         };
                         let key = (granularity == Granularity::QkEdges).then_some(k);
-                        aggregate.add(Component::Head(head), b, q, key, value);
+                        aggregate.row(b, q, key)[layer * n_heads + h] += value;
                     }
                 }
             }
         }
     }
+    aggregate.finish()
 }

@@ -154,6 +154,7 @@ pub(crate) fn rmsnorm_frozen_scale_backward<F: NdFloat>(
 
 // ---- Linear ------------------------------------------------------------------------------
 
+#[cfg(test)] // the f32 pass computes it with the engine's kernels (mod.rs)
 /// `y = x·W + b`, `W` stored `(in, out)`: (N, in) → (N, out).
 pub(crate) fn linear_forward<F: NdFloat>(
     x: ArrayView2<F>,
@@ -167,6 +168,7 @@ pub(crate) fn linear_forward<F: NdFloat>(
     }
 }
 
+#[cfg(test)] // the f32 pass computes it with the engine's kernels (mod.rs)
 /// The input gradient only: `dx = dy·Wᵀ`, (N, out) → (N, in).
 pub(crate) fn linear_backward<F: NdFloat>(weight: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
     dy.dot(&weight.t())
@@ -494,6 +496,7 @@ pub(crate) fn unembed_forward<F: NdFloat>(x: ArrayView2<F>, unembed: ArrayView2<
     x.dot(&unembed.t())
 }
 
+#[cfg(test)] // the f32 pass computes it with the engine's kernels (mod.rs)
 /// `dx = dlogits·U`: (N, V) → (N, D).
 pub(crate) fn unembed_backward<F: NdFloat>(
     unembed: ArrayView2<F>,

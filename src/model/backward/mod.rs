@@ -162,6 +162,8 @@ pub struct Gradients {
     /// unembedding passes back (direct-logit attribution starts here).
     pub final_normed_end: Array2<f32>,
     /// The forward's activations (`o` of the attribution scores: z, pattern, v, MLP outputs).
+    /// `head_out` is empty `(0, 0, 0, 0)` unless a circuit's path edges needed it (freed for
+    /// memory; `z · W_O^h` is each head's write).
     pub activations: ActivationCache,
 }
 
@@ -481,7 +483,7 @@ fn gradients_inner(
     }
     let resid_final = rows(&cache.resid_final); // (N, D)
     let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
-    let d_normed = blocks::unembed_backward(unembed.view(), d_logits.view()); // (B, D)
+    let d_normed = super::matmul(d_logits.view(), unembed.view()); // (B, D)
     let d_end = norm_backward(&transformer.final_norm, end_resid.view(), d_normed.view()); // (B, D)
     let mut d_resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D): ∂M/∂resid_post
     for (&row, d) in end_rows.iter().zip(d_end.rows()) {
@@ -502,6 +504,14 @@ fn gradients_inner(
     let paths = kept.map(|k| k.paths).unwrap_or(&[]);
     let topology = model.config.residual;
     let outputs = PathOutputs::take(&mut cache, transformer, !paths.is_empty());
+    if paths.is_empty() {
+        // Each head's own write `(B, T, H, D)` per layer is the cache's largest part (226 MB for
+        // GPT-2 small at 32 × 16 tokens) and only rebuilt path-edge inputs read it: freed before
+        // the backward's own arrays are made (peak memory, `benches/eap.rs`).
+        for layer in &mut cache.layers {
+            layer.head_out = Array4::zeros((0, 0, 0, 0));
+        }
+    }
     let mut read: Vec<(&PathReader, Array2<f32>)> = Vec::new(); // (reader, ∂M/∂input (N, D))
     if let Some(p) = paths.iter().find(|p| p.reader == Reader::Logits) {
         read.push((p, d_resid.clone()));
@@ -590,7 +600,7 @@ fn gradients_inner(
             }
             None => d_mid.clone(),
         }; // (N, D)
-        let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_o.view()); // (N, H·d)
+        let mut d_z = linear_input_gradient(layer.o.weight.view(), d_o.view()); // (N, H·d)
         for h in 0..n_heads {
             if let Some(c) = unreached(
                 &read,
@@ -741,7 +751,7 @@ fn gradients_inner(
             let weight = linear
                 .weight
                 .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
-            let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
+            let d_x = linear_input_gradient(weight, d_head_proj); // (N, D)
             let input = head_readers
                 .iter()
                 .find(|r| r.1 == h && r.2 == which)
@@ -792,9 +802,9 @@ fn gradients_inner(
         // The shared residual stream: every other head's q, k, v read the same normed input.
         let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
         let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
-        let d_x = blocks::linear_backward(layer.q.weight.view(), d_q.view())
-            + blocks::linear_backward(layer.k.weight.view(), d_k_shared.view())
-            + blocks::linear_backward(layer.v.weight.view(), d_v_shared.view()); // (N, D)
+        let d_x = linear_input_gradient(layer.q.weight.view(), d_q.view())
+            + linear_input_gradient(layer.k.weight.view(), d_k_shared.view())
+            + linear_input_gradient(layer.v.weight.view(), d_v_shared.view()); // (N, D)
         let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
         d_resid = &d_mid + &d_attn_in + &d_rebuilt; // (N, D): ∂M/∂resid_pre
         if parallel {
@@ -888,6 +898,15 @@ fn check_inputs(
     Ok(())
 }
 
+/// The input gradient of a linear layer, `dx = dy·Wᵀ` (`W` stored `(in, out)`): (N, out) →
+/// (N, in). The same math as `blocks::linear_backward` (generic, for the f64 tests), computed
+/// with the engine's product kernels (`linalg::matmul`: on AVX-512 CPUs the gemm crate, faster
+/// than ndarray's `dot` at every shape of `benches/gemm.rs`), since these products are most of
+/// the backward's time (`benches/eap.rs`).
+fn linear_input_gradient(weight: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
+    super::matmul(dy, weight.t())
+}
+
 /// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.
 fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
     match norm {
@@ -902,28 +921,28 @@ fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2
     match mlp {
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
             let pre =
-                blocks::linear_forward(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
-            let d_hidden = blocks::linear_backward(proj.weight.view(), d_out); // (N, M)
+                super::linalg::affine(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
+            let d_hidden = linear_input_gradient(proj.weight.view(), d_out); // (N, M)
             let d_pre = match mlp {
                 Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.view(), d_hidden.view()),
                 _ => blocks::gelu_erf_backward(pre.view(), d_hidden.view()),
             }; // (N, M)
-            blocks::linear_backward(fc.weight.view(), d_pre.view())
+            linear_input_gradient(fc.weight.view(), d_pre.view())
         }
         Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
             let gate_pre =
-                blocks::linear_forward(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
+                super::linalg::affine(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
             let up_pre =
-                blocks::linear_forward(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
-            let d_hidden = blocks::linear_backward(down.weight.view(), d_out); // (N, M)
+                super::linalg::affine(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
+            let d_hidden = linear_input_gradient(down.weight.view(), d_out); // (N, M)
             let (d_gate, d_up) = match mlp {
                 Mlp::GeGlu { .. } => {
                     blocks::geglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view())
                 }
                 _ => blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view()),
             };
-            blocks::linear_backward(gate.weight.view(), d_gate.view())
-                + blocks::linear_backward(up.weight.view(), d_up.view())
+            linear_input_gradient(gate.weight.view(), d_gate.view())
+                + linear_input_gradient(up.weight.view(), d_up.view())
         }
     }
 }
