@@ -19,7 +19,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::blocks::{Batch, Rows};
-use super::cache::{rows_as_prompts, ActivationCache, Recorder};
+use super::cache::{rows_as_prompts, Keep, Kept, Recorder};
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
 use super::numerics::{sum_of, widest_simd};
@@ -174,7 +174,8 @@ pub(crate) struct Transformer {
 
 impl Transformer {
     /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
-    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token.
+    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token,
+    /// and the intermediates `keep` asks for.
     ///
     /// The blocks (`blocks.rs`) wired along the residual stream as `self.residual` says:
     /// sequentially, `resid_mid = resid_pre + attn(resid_pre)`, `resid_post = resid_mid +
@@ -185,9 +186,9 @@ impl Transformer {
         ids: &Array2<u32>,
         lengths: &[usize],
         all_logits: bool,
-        want_cache: bool,
+        keep: Keep,
         hooks: &dyn Interventions,
-    ) -> (Array3<f32>, Option<ActivationCache>) {
+    ) -> (Array3<f32>, Option<Kept>) {
         let (prompts, seq) = ids.dim();
         let batch = Batch { prompts, seq };
         let group = self.n_heads / self.n_kv_heads;
@@ -205,7 +206,7 @@ impl Transformer {
             prompts,
             seq,
             group,
-            want_cache,
+            keep,
             hooks.needs_component_outputs(),
         );
 
@@ -220,7 +221,7 @@ impl Transformer {
         // values still need every row). For GPT-2 small at 16 tokens this skips ~6% of the
         // forward's FLOPs. The hooks promised to edit and observe nothing (`is_identity`), so
         // that layer and the unembedding run with none.
-        let end_rows_only = !all_logits && !want_cache && hooks.is_identity();
+        let end_rows_only = !all_logits && matches!(keep, Keep::Nothing) && hooks.is_identity();
         let last_layer = self.layers.len() - 1;
 
         for (index, layer) in self.layers.iter().enumerate() {
