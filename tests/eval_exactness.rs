@@ -6,10 +6,11 @@ mod eval_support;
 
 use std::path::Path;
 
+use circuit::ablate::PlanInterventions;
 use circuit::data::DatasetSource;
 use circuit::measure::{AblationSettings, Evaluation, Evaluator, ALL_METRICS};
 use circuit::model::{
-    CacheSelection, ForwardOptions, Model, ModelConfig, ModelSource, NoInterventions,
+    CacheSelection, ForwardOptions, Interventions, Model, ModelConfig, ModelSource, NoInterventions,
 };
 use circuit::resolve::bound::{AblationKind, BoundCircuit, EdgeAblation, Metric, Scope};
 use circuit::resolve::{resolve_source, Environment, ResolveOptions};
@@ -387,6 +388,57 @@ fn the_reference_pass_keeps_what_a_full_activation_cache_holds() {
                 attention.then_some(&c.v_by_query_head)
             );
             assert_eq!(k.head_out.as_ref(), head_outputs.then_some(&c.head_out));
+        }
+    }
+}
+
+/// A pass with a plan skips the MLPs whose output the plan replaces at every token
+/// (`Interventions::replaces_mlp_out`; every MLP of the empty circuit under `ablate heads and
+/// mlps`): the END logits are the bits of a pass that computes them (one keeping the activation
+/// cache never skips).
+#[test]
+fn skipping_the_mlps_a_plan_replaces_changes_no_bit() {
+    for setup in [stories(), gpt2(), neox_parallel()] {
+        let s = settings(
+            AblationKind::Mean,
+            EdgeAblation::EdgeMean,
+            Scope::HeadsAndMlps,
+        );
+        let mut evaluator = Evaluator::new(
+            &setup.model,
+            s,
+            setup.data.eval_prompts(),
+            setup.data.reference.clone(),
+        );
+        let c = circuit_named(&setup, "circuit c { 0.1 @ *  1.0 @ END  mlp 0 @ * }", "c");
+        let plans = [evaluator.empty_plan(), evaluator.compile(&c).unwrap()];
+        let reference = evaluator
+            .reference_values_for(&Default::default())
+            .unwrap()
+            .clone();
+        let ids = &setup.data.clean;
+        let n_layers = setup.model.config.n_layers;
+        for (plan, skipped_layers) in plans.iter().zip([0..n_layers, 1..n_layers]) {
+            let hooks = PlanInterventions {
+                plan,
+                reference: &reference,
+                edge_ablation: EdgeAblation::EdgeMean,
+                prompts: 0..ids.len(),
+            };
+            let skipped: Vec<usize> = (0..n_layers)
+                .filter(|&l| hooks.replaces_mlp_out(l))
+                .collect();
+            assert_eq!(skipped, skipped_layers.collect::<Vec<_>>());
+            let fast = setup
+                .model
+                .forward(ids, &ForwardOptions::default(), &hooks)
+                .unwrap();
+            let options = ForwardOptions {
+                all_logits: false,
+                cache: true,
+            };
+            let computed = setup.model.forward(ids, &options, &hooks).unwrap();
+            assert_eq!(fast.logits, computed.logits);
         }
     }
 }

@@ -18,7 +18,7 @@
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use super::blocks::{Batch, Rows};
+use super::blocks::{Batch, MlpActivations, MlpTrace, Rows};
 use super::cache::{rows_as_prompts, Keep, Kept, Recorder};
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
@@ -260,15 +260,19 @@ impl Transformer {
                     &parallel_input
                 }
             };
-            let mlp = self.mlp_forward(
-                index,
-                layer,
-                mlp_reads,
-                prompts,
-                hooks,
-                &recorder.outputs(),
-                false, // the pre-activation is for a backward pass
-            );
+            let mlp = if matches!(keep, Keep::Nothing) && hooks.replaces_mlp_out(index) {
+                replaced_mlp(index, mlp_reads.dim(), prompts, hooks)
+            } else {
+                self.mlp_forward(
+                    index,
+                    layer,
+                    mlp_reads,
+                    prompts,
+                    hooks,
+                    &recorder.outputs(),
+                    false, // the pre-activation is for a backward pass
+                )
+            };
             resid = &resid_mid + &mlp.out_rows(); // (N_q, D)
             recorder.layer_done(&resid_pre, attention, &resid_mid, mlp, &resid);
         }
@@ -295,6 +299,29 @@ impl Transformer {
         };
         let logits = self.unembed_forward(&resid, prompts, read_at); // (B, T or 1, V)
         (logits, recorder.finish(&resid))
+    }
+}
+
+/// The MLP of layer `index` when the hooks replace its whole output
+/// ([`Interventions::replaces_mlp_out`]): nothing is computed, `edit_mlp_out` writes into
+/// zeros `(B, T_q, D)` (`rows` = `(N_q, D)`). The trace holds no intermediates: only a pass
+/// that keeps no cache (so no backward) takes this path.
+fn replaced_mlp(
+    index: usize,
+    (n_rows, d_model): (usize, usize),
+    prompts: usize,
+    hooks: &dyn Interventions,
+) -> MlpTrace {
+    let mut out = Array3::zeros((prompts, n_rows / prompts, d_model)); // (B, T_q, D)
+    hooks.edit_mlp_out(index, &mut out.view_mut());
+    MlpTrace {
+        normed: Array2::zeros((0, d_model)),
+        activations: MlpActivations {
+            pre_activation: None,
+            up: None,
+            hidden: Array2::zeros((0, 0)),
+        },
+        out,
     }
 }
 
