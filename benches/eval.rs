@@ -116,8 +116,16 @@ fn bench(dir: &std::path::Path) {
         scope: Scope::HeadsAndMlps,
     };
 
-    // One fresh evaluation of the circuit over `reference`: its wall time and forward passes.
-    let evaluate = |reference: &[Vec<u32>]| {
+    // The same circuit keeping every MLP everywhere: its own pass computes every MLP (the
+    // bench's circuit keeps none, so under `ablate heads and mlps` its pass skips them all, as
+    // the empty circuit's does).
+    let mut with_mlps = circuit.clone();
+    with_mlps.name = "bench with every MLP".to_string();
+    for layer in 0..model.config.n_layers {
+        with_mlps.mlps.insert(layer, PositionSet::All);
+    }
+    // One fresh evaluation of `circuit` over `reference`: its wall time and forward passes.
+    let evaluate = |circuit: &BoundCircuit, reference: &[Vec<u32>]| {
         let started = Instant::now();
         let prompts = EvalPrompts {
             ids: clean.clone(),
@@ -134,7 +142,7 @@ fn bench(dir: &std::path::Path) {
     };
 
     let mut forward_times = Vec::new();
-    let (mut eval_times, mut clean_times) = (Vec::new(), Vec::new());
+    let (mut eval_times, mut clean_times, mut mlp_times) = (Vec::new(), Vec::new(), Vec::new());
     let (mut passes, mut clean_passes) = (0, 0);
     for _ in 0..REPETITIONS {
         let started = Instant::now();
@@ -146,17 +154,19 @@ fn bench(dir: &std::path::Path) {
         }
         forward_times.push(started.elapsed().as_secs_f64());
 
-        let (time, n) = evaluate(&reference);
+        let (time, n) = evaluate(&circuit, &reference);
         eval_times.push(time);
         passes = n;
-        let (time, n) = evaluate(&clean);
+        let (time, n) = evaluate(&circuit, &clean);
         clean_times.push(time);
         clean_passes = n;
+        mlp_times.push(evaluate(&with_mlps, &reference).0);
     }
-    let (forward, eval, eval_clean) = (
+    let (forward, eval, eval_clean, eval_mlps) = (
         median(forward_times),
         median(eval_times),
         median(clean_times),
+        median(mlp_times),
     );
     println!(
         "{}: {} layers x {} heads, d_model {}; {PROMPTS} prompts x {SEQ} tokens",
@@ -175,6 +185,11 @@ fn bench(dir: &std::path::Path) {
         "  reference = the evaluated prompts: {:.1} ms = {:.2} x forward, {clean_passes} forward passes",
         eval_clean * 1e3,
         eval_clean / forward
+    );
+    println!(
+        "  the circuit keeping every MLP: {:.1} ms = {:.2} x forward",
+        eval_mlps * 1e3,
+        eval_mlps / forward
     );
 }
 
