@@ -91,6 +91,15 @@ fn settings(ablation: AblationKind, edge_ablation: EdgeAblation, scope: Scope) -
     }
 }
 
+/// Mean ablation of heads and MLPs, QK edges by edge mean: what the cost tests measure.
+fn mean_over_heads_and_mlps() -> AblationSettings {
+    settings(
+        AblationKind::Mean,
+        EdgeAblation::EdgeMean,
+        Scope::HeadsAndMlps,
+    )
+}
+
 /// Evaluates circuits in a fresh evaluator (no memo shared with other calls).
 fn evaluate(setup: &Setup, settings: AblationSettings, circuits: &[&BoundCircuit]) -> Evaluation {
     let prompts = setup.data.eval_prompts();
@@ -294,11 +303,7 @@ fn stories_knockout_keeps_the_node_with_every_edge_but_not_without() {
 #[test]
 fn one_circuit_costs_four_forward_passes_and_three_when_the_reference_set_is_the_clean_set() {
     let setup = stories();
-    let s = settings(
-        AblationKind::Mean,
-        EdgeAblation::EdgeMean,
-        Scope::HeadsAndMlps,
-    );
+    let s = mean_over_heads_and_mlps();
     let c = circuit_named(&setup, "circuit c { 2.5 @ END  edge 2.5: S1 -> END }", "c");
     let mut evaluator = Evaluator::new(
         &setup.model,
@@ -399,11 +404,7 @@ fn the_reference_pass_keeps_what_a_full_activation_cache_holds() {
 #[test]
 fn skipping_the_mlps_a_plan_replaces_changes_no_bit() {
     for setup in [stories(), gpt2(), neox_parallel()] {
-        let s = settings(
-            AblationKind::Mean,
-            EdgeAblation::EdgeMean,
-            Scope::HeadsAndMlps,
-        );
+        let s = mean_over_heads_and_mlps();
         let mut evaluator = Evaluator::new(
             &setup.model,
             s,
@@ -450,11 +451,7 @@ fn skipping_the_mlps_a_plan_replaces_changes_no_bit() {
 fn reference_values_cached_for_fewer_needs_are_not_read_for_more() {
     let setup = stories();
     let cache = tempfile::tempdir().unwrap();
-    let s = settings(
-        AblationKind::Mean,
-        EdgeAblation::EdgeMean,
-        Scope::HeadsAndMlps,
-    );
+    let s = mean_over_heads_and_mlps();
     let text = format!(
         "{EVERYTHING}\
          circuit c {{ 2.5 @ END  edge 2.5: S1 -> END }}\n\
