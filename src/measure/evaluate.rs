@@ -2,8 +2,10 @@
 //! empty circuit and every distinct plan once, and collect per-prompt metrics.
 //!
 //! Cost: one forward pass over the evaluated prompts per distinct plan (the full model and the
-//! empty circuit included), plus one cached forward pass over the reference prompts when the
-//! ablation needs reference values. Plans are memoized by content, so a circuit that compiles
+//! empty circuit included), plus one forward pass over the reference prompts when the
+//! ablation needs reference values, keeping only the activations the statistics read. When the
+//! reference prompts are the evaluated ones, that pass's END logits are the full model's, which
+//! then costs no pass of its own. Plans are memoized by content, so a circuit that compiles
 //! to the same masks as one already run (a variant written another way, the empty circuit
 //! itself) costs nothing.
 
