@@ -136,7 +136,7 @@ fn bench(dir: &std::path::Path) {
                 .collect(),
         };
         let mut evaluator = Evaluator::new(&model, settings, prompts, reference.to_vec());
-        let evaluation = evaluator.evaluate(&[&circuit]).unwrap();
+        let evaluation = evaluator.evaluate(&[circuit]).unwrap();
         std::hint::black_box(evaluation);
         (started.elapsed().as_secs_f64(), evaluator.forward_passes)
     };

@@ -52,6 +52,9 @@ pub use tokenizer::{Encoded, Tokenizer};
 pub use topology::{Component, ResidualTopology, Unread};
 
 use cache::{Keep, Kept};
+
+/// What [`Model::forward_keeping`] returns: logits, each prompt's length, and what was kept.
+type ForwardKept = (Array3<f32>, Vec<usize>, Option<Kept>);
 use transformer::Transformer;
 use weights::WeightFiles;
 
@@ -289,7 +292,7 @@ impl Model {
         all_logits: bool,
         keep: Keep,
         hooks: &dyn Interventions,
-    ) -> Result<(Array3<f32>, Vec<usize>, Option<Kept>), ModelError> {
+    ) -> Result<ForwardKept, ModelError> {
         for (i, ids) in tokens.iter().enumerate() {
             self.check_prompt(ids, || format!("#{i}"))?;
         }
