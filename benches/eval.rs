@@ -1,6 +1,9 @@
 //! Cost of `circuit eval` for one circuit on 64 prompts, against one plain forward pass of the
 //! same prompts. The evaluation makes at most 4 passes (reference statistics, full model, empty
 //! circuit, circuit); the ratio printed here is what that costs in wall time, hooks included.
+//! Two reference sets, in the same run: 64 other prompts (the default `reference D.corrupt`),
+//! and the evaluated prompts themselves (`reference D.clean`), where the reference pass also
+//! gives the full model's logits (3 passes).
 //!
 //!     cargo bench --bench eval                       # stories260K and the random GPT-2 fixture
 //!     cargo bench --bench eval -- --model DIR        # another model folder
@@ -113,9 +116,34 @@ fn bench(dir: &std::path::Path) {
         scope: Scope::HeadsAndMlps,
     };
 
+    // The same circuit keeping every MLP everywhere: its own pass computes every MLP (the
+    // bench's circuit keeps none, so under `ablate heads and mlps` its pass skips them all, as
+    // the empty circuit's does).
+    let mut with_mlps = circuit.clone();
+    with_mlps.name = "bench with every MLP".to_string();
+    for layer in 0..model.config.n_layers {
+        with_mlps.mlps.insert(layer, PositionSet::All);
+    }
+    // One fresh evaluation of `circuit` over `reference`: its wall time and forward passes.
+    let evaluate = |circuit: &BoundCircuit, reference: &[Vec<u32>]| {
+        let started = Instant::now();
+        let prompts = EvalPrompts {
+            ids: clean.clone(),
+            targets: targets.clone(),
+            positions: positions
+                .iter()
+                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
+                .collect(),
+        };
+        let mut evaluator = Evaluator::new(&model, settings, prompts, reference.to_vec());
+        let evaluation = evaluator.evaluate(&[circuit]).unwrap();
+        std::hint::black_box(evaluation);
+        (started.elapsed().as_secs_f64(), evaluator.forward_passes)
+    };
+
     let mut forward_times = Vec::new();
-    let mut eval_times = Vec::new();
-    let mut passes = 0;
+    let (mut eval_times, mut clean_times, mut mlp_times) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut passes, mut clean_passes) = (0, 0);
     for _ in 0..REPETITIONS {
         let started = Instant::now();
         for chunk in clean.chunks(32) {
@@ -126,22 +154,20 @@ fn bench(dir: &std::path::Path) {
         }
         forward_times.push(started.elapsed().as_secs_f64());
 
-        let started = Instant::now();
-        let prompts = EvalPrompts {
-            ids: clean.clone(),
-            targets: targets.clone(),
-            positions: positions
-                .iter()
-                .map(|p| Box::new(p.clone()) as Box<dyn PromptPositions>)
-                .collect(),
-        };
-        let mut evaluator = Evaluator::new(&model, settings, prompts, reference.clone());
-        let evaluation = evaluator.evaluate(&[&circuit]).unwrap();
-        std::hint::black_box(evaluation);
-        eval_times.push(started.elapsed().as_secs_f64());
-        passes = evaluator.forward_passes;
+        let (time, n) = evaluate(&circuit, &reference);
+        eval_times.push(time);
+        passes = n;
+        let (time, n) = evaluate(&circuit, &clean);
+        clean_times.push(time);
+        clean_passes = n;
+        mlp_times.push(evaluate(&with_mlps, &reference).0);
     }
-    let (forward, eval) = (median(forward_times), median(eval_times));
+    let (forward, eval, eval_clean, eval_mlps) = (
+        median(forward_times),
+        median(eval_times),
+        median(clean_times),
+        median(mlp_times),
+    );
     println!(
         "{}: {} layers x {} heads, d_model {}; {PROMPTS} prompts x {SEQ} tokens",
         dir.display(),
@@ -154,6 +180,16 @@ fn bench(dir: &std::path::Path) {
         forward * 1e3,
         eval * 1e3,
         eval / forward
+    );
+    println!(
+        "  reference = the evaluated prompts: {:.1} ms = {:.2} x forward, {clean_passes} forward passes",
+        eval_clean * 1e3,
+        eval_clean / forward
+    );
+    println!(
+        "  the circuit keeping every MLP: {:.1} ms = {:.2} x forward",
+        eval_mlps * 1e3,
+        eval_mlps / forward
     );
 }
 

@@ -6,9 +6,12 @@ mod eval_support;
 
 use std::path::Path;
 
+use circuit::ablate::PlanInterventions;
 use circuit::data::DatasetSource;
 use circuit::measure::{AblationSettings, Evaluation, Evaluator, ALL_METRICS};
-use circuit::model::{Model, ModelConfig, ModelSource};
+use circuit::model::{
+    CacheSelection, ForwardOptions, Interventions, Model, ModelConfig, ModelSource, NoInterventions,
+};
 use circuit::resolve::bound::{AblationKind, BoundCircuit, EdgeAblation, Metric, Scope};
 use circuit::resolve::{resolve_source, Environment, ResolveOptions};
 use eval_support::*;
@@ -95,6 +98,15 @@ fn settings(ablation: AblationKind, edge_ablation: EdgeAblation, scope: Scope) -
         edge_ablation,
         scope,
     }
+}
+
+/// Mean ablation of heads and MLPs, QK edges by edge mean: what the cost tests measure.
+fn mean_over_heads_and_mlps() -> AblationSettings {
+    settings(
+        AblationKind::Mean,
+        EdgeAblation::EdgeMean,
+        Scope::HeadsAndMlps,
+    )
 }
 
 /// Evaluates circuits in a fresh evaluator (no memo shared with other calls).
@@ -313,16 +325,16 @@ fn stories_knockout_keeps_the_node_with_every_edge_but_not_without() {
 }
 
 #[test]
-fn one_circuit_costs_four_forward_passes() {
+fn one_circuit_costs_four_forward_passes_and_three_when_the_reference_set_is_the_clean_set() {
     let setup = stories();
-    let prompts = setup.data.eval_prompts();
-    let s = settings(
-        AblationKind::Mean,
-        EdgeAblation::EdgeMean,
-        Scope::HeadsAndMlps,
-    );
-    let mut evaluator = Evaluator::new(&setup.model, s, prompts, setup.data.reference.clone());
+    let s = mean_over_heads_and_mlps();
     let c = circuit_named(&setup, "circuit c { 2.5 @ END  edge 2.5: S1 -> END }", "c");
+    let mut evaluator = Evaluator::new(
+        &setup.model,
+        s,
+        setup.data.eval_prompts(),
+        setup.data.reference.clone(),
+    );
     evaluator.evaluate(&[&c]).unwrap();
     assert_eq!(
         evaluator.forward_passes, 4,
@@ -333,6 +345,180 @@ fn one_circuit_costs_four_forward_passes() {
     copy.name = "copy".to_string();
     evaluator.evaluate(&[&c, &copy]).unwrap();
     assert_eq!(evaluator.forward_passes, 4);
+
+    // Reference statistics over the evaluated prompts themselves (`reference D.clean`): the
+    // reference pass's END logits are the full model's, so the full model costs no pass.
+    let mut shared = Evaluator::new(
+        &setup.model,
+        s,
+        setup.data.eval_prompts(),
+        setup.data.clean.clone(),
+    );
+    shared.batch_size = 4; // several batches
+    let evaluation = shared.evaluate(&[&c]).unwrap();
+    assert_eq!(
+        shared.forward_passes, 3,
+        "reference (and full), empty, circuit"
+    );
+    // The same bits as full-model logits from passes of their own: with no room to keep them,
+    // they are recomputed beside each plan's batch by plain forward passes.
+    let mut separate = Evaluator::new(
+        &setup.model,
+        s,
+        setup.data.eval_prompts(),
+        setup.data.clean.clone(),
+    );
+    separate.full_logits_budget = 0;
+    let expected = separate.evaluate(&[&c]).unwrap();
+    assert!(separate.forward_passes > 3);
+    assert_eq!(evaluation.full, expected.full);
+    assert_eq!(evaluation.empty, expected.empty);
+    assert_eq!(evaluation.circuits, expected.circuits);
+}
+
+/// The reference pass keeps only what the statistics read, and what it keeps (and its END
+/// logits) are the bits of a pass that keeps everything.
+#[test]
+fn the_reference_pass_keeps_what_a_full_activation_cache_holds() {
+    let setup = gpt2();
+    let ids = &setup.data.clean;
+    let options = ForwardOptions {
+        all_logits: false,
+        cache: true,
+    };
+    let everything = setup
+        .model
+        .forward(ids, &options, &NoInterventions)
+        .unwrap();
+    let cache = everything.cache.unwrap();
+    let plain = setup
+        .model
+        .forward(ids, &ForwardOptions::default(), &NoInterventions)
+        .unwrap();
+    for head_outputs in [false, true] {
+        let selection = CacheSelection {
+            attention_layers: [1].into(),
+            head_outputs,
+        };
+        let (logits, kept) = setup
+            .model
+            .forward_selected(ids, &selection, &NoInterventions)
+            .unwrap();
+        assert_eq!(logits, plain.logits, "END logits");
+        assert_eq!(kept.embed, cache.embed);
+        assert_eq!(kept.layers.len(), cache.layers.len());
+        for (layer, (k, c)) in kept.layers.iter().zip(&cache.layers).enumerate() {
+            assert_eq!(k.z, c.z, "z of layer {layer}");
+            assert_eq!(k.mlp_out, c.mlp_out, "mlp_out of layer {layer}");
+            let attention = layer == 1;
+            assert_eq!(k.pattern.as_ref(), attention.then_some(&c.pattern));
+            assert_eq!(
+                k.v_by_query_head.as_ref(),
+                attention.then_some(&c.v_by_query_head)
+            );
+            assert_eq!(k.head_out.as_ref(), head_outputs.then_some(&c.head_out));
+        }
+    }
+}
+
+/// A pass with a plan skips the MLPs whose output the plan replaces at every token
+/// (`Interventions::replaces_mlp_out`; every MLP of the empty circuit under `ablate heads and
+/// mlps`): the END logits are the bits of a pass that computes them (one keeping the activation
+/// cache never skips).
+#[test]
+fn skipping_the_mlps_a_plan_replaces_changes_no_bit() {
+    for setup in [stories(), gpt2(), neox_parallel()] {
+        let s = mean_over_heads_and_mlps();
+        let mut evaluator = Evaluator::new(
+            &setup.model,
+            s,
+            setup.data.eval_prompts(),
+            setup.data.reference.clone(),
+        );
+        let c = circuit_named(&setup, "circuit c { 0.1 @ *  1.0 @ END  mlp 0 @ * }", "c");
+        let plans = [evaluator.empty_plan(), evaluator.compile(&c).unwrap()];
+        let reference = evaluator
+            .reference_values_for(&Default::default())
+            .unwrap()
+            .clone();
+        let ids = &setup.data.clean;
+        let n_layers = setup.model.config.n_layers;
+        for (plan, skipped_layers) in plans.iter().zip([0..n_layers, 1..n_layers]) {
+            let hooks = PlanInterventions {
+                plan,
+                reference: &reference,
+                edge_ablation: EdgeAblation::EdgeMean,
+                prompts: 0..ids.len(),
+            };
+            let skipped: Vec<usize> = (0..n_layers)
+                .filter(|&l| hooks.replaces_mlp_out(l))
+                .collect();
+            assert_eq!(skipped, skipped_layers.collect::<Vec<_>>());
+            let fast = setup
+                .model
+                .forward(ids, &ForwardOptions::default(), &hooks)
+                .unwrap();
+            let options = ForwardOptions {
+                all_logits: false,
+                cache: true,
+            };
+            let computed = setup.model.forward(ids, &options, &hooks).unwrap();
+            assert_eq!(fast.logits, computed.logits);
+        }
+    }
+}
+
+/// Reference values cached on disk for a plan without path edges lack the head outputs; a plan
+/// with path edges (or QK edges on another head) must not be served them: it runs its own
+/// reference pass, and its results are those of a run without the cache.
+#[test]
+fn reference_values_cached_for_fewer_needs_are_not_read_for_more() {
+    let setup = stories();
+    let cache = tempfile::tempdir().unwrap();
+    let s = mean_over_heads_and_mlps();
+    let text = format!(
+        "{EVERYTHING}\
+         circuit c {{ 2.5 @ END  edge 2.5: S1 -> END }}\n\
+         circuit paths extends everything {{ edge 0.0 -> logits @ S1 }}\n\
+         circuit other_head {{ 3.1 @ END  edge 3.1: S1 -> END }}\n"
+    );
+    let notes = std::cell::RefCell::new(Vec::<String>::new());
+    let run = |name: &str| {
+        let circuit = circuit_named(&setup, &text, name);
+        let mut evaluator = Evaluator::new(
+            &setup.model,
+            s,
+            setup.data.eval_prompts(),
+            setup.data.reference.clone(),
+        );
+        evaluator.disk_cache = Some(cache.path().to_path_buf());
+        evaluator.on_cache_note = Some(Box::new(|note: &str| {
+            notes.borrow_mut().push(note.to_string())
+        }));
+        let evaluation = evaluator.evaluate(&[&circuit]).unwrap();
+        assert_eq!(
+            evaluation.circuit(name),
+            evaluate(&setup, s, &[&circuit]).circuit(name),
+            "{name}: the same bits as without the cache"
+        );
+        evaluator.forward_passes
+    };
+    assert_eq!(run("c"), 4);
+    // Reference values with c's needs are cached; neither of these may read them.
+    for name in ["paths", "other_head"] {
+        notes.borrow_mut().clear();
+        // Its own reference pass, the full model's logits and its circuit (the empty
+        // circuit's metrics are cached).
+        assert_eq!(run(name), 3, "{name}");
+        assert!(
+            !notes.borrow().iter().any(|n| n == "read reference values"),
+            "{name}: {:?}",
+            notes.borrow()
+        );
+    }
+    // c again: every result of it is cached.
+    notes.borrow_mut().clear();
+    assert_eq!(run("c"), 0);
 }
 
 /// Path edges into the logits: keeping every upstream component is the full model; keeping

@@ -364,7 +364,7 @@ impl LabelReferenceBuilder {
                     if self.needs.head_outputs {
                         accumulate(
                             self.head_out[layer].slice_mut(s![row, .., ..]),
-                            acts.head_out.slice(s![batch_row, t, .., ..]),
+                            acts.head_out().slice(s![batch_row, t, .., ..]),
                         );
                     }
                 }

@@ -238,6 +238,13 @@ impl Interventions for PlanInterventions<'_> {
         }
     }
 
+    fn replaces_mlp_out(&self, layer: usize) -> bool {
+        // Every real row ablated: `edit_mlp_out` writes the reference value (or 0) over all.
+        let keep = &self.plan.mlp_keep[layer]; // (B_all, T)
+        self.rows()
+            .all(|(_, prompt, len)| (0..len).all(|t| !keep[[prompt, t]]))
+    }
+
     fn needs_component_outputs(&self) -> bool {
         self.plan.has_path_edges()
     }

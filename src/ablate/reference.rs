@@ -20,18 +20,39 @@ use crate::data::{check_reference_lengths, DataError, Pairing};
 use crate::resolve::bound::{AblationKind, HeadId};
 
 /// One layer of the reference forward pass, as the reference statistics read it.
-/// `R` reference prompts right-padded to `T` tokens.
+/// `R` reference prompts right-padded to `T` tokens. The pass keeps only what the
+/// [`ReferenceNeeds`] read ([`ReferenceNeeds::cache_selection`]); reading a part it did not
+/// keep is a bug, and panics.
 pub struct LayerActivations<'a> {
     /// Per-head attention outputs before `W_O`, `(R, T, H, d)`.
     pub z: ArrayView4<'a, f32>,
-    /// Attention pattern, `(R, H, T_q, T_k)`.
-    pub pattern: ArrayView4<'a, f32>,
-    /// Values indexed by query head (key/value heads expanded under GQA), `(R, T, H, d)`.
-    pub v: ArrayView4<'a, f32>,
+    /// Attention pattern, `(R, H, T_q, T_k)`: layers with a head in `edge_heads`.
+    pub pattern: Option<ArrayView4<'a, f32>>,
+    /// Values indexed by query head (key/value heads expanded under GQA), `(R, T, H, d)`:
+    /// layers with a head in `edge_heads`.
+    pub v: Option<ArrayView4<'a, f32>>,
     /// MLP output, `(R, T, D)`.
     pub mlp_out: ArrayView3<'a, f32>,
-    /// Each head's write to the residual stream `z_h · W_O^h` (no bias), `(R, T, H, D)`.
-    pub head_out: ArrayView4<'a, f32>,
+    /// Each head's write to the residual stream `z_h · W_O^h` (no bias), `(R, T, H, D)`: with
+    /// `head_outputs`.
+    pub head_out: Option<ArrayView4<'a, f32>>,
+}
+
+impl LayerActivations<'_> {
+    /// The pattern and values of a layer with QK-edge heads.
+    fn attention(&self) -> (&ArrayView4<'_, f32>, &ArrayView4<'_, f32>) {
+        match (&self.pattern, &self.v) {
+            (Some(pattern), Some(v)) => (pattern, v),
+            _ => panic!("the reference pass kept no attention pattern of a layer with QK-edge heads; ReferenceNeeds::cache_selection must list it"),
+        }
+    }
+
+    /// Each head's write to the residual stream, `(R, T, H, D)`.
+    pub(super) fn head_out(&self) -> &ArrayView4<'_, f32> {
+        self.head_out.as_ref().unwrap_or_else(|| {
+            panic!("the reference pass kept no head outputs; ReferenceNeeds::cache_selection must ask for them with head_outputs")
+        })
+    }
 }
 
 /// Errors building reference values.
@@ -107,6 +128,18 @@ pub struct ReferenceNeeds {
     pub head_outputs: bool,
 }
 
+impl ReferenceNeeds {
+    /// What the reference forward pass must keep to build values covering these needs: the
+    /// attention pattern and values only of layers with QK-edge heads, head outputs only for
+    /// path edges (`z` and the MLP outputs always).
+    pub fn cache_selection(&self) -> crate::model::CacheSelection {
+        crate::model::CacheSelection {
+            attention_layers: self.edge_heads.iter().map(|h| h.layer).collect(),
+            head_outputs: self.head_outputs,
+        }
+    }
+}
+
 /// The shapes reference values for some [`ReferenceNeeds`] must have, known before any forward
 /// pass; a disk cache entry that does not match them is recomputed, never read
 /// ([`ReferenceValues::check_shape`]).
@@ -145,10 +178,9 @@ pub(super) fn accumulate_edge_term(
     head: usize,
     (q, k): (usize, usize),
 ) {
-    let a = acts.pattern[[row, head, q, k]] as f64;
-    sum.zip_mut_with(&acts.v.slice(s![row, k, head, ..]), |s, &x| {
-        *s += a * x as f64
-    });
+    let (pattern, v) = acts.attention();
+    let a = pattern[[row, head, q, k]] as f64;
+    sum.zip_mut_with(&v.slice(s![row, k, head, ..]), |s, &x| *s += a * x as f64);
 }
 
 impl ReferenceValues {
@@ -558,7 +590,7 @@ impl ReferenceBuilder {
                 if self.needs.head_outputs {
                     accumulate(
                         self.head_out[layer].slice_mut(s![src, ..len, .., ..]),
-                        acts.head_out.slice(s![row, ..len, .., ..]),
+                        acts.head_out().slice(s![row, ..len, .., ..]),
                     );
                 }
             }

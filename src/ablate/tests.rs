@@ -70,20 +70,20 @@ pub(super) fn attention_of_len(n: usize, t: usize, seed: u64) -> Attention {
 pub(super) fn layer(acts: &Attention) -> LayerActivations<'_> {
     LayerActivations {
         z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
+        pattern: Some(acts.pattern.view()),
+        v: Some(acts.v.view()),
         mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
+        head_out: Some(acts.head_out.view()),
     }
 }
 
 fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceValues {
     let layer = LayerActivations {
         z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
+        pattern: Some(acts.pattern.view()),
+        v: Some(acts.v.view()),
         mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
+        head_out: Some(acts.head_out.view()),
     };
     let n_ref = acts.z.shape()[0];
     let needs = ReferenceNeeds {
@@ -326,10 +326,10 @@ fn reference_length_errors_name_both_lengths() {
     let acts = attention(2, 9);
     let layer = LayerActivations {
         z: acts.z.view(),
-        pattern: acts.pattern.view(),
-        v: acts.v.view(),
+        pattern: Some(acts.pattern.view()),
+        v: Some(acts.v.view()),
         mlp_out: acts.mlp_out.view(),
-        head_out: acts.head_out.view(),
+        head_out: Some(acts.head_out.view()),
     };
     let err = ReferenceValues::build(
         AblationKind::Mean,

@@ -2,8 +2,10 @@
 //! empty circuit and every distinct plan once, and collect per-prompt metrics.
 //!
 //! Cost: one forward pass over the evaluated prompts per distinct plan (the full model and the
-//! empty circuit included), plus one cached forward pass over the reference prompts when the
-//! ablation needs reference values. Plans are memoized by content, so a circuit that compiles
+//! empty circuit included), plus one forward pass over the reference prompts when the
+//! ablation needs reference values, keeping only the activations the statistics read. When the
+//! reference prompts are the evaluated ones, that pass's END logits are the full model's, which
+//! then costs no pass of its own. Plans are memoized by content, so a circuit that compiles
 //! to the same masks as one already run (a variant written another way, the empty circuit
 //! itself) costs nothing.
 
@@ -458,37 +460,56 @@ impl<'a> Evaluator<'a> {
                 &ref_lens,
             )),
         };
-        let options = ForwardOptions {
-            all_logits: false,
-            cache: true,
-        };
+        // The pass keeps only what the statistics read (no per-head writes without path edges,
+        // attention patterns only of layers with QK-edge heads).
+        let selection = needs.cache_selection();
+        // Over the evaluated prompts themselves, this pass's END logits are the full model's,
+        // the same bits as its own pass (no hooks; a row of a product does not depend on the
+        // rows beside it, `model::linalg::kernel_for`): kept, they save that pass.
+        let keep_full_logits =
+            self.full_logits.is_none() && self.full_logits_fit() && self.reference_is_evaluated();
+        let mut full_logits = None;
+        let mut start = 0;
         for chunk in self.reference_ids.chunks(self.batch_size.max(1)) {
-            let out = self.model.forward(chunk, &options, &NoInterventions)?;
-            let cache = out.cache.expect("the cache was asked for");
-            let layers: Vec<LayerActivations> = cache
+            let (logits, kept) =
+                self.model
+                    .forward_selected(chunk, &selection, &NoInterventions)?;
+            let layers: Vec<LayerActivations> = kept
                 .layers
                 .iter()
                 .map(|layer| LayerActivations {
                     z: layer.z.view(),
-                    pattern: layer.pattern.view(),
-                    v: layer.v_by_query_head.view(),
+                    pattern: layer.pattern.as_ref().map(|a| a.view()),
+                    v: layer.v_by_query_head.as_ref().map(|a| a.view()),
                     mlp_out: layer.mlp_out.view(),
-                    head_out: layer.head_out.view(),
+                    head_out: layer.head_out.as_ref().map(|a| a.view()),
                 })
                 .collect();
             match &mut builder {
                 AnyBuilder::Position(b) => {
-                    b.add_embed_batch(cache.embed.view());
+                    b.add_embed_batch(kept.embed.view());
                     b.add_batch(&layers)
                 }
                 AnyBuilder::Label(b) => {
-                    b.add_embed_batch(cache.embed.view());
+                    b.add_embed_batch(kept.embed.view());
                     b.add_batch(&layers)
                 }
             }
+            if keep_full_logits {
+                put_rows(
+                    &mut full_logits,
+                    n_eval,
+                    start,
+                    logits.index_axis(Axis(1), 0),
+                );
+            }
+            start += chunk.len();
             self.batch_done(chunk.len())?;
         }
         self.forward_passes += 1;
+        if keep_full_logits {
+            self.full_logits = full_logits;
+        }
         Ok(match builder {
             AnyBuilder::Position(b) => b.finish(),
             AnyBuilder::Label(b) => b.finish(),
@@ -511,9 +532,7 @@ impl<'a> Evaluator<'a> {
                 &ForwardOptions::default(),
                 hooks.as_ref(),
             )?;
-            let rows = out.logits.index_axis(Axis(1), 0).to_owned(); // (b, V)
-            let all = logits.get_or_insert_with(|| Array2::zeros((n, rows.ncols())));
-            all.slice_mut(s![start..end, ..]).assign(&rows);
+            put_rows(&mut logits, n, start, out.logits.index_axis(Axis(1), 0));
             self.batch_done(end - start)?;
         }
         self.forward_passes += 1;
@@ -594,11 +613,25 @@ impl<'a> Evaluator<'a> {
                 Lookup::Rejected(why) => self.cache_note(&format!("recomputing: {why}")),
             }
         }
-        let n = self.prompts.ids.len();
-        let fits = n.saturating_mul(self.model.n_embedding_rows()) * 4 <= self.full_logits_budget;
-        if self.full_logits.is_none() && fits {
-            let full = self.end_logits(&|_| Box::new(NoInterventions))?;
-            self.full_logits = Some(full);
+        // What the reference values must cover for this plan (and every plan planned).
+        let mut needs = self.planned_needs.clone();
+        if !plan.is_identity() {
+            needs.edge_heads.extend(self.edge_term_heads(plan));
+            needs.head_outputs |= plan.has_path_edges();
+        }
+        if self.full_logits.is_none() && self.full_logits_fit() {
+            if self.reference.is_none()
+                && self.settings.ablation != AblationKind::Zero
+                && self.reference_is_evaluated()
+            {
+                // The reference pass over the evaluated prompts yields the full model's logits
+                // too (unless its values come from the disk cache): run it first.
+                self.ensure_reference(&needs)?;
+            }
+            if self.full_logits.is_none() {
+                let full = self.end_logits(&|_| Box::new(NoInterventions))?;
+                self.full_logits = Some(full);
+            }
         }
         let full = match (&self.full_logits, plan.is_identity()) {
             (Some(_), _) => FullLogits::Kept,
@@ -611,9 +644,6 @@ impl<'a> Evaluator<'a> {
         } else if plan.is_identity() {
             self.metrics_by_batch(&|_| Box::new(NoInterventions), full)?
         } else {
-            let mut needs = self.planned_needs.clone();
-            needs.edge_heads.extend(self.edge_term_heads(plan));
-            needs.head_outputs |= plan.has_path_edges();
             self.ensure_reference(&needs)?;
             let reference = self.reference.take().expect("ensured above");
             let edge_ablation = self.settings.edge_ablation;
@@ -638,6 +668,20 @@ impl<'a> Evaluator<'a> {
         }
         self.memo.insert(key, metrics.clone());
         Ok(metrics)
+    }
+
+    /// Whether the full model's END logits of every evaluated prompt fit in
+    /// `full_logits_budget` (else they are recomputed beside each plan's batch).
+    fn full_logits_fit(&self) -> bool {
+        let n = self.prompts.ids.len();
+        n.saturating_mul(self.model.n_embedding_rows()) * 4 <= self.full_logits_budget
+    }
+
+    /// Whether the reference prompts are the evaluated ones, in the same order (`reference
+    /// D.clean`): then one forward pass gives both the reference statistics and the full
+    /// model's logits.
+    fn reference_is_evaluated(&self) -> bool {
+        self.reference_ids == self.prompts.ids
     }
 
     /// The disk cache and its key function, when a cache folder is set.
@@ -668,6 +712,14 @@ impl<'a> Evaluator<'a> {
             keys,
         ))
     }
+}
+
+/// Writes one batch's END logits `rows` `(b, V)` at rows `start..` of `all` `(n, V)`, made on
+/// the first batch.
+fn put_rows(all: &mut Option<Array2<f32>>, n: usize, start: usize, rows: ndarray::ArrayView2<f32>) {
+    let all = all.get_or_insert_with(|| Array2::zeros((n, rows.ncols())));
+    all.slice_mut(s![start..start + rows.nrows(), ..])
+        .assign(&rows);
 }
 
 /// The reference statistics of the alignment in force.

@@ -1,6 +1,9 @@
-//! What a forward pass keeps: the [`ActivationCache`] a caller asked for, and the
-//! [`ComponentOutputs`] the path-edge hooks read while the pass runs. One [`Recorder`] fills
-//! both from the blocks' traces (`blocks.rs`), so there is one place that decides what is kept.
+//! What a forward pass keeps: the [`ActivationCache`] a caller asked for (or only the
+//! [`SelectedActivations`] named by a [`CacheSelection`]), and the [`ComponentOutputs`] the
+//! path-edge hooks read while the pass runs. One [`Recorder`] fills them from the blocks' traces
+//! (`blocks.rs`), so there is one place that decides what is kept.
+
+use std::collections::BTreeSet;
 
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3};
 
@@ -56,11 +59,63 @@ pub struct LayerCache {
     pub resid_post: Array3<f32>,
 }
 
+/// The few intermediates reference statistics read (`ablate::reference`), so that a forward
+/// pass asked for them neither computes nor copies the rest of an [`ActivationCache`]: every
+/// layer's `z` and MLP output always; the attention pattern and values of `attention_layers`;
+/// each head's own write `z_h · W_O^h` only with `head_outputs` (it costs a product per head
+/// and `(B, T, H, D)` floats per layer).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheSelection {
+    /// Layers whose attention pattern and values by query head are kept.
+    pub attention_layers: BTreeSet<usize>,
+    /// Whether each head's write to the residual stream is kept.
+    pub head_outputs: bool,
+}
+
+/// What a forward pass asked with a [`CacheSelection`] kept. Prompts are right-padded to `T`.
+#[derive(Debug)]
+pub struct SelectedActivations {
+    pub layers: Vec<SelectedLayer>,
+    /// Token (+ learned position) embedding, `(B, T, D)`.
+    pub embed: Array3<f32>,
+}
+
+/// One layer of [`SelectedActivations`]; the fields mean what they mean in [`LayerCache`].
+#[derive(Debug)]
+pub struct SelectedLayer {
+    /// `(B, T, H, d)`
+    pub z: Array4<f32>,
+    /// `(B, T, D)`
+    pub mlp_out: Array3<f32>,
+    /// `(B, H, T, T)`, for the selection's `attention_layers`.
+    pub pattern: Option<Array4<f32>>,
+    /// `(B, T, H, d)`, for the selection's `attention_layers`.
+    pub v_by_query_head: Option<Array4<f32>>,
+    /// `(B, T, H, D)`, with the selection's `head_outputs`.
+    pub head_out: Option<Array4<f32>>,
+}
+
+/// What a forward pass keeps for its caller besides the logits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Keep<'a> {
+    Nothing,
+    /// An [`ActivationCache`].
+    Everything,
+    /// [`SelectedActivations`].
+    Selected(&'a CacheSelection),
+}
+
+/// What [`Recorder::finish`] hands back, as [`Keep`] asked.
+pub(crate) enum Kept {
+    Everything(ActivationCache),
+    Selected(SelectedActivations),
+}
+
 /// Collects, layer by layer, what the caller and the hooks need of a forward pass: the
 /// component outputs when the hooks ask for them, the activation cache when the caller does.
 /// Blocks hand it their traces; it keeps what is wanted and the rest is dropped.
-pub(crate) struct Recorder {
-    want_cache: bool,
+pub(crate) struct Recorder<'s> {
+    keep: Keep<'s>,
     record_outputs: bool,
     /// `(B, T)` of the batch, to see `(N, ·)` rows as prompts.
     batch: usize,
@@ -72,20 +127,21 @@ pub(crate) struct Recorder {
     attn_biases: Vec<Array1<f32>>, // per finished layer (D,)
     mlp_outs: Vec<Array3<f32>>,    // per finished layer (B, T, D)
     layers: Vec<LayerCache>,
+    selected: Vec<SelectedLayer>,
 }
 
-impl Recorder {
+impl<'s> Recorder<'s> {
     /// `embed` `(N, D)`: the embedding rows, which every hook sees in [`ComponentOutputs`].
     pub(crate) fn new(
         embed: &Array2<f32>,
         batch: usize,
         seq: usize,
         group: usize,
-        want_cache: bool,
+        keep: Keep<'s>,
         record_outputs: bool,
-    ) -> Recorder {
+    ) -> Recorder<'s> {
         Recorder {
-            want_cache,
+            keep,
             record_outputs,
             batch,
             seq,
@@ -95,6 +151,7 @@ impl Recorder {
             attn_biases: Vec::new(),
             mlp_outs: Vec::new(),
             layers: Vec::new(),
+            selected: Vec::new(),
         }
     }
 
@@ -110,7 +167,12 @@ impl Recorder {
 
     /// Whether the attention block must compute each head's own write `z_h · W_O^h`.
     pub(crate) fn wants_head_outputs(&self) -> bool {
-        self.want_cache || self.record_outputs
+        self.record_outputs
+            || match self.keep {
+                Keep::Nothing => false,
+                Keep::Everything => true,
+                Keep::Selected(selection) => selection.head_outputs,
+            }
     }
 
     /// After a layer's attention block: its heads' outputs join the component outputs.
@@ -136,7 +198,25 @@ impl Recorder {
         if self.record_outputs {
             self.mlp_outs.push(mlp.out.clone());
         }
-        if !self.want_cache {
+        let selection = match self.keep {
+            Keep::Nothing => return,
+            Keep::Everything => None,
+            Keep::Selected(selection) => Some(selection),
+        };
+        if let Some(selection) = selection {
+            let index = self.selected.len();
+            let attention_kept = selection.attention_layers.contains(&index);
+            self.selected.push(SelectedLayer {
+                z: attention.z,
+                mlp_out: mlp.out,
+                pattern: attention_kept.then_some(attention.pattern),
+                v_by_query_head: attention_kept.then_some(attention.v),
+                head_out: if selection.head_outputs {
+                    Some(attention.head_out.expect("computed for the selection"))
+                } else {
+                    None
+                },
+            });
             return;
         }
         let group = self.group;
@@ -159,13 +239,20 @@ impl Recorder {
         });
     }
 
-    /// The cache, if one was asked for; `resid_final` `(N, D)` is what the unembedding read.
-    pub(crate) fn finish(self, resid_final: &Array2<f32>) -> Option<ActivationCache> {
-        self.want_cache.then(|| ActivationCache {
-            resid_final: self.to3(resid_final),
-            layers: self.layers,
-            embed: self.embed,
-        })
+    /// What was asked to be kept; `resid_final` `(N, D)` is what the unembedding read.
+    pub(crate) fn finish(self, resid_final: &Array2<f32>) -> Option<Kept> {
+        match self.keep {
+            Keep::Nothing => None,
+            Keep::Everything => Some(Kept::Everything(ActivationCache {
+                resid_final: self.to3(resid_final),
+                layers: self.layers,
+                embed: self.embed,
+            })),
+            Keep::Selected(_) => Some(Kept::Selected(SelectedActivations {
+                layers: self.selected,
+                embed: self.embed,
+            })),
+        }
     }
 
     /// `(N, D)` rows as a `(B, T, D)` copy.

@@ -43,6 +43,16 @@ pub trait Interventions: Sync {
         false
     }
 
+    /// Whether [`Interventions::edit_mlp_out`] of `layer` overwrites the MLP's output at every
+    /// real row of every prompt of the batch (rows past a prompt's length aside) with values
+    /// that do not read it: node ablation of that MLP everywhere. In a pass that keeps no
+    /// activation cache the engine then skips the MLP (and its `mlp_input`) and hands
+    /// `edit_mlp_out` zeros; the real rows come out the same. Defaults to `false`, which is
+    /// always safe.
+    fn replaces_mlp_out(&self, _layer: usize) -> bool {
+        false
+    }
+
     /// The input embeddings (token + learned position embedding) `(B, T, D)`, before layer 0
     /// reads them. Integrated-gradient scores (`circuit scores --method eap-ig`) replace them by
     /// points between a reference embedding and the clean one.

@@ -44,7 +44,7 @@ use std::sync::OnceLock;
 use ndarray::{Array2, Array3, Axis};
 use sha2::{Digest, Sha256};
 
-pub use cache::{ActivationCache, LayerCache};
+pub use cache::{ActivationCache, CacheSelection, LayerCache, SelectedActivations, SelectedLayer};
 pub use config::{visible_keys, Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
@@ -53,6 +53,10 @@ pub use source::ModelSource;
 pub use tokenizer::{Encoded, Tokenizer};
 pub use topology::{Component, ResidualTopology, Unread};
 
+use cache::{Keep, Kept};
+
+/// What [`Model::forward_keeping`] returns: logits, each prompt's length, and what was kept.
+type ForwardKept = (Array3<f32>, Vec<usize>, Option<Kept>);
 use transformer::Transformer;
 use weights::WeightFiles;
 
@@ -242,6 +246,55 @@ impl Model {
         options: &ForwardOptions,
         hooks: &dyn Interventions,
     ) -> Result<ForwardOutput, ModelError> {
+        let keep = if options.cache {
+            Keep::Everything
+        } else {
+            Keep::Nothing
+        };
+        let (logits, lengths, kept) =
+            self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
+        let cache = kept.map(|kept| match kept {
+            Kept::Everything(cache) => cache,
+            Kept::Selected(_) => unreachable!("asked for everything or nothing"),
+        });
+        Ok(ForwardOutput {
+            logits,
+            lengths,
+            cache,
+        })
+    }
+
+    /// [`Model::forward`] keeping only the intermediates `selection` names (the reference
+    /// statistics' pass: no copy of the residual streams, no per-head writes unless asked):
+    /// END logits `(B, 1, V)`, the same bits as [`Model::forward`]'s, and the selection.
+    pub fn forward_selected(
+        &self,
+        tokens: &[Vec<u32>],
+        selection: &CacheSelection,
+        hooks: &dyn Interventions,
+    ) -> Result<(Array3<f32>, SelectedActivations), ModelError> {
+        let (logits, _, kept) =
+            self.forward_keeping(tokens, false, Keep::Selected(selection), hooks)?;
+        let selected = match kept {
+            Some(Kept::Selected(selected)) => selected,
+            // No prompts: nothing ran.
+            _ => SelectedActivations {
+                layers: Vec::new(),
+                embed: Array3::zeros((0, 0, self.transformer.embed.ncols())),
+            },
+        };
+        Ok((logits, selected))
+    }
+
+    /// The forward behind [`Model::forward`] and [`Model::forward_selected`]: logits, each
+    /// prompt's length and what `keep` asked for (`None` for no prompts).
+    fn forward_keeping(
+        &self,
+        tokens: &[Vec<u32>],
+        all_logits: bool,
+        keep: Keep,
+        hooks: &dyn Interventions,
+    ) -> Result<ForwardKept, ModelError> {
         for (i, ids) in tokens.iter().enumerate() {
             self.check_prompt(ids, || format!("#{i}"))?;
         }
@@ -249,11 +302,7 @@ impl Model {
         let seq = lengths.iter().copied().max().unwrap_or(0);
         if tokens.is_empty() {
             let vocab = self.transformer.embed.nrows();
-            return Ok(ForwardOutput {
-                logits: Array3::zeros((0, 1, vocab)),
-                lengths,
-                cache: None,
-            });
+            return Ok((Array3::zeros((0, 1, vocab)), lengths, None));
         }
         let mut ids = Array2::<u32>::zeros((tokens.len(), seq)); // (B, T), right-padded with 0
         for (mut row, prompt) in ids.axis_iter_mut(Axis(0)).zip(tokens) {
@@ -261,11 +310,11 @@ impl Model {
                 *slot = id;
             }
         }
-        let (logits, cache) =
-            self.transformer
-                .forward(&ids, &lengths, options.all_logits, options.cache, hooks);
+        let (logits, kept) = self
+            .transformer
+            .forward(&ids, &lengths, all_logits, keep, hooks);
         // Rows past a prompt's length are padding, whatever they hold.
-        let real_rows = |b: usize| if options.all_logits { lengths[b] } else { 1 };
+        let real_rows = |b: usize| if all_logits { lengths[b] } else { 1 };
         let non_finite = (0..tokens.len()).find(|&b| {
             let rows = logits.slice(ndarray::s![b, ..real_rows(b), ..]);
             rows.iter().any(|x| !x.is_finite())
@@ -276,11 +325,7 @@ impl Model {
                 location: self.first_non_finite(&ids, &lengths, hooks),
             });
         }
-        Ok(ForwardOutput {
-            logits,
-            lengths,
-            cache,
-        })
+        Ok((logits, lengths, kept))
     }
 
     /// Where a forward whose logits are not finite first goes wrong: run again with the cache,
@@ -291,8 +336,12 @@ impl Model {
         lengths: &[usize],
         hooks: &dyn Interventions,
     ) -> String {
-        let (_, cache) = self.transformer.forward(ids, lengths, false, true, hooks);
-        let cache = cache.expect("the cache was asked for");
+        let (_, kept) = self
+            .transformer
+            .forward(ids, lengths, false, Keep::Everything, hooks);
+        let Some(Kept::Everything(cache)) = kept else {
+            unreachable!("the cache was asked for")
+        };
         let finite = |a: &Array3<f32>| {
             lengths.iter().enumerate().all(|(b, &len)| {
                 a.slice(ndarray::s![b, ..len, ..])

@@ -18,8 +18,8 @@
 use ndarray::{s, Array1, Array2, Array3, ArrayView2, Axis};
 use rayon::prelude::*;
 
-use super::blocks::{Batch, Rows};
-use super::cache::{rows_as_prompts, ActivationCache, Recorder};
+use super::blocks::{Batch, MlpActivations, MlpTrace, Rows};
+use super::cache::{rows_as_prompts, Keep, Kept, Recorder};
 use super::config::Scaling;
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
@@ -223,7 +223,8 @@ impl Transformer {
     }
 
     /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
-    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token.
+    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token,
+    /// and the intermediates `keep` asks for.
     ///
     /// The blocks (`blocks.rs`) wired along the residual stream as `self.residual` says:
     /// sequentially, `resid_mid = resid_pre + attn(resid_pre)`, `resid_post = resid_mid +
@@ -234,9 +235,9 @@ impl Transformer {
         ids: &Array2<u32>,
         lengths: &[usize],
         all_logits: bool,
-        want_cache: bool,
+        keep: Keep,
         hooks: &dyn Interventions,
-    ) -> (Array3<f32>, Option<ActivationCache>) {
+    ) -> (Array3<f32>, Option<Kept>) {
         let (prompts, seq) = ids.dim();
         let batch = Batch { prompts, seq };
         let group = self.n_heads / self.n_kv_heads;
@@ -254,7 +255,7 @@ impl Transformer {
             prompts,
             seq,
             group,
-            want_cache,
+            keep,
             hooks.needs_component_outputs(),
         );
 
@@ -269,7 +270,7 @@ impl Transformer {
         // values still need every row). For GPT-2 small at 16 tokens this skips ~6% of the
         // forward's FLOPs. The hooks promised to edit and observe nothing (`is_identity`), so
         // that layer and the unembedding run with none.
-        let end_rows_only = !all_logits && !want_cache && hooks.is_identity();
+        let end_rows_only = !all_logits && matches!(keep, Keep::Nothing) && hooks.is_identity();
         let last_layer = self.layers.len() - 1;
 
         for (index, layer) in self.layers.iter().enumerate() {
@@ -310,15 +311,19 @@ impl Transformer {
                     &parallel_input
                 }
             };
-            let mlp = self.mlp_forward(
-                index,
-                layer,
-                mlp_reads,
-                prompts,
-                hooks,
-                &recorder.outputs(),
-                false, // the pre-activation is for a backward pass
-            );
+            let mlp = if matches!(keep, Keep::Nothing) && hooks.replaces_mlp_out(index) {
+                replaced_mlp(index, mlp_reads.dim(), prompts, hooks)
+            } else {
+                self.mlp_forward(
+                    index,
+                    layer,
+                    mlp_reads,
+                    prompts,
+                    hooks,
+                    &recorder.outputs(),
+                    false, // the pre-activation is for a backward pass
+                )
+            };
             resid = &resid_mid + &mlp.out_rows(); // (N_q, D)
             recorder.layer_done(&resid_pre, attention, &resid_mid, mlp, &resid);
         }
@@ -345,6 +350,29 @@ impl Transformer {
         };
         let logits = self.unembed_forward(&resid, prompts, read_at); // (B, T or 1, V)
         (logits, recorder.finish(&resid))
+    }
+}
+
+/// The MLP of layer `index` when the hooks replace its whole output
+/// ([`Interventions::replaces_mlp_out`]): nothing is computed, `edit_mlp_out` writes into
+/// zeros `(B, T_q, D)` (`rows` = `(N_q, D)`). The trace holds no intermediates: only a pass
+/// that keeps no cache (so no backward) takes this path.
+fn replaced_mlp(
+    index: usize,
+    (n_rows, d_model): (usize, usize),
+    prompts: usize,
+    hooks: &dyn Interventions,
+) -> MlpTrace {
+    let mut out = Array3::zeros((prompts, n_rows / prompts, d_model)); // (B, T_q, D)
+    hooks.edit_mlp_out(index, &mut out.view_mut());
+    MlpTrace {
+        normed: Array2::zeros((0, d_model)),
+        activations: MlpActivations {
+            pre_activation: None,
+            up: None,
+            hidden: Array2::zeros((0, 0)),
+        },
+        out,
     }
 }
 
