@@ -24,7 +24,7 @@ pub(crate) mod blocks;
 mod tests;
 
 use miette::Diagnostic;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -476,7 +476,7 @@ fn gradients_inner(
     }
     let resid_final = rows(&cache.resid_final); // (N, D)
     let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
-    let d_normed = blocks::unembed_backward(unembed.view(), d_logits.view()); // (B, D)
+    let d_normed = blocks::unembed_backward(unembed.f32().view(), d_logits.view()); // (B, D)
     let d_end = norm_backward(&transformer.final_norm, end_resid.view(), d_normed.view()); // (B, D)
     let mut d_resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D): ∂M/∂resid_post
     for (&row, d) in end_rows.iter().zip(d_end.rows()) {
@@ -566,7 +566,7 @@ fn gradients_inner(
         }
 
         // ---- attention: resid_mid = resid_pre + z·W_O + b_O ------------------------------
-        let mut d_z = blocks::linear_backward(layer.o.weight.view(), d_mid.view()); // (N, H·d)
+        let mut d_z = blocks::linear_backward(layer.o.weight.f32().view(), d_mid.view()); // (N, H·d)
         for h in 0..n_heads {
             if let Some(c) = unreached(
                 &read,
@@ -715,8 +715,10 @@ fn gradients_inner(
             let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
             let weight = linear
                 .weight
-                .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
-            let d_x = blocks::linear_backward(weight, d_head_proj); // (N, D)
+                .view()
+                .columns(source * d_head..(source + 1) * d_head)
+                .f32(); // (D, d)
+            let d_x = blocks::linear_backward(weight.view(), d_head_proj); // (N, D)
             let input = head_readers
                 .iter()
                 .find(|r| r.1 == h && r.2 == which)
@@ -767,9 +769,9 @@ fn gradients_inner(
         // The shared residual stream: every other head's q, k, v read the same normed input.
         let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
         let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
-        let d_x = blocks::linear_backward(layer.q.weight.view(), d_q.view())
-            + blocks::linear_backward(layer.k.weight.view(), d_k_shared.view())
-            + blocks::linear_backward(layer.v.weight.view(), d_v_shared.view()); // (N, D)
+        let d_x = blocks::linear_backward(layer.q.weight.f32().view(), d_q.view())
+            + blocks::linear_backward(layer.k.weight.f32().view(), d_k_shared.view())
+            + blocks::linear_backward(layer.v.weight.f32().view(), d_v_shared.view()); // (N, D)
         let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
         d_resid = &d_mid + &d_attn_in + &d_rebuilt; // (N, D): ∂M/∂resid_pre
         if parallel {
@@ -818,13 +820,16 @@ pub fn frozen_final_norm_backward(
     }
 }
 
-/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies.
-pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> ArrayView2<'_, f32> {
+/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies
+/// (a converted copy when the weights are kept in their stored dtype).
+pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> CowArray<'_, f32, Ix2> {
     let d = model.transformer.d_head;
     model.transformer.layers[layer]
         .o
         .weight
-        .slice(s![head * d..(head + 1) * d, ..])
+        .view()
+        .rows(head * d..(head + 1) * d)
+        .f32()
 }
 
 fn check_inputs(
@@ -876,25 +881,34 @@ fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2
 fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2<f32> {
     match mlp {
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
-            let pre =
-                blocks::linear_forward(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
-            let d_hidden = blocks::linear_backward(proj.weight.view(), d_out); // (N, M)
+            let pre = blocks::linear_forward(
+                x,
+                fc.weight.f32().view(),
+                fc.bias.as_ref().map(|b| b.view()),
+            ); // (N, M)
+            let d_hidden = blocks::linear_backward(proj.weight.f32().view(), d_out); // (N, M)
             let d_pre = match mlp {
                 Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.view(), d_hidden.view()),
                 _ => blocks::gelu_erf_backward(pre.view(), d_hidden.view()),
             }; // (N, M)
-            blocks::linear_backward(fc.weight.view(), d_pre.view())
+            blocks::linear_backward(fc.weight.f32().view(), d_pre.view())
         }
         Mlp::SwiGlu { gate, up, down } => {
-            let gate_pre =
-                blocks::linear_forward(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
-            let up_pre =
-                blocks::linear_forward(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
-            let d_hidden = blocks::linear_backward(down.weight.view(), d_out); // (N, M)
+            let gate_pre = blocks::linear_forward(
+                x,
+                gate.weight.f32().view(),
+                gate.bias.as_ref().map(|b| b.view()),
+            ); // (N, M)
+            let up_pre = blocks::linear_forward(
+                x,
+                up.weight.f32().view(),
+                up.bias.as_ref().map(|b| b.view()),
+            ); // (N, M)
+            let d_hidden = blocks::linear_backward(down.weight.f32().view(), d_out); // (N, M)
             let (d_gate, d_up) =
                 blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view());
-            blocks::linear_backward(gate.weight.view(), d_gate.view())
-                + blocks::linear_backward(up.weight.view(), d_up.view())
+            blocks::linear_backward(gate.weight.f32().view(), d_gate.view())
+                + blocks::linear_backward(up.weight.f32().view(), d_up.view())
         }
     }
 }

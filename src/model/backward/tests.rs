@@ -461,7 +461,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
             let project = |linear: &super::super::transformer::Linear| {
                 linear_forward(
                     x.view(),
-                    linear.weight.view(),
+                    linear.weight.f32().view(),
                     linear.bias.as_ref().map(|b| b.view()),
                 )
             };
@@ -501,7 +501,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                     let pre = linear_forward(
                         x.view(),
-                        fc.weight.view(),
+                        fc.weight.f32().view(),
                         fc.bias.as_ref().map(|b| b.view()),
                     );
                     let hidden = match &layer.mlp {
@@ -510,25 +510,25 @@ fn restated_forwards_match_the_cache(model: &Model) {
                     };
                     linear_forward(
                         hidden.view(),
-                        proj.weight.view(),
+                        proj.weight.f32().view(),
                         proj.bias.as_ref().map(|b| b.view()),
                     )
                 }
                 Mlp::SwiGlu { gate, up, down } => {
                     let g = linear_forward(
                         x.view(),
-                        gate.weight.view(),
+                        gate.weight.f32().view(),
                         gate.bias.as_ref().map(|b| b.view()),
                     );
                     let u = linear_forward(
                         x.view(),
-                        up.weight.view(),
+                        up.weight.f32().view(),
                         up.bias.as_ref().map(|b| b.view()),
                     );
                     let hidden = swiglu_forward(g.view(), u.view());
                     linear_forward(
                         hidden.view(),
-                        down.weight.view(),
+                        down.weight.f32().view(),
                         down.bias.as_ref().map(|b| b.view()),
                     )
                 }
@@ -539,7 +539,10 @@ fn restated_forwards_match_the_cache(model: &Model) {
         }
         let resid_final = cache.resid_final.slice(s![b, ..len, ..]);
         let unembed = t.unembed.as_ref().unwrap_or(&t.embed);
-        let logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
+        let logits = unembed_forward(
+            norm(&t.final_norm, resid_final).view(),
+            unembed.f32().view(),
+        );
         let engine = out.logits.slice(s![b, ..len, ..]);
         let scale = engine.iter().fold(1.0f32, |m, x| m.max(x.abs()));
         let difference = max_difference(logits.view(), engine);
