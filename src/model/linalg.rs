@@ -282,16 +282,16 @@ pub fn product(kernel: Kernel, x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+    pub(crate) fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
     }
 
-    fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()

@@ -472,6 +472,7 @@ impl Weight {
 
 #[cfg(test)]
 mod tests {
+    use super::super::linalg::tests::{on_threads, random};
     use super::super::linalg::{kernel_for, matmul_into};
     use super::*;
     use rand::{Rng, SeedableRng};
@@ -496,19 +497,6 @@ mod tests {
         )
     }
 
-    fn random_x(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
-    }
-
-    fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(run)
-    }
-
     fn stored_product(x: &Array2<f32>, w: StoredView, beta: f32, y: &Array2<f32>) -> Array2<f32> {
         let mut y = y.clone();
         let kernel = kernel_for(x.nrows(), w.dim().1);
@@ -530,8 +518,8 @@ mod tests {
         // at and well above a panel, rows 1 (padded in gemm), few (transposed kernel) and many.
         for (inner, cols) in [(64, 172), (96, 300), (768, 3072), (3072, 768), (200, 1000)] {
             for rows in [1, 7, 33, 200] {
-                let x = random_x(rows, inner, 1);
-                let y = random_x(rows, cols, 2);
+                let x = random(rows, inner, 1);
+                let y = random(rows, cols, 2);
                 // (in, out) as stored.
                 let (w, stored) = random_bf16(inner, cols, 3);
                 for beta in [0.0, 1.0] {
