@@ -58,8 +58,12 @@ MODELS = {
     "qwen2-tied-f32": ROOT / "tests" / "fixtures" / "models" / "qwen2-tied-f32",
     "mistral-head-dim-bf16": ROOT / "tests" / "fixtures" / "models" / "mistral-head-dim-bf16",
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
+    "mistral-window-f32": ROOT / "tests" / "fixtures" / "models" / "mistral-window-f32",
+    "qwen2-window-f16": ROOT / "tests" / "fixtures" / "models" / "qwen2-window-f16",
 }
 PROMPTS = ["The cat sat", "Once upon a time", "A red ball"]
+# Models with sliding windows (3 or 4 keys) get prompts long enough for the windows to bind.
+WINDOW_PROMPTS = ["The cat sat on the mat.", "Once upon a time there was a girl", "A red ball"]
 
 torch.set_default_dtype(torch.float64)
 
@@ -78,6 +82,15 @@ class Reference:
         self.gpt2 = self.cfg.model_type == "gpt2"
         self.neox = self.cfg.model_type == "gpt_neox"
         self.parallel = self.neox and self.cfg.use_parallel_residual
+
+    def window(self, i):
+        """Layer i's sliding window as transformers applies it (None: every earlier key).
+        Mistral: `sliding_window` on every layer; Qwen2: on the layers `layer_types` marks."""
+        w = getattr(self.cfg, "sliding_window", None)
+        if w is None or self.cfg.model_type == "mistral":
+            return w
+        types = getattr(self.cfg, "layer_types", None)
+        return w if types is not None and types[i] == "sliding_attention" else None
 
     def weights(self, i):
         """(norm1, (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo), norm2, mlp) with W as (in, out)."""
@@ -194,7 +207,13 @@ class Reference:
                 q4, k4 = rotary(q.permute(1, 0, 2)[None], k.permute(1, 0, 2)[None], cos, sin)
                 q, k = q4[0].permute(1, 0, 2), k4[0].permute(1, 0, 2)
             scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(d)  # (H, T, T)
-            scores = scores.masked_fill(~mask, float("-inf"))
+            window = self.window(i)
+            if window is None:
+                layer_mask = mask
+            else:  # key k visible from query q iff q - window < k <= q
+                offsets = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T) q - k
+                layer_mask = mask & (offsets < window)
+            scores = scores.masked_fill(~layer_mask, float("-inf"))
             pattern = F.softmax(scores, dim=-1)
             pattern.retain_grad()
             keep["pattern"].append(pattern)
@@ -230,7 +249,8 @@ def main():
         vocab = tokenizer.get_vocab_size()
         ref = Reference(hf)
         tensors, worst_logit_diff = {}, 0.0
-        for p, text in enumerate(PROMPTS):
+        prompts = WINDOW_PROMPTS if "window" in name else PROMPTS
+        for p, text in enumerate(prompts):
             ids = tokenizer.encode(text).ids
             # Past the first 3/5 of the vocabulary: stories260K's low ids are byte-fallback tokens
             # whose unembeddings barely differ (a logit difference with almost no gradient).
@@ -241,7 +261,7 @@ def main():
                 hf_logits = hf(torch.tensor([ids])).logits[0]
             worst_logit_diff = max(worst_logit_diff, ((logits - hf_logits).abs().max() / hf_logits.abs().max()).item())
             metric = logits[-1, answer] - logits[-1, distractor]
-            (metric / len(PROMPTS)).backward()
+            (metric / len(prompts)).backward()
             tensors[f"p{p}.ids"] = torch.tensor(ids, dtype=torch.int64)
             tensors[f"p{p}.targets"] = torch.tensor([answer, distractor], dtype=torch.int64)
             tensors[f"p{p}.metric"] = metric.detach().reshape(1)
@@ -254,7 +274,7 @@ def main():
             "generator": "scripts/grad_reference.py",
             "model": str(folder.relative_to(ROOT.parent)),
             "metric": "logit_diff, averaged over prompts",
-            "prompts": PROMPTS,
+            "prompts": prompts,
             "max_relative_logit_difference_vs_transformers": worst_logit_diff,
             "torch": torch.__version__,
             "transformers": transformers.__version__,

@@ -261,6 +261,77 @@ def mistral_head_dim_bf16():
     run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[1], 8))
 
 
+def mistral_window_f32():
+    """Mistral-7B-v0.1's form: a sliding window on every layer, here of 3 keys, shorter than
+    every prompt but "A", so it binds at most positions; 3 layers, 4 query heads sharing 2
+    key/value heads of 8, rope_theta 800, untied, F32."""
+    tok = tiny_tokenizer(300, add_bos=True)
+    config = MistralConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                           max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=800.0,
+                           sliding_window=3, tie_word_embeddings=False, bos_token_id=0,
+                           eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(14)
+    model = MistralForCausalLM(config).eval()
+    randomize(model, 15)
+    folder = OUT / "mistral-window-f32"
+    model = save_model(model, tok, folder, torch.float32)
+    assert model.config.sliding_window == 3
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[3], 8))
+
+
+def qwen2_window_f16():
+    """Qwen2 with `use_sliding_window: true`, a window of 4 keys and `max_window_layers: 1`:
+    layer 0 attends to every key, layers 1 and 2 slide. config.json is rewritten without
+    `layer_types` (the spelling of transformers 4 and the hub's Qwen2 configs), so the layers
+    come from `max_window_layers`; the reference is HF reading that file. 3 layers, 4 query
+    heads sharing 2 key/value heads of 8, rope_theta 600, untied, F16."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = Qwen2Config(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=600.0,
+                         tie_word_embeddings=False, use_sliding_window=True, sliding_window=4,
+                         max_window_layers=1, bos_token_id=0, eos_token_id=0,
+                         attn_implementation="eager")
+    torch.manual_seed(16)
+    model = Qwen2ForCausalLM(config).eval()
+    randomize(model, 17)
+    folder = OUT / "qwen2-window-f16"
+    save_model(model, tok, folder, torch.float16)
+    path = folder / "config.json"
+    written = json.loads(path.read_text())
+    written.pop("layer_types", None)
+    path.write_text(json.dumps(written, indent=2) + "\n")
+    model = Qwen2ForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                             attn_implementation="eager").eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention",
+                                        "sliding_attention"], model.config.layer_types
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[3], 8))
+
+
+def qwen2_layer_types_bf16():
+    """Qwen2 in transformers 5's spelling: `layer_types` sliding, full, sliding (which no
+    `max_window_layers` gives: the list decides), a window of 3 keys, tied embeddings; 3
+    layers, 2 query heads sharing 1 key/value head of 12, rope_theta 400, BF16."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = Qwen2Config(hidden_size=24, intermediate_size=40, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=12,
+                         vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-6,
+                         rope_theta=400.0, tie_word_embeddings=True, use_sliding_window=True,
+                         sliding_window=3, max_window_layers=2,
+                         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                         bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(18)
+    model = Qwen2ForCausalLM(config).eval()
+    randomize(model, 19)
+    folder = OUT / "qwen2-layer-types-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    written = json.loads((folder / "config.json").read_text())
+    assert written["layer_types"] == ["sliding_attention", "full_attention",
+                                      "sliding_attention"], written
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[3], 8))
+
+
 def stories260k():
     """Only the reference outputs are committed; the model stays in ../shared/models."""
     tok = Tokenizer.from_file(str(STORIES / "tokenizer.json"))
@@ -280,7 +351,8 @@ def stories260k():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
-                qwen2_tied_f32, mistral_head_dim_bf16, stories260k]
+                qwen2_tied_f32, mistral_head_dim_bf16, stories260k, mistral_window_f32,
+                qwen2_window_f16, qwen2_layer_types_bf16]
     # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
     chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
     for fixture in FIXTURES:

@@ -20,6 +20,7 @@ pub mod attribute;
 pub mod data;
 pub mod discover;
 pub mod exchange;
+pub mod heads;
 pub mod measure;
 pub mod model;
 pub mod plan;

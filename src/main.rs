@@ -42,6 +42,9 @@ enum Command {
     /// Attribution scores (eap, eap-ig, attention, qkvo, dla) of every head, MLP, QK edge or
     /// path edge, ranked.
     Scores(cli::scores::Args),
+    /// Every head characterized on the file's dataset: previous-token, duplicate-token and
+    /// induction scores, and with --features linalg its OV copying score and QK singular values.
+    Heads(cli::heads::Args),
     /// The exact effect of ablating each head, MLP or QK edge alone, ranked; sharded with
     /// --shard i/N and joined with --merge.
     Scan(cli::scan::Args),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::eval::execute(args),
         Command::Test(args) => cli::test::execute(args),
         Command::Scores(args) => cli::scores::execute(args),
+        Command::Heads(args) => cli::heads::execute(args),
         Command::Scan(args) => cli::scan::execute(args),
         Command::Diff(args) => cli::diff::execute(args),
         Command::Discover(args) => cli::discover::execute(args),

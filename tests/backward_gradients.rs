@@ -515,6 +515,16 @@ fn mistral_gradients_match_torch_autograd() {
     check_against_autograd(name, &Model::load(&fixture(name)).unwrap());
 }
 
+/// Sliding windows (Mistral: 3 keys on every layer; Qwen2: 4 keys on layers 1 and 2) on
+/// prompts longer than the windows: the backward reads the forward's pattern, zero outside
+/// the window, and torch's reference masks the same keys (checked against transformers).
+#[test]
+fn sliding_window_gradients_match_torch_autograd() {
+    for name in ["mistral-window-f32", "qwen2-window-f16"] {
+        check_against_autograd(name, &Model::load(&fixture(name)).unwrap());
+    }
+}
+
 #[test]
 fn stories260k_gradients_match_torch_autograd() {
     check_against_autograd("stories260K", &Model::load(&stories()).unwrap());

@@ -831,35 +831,26 @@ fn gpt_neox_buffers_of_older_checkpoints_are_not_weights() {
 // ---- Qwen2 ---------------------------------------------------------------------------------
 
 #[test]
-fn qwen2_binding_sliding_window_is_an_error_naming_the_key() {
-    // transformers 4's configs: no layer_types; layers from max_window_layers (1) on slide.
+fn qwen2_layer_types_the_engine_does_not_know_are_an_error_naming_the_key() {
     let dir = with_config("qwen2-tied-f32", |c| {
         c["use_sliding_window"] = true.into();
-        c["sliding_window"] = 4.into();
-        c.as_object_mut().unwrap().remove("layer_types");
+        c["layer_types"] = serde_json::json!(["chunked_attention", "full_attention"]);
     });
-    let err = load_error(
+    load_error(
         dir.path(),
-        "circuit::model::unsupported_config",
-        &["`use_sliding_window`"],
+        "circuit::model::config_field",
+        &["`layer_types`", "\"sliding_attention\""],
     );
-    let help = err.help().unwrap().to_string();
-    assert!(
-        help.contains("4 keys, shorter than the context of 64) on layer 1 "),
-        "{help}"
-    );
-    // transformers 5's: layer_types says which layers slide.
+    // A list that is not one type per layer.
     let dir = with_config("qwen2-tied-f32", |c| {
         c["use_sliding_window"] = true.into();
-        c["sliding_window"] = 4.into();
-        c["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+        c["layer_types"] = serde_json::json!(["sliding_attention"]);
     });
-    let err = load_error(
+    load_error(
         dir.path(),
-        "circuit::model::unsupported_config",
-        &["`use_sliding_window`"],
+        "circuit::model::config_field",
+        &["`layer_types`", "a list of 2 layer types"],
     );
-    assert!(err.help().unwrap().to_string().contains("on layer 0 "));
 }
 
 #[test]
@@ -901,36 +892,22 @@ fn qwen2_query_bias_missing_from_the_weights() {
 // ---- Mistral -------------------------------------------------------------------------------
 
 #[test]
-fn mistral_binding_sliding_window_is_an_error_naming_the_key() {
-    // Mistral v0.1's form: a window shorter than the context.
-    let dir = with_config("mistral-head-dim-bf16", |c| {
-        c["sliding_window"] = 16.into();
-    });
-    let err = load_error(
-        dir.path(),
-        "circuit::model::unsupported_config",
-        &["`sliding_window` = 16"],
-    );
-    assert!(err.help().unwrap().to_string().contains("context of 64"));
-    // MistralConfig's default window (4096) when the key is absent, under a longer context.
-    let dir = with_config("mistral-head-dim-bf16", |c| {
-        c.as_object_mut().unwrap().remove("sliding_window");
-        c["max_position_embeddings"] = 8192.into();
-    });
-    load_error(
-        dir.path(),
-        "circuit::model::unsupported_config",
-        &["`sliding_window` = 4096"],
-    );
-    // A window as long as the context never binds: the same model.
+fn mistral_window_binds_only_where_a_prompt_is_longer() {
+    // A window as long as the context never binds: the same model as `sliding_window: null`.
+    let original = Model::load(&fixture_named("mistral-head-dim-bf16")).unwrap();
     let dir = with_config("mistral-head-dim-bf16", |c| {
         c["sliding_window"] = 64.into();
     });
-    let original = Model::load(&fixture_named("mistral-head-dim-bf16")).unwrap();
-    assert_eq!(
-        end_logits(&Model::load(dir.path()).unwrap()),
-        end_logits(&original)
-    );
+    let long = Model::load(dir.path()).unwrap();
+    assert_eq!(long.config.attention_windows, vec![Some(64); 2]);
+    assert_eq!(end_logits(&long), end_logits(&original));
+    // A window of 2 keys binds on every prompt of more than 2 tokens: other numbers (their
+    // parity with transformers is engine_parity::mistral_with_a_binding_sliding_window_*).
+    let dir = with_config("mistral-head-dim-bf16", |c| {
+        c["sliding_window"] = 2.into();
+    });
+    let short = Model::load(dir.path()).unwrap();
+    assert_ne!(end_logits(&short), end_logits(&original));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The engine against HuggingFace transformers: fixtures written by scripts/make_reference.py
 //! (random GPT-2 in F32 and F16, random GQA Llama in BF16, random GPT-NeoX in both wirings in
 //! F16 and BF16, random Qwen2 with tied embeddings in F32, random Mistral with an explicit head_dim in BF16,
+//! random Mistral and Qwen2 with binding sliding windows (every layer; from `max_window_layers`;
+//! from `layer_types`) in F32, F16 and BF16,
 //! the real stories260K), compared to 1e-4 in the logits, plus HF's hidden states
 //! and eager attention patterns for the cache, and HF's greedy generation.
 
@@ -318,6 +320,60 @@ fn mistral_with_explicit_head_dim_bf16_matches_transformers() {
     check_logits(&model, "mistral-head-dim-bf16", &e);
     check_cache(&model, "mistral-head-dim-bf16", &e);
     check_greedy(&model, "mistral-head-dim-bf16", &e);
+}
+
+/// The keys HF's patterns give weight to at the longest prompt's last query, per layer: the
+/// fixture's window binds where the test says it does (a window that never binds would test
+/// nothing).
+fn attended_keys_at_the_end(e: &Expected, prompt: usize) -> Vec<usize> {
+    let attn = &e.attn[prompt]; // (L, H, T, T)
+    let (layers, last) = (attn.shape()[0], attn.shape()[2] - 1);
+    (0..layers)
+        .map(|l| {
+            (0..=last)
+                .filter(|&k| attn[[l, 0, last, k].as_slice()] > 0.0)
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn mistral_with_a_binding_sliding_window_f32_matches_transformers() {
+    let model = Model::load(&fixture_dir("mistral-window-f32")).unwrap();
+    assert_eq!(model.config.attention_windows, vec![Some(3); 3]);
+    let e = expected("mistral-window-f32");
+    assert_eq!(attended_keys_at_the_end(&e, 3), [3, 3, 3]);
+    check_logits(&model, "mistral-window-f32", &e);
+    check_cache(&model, "mistral-window-f32", &e);
+    check_greedy(&model, "mistral-window-f32", &e);
+}
+
+#[test]
+fn qwen2_sliding_window_from_max_window_layers_f16_matches_transformers() {
+    let model = Model::load(&fixture_dir("qwen2-window-f16")).unwrap();
+    // use_sliding_window, sliding_window 4, max_window_layers 1, no layer_types.
+    assert_eq!(model.config.attention_windows, vec![None, Some(4), Some(4)]);
+    let e = expected("qwen2-window-f16");
+    let full = e.ids[3].len();
+    assert_eq!(attended_keys_at_the_end(&e, 3), [full, 4, 4]);
+    check_logits(&model, "qwen2-window-f16", &e);
+    check_cache(&model, "qwen2-window-f16", &e);
+    check_greedy(&model, "qwen2-window-f16", &e);
+}
+
+#[test]
+fn qwen2_sliding_window_from_layer_types_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("qwen2-layer-types-bf16")).unwrap();
+    // transformers 5's layer_types: sliding, full, sliding (max_window_layers 2 would say
+    // full, full, sliding).
+    assert_eq!(model.config.attention_windows, vec![Some(3), None, Some(3)]);
+    assert!(model.config.tie_word_embeddings);
+    let e = expected("qwen2-layer-types-bf16");
+    let full = e.ids[3].len();
+    assert_eq!(attended_keys_at_the_end(&e, 3), [3, full, 3]);
+    check_logits(&model, "qwen2-layer-types-bf16", &e);
+    check_cache(&model, "qwen2-layer-types-bf16", &e);
+    check_greedy(&model, "qwen2-layer-types-bf16", &e);
 }
 
 #[test]

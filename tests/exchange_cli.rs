@@ -97,15 +97,7 @@ fn an_exported_node_circuit_evaluates_the_same_as_its_graph_of_edges() {
     assert_eq!(graph["cfg"]["n_heads"], 4);
     assert_eq!(graph["cfg"]["d_model"], 64);
     assert_eq!(graph["cfg"]["parallel_attn_mlp"], false);
-    let in_graph = |section: &str| -> Vec<String> {
-        graph[section]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(_, v)| v["in_graph"] == true)
-            .map(|(k, _)| k.clone())
-            .collect()
-    };
+    let in_graph = |section: &str| in_graph(&graph, section);
     assert_eq!(
         in_graph("nodes"),
         ["input", "a0.h0", "a0.h2", "m0", "a1.h0", "a2.h1", "m2", "logits"]
@@ -209,6 +201,183 @@ fn what_the_graph_cannot_say_is_kept_and_stated() {
         loss[2].starts_with("path-edge positions") && loss[2].contains("a0.h0->a1.h0<v> at S4")
     );
     assert!(loss[3].starts_with("ablation:"));
+}
+
+/// `eval --json --no-cache` of a file, as its report.
+fn eval_json(path: &Path) -> Value {
+    let out = circuit(&["eval", path.to_str().unwrap(), "--json", "--no-cache"]);
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// The names of a graph's entries in `section` (`nodes`, `edges`) that are in the graph.
+fn in_graph(graph: &Value, section: &str) -> Vec<String> {
+    graph[section]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["in_graph"] == true)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// An edge-complete circuit (edges from the embedding among them, inputs left with no edge)
+/// exported as the graph JSON has exactly its own edges in the graph and every node, and
+/// `circuit import` of that graph gives a circuit with the very same faithfulness. Under
+/// `ablate heads` the MLPs' edges are in the graph everywhere (MLPs are then always kept).
+#[test]
+fn an_exported_edge_complete_circuit_imports_back_to_the_same_faithfulness() {
+    let dir = tempfile::tempdir().unwrap();
+    // The edge-complete form of heads 0.1, 1.0, 2.3 and MLPs 0, 2, less the embedding's edge
+    // into 1.0's key and 0.1's edge into the logits.
+    let nodes = ["input", "a0.h1", "a1.h0", "a2.h3", "m0", "m2"];
+    let readers = ["a0.h1", "a1.h0", "a2.h3", "m0", "m2", "logits"];
+    let dropped = ["input->a1.h0<k>", "a0.h1->logits"];
+    let kept: Vec<String> =
+        circuit::exchange::every_edge_name(3, 4, circuit::model::ResidualTopology::Sequential)
+            .into_iter()
+            .filter(|name| {
+                let (from, to) = name.split_once("->").unwrap();
+                let reader = to.split('<').next().unwrap();
+                nodes.contains(&from)
+                    && readers.contains(&reader)
+                    && !dropped.contains(&name.as_str())
+            })
+            .collect();
+    let statement = |name: &str| {
+        let (from, to) = name.split_once("->").unwrap();
+        let from = match from {
+            "input" => "embed".to_string(),
+            other => circuit_name(other),
+        };
+        let to = match to {
+            "logits" => "logits".to_string(),
+            other => circuit_name(other),
+        };
+        format!("  edge {from} -> {to}\n")
+    };
+    let body: String = kept.iter().map(|name| statement(name)).collect();
+    let settings = "model \"toy-seqcont\"\ndataset d = seqcont.numerals(n = 16, seed = 0)\n";
+    let text = format!(
+        "{settings}ablate heads and mlps by mean\n\nedge-complete circuit edges {{\n{body}}}\n"
+    );
+    let path = write(dir.path(), "edges.circuit", &text);
+    let graph = export(&path, "edges");
+    let mut exported = in_graph(&graph, "edges");
+    exported.sort();
+    let mut expected = kept.clone();
+    expected.sort();
+    assert_eq!(exported, expected, "the graph's edges are the circuit's");
+    assert!(
+        kept.iter().any(|e| e.starts_with("input->")),
+        "edges from the embedding are exported"
+    );
+    assert_eq!(graph["edges"]["input->a1.h0<k>"]["in_graph"], false);
+    assert_eq!(graph["edges"]["input->a0.h0<q>"]["in_graph"], false);
+    let n_nodes = graph["nodes"].as_object().unwrap().len();
+    assert_eq!(
+        in_graph(&graph, "nodes").len(),
+        n_nodes,
+        "no node is ablated"
+    );
+    assert_eq!(n_nodes, 3 * 4 + 3 + 2);
+
+    let graph_path = write(dir.path(), "graph.json", &graph.to_string());
+    let imported = dir.path().join("imported.circuit");
+    stdout(&circuit(&[
+        "import",
+        graph_path.to_str().unwrap(),
+        "--model",
+        "toy-seqcont",
+        "--dataset",
+        "seqcont.numerals(n = 16, seed = 0)",
+        "-o",
+        imported.to_str().unwrap(),
+        "--name",
+        "edges",
+    ]));
+    let original = faithfulness(&eval_json(&path), "edges");
+    let again = faithfulness(&eval_json(&imported), "edges");
+    assert!(
+        original.abs() > 1e-2 && (original - 1.0).abs() > 1e-2,
+        "a circuit that is neither empty nor full: {original}"
+    );
+    assert_eq!(original, again, "exported and imported back");
+
+    // Under `ablate heads` every edge from an MLP is in the graph, even into an input no
+    // edge enters (which reads only reference values otherwise).
+    let heads_only = write(
+        dir.path(),
+        "heads.circuit",
+        &text.replace("ablate heads and mlps by mean", "ablate heads by mean"),
+    );
+    let graph = export(&heads_only, "edges");
+    for (name, entry) in graph["edges"].as_object().unwrap() {
+        if name.starts_with('m') {
+            assert_eq!(entry["in_graph"], true, "{name}");
+        }
+    }
+    assert_eq!(graph["edges"]["a0.h0->a1.h0<q>"]["in_graph"], false);
+    assert_eq!(graph["edges"]["input->a0.h0<q>"]["in_graph"], false);
+}
+
+/// The scores graph of a GPT-NeoX model wired in parallel says so in `cfg` (its edges are
+/// those of the parallel wiring: no head feeds its own layer's MLP), so `circuit import`
+/// takes it for that model.
+#[test]
+fn a_scores_graph_of_a_parallel_model_says_parallel_attn_mlp_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [
+        ("1234", "5", "6"),
+        ("2345", "6", "7"),
+        ("3456", "7", "8"),
+        ("4567", "8", "9"),
+    ] {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    let dataset = write(dir.path(), "digits.jsonl", &lines);
+    let model = fixture("models/neox-parallel-f16");
+    let text = format!(
+        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
+        model.display()
+    );
+    let path = write(dir.path(), "neox.circuit", &text);
+    let out = circuit(&[
+        "scores",
+        path.to_str().unwrap(),
+        "--granularity",
+        "path-edges",
+        "--format",
+        "eap-ig-json",
+        "--top",
+        "12",
+    ]);
+    let graph: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(graph["cfg"]["parallel_attn_mlp"], true);
+    let edges = graph["edges"].as_object().unwrap();
+    assert!(edges.contains_key("a0.h0->m1"), "{:?}", edges.keys());
+    assert!(
+        !edges.contains_key("a0.h0->m0"),
+        "parallel: 0.0 does not feed mlp 0"
+    );
+    let graph_path = write(dir.path(), "graph.json", &graph.to_string());
+    let imported = dir.path().join("imported.circuit");
+    let out = circuit(&[
+        "import",
+        graph_path.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+        "-o",
+        imported.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&imported)
+        .unwrap()
+        .contains("edge-complete circuit imported"));
 }
 
 #[test]

@@ -374,3 +374,55 @@ fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
     assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
     assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
 }
+
+/// Sliding-window attention (Mistral: every layer a window of 3 keys; Qwen2: layer 0 full,
+/// layers 1 and 2 a window of 4) on prompts of 7 tokens and more, where the windows bind: the
+/// incremental engine's resumed attention reads the same keys as the forward's, for nodes,
+/// MLPs and QK edges (whose candidates are the keys each window lets a query see).
+#[test]
+fn incremental_equals_naive_under_sliding_window_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [
+        ("123456", "7", "8"),
+        ("234567", "8", "9"),
+        ("345678", "9", "0"),
+        ("456789", "0", "1"),
+        ("567890", "1", "2"),
+        ("012345", "6", "7"),
+    ] {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("digits.jsonl"), lines).unwrap();
+    for fixture in ["mistral-window-f32", "qwen2-window-f16"] {
+        let model = repo(&format!("tests/fixtures/models/{fixture}"));
+        let text = format!(
+            "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
+            model.display()
+        );
+        let path = dir.path().join(format!("{fixture}.circuit"));
+        std::fs::write(&path, text).unwrap();
+        assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
+        assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
+        let edges = run(
+            &path,
+            ScanGranularity::QkEdges,
+            None,
+            Shard::WHOLE,
+            Engine::Naive,
+        );
+        assert_engines_agree(&path, ScanGranularity::QkEdges, None, Shard::WHOLE);
+        // Only keys inside the window are candidates: at END (token 6 of 7 or later) of a
+        // sliding layer, the key `start` (token 0) is never one.
+        let windowed_layer = 1;
+        assert!(edges.entries.iter().any(|e| e.layer == windowed_layer));
+        assert!(
+            !edges.entries.iter().any(|e| e.layer == windowed_layer
+                && e.query == "END"
+                && e.key.as_deref() == Some("start")),
+            "{fixture}: a QK edge outside the window was scanned"
+        );
+    }
+}

@@ -18,6 +18,7 @@ __all__ = [
     "CircuitError",
     "Model",
     "check",
+    "discover",
     "evaluate",
     "export_graph",
     "format",
@@ -80,6 +81,46 @@ def scores(
     ``circuit``: scores relative to that circuit instead of the full model."""
     text = _native.scores_json(
         _os.fspath(path), method, granularity, circuit, steps, top, model, cache
+    )
+    return _json.loads(text)
+
+
+def discover(
+    path,
+    target,
+    rank="eap-ig",
+    granularity="nodes",
+    circuit=None,
+    *,
+    steps=5,
+    attention_threshold=None,
+    output=None,
+    force=False,
+    best_effort=False,
+    cache=True,
+):
+    """A circuit of the file's model reaching faithfulness ``target``, found by ranking
+    candidates by ``rank`` (eap-ig, eap, exact, qkvo, attention) at ``granularity`` (nodes,
+    qk-edges) and checking by exact evaluations: the dict
+    ``circuit discover PATH --target T --format json`` prints, the found ``.circuit`` file's
+    text in its ``circuit_text``. ``circuit``: search inside that circuit of the file;
+    ``output``: also write the found file there (an existing file only with ``force``);
+    ``best_effort``: return the best circuit found when the target is out of reach. Ctrl-C
+    interrupts between forward batches."""
+    if output is not None:
+        output = _os.fspath(output)
+    text = _native.discover_json(
+        _os.fspath(path),
+        float(target),
+        rank,
+        steps,
+        granularity,
+        attention_threshold,
+        circuit,
+        output,
+        force,
+        best_effort,
+        cache,
     )
     return _json.loads(text)
 

@@ -27,6 +27,7 @@ use circuit::attribute::run::{score_session, Request};
 use circuit::attribute::{Granularity, Method};
 use circuit::data::autocircuit::{import, ImportOptions};
 use circuit::data::jsonl;
+use circuit::discover::invocation::Invocation;
 use circuit::measure::expect::{check_file, circuits_to_run};
 use circuit::measure::file::run_circuits;
 use circuit::measure::session::select_circuits;
@@ -401,6 +402,92 @@ fn scores_json(
     })
 }
 
+/// `circuit.discover`: the JSON text `circuit discover --format json` prints (the found file's
+/// text is its `circuit_text`), the found file written to `output` as the CLI writes it. The
+/// checks, the found file and its write are the library's (`discover::invocation`), as the
+/// CLI's are.
+#[pyfunction]
+#[pyo3(signature = (path, target, rank="eap-ig", steps=5, granularity="nodes", attention_threshold=None, circuit=None, output=None, force=false, best_effort=false, cache=true))]
+#[allow(clippy::too_many_arguments)]
+fn discover_json(
+    py: Python<'_>,
+    path: PathBuf,
+    target: f64,
+    rank: &str,
+    steps: usize,
+    granularity: &str,
+    attention_threshold: Option<f64>,
+    circuit: Option<String>,
+    output: Option<PathBuf>,
+    force: bool,
+    best_effort: bool,
+    cache: bool,
+) -> PyResult<String> {
+    // The ranks and granularities `circuit discover --rank/--granularity` takes.
+    let ranks = [
+        Method::EapIg { steps },
+        Method::Eap,
+        Method::Exact,
+        Method::Qkvo,
+        Method::Attention,
+    ];
+    let rank = named("rank", rank, &ranks, Method::name)?;
+    let granularities = [Granularity::Nodes, Granularity::QkEdges];
+    let granularity = named(
+        "granularity",
+        granularity,
+        &granularities,
+        Granularity::name,
+    )?;
+    let scan_cache = match cache {
+        true => guarded(py, || {
+            let max_bytes = disk_cache::cache_max_bytes().map_err(coded)?;
+            Ok(disk_cache::cache_dir().map(|dir| disk_cache::DiskCache { dir, max_bytes }))
+        })?,
+        false => None,
+    };
+    let invocation = Invocation {
+        file: path.clone(),
+        base: circuit,
+        target,
+        rank,
+        granularity,
+        attention_threshold,
+        output,
+        force,
+        best_effort,
+        scan_cache,
+    };
+    // Refused before the file is read, as the CLI refuses.
+    guarded(py, || invocation.check().map_err(coded))?;
+    let resolved = guarded(py, || resolve(&path, None))?;
+    warn_all(py, &resolved.warnings)?;
+    guarded(py, || {
+        let prepared = invocation.prepare(&resolved.file, &[])?;
+        let raised = Mutex::new(None);
+        let run = (|| -> Outcome<_> {
+            let mut session = open_session(&resolved, cache, &raised)?;
+            let found = invocation.run(&mut session, &prepared, None)?;
+            Ok((session, found))
+        })()
+        .map_err(|f| interrupted(f, &raised))?;
+        let (session, found) = run;
+        let text = invocation.found_file(&session, &found, &prepared)?;
+        let settings = SettingsReport::new(session.settings(), session.provenance());
+        let written = invocation.output.as_ref().map(|p| p.display().to_string());
+        let report = circuit::discover::report::to_json(
+            &found,
+            &settings,
+            session.provenance(),
+            &path.display().to_string(),
+            written.as_deref(),
+            &text,
+        );
+        invocation.write(&text)?;
+        Ok(report)
+    })
+}
+
 /// `circuit.export_graph`: the JSON text `circuit export --format eap-ig-json` writes.
 #[pyfunction]
 #[pyo3(signature = (path, circuit, model=None))]
@@ -651,6 +738,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scores_json, m)?)?;
     m.add_function(wrap_pyfunction!(format, m)?)?;
     m.add_function(wrap_pyfunction!(export_graph_json, m)?)?;
+    m.add_function(wrap_pyfunction!(discover_json, m)?)?;
     m.add_function(wrap_pyfunction!(import_prompts_jsonl, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     Ok(())

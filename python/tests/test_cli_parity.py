@@ -117,3 +117,53 @@ def test_import_prompts_equals_dataset_import(tmp_path):
     assert jsonl == out.stdout
     assert "S2+1 are offsets" in out.stderr
     assert re.search(r'"S3":\[4,5\]', jsonl.splitlines()[0])
+
+
+SMALL = """model "toy-seqcont"
+dataset numerals = seqcont.numerals(n = 16, seed = 0, form = "template")
+reference numerals.corrupt
+ablate heads and mlps by mean
+metric logit_diff
+
+heads movers = 0.0..3, 1.0
+
+circuit movers_nodes {
+  movers @ END
+  mlp 0 @ S1, S2, S3, S4, END
+  mlp 1, 2 @ END
+}
+"""
+
+
+def test_discover_equals_discover_json(tmp_path):
+    path = tmp_path / "small.circuit"
+    path.write_text(SMALL)
+    expected = cli_json("discover", path, "--target", "0.9", "--format", "json")
+    assert circuit.discover(path, 0.9) == expected
+    assert expected["written"] is None and "circuit found {" in expected["circuit_text"]
+    # A base circuit, another rank and granularity, best effort.
+    flags = ["--circuit", "movers_nodes", "--rank", "eap", "--granularity", "qk-edges", "--best-effort"]
+    expected = cli_json("discover", path, "--target", "0.95", *flags, "--format", "json")
+    got = circuit.discover(
+        path, 0.95, rank="eap", granularity="qk-edges", circuit="movers_nodes", best_effort=True
+    )
+    assert got == expected
+    assert expected["base"] == "movers_nodes"
+
+
+def test_discover_writes_the_file_the_cli_writes(tmp_path):
+    path = tmp_path / "small.circuit"
+    path.write_text(SMALL)
+    (tmp_path / "out").mkdir()
+    by_cli, by_python = tmp_path / "out" / "cli.circuit", tmp_path / "out" / "py.circuit"
+    expected = cli_json(
+        "discover", path, "--target", "0.9", "--rank", "exact", "-o", by_cli, "--format", "json"
+    )
+    got = circuit.discover(path, 0.9, rank="exact", output=by_python)
+    assert got["written"] == str(by_python)
+    assert {**got, "written": expected["written"]} == expected
+    assert by_python.read_text() == by_cli.read_text() == got["circuit_text"]
+    # Relative to the output's folder, as the CLI writes it.
+    assert 'model "toy-seqcont"' in got["circuit_text"]
+    again = circuit.discover(path, 0.9, rank="exact", output=by_python, force=True)
+    assert again == got

@@ -80,3 +80,28 @@ def test_a_panic_becomes_an_exception_and_the_interpreter_lives_on():
     assert error.report.startswith("circuit::python::panic")
     assert isinstance(error, Exception)
     assert circuit.format('model "toy-seqcont"\n') == 'model "toy-seqcont"\n'
+
+
+def test_bad_discover_requests_raise_with_the_cli_codes(tmp_path):
+    path = tmp_path / "small.circuit"
+    path.write_text(
+        'model "toy-seqcont"\ndataset d = seqcont.numerals(n = 8, seed = 0)\n\n'
+        "circuit c {\n  0.0 @ END\n  edge 0.0 -> 1.0.v\n}\n"
+    )
+    existing = tmp_path / "found.circuit"
+    existing.write_text("keep me\n")
+    cases = [
+        (dict(target=1.6), "circuit::discover::target_range"),
+        (dict(target=0.9, circuit="d"), "circuit::discover::unknown_base"),
+        (dict(target=0.9, circuit="c"), "circuit::discover::base_path_edges"),
+        (dict(target=0.9, attention_threshold=0.1), "circuit::discover::threshold_needs_qk_edges"),
+        (dict(target=0.9, output=existing), "circuit::discover::output_exists"),
+        (dict(target=0.9, output=path, force=True), "circuit::output::is_input"),
+    ]
+    for kwargs, code in cases:
+        with pytest.raises(circuit.CircuitError) as e:
+            circuit.discover(path, **kwargs)
+        assert e.value.code == code, (kwargs, e.value.report)
+    assert existing.read_text() == "keep me\n"
+    with pytest.raises(ValueError, match="unknown rank"):
+        circuit.discover(path, 0.9, rank="dla")

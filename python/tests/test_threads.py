@@ -42,15 +42,17 @@ def test_an_evaluation_lets_other_python_threads_run(tmp_path):
     assert ticks > 20 * elapsed, (ticks, elapsed)
 
 
-def test_sigint_interrupts_a_long_evaluation(tmp_path):
-    path = big_file(tmp_path, 200000)
+def interrupt_after_two_seconds(call):
+    """Runs `circuit.CALL` (the text of a call whose `PATH` is replaced) on a file of 200,000
+    prompts in a child interpreter, sends SIGINT two seconds in, and checks the call raised
+    `KeyboardInterrupt` soon after."""
     script = textwrap.dedent(
         f"""
         import sys, time, circuit
         print("ready", flush=True)
         start = time.monotonic()
         try:
-            circuit.evaluate({str(path)!r}, cache=False)
+            {call}
         except KeyboardInterrupt:
             print(f"interrupted after {{time.monotonic() - start:.1f}}s", flush=True)
             sys.exit(3)
@@ -69,3 +71,14 @@ def test_sigint_interrupts_a_long_evaluation(tmp_path):
     assert child.returncode == 3, (child.returncode, out, err)
     assert "interrupted after" in out
     assert waited < 60, f"the interrupt took {waited:.1f}s"
+
+
+def test_sigint_interrupts_a_long_evaluation(tmp_path):
+    path = big_file(tmp_path, 200000)
+    interrupt_after_two_seconds(f"circuit.evaluate({str(path)!r}, cache=False)")
+
+
+def test_sigint_interrupts_a_long_discovery(tmp_path):
+    # Interrupted in its first evaluations (the full model and the empty circuit).
+    path = big_file(tmp_path, 200000)
+    interrupt_after_two_seconds(f"circuit.discover({str(path)!r}, 0.9, rank='eap', cache=False)")

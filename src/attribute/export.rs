@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Map, Value};
 
 use super::{Component, ScoreSet};
-use crate::model::HeadInput;
+use crate::model::{HeadInput, ModelConfig, ResidualTopology};
 use crate::resolve::bound::{Downstream, Upstream};
 
 /// The format's name of an upstream node: `input`, `a0.h1`, `m2`.
@@ -47,6 +47,20 @@ pub struct GraphConfig {
     pub n_heads: usize,
     pub parallel_attn_mlp: bool,
     pub d_model: usize,
+}
+
+impl GraphConfig {
+    /// The `cfg` of a model: its shape, and `parallel_attn_mlp` when attention and MLP of a
+    /// layer read the same stream (GPT-NeoX's `use_parallel_residual`), so that no edge joins
+    /// a layer's heads to its own MLP.
+    pub fn of(config: &ModelConfig) -> GraphConfig {
+        GraphConfig {
+            n_layers: config.n_layers,
+            n_heads: config.n_heads,
+            parallel_attn_mlp: config.residual == ResidualTopology::Parallel,
+            d_model: config.d_model,
+        }
+    }
 }
 
 /// A node's or an edge's entry: its score (`null` when there is none, as for `input`) and
@@ -128,13 +142,11 @@ fn in_graph(scores: &BTreeMap<Component, f64>, top: Option<usize>) -> BTreeSet<C
 
 /// The graph JSON from node scores and path-edge scores of one method. `in_graph` marks the
 /// `top` edges (and nodes) by |score|, every one when `None`; `input` and `logits` are always
-/// in the graph and carry no score.
+/// in the graph and carry no score. `cfg` is the scored model's ([`GraphConfig::of`]).
 pub fn eap_ig_json(
     nodes: &ScoreSet,
     edges: &ScoreSet,
-    n_layers: usize,
-    n_heads: usize,
-    d_model: usize,
+    cfg: GraphConfig,
     top: Option<usize>,
 ) -> String {
     let node_scores = summed(nodes);
@@ -173,12 +185,7 @@ pub fn eap_ig_json(
         }
     }
     Graph {
-        cfg: GraphConfig {
-            n_layers,
-            n_heads,
-            parallel_attn_mlp: false,
-            d_model,
-        },
+        cfg,
         nodes: graph_nodes,
         edges: graph_edges,
         extra: Map::new(),

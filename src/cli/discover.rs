@@ -2,16 +2,14 @@
 //! an attribution score and checking by exact evaluations, written as a `.circuit` file that
 //! `circuit test` re-checks (docs/semantics.md, "Discovery").
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use circuit::attribute::{Granularity, Method};
-use circuit::discover::{self, output, DiscoverError, Request};
-use circuit::measure::error::EvalError;
-use circuit::measure::file::unknown_circuit;
+use circuit::discover::{self, invocation::Invocation};
 use circuit::measure::{Session, SessionOptions};
 use circuit::report::SettingsReport;
-use circuit::util::outputs::{check_outputs, Output};
+use circuit::util::outputs::Output;
 
 use super::cache::CacheArgs;
 use super::eval::{emit, resolve, write_picture};
@@ -82,16 +80,6 @@ pub struct Args {
     pub cache: CacheArgs,
 }
 
-/// The error for an existing output without `--force`.
-fn exists(path: &Path) -> miette::Report {
-    miette::miette!(
-        code = "circuit::discover::output_exists",
-        help = "pass --force to overwrite it, or write to another file",
-        "{} exists; discover does not overwrite a file without --force",
-        path.display()
-    )
-}
-
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let rank = match args.rank {
         RankArg::EapIg => Method::EapIg { steps: args.steps },
@@ -104,65 +92,32 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         GranularityArg::Nodes => Granularity::Nodes,
         GranularityArg::QkEdges => Granularity::QkEdges,
     };
-    let mut request = Request {
+    let invocation = Invocation {
+        file: args.file.clone(),
+        base: args.circuit.clone(),
         target: args.target,
         rank,
         granularity,
         attention_threshold: args.attention_threshold,
-        base: None,
+        output: args.output.clone(),
+        force: args.force,
         best_effort: args.best_effort,
         scan_cache: args.cache.cache()?,
     };
     // Everything that can be refused is refused before the model is loaded.
-    discover::check_request(&request)?;
+    invocation.check()?;
     let resolved = resolve(&args.file, &super::settings::SettingArgs::default())?;
     let file = &resolved.file;
-    if let Some(name) = &args.circuit {
-        let Some(base) = file.circuits.iter().find(|c| &c.name == name) else {
-            // The did-you-mean of `--circuit` everywhere, under discover's own code.
-            let help = match unknown_circuit(file, name) {
-                EvalError::UnknownCircuit { help, .. } => help,
-                other => other.to_string(),
-            };
-            return Err(DiscoverError::UnknownBase {
-                name: name.clone(),
-                help,
-            }
-            .into());
-        };
-        if !base.path_edges.is_empty() {
-            return Err(DiscoverError::BasePathEdges { name: name.clone() }.into());
-        }
-        request.base = Some(base.clone());
-    }
-    // The exact scan is defined for every metric and granularity searched here.
-    if rank != Method::Exact {
-        circuit::attribute::check_request(
-            rank,
-            granularity,
-            circuit::measure::metric_name(file.settings.metric),
-            false,
-        )?;
-    }
-    let mut inputs = vec![args.file.clone()];
-    inputs.extend(file.settings.input_paths());
-    let outputs: Vec<Output> = [("-o", &args.output), ("--svg", &args.svg)]
-        .iter()
-        .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
+    let svg: Vec<Output> = args
+        .svg
+        .as_deref()
+        .map(|path| Output {
+            flag: "--svg",
+            path,
+        })
+        .into_iter()
         .collect();
-    check_outputs(&outputs, &inputs)?;
-    if let Some(path) = &args.output {
-        if path.exists() && !args.force {
-            return Err(exists(path));
-        }
-    }
-    let input_text = std::fs::read_to_string(&args.file).map_err(|e| {
-        miette::miette!(
-            code = "circuit::check::read",
-            "cannot read {}: {e}",
-            args.file.display()
-        )
-    })?;
+    let prepared = invocation.prepare(file, &svg)?;
 
     let disk_cache = args.cache.cache()?;
     let progress = Progress::start(&args.file.display().to_string());
@@ -187,25 +142,14 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     );
     let on_evaluation =
         on_total.map(|total| move |n: usize| total(n_reference + n_clean * (2 + n)));
-    let result = discover::discover(
+    let result = invocation.run(
         &mut session,
-        &request,
+        &prepared,
         on_evaluation.as_ref().map(|f| f as &dyn Fn(usize)),
     );
     progress.finish();
     let found = result?;
-
-    let folder = |p: &Path| -> PathBuf {
-        match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
-    };
-    let input_dir = folder(&args.file);
-    let out_dir = args.output.as_deref().map_or(input_dir.clone(), folder);
-    let command = command_line(&args);
-    let text = output::circuit_file(&found, &input_text, &input_dir, &out_dir, &command)?;
-    output::verify(&session, &found, &text, &out_dir)?;
+    let text = invocation.found_file(&session, &found, &prepared)?;
 
     let settings = SettingsReport::new(session.settings(), session.provenance());
     let shown = args.file.display().to_string();
@@ -226,54 +170,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         let chart = discover::chart::curve_chart(&found, &format!("circuit discover {shown}"));
         write_picture(path, &chart, "discovery curve")?;
     }
-    if let Some(path) = &args.output {
-        // Checked again: the file may have appeared during the search.
-        if path.exists() && !args.force {
-            return Err(exists(path));
-        }
-        circuit::util::write_atomic(path, text.as_bytes()).map_err(|e| {
-            miette::miette!(
-                code = "circuit::discover::write",
-                "cannot write {}: {e}",
-                path.display()
-            )
-        })?;
-    }
+    invocation.write(&text)?;
     emit(&report, None)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The command as the found file's header records it (file names as given).
-fn command_line(args: &Args) -> String {
-    let mut parts = vec![
-        "circuit discover".to_string(),
-        args.file
-            .file_name()
-            .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-    ];
-    if let Some(c) = &args.circuit {
-        parts.push(format!("--circuit {c}"));
-    }
-    parts.push(format!("--target {}", args.target));
-    let rank = match args.rank {
-        RankArg::EapIg => "eap-ig",
-        RankArg::Eap => "eap",
-        RankArg::Exact => "exact",
-        RankArg::Qkvo => "qkvo",
-        RankArg::Attention => "attention",
-    };
-    parts.push(format!("--rank {rank}"));
-    if args.rank == RankArg::EapIg && args.steps != 5 {
-        parts.push(format!("--steps {}", args.steps));
-    }
-    if args.granularity == GranularityArg::QkEdges {
-        parts.push("--granularity qk-edges".to_string());
-    }
-    if let Some(t) = args.attention_threshold {
-        parts.push(format!("--attention-threshold {t}"));
-    }
-    if args.best_effort {
-        parts.push("--best-effort".to_string());
-    }
-    parts.join(" ")
 }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod files;
 pub mod fmt;
 pub mod format;
+pub mod heads;
 pub mod import;
 pub mod progress;
 pub mod run;

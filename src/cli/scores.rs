@@ -152,7 +152,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     }
     let mut report = result?;
     let settings = SettingsReport::new(session.settings(), session.provenance());
-    print_report(&args, &mut report, &settings)
+    print_report(&args, &mut report, &settings, &file.settings.model)
 }
 
 /// `--method exact`: the scan's numbers, printed as every other method's.
@@ -180,14 +180,21 @@ fn exact(
         &args.file.display().to_string(),
     )?;
     let mut report = result.score_report();
-    print_report(args, &mut report, &result.settings_report())
+    print_report(
+        args,
+        &mut report,
+        &result.settings_report(),
+        &file.settings.model,
+    )
 }
 
-/// Filters by `--query`, then prints (and draws) the report as `--format` and `--svg` say.
+/// Filters by `--query`, then prints (and draws) the report as `--format` and `--svg` say
+/// (`model`: the scored model, whose wiring the graph JSON's `cfg` states).
 fn print_report(
     args: &Args,
     report: &mut ScoreReport,
     settings: &SettingsReport,
+    model: &circuit::model::ModelSource,
 ) -> miette::Result<ExitCode> {
     if let Some(slot) = &args.query {
         if !report.set.slots.contains(slot) {
@@ -211,9 +218,7 @@ fn print_report(
                 .as_ref()
                 .expect("asked for node scores"),
             &report.set,
-            report.n_layers,
-            report.n_heads,
-            report.d_model,
+            export::GraphConfig::of(&model.config()?),
             args.top,
         ),
     };

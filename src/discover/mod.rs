@@ -18,6 +18,7 @@
 pub mod candidates;
 pub mod chart;
 pub mod error;
+pub mod invocation;
 pub mod output;
 pub mod report;
 pub mod search;

@@ -253,7 +253,12 @@ impl<'a> Evaluator<'a> {
     pub fn compile(&self, circuit: &BoundCircuit) -> miette::Result<Plan> {
         let positions: Vec<&dyn PromptPositions> =
             self.prompts.positions.iter().map(|p| p.as_ref()).collect();
-        compile(circuit, self.settings.scope, self.shape(), &positions)
+        // A QK edge naming a key a sliding window hides is an error, not an edge of nothing.
+        let windows = &self.model.config.attention_windows;
+        crate::plan::check_windows(circuit, windows, &positions)?;
+        let mut plan = compile(circuit, self.settings.scope, self.shape(), &positions)?;
+        crate::plan::keep_keys_outside_windows(&mut plan, windows);
+        Ok(plan)
     }
 
     /// Checks reference lengths before any forward pass (a bad dataset costs nothing); under

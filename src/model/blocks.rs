@@ -16,6 +16,7 @@ use ndarray::{s, Array2, Array3, Array4, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::cache::rows_as_prompts;
+use super::config::visible_keys;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
 use super::linalg::matmul;
 use super::numerics::{dot, exp, gelu_erf, gelu_new, silu, widest_simd};
@@ -200,7 +201,8 @@ impl Transformer {
 
         let scale = 1.0 / (d_head as f32).sqrt();
         let query_position = |b: usize, i: usize| queries.batch_row(b * n_queries + i) % seq;
-        let mut scores = causal_scores(&q, &k, scale, query_position); // (B, H, T_q, T)
+        let window = self.attention_windows[index];
+        let mut scores = causal_scores(&q, &k, scale, window, query_position); // (B, H, T_q, T)
 
         // Intervention point: pre-softmax scores (attention knockout).
         hooks.edit_scores(index, &mut scores.view_mut());
@@ -417,12 +419,14 @@ pub(super) fn rotate(
 }
 
 /// Scaled `q·k` for every (prompt, head) and each query row `i < T_q`, which sits at token
-/// position `query_position(b, i)`; keys after that position get `-inf` (the causal mask).
+/// position `query_position(b, i)`; keys after that position, and under a sliding `window`
+/// keys before the window ([`visible_keys`]), get `-inf` (the causal mask).
 /// `q` `(B, T_q, H, d)`, `k` `(B, T, H, d)` → `(B, H, T_q, T)`.
 fn causal_scores(
     q: &Array4<f32>,
     k: &Array4<f32>,
     scale: f32,
+    window: Option<usize>,
     query_position: impl Fn(usize, usize) -> usize + Sync,
 ) -> Array4<f32> {
     let (batch, n_queries, n_heads, d_head) = q.dim();
@@ -443,9 +447,9 @@ fn causal_scores(
                     let k_offset = |t: usize| ((b * seq + t) * n_heads + h) * d_head;
                     for i in 0..n_queries {
                         let q_row = &q[q_offset(i)..q_offset(i) + d_head];
-                        let last_key = query_position(b, i);
+                        let visible = visible_keys(window, query_position(b, i));
                         for tk in 0..seq {
-                            block[i * seq + tk] = if tk <= last_key {
+                            block[i * seq + tk] = if visible.contains(&tk) {
                                 dot(q_row, &k[k_offset(tk)..k_offset(tk) + d_head]) * scale
                             } else {
                                 f32::NEG_INFINITY

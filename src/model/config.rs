@@ -3,6 +3,7 @@
 //! The resolver reads only this file (never the weights), so `circuit check` is instant even
 //! for large models.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
@@ -25,8 +26,7 @@ pub enum Architecture {
     GptNeox,
     /// `model_type: qwen2`: Llama's blocks with biases on q, k and v.
     Qwen2,
-    /// `model_type: mistral`: Llama's blocks without biases (sliding-window attention refused
-    /// where it can bind).
+    /// `model_type: mistral`: Llama's blocks without biases, sliding-window attention.
     Mistral,
 }
 
@@ -62,6 +62,11 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// How attention and MLP of a layer are wired to the residual stream.
     pub residual: ResidualTopology,
+    /// Per layer, the keys a query attends to: `Some(w)` is a sliding window (a query at
+    /// position `p` sees the keys at `p − w < k ≤ p`, transformers' `kv_idx > q_idx −
+    /// sliding_window`), `None` every key up to `p` (plain causal). [`visible_keys`] is
+    /// the one rule every attention and every check reads.
+    pub attention_windows: Vec<Option<usize>>,
     /// Activation name as written in the config (`gelu_new`, `silu`, ...).
     pub activation: String,
     pub bos_token_id: Option<u32>,
@@ -134,10 +139,11 @@ impl ModelConfig {
                 let d_model = fields.usize("n_embd")?;
                 let n_heads = fields.usize("n_head")?;
                 let d_mlp = fields.opt_usize("n_inner")?.unwrap_or(4 * d_model);
+                let n_layers = fields.usize("n_layer")?;
                 fields.check_divisible("n_embd", d_model, "n_head", n_heads)?;
                 Ok(ModelConfig {
                     architecture: Architecture::Gpt2,
-                    n_layers: fields.usize("n_layer")?,
+                    n_layers,
                     n_heads,
                     n_kv_heads: n_heads,
                     d_model,
@@ -154,6 +160,7 @@ impl ModelConfig {
                     attention_bias: true,
                     tie_word_embeddings: true,
                     residual: ResidualTopology::Sequential,
+                    attention_windows: vec![None; n_layers],
                     activation: fields
                         .opt_string("activation_function")?
                         .unwrap_or_else(|| "gelu_new".to_string()),
@@ -202,12 +209,13 @@ impl ModelConfig {
                 Architecture::Mistral => 4096 * 32,
                 _ => 2048,
             });
-        if qwen2 {
-            fields.reject_binding_sliding_window(n_layers, n_ctx)?;
-        }
-        if mistral {
-            fields.reject_binding_mistral_window(n_ctx)?;
-        }
+        // Mistral: every layer attends to the last `sliding_window` keys (MistralConfig reads
+        // no `layer_types`); Qwen2: the layers `qwen_windows` names.
+        let attention_windows = match architecture {
+            Architecture::Qwen2 => fields.qwen_windows(n_layers)?,
+            Architecture::Mistral => vec![fields.sliding_window()?; n_layers],
+            _ => vec![None; n_layers],
+        };
         Ok(ModelConfig {
             architecture,
             n_layers,
@@ -227,6 +235,7 @@ impl ModelConfig {
                 || (!mistral && fields.opt_bool("attention_bias")?.unwrap_or(false)),
             tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             residual: ResidualTopology::Sequential,
+            attention_windows,
             activation: fields
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "silu".to_string()),
@@ -255,9 +264,10 @@ impl ModelConfig {
                 ),
             ));
         }
+        let n_layers = fields.usize("num_hidden_layers")?;
         Ok(ModelConfig {
             architecture: Architecture::GptNeox,
-            n_layers: fields.usize("num_hidden_layers")?,
+            n_layers,
             n_heads,
             n_kv_heads: n_heads,
             d_model,
@@ -275,12 +285,21 @@ impl ModelConfig {
             } else {
                 ResidualTopology::Sequential
             },
+            attention_windows: vec![None; n_layers],
             activation: fields
                 .opt_string("hidden_act")?
                 .unwrap_or_else(|| "gelu".to_string()),
             bos_token_id: fields.opt_token_id("bos_token_id")?,
         })
     }
+}
+
+/// The key positions a query at `query_position` attends to under `window` (a layer's entry
+/// of [`ModelConfig::attention_windows`]): up to itself (causal), and from `p − w + 1` under a
+/// sliding window of `w` keys (transformers' `kv_idx > q_idx − sliding_window`).
+pub fn visible_keys(window: Option<usize>, query_position: usize) -> RangeInclusive<usize> {
+    let first = window.map_or(0, |w| (query_position + 1).saturating_sub(w));
+    first..=query_position
 }
 
 /// A family's rotary settings, and under which key config.json gave the rotated fraction.
@@ -452,29 +471,17 @@ impl Fields<'_> {
             fraction_key,
         })
     }
-    /// Qwen2's sliding-window attention, as `Qwen2Config` reads it: the window is
-    /// `sliding_window` (default 4096) if `use_sliding_window` (default false), and a layer uses
-    /// it if `layer_types[i]` is "sliding_attention" (transformers 5 writes the list) or, without
-    /// the list, if `i ≥ max_window_layers` (default 28). The engine attends to every earlier
-    /// key, so a window that can bind (shorter than the context) on some layer is an error
-    /// naming the key; one that cannot is the same attention.
-    fn reject_binding_sliding_window(
-        &self,
-        n_layers: usize,
-        n_ctx: usize,
-    ) -> Result<(), ConfigError> {
-        if !self.opt_bool("use_sliding_window")?.unwrap_or(false) {
-            return Ok(());
-        }
-        let window = match self.present("sliding_window") {
-            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: no window
-            None => 4096,
-            Some(_) => self.usize("sliding_window")?,
+    /// The window of every layer, as `Qwen2Config` (and `Qwen3Config`) read it: the window is
+    /// `sliding_window` (default 4096; `null`: none) if `use_sliding_window` (default false),
+    /// and a layer uses it if `layer_types[i]` is "sliding_attention" (transformers 5 writes
+    /// the list) or, without the list, if `i ≥ max_window_layers` (default 28).
+    fn qwen_windows(&self, n_layers: usize) -> Result<Vec<Option<usize>>, ConfigError> {
+        let window = if self.opt_bool("use_sliding_window")?.unwrap_or(false) {
+            self.sliding_window()?
+        } else {
+            None
         };
-        if window >= n_ctx {
-            return Ok(());
-        }
-        let sliding_layers: Vec<usize> = match self.present("layer_types") {
+        let sliding: Vec<bool> = match self.present("layer_types") {
             Some(types) => {
                 let types = types
                     .as_array()
@@ -485,62 +492,38 @@ impl Fields<'_> {
                             &format!("a list of {n_layers} layer types (num_hidden_layers)"),
                         )
                     })?;
-                let mut sliding = Vec::new();
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        Some("full_attention") => {}
-                        Some("sliding_attention") => sliding.push(i),
-                        _ => {
-                            return Err(self.err(
-                                "layer_types",
-                                "\"full_attention\" or \"sliding_attention\" per layer",
-                            ))
-                        }
-                    }
-                }
-                sliding
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(false),
+                        Some("sliding_attention") => Ok(true),
+                        _ => Err(self.err(
+                            "layer_types",
+                            "\"full_attention\" or \"sliding_attention\" per layer",
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?
             }
             None => {
                 let first = self.opt_usize("max_window_layers")?.unwrap_or(28);
-                (first..n_layers).collect()
+                (0..n_layers).map(|i| i >= first).collect()
             }
         };
-        match sliding_layers.first() {
-            None => Ok(()),
-            Some(&layer) => Err(self.unsupported(
-                "use_sliding_window",
-                "true",
-                &format!(
-                    "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) on layer {layer}{} is not implemented",
-                    if sliding_layers.len() > 1 {
-                        format!(" and {} more", sliding_layers.len() - 1)
-                    } else {
-                        String::new()
-                    }
-                ),
-            )),
+        Ok(sliding
+            .into_iter()
+            .map(|slides| window.filter(|_| slides))
+            .collect())
+    }
+
+    /// `sliding_window`: absent is transformers' default of 4096 keys, `null` no window.
+    fn sliding_window(&self) -> Result<Option<usize>, ConfigError> {
+        match self.present("sliding_window") {
+            None if self.json.get("sliding_window").is_some() => Ok(None), // null: no window
+            None => Ok(Some(4096)),
+            Some(_) => Ok(Some(self.usize("sliding_window")?)),
         }
     }
-    /// Mistral's sliding window: every layer attends to the last `sliding_window` keys (default
-    /// 4096; `null` turns it off, as Mistral v0.2 and later ship). A window shorter than the
-    /// context can bind and is refused, naming the key; the engine attends to every earlier key.
-    fn reject_binding_mistral_window(&self, n_ctx: usize) -> Result<(), ConfigError> {
-        let window = match self.present("sliding_window") {
-            None if self.json.get("sliding_window").is_some() => return Ok(()), // null: off
-            None => 4096,
-            Some(_) => self.usize("sliding_window")?,
-        };
-        if window >= n_ctx {
-            return Ok(());
-        }
-        Err(self.unsupported(
-            "sliding_window",
-            &window.to_string(),
-            &format!(
-                "sliding-window attention ({window} keys, shorter than the context of {n_ctx}) is not implemented"
-            ),
-        ))
-    }
+
     fn unsupported(&self, key: &str, value: &str, what: &str) -> ConfigError {
         ConfigError::UnsupportedOption {
             path: self.path.to_path_buf(),
@@ -678,16 +661,17 @@ mod tests {
 
     #[test]
     fn mistral_7b_windows_as_on_the_hub() {
-        // v0.1: a 4096-key window under a 32768 context, refused; v0.3: `sliding_window: null`.
+        // v0.1: a 4096-key window on every layer; v0.3: `sliding_window: null`, plain causal.
         let v01 = r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
             "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
             "max_position_embeddings": 32768, "rope_theta": 10000.0, "sliding_window": 4096,
             "vocab_size": 32000}"#;
-        let err = ModelConfig::from_json_str(v01, Path::new("c.json")).unwrap_err();
-        assert!(
-            matches!(err, ConfigError::UnsupportedOption { ref key, .. } if key == "sliding_window"),
-            "{err}"
-        );
+        let config = ModelConfig::from_json_str(v01, Path::new("c.json")).unwrap();
+        assert_eq!(config.attention_windows, vec![Some(4096); 32]);
+        // Absent is MistralConfig's default window, 4096 too.
+        let absent = v01.replace("\"sliding_window\": 4096,", "");
+        let config = ModelConfig::from_json_str(&absent, Path::new("c.json")).unwrap();
+        assert_eq!(config.attention_windows, vec![Some(4096); 32]);
         let v03 = v01
             .replace("\"sliding_window\": 4096", "\"sliding_window\": null")
             .replace("\"rope_theta\": 10000.0", "\"rope_theta\": 1000000.0");
@@ -698,6 +682,64 @@ mod tests {
             (128, 8, 1e6)
         );
         assert!(!config.attention_bias);
+        assert_eq!(config.attention_windows, vec![None; 32]);
+    }
+
+    #[test]
+    fn qwen2_windows_as_qwen2config_reads_them() {
+        let base = r#""model_type": "qwen2", "hidden_size": 8, "num_attention_heads": 2,
+            "num_hidden_layers": 4, "intermediate_size": 8, "vocab_size": 10"#;
+        let windows = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base}{extra}}}"), Path::new("c.json"))
+                .unwrap()
+                .attention_windows
+        };
+        // Off unless use_sliding_window, whatever the other keys say.
+        assert_eq!(windows(""), vec![None; 4]);
+        assert_eq!(
+            windows(r#", "sliding_window": 3, "max_window_layers": 1"#),
+            vec![None; 4]
+        );
+        // On: layers from max_window_layers (default 28) slide, the window defaults to 4096.
+        let on = r#", "use_sliding_window": true"#;
+        assert_eq!(windows(on), vec![None; 4]);
+        assert_eq!(
+            windows(&format!(
+                r#"{on}, "sliding_window": 3, "max_window_layers": 1"#
+            )),
+            vec![None, Some(3), Some(3), Some(3)]
+        );
+        assert_eq!(
+            windows(&format!(r#"{on}, "max_window_layers": 3"#)),
+            vec![None, None, None, Some(4096)]
+        );
+        // transformers 5's layer_types decide over max_window_layers; a null window is none.
+        let types = r#", "layer_types": ["sliding_attention", "full_attention",
+            "sliding_attention", "full_attention"], "max_window_layers": 0"#;
+        assert_eq!(
+            windows(&format!(r#"{on}, "sliding_window": 2{types}"#)),
+            vec![Some(2), None, Some(2), None]
+        );
+        assert_eq!(
+            windows(&format!(r#"{on}, "sliding_window": null{types}"#)),
+            vec![None; 4]
+        );
+        // A layer type the engine does not know is an error naming the key.
+        let bad = format!(
+            r#"{{{base}{on}, "layer_types": ["chunked_attention", "full_attention",
+            "full_attention", "full_attention"]}}"#
+        );
+        let err = ModelConfig::from_json_str(&bad, Path::new("c.json")).unwrap_err();
+        assert!(err.to_string().contains("layer_types"), "{err}");
+    }
+
+    #[test]
+    fn the_window_rule_is_transformers_mask() {
+        // kv_idx > q_idx − sliding_window, and kv_idx ≤ q_idx.
+        assert_eq!(visible_keys(None, 7), 0..=7);
+        assert_eq!(visible_keys(Some(3), 7), 5..=7);
+        assert_eq!(visible_keys(Some(3), 1), 0..=1);
+        assert_eq!(visible_keys(Some(1), 4), 4..=4); // itself only
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         },
         layers,
         residual: config.residual,
+        attention_windows: config.attention_windows.clone(),
         final_norm: layer_norm("ln_f")?,
         unembed: None,
     })

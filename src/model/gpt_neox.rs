@@ -107,6 +107,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         positions: Positions::rotary(config.rotary_dim, config.rope_theta),
         layers,
         residual: config.residual,
+        attention_windows: config.attention_windows.clone(),
         final_norm: layer_norm("gpt_neox.final_layer_norm")?,
         // The matrix the logits are read with, laid out for the product (linalg).
         unembed: Some(unembedding_layout(matrix("embed_out.weight", vocab, d)?)),

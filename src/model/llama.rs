@@ -106,6 +106,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         positions: Positions::rotary(config.rotary_dim, config.rope_theta),
         layers,
         residual: config.residual,
+        attention_windows: config.attention_windows.clone(),
         final_norm: rms_norm("model.norm")?,
         unembed: if tied {
             None

@@ -19,6 +19,7 @@ pub mod config;
 mod error;
 mod gpt2;
 mod gpt_neox;
+pub mod head_weights;
 pub mod hub;
 pub mod interventions;
 pub mod linalg;
@@ -44,7 +45,7 @@ use ndarray::{Array2, Array3, Axis};
 use sha2::{Digest, Sha256};
 
 pub use cache::{ActivationCache, LayerCache};
-pub use config::{Architecture, ModelConfig};
+pub use config::{visible_keys, Architecture, ModelConfig};
 pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use linalg::matmul;

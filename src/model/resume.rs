@@ -2,7 +2,8 @@
 //! recompute only the part of the network an ablation can change.
 //!
 //! An edit of layer `l`'s output at query row `q` of a prompt changes nothing before layer `l`
-//! and nothing in rows before `q` (the causal mask: a row reads only rows at or before it). So
+//! and nothing in rows before `q` (the causal mask: a row reads only rows at or before it;
+//! a sliding window only narrows what it reads). So
 //! the forward of the edited prompt can start at layer `l + 1` with the rows `q..len` alone,
 //! reading the keys and values of rows `< q` from a base run ([`ResumeBase`]). Many such
 //! resumed prompts ("items") run as one batch: their rows are stacked, so every projection is
@@ -20,6 +21,7 @@ use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayViewMut2, ArrayViewMut
 use rayon::prelude::*;
 
 use super::blocks::{rotary_tables, rotate};
+use super::config::visible_keys;
 use super::numerics::{dot, exp, widest_simd};
 use super::transformer::Positions;
 use super::ResidualTopology;
@@ -260,6 +262,7 @@ impl Model {
         let (n_heads, d_head) = (t.n_heads, t.d_head);
         let group = n_heads / t.n_kv_heads;
         let base_layer = &base.layers[index];
+        let window = t.attention_windows[index];
         // Token position of stacked row r of item i: first_row + (r − offset).
         let mut position_of_row = vec![0usize; resid.nrows()];
         for (i, it) in items.iter().enumerate() {
@@ -348,10 +351,13 @@ impl Model {
                                     }
                                 };
                                 // Scores, softmax: as the engine's `causal_scores` and
-                                // `softmax_rows` (max, exp(x − max), sum, divide).
-                                let w = &mut weights[..=position];
-                                for (kk, x) in w.iter_mut().enumerate() {
-                                    *x = dot(qv, key(kk)) * scale;
+                                // `softmax_rows` (max, exp(x − max), sum, divide), over the
+                                // keys the layer's window lets the query see (the one rule).
+                                let visible = visible_keys(window, position);
+                                let first = *visible.start();
+                                let w = &mut weights[visible];
+                                for (j, x) in w.iter_mut().enumerate() {
+                                    *x = dot(qv, key(first + j)) * scale;
                                 }
                                 let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                                 let mut sum = 0.0;
@@ -363,7 +369,8 @@ impl Model {
                                     *x /= sum;
                                 }
                                 let o = &mut out[(qi * n_heads + h) * d_head..][..d_head];
-                                for (kk, &wk) in w.iter().enumerate() {
+                                for (j, &wk) in w.iter().enumerate() {
+                                    let kk = first + j;
                                     if wk == 0.0 {
                                         continue;
                                     }

@@ -167,6 +167,10 @@ pub(crate) struct Transformer {
     pub layers: Vec<Layer>,
     /// How each layer's attention and MLP are wired to the residual stream.
     pub residual: ResidualTopology,
+    /// Per layer, the keys a query attends to ([`ModelConfig::attention_windows`]).
+    ///
+    /// [`ModelConfig::attention_windows`]: super::ModelConfig::attention_windows
+    pub attention_windows: Vec<Option<usize>>,
     pub final_norm: Norm,
     /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
     /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.

@@ -75,6 +75,21 @@ pub enum PlanError {
         edge: String,
         example: String,
     },
+    #[error("circuit `{circuit}`: `{edge}` reaches outside its head's sliding window: in {prompt} the query at token {query} sees only the {window} keys at tokens {first}..={query}, and the edge's keys there are older (the latest at token {key})")]
+    #[diagnostic(
+        code(circuit::plan::key_outside_window),
+        help("layer {layer} attends to the last {window} keys only (sliding-window attention), so the edge carries nothing at that query; name keys within the window of each query")
+    )]
+    KeyOutsideWindow {
+        circuit: String,
+        edge: String,
+        layer: usize,
+        prompt: String,
+        query: usize,
+        key: usize,
+        first: usize,
+        window: usize,
+    },
 }
 
 /// The model shape a plan is built for.
@@ -449,6 +464,64 @@ pub fn check_key_order(
         ));
     }
     Ok(notes)
+}
+
+/// Marks the keys a sliding window hides from each listed query (`attention_windows[layer]`)
+/// as kept: they carry nothing (their pattern is zero), and a kept term is left alone, so
+/// edge-mean ablation and knockout touch only the keys a query sees, and keeping every
+/// visible key is keeping the node, bit for bit (the many-kept form of docs/semantics.md
+/// section 2 then sums no term).
+pub fn keep_keys_outside_windows(plan: &mut Plan, attention_windows: &[Option<usize>]) {
+    for (queries, window) in plan.qk_queries.iter_mut().zip(attention_windows) {
+        for query in queries.iter_mut() {
+            let first = *crate::model::visible_keys(*window, query.query).start();
+            if first > 0 {
+                let visible = query.keys.iter().copied().filter(|&k| k >= first);
+                query.keys = (0..first).chain(visible).collect();
+            }
+        }
+    }
+}
+
+/// Checks, per prompt, that each QK edge of `circuit` reaches its head's sliding window (if its
+/// layer has one, `attention_windows[layer]`, [`crate::model::visible_keys`]) at every query
+/// it names: a query sees only its last `w` keys, so an edge whose keys at or before the query
+/// are all older carries nothing there and is an error ([`PlanError::KeyOutsideWindow`])
+/// naming the head, the positions and the window. Keys of a range (`*`, `S1..END`) outside the
+/// window are dropped like keys after the query (their pattern is zero); keys after the query
+/// are [`check_key_order`]'s.
+pub fn check_windows(
+    circuit: &BoundCircuit,
+    attention_windows: &[Option<usize>],
+    prompts: &[&dyn PromptPositions],
+) -> miette::Result<()> {
+    for edge in &circuit.qk_edges {
+        let Some(window) = attention_windows.get(edge.head.layer).copied().flatten() else {
+            continue;
+        };
+        for prompt in prompts {
+            let keys = prompt.resolve_positions(&item_set(&edge.keys))?;
+            let queries = prompt.resolve_positions(&item_set(&edge.queries))?;
+            for &query in &queries {
+                let visible = crate::model::visible_keys(Some(window), query);
+                let latest = keys.range(..=query).next_back();
+                if let Some(&key) = latest.filter(|&&k| k < *visible.start()) {
+                    return Err(PlanError::KeyOutsideWindow {
+                        circuit: circuit.name.clone(),
+                        edge: edge.to_string(),
+                        layer: edge.head.layer,
+                        prompt: prompt.describe(),
+                        query,
+                        key,
+                        first: *visible.start(),
+                        window,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn item_set(item: &PositionItem) -> PositionSet {

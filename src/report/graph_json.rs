@@ -9,11 +9,17 @@
 //! - **nodes**: `input` and `logits` are in the graph; a head is when the circuit keeps it at
 //!   some position (a node statement or a QK edge); an MLP is when the circuit keeps it at some
 //!   position, and always when the file ablates heads only (its MLPs then keep their values).
+//!   In an edge-complete circuit every node is (none is ablated: each computes on what its
+//!   edges bring).
 //! - **edges** `U -> D` into a node in the graph: when some path edge of the circuit names `D`,
 //!   the edges from upstream nodes those path edges keep (plus the embedding and MLPs outside
 //!   the scope, which are always kept); otherwise `D` reads the ordinary stream, so every edge
 //!   from a node in the graph (the embedding included). Edges into a node outside the graph are
 //!   left out: that node's output is ablated whatever it reads.
+//! - **edges of an edge-complete circuit** are exactly its path edges (those from `input` for
+//!   its `embed` edges), plus, under `ablate heads`, every edge from an MLP (MLPs are then
+//!   always kept); an input no edge enters has no other edge in the graph, as it reads
+//!   reference values only. `circuit import` of the graph gives the circuit back.
 //!
 //! What the format cannot say is kept in two fields of ours after `edges`: `positions` (where
 //! each node and path edge is kept, the QK edges) and `loss` (one sentence per thing a tool
@@ -26,7 +32,7 @@ use serde_json::{json, Map, Value};
 use super::diff::positions_text;
 use crate::attribute::export::{downstream_name, upstream_name, Graph, GraphConfig, GraphEntry};
 use crate::data::positions::PositionSet;
-use crate::model::{HeadInput, ModelConfig, ResidualTopology};
+use crate::model::{HeadInput, ModelConfig};
 use crate::resolve::bound::{
     BoundCircuit, Downstream, HeadId, Scope, SettingName, Settings, Upstream,
 };
@@ -67,8 +73,13 @@ fn node_of(d: Downstream) -> Option<Upstream> {
 /// `circuit` of a file with `settings`, on a model of shape `config`, as the graph.
 pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &ModelConfig) -> Graph {
     let topology = config.residual;
-    // Where each kept node is kept (a QK edge keeps its head at its queries).
+    let mlps_in_scope = settings.scope == Scope::HeadsAndMlps;
+    // Where each kept node is kept (a QK edge keeps its head at its queries). In an
+    // edge-complete circuit no node is ablated: every head and MLP computes everywhere.
     let mut kept: BTreeMap<Upstream, String> = BTreeMap::new();
+    if circuit.edge_complete {
+        kept.extend(upstreams(config).into_iter().map(|u| (u, "*".to_string())));
+    }
     for (h, set) in &circuit.heads {
         kept.insert(Upstream::Head(*h), positions_text(set));
     }
@@ -76,7 +87,6 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
         kept.entry(Upstream::Head(e.head))
             .or_insert_with(|| e.queries.display_name());
     }
-    let mlps_in_scope = settings.scope == Scope::HeadsAndMlps;
     for layer in 0..config.n_layers {
         let mlp = Upstream::Mlp(layer);
         match circuit.mlps.get(&layer) {
@@ -89,12 +99,30 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
             _ => {}
         }
     }
-    let in_graph = |u: Upstream| kept.contains_key(&u);
+    let in_graph = |u: Upstream| u == Upstream::Embed || kept.contains_key(&u);
     // Downstream inputs some path edge names, with the upstreams kept for them.
     let mut path_kept: BTreeMap<Downstream, Vec<Upstream>> = BTreeMap::new();
     for e in &circuit.path_edges {
         path_kept.entry(e.to).or_default().push(e.from);
     }
+    // Whether `u`'s output reaches the input `d` (sections 5 and 8 of docs/semantics.md).
+    // Always for MLPs outside the scope, and for the embedding in a node circuit (where it is
+    // no source); else, where path edges name `d`, for their upstreams only (the embedding of
+    // an edge-complete circuit only through an `embed` edge); an input no path edge names
+    // reads the ordinary stream in a node circuit, and only reference values in an
+    // edge-complete one.
+    let passes = |u: Upstream, d: Downstream| {
+        let always = match u {
+            Upstream::Embed => !circuit.edge_complete,
+            Upstream::Mlp(_) => !mlps_in_scope,
+            Upstream::Head(_) => false,
+        };
+        always
+            || match path_kept.get(&d) {
+                None => !circuit.edge_complete,
+                Some(from) => from.contains(&u),
+            }
+    };
 
     let unscored = |in_graph: bool| GraphEntry {
         score: None,
@@ -108,25 +136,12 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
 
     let mut edges = Vec::new();
     for d in downstreams(config) {
-        let reader = match node_of(d) {
-            Some(u) => u.component(),
-            None => crate::model::Component::Unembed,
-        };
         let target_in_graph = node_of(d).is_none_or(in_graph);
-        let named = path_kept.get(&d);
-        let input_edge = format!("input->{}", downstream_name(d));
-        edges.push((input_edge, unscored(target_in_graph)));
-        for u in upstreams(config) {
-            if !topology.reads(reader, u.component()) {
+        for u in std::iter::once(Upstream::Embed).chain(upstreams(config)) {
+            if !d.reads(u, topology) {
                 continue;
             }
-            let passes = match named {
-                None => true,
-                Some(from) => {
-                    from.contains(&u) || (matches!(u, Upstream::Mlp(_)) && !mlps_in_scope)
-                }
-            };
-            let entry = unscored(target_in_graph && in_graph(u) && passes);
+            let entry = unscored(target_in_graph && in_graph(u) && passes(u, d));
             edges.push((
                 format!("{}->{}", upstream_name(u), downstream_name(d)),
                 entry,
@@ -169,12 +184,7 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
         ),
     );
     Graph {
-        cfg: GraphConfig {
-            n_layers: config.n_layers,
-            n_heads: config.n_heads,
-            parallel_attn_mlp: topology == ResidualTopology::Parallel,
-            d_model: config.d_model,
-        },
+        cfg: GraphConfig::of(config),
         nodes,
         edges,
         extra,

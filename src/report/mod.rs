@@ -384,6 +384,7 @@ pub fn opt(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "undefined".to_string())
 }
 
-fn short(hash: &str) -> &str {
+/// The first 12 hex digits of a sha256, as reports print hashes.
+pub fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

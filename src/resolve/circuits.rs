@@ -385,7 +385,11 @@ impl<'a> Binder<'a> {
         }
         // One report per `KEY -> QUERY` pair, however many heads the statement names.
         let mut checked = std::collections::HashSet::new();
+        let mut checked_windows = std::collections::HashSet::new();
         for (edge, key_span, query_span) in own_edges {
+            if checked_windows.insert((key_span.start, query_span.start, edge.head.layer)) {
+                self.check_window(&edge, key_span.clone(), query_span.clone());
+            }
             if checked.insert((key_span.start, query_span.start)) {
                 self.check_key_order(&edge, key_span, query_span);
             }
@@ -440,6 +444,47 @@ impl<'a> Binder<'a> {
                 .with_label(key_span, "after the query")
                 .with_label(query_span, "the query")
                 .with_help("attention is causal: a query reads keys at or before itself; swap them (`edge HEAD: KEY -> QUERY`)"),
+            );
+        }
+    }
+
+    /// Under a sliding window of `w` keys (the head's layer's entry of the config's
+    /// `attention_windows`) a query sees only its last `w` keys. When the edge's latest key is
+    /// `w` or more tokens before its first query whatever the prompt's tokens (both offsets
+    /// from one anchor), it carries nothing anywhere: an error here. Where that depends on the
+    /// prompt, the plan checks it per prompt (`plan::check_windows`).
+    fn check_window(&mut self, edge: &QkEdge, key_span: Span, query_span: Span) {
+        let window = self
+            .config
+            .as_ref()
+            .and_then(|c| c.attention_windows.get(edge.head.layer).copied().flatten());
+        let Some(window) = window else {
+            return;
+        };
+        let last_key = match &edge.keys {
+            BItem::One(p) | BItem::Range(_, p) => p,
+        };
+        let first_query = match &edge.queries {
+            BItem::One(p) | BItem::Range(p, _) => p,
+        };
+        if last_key.anchor == first_query.anchor
+            && first_query.offset - last_key.offset >= window as i64
+        {
+            self.error(
+                SourceDiagnostic::error(
+                    code::KEY_OUTSIDE_WINDOW,
+                    format!(
+                        "this edge through {} reaches outside its sliding window: the key `{}` is {} tokens before the query `{}` in every prompt, and layer {} attends to the last {window} keys only",
+                        edge.head,
+                        &self.text[key_span.clone()],
+                        first_query.offset - last_key.offset,
+                        &self.text[query_span.clone()],
+                        edge.head.layer,
+                    ),
+                )
+                .with_label(key_span, "outside the window")
+                .with_label(query_span, "the query")
+                .with_help(format!("a query at token p sees the keys p−{}..=p (config.json `sliding_window` = {window}); name a key within the window", window - 1)),
             );
         }
     }

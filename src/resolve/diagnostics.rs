@@ -29,6 +29,7 @@ codes! {
     FORM_MISMATCH = "form_mismatch",
     GROUP_CYCLE = "group_cycle",
     KEY_AFTER_QUERY = "key_after_query",
+    KEY_OUTSIDE_WINDOW = "key_outside_window",
     IMPOSSIBLE_EXPECTATION = "impossible_expectation",
     MODEL = "model",
     NO_BOS = "no_bos",

@@ -543,7 +543,8 @@ impl Scan {
             .iter()
             .map(|p| slot_names(&prompt_slots(p).slots))
             .collect();
-        let candidates = candidates(&base_plan, &slots, request.granularity);
+        let windows = &session.model().config.attention_windows;
+        let candidates = candidates(&base_plan, &slots, windows, request.granularity);
         let mut order: Vec<String> = Vec::new();
         for prompt in &slots {
             for slot in prompt {
@@ -868,8 +869,14 @@ fn cache_keys(session: &Session) -> CacheKeys {
 /// The candidates of a scan from `base` (a plan: the full model's keeps everything), in the
 /// order `circuit scores` lists its entries: by component (heads by layer and head, then
 /// MLPs), then query slot, then key slot, names compared as strings. A candidate is kept where
-/// the base keeps it in at least one prompt.
-fn candidates(base: &Plan, slots: &[Vec<String>], granularity: ScanGranularity) -> Vec<Candidate> {
+/// the base keeps it in at least one prompt; a QK edge only where the layer's window
+/// (`attention_windows`) lets the query see the key.
+fn candidates(
+    base: &Plan,
+    slots: &[Vec<String>],
+    attention_windows: &[Option<usize>],
+    granularity: ScanGranularity,
+) -> Vec<Candidate> {
     type Key = (Component, String, Option<String>);
     let mut found: BTreeMap<Key, Vec<(usize, usize, Option<usize>)>> = BTreeMap::new();
     let shape = base.shape;
@@ -884,7 +891,7 @@ fn candidates(base: &Plan, slots: &[Vec<String>], granularity: ScanGranularity) 
     };
     for (b, prompt) in slots.iter().enumerate() {
         for (q, query) in prompt.iter().enumerate() {
-            for layer in 0..shape.n_layers {
+            for (layer, &window) in attention_windows.iter().enumerate().take(shape.n_layers) {
                 if heads {
                     for head in 0..shape.n_heads {
                         if !base.head_keep[layer][[b, q, head]] {
@@ -902,8 +909,10 @@ fn candidates(base: &Plan, slots: &[Vec<String>], granularity: ScanGranularity) 
                         let listed = base.qk_queries[layer]
                             .iter()
                             .find(|x| x.prompt == b && x.query == q && x.head == head);
+                        let visible = crate::model::visible_keys(window, q);
                         for (k, key) in prompt.iter().enumerate().take(q + 1) {
-                            if listed.is_some_and(|x| !x.keys.contains(&k)) {
+                            if !visible.contains(&k) || listed.is_some_and(|x| !x.keys.contains(&k))
+                            {
                                 continue;
                             }
                             found
