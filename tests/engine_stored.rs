@@ -18,12 +18,14 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// Every fixture stored as BF16 or F16 (the F32 ones have nothing to keep stored).
-const HALF_FIXTURES: [&str; 5] = [
+const HALF_FIXTURES: [&str; 7] = [
     "gpt2-f16",
     "llama-gqa-bf16",
     "mistral-head-dim-bf16",
     "neox-parallel-f16",
     "neox-sequential-bf16",
+    "qwen2-layer-types-bf16",
+    "qwen2-window-f16",
 ];
 
 fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
