@@ -15,6 +15,12 @@ struct Cli {
     /// No progress on stderr (warnings and errors still print).
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// How model weights are held in memory: `f32` (converted at load: the faster products),
+    /// `stored` (BF16/F16 matrices left in the mapped file, converted inside each product: about
+    /// half the memory), `auto` (f32 where the model fits that way, else stored).
+    #[arg(long, global = true, value_name = "MODE", default_value = "auto",
+          value_parser = circuit::model::WeightsMode::NAMES)]
+    weights: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +77,9 @@ fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
     cli::progress::set_quiet(cli.quiet);
+    circuit::model::set_weights_mode(
+        circuit::model::WeightsMode::parse(&cli.weights).expect("clap checked the value"),
+    );
     let result = match cli.command {
         Command::Run(args) => cli::run::execute(args),
         Command::Check(args) => cli::check::execute(args),

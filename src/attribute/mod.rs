@@ -1058,7 +1058,7 @@ fn path_edge_scores(
                     let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
                     delta
                         .slice_mut(s![.., i, ..])
-                        .assign(&crate::model::matmul(dz.view(), w_o)); // (T, D)
+                        .assign(&crate::model::matmul(dz.view(), w_o.view())); // (T, D)
                 }
                 Upstream::Mlp(l) => {
                     for t in 0..len {

@@ -20,6 +20,7 @@ use super::config::visible_keys;
 use super::interventions::{ComponentOutputs, HeadInput, Interventions};
 use super::linalg::matmul;
 use super::numerics::{dot, exp, gelu_erf, gelu_new, silu, widest_simd};
+use super::stored::WeightView;
 use super::transformer::{soft_cap, Layer, Mlp, Positions, Transformer};
 
 /// The batch a forward runs on: `B` prompts right-padded to `T` tokens.
@@ -119,7 +120,7 @@ impl Transformer {
         let mut resid = Array2::<f32>::zeros((batch * seq, self.embed.ncols())); // (N, D)
         for (row, mut out) in resid.axis_iter_mut(Axis(0)).enumerate() {
             let (token, position) = (ids[[row / seq, row % seq]] as usize, row % seq);
-            out.assign(&self.embed.row(token));
+            self.embed.row_into(token, out.view_mut());
             if let Positions::Learned { wpe } = &self.positions {
                 out += &wpe.row(position);
             }
@@ -227,7 +228,7 @@ impl Transformer {
         }
         // Each head's own write before any post-norm (under one it is no term of the stream).
         let head_out = want_head_out
-            .then(|| per_head_outputs(&z_rows, &layer.o.weight, prompts, n_queries, n_heads)); // (B, T_q, H, D)
+            .then(|| per_head_outputs(&z_rows, layer.o.weight.view(), prompts, n_queries, n_heads)); // (B, T_q, H, D)
         AttentionTrace {
             normed,
             q,
@@ -308,7 +309,7 @@ impl Transformer {
         };
         let unembed = self.unembed.as_ref().unwrap_or(&self.embed); // (V, D)
         let normed = self.final_norm.apply(rows); // (N_q, D)
-        let mut logits = matmul(normed.view(), unembed.t()); // (N_q, V)
+        let mut logits = matmul(normed.view(), unembed.view().t()); // (N_q, V)
         if let Some(cap) = self.scaling.final_logit_softcap {
             map_in_place(&mut logits, |x| soft_cap(x, cap)); // Gemma 2's final soft cap
         }
@@ -559,19 +560,19 @@ fn weighted_values(pattern: &Array4<f32>, v: &Array4<f32>) -> Array4<f32> {
 /// Each head's own write `z_h · W_O^h` (no bias): (B, T_q, H, D).
 fn per_head_outputs(
     z_rows: &ArrayView2<f32>, // (N_q, H·d)
-    w_o: &Array2<f32>,        // (H·d, D)
+    w_o: WeightView,          // (H·d, D)
     batch: usize,
     seq: usize,
     n_heads: usize,
 ) -> Array4<f32> {
     let d_head = z_rows.ncols() / n_heads;
-    let d_model = w_o.ncols();
+    let d_model = w_o.dim().1;
     let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model));
     for h in 0..n_heads {
         let cols = h * d_head..(h + 1) * d_head;
         let written = z_rows
             .slice(s![.., cols.clone()])
-            .dot(&w_o.slice(s![cols, ..])); // (N_q, D)
+            .dot(&w_o.rows(cols).f32()); // (N_q, D)
         out.slice_mut(s![.., .., h, ..]).assign(
             &written
                 .into_shape_with_order((batch, seq, d_model))
@@ -591,7 +592,7 @@ mod tests {
             ((i * 7 + j * 3 + seed) % 11) as f32 * 0.1 - 0.5
         });
         Linear {
-            weight,
+            weight: weight.into(),
             bias: Some(ndarray::Array1::from_elem(d_out, 0.25)),
         }
     }

@@ -156,14 +156,16 @@ pub enum ModelError {
         vocab: usize,
     },
 
-    #[error("{path}: the model needs about {needed} of memory with f32 weights, but {available} is available ({source_of_available})")]
+    #[error("{path}: the model needs about {needed} of memory with {weights} weights, but {available} is available ({source_of_available})")]
     #[diagnostic(
         code(circuit::model::does_not_fit),
-        help("the engine holds every weight as f32 (4 bytes per parameter: twice a BF16 file), plus its largest tensor once more while loading; free memory, use a machine or job with more, or a smaller model. If the available figure is wrong, set $CIRCUIT_MEMORY_AVAILABLE (e.g. 32G)")
+        help("with f32 weights the engine holds every weight as f32 (4 bytes per parameter: twice a BF16 file), plus its largest tensor once more; `--weights stored` keeps BF16/F16 matrices as the file has them (about the file's size, plus one matrix as f32). Free memory, use a machine or job with more, or a smaller model. If the available figure is wrong, set $CIRCUIT_MEMORY_AVAILABLE (e.g. 32G)")
     )]
     DoesNotFit {
         path: PathBuf,
         needed: String,
+        /// "f32" or "stored-dtype".
+        weights: String,
         available: String,
         source_of_available: String,
     },

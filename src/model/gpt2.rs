@@ -1,7 +1,7 @@
 //! GPT-2 weights (HF `GPT2LMHeadModel` names, with or without the `transformer.` prefix) into
 //! the shared [`Transformer`]. Conv1D layers store `(in, out)`, so they are used as stored.
 
-use ndarray::{s, Array1, Array2};
+use ndarray::{s, Array1};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
@@ -29,10 +29,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             files.tensor(&format!("{prefix}{name}"), &[len])?,
         ))
     };
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>, ModelError> {
-        let values = files.tensor(&format!("{prefix}{name}"), &[rows, cols])?;
-        Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
-    };
+    let matrix =
+        |name: &str, rows: usize, cols: usize| files.matrix(&format!("{prefix}{name}"), rows, cols);
     let conv1d = |name: &str, d_in: usize, d_out: usize| -> Result<Linear, ModelError> {
         Ok(Linear {
             weight: matrix(&format!("{name}.weight"), d_in, d_out)?, // (in, out)
@@ -56,7 +54,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         let c_attn = conv1d(&format!("{h}.attn.c_attn"), d, 3 * d)?; // (D, 3D)
         let c_attn_bias = c_attn.bias.as_ref().expect("conv1d has a bias");
         let part = |j: usize| Linear {
-            weight: c_attn.weight.slice(s![.., j * d..(j + 1) * d]).to_owned(), // (D, D)
+            weight: c_attn.weight.columns(j * d..(j + 1) * d), // (D, D)
             bias: Some(c_attn_bias.slice(s![j * d..(j + 1) * d]).to_owned()),
         };
         let o = conv1d(&format!("{h}.attn.c_proj"), d, d)?;
@@ -81,7 +79,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                                                  // store the same matrix, or the logits would not be the file's.
     if files.contains("lm_head.weight") {
         let lm_head = files.tensor("lm_head.weight", &[vocab, d])?;
-        if lm_head.as_slice() != embed.as_slice().expect("standard layout") {
+        if Some(lm_head.as_slice()) != embed.f32().as_standard_layout().as_slice() {
             return Err(ModelError::Unsupported {
                 what: "a GPT-2 lm_head.weight that differs from wte.weight (GPT-2 ties them)"
                     .to_string(),
@@ -95,7 +93,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         // Also the unembedding (tied): laid out for that product (linalg).
         embed: unembedding_layout(embed),
         positions: Positions::Learned {
-            wpe: matrix("wpe.weight", config.n_ctx, d)?,
+            wpe: matrix("wpe.weight", config.n_ctx, d)?.f32().into_owned(),
         },
         layers,
         residual: config.residual,

@@ -6,7 +6,7 @@
 //! embeddings turn only the first `rotary_dim` dimensions of each head (partial rotary), the
 //! MLP uses the exact GELU, and the wiring (`use_parallel_residual`) is `config.residual`.
 
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{Array1, Axis};
 
 use super::config::ModelConfig;
 use super::error::ModelError;
@@ -37,10 +37,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         config.n_heads,
         config.d_head,
     );
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>, ModelError> {
-        let values = files.tensor(name, &[rows, cols])?;
-        Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
-    };
+    let matrix = |name: &str, rows: usize, cols: usize| files.matrix(name, rows, cols);
     let vector = |name: &str, len: usize| -> Result<Array1<f32>, ModelError> {
         Ok(Array1::from(files.tensor(name, &[len])?))
     };
@@ -83,7 +80,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
                 .flat_map(|h| (h * 3 + j) * d_head..(h * 3 + j + 1) * d_head)
                 .collect();
             Linear {
-                weight: qkv_weight.select(Axis(0), &rows).reversed_axes(), // (D, H·d)
+                weight: qkv_weight.select_rows(&rows).reversed_axes(), // (D, H·d)
                 bias: qkv_bias.as_ref().map(|b| b.select(Axis(0), &rows)), // (H·d,)
             }
         };

@@ -3,20 +3,22 @@
 //! engine's forward never reads weights through here; this is the one place outside the
 //! loaders that says which rows and columns of the stored matrices belong to a head.
 
-use ndarray::{s, Array2, ArrayView1, ArrayView2};
+use ndarray::{ArrayView1, CowArray, Ix2};
 
+use super::stored::Weight;
 use super::transformer::Norm;
 use super::Model;
 
 /// The per-head weight matrices, in the row-vector convention the engine computes with
-/// (`x · W`): each maps a `(D,)` residual-stream row to a `(d,)` head row, or back.
+/// (`x · W`): each maps a `(D,)` residual-stream row to a `(d,)` head row, or back. Borrowed
+/// f32 weights, or converted copies of weights kept in their stored dtype (`--weights`).
 pub struct HeadMatrices<'a> {
-    pub w_q: ArrayView2<'a, f32>, // (D, d)
+    pub w_q: CowArray<'a, f32, Ix2>, // (D, d)
     /// The key/value head this query head reads (under grouped-query attention shared by
     /// `n_heads / n_kv_heads` query heads).
-    pub w_k: ArrayView2<'a, f32>, // (D, d)
-    pub w_v: ArrayView2<'a, f32>, // (D, d)
-    pub w_o: ArrayView2<'a, f32>, // (d, D)
+    pub w_k: CowArray<'a, f32, Ix2>, // (D, d)
+    pub w_v: CowArray<'a, f32, Ix2>, // (D, d)
+    pub w_o: CowArray<'a, f32, Ix2>, // (d, D)
 }
 
 /// Head `head` of `layer`. Panics on an index outside the model (callers resolve head names
@@ -35,20 +37,20 @@ pub fn head_matrices(model: &Model, layer: usize, head: usize) -> HeadMatrices<'
 }
 
 /// Columns `index·d .. (index+1)·d` of a `(D, heads·d)` projection: one head's.
-fn head_columns(weight: &Array2<f32>, index: usize, d: usize) -> ArrayView2<'_, f32> {
-    weight.slice(s![.., index * d..(index + 1) * d])
+fn head_columns(weight: &Weight, index: usize, d: usize) -> CowArray<'_, f32, Ix2> {
+    weight.view().columns(index * d..(index + 1) * d).f32()
 }
 
 /// The token embedding `W_E`, `(V, D)` (rows may exceed the tokenizer's vocabulary).
-pub fn token_embedding(model: &Model) -> ArrayView2<'_, f32> {
-    model.transformer.embed.view()
+pub fn token_embedding(model: &Model) -> CowArray<'_, f32, Ix2> {
+    model.transformer.embed.f32()
 }
 
 /// The unembedding `W_U`, `(D, V)`: the transpose of the stored `(V, D)` matrix, or of the
 /// token embedding when the model ties them.
-pub fn unembedding(model: &Model) -> ArrayView2<'_, f32> {
+pub fn unembedding(model: &Model) -> CowArray<'_, f32, Ix2> {
     let t = &model.transformer;
-    t.unembed.as_ref().unwrap_or(&t.embed).t()
+    t.unembed.as_ref().unwrap_or(&t.embed).view().t().f32()
 }
 
 /// The scale `γ` `(D,)` of the norm in front of `layer`'s attention (LayerNorm or RMSNorm).

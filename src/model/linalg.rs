@@ -22,6 +22,8 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 
+use super::stored::{self, Weight, WeightView};
+
 /// One way of computing a product; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -53,6 +55,30 @@ impl Kernel {
         beta: f32,
         y: &mut ArrayViewMut2<f32>,
     ) {
+        self.product_into_with(x, w, beta, y, true)
+    }
+
+    /// [`Kernel::product_into`] without sharing the gemm crate's work out over rayon's threads
+    /// (the caller runs several such products in parallel: `stored::product_into`). The same
+    /// sums: the threads split rows and columns, never the inner dimension.
+    pub(crate) fn product_into_on_this_thread(
+        self,
+        x: ArrayView2<f32>,
+        w: ArrayView2<f32>,
+        beta: f32,
+        y: &mut ArrayViewMut2<f32>,
+    ) {
+        self.product_into_with(x, w, beta, y, false)
+    }
+
+    fn product_into_with(
+        self,
+        x: ArrayView2<f32>,
+        w: ArrayView2<f32>,
+        beta: f32,
+        y: &mut ArrayViewMut2<f32>,
+        parallel: bool,
+    ) {
         assert_eq!(x.ncols(), w.nrows(), "inner dimensions of x·w");
         assert_eq!(y.dim(), (x.nrows(), w.ncols()), "shape of y = x·w");
         match self {
@@ -60,24 +86,30 @@ impl Kernel {
             Kernel::MatrixMultiplyTransposed => {
                 general_mat_mul(1.0, &w.t(), &x.t(), beta, &mut y.view_mut().reversed_axes())
             }
-            Kernel::Gemm => gemm_crate(x, w, beta, y),
+            Kernel::Gemm => gemm_crate(x, w, beta, y, parallel),
         }
     }
 }
 
 /// The `gemm` crate on ndarray views (strides in elements, as both use them).
-fn gemm_crate(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
+fn gemm_crate(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    beta: f32,
+    y: &mut ArrayViewMut2<f32>,
+    parallel: bool,
+) {
     let ((rows, inner), cols) = (x.dim(), w.ncols());
     if rows == 1 {
         // One row would take gemm's matrix-vector path, which sums in another order than its
         // general one: compute two copies of the row and keep the first.
         let x2 = ndarray::concatenate![ndarray::Axis(0), x, x]; // (2, K)
         let mut y2 = ndarray::concatenate![ndarray::Axis(0), y.view(), y.view()]; // (2, M)
-        gemm_crate(x2.view(), w, beta, &mut y2.view_mut());
+        gemm_crate(x2.view(), w, beta, &mut y2.view_mut(), parallel);
         y.assign(&y2.slice(ndarray::s![0..1, ..]));
         return;
     }
-    let parallelism = if rayon::current_num_threads() > 1 {
+    let parallelism = if parallel && rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(0) // rayon's pool: RAYON_NUM_THREADS, as the rest of the engine
     } else {
         gemm::Parallelism::None
@@ -151,15 +183,28 @@ fn has_avx512f() -> bool {
     }
 }
 
-/// `y = x·w + β·y` with the engine's kernel for the shape ([`kernel_for`]).
-pub fn matmul_into(x: ArrayView2<f32>, w: ArrayView2<f32>, beta: f32, y: &mut ArrayViewMut2<f32>) {
-    kernel_for(x.nrows(), w.ncols()).product_into(x, w, beta, y);
+/// `y = x·w + β·y` with the engine's kernel for the shape ([`kernel_for`]); a weight kept in
+/// its stored dtype is converted panel by panel inside the product (`stored::product_into`,
+/// the same kernel and the same sums).
+pub fn matmul_into<'w>(
+    x: ArrayView2<f32>,
+    w: impl Into<WeightView<'w>>,
+    beta: f32,
+    y: &mut ArrayViewMut2<f32>,
+) {
+    let w = w.into();
+    let kernel = kernel_for(x.nrows(), w.dim().1);
+    match w {
+        WeightView::F32(w) => kernel.product_into(x, w, beta, y),
+        WeightView::Stored(w) => stored::product_into(kernel, x, w, beta, y),
+    }
 }
 
 /// `x·w`: (N, in) · (in, out) → (N, out), as every projection of the engine computes it
 /// (public for the benchmarks, which time the forward's products alone).
-pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
-    let mut y = Array2::zeros((x.nrows(), w.ncols()));
+pub fn matmul<'w>(x: ArrayView2<f32>, w: impl Into<WeightView<'w>>) -> Array2<f32> {
+    let w = w.into();
+    let mut y = Array2::zeros((x.nrows(), w.dim().1));
     matmul_into(x, w, 0.0, &mut y.view_mut());
     y
 }
@@ -169,9 +214,9 @@ pub fn matmul(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
 /// than adding it afterwards. (Not the same rounding when `in` spans several of the kernel's
 /// k-blocks: the bias then joins the sum before the later blocks; f32-level differences, well
 /// inside the tolerance against transformers.)
-pub(crate) fn affine(
+pub(crate) fn affine<'w>(
     x: ArrayView2<f32>,
-    w: ArrayView2<f32>,
+    w: impl Into<WeightView<'w>>,
     bias: Option<ArrayView1<f32>>,
 ) -> Array2<f32> {
     let Some(bias) = bias else {
@@ -191,7 +236,17 @@ pub(crate) fn affine(
 /// logits `x·uᵀ` is a standard-layout matrix the kernels read contiguously. Measured with
 /// `cargo bench --bench gemm` (32 END rows, GPT-2 small): 1.8× faster at 1 thread with the gemm
 /// crate than reading the row-major matrix transposed.
-pub(crate) fn unembedding_layout(u: Array2<f32>) -> Array2<f32> {
+/// A weight kept in its stored dtype stays as the file has it (its panels are converted in
+/// the file's layout).
+pub(crate) fn unembedding_layout(u: impl Into<Weight>) -> Weight {
+    let u = match u.into() {
+        Weight::F32(u) => u,
+        stored => return stored,
+    };
+    Weight::F32(f32_unembedding_layout(u))
+}
+
+fn f32_unembedding_layout(u: Array2<f32>) -> Array2<f32> {
     if u.t().is_standard_layout() {
         return u;
     }
@@ -227,16 +282,16 @@ pub fn product(kernel: Kernel, x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+    pub(crate) fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
     }
 
-    fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn on_threads<T: Send>(threads: usize, run: impl FnOnce() -> T + Send) -> T {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
@@ -247,7 +302,7 @@ mod tests {
     #[test]
     fn the_unembedding_layout_keeps_every_value_and_reads_transposed_contiguously() {
         let u = random(67, 45, 5); // (V, D): not multiples of the tile
-        let laid_out = unembedding_layout(u.clone());
+        let laid_out = f32_unembedding_layout(u.clone());
         assert_eq!(laid_out, u);
         assert!(laid_out.t().is_standard_layout());
         assert_eq!(transpose(u.view()), u.t());

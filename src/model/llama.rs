@@ -3,7 +3,7 @@
 //! q, k and v have biases the file must hold, Mistral has none). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
 //! multiplies by.
 
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 
 use super::config::{Architecture, ModelConfig};
 use super::error::ModelError;
@@ -39,10 +39,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         config.n_heads * config.d_head,
         config.n_kv_heads * config.d_head,
     );
-    let matrix = |name: &str, rows: usize, cols: usize| -> Result<Array2<f32>, ModelError> {
-        let values = files.tensor(name, &[rows, cols])?;
-        Ok(Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
-    };
+    let matrix = |name: &str, rows: usize, cols: usize| files.matrix(name, rows, cols);
     // nn.Linear(d_in → d_out), bias if `required` (Qwen2's q/k/v: a missing one is an error)
     // or if the file has one (Llama's attention_bias / mlp_bias).
     let linear_with =

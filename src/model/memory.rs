@@ -6,11 +6,17 @@
 //! data is read) the bytes the loaded model will hold, compares them with what the machine
 //! offers, and refuses with `circuit::model::does_not_fit` when they cannot fit.
 //!
-//! What is counted: every tensor as f32 (the engine converts each one at load time), plus the
-//! largest tensor once more (the unembedding is re-laid out through a second copy, see
-//! `linalg::unembedding_layout`). Activations are not: their size depends on the batch and the
-//! circuit, unknown at load time, so a model that passes this check can still run out of memory
-//! on a large batch; the check only refuses what cannot work at all.
+//! What is counted, with f32 weights: every tensor as f32 (the engine converts each one at load
+//! time), plus the largest tensor once more (the unembedding is re-laid out through a second
+//! copy, see `linalg::unembedding_layout`). With weights kept in their stored dtype
+//! (`stored.rs`): each BF16/F16 matrix at its file size (its mapped pages), every other tensor
+//! as f32, plus the largest matrix once more as f32 (the backward pass converts one matrix at a
+//! time whole). Activations are not: their size depends on the batch and the circuit, unknown
+//! at load time, so a model that passes this check can still run out of memory on a large
+//! batch; the check only refuses what cannot work at all.
+//!
+//! [`choose_stored`] decides `--weights auto`: f32 if the model fits that way (or nothing says
+//! what is available), the stored dtype if only that fits.
 //!
 //! What is available: the smaller of `MemAvailable` (/proc/meminfo: free memory plus the page
 //! cache the kernel can reclaim) and, inside a cgroup v2 with a limit (containers, Slurm), the
@@ -19,18 +25,59 @@
 
 use std::path::Path;
 
+use safetensors::Dtype;
+
 use super::error::ModelError;
+use super::stored::WeightsMode;
 use super::weights::WeightFiles;
 use crate::measure::disk_cache::parse_size;
 
 /// The environment variable that replaces the measured available memory.
 pub const AVAILABLE_VAR: &str = "CIRCUIT_MEMORY_AVAILABLE";
 
-/// Bytes the model in `files` will hold once loaded with f32 weights (see the module docs).
-pub(crate) fn resident_bytes(files: &WeightFiles) -> u64 {
+/// Bytes the model in `files` will hold once loaded, with f32 weights or (`stored`) with
+/// BF16/F16 matrices kept in their stored dtype (see the module docs).
+pub(crate) fn resident_bytes(files: &WeightFiles, stored: bool) -> u64 {
     let elements = files.element_counts();
     let largest = elements.iter().copied().max().unwrap_or(0);
-    (elements.iter().sum::<u64>() + largest) * 4
+    if !stored {
+        return (elements.iter().sum::<u64>() + largest) * 4;
+    }
+    files
+        .headers()
+        .iter()
+        .map(|(name, dtype, shape)| {
+            let n: u64 = shape.iter().map(|&d| d as u64).product();
+            if shape.len() == 2 && kept_stored(name, *dtype) {
+                2 * n
+            } else {
+                4 * n
+            }
+        })
+        .sum::<u64>()
+        + 4 * largest
+}
+
+/// Whether a matrix of this name and dtype stays in its stored dtype (GPT-NeoX's fused q/k/v is
+/// converted: `Weight::select_rows`).
+fn kept_stored(name: &str, dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::BF16 | Dtype::F16) && !name.ends_with("query_key_value.weight")
+}
+
+/// Whether the load keeps BF16/F16 matrices in their stored dtype under `mode`: for `auto`,
+/// only if the f32 weights would not fit and the stored ones need less.
+pub(crate) fn choose_stored(files: &WeightFiles, mode: WeightsMode) -> Result<bool, ModelError> {
+    Ok(match mode {
+        WeightsMode::F32 => false,
+        WeightsMode::Stored => true,
+        WeightsMode::Auto => match available()? {
+            None => false,
+            Some(available) => {
+                let f32_bytes = resident_bytes(files, false);
+                f32_bytes > available.bytes && resident_bytes(files, true) < f32_bytes
+            }
+        },
+    })
 }
 
 /// Where the available figure came from, for the message.
@@ -87,21 +134,29 @@ fn cgroup_headroom(root: &Path) -> Option<u64> {
     Some(max.saturating_sub(current))
 }
 
-/// Refuses the model in folder `dir` if its estimated resident memory exceeds what is available.
+/// Refuses the model in folder `dir` if its estimated resident memory (in the mode
+/// `files.keep_stored` says) exceeds what is available.
 pub(crate) fn check_fits(files: &WeightFiles, dir: &Path) -> Result<(), ModelError> {
     let Some(available) = available()? else {
         return Ok(()); // nothing to compare with: load, as before
     };
-    compare(resident_bytes(files), &available, dir)
+    let needed = resident_bytes(files, files.keep_stored);
+    compare(needed, files.keep_stored, &available, dir)
 }
 
-fn compare(needed: u64, available: &Available, path: &Path) -> Result<(), ModelError> {
+fn compare(
+    needed: u64,
+    stored: bool,
+    available: &Available,
+    path: &Path,
+) -> Result<(), ModelError> {
     if needed <= available.bytes {
         return Ok(());
     }
     Err(ModelError::DoesNotFit {
         path: path.to_path_buf(),
         needed: gib(needed),
+        weights: if stored { "stored-dtype" } else { "f32" }.to_string(),
         available: gib(available.bytes),
         source_of_available: available.source.clone(),
     })
@@ -146,9 +201,9 @@ mod tests {
             source: "test".to_string(),
         };
         let path = Path::new("models/llama-3-8b");
-        assert!(compare(19 << 30, &available, path).is_ok());
+        assert!(compare(19 << 30, false, &available, path).is_ok());
         // Llama-3-8B as f32: 8.03e9 parameters · 4 bytes, plus its largest tensor again.
-        let err = compare((8_030_261_248 + 525_336_576) * 4, &available, path).unwrap_err();
+        let err = compare((8_030_261_248 + 525_336_576) * 4, false, &available, path).unwrap_err();
         assert_eq!(
             err.to_string(),
             "models/llama-3-8b: the model needs about 31.87 GiB of memory with f32 weights, \

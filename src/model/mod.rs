@@ -29,6 +29,7 @@ pub mod memory;
 mod numerics;
 pub mod resume;
 pub mod source;
+mod stored;
 pub mod tokenizer;
 pub mod topology;
 mod transformer;
@@ -50,6 +51,7 @@ pub use error::ModelError;
 pub use interventions::{ComponentOutputs, HeadInput, Interventions, NoInterventions};
 pub use linalg::matmul;
 pub use source::ModelSource;
+pub use stored::{set_weights_mode, weights_mode, WeightsMode};
 pub use tokenizer::{Encoded, Tokenizer};
 pub use topology::{Component, ResidualTopology, Unread};
 
@@ -110,16 +112,23 @@ impl Model {
     /// Loads a HuggingFace folder: `config.json`, `model.safetensors` (or a sharded
     /// `model.safetensors.index.json`), `tokenizer.json`.
     pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        Self::load_with(dir, stored::weights_mode())
+    }
+
+    /// [`Model::load`] with weight matrices kept as `mode` says (`--weights`, `stored.rs`).
+    pub fn load_with(dir: &Path, mode: WeightsMode) -> Result<Model, ModelError> {
         let config = ModelConfig::from_dir(dir)?;
         // Readable: from_dir just read it.
         let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
         reject_unsupported_settings(&config_text)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-        let files = WeightFiles::open_dir(dir, architecture_name(&config))?;
+        let mut files = WeightFiles::open_dir(dir, architecture_name(&config))?;
+        files.keep_stored = memory::choose_stored(&files, mode)?;
         memory::check_fits(&files, dir)?; // before converting: refuse rather than be OOM-killed
         let transformer = build(&config, &files)?;
-        drop(files); // unmap: only the converted f32 arrays stay resident
+        // Unmap, unless matrices kept in their stored dtype still read the map (they hold it).
+        drop(files);
         check_vocab(&tokenizer, &transformer, &tokenizer_path)?;
         Ok(Model {
             config,
@@ -402,6 +411,16 @@ impl Model {
     }
 
     /// Rows of the token embedding (may exceed the tokenizer's vocabulary: GPT-2 pads it).
+    /// Whether the weight matrices were kept in their stored dtype (BF16/F16, `--weights`).
+    pub fn weights_are_stored(&self) -> bool {
+        self.transformer.embed.is_stored()
+            || self
+                .transformer
+                .layers
+                .iter()
+                .any(|layer| layer.o.weight.is_stored())
+    }
+
     pub fn n_embedding_rows(&self) -> usize {
         self.transformer.embed.nrows()
     }

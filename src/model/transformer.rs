@@ -24,6 +24,7 @@ use super::config::Scaling;
 use super::interventions::{Interventions, NoInterventions};
 use super::linalg::affine;
 use super::numerics::{sum_of, widest_simd};
+use super::stored::Weight;
 use super::topology::ResidualTopology;
 
 /// LayerNorm (GPT-2) or RMSNorm (Llama), applied per row.
@@ -82,9 +83,9 @@ fn contiguous(a: &Array1<f32>) -> &[f32] {
 }
 
 /// A dense layer `y = x·W + b`, with `W` as `(in, out)` (for HF `nn.Linear`, a transposed view
-/// of the stored `(out, in)` matrix: no copy).
+/// of the stored `(out, in)` matrix: no copy). `W` is f32 or in its stored dtype (`stored.rs`).
 pub(crate) struct Linear {
-    pub weight: Array2<f32>,       // (in, out)
+    pub weight: Weight,            // (in, out)
     pub bias: Option<Array1<f32>>, // (out,)
 }
 
@@ -101,7 +102,7 @@ impl Linear {
         cols: std::ops::Range<usize>,
     ) -> Array2<f32> {
         let bias = self.bias.as_ref().map(|b| b.slice(s![cols.clone()]));
-        affine(x, self.weight.slice(s![.., cols]), bias)
+        affine(x, self.weight.view().columns(cols), bias)
     }
 }
 
@@ -185,7 +186,7 @@ pub(crate) struct Transformer {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub d_head: usize,
-    pub embed: Array2<f32>, // (V, D)
+    pub embed: Weight, // (V, D)
     pub positions: Positions,
     pub layers: Vec<Layer>,
     /// How each layer's attention and MLP are wired to the residual stream.
@@ -197,7 +198,7 @@ pub(crate) struct Transformer {
     pub final_norm: Norm,
     /// `None`: tied to `embed`. Whichever matrix the logits are read with is stored
     /// column-major (`linalg::unembedding_layout`), so its `(D, V)` transpose is contiguous.
-    pub unembed: Option<Array2<f32>>, // (V, D)
+    pub unembed: Option<Weight>, // (V, D)
     /// Gemma 2's embedding scale, attention scale and soft caps (none elsewhere).
     pub scaling: Scaling,
 }
@@ -394,7 +395,7 @@ mod tests {
         // With a bias accumulated onto, through a transposed weight view as Llama stores it.
         let stored = w.t().to_owned(); // (out, in)
         let linear = Linear {
-            weight: stored.reversed_axes(),
+            weight: stored.reversed_axes().into(),
             bias: Some(Array1::from_elem(300, 0.5)),
         };
         let with_bias = linear.apply(x.slice(s![0..10, ..]));

@@ -3,10 +3,13 @@
 //! Each tensor is converted once into an owned f32 array; right after, its pages of the map are
 //! released (`MADV_DONTNEED`), so the process never holds the file and its converted copy at
 //! the same time (peak ≈ the f32 weights plus one tensor), whatever the dtype on disk.
+//! With [`WeightFiles::keep_stored`], a BF16/F16 matrix read with [`WeightFiles::matrix`] is
+//! instead kept as a view of the map (`stored.rs`): checked, never copied.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -14,15 +17,18 @@ use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
 
 use super::error::ModelError;
+use super::stored::{Half, StoredMatrix, Weight};
 
-/// The bytes of one safetensors file: a read-only map of a file, or bytes compiled in.
-enum Bytes {
-    Mapped(Mmap),
+/// The bytes of one safetensors file: a read-only map of a file, or bytes compiled in; shared
+/// by the matrices kept in their stored dtype, which keep the map alive.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    Mapped(Arc<Mmap>),
     Static(&'static [u8]),
 }
 
 impl Bytes {
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mapped(map) => map,
             Bytes::Static(bytes) => bytes,
@@ -48,6 +54,8 @@ pub(crate) struct WeightFiles {
     architecture: String,
     /// Tensors read so far: every tensor of the files must be, or the load fails.
     used: RefCell<BTreeSet<String>>,
+    /// Whether [`WeightFiles::matrix`] keeps BF16/F16 matrices in their stored dtype.
+    pub(crate) keep_stored: bool,
 }
 
 /// Tensors a checkpoint may hold that no model computes with, by name suffix: the causal mask
@@ -111,7 +119,7 @@ impl WeightFiles {
                 path: path.clone(),
                 source,
             })?;
-            shards.push(Shard::parse(path, Bytes::Mapped(map))?);
+            shards.push(Shard::parse(path, Bytes::Mapped(Arc::new(map)))?);
         }
         Self::index(shards, architecture)
     }
@@ -140,6 +148,7 @@ impl WeightFiles {
             location,
             architecture: architecture.to_string(),
             used: RefCell::new(BTreeSet::new()),
+            keep_stored: false,
         })
     }
 
@@ -157,12 +166,74 @@ impl WeightFiles {
             .collect()
     }
 
+    /// Every tensor's name, dtype and shape, from the headers (no data read).
+    pub(crate) fn headers(&self) -> Vec<(String, Dtype, Vec<usize>)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.metadata.tensors())
+            .map(|(name, info)| (name, info.dtype, info.shape.clone()))
+            .collect()
+    }
+
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.location.contains_key(name)
     }
 
-    /// Reads tensor `name` as f32, checking that its shape is `expected`.
-    pub(crate) fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+    /// The `(rows, cols)` matrix `name`: kept in its stored dtype with [`Self::keep_stored`]
+    /// if the file holds it as BF16/F16 (checked for non-finite values, not copied), else read
+    /// as f32 ([`Self::tensor`]).
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight, ModelError> {
+        if self.keep_stored {
+            let (shard, info, range) = self.locate(name, &[rows, cols])?;
+            let dtype = match info.dtype {
+                Dtype::BF16 => Some(Half::Bf16),
+                Dtype::F16 => Some(Half::F16),
+                _ => None,
+            };
+            if let Some(dtype) = dtype {
+                let bytes = &shard.bytes.as_slice()[range.clone()];
+                if let Some((index, value)) = dtype.first_non_finite(bytes) {
+                    return Err(ModelError::NonFiniteWeight {
+                        path: shard.path.clone(),
+                        tensor: name.to_string(),
+                        index,
+                        value: value.to_string(),
+                    });
+                }
+                self.used.borrow_mut().insert(name.to_string());
+                return Ok(Weight::Stored(StoredMatrix::row_major(
+                    shard.bytes.clone(),
+                    range.start,
+                    dtype,
+                    (rows, cols),
+                )));
+            }
+        }
+        let values = self.tensor(name, &[rows, cols])?;
+        Ok(Weight::F32(
+            ndarray::Array2::from_shape_vec((rows, cols), values).expect("shape checked"),
+        ))
+    }
+
+    /// The shard, header entry and byte range of tensor `name`, checking that its shape is
+    /// `expected`.
+    fn locate(
+        &self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<
+        (
+            &Shard,
+            &safetensors::tensor::TensorInfo,
+            std::ops::Range<usize>,
+        ),
+        ModelError,
+    > {
         let Some(&index) = self.location.get(name) else {
             return Err(ModelError::TensorMissing {
                 path: self.main_path().to_path_buf(),
@@ -184,7 +255,16 @@ impl WeightFiles {
             });
         }
         let (start, end) = info.data_offsets;
-        let range = shard.data_start + start..shard.data_start + end;
+        Ok((
+            shard,
+            info,
+            shard.data_start + start..shard.data_start + end,
+        ))
+    }
+
+    /// Reads tensor `name` as f32, checking that its shape is `expected`.
+    pub(crate) fn tensor(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (shard, info, range) = self.locate(name, expected)?;
         let bytes = &shard.bytes.as_slice()[range.clone()];
         let values: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes
@@ -218,17 +298,6 @@ impl WeightFiles {
         }
         self.used.borrow_mut().insert(name.to_string());
         Ok(values)
-    }
-
-    /// Tensor `name` as a `(rows, cols)` matrix.
-    pub(crate) fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<ndarray::Array2<f32>, ModelError> {
-        let values = self.tensor(name, &[rows, cols])?;
-        Ok(ndarray::Array2::from_shape_vec((rows, cols), values).expect("shape checked"))
     }
 
     /// An `nn.Linear(d_in → d_out)` named `name`: `{name}.weight` stored `(out, in)` and seen

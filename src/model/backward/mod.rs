@@ -24,10 +24,11 @@ pub(crate) mod blocks;
 mod tests;
 
 use miette::Diagnostic;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use thiserror::Error;
 
+use super::stored::WeightView;
 use super::cache::rows_as_prompts;
 use super::transformer::{Mlp, Norm, Positions};
 use super::HeadInput;
@@ -750,7 +751,8 @@ fn gradients_inner(
             let d_head_proj = d_proj.slice(s![.., h * d_head..(h + 1) * d_head]); // (N, d)
             let weight = linear
                 .weight
-                .slice(s![.., source * d_head..(source + 1) * d_head]); // (D, d)
+                .view()
+                .columns(source * d_head..(source + 1) * d_head); // (D, d)
             let d_x = linear_input_gradient(weight, d_head_proj); // (N, D)
             let input = head_readers
                 .iter()
@@ -853,13 +855,16 @@ pub fn frozen_final_norm_backward(
     }
 }
 
-/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies.
-pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> ArrayView2<'_, f32> {
+/// `W_O` of one head, `(d, D)`: the rows of the output projection that head's `z` multiplies
+/// (a converted copy when the weights are kept in their stored dtype).
+pub fn head_output_weight(model: &Model, layer: usize, head: usize) -> CowArray<'_, f32, Ix2> {
     let d = model.transformer.d_head;
     model.transformer.layers[layer]
         .o
         .weight
-        .slice(s![head * d..(head + 1) * d, ..])
+        .view()
+        .rows(head * d..(head + 1) * d)
+        .f32()
 }
 
 fn check_inputs(
@@ -903,8 +908,13 @@ fn check_inputs(
 /// with the engine's product kernels (`linalg::matmul`: on AVX-512 CPUs the gemm crate, faster
 /// than ndarray's `dot` at every shape of `benches/gemm.rs`), since these products are most of
 /// the backward's time (`benches/eap.rs`).
-fn linear_input_gradient(weight: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
-    super::matmul(dy, weight.t())
+/// A weight kept in its stored dtype goes through the products' panel conversion
+/// (`stored::product_into`) like the forward's.
+fn linear_input_gradient<'w>(
+    weight: impl Into<WeightView<'w>>,
+    dy: ArrayView2<f32>,
+) -> Array2<f32> {
+    super::matmul(dy, weight.into().t())
 }
 
 /// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.

@@ -504,7 +504,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
             let project = |linear: &super::super::transformer::Linear| {
                 linear_forward(
                     x.view(),
-                    linear.weight.view(),
+                    linear.weight.f32().view(),
                     linear.bias.as_ref().map(|b| b.view()),
                 )
             };
@@ -548,7 +548,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
                     let pre = linear_forward(
                         x.view(),
-                        fc.weight.view(),
+                        fc.weight.f32().view(),
                         fc.bias.as_ref().map(|b| b.view()),
                     );
                     let hidden = match &layer.mlp {
@@ -557,19 +557,19 @@ fn restated_forwards_match_the_cache(model: &Model) {
                     };
                     linear_forward(
                         hidden.view(),
-                        proj.weight.view(),
+                        proj.weight.f32().view(),
                         proj.bias.as_ref().map(|b| b.view()),
                     )
                 }
                 Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
                     let g = linear_forward(
                         x.view(),
-                        gate.weight.view(),
+                        gate.weight.f32().view(),
                         gate.bias.as_ref().map(|b| b.view()),
                     );
                     let u = linear_forward(
                         x.view(),
-                        up.weight.view(),
+                        up.weight.f32().view(),
                         up.bias.as_ref().map(|b| b.view()),
                     );
                     let hidden = match &layer.mlp {
@@ -578,7 +578,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
                     };
                     linear_forward(
                         hidden.view(),
-                        down.weight.view(),
+                        down.weight.f32().view(),
                         down.bias.as_ref().map(|b| b.view()),
                     )
                 }
@@ -593,7 +593,7 @@ fn restated_forwards_match_the_cache(model: &Model) {
         }
         let resid_final = cache.resid_final.slice(s![b, ..len, ..]);
         let unembed = t.unembed.as_ref().unwrap_or(&t.embed);
-        let mut logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.view());
+        let mut logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.f32().view());
         if let Some(cap) = t.scaling.final_logit_softcap {
             logits.mapv_inplace(|l| (l / cap).tanh() * cap);
         }
