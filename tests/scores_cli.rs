@@ -379,3 +379,34 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
         "circuit::attribute::post_norm_dla",
     );
 }
+
+/// Qwen3: the backward has no per-head q/k norms, so gradient scores are refused with a coded
+/// error, before any output is written, for every method and granularity.
+#[test]
+fn qwen3_gradient_scores_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
+    {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    std::fs::write(d.join("digits.jsonl"), lines).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let text = format!(
+        "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
+        model.display()
+    );
+    let file = write_file(d, "qwen3.circuit", &text);
+    for extra in [
+        &[][..],
+        &["--granularity", "qk-edges"],
+        &["--granularity", "path-edges"],
+        &["--method", "dla"],
+        &["--method", "eap-ig", "--steps", "2"],
+    ] {
+        refused(d, &file, extra, "circuit::attribute::qk_norm");
+    }
+}

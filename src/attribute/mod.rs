@@ -241,6 +241,13 @@ pub enum AttributeError {
     )]
     PostNormPathEdges,
 
+    #[error("gradient scores are not computed on this model: each head's q and k pass through an RMSNorm of their own (Qwen3 q_norm/k_norm), which the backward does not differentiate")]
+    #[diagnostic(
+        code(circuit::attribute::qk_norm),
+        help("measure circuits with `circuit eval`, or score exactly with `circuit scan`, which run the forward (docs/semantics.md, \"Model families\")")
+    )]
+    QkNormBackward,
+
     #[error("`dla` is not defined on this model: a head's write reaches the residual stream only through its layer's post-attention norm (post-norms)")]
     #[diagnostic(
         code(circuit::attribute::post_norm_dla),

@@ -86,6 +86,11 @@ pub fn score_session(
     {
         return Err(AttributeError::KnockoutEdges.into());
     }
+    // Per-head q/k norms (Qwen3): the backward's attention has none; refuse, never a wrong
+    // gradient.
+    if session.model().config.has_qk_norm() {
+        return Err(AttributeError::QkNormBackward.into());
+    }
     // Post-norms (Gemma 2): no head's write is a term of a later input (the one topology rule).
     if session.model().config.residual == crate::model::ResidualTopology::SequentialPostNorm {
         if request.granularity == Granularity::PathEdges {
