@@ -334,6 +334,15 @@ pub fn check_request(
     }
 }
 
+/// Refuses a model whose attention the backward does not differentiate: per-head q/k norms
+/// (Qwen3) would otherwise give gradients of a different model, never a wrong number.
+pub fn check_model(config: &crate::model::ModelConfig) -> Result<(), AttributeError> {
+    if config.has_qk_norm() {
+        return Err(AttributeError::QkNormBackward);
+    }
+    Ok(())
+}
+
 /// Computes `method` at `granularity`.
 pub fn scores(
     inputs: &AttributionInputs,
@@ -341,6 +350,7 @@ pub fn scores(
     granularity: Granularity,
 ) -> Result<ScoreSet, AttributeError> {
     check_request(method, granularity, inputs.metric, inputs.circuit.is_some())?;
+    check_model(&inputs.model.config)?;
     let targets: Vec<(u32, u32)> = inputs
         .targets
         .iter()
