@@ -28,8 +28,8 @@ use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis, CowArray, Ix2
 use rayon::prelude::*;
 use thiserror::Error;
 
-use super::stored::WeightView;
 use super::cache::rows_as_prompts;
+use super::stored::WeightView;
 use super::transformer::{Mlp, Norm, Positions};
 use super::HeadInput;
 use super::ResidualTopology;

@@ -593,7 +593,10 @@ fn restated_forwards_match_the_cache(model: &Model) {
         }
         let resid_final = cache.resid_final.slice(s![b, ..len, ..]);
         let unembed = t.unembed.as_ref().unwrap_or(&t.embed);
-        let mut logits = unembed_forward(norm(&t.final_norm, resid_final).view(), unembed.f32().view());
+        let mut logits = unembed_forward(
+            norm(&t.final_norm, resid_final).view(),
+            unembed.f32().view(),
+        );
         if let Some(cap) = t.scaling.final_logit_softcap {
             logits.mapv_inplace(|l| (l / cap).tanh() * cap);
         }
