@@ -202,9 +202,11 @@ fn child(dir: &Path, only: &str, small: bool) {
     times.sort_by(f64::total_cmp);
     let plain = times[FORWARD_REPETITIONS / 2];
 
+    // The scores `circuit scores` computes (embedding edges are discovery's extra candidates).
     let request = Request {
         method,
         granularity,
+        embed_edges: false,
     };
     let t = Instant::now();
     let first = score_session(&mut session, request, None, false, None).expect("scores");

@@ -32,7 +32,7 @@ use circuit::measure::expect::{check_file, circuits_to_run};
 use circuit::measure::file::run_circuits;
 use circuit::measure::session::select_circuits;
 use circuit::measure::{disk_cache, Session, SessionOptions};
-use circuit::model::{Architecture, ForwardOptions, ModelSource, NoInterventions};
+use circuit::model::{ForwardOptions, ModelSource, NoInterventions};
 use circuit::report::{FileReport, SettingsReport};
 use circuit::resolve::{load_file, RealEnvironment, ResolveOptions, Resolved};
 use circuit::syntax::Diagnostics;
@@ -707,7 +707,9 @@ impl Model {
             return Ok(logits);
         };
         let dict = PyDict::new(py);
-        let rotary = self.inner.config.architecture == Architecture::Llama;
+        // The cached q and k are after rotary wherever the family has it (every family but
+        // GPT-2), which TransformerLens names `hook_rot_q` / `hook_rot_k`.
+        let rotary = self.inner.config.rotary_dim > 0;
         let (q_name, k_name) = if rotary {
             ("attn.hook_rot_q", "attn.hook_rot_k")
         } else {

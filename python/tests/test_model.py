@@ -151,3 +151,17 @@ def test_engine_errors_carry_their_code():
     with pytest.raises(circuit.CircuitError) as e:
         circuit.Model("no/such/model")
     assert e.value.code == "circuit::model::not_found"
+
+
+@pytest.mark.parametrize(
+    "fixture", ["llama-gqa-bf16", "neox-parallel-f16", "qwen2-tied-f32", "gemma2-bf16"]
+)
+def test_rotary_families_name_queries_and_keys_after_rotary(fixture):
+    """Every family with rotary positions caches q and k after the rotation, as
+    TransformerLens's `hook_rot_q` / `hook_rot_k`; GPT-2 (learned positions) has `hook_q`."""
+    model = circuit.Model(str(ROOT / "tests/fixtures/models" / fixture))
+    _, cache = model.forward(np.array([[1, 2, 3]]), cache=True)
+    assert "blocks.0.attn.hook_rot_q" in cache and "blocks.0.attn.hook_rot_k" in cache
+    assert "blocks.0.attn.hook_q" not in cache and "blocks.0.attn.hook_k" not in cache
+    _, cache = circuit.Model(str(GPT2_TINY)).forward(np.array([[1, 2, 3]]), cache=True)
+    assert "blocks.0.attn.hook_q" in cache and "blocks.0.attn.hook_rot_q" not in cache
