@@ -860,6 +860,28 @@ mod tests {
         assert_eq!(config.attention_window(0), None);
     }
 
+    /// Qwen3Config's defaults: head_dim 128 whatever the width, no biases, 32768 positions;
+    /// `attention_bias` and the window keys read as given.
+    #[test]
+    fn qwen3_config_as_qwen3config_reads_it() {
+        let base = r#""model_type": "qwen3", "hidden_size": 8, "num_attention_heads": 2,
+            "num_hidden_layers": 2, "intermediate_size": 8, "vocab_size": 10"#;
+        let read = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base}{extra}}}"), Path::new("c.json")).unwrap()
+        };
+        let plain = read("");
+        assert_eq!(plain.architecture, Architecture::Qwen3);
+        assert_eq!((plain.d_head, plain.n_ctx), (128, 32768));
+        assert!(plain.has_qk_norm() && !plain.attention_bias && !plain.tie_word_embeddings);
+        let given = read(
+            r#", "head_dim": 6, "attention_bias": true, "use_sliding_window": true,
+            "sliding_window": 3, "max_window_layers": 1"#,
+        );
+        assert_eq!(given.d_head, 6);
+        assert!(given.attention_bias);
+        assert_eq!(given.attention_windows, vec![None, Some(3)]);
+    }
+
     #[test]
     fn qwen2_windows_as_qwen2config_reads_them() {
         let base = r#""model_type": "qwen2", "hidden_size": 8, "num_attention_heads": 2,
