@@ -49,8 +49,8 @@ pub fn ov_circuit(
     let embedded = f64s(token_embedding(model).select(Axis(0), &rows).view()); // (n, D)
     let unembedded = f64s(unembedding(model).select(Axis(1), &rows).view()); // (D, n)
     let gamma_l = attention_norm_scale(model, layer);
-    let p = (embedded * &f64s_1(gamma_l)).dot(&f64s(weights.w_v)); // (n, d)
-    let q = f64s(weights.w_o).dot(&diag_times(final_norm_scale(model), unembedded)); // (d, n)
+    let p = (embedded * &f64s_1(gamma_l)).dot(&f64s(weights.w_v.view())); // (n, d)
+    let q = f64s(weights.w_o.view()).dot(&diag_times(final_norm_scale(model), unembedded)); // (d, n)
     let smaller = if p.nrows() <= p.ncols() {
         p.dot(&q) // (n, n)
     } else {
@@ -96,8 +96,12 @@ pub fn qk_singular_values(
         what: format!("the singular values of head {layer}.{head}'s QK circuit"),
         reason: e.to_string(),
     };
-    let (_, r_q) = diag_times(gamma, f64s(weights.w_q)).qr().map_err(lapack)?; // R (d, d)
-    let (_, r_k) = diag_times(gamma, f64s(weights.w_k)).qr().map_err(lapack)?; // R (d, d)
+    let (_, r_q) = diag_times(gamma, f64s(weights.w_q.view()))
+        .qr()
+        .map_err(lapack)?; // R (d, d)
+    let (_, r_k) = diag_times(gamma, f64s(weights.w_k.view()))
+        .qr()
+        .map_err(lapack)?; // R (d, d)
     let d = weights.w_q.ncols() as f64;
     let core = r_q.dot(&r_k.t()) / d.sqrt(); // (d, d)
     let (_, sigma, _) = core.svd(false, false).map_err(lapack)?;
