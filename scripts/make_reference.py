@@ -31,7 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, pr
 from transformers import (Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel,
                           GPTNeoXConfig, GPTNeoXForCausalLM,
                           LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "models"
@@ -375,11 +375,33 @@ def stories260k():
                    "greedy_continuation": continuation})
 
 
+def qwen3_bf16():
+    """Qwen3: Llama's blocks with a per-head RMSNorm of q and of k before rotary (`q_norm`,
+    `k_norm`, random gains like every norm), an explicit head_dim (12) that is not
+    hidden_size / heads (40 / 4 = 10), no biases (`attention_bias: false`), 3 layers, 4 query
+    heads sharing 2 key/value heads, rope_theta 700, tied embeddings (as Qwen3-0.6B), and a
+    sliding window of 3 keys from layer 1 on (`max_window_layers: 1`), BF16."""
+    tok = tiny_tokenizer(300, add_bos=False)
+    config = Qwen3Config(hidden_size=40, intermediate_size=56, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                         vocab_size=300, max_position_embeddings=64, rms_norm_eps=1e-6,
+                         rope_theta=700.0, attention_bias=False, tie_word_embeddings=True,
+                         use_sliding_window=True, sliding_window=3, max_window_layers=1,
+                         bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    torch.manual_seed(20)
+    model = Qwen3ForCausalLM(config).eval()
+    randomize(model, 21)
+    folder = OUT / "qwen3-bf16"
+    model = save_model(model, tok, folder, torch.bfloat16)
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    run_reference(model, tok, PROMPTS, folder, greedy(model, tok, PROMPTS[0], 8))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     FIXTURES = [gpt2_tiny, gpt2_f16, llama_gqa_bf16, neox_parallel_f16, neox_sequential_bf16,
                 qwen2_tied_f32, mistral_head_dim_bf16, gemma2_bf16, stories260k,
-                mistral_window_f32, qwen2_window_f16, qwen2_layer_types_bf16]
+                mistral_window_f32, qwen2_window_f16, qwen2_layer_types_bf16, qwen3_bf16]
     # Names on the command line (e.g. `neox_parallel_f16`) rewrite only those fixtures.
     chosen = sys.argv[1:] or [f.__name__ for f in FIXTURES]
     for fixture in FIXTURES:

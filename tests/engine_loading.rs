@@ -161,7 +161,7 @@ fn unknown_model_type() {
     let help = err.help().unwrap().to_string();
     assert_eq!(
         help,
-        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2", "mistral" and "gemma2""#
+        r#"supported model types are "gpt2", "llama", "gpt_neox", "qwen2", "qwen3", "mistral" and "gemma2""#
     );
 }
 

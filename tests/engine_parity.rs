@@ -376,6 +376,33 @@ fn qwen2_sliding_window_from_layer_types_bf16_matches_transformers() {
     check_greedy(&model, "qwen2-layer-types-bf16", &e);
 }
 
+/// Qwen3: a per-head RMSNorm of q and of k before rotary (random gains), head_dim 12 ≠ 40 / 4,
+/// grouped-query heads, no biases, tied embeddings, and Qwen2's window keys (layer 0 full,
+/// layers 1 and 2 a window of 3), BF16.
+#[test]
+fn qwen3_with_per_head_qk_norms_bf16_matches_transformers() {
+    let model = Model::load(&fixture_dir("qwen3-bf16")).unwrap();
+    let config = &model.config;
+    assert_eq!(
+        (
+            config.n_heads,
+            config.n_kv_heads,
+            config.d_head,
+            config.d_model
+        ),
+        (4, 2, 12, 40)
+    );
+    assert!(config.has_qk_norm());
+    assert!(config.tie_word_embeddings && !config.attention_bias);
+    assert_eq!(model.config.attention_windows, vec![None, Some(3), Some(3)]);
+    let e = expected("qwen3-bf16");
+    let full = e.ids[3].len();
+    assert_eq!(attended_keys_at_the_end(&e, 3), [full, 3, 3]);
+    check_logits(&model, "qwen3-bf16", &e);
+    check_cache(&model, "qwen3-bf16", &e);
+    check_greedy(&model, "qwen3-bf16", &e);
+}
+
 #[test]
 fn stories260k_matches_transformers() {
     let model = Model::load(&stories_dir()).unwrap();

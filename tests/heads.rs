@@ -385,3 +385,33 @@ fn the_tutorials_linalg_example_is_what_this_build_prints() {
         "no `circuit heads` text block in docs/tutorial.md"
     );
 }
+
+/// Qwen3: a head's QK circuit is no bilinear form under its per-head q/k norms; `circuit heads`
+/// refuses the model with a coded error.
+#[test]
+fn qwen3_heads_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("digits.jsonl"),
+        "{\"prompt\": \"1234\", \"answer\": \"5\", \"distractor\": \"6\"}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("qwen3.circuit");
+    std::fs::write(
+        &path,
+        format!(
+            "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads by mean\nmetric logit_diff\n",
+            repo().join("tests/fixtures/models/qwen3-bf16").display()
+        ),
+    )
+    .unwrap();
+    let resolved = load_file(&path, &RealEnvironment, &ResolveOptions::default())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let session = Session::open(&resolved.file, SessionOptions::default()).unwrap();
+    let error = characterize(&session).unwrap_err();
+    assert_eq!(
+        error.code().map(|c| c.to_string()).as_deref(),
+        Some("circuit::heads::qk_norm"),
+        "{error:?}"
+    );
+}

@@ -381,6 +381,17 @@ fn incremental_equals_naive_on_gemma2() {
     assert_engines_agree(&path, ScanGranularity::QkEdges, None, Shard::WHOLE);
 }
 
+/// Qwen3: the incremental engine's resumed attention recomputes q (and k) through the same
+/// per-head q/k norms as the forward, under its sliding window of 3 keys.
+#[test]
+fn incremental_equals_naive_on_qwen3_with_qk_norms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = digits_file(dir.path(), "qwen3-bf16", "heads and mlps");
+    assert_engines_agree(&path, ScanGranularity::Nodes, None, Shard::WHOLE);
+    assert_engines_agree(&path, ScanGranularity::Mlps, None, Shard::WHOLE);
+    assert_engines_agree(&path, ScanGranularity::QkEdges, None, Shard::WHOLE);
+}
+
 /// GPT-NeoX with the parallel residual: the MLP of the ablated layer reads the stream entering
 /// it, not the attention's output, in the incremental engine as in the forward.
 #[test]

@@ -336,12 +336,9 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
     stdout(&out);
 }
 
-/// Gemma 2: node and QK-edge scores run through its backward; path-edge scores and `dla`, which
-/// need a head's write to be a term of later inputs, are refused under its post-norms.
-#[test]
-fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A circuit file in `d` over fixture model `fixture` and three digit prompts, ablating heads
+/// and MLPs by mean under logit_diff.
+fn digits_circuit(d: &Path, fixture: &str) -> std::path::PathBuf {
     let mut lines = String::new();
     for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
     {
@@ -350,12 +347,23 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
         ));
     }
     std::fs::write(d.join("digits.jsonl"), lines).unwrap();
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(fixture);
     let text = format!(
         "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",
         model.display()
     );
-    let file = write_file(d, "gemma2.circuit", &text);
+    write_file(d, &format!("{fixture}.circuit"), &text)
+}
+
+/// Gemma 2: node and QK-edge scores run through its backward; path-edge scores and `dla`, which
+/// need a head's write to be a term of later inputs, are refused under its post-norms.
+#[test]
+fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = digits_circuit(d, "gemma2-bf16");
     for extra in [
         &[][..],
         &["--granularity", "qk-edges"],
@@ -378,4 +386,22 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
         &["--method", "dla"],
         "circuit::attribute::post_norm_dla",
     );
+}
+
+/// Qwen3: the backward has no per-head q/k norms, so gradient scores are refused with a coded
+/// error, before any output is written, for every method and granularity.
+#[test]
+fn qwen3_gradient_scores_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = digits_circuit(d, "qwen3-bf16");
+    for extra in [
+        &[][..],
+        &["--granularity", "qk-edges"],
+        &["--granularity", "path-edges"],
+        &["--method", "dla"],
+        &["--method", "eap-ig", "--steps", "2"],
+    ] {
+        refused(d, &file, extra, "circuit::attribute::qk_norm");
+    }
 }

@@ -27,6 +27,12 @@ pub enum HeadsError {
     #[error("LAPACK could not compute {what}: {reason}")]
     #[diagnostic(code(circuit::heads::lapack))]
     Lapack { what: String, reason: String },
+    #[error("`circuit heads` is not defined on this model: each head's q and k pass through an RMSNorm of their own (Qwen3 q_norm/k_norm), so a head's QK circuit is no bilinear form of the residual stream")]
+    #[diagnostic(
+        code(circuit::heads::qk_norm),
+        help("look at attention patterns with `circuit cache` (docs/semantics.md, \"Model families\")")
+    )]
+    QkNorm,
 }
 
 /// One head's row of the report.
@@ -73,6 +79,9 @@ pub fn dataset_tokens(prompts: &[TokenizedPrompt]) -> Vec<u32> {
 /// Every head of the session's model, characterized on its clean prompts.
 pub fn characterize(session: &Session) -> miette::Result<HeadsReport> {
     let model = session.model();
+    if model.config.has_qk_norm() {
+        return Err(HeadsError::QkNorm.into());
+    }
     let prompts: Vec<Vec<u32>> = session
         .clean_prompts()
         .iter()

@@ -79,8 +79,8 @@ impl Rows<'_> {
 #[allow(dead_code)]
 pub(crate) struct AttentionTrace {
     pub normed: Array2<f32>,  // (N, D)
-    pub q: Array4<f32>,       // (B, T_q, H, d), after rotary
-    pub k: Array4<f32>,       // (B, T, H, d) by query head, after rotary
+    pub q: Array4<f32>,       // (B, T_q, H, d), after any q/k norm and rotary
+    pub k: Array4<f32>,       // (B, T, H, d) by query head, after any q/k norm and rotary
     pub v: Array4<f32>,       // (B, T, H, d) by query head
     pub scores: Array4<f32>,  // (B, H, T_q, T), after edit_scores
     pub pattern: Array4<f32>, // (B, H, T_q, T)
@@ -192,6 +192,7 @@ impl Transformer {
             }
         }
 
+        layer.normalize_qk(&mut q, &mut k, d_head); // Qwen3's per-head norms, before rotary
         if let Positions::Rotary { inv_freq } = &self.positions {
             let (cos, sin) = rotary_tables(inv_freq, seq); // (T, d/2) each
             rotate(&mut q, &cos, &sin, |i| queries.batch_row(i) % seq, d_head);

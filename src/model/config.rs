@@ -26,6 +26,9 @@ pub enum Architecture {
     GptNeox,
     /// `model_type: qwen2`: Llama's blocks with biases on q, k and v.
     Qwen2,
+    /// `model_type: qwen3`: Llama's blocks with a per-head RMSNorm of q and of k before rotary
+    /// (`q_norm`, `k_norm`), an explicit `head_dim` and biases only under `attention_bias`.
+    Qwen3,
     /// `model_type: mistral`: Llama's blocks without biases, sliding-window attention.
     Mistral,
     /// `model_type: gemma2`: Llama's blocks with GeGLU, RMSNorm with `(1 + w)`, post-norms
@@ -34,8 +37,9 @@ pub enum Architecture {
 }
 
 /// The `model_type`s [`ModelConfig::from_json_str`] reads, as config.json spells them.
-pub const SUPPORTED_MODEL_TYPES: [&str; 6] =
-    ["gpt2", "llama", "gpt_neox", "qwen2", "mistral", "gemma2"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 7] = [
+    "gpt2", "llama", "gpt_neox", "qwen2", "qwen3", "mistral", "gemma2",
+];
 
 /// Gemma 2's scalings and soft caps, as `Gemma2Config` reads them; all `None` (no scaling, the
 /// usual `1/√d_head`) for every other family.
@@ -146,6 +150,13 @@ impl ModelConfig {
         self.attention_windows.get(layer).copied().flatten()
     }
 
+    /// Whether each head's q and k pass through an RMSNorm of their own before rotary (Qwen3):
+    /// the attention scores are then no bilinear form of the residual stream, which the
+    /// backward and the QK circuit of `circuit heads` assume.
+    pub fn has_qk_norm(&self) -> bool {
+        self.architecture == Architecture::Qwen3
+    }
+
     /// Reads `config.json` from a model folder.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");
@@ -200,6 +211,7 @@ impl ModelConfig {
             }
             "llama" => Self::llama_like(&fields, Architecture::Llama),
             "qwen2" => Self::llama_like(&fields, Architecture::Qwen2),
+            "qwen3" => Self::llama_like(&fields, Architecture::Qwen3),
             "mistral" => Self::llama_like(&fields, Architecture::Mistral),
             "gpt_neox" => Self::gpt_neox(&fields),
             "gemma2" => Self::gemma2(&fields),
@@ -212,8 +224,9 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
-    /// Llama, Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it) and Mistral
-    /// (Llama's blocks with no biases, as `MistralConfig` reads it).
+    /// Llama, Qwen2 (Llama's blocks with q/k/v biases, as `Qwen2Config` reads it), Qwen3 (with
+    /// per-head q/k norms, as `Qwen3Config` reads it) and Mistral (Llama's blocks with no
+    /// biases, as `MistralConfig` reads it).
     fn llama_like(fields: &Fields, architecture: Architecture) -> Result<ModelConfig, ConfigError> {
         let qwen2 = architecture == Architecture::Qwen2;
         let mistral = architecture == Architecture::Mistral;
@@ -222,6 +235,8 @@ impl ModelConfig {
         let n_kv_heads = fields.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
         let d_head = match fields.opt_usize("head_dim")? {
             Some(d) => d,
+            // Qwen3Config's default head_dim, whatever the width.
+            None if architecture == Architecture::Qwen3 => 128,
             None => {
                 fields.check_divisible("hidden_size", d_model, "num_attention_heads", n_heads)?;
                 d_model / n_heads
@@ -237,14 +252,14 @@ impl ModelConfig {
         let n_ctx = fields
             .opt_usize("max_position_embeddings")?
             .unwrap_or(match architecture {
-                Architecture::Qwen2 => 32768,
+                Architecture::Qwen2 | Architecture::Qwen3 => 32768,
                 Architecture::Mistral => 4096 * 32,
                 _ => 2048,
             });
         // Mistral: every layer attends to the last `sliding_window` keys (MistralConfig reads
-        // no `layer_types`); Qwen2: the layers `qwen_windows` names.
+        // no `layer_types`); Qwen2 and Qwen3: the layers `qwen_windows` names.
         let attention_windows = match architecture {
-            Architecture::Qwen2 => fields.qwen_windows(n_layers)?,
+            Architecture::Qwen2 | Architecture::Qwen3 => fields.qwen_windows(n_layers)?,
             Architecture::Mistral => match fields.sliding_window()? {
                 Some(window) => vec![Some(window); n_layers],
                 None => Vec::new(),
@@ -265,7 +280,8 @@ impl ModelConfig {
             rope_theta: fields.rope_theta()?,
             rotary_dim: d_head,
             // Qwen2's q/k/v always have biases; Llama checkpoints with `attention_bias` hold
-            // them (the loader reads what the file has).
+            // them (the loader reads what the file has); Qwen3's q/k/v/o have them under
+            // `attention_bias` (default false).
             attention_bias: qwen2
                 || (!mistral && fields.opt_bool("attention_bias")?.unwrap_or(false)),
             tie_word_embeddings: fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -434,7 +450,7 @@ struct Rope {
     fraction_key: String,
 }
 
-/// `"gpt2", "llama", "gpt_neox", "qwen2", "mistral" and "gemma2"`.
+/// `"gpt2", "llama", "gpt_neox", "qwen2", "qwen3", "mistral" and "gemma2"`.
 fn supported_model_types() -> String {
     let quoted: Vec<String> = SUPPORTED_MODEL_TYPES
         .iter()
@@ -842,6 +858,28 @@ mod tests {
         );
         assert!(!config.attention_bias);
         assert_eq!(config.attention_window(0), None);
+    }
+
+    /// Qwen3Config's defaults: head_dim 128 whatever the width, no biases, 32768 positions;
+    /// `attention_bias` and the window keys read as given.
+    #[test]
+    fn qwen3_config_as_qwen3config_reads_it() {
+        let base = r#""model_type": "qwen3", "hidden_size": 8, "num_attention_heads": 2,
+            "num_hidden_layers": 2, "intermediate_size": 8, "vocab_size": 10"#;
+        let read = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base}{extra}}}"), Path::new("c.json")).unwrap()
+        };
+        let plain = read("");
+        assert_eq!(plain.architecture, Architecture::Qwen3);
+        assert_eq!((plain.d_head, plain.n_ctx), (128, 32768));
+        assert!(plain.has_qk_norm() && !plain.attention_bias && !plain.tie_word_embeddings);
+        let given = read(
+            r#", "head_dim": 6, "attention_bias": true, "use_sliding_window": true,
+            "sliding_window": 3, "max_window_layers": 1"#,
+        );
+        assert_eq!(given.d_head, 6);
+        assert!(given.attention_bias);
+        assert_eq!(given.attention_windows, vec![None, Some(3)]);
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             },
             attn_post_norm: Some(rms_norm(&format!("{l}.post_attention_layernorm"))?),
             mlp_post_norm: Some(rms_norm(&format!("{l}.post_feedforward_layernorm"))?),
+            qk_norm: None,
         });
     }
     let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");

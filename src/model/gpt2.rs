@@ -72,6 +72,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             },
             attn_post_norm: None,
             mlp_post_norm: None,
+            qk_norm: None,
         });
     }
     let embed = matrix("wte.weight", vocab, d)?; // (V, D)

@@ -1,6 +1,8 @@
-//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`], and Qwen2's
-//! and Mistral's (`Qwen2ForCausalLM`, `MistralForCausalLM`: the same names and blocks; Qwen2's
-//! q, k and v have biases the file must hold, Mistral has none). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
+//! Llama weights (HF `LlamaForCausalLM` names) into the shared [`Transformer`], and Qwen2's,
+//! Qwen3's and Mistral's (`Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM`: the
+//! same names and blocks; Qwen2's q, k and v have biases the file must hold, Qwen3's q, k, v
+//! and o have them under `attention_bias` and each head's q and k an RMSNorm (`q_norm`,
+//! `k_norm`), Mistral has none). `nn.Linear` stores `(out, in)`; a transposed view gives the `(in, out)` the forward
 //! multiplies by.
 
 use ndarray::Array1;
@@ -8,12 +10,13 @@ use ndarray::Array1;
 use super::config::{Architecture, ModelConfig};
 use super::error::ModelError;
 use super::linalg::unembedding_layout;
-use super::transformer::{Layer, Linear, Mlp, Norm, Positions, Transformer};
+use super::transformer::{Layer, Linear, Mlp, Norm, Positions, QkNorm, Transformer};
 use super::weights::WeightFiles;
 
 pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
     let family = match config.architecture {
         Architecture::Qwen2 => "Qwen2",
+        Architecture::Qwen3 => "Qwen3",
         Architecture::Mistral => "Mistral",
         _ => "Llama",
     };
@@ -22,6 +25,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     // read where the file has them.
     let (required_bias, optional_bias) = match config.architecture {
         Architecture::Qwen2 => (true, false),
+        Architecture::Qwen3 => (config.attention_bias, false),
         Architecture::Mistral => (false, false),
         _ => (false, true),
     };
@@ -57,19 +61,31 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
         };
     let linear = |name: &str, d_in: usize, d_out: usize| linear_with(name, d_in, d_out, false);
     let qkv_bias = required_bias;
-    let rms_norm = |name: &str| -> Result<Norm, ModelError> {
+    // Qwen3Attention's `attention_bias` puts a bias on o_proj too.
+    let qwen3 = config.architecture == Architecture::Qwen3;
+    let o_bias = qwen3 && config.attention_bias;
+    let rms_norm_of = |name: &str, width: usize| -> Result<Norm, ModelError> {
         Ok(Norm::Rms {
-            weight: Array1::from(files.tensor(&format!("{name}.weight"), &[d])?),
+            weight: Array1::from(files.tensor(&format!("{name}.weight"), &[width])?),
             eps: config.norm_eps,
         })
     };
+    let rms_norm = |name: &str| rms_norm_of(name, d);
 
     // Before anything is allocated from config values: the layer count is the file's.
     super::check_layer_count(config, files)?;
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let l = format!("model.layers.{i}");
-        let o = linear(&format!("{l}.self_attn.o_proj"), q_width, d)?;
+        let o = linear_with(&format!("{l}.self_attn.o_proj"), q_width, d, o_bias)?;
+        let qk_norm = if qwen3 {
+            Some(QkNorm {
+                q: rms_norm_of(&format!("{l}.self_attn.q_norm"), config.d_head)?,
+                k: rms_norm_of(&format!("{l}.self_attn.k_norm"), config.d_head)?,
+            })
+        } else {
+            None
+        };
         layers.push(Layer {
             attn_norm: rms_norm(&format!("{l}.input_layernorm"))?,
             q: linear_with(&format!("{l}.self_attn.q_proj"), d, q_width, qkv_bias)?,
@@ -85,6 +101,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
             },
             attn_post_norm: None,
             mlp_post_norm: None,
+            qk_norm,
         });
     }
     let tied = config.tie_word_embeddings && !files.contains("lm_head.weight");

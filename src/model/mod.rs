@@ -446,6 +446,7 @@ pub(crate) fn check_layer_count(
         }
         Architecture::Llama
         | Architecture::Qwen2
+        | Architecture::Qwen3
         | Architecture::Mistral
         | Architecture::Gemma2 => {
             files.check_layer_count("num_hidden_layers", config.n_layers, |i| {
@@ -482,6 +483,7 @@ fn architecture_name(config: &ModelConfig) -> &'static str {
         Architecture::Llama => "Llama",
         Architecture::GptNeox => "GPT-NeoX",
         Architecture::Qwen2 => "Qwen2",
+        Architecture::Qwen3 => "Qwen3",
         Architecture::Mistral => "Mistral",
         Architecture::Gemma2 => "Gemma 2",
     }
@@ -517,7 +519,7 @@ fn reject_unsupported_settings(config_json: &str) -> Result<(), ModelError> {
 fn build(config: &ModelConfig, files: &WeightFiles) -> Result<Transformer, ModelError> {
     let transformer = match config.architecture {
         Architecture::Gpt2 => gpt2::load(config, files)?,
-        Architecture::Llama | Architecture::Qwen2 | Architecture::Mistral => {
+        Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Mistral => {
             llama::load(config, files)?
         }
         Architecture::GptNeox => gpt_neox::load(config, files)?,

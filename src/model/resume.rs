@@ -293,6 +293,7 @@ impl Model {
         }; // (N_q, H·d)
         let mut k = layer.k.apply(normed.view()); // (N, Hkv·d)
         let v = layer.v.apply(normed.view()); // (N, Hkv·d)
+        layer.normalize_qk(&mut q, &mut k, d_head); // Qwen3's per-head norms, before rotary
         if let Positions::Rotary { inv_freq } = &t.positions {
             let longest = base.lengths.iter().copied().max().unwrap_or(0);
             let (cos, sin) = rotary_tables(inv_freq, longest); // (T, d/2) each

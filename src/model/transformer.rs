@@ -179,6 +179,40 @@ pub(crate) struct Layer {
     pub attn_post_norm: Option<Norm>,
     /// Gemma 2's `post_feedforward_layernorm`, likewise for the MLP's output.
     pub mlp_post_norm: Option<Norm>,
+    /// Qwen3's `q_norm` and `k_norm`: RMSNorms of width `d` applied to each head of q and of k
+    /// after the projection, before rotary (`None`: q and k as projected).
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// The per-head norms of q and k (Qwen3), each of width `d`.
+pub(crate) struct QkNorm {
+    pub q: Norm,
+    pub k: Norm,
+}
+
+impl Layer {
+    /// Applies the layer's per-head q/k norms, if any, to projected `q` `(N_q, H·d)` and `k`
+    /// `(N, heads·d)` (by query or by key/value head: the norm is the same for every head).
+    /// Every attention that computes q and k calls this between projection and rotary.
+    pub(crate) fn normalize_qk(&self, q: &mut Array2<f32>, k: &mut Array2<f32>, d_head: usize) {
+        if let Some(norms) = &self.qk_norm {
+            *q = per_head(&norms.q, std::mem::take(q), d_head);
+            *k = per_head(&norms.k, std::mem::take(k), d_head);
+        }
+    }
+}
+
+/// `norm` (of width `d`) over each `d`-wide head of `x` `(N, heads·d)`.
+fn per_head(norm: &Norm, x: Array2<f32>, d_head: usize) -> Array2<f32> {
+    let (rows, width) = x.dim();
+    let heads = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows * width / d_head, d_head))
+        .expect("standard layout"); // (N·heads, d)
+    norm.apply(heads.view())
+        .into_shape_with_order((rows, width))
+        .expect("standard layout") // (N, heads·d)
 }
 
 /// A whole model's weights, in one vocabulary for both families.
