@@ -611,6 +611,23 @@ fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() 
 }
 
 #[test]
+fn qwen3_gradients_are_refused_rather_than_skipping_its_qk_norms() {
+    let model = Model::load(&fixture("qwen3-bf16")).unwrap();
+    let err = gradients(
+        &model,
+        &[vec![1u32, 2, 3]],
+        &[(4, 5)],
+        Objective::LogitDiff,
+        GradientOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        miette::Diagnostic::code(&err).unwrap().to_string(),
+        "circuit::model::no_backward"
+    );
+}
+
+#[test]
 fn bad_gradient_requests_are_coded_errors() {
     let model = Model::open(&ModelSource::Builtin("toy-seqcont".to_string())).unwrap();
     let code = |e: circuit::model::backward::GradientError| {

@@ -102,6 +102,13 @@ pub enum GradientError {
     #[error("{what}")]
     #[diagnostic(code(circuit::model::gradient_inputs))]
     Inputs { what: String },
+
+    #[error("the backward pass does not go through Qwen3's per-head q/k norms")]
+    #[diagnostic(
+        code(circuit::model::no_backward),
+        help("gradients that skipped the norms would be wrong; the forward, evaluation and scans of Qwen3 are exact")
+    )]
+    QkNorm,
 }
 
 /// ∂M/∂(activations) of one layer, `M` the metric averaged over prompts. Rows past a prompt's
@@ -428,6 +435,11 @@ fn gradients_inner(
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
     let vocab = unembed.nrows();
+    // Every gradient entry point comes through here (the attribution's own refusal,
+    // `circuit::attribute::qk_norm`, answers first for `scores` and `discover`).
+    if model.config.has_qk_norm() {
+        return Err(GradientError::QkNorm);
+    }
     check_inputs(tokens, targets, &objective, vocab)?;
 
     let forward_options = ForwardOptions {
