@@ -343,6 +343,16 @@ fn named<T: Copy>(
         })
 }
 
+/// The `granularity` argument of `scores` and `discover`, as the CLI spells it.
+fn named_granularity(name: &str) -> PyResult<Granularity> {
+    let all = [
+        Granularity::Nodes,
+        Granularity::QkEdges,
+        Granularity::PathEdges,
+    ];
+    named("granularity", name, &all, Granularity::name)
+}
+
 /// `circuit.scores`: the JSON text `circuit scores --format json` prints.
 #[pyfunction]
 #[pyo3(signature = (path, method="eap", granularity="nodes", circuit=None, steps=5, top=None, model=None, cache=true))]
@@ -366,17 +376,7 @@ fn scores_json(
         Method::Dla,
     ];
     let method = named("method", method, &methods, Method::name)?;
-    let granularities = [
-        Granularity::Nodes,
-        Granularity::QkEdges,
-        Granularity::PathEdges,
-    ];
-    let granularity = named(
-        "granularity",
-        granularity,
-        &granularities,
-        Granularity::name,
-    )?;
+    let granularity = named_granularity(granularity)?;
     if top == Some(0) {
         return Err(PyValueError::new_err("top=0 would keep no score"));
     }
@@ -433,17 +433,7 @@ fn discover_json(
         Method::Attention,
     ];
     let rank = named("rank", rank, &ranks, Method::name)?;
-    let granularities = [
-        Granularity::Nodes,
-        Granularity::QkEdges,
-        Granularity::PathEdges,
-    ];
-    let granularity = named(
-        "granularity",
-        granularity,
-        &granularities,
-        Granularity::name,
-    )?;
+    let granularity = named_granularity(granularity)?;
     let scan_cache = match cache {
         true => guarded(py, || {
             let max_bytes = disk_cache::cache_max_bytes().map_err(coded)?;
