@@ -413,6 +413,44 @@ fn export_errors_are_coded() {
     );
 }
 
+#[test]
+fn a_graph_export_on_a_post_norm_model_is_refused_and_writes_nothing() {
+    // Gemma 2 normalizes each head's and MLP's output before it joins the stream, so the
+    // graph's edges would state ablations the circuit does not make.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "nodes.circuit", &format!("{SETTINGS}\n{NODES}"));
+    let gemma2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
+    let out_path = dir.path().join("graph.json");
+    let out = circuit(&[
+        "export",
+        path.to_str().unwrap(),
+        "--circuit",
+        "nodes",
+        "--model",
+        gemma2.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("circuit::export::post_norm"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_path.exists(), "nothing written");
+    // The same file on a sequential model exports.
+    let out = circuit(&[
+        "export",
+        path.to_str().unwrap(),
+        "--circuit",
+        "nodes",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_path.exists());
+}
+
 fn gpt2() -> Tokenizer {
     Tokenizer::open(&ModelSource::Dir(fixture("gpt2-tokenizer"))).unwrap()
 }
