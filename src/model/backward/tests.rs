@@ -364,6 +364,52 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
     assert!((&unmasked.v - &grads.v).iter().any(|x| x.abs() > 1e-3));
 }
 
+/// Qwen3's q (or k) path before the scores: a per-head RMSNorm with one gain of width `d`,
+/// then rotary. The backward turns the gradient back, then passes it through each head's norm.
+#[test]
+fn per_head_norm_then_rotary_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let (seq, heads, d_head) = (4, 3, 6);
+    let angle = Array2::from_shape_fn((seq, d_head / 2), |(t, i)| {
+        t as f64 * 10f64.powf(-((2 * i) as f64) / d_head as f64)
+    });
+    let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
+    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
+    let r = random(&mut rng, (2 * seq, heads * d_head));
+    let w = random(&mut rng, (1, d_head)).row(0).to_owned() + 1.0;
+    let eps = 1e-6;
+    let forward = |x: &Array2<f64>| {
+        let mut y = per_head_rmsnorm_forward(x.view(), w.view(), eps, d_head);
+        rotate_half(
+            &mut y,
+            cos.view(),
+            sin.view(),
+            |row| row % seq,
+            d_head,
+            false,
+        );
+        y
+    };
+    let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
+    let mut d_normed = r.clone();
+    rotate_half_backward(
+        &mut d_normed,
+        cos.view(),
+        sin.view(),
+        |row| row % seq,
+        d_head,
+    );
+    let analytic = per_head_norm_backward(x.view(), d_normed.view(), d_head, |x, dy| {
+        rmsnorm_backward(x, w.view(), eps, dy)
+    });
+    check("per-head rmsnorm + rotary", &analytic, &numeric);
+    // Each head is a norm of its own: the norm of the whole row would be another function.
+    let whole = rmsnorm_forward(x.view(), Array1::from_elem(heads * d_head, 1.0).view(), eps);
+    let ones = Array1::from_elem(d_head, 1.0);
+    let per_head = per_head_rmsnorm_forward(x.view(), ones.view(), eps, d_head);
+    assert!((&whole - &per_head).iter().any(|v| v.abs() > 1e-3));
+}
+
 #[test]
 fn grouped_query_backward_sums_the_heads_of_a_group() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
@@ -509,6 +555,16 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 )
             };
             let (mut q, mut k, v) = (project(&layer.q), project(&layer.k), project(&layer.v));
+            if let Some(norms) = &layer.qk_norm {
+                // Qwen3: each head of q and of k normed with its own gain, before rotary.
+                let per_head = |norm: &Norm, x: &Array2<f32>| match norm {
+                    Norm::Rms { weight, eps } => {
+                        per_head_rmsnorm_forward(x.view(), weight.view(), *eps, d_head)
+                    }
+                    Norm::Layer { .. } => panic!("Qwen3's q/k norms are RMSNorms"),
+                };
+                (q, k) = (per_head(&norms.q, &q), per_head(&norms.k, &k));
+            }
             if let Positions::Rotary { inv_freq } = &t.positions {
                 let (cos, sin) = rotary_tables(inv_freq, len);
                 rotate_half(&mut q, cos.view(), sin.view(), |r| r, d_head, false);
@@ -644,4 +700,13 @@ fn restated_forwards_match_the_engine_on_a_grouped_query_llama() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/llama-gqa-bf16");
     restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_qwen3_with_per_head_qk_norms() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let model = Model::load(&dir).unwrap();
+    assert!(model.transformer.layers.iter().all(|l| l.qk_norm.is_some()));
+    restated_forwards_match_the_cache(&model);
 }
