@@ -658,27 +658,47 @@ fn assert_circuit_derivatives(
     set: &ScoreSet,
     cases: &[(usize, Option<usize>, usize)],
 ) -> usize {
+    assert_derivatives(f, Some(hooks), set, cases)
+}
+
+/// [`assert_circuit_derivatives`] relative to the circuit `hooks` applies, or with `None`
+/// relative to the full model.
+fn assert_derivatives(
+    f: &Fixture,
+    hooks: Option<&crate::ablate::PlanInterventions>,
+    set: &ScoreSet,
+    cases: &[(usize, Option<usize>, usize)],
+) -> usize {
     let epsilon = 1e-2;
     let mut nonzero = 0;
     for &(layer, head, t) in cases {
-        let nudged = |epsilon| PlanThen {
-            plan: hooks,
-            then: Nudge {
-                reference: &f.reference,
-                layer,
-                head,
-                t,
-                epsilon,
-            },
+        let nudge = |epsilon| Nudge {
+            reference: &f.reference,
+            layer,
+            head,
+            t,
+            epsilon,
         };
-        let numeric = (f.metric(&nudged(epsilon)) - f.metric(&nudged(-epsilon))) / (2.0 * epsilon);
+        let metric = |epsilon| match hooks {
+            Some(plan) => f.metric(&PlanThen {
+                plan,
+                then: nudge(epsilon),
+            }),
+            None => f.metric(&nudge(epsilon)),
+        };
+        let numeric = (metric(epsilon) - metric(-epsilon)) / (2.0 * epsilon);
         let component = match head {
             Some(h) => Component::Head(HeadId { layer, head: h }),
             None => Component::Mlp(layer),
         };
         let score = find(set, component, &f.slots[0][t], None);
+        let relative_to = if hooks.is_some() {
+            "the circuit"
+        } else {
+            "the full model"
+        };
         eprintln!(
-            "{} @ {}: eap in the circuit {score:.6}, finite difference {numeric:.6}",
+            "{} @ {}: eap relative to {relative_to} {score:.6}, finite difference {numeric:.6}",
             component.name(),
             f.slots[0][t]
         );
@@ -717,6 +737,22 @@ fn worst_sum_gap(
         .filter(|e| include(e))
         .map(|e| (sums[&(e.component, e.query.clone())] - e.score).abs() / scale)
         .fold(0.0, f64::max)
+}
+
+/// The `eap` QK-edge and path-edge scores of `inputs`, and how far each falls from summing to
+/// its `nodes` ([`worst_sum_gap`]): QK edges into a query sum to the head there, path edges out
+/// of a component to the component.
+fn sum_gaps(inputs: &AttributionInputs, nodes: &ScoreSet) -> (ScoreSet, ScoreSet, f64, f64) {
+    let edges = scores(inputs, Method::Eap, Granularity::QkEdges).unwrap();
+    let qk_gap = worst_sum_gap(
+        nodes,
+        &edges,
+        |e| e.component,
+        |e| matches!(e.component, Component::Head(_)),
+    );
+    let paths = scores(inputs, Method::Eap, Granularity::PathEdges).unwrap();
+    let path_gap = worst_sum_gap(nodes, &paths, upstream_node, |_| true);
+    (edges, paths, qk_gap, path_gap)
 }
 
 fn upstream_node(e: &Entry) -> Component {
@@ -788,15 +824,7 @@ fn eap_relative_to_a_circuit_with_edges_is_the_derivative_of_its_forward() {
 
     // The sum identities hold relative to the circuit too: QK edges into a query sum to the
     // node, path edges out of a component sum to it.
-    let edges = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
-    let qk_gap = worst_sum_gap(
-        &nodes,
-        &edges,
-        |e| e.component,
-        |e| matches!(e.component, Component::Head(_)),
-    );
-    let paths = scores(&inputs, Method::Eap, Granularity::PathEdges).unwrap();
-    let path_gap = worst_sum_gap(&nodes, &paths, upstream_node, |_| true);
+    let (edges, paths, qk_gap, path_gap) = sum_gaps(&inputs, &nodes);
     eprintln!("relative to the circuit: QK gap {qk_gap:.2e}, path gap {path_gap:.2e}");
     assert!(qk_gap < 1e-6, "{qk_gap}");
     assert!(path_gap < 1e-4, "{path_gap}");
@@ -1054,53 +1082,17 @@ circuit normed {{
     // Relative to the full model.
     let inputs = f.inputs("logit_diff", None);
     let nodes = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
-    let epsilon = 1e-2;
-    let mut nonzero = 0;
-    for (layer, head, t) in [
+    let cases = [
         (0, Some(0), end),
         (0, Some(3), 2), // reaches END only through the window of later layers' keys
         (1, Some(2), end),
         (1, Some(1), 4),
         (0, None, 3),
         (2, Some(3), end),
-    ] {
-        let nudge = |epsilon| Nudge {
-            reference: &f.reference,
-            layer,
-            head,
-            t,
-            epsilon,
-        };
-        let numeric = (f.metric(&nudge(epsilon)) - f.metric(&nudge(-epsilon))) / (2.0 * epsilon);
-        let component = match head {
-            Some(h) => Component::Head(HeadId { layer, head: h }),
-            None => Component::Mlp(layer),
-        };
-        let score = find(&nodes, component, &f.slots[0][t], None);
-        eprintln!(
-            "qwen3 {} @ {}: eap {score:.6}, finite difference {numeric:.6}",
-            component.name(),
-            f.slots[0][t]
-        );
-        // The f32 forward's rounding noise bound, as in the tests above.
-        assert!(
-            (score - numeric).abs() <= 5e-3 * numeric.abs().max(0.05),
-            "{} @ {}: eap {score} vs finite difference {numeric}",
-            component.name(),
-            f.slots[0][t]
-        );
-        nonzero += usize::from(score.abs() > 1e-3);
-    }
+    ];
+    let nonzero = assert_derivatives(&f, None, &nodes, &cases);
     assert!(nonzero >= 4, "only {nonzero} of the cases have a gradient");
-    let edges = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
-    let qk_gap = worst_sum_gap(
-        &nodes,
-        &edges,
-        |e| e.component,
-        |e| matches!(e.component, Component::Head(_)),
-    );
-    let paths = scores(&inputs, Method::Eap, Granularity::PathEdges).unwrap();
-    let path_gap = worst_sum_gap(&nodes, &paths, upstream_node, |_| true);
+    let (_, _, qk_gap, path_gap) = sum_gaps(&inputs, &nodes);
     eprintln!("qwen3: QK gap {qk_gap:.2e}, path gap {path_gap:.2e}");
     assert!(qk_gap < 1e-6, "{qk_gap}");
     assert!(path_gap < 1e-4, "{path_gap}");

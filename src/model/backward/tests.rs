@@ -194,36 +194,63 @@ fn partial_rotary_backward_matches_finite_differences() {
     rotary_backward_on(10, 4, 17);
 }
 
-fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (seq, heads) = (5, 3);
-    let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
-        t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
-    });
-    let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
-    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
-    let r = random(&mut rng, (2 * seq, heads * d_head));
-    let forward = |x: &Array2<f64>| {
+/// f64 rotary tables for `seq` positions over `rotary_dim` dimensions, and the rotation and
+/// its backward on the rows of prompts of `seq` rows each.
+struct TestRotary {
+    cos: Array2<f64>,
+    sin: Array2<f64>,
+    seq: usize,
+}
+
+impl TestRotary {
+    fn new(seq: usize, rotary_dim: usize) -> TestRotary {
+        let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
+            t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
+        });
+        TestRotary {
+            cos: angle.mapv(f64::cos),
+            sin: angle.mapv(f64::sin),
+            seq,
+        }
+    }
+
+    fn turned(&self, x: &Array2<f64>, d_head: usize) -> Array2<f64> {
         let mut y = x.clone();
+        let seq = self.seq;
         rotate_half(
             &mut y,
-            cos.view(),
-            sin.view(),
+            self.cos.view(),
+            self.sin.view(),
             |row| row % seq,
             d_head,
             false,
         );
         y
-    };
+    }
+
+    fn turned_back(&self, dy: &Array2<f64>, d_head: usize) -> Array2<f64> {
+        let mut dx = dy.clone();
+        let seq = self.seq;
+        rotate_half_backward(
+            &mut dx,
+            self.cos.view(),
+            self.sin.view(),
+            |row| row % seq,
+            d_head,
+        );
+        dx
+    }
+}
+
+fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (seq, heads) = (5, 3);
+    let rotary = TestRotary::new(seq, rotary_dim);
+    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
+    let r = random(&mut rng, (2 * seq, heads * d_head));
+    let forward = |x: &Array2<f64>| rotary.turned(x, d_head);
     let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
-    let mut analytic = r.clone();
-    rotate_half_backward(
-        &mut analytic,
-        cos.view(),
-        sin.view(),
-        |row| row % seq,
-        d_head,
-    );
+    let analytic = rotary.turned_back(&r, d_head);
     check("rotary", &analytic, &numeric);
     // The dimensions past `rotary_dim` pass unchanged.
     let turned = forward(&x);
@@ -370,35 +397,19 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
 fn per_head_norm_then_rotary_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(19);
     let (seq, heads, d_head) = (4, 3, 6);
-    let angle = Array2::from_shape_fn((seq, d_head / 2), |(t, i)| {
-        t as f64 * 10f64.powf(-((2 * i) as f64) / d_head as f64)
-    });
-    let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
+    let rotary = TestRotary::new(seq, d_head);
     let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
     let r = random(&mut rng, (2 * seq, heads * d_head));
     let w = random(&mut rng, (1, d_head)).row(0).to_owned() + 1.0;
     let eps = 1e-6;
     let forward = |x: &Array2<f64>| {
-        let mut y = per_head_rmsnorm_forward(x.view(), w.view(), eps, d_head);
-        rotate_half(
-            &mut y,
-            cos.view(),
-            sin.view(),
-            |row| row % seq,
+        rotary.turned(
+            &per_head_rmsnorm_forward(x.view(), w.view(), eps, d_head),
             d_head,
-            false,
-        );
-        y
+        )
     };
     let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
-    let mut d_normed = r.clone();
-    rotate_half_backward(
-        &mut d_normed,
-        cos.view(),
-        sin.view(),
-        |row| row % seq,
-        d_head,
-    );
+    let d_normed = rotary.turned_back(&r, d_head);
     let analytic = per_head_norm_backward(x.view(), d_normed.view(), d_head, |x, dy| {
         rmsnorm_backward(x, w.view(), eps, dy)
     });
