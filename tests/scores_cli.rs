@@ -269,7 +269,7 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
     refused(
         d,
         &file,
-        &["--method", "attention", "--granularity", "qk-edges"],
+        &["--method", "attention"],
         "circuit::attribute::no_node_score",
     );
     refused(
