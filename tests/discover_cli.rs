@@ -679,3 +679,48 @@ fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
     }
     ok(&run(&["test", found.to_str().unwrap()], "2"));
 }
+
+/// Qwen3 (per-head q/k norms): discovery ranks by gradients through the norms, `eap-ig` (the
+/// default) and `eap`, and the circuit it writes reaches the target under `circuit test`.
+#[test]
+fn on_qwen3_discovery_ranks_by_gradients_and_its_output_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
+    {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    write(dir.path(), "digits.jsonl", &lines);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let input = write(
+        dir.path(),
+        "qwen3.circuit",
+        &format!(
+            "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads by mean\nmetric logit_diff\n",
+            model.display()
+        ),
+    );
+    for rank in ["eap-ig", "eap"] {
+        let out = dir.path().join(format!("found-{rank}.circuit"));
+        let report = json(&run(
+            &[
+                "discover",
+                input.to_str().unwrap(),
+                "--target",
+                "0.8",
+                "--rank",
+                rank,
+                "-o",
+                out.to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+            "2",
+        ));
+        assert!(report["faithfulness"].as_f64().unwrap() >= 0.8, "{report}");
+        let test = ok(&run(&["test", out.to_str().unwrap()], "2"));
+        assert!(test.contains("1 passed, 0 failed"), "{rank}: {test}");
+    }
+}
