@@ -244,6 +244,49 @@ fn discovery_is_deterministic_across_thread_counts() {
 }
 
 #[test]
+fn progress_counts_the_circuits_evaluated_with_no_total_that_would_read_100_percent() {
+    // A search's number of evaluations is known only as it goes: a log line per batch
+    // (`CIRCUIT_PROGRESS_SECONDS=0`, stderr not a terminal) says how many circuits were
+    // evaluated so far, never a percentage or an ETA, and the last says as many as the report.
+    let scratch = Scratch::new(SMALL);
+    let out = command(&[
+        "discover",
+        scratch.input(),
+        "--target",
+        "0.9",
+        "--format",
+        "json",
+        "--no-cache",
+    ])
+    .env("CIRCUIT_PROGRESS_SECONDS", "0")
+    .output()
+    .expect("the circuit binary runs");
+    let report = json(&out);
+    let log = stderr(&out);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() > 10, "{lines:?}");
+    let counts: Vec<u64> = lines
+        .iter()
+        .map(|line| {
+            assert!(
+                line.starts_with("discovering in ")
+                    && !line.contains('%')
+                    && !line.contains("left"),
+                "{line}"
+            );
+            let (_, rest) = line.split_once(": ").unwrap();
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert_eq!(
+        counts.last().copied(),
+        report["exact_evaluations"].as_u64(),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn inside_a_base_circuit_only_its_components_are_kept() {
     let scratch = Scratch::new(SMALL);
     let args = [
