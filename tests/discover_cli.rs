@@ -728,14 +728,7 @@ fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
 #[test]
 fn on_qwen3_discovery_ranks_by_gradients_and_its_output_passes_circuit_test() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
-    {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    write(dir.path(), "digits.jsonl", &lines);
+    cli_support::digits_jsonl(dir.path(), 3, 4);
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
     let input = write(
         dir.path(),
