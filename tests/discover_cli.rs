@@ -12,20 +12,8 @@ use std::process::Output;
 
 use cli_support::{command, stderr, stdout};
 
-const SMALL: &str = r#"model "toy-seqcont"
-dataset numerals = seqcont.numerals(n = 16, seed = 0, form = "template")
-reference numerals.corrupt
-ablate heads and mlps by mean
-metric logit_diff
-
-heads movers = 0.0..3, 1.0
-
-circuit movers_nodes {
-  movers @ END
-  mlp 0 @ S1, S2, S3, S4, END
-  mlp 1, 2 @ END
-}
-"#;
+/// The file discovery runs on (16 prompts: about a second a run); python/tests reads it too.
+const SMALL: &str = include_str!("fixtures/discover/small.circuit");
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
