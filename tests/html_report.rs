@@ -377,7 +377,7 @@ fn a_bad_html_path_fails_before_evaluating_and_never_overwrites_an_input() {
         ]);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("circuit::report::html_folder"), "{err}");
+        assert!(err.contains("circuit::output::no_folder"), "{err}");
         assert!(!err.contains("reference_length"), "{err}");
     }
     let v2 = fixture("small_v2.circuit");
@@ -388,7 +388,7 @@ fn a_bad_html_path_fails_before_evaluating_and_never_overwrites_an_input() {
         "--html",
         missing.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::html_folder"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::output::no_folder"));
 
     // Onto the .circuit file itself, or onto the report the same command writes.
     let copy = dir.path().join("small.circuit");
@@ -401,7 +401,7 @@ fn a_bad_html_path_fails_before_evaluating_and_never_overwrites_an_input() {
         copy.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::html_onto_input"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::output::is_input"));
     assert_eq!(std::fs::read(&copy).unwrap(), before);
     let report = dir.path().join("report.txt");
     let out = run(&[
@@ -412,7 +412,7 @@ fn a_bad_html_path_fails_before_evaluating_and_never_overwrites_an_input() {
         "--html",
         report.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::html_onto_input"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::output::same_file"));
     assert!(!report.exists());
     // Onto a dataset file.
     let data = fixture("mismatch.jsonl");
@@ -422,7 +422,7 @@ fn a_bad_html_path_fails_before_evaluating_and_never_overwrites_an_input() {
         "--html",
         data.to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::report::html_onto_input"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("circuit::output::is_input"));
 }
 
 #[test]

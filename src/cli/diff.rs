@@ -125,22 +125,20 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let a_version = resolve_version(&args.a, &args.settings)?;
     let b_version = resolve_version(&args.b, &args.settings)?;
     let (a, b) = (&a_version.resolved, &b_version.resolved);
-    if let Some(path) = &args.html {
-        let mut inputs = super::show::inputs_of(Path::new(&args.a), &a.file);
-        inputs.extend(super::show::inputs_of(Path::new(&args.b), &b.file));
-        let others: Vec<&Path> = args.output.iter().map(|p| p.as_path()).collect();
-        super::show::check_output(path, &inputs, &others)?;
-    }
-    if let Some(path) = &args.output {
-        let mut inputs: Vec<PathBuf> = [&args.a, &args.b]
-            .into_iter()
-            .map(PathBuf::from)
-            .filter(|p| p.is_file())
-            .collect();
-        inputs.extend(a.file.settings.input_paths());
-        inputs.extend(b.file.settings.input_paths());
-        check_outputs(&[Output { flag: "-o", path }], &inputs)?;
-    }
+    // Before any evaluation: the report and the page land on no input of either version (the
+    // `.circuit` files, datasets, model files) nor on each other.
+    let mut inputs: Vec<PathBuf> = [&args.a, &args.b]
+        .into_iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    inputs.extend(a.file.settings.input_paths());
+    inputs.extend(b.file.settings.input_paths());
+    let outputs: Vec<Output> = [("-o", &args.output), ("--html", &args.html)]
+        .into_iter()
+        .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
+        .collect();
+    check_outputs(&outputs, &inputs)?;
     let settings = settings_changes(&a_version.as_written, &b_version.as_written);
     let changes = circuit_changes(&a.file, &b.file);
     let (before, after) = if args.no_eval {

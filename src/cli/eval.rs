@@ -207,15 +207,6 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
 /// written on the way).
 fn evaluate_one(args: &Args, file: &Path) -> miette::Result<String> {
     let resolved = resolve(file, &args.settings)?;
-    if let Some(path) = &args.html {
-        let others: Vec<&Path> = args
-            .output
-            .iter()
-            .chain(&args.svg)
-            .map(|p| p.as_path())
-            .collect();
-        super::show::check_output(path, &super::show::inputs_of(file, &resolved.file), &others)?;
-    }
     // Before the evaluation: a bad path fails in a second, not after minutes of work.
     let mut inputs = vec![file.to_path_buf()];
     inputs.extend(resolved.file.settings.input_paths());

@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use circuit::data::tokenized::token_text;
-use circuit::data::{self, DatasetSource, TokenizedPrompt};
+use circuit::data::{self, TokenizedPrompt};
 use circuit::measure::file::FileRun;
 use circuit::model::{ForwardOptions, Model, NoInterventions};
 use circuit::report::html::graph::{self, GraphInput};
 use circuit::report::html::patterns::{prompts_within, HeadPatterns, PatternPrompt, Patterns};
 use circuit::report::html::{self, DiffSide, EvalPage, ModelShape};
 use circuit::report::{CircuitReport, FileReport};
-use circuit::resolve::bound::{BoundCircuit, BoundFile, HeadId, ReferenceSet};
+use circuit::resolve::bound::{BoundCircuit, BoundFile, HeadId};
+use circuit::util::outputs::{check_outputs, Output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,74 +41,6 @@ pub struct Args {
 /// Cell values of per-prompt attention patterns a page may carry (2 bytes each): the selector
 /// offers as many prompts as fit (at least one), the mean is always there.
 pub const PATTERN_BUDGET: usize = 120_000;
-
-/// A path as it will be written: the folder made absolute, the name kept.
-fn absolute(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?;
-    let folder = match path.parent().filter(|f| !f.as_os_str().is_empty()) {
-        Some(f) => f.canonicalize().ok()?,
-        None => std::env::current_dir().ok()?,
-    };
-    Some(folder.join(name))
-}
-
-/// The files a file's evaluation reads: the `.circuit` file, dataset files, the model folder's.
-pub fn inputs_of(circuit_file: &Path, file: &BoundFile) -> Vec<PathBuf> {
-    let mut inputs = vec![circuit_file.to_path_buf()];
-    let s = &file.settings;
-    for source in [
-        Some(&s.dataset),
-        match &s.reference {
-            ReferenceSet::Dataset(d) => Some(d),
-            _ => None,
-        },
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if let DatasetSource::File(p) = source {
-            inputs.push(p.clone());
-        }
-    }
-    if let circuit::model::ModelSource::Dir(dir) = &s.model {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            inputs.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    inputs
-}
-
-/// Checks, before anything is evaluated, that the page can be written to `path`: its folder
-/// exists and it is none of `inputs` (nor another output of the same command).
-pub fn check_output(path: &Path, inputs: &[PathBuf], others: &[&Path]) -> miette::Result<()> {
-    if let Some(error) =
-        super::eval::missing_folder(path, "HTML page", "circuit::report::html_folder")
-    {
-        return Err(error);
-    }
-    let target = absolute(path);
-    let same = |other: &Path| {
-        let other = other.canonicalize().ok().or_else(|| absolute(other));
-        target.is_some() && other == target
-    };
-    if let Some(input) = inputs.iter().find(|i| same(i)) {
-        return Err(miette::miette!(
-            code = "circuit::report::html_onto_input",
-            help = "write the page to a new file, e.g. report.html",
-            "refusing to write the HTML page onto {}: it is an input of this command",
-            input.display()
-        ));
-    }
-    if others.iter().any(|o| same(o)) {
-        return Err(miette::miette!(
-            code = "circuit::report::html_onto_input",
-            help = "give --html its own file",
-            "--html {} is also another output of this command",
-            path.display()
-        ));
-    }
-    Ok(())
-}
 
 /// What a page draws besides the report: the model's shape, the example prompt (the dataset's
 /// first clean prompt) and its tokens, and every clean prompt for the attention patterns.
@@ -285,16 +218,16 @@ fn kept_heads(c: &BoundCircuit) -> impl Iterator<Item = HeadId> + '_ {
 
 pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let resolved = super::eval::resolve(&args.file, &args.settings)?;
-    let inputs = inputs_of(&args.file, &resolved.file);
-    if let Some(html) = &args.html {
-        check_output(
-            html,
-            &inputs,
-            &args.png.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
-        )?;
-    }
-    if let Some(png) = &args.png {
-        check_output(png, &inputs, &[])?;
+    // Before any forward pass: the page and the picture land on no input of the run (the
+    // `.circuit` file, its datasets, the model's files) nor on each other.
+    let mut inputs = vec![args.file.clone()];
+    inputs.extend(resolved.file.settings.input_paths());
+    let outputs: Vec<Output> = [("--html", &args.html), ("--png", &args.png)]
+        .into_iter()
+        .filter_map(|(flag, path)| path.as_deref().map(|path| Output { flag, path }))
+        .collect();
+    check_outputs(&outputs, &inputs)?;
+    if args.png.is_some() {
         let count = match args.circuits.len() {
             0 => resolved.file.circuits.len(),
             n => n,
