@@ -55,7 +55,7 @@ pub use stored::{set_weights_mode, weights_mode, WeightsMode};
 pub use tokenizer::{Encoded, Tokenizer};
 pub use topology::{Component, ResidualTopology, Unread};
 
-use cache::{Keep, Kept};
+use cache::{CacheExtras, Keep, Kept};
 
 /// What [`Model::forward_keeping`] returns: logits, each prompt's length, and what was kept.
 type ForwardKept = (Array3<f32>, Vec<usize>, Option<Kept>);
@@ -256,12 +256,33 @@ impl Model {
         hooks: &dyn Interventions,
     ) -> Result<ForwardOutput, ModelError> {
         let keep = if options.cache {
-            Keep::Everything
+            Keep::Everything(CacheExtras::PUBLIC)
         } else {
             Keep::Nothing
         };
-        let (logits, lengths, kept) =
-            self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
+        self.forward_with(tokens, options.all_logits, keep, hooks)
+    }
+
+    /// The END-logits forward of the backward pass: its cache holds `extras` (each head's
+    /// write only when path edges read it, the MLP pre-activations the backward would
+    /// otherwise recompute).
+    pub(crate) fn forward_for_backward(
+        &self,
+        tokens: &[Vec<u32>],
+        extras: CacheExtras,
+        hooks: &dyn Interventions,
+    ) -> Result<ForwardOutput, ModelError> {
+        self.forward_with(tokens, false, Keep::Everything(extras), hooks)
+    }
+
+    fn forward_with(
+        &self,
+        tokens: &[Vec<u32>],
+        all_logits: bool,
+        keep: Keep,
+        hooks: &dyn Interventions,
+    ) -> Result<ForwardOutput, ModelError> {
+        let (logits, lengths, kept) = self.forward_keeping(tokens, all_logits, keep, hooks)?;
         let cache = kept.map(|kept| match kept {
             Kept::Everything(cache) => cache,
             Kept::Selected(_) => unreachable!("asked for everything or nothing"),
@@ -345,9 +366,13 @@ impl Model {
         lengths: &[usize],
         hooks: &dyn Interventions,
     ) -> String {
-        let (_, kept) = self
-            .transformer
-            .forward(ids, lengths, false, Keep::Everything, hooks);
+        let (_, kept) = self.transformer.forward(
+            ids,
+            lengths,
+            false,
+            Keep::Everything(CacheExtras::PUBLIC),
+            hooks,
+        );
         let Some(Kept::Everything(cache)) = kept else {
             unreachable!("the cache was asked for")
         };
