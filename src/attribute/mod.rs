@@ -468,18 +468,13 @@ fn prompts_per_pass(inputs: &AttributionInputs, method: Method, granularity: Gra
     let budget_floats = (weights / 2).max((256 << 20) / 4);
     // Per token and layer: the cache (residual streams, q, k, v, z: ~12 D; the MLP
     // pre-activations, M or 2M; scores and pattern, 2·H·T), the gradients (~4 D + H·T) and the
-    // backward's temporaries (~4 D); path edges add every head's q/k/v input gradient (3·H·D),
-    // which eap-ig holds twice more (the running sum and the current point).
-    let mut per_token = 20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq;
+    // backward's temporaries (~4 D); path edges add every head's q/k/v input gradient (3·H·D).
+    // eap-ig holds the clean run's, the running sum and the current point's at once (measured:
+    // about twice eap's per prompt, three times the head-input gradients).
+    let ig = matches!(method, Method::EapIg { .. });
+    let mut per_token = (20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq) * (1 + ig as usize);
     if granularity == Granularity::PathEdges {
-        per_token += 3
-            * h
-            * d
-            * if matches!(method, Method::EapIg { .. }) {
-                3
-            } else {
-                1
-            };
+        per_token += 3 * h * d * if ig { 3 } else { 1 };
     }
     let tokens = budget_floats / (per_token * layers.max(1));
     (tokens / seq).clamp(1, n_prompts)

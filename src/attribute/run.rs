@@ -55,7 +55,7 @@ impl ScoreReport {
 
 /// Computes the scores of `request` on an opened file. `with_nodes` also computes node scores
 /// of the same method (the graph export needs both). `on_pass` is called after each gradient
-/// pass (`1` for eap, `steps` for eap-ig).
+/// pass (each pass scores a few prompts: `1` per pass for eap, `steps` for eap-ig).
 pub fn score_session(
     session: &mut Session,
     request: Request,

@@ -263,6 +263,21 @@ impl Model {
         self.forward_with(tokens, options.all_logits, keep, hooks)
     }
 
+    /// The input embeddings of `tokens` (token + learned position embedding, as the forward's
+    /// first block computes them), each prompt `(T_b, D)`: no layer runs.
+    pub fn input_embeddings(&self, tokens: &[Vec<u32>]) -> Result<Vec<Array2<f32>>, ModelError> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                self.check_prompt(ids, || format!("#{i}"))?;
+                let ids = Array2::from_shape_vec((1, ids.len()), ids.clone())
+                    .expect("one row of its own length");
+                Ok(self.transformer.embed_forward(&ids)) // (T_b, D)
+            })
+            .collect()
+    }
+
     /// The END-logits forward of the backward pass: its cache holds `extras` (each head's
     /// write only when path edges read it, the MLP pre-activations the backward would
     /// otherwise recompute).
