@@ -29,6 +29,10 @@ partial rotary is transformers' own NeoX `apply_rotary_pos_emb`, and under
 `use_parallel_residual` the MLP reads `resid_pre` (so `mlp_in` is a copy of it, read by the MLP
 only) and `resid_post = resid_pre + attn_out + mlp_out`.
 
+Qwen3: Llama's forward with each head's q and k passed through an RMSNorm over head_dim
+(`q_norm`, `k_norm`: one gain shared by the heads) after the projection and before rotary; its
+fixture's sliding window binds on layers 1 and 2 (the long prompts).
+
 Gemma 2: every RMSNorm multiplies by (1 + w); the embedding is scaled by √D; scores are scaled by
 query_pre_attn_scalar^-0.5 and soft-capped (c·tanh(s/c)) before the causal mask; the attention's
 and the MLP's outputs pass through their post-norms before they are added (so `mlp_out` is the
@@ -67,10 +71,12 @@ MODELS = {
     "stories260K": ROOT.parent / "shared" / "models" / "stories260K",
     "mistral-window-f32": ROOT / "tests" / "fixtures" / "models" / "mistral-window-f32",
     "qwen2-window-f16": ROOT / "tests" / "fixtures" / "models" / "qwen2-window-f16",
+    "qwen3-bf16": ROOT / "tests" / "fixtures" / "models" / "qwen3-bf16",
 }
 PROMPTS = ["The cat sat", "Once upon a time", "A red ball"]
 # Models with sliding windows (3 or 4 keys) get prompts long enough for the windows to bind.
 WINDOW_PROMPTS = ["The cat sat on the mat.", "Once upon a time there was a girl", "A red ball"]
+WINDOWED = {"mistral-window-f32", "qwen2-window-f16", "qwen3-bf16"}
 
 torch.set_default_dtype(torch.float64)
 
@@ -90,6 +96,7 @@ class Reference:
         self.neox = self.cfg.model_type == "gpt_neox"
         self.parallel = self.neox and self.cfg.use_parallel_residual
         self.gemma2 = self.cfg.model_type == "gemma2"
+        self.qwen3 = self.cfg.model_type == "qwen3"
 
     def rms(self, name):
         """RMSNorm by its weight's name: Gemma 2 multiplies by (1 + w)."""
@@ -231,6 +238,9 @@ class Reference:
                 y = torch.einsum("thD,hDd->thd", norm1(r), Wh)  # (T, H, d)
                 proj[which] = y if bh is None else y + bh
             q, k, v = proj["q"], proj["k"], proj["v"]
+            if self.qwen3:  # each head's q and k normed over head_dim with one gain, before rotary
+                p = f"model.layers.{i}.self_attn."
+                q, k = self.rms(p + "q_norm")(q), self.rms(p + "k_norm")(k)
             if not self.gpt2:
                 rotary = neox_rotary if self.neox else apply_rotary_pos_emb
                 q4, k4 = rotary(q.permute(1, 0, 2)[None], k.permute(1, 0, 2)[None], cos, sin)
@@ -288,7 +298,7 @@ def main():
         vocab = tokenizer.get_vocab_size()
         ref = Reference(hf)
         tensors, worst_logit_diff = {}, 0.0
-        prompts = WINDOW_PROMPTS if "window" in name else PROMPTS
+        prompts = WINDOW_PROMPTS if name in WINDOWED else PROMPTS
         for p, text in enumerate(prompts):
             ids = tokenizer.encode(text).ids
             # Past the first 3/5 of the vocabulary: stories260K's low ids are byte-fallback tokens

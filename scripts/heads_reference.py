@@ -14,7 +14,8 @@ For a model folder (loaded with transformers) and a dataset JSONL, per head:
       d = 16, where the Rust side decomposes the (n, n) product rather than the (d, d) one.
   qk_singular_values
       the d largest singular values of the full (D, D) matrix
-      diag(γ_l)·W_Q · (diag(γ_l)·W_K)ᵀ / √d (torch.linalg.svdvals).
+      diag(γ_l)·W_Q · (diag(γ_l)·W_K)ᵀ / √d (torch.linalg.svdvals); null for Qwen3, whose
+      per-head q/k norms make the QK circuit no bilinear form of the residual stream.
   previous_token, duplicate_token, induction
       from transformers' own attention patterns (output_attentions=True), with
       TransformerLens-style detection masks (previous: the sub-diagonal; duplicate: earlier
@@ -83,7 +84,7 @@ def head_weights(model, layer):
         d_model = w.shape[0]
         return (gamma, w[:, :d_model], w[:, d_model:2 * d_model], w[:, 2 * d_model:],
                 block.attn.c_proj.weight)
-    if kind == "llama":
+    if kind in ("llama", "qwen3"):  # Qwen3's q_norm/k_norm only touch q and k (no QK entry)
         block = model.model.layers[layer]
         a = block.self_attn
         return (block.input_layernorm.weight, a.q_proj.weight.T, a.k_proj.weight.T,
@@ -149,7 +150,10 @@ def reference(name, model_dir, records, title, few=None):
     tokens = sorted(ids)
     cfg = model.config
     n_heads, n_kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    d = cfg.hidden_size // n_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    # Per-head q/k norms (Qwen3): the QK circuit is no bilinear form, so it has no singular
+    # values (`circuit heads` leaves the column out); the attention and OV scores stay defined.
+    qk_defined = cfg.model_type != "qwen3"
     w_e = model.get_input_embeddings().weight.detach()  # (V, D)
     w_u = model.get_output_embeddings().weight.detach().T  # (D, V)
     gamma_f = final_norm(model).detach()
@@ -168,7 +172,7 @@ def reference(name, model_dir, records, title, few=None):
                 o = w_o[head * d:(head + 1) * d, :]
                 copying, positive = ov_scores(e_s, u_s, gamma, v, o, d)
                 qk = (q @ k.T) / math.sqrt(d)  # (D, D), formed in full
-                sigma = torch.linalg.svdvals(qk)[:d]
+                sigma = torch.linalg.svdvals(qk)[:d].tolist() if qk_defined else None
                 prev, dup, ind = attention[layer][head]
                 if few is not None:
                     few_copying, few_positive = ov_scores(
@@ -179,7 +183,7 @@ def reference(name, model_dir, records, title, few=None):
                     "head": f"{layer}.{head}",
                     "ov_copying": copying,
                     "ov_positive_share": positive,
-                    "qk_singular_values": sigma.tolist(),
+                    "qk_singular_values": sigma,
                     "previous_token": prev,
                     "duplicate_token": dup,
                     "induction": ind,
@@ -210,6 +214,11 @@ def main():
         "stories260K_pronoun": lambda: reference(
             "stories260K_pronoun", STORIES, load_jsonl(ROOT / "circuits" / "stories260K" / "pronoun.jsonl"),
             "circuits/stories260K/pronoun.circuit: stories260K on pronoun.jsonl"),
+        "qwen3_digits": lambda: reference(
+            "qwen3_digits", ROOT / "tests" / "fixtures" / "models" / "qwen3-bf16",
+            load_jsonl(OUT / "qwen3_digits.jsonl"),
+            "tests/fixtures/models/qwen3-bf16 (per-head q/k norms, head_dim 12 != 40 / 4, "
+            "grouped-query, a 3-key window on layers 1 and 2) on tests/fixtures/heads/qwen3_digits.jsonl"),
     }
     for name, job in jobs.items():
         if not only or name in only:

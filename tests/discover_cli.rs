@@ -244,6 +244,49 @@ fn discovery_is_deterministic_across_thread_counts() {
 }
 
 #[test]
+fn progress_counts_the_circuits_evaluated_with_no_total_that_would_read_100_percent() {
+    // A search's number of evaluations is known only as it goes: a log line per batch
+    // (`CIRCUIT_PROGRESS_SECONDS=0`, stderr not a terminal) says how many circuits were
+    // evaluated so far, never a percentage or an ETA, and the last says as many as the report.
+    let scratch = Scratch::new(SMALL);
+    let out = command(&[
+        "discover",
+        scratch.input(),
+        "--target",
+        "0.9",
+        "--format",
+        "json",
+        "--no-cache",
+    ])
+    .env("CIRCUIT_PROGRESS_SECONDS", "0")
+    .output()
+    .expect("the circuit binary runs");
+    let report = json(&out);
+    let log = stderr(&out);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() > 10, "{lines:?}");
+    let counts: Vec<u64> = lines
+        .iter()
+        .map(|line| {
+            assert!(
+                line.starts_with("discovering in ")
+                    && !line.contains('%')
+                    && !line.contains("left"),
+                "{line}"
+            );
+            let (_, rest) = line.split_once(": ").unwrap();
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    assert_eq!(
+        counts.last().copied(),
+        report["exact_evaluations"].as_u64(),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn inside_a_base_circuit_only_its_components_are_kept() {
     let scratch = Scratch::new(SMALL);
     let args = [
@@ -678,4 +721,49 @@ fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
         );
     }
     ok(&run(&["test", found.to_str().unwrap()], "2"));
+}
+
+/// Qwen3 (per-head q/k norms): discovery ranks by gradients through the norms, `eap-ig` (the
+/// default) and `eap`, and the circuit it writes reaches the target under `circuit test`.
+#[test]
+fn on_qwen3_discovery_ranks_by_gradients_and_its_output_passes_circuit_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
+    {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    write(dir.path(), "digits.jsonl", &lines);
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let input = write(
+        dir.path(),
+        "qwen3.circuit",
+        &format!(
+            "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads by mean\nmetric logit_diff\n",
+            model.display()
+        ),
+    );
+    for rank in ["eap-ig", "eap"] {
+        let out = dir.path().join(format!("found-{rank}.circuit"));
+        let report = json(&run(
+            &[
+                "discover",
+                input.to_str().unwrap(),
+                "--target",
+                "0.8",
+                "--rank",
+                rank,
+                "-o",
+                out.to_str().unwrap(),
+                "--format",
+                "json",
+            ],
+            "2",
+        ));
+        assert!(report["faithfulness"].as_f64().unwrap() >= 0.8, "{report}");
+        let test = ok(&run(&["test", out.to_str().unwrap()], "2"));
+        assert!(test.contains("1 passed, 0 failed"), "{rank}: {test}");
+    }
 }

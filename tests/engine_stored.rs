@@ -108,6 +108,13 @@ fn stored_dtype_weights_give_the_f32_numbers_bit_for_bit() {
             stored.weights_are_stored(),
             "{name}: kept in its stored dtype"
         );
+        // Every matrix, GPT-NeoX's q, k and v regrouped from its fused matrix included.
+        assert_eq!(
+            stored.matrices_held_as_f32(),
+            0,
+            "{name}: matrices left as f32"
+        );
+        assert!(f32_model.matrices_held_as_f32() > 0, "{name}");
         let expected = on_threads(2, || everything(&f32_model));
         for threads in [1, 2] {
             let got = on_threads(threads, || everything(&stored));

@@ -44,15 +44,15 @@ metric logit_diff
 const NODES: &str = "circuit nodes {\n  0.0, 0.2, 1.0, 2.1 @ *\n  mlp 0, 2\n}\n";
 
 fn export(path: &Path, name: &str) -> Value {
-    let out = circuit(&[
-        "export",
-        path.to_str().unwrap(),
-        "--circuit",
-        name,
-        "--format",
-        "eap-ig-json",
-    ]);
+    let out = export_with(path, name, &["--format", "eap-ig-json"]);
     serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// `circuit export PATH --circuit NAME EXTRA…`.
+fn export_with(path: &Path, name: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["export", path.to_str().unwrap(), "--circuit", name];
+    args.extend(extra);
+    circuit(&args)
 }
 
 /// `a1.h0<q>` → `1.0.q`, `m2` → `mlp 2`, `a0.h1` → `0.1`: the graph's names in `.circuit` syntax.
@@ -384,7 +384,7 @@ fn a_scores_graph_of_a_parallel_model_says_parallel_attn_mlp_and_imports() {
 fn export_errors_are_coded() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "nodes.circuit", &format!("{SETTINGS}\n{NODES}"));
-    let out = circuit(&["export", path.to_str().unwrap(), "--circuit", "node"]);
+    let out = export_with(&path, "node", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("circuit::eval::unknown_circuit"),
@@ -392,14 +392,7 @@ fn export_errors_are_coded() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("did you mean `nodes`"));
-    let out = circuit(&[
-        "export",
-        path.to_str().unwrap(),
-        "--circuit",
-        "nodes",
-        "-o",
-        path.to_str().unwrap(),
-    ]);
+    let out = export_with(&path, "nodes", &["-o", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("circuit::output::"),
@@ -411,6 +404,33 @@ fn export_errors_are_coded() {
         format!("{SETTINGS}\n{NODES}"),
         "the input is never overwritten"
     );
+}
+
+#[test]
+fn a_graph_export_on_a_post_norm_model_is_refused_and_writes_nothing() {
+    // Gemma 2 normalizes each head's and MLP's output before it joins the stream, so the
+    // graph's edges would state ablations the circuit does not make.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "nodes.circuit", &format!("{SETTINGS}\n{NODES}"));
+    let gemma2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gemma2-bf16");
+    let out_path = dir.path().join("graph.json");
+    let to = ["-o", out_path.to_str().unwrap()];
+    let out = export_with(
+        &path,
+        "nodes",
+        &[&["--model", gemma2.to_str().unwrap()], &to[..]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("circuit::export::post_norm"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_path.exists(), "nothing written");
+    // The same file on a sequential model exports.
+    let out = export_with(&path, "nodes", &to);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_path.exists());
 }
 
 fn gpt2() -> Tokenizer {

@@ -388,10 +388,11 @@ fn gemma2_scores_nodes_and_refuses_path_edges_and_dla() {
     );
 }
 
-/// Qwen3: the backward has no per-head q/k norms, so gradient scores are refused with a coded
-/// error, before any output is written, for every method and granularity.
+/// Qwen3: the backward goes through each head's q and k norms (against torch autograd in
+/// tests/backward_gradients.rs; finite differences and the sum identities in the attribute
+/// module's tests), so every method and granularity scores it.
 #[test]
-fn qwen3_gradient_scores_are_refused() {
+fn qwen3_scores_every_method_and_granularity() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let file = digits_circuit(d, "qwen3-bf16");
@@ -400,8 +401,13 @@ fn qwen3_gradient_scores_are_refused() {
         &["--granularity", "qk-edges"],
         &["--granularity", "path-edges"],
         &["--method", "dla"],
+        &["--method", "qkvo"],
+        &["--method", "attention", "--granularity", "qk-edges"],
         &["--method", "eap-ig", "--steps", "2"],
     ] {
-        refused(d, &file, extra, "circuit::attribute::qk_norm");
+        let mut args = vec![file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let table = stdout(&scores(&args, "2"));
+        assert!(table.contains("0."), "{extra:?}: {table}");
     }
 }

@@ -498,10 +498,9 @@ fn export_graph_json(
         let file = &resolved.file;
         let selected = select_circuits(file, std::slice::from_ref(&circuit))?.remove(0);
         let config = file.settings.model.config().map_err(coded)?;
-        Ok(
-            circuit::report::graph_json::circuit_graph(&selected, &file.settings, &config)
-                .to_json(),
-        )
+        let graph = circuit::report::graph_json::circuit_graph(&selected, &file.settings, &config)
+            .map_err(coded)?;
+        Ok(graph.to_json())
     })
 }
 

@@ -51,6 +51,14 @@ def test_an_unknown_circuit_name_is_coded():
     raises("circuit::eval::unknown_circuit", circuit.export_graph, NUMERALS, "mover")
 
 
+def test_a_graph_export_on_a_post_norm_model_is_coded():
+    gemma2 = "tests/fixtures/models/gemma2-bf16"
+    error = raises(
+        "circuit::export::post_norm", circuit.export_graph, NUMERALS, "movers_from_s4", model=gemma2
+    )
+    assert "post-norms" in error.message
+
+
 def test_bad_score_requests_raise():
     with pytest.raises(ValueError, match="unknown method"):
         circuit.scores(NUMERALS, method="acdc")

@@ -52,11 +52,21 @@ def test_tokens_are_those_dataset_inspect_shows():
         assert model.to_str_tokens(ids) == [t["text"] for t in prompt["tokens"]]
 
 
-def test_cache_matches_transformers_hidden_states_and_attentions():
+FAMILY_FIXTURES = sorted(
+    p.name for p in (ROOT / "tests/fixtures/models").iterdir() if (p / "expected.safetensors").exists()
+)
+# The real pretrained model's weights live in ../shared; only its reference is committed.
+MODEL_FOLDER = {"stories260K": ROOT.parent / "shared/models/stories260K"}
+
+
+@pytest.mark.parametrize("fixture", FAMILY_FIXTURES)
+def test_cache_matches_transformers_hidden_states_and_attentions(fixture):
     """`blocks.{l}.hook_resid_pre` is transformers' `hidden_states[l]`, `attn.hook_pattern` its
-    eager `attentions[l]`, the logits its logits (fixture from scripts/make_reference.py)."""
-    expected = read_safetensors(GPT2_TINY / "expected.safetensors")
-    model = circuit.Model(str(GPT2_TINY))
+    eager `attentions[l]`, the logits its logits (fixtures from scripts/make_reference.py), on
+    every family's parity fixture: GPT-2, Llama, GPT-NeoX, Qwen2, Qwen3, Mistral, Gemma 2."""
+    folder = ROOT / "tests/fixtures/models" / fixture
+    expected = read_safetensors(folder / "expected.safetensors")
+    model = circuit.Model(str(MODEL_FOLDER.get(fixture, folder)))
     n_layers = model.config["n_layers"]
     n_prompts = len([k for k in expected if k.endswith(".ids")])
     assert n_prompts >= 2
@@ -154,7 +164,7 @@ def test_engine_errors_carry_their_code():
 
 
 @pytest.mark.parametrize(
-    "fixture", ["llama-gqa-bf16", "neox-parallel-f16", "qwen2-tied-f32", "gemma2-bf16"]
+    "fixture", ["llama-gqa-bf16", "neox-parallel-f16", "qwen2-tied-f32", "qwen3-bf16", "gemma2-bf16"]
 )
 def test_rotary_families_name_queries_and_keys_after_rotary(fixture):
     """Every family with rotary positions caches q and k after the rotation, as

@@ -241,13 +241,6 @@ pub enum AttributeError {
     )]
     PostNormPathEdges,
 
-    #[error("gradient scores are not computed on this model: each head's q and k pass through an RMSNorm of their own (Qwen3 q_norm/k_norm), which the backward does not differentiate")]
-    #[diagnostic(
-        code(circuit::attribute::qk_norm),
-        help("measure circuits with `circuit eval`, or score exactly with `circuit scan`, which run the forward (docs/semantics.md, \"Model families\")")
-    )]
-    QkNormBackward,
-
     #[error("`dla` is not defined on this model: a head's write reaches the residual stream only through its layer's post-attention norm (post-norms)")]
     #[diagnostic(
         code(circuit::attribute::post_norm_dla),
@@ -332,15 +325,6 @@ pub fn check_request(
     }
 }
 
-/// Refuses a model whose attention the backward does not differentiate: per-head q/k norms
-/// (Qwen3) would otherwise give gradients of a different model, never a wrong number.
-pub fn check_model(config: &crate::model::ModelConfig) -> Result<(), AttributeError> {
-    if config.has_qk_norm() {
-        return Err(AttributeError::QkNormBackward);
-    }
-    Ok(())
-}
-
 /// Computes `method` at `granularity`.
 pub fn scores(
     inputs: &AttributionInputs,
@@ -348,7 +332,6 @@ pub fn scores(
     granularity: Granularity,
 ) -> Result<ScoreSet, AttributeError> {
     check_request(method, granularity, inputs.metric, inputs.circuit.is_some())?;
-    check_model(&inputs.model.config)?;
     if method == Method::Exact {
         return Err(AttributeError::ExactIsAScan);
     }

@@ -86,8 +86,6 @@ pub fn score_session(
     {
         return Err(AttributeError::KnockoutEdges.into());
     }
-    // Per-head q/k norms (Qwen3): refused before any forward pass.
-    super::check_model(&session.model().config)?;
     // Post-norms (Gemma 2): no head's write is a term of a later input (the one topology rule).
     if session.model().config.residual == crate::model::ResidualTopology::SequentialPostNorm {
         if request.granularity == Granularity::PathEdges {

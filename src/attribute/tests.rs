@@ -712,27 +712,47 @@ fn assert_circuit_derivatives(
     set: &ScoreSet,
     cases: &[(usize, Option<usize>, usize)],
 ) -> usize {
+    assert_derivatives(f, Some(hooks), set, cases)
+}
+
+/// [`assert_circuit_derivatives`] relative to the circuit `hooks` applies, or with `None`
+/// relative to the full model.
+fn assert_derivatives(
+    f: &Fixture,
+    hooks: Option<&crate::ablate::PlanInterventions>,
+    set: &ScoreSet,
+    cases: &[(usize, Option<usize>, usize)],
+) -> usize {
     let epsilon = 1e-2;
     let mut nonzero = 0;
     for &(layer, head, t) in cases {
-        let nudged = |epsilon| PlanThen {
-            plan: hooks,
-            then: Nudge {
-                reference: &f.reference,
-                layer,
-                head,
-                t,
-                epsilon,
-            },
+        let nudge = |epsilon| Nudge {
+            reference: &f.reference,
+            layer,
+            head,
+            t,
+            epsilon,
         };
-        let numeric = (f.metric(&nudged(epsilon)) - f.metric(&nudged(-epsilon))) / (2.0 * epsilon);
+        let metric = |epsilon| match hooks {
+            Some(plan) => f.metric(&PlanThen {
+                plan,
+                then: nudge(epsilon),
+            }),
+            None => f.metric(&nudge(epsilon)),
+        };
+        let numeric = (metric(epsilon) - metric(-epsilon)) / (2.0 * epsilon);
         let component = match head {
             Some(h) => Component::Head(HeadId { layer, head: h }),
             None => Component::Mlp(layer),
         };
         let score = find(set, component, &f.slots[0][t], None);
+        let relative_to = if hooks.is_some() {
+            "the circuit"
+        } else {
+            "the full model"
+        };
         eprintln!(
-            "{} @ {}: eap in the circuit {score:.6}, finite difference {numeric:.6}",
+            "{} @ {}: eap relative to {relative_to} {score:.6}, finite difference {numeric:.6}",
             component.name(),
             f.slots[0][t]
         );
@@ -771,6 +791,22 @@ fn worst_sum_gap(
         .filter(|e| include(e))
         .map(|e| (sums[&(e.component, e.query.clone())] - e.score).abs() / scale)
         .fold(0.0, f64::max)
+}
+
+/// The `eap` QK-edge and path-edge scores of `inputs`, and how far each falls from summing to
+/// its `nodes` ([`worst_sum_gap`]): QK edges into a query sum to the head there, path edges out
+/// of a component to the component.
+fn sum_gaps(inputs: &AttributionInputs, nodes: &ScoreSet) -> (ScoreSet, ScoreSet, f64, f64) {
+    let edges = scores(inputs, Method::Eap, Granularity::QkEdges).unwrap();
+    let qk_gap = worst_sum_gap(
+        nodes,
+        &edges,
+        |e| e.component,
+        |e| matches!(e.component, Component::Head(_)),
+    );
+    let paths = scores(inputs, Method::Eap, Granularity::PathEdges).unwrap();
+    let path_gap = worst_sum_gap(nodes, &paths, upstream_node, |_| true);
+    (edges, paths, qk_gap, path_gap)
 }
 
 fn upstream_node(e: &Entry) -> Component {
@@ -842,15 +878,7 @@ fn eap_relative_to_a_circuit_with_edges_is_the_derivative_of_its_forward() {
 
     // The sum identities hold relative to the circuit too: QK edges into a query sum to the
     // node, path edges out of a component sum to it.
-    let edges = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
-    let qk_gap = worst_sum_gap(
-        &nodes,
-        &edges,
-        |e| e.component,
-        |e| matches!(e.component, Component::Head(_)),
-    );
-    let paths = scores(&inputs, Method::Eap, Granularity::PathEdges).unwrap();
-    let path_gap = worst_sum_gap(&nodes, &paths, upstream_node, |_| true);
+    let (edges, paths, qk_gap, path_gap) = sum_gaps(&inputs, &nodes);
     eprintln!("relative to the circuit: QK gap {qk_gap:.2e}, path gap {path_gap:.2e}");
     assert!(qk_gap < 1e-6, "{qk_gap}");
     assert!(path_gap < 1e-4, "{path_gap}");
@@ -1067,4 +1095,89 @@ fn resample_qk_edge_scores_from_the_reference_attention_equal_the_stored_terms()
         assert_eq!(a.score.to_bits(), b.score.to_bits(), "{a:?} vs {b:?}");
     }
     assert!(stored.entries.iter().any(|e| e.score.abs() > 1e-3));
+}
+
+/// Qwen3 (each head's q and k RMSNormed with its own gain before rotary; 4 query heads on 2
+/// key/value heads; a 3-key window on layers 1 and 2, bound by these 7-token prompts): eap node
+/// scores are the derivative of the forward along `(õ − o)`, relative to the full model and
+/// relative to a circuit whose path edges rebuild q, k (a key of its own for 1.2, whose group
+/// shares its key with 1.3) and v inputs; QK edges and path edges sum to their nodes.
+#[test]
+fn eap_on_qwen3_goes_through_its_per_head_qk_norms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (prompt, answer, distractor) in [
+        ("1234567", "8", "9"),
+        ("2345678", "9", "1"),
+        ("3456789", "1", "2"),
+    ] {
+        lines.push_str(&format!(
+            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("digits.jsonl"), lines).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let text = format!(
+        r#"model "{}"
+dataset digits = "digits.jsonl"
+reference digits
+ablate heads and mlps by mean
+metric logit_diff
+
+circuit normed {{
+  0.* @ *
+  1.0, 1.2, 1.3 @ *
+  2.1 @ END
+  mlp 0, 1, 2 @ *
+  edge 0.0 -> 1.0.q
+  edge 0.1, mlp 0 -> 1.2.k
+  edge 0.3 -> 2.1.v
+  edge 1.0, 1.2, 2.1, mlp 2 -> logits
+}}
+"#,
+        model.display()
+    );
+    let f = fixture_in(dir.path(), &text, true);
+    assert!(f.session.model().config.has_qk_norm());
+    let end = f.ids[0].len() - 1;
+    assert_eq!(end, 6);
+
+    // Relative to the full model.
+    let inputs = f.inputs("logit_diff", None);
+    let nodes = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
+    let cases = [
+        (0, Some(0), end),
+        (0, Some(3), 2), // reaches END only through the window of later layers' keys
+        (1, Some(2), end),
+        (1, Some(1), 4),
+        (0, None, 3),
+        (2, Some(3), end),
+    ];
+    let nonzero = assert_derivatives(&f, None, &nodes, &cases);
+    assert!(nonzero >= 4, "only {nonzero} of the cases have a gradient");
+    let (_, _, qk_gap, path_gap) = sum_gaps(&inputs, &nodes);
+    eprintln!("qwen3: QK gap {qk_gap:.2e}, path gap {path_gap:.2e}");
+    assert!(qk_gap < 1e-6, "{qk_gap}");
+    assert!(path_gap < 1e-4, "{path_gap}");
+
+    // Relative to the circuit: its rebuilt q, k and v inputs are normed as the forward did.
+    let plan = compile_circuit(&f, dir.path(), &text, "normed");
+    assert!(plan.has_path_edges());
+    let hooks = f.hooks(&plan);
+    let masks = run::CircuitMasks::of(&plan, EdgeAblation::EdgeMean);
+    let inputs = f.inputs_in(&hooks, &masks, None);
+    let in_circuit = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
+    let cases = [
+        (0, Some(0), end), // into 1.0.q only
+        (0, Some(0), 3),
+        (0, Some(1), end), // into 1.2.k only: 1.2's own key
+        (0, Some(1), 4),
+        (0, None, 4),      // mlp 0 into 1.2.k
+        (0, Some(3), end), // into 2.1.v
+        (1, Some(2), end),
+        (1, Some(3), end),
+        (2, Some(1), end),
+    ];
+    let nonzero = assert_circuit_derivatives(&f, &hooks, &in_circuit, &cases);
+    assert!(nonzero >= 5, "only {nonzero} of the cases have a gradient");
 }

@@ -125,8 +125,8 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let prepared = invocation.prepare(file, &svg)?;
 
     let disk_cache = args.cache.cache()?;
-    let progress = Progress::start(&args.file.display().to_string());
-    let (on_batch, on_total) = progress.callbacks();
+    let progress = Progress::start_search(&args.file.display().to_string());
+    let (on_batch, _) = progress.callbacks();
     let options = SessionOptions {
         on_batch,
         on_total: None,
@@ -139,19 +139,9 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         }),
     };
     let mut session = Session::open(file, options)?;
-    // How many evaluations the search needs is known only as it goes: the total grows with
-    // each one (the reference prompts, the full model, the empty circuit, then each circuit).
-    let (n_clean, n_reference) = (
-        session.clean_prompts().len(),
-        session.reference_prompts().len(),
-    );
-    let on_evaluation =
-        on_total.map(|total| move |n: usize| total(n_reference + n_clean * (2 + n)));
-    let result = invocation.run(
-        &mut session,
-        &prepared,
-        on_evaluation.as_ref().map(|f| f as &dyn Fn(usize)),
-    );
+    // How many evaluations the search needs is known only as it goes: progress counts them.
+    let on_evaluation = |n: usize| progress.evaluated(n);
+    let result = invocation.run(&mut session, &prepared, Some(&on_evaluation));
     progress.finish();
     let found = result?;
     let text = invocation.found_file(&session, &found, &prepared)?;

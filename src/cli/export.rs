@@ -47,7 +47,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     let config = file.settings.model.config()?;
     let text = match args.format {
         ExportFormat::EapIgJson => {
-            circuit::report::graph_json::circuit_graph(&circuit, &file.settings, &config).to_json()
+            circuit::report::graph_json::circuit_graph(&circuit, &file.settings, &config)?.to_json()
         }
     };
     emit(&text, args.output.as_deref())?;

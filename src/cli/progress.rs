@@ -36,6 +36,10 @@ struct State {
     start: Instant,
     done: Cell<u64>,
     total: Cell<u64>,
+    /// A search (`discover`): how many circuits it evaluates is known only as it goes, so
+    /// progress is the count of circuits evaluated so far, with no total, percentage or ETA
+    /// (a total that grows with each step would read 100% throughout).
+    searched: Option<Cell<u64>>,
 }
 
 /// The progress of one evaluation; cloned into the session's callbacks.
@@ -47,18 +51,36 @@ pub type Callback = Box<dyn Fn(usize)>;
 impl Progress {
     /// Progress of evaluating `what` (a file name), shown as stderr and `--quiet` allow.
     pub fn start(what: &str) -> Progress {
+        Progress::new(what, false)
+    }
+
+    /// Progress of a search over circuits of `what`, whose number of evaluations is not known
+    /// in advance: [`Progress::evaluated`] counts them.
+    pub fn start_search(what: &str) -> Progress {
+        Progress::new(what, true)
+    }
+
+    fn new(what: &str, search: bool) -> Progress {
         let sink = if QUIET.load(Ordering::Relaxed) {
             Sink::Off
         } else if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(0);
+            let template = if search {
+                "{spinner} {msg}, {pos} prompt runs, {elapsed} elapsed"
+            } else {
+                "{spinner} {msg} [{bar:30}] {pos}/{len} prompt runs, {elapsed} elapsed, about {eta} left"
+            };
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg} [{bar:30}] {pos}/{len} prompt runs, {elapsed} elapsed, about {eta} left",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
             );
-            bar.set_message(format!("evaluating {what}"));
+            if search {
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bar.set_message(format!("discovering in {what}: ranking"));
+            } else {
+                bar.set_message(format!("evaluating {what}"));
+            }
             Sink::Bar(bar)
         } else {
             let seconds = std::env::var("CIRCUIT_PROGRESS_SECONDS")
@@ -76,7 +98,22 @@ impl Progress {
             start: Instant::now(),
             done: Cell::new(0),
             total: Cell::new(0),
+            searched: search.then(|| Cell::new(0)),
         }))
+    }
+
+    /// A search has evaluated `n` circuits exactly so far.
+    pub fn evaluated(&self, n: usize) {
+        let Some(searched) = &self.0.searched else {
+            return;
+        };
+        searched.set(n as u64);
+        if let Sink::Bar(bar) = &self.0.sink {
+            bar.set_message(format!(
+                "discovering in {}: {n} circuits evaluated exactly",
+                self.0.what
+            ));
+        }
     }
 
     /// `(on_batch, on_total)` for `SessionOptions`; `None` when nothing is shown.
@@ -114,9 +151,19 @@ impl Progress {
         }
     }
 
-    /// `evaluating F: 120/480 prompt runs (25%), 10s elapsed, about 30s left`.
+    /// `evaluating F: 120/480 prompt runs (25%), 10s elapsed, about 30s left`, or for a search
+    /// `discovering in F: 12 circuits evaluated exactly, 1600 prompt runs, 10s elapsed`.
     fn log_line(&self) -> String {
         let state = &self.0;
+        if let Some(searched) = &state.searched {
+            return format!(
+                "discovering in {}: {} circuits evaluated exactly, {} prompt runs, {:.0}s elapsed",
+                state.what,
+                searched.get(),
+                state.done.get(),
+                state.start.elapsed().as_secs_f64()
+            );
+        }
         let (done, total) = (state.done.get(), state.total.get().max(state.done.get()));
         let elapsed = state.start.elapsed().as_secs_f64();
         let left = if done > 0 {

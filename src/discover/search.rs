@@ -173,8 +173,11 @@ pub fn smallest_prefix<E>(
 }
 
 /// ACDC-style pruning: visiting `kept` in `order` (from the output backwards), drop each
-/// candidate whose removal keeps faithfulness at least `target`. Returns the pruned set and its
-/// faithfulness.
+/// candidate whose removal keeps faithfulness at least `target`; then visit the survivors
+/// again, in the same order, until a pass drops nothing. One pass is not enough: faithfulness
+/// is not monotone, so a removal late in a pass (of a component that hurt) can make an earlier
+/// survivor free to go. At the fixed point no single survivor can be removed with `f >= target`.
+/// Returns the pruned set and its faithfulness.
 pub fn prune<E>(
     evals: &mut Evaluations<E>,
     kept: BTreeSet<usize>,
@@ -183,19 +186,26 @@ pub fn prune<E>(
 ) -> Result<(BTreeSet<usize>, f64), E> {
     let mut current = kept;
     let mut f = evals.faithfulness(&current)?;
-    for &c in order {
-        if !current.contains(&c) {
-            continue;
+    loop {
+        let mut dropped = false;
+        for &c in order {
+            if !current.contains(&c) {
+                continue;
+            }
+            let mut trial = current.clone();
+            trial.remove(&c);
+            let g = evals.faithfulness(&trial)?;
+            if g >= target {
+                current = trial;
+                f = g;
+                dropped = true;
+            }
         }
-        let mut trial = current.clone();
-        trial.remove(&c);
-        let g = evals.faithfulness(&trial)?;
-        if g >= target {
-            current = trial;
-            f = g;
+        // Each pass that drops something shrinks the set, so this ends.
+        if !dropped {
+            return Ok((current, f));
         }
     }
-    Ok((current, f))
 }
 
 /// Per kept candidate, `f(kept) − f(kept without it)`: its exact cost of removal.
@@ -287,6 +297,21 @@ mod tests {
         assert!((f - 0.95).abs() < 1e-12);
         let costs = removal_costs(&mut evals, &kept).unwrap();
         assert!((costs[&0] - 0.5).abs() < 1e-12 && (costs[&2] - 0.45).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pruning_repeats_its_pass_until_no_survivor_can_go() {
+        // Visited 2, 1, 0: removing 2 first drops f to 0.8 (kept); 1 hurts (−0.1), so its
+        // removal raises f to 1.05 and makes 2 free to go, which only a second pass sees.
+        let weights = [0.9, -0.1, 0.15];
+        let mut evals = Evaluations::new(additive(&weights));
+        let all: BTreeSet<usize> = (0..3).collect();
+        let (kept, f) = prune(&mut evals, all, &[2, 1, 0], 0.9).unwrap();
+        assert_eq!(kept, BTreeSet::from([0]));
+        assert!((f - 0.9).abs() < 1e-12);
+        // No survivor can be removed at the fixed point.
+        let costs = removal_costs(&mut evals, &kept).unwrap();
+        assert!(costs.values().all(|&cost| f - cost < 0.9));
     }
 
     #[test]

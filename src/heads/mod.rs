@@ -27,13 +27,13 @@ pub enum HeadsError {
     #[error("LAPACK could not compute {what}: {reason}")]
     #[diagnostic(code(circuit::heads::lapack))]
     Lapack { what: String, reason: String },
-    #[error("`circuit heads` is not defined on this model: each head's q and k pass through an RMSNorm of their own (Qwen3 q_norm/k_norm), so a head's QK circuit is no bilinear form of the residual stream")]
-    #[diagnostic(
-        code(circuit::heads::qk_norm),
-        help("look at attention patterns with `circuit cache` (docs/semantics.md, \"Model families\")")
-    )]
-    QkNorm,
 }
+
+/// Why a model with per-head q/k norms (Qwen3) has no QK column: the note the text and the JSON
+/// print in its place (docs/semantics.md, "Head characterization").
+pub const QK_NOT_DEFINED: &str = "not defined on this model: each head's q and k are RMSNormed on \
+their own (Qwen3 q_norm/k_norm) before the scores, so a head's QK circuit is no bilinear form \
+of the residual stream and has no singular values";
 
 /// One head's row of the report.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -44,9 +44,10 @@ pub struct HeadRow {
     /// `None` without the `linalg` feature.
     #[cfg(feature = "linalg")]
     pub ov: circuits::OvCircuit,
-    /// All `d` singular values, largest first.
+    /// All `d` singular values, largest first; `None` where the QK circuit is no bilinear
+    /// form ([`HeadsReport::qk_not_defined`] says why).
     #[cfg(feature = "linalg")]
-    pub qk_singular_values: Vec<f64>,
+    pub qk_singular_values: Option<Vec<f64>>,
 }
 
 /// What `circuit heads` prints for one file.
@@ -61,6 +62,10 @@ pub struct HeadsReport {
     /// The model's positions are rotary: its QK singular values are those of the bilinear
     /// form at query-key distance 0 (docs/semantics.md).
     pub rotary: bool,
+    /// Why no head has QK singular values ([`QK_NOT_DEFINED`], under per-head q/k norms); absent
+    /// where they are defined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qk_not_defined: Option<&'static str>,
     pub heads: Vec<HeadRow>,
 }
 
@@ -79,9 +84,9 @@ pub fn dataset_tokens(prompts: &[TokenizedPrompt]) -> Vec<u32> {
 /// Every head of the session's model, characterized on its clean prompts.
 pub fn characterize(session: &Session) -> miette::Result<HeadsReport> {
     let model = session.model();
-    if model.config.has_qk_norm() {
-        return Err(HeadsError::QkNorm.into());
-    }
+    // Per-head q/k norms (Qwen3): the attention summary reads patterns and the OV circuit
+    // involves no q or k, so both stay defined; the QK circuit does not.
+    let qk_not_defined = model.config.has_qk_norm().then_some(QK_NOT_DEFINED);
     let prompts: Vec<Vec<u32>> = session
         .clean_prompts()
         .iter()
@@ -99,7 +104,10 @@ pub fn characterize(session: &Session) -> miette::Result<HeadsReport> {
                 #[cfg(feature = "linalg")]
                 ov: circuits::ov_circuit(model, layer, head, &tokens)?,
                 #[cfg(feature = "linalg")]
-                qk_singular_values: circuits::qk_singular_values(model, layer, head)?,
+                qk_singular_values: match qk_not_defined {
+                    None => Some(circuits::qk_singular_values(model, layer, head)?),
+                    Some(_) => None,
+                },
             });
         }
     }
@@ -108,6 +116,7 @@ pub fn characterize(session: &Session) -> miette::Result<HeadsReport> {
         tokens,
         linalg: HAS_LINALG,
         rotary: uses_rotary(model),
+        qk_not_defined,
         heads,
     })
 }

@@ -1,6 +1,7 @@
 //! `circuit heads` as text (a table, one row per head, with the definitions above it) and as
 //! JSON (every number). Computes nothing; a build without the `linalg` feature says in both that
-//! the OV and QK columns were not computed, instead of leaving them blank.
+//! the OV and QK columns were not computed, and a model with per-head q/k norms (Qwen3) why it
+//! has no QK column, instead of leaving them blank.
 
 use super::HeadsReport;
 use crate::report::short;
@@ -70,20 +71,30 @@ pub fn to_text(file: &str, report: &HeadsReport) -> String {
         } else {
             ""
         };
-        row(
-            "QK",
-            format!("top singular values of γ·W_Q·(γ·W_K)ᵀ/√d in the residual basis{distance}"),
-        );
+        if report.qk_not_defined.is_none() {
+            row(
+                "QK",
+                format!("top singular values of γ·W_Q·(γ·W_K)ᵀ/√d in the residual basis{distance}"),
+            );
+        }
     } else {
         row("OV, QK", LINALG_MISSING.to_string());
+    }
+    if let Some(note) = report.qk_not_defined {
+        // The column left out, and why (never a silent blank).
+        for (i, line) in wrapped(note, 80).into_iter().enumerate() {
+            row(if i == 0 { "QK" } else { "" }, line);
+        }
     }
     out.push('\n');
 
     let mut header = format!("{:<7} {:>7} {:>7} {:>7}", "head", "prev", "dup", "induct");
     if report.linalg {
         header.push_str(&format!(" {:>8} {:>6}", "copying", "pos"));
-        for i in 1..=super::QK_SHOWN {
-            header.push_str(&format!(" {:>8}", format!("qk σ{i}")));
+        if report.qk_not_defined.is_none() {
+            for i in 1..=super::QK_SHOWN {
+                header.push_str(&format!(" {:>8}", format!("qk σ{i}")));
+            }
         }
     }
     out.push_str(header.trim_end());
@@ -128,9 +139,11 @@ fn weight_columns(head: &super::HeadRow) -> String {
         fixed(head.ov.copying, 4),
         fixed(Some(head.ov.positive_share), 3)
     );
-    for i in 0..super::QK_SHOWN {
-        let sigma = head.qk_singular_values.get(i).copied();
-        columns.push_str(&format!(" {:>8}", fixed(sigma, 3)));
+    // No QK columns where the circuit is no bilinear form (the header says why).
+    if let Some(sigma) = &head.qk_singular_values {
+        for i in 0..super::QK_SHOWN {
+            columns.push_str(&format!(" {:>8}", fixed(sigma.get(i).copied(), 3)));
+        }
     }
     columns
 }
@@ -139,6 +152,21 @@ fn weight_columns(head: &super::HeadRow) -> String {
 #[cfg(not(feature = "linalg"))]
 fn weight_columns(_head: &super::HeadRow) -> String {
     String::new()
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 fn fixed(x: Option<f64>, digits: usize) -> String {

@@ -85,6 +85,11 @@ const CONFIG_KEYS: &[&str] = &[
     "sliding_window",
     "max_window_layers",
     "layer_types",
+    "hidden_activation",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "use_bidirectional_attention",
 ];
 
 /// A config object: a model type and some of the keys, each with a plausible or hostile value.
@@ -95,6 +100,8 @@ fn config() -> impl Strategy<Value = Value> {
         Just(json!("gpt_neox")),
         Just(json!("qwen2")),
         Just(json!("mistral")),
+        Just(json!("qwen3")),
+        Just(json!("gemma2")),
         Just(json!("mamba")),
         value(),
     ];

@@ -46,9 +46,9 @@ pub(crate) fn resident_bytes(files: &WeightFiles, stored: bool) -> u64 {
     files
         .headers()
         .iter()
-        .map(|(name, dtype, shape)| {
+        .map(|(_, dtype, shape)| {
             let n: u64 = shape.iter().map(|&d| d as u64).product();
-            if shape.len() == 2 && kept_stored(name, *dtype) {
+            if shape.len() == 2 && kept_stored(*dtype) {
                 2 * n
             } else {
                 4 * n
@@ -58,10 +58,10 @@ pub(crate) fn resident_bytes(files: &WeightFiles, stored: bool) -> u64 {
         + 4 * largest
 }
 
-/// Whether a matrix of this name and dtype stays in its stored dtype (GPT-NeoX's fused q/k/v is
-/// converted: `Weight::select_rows`).
-fn kept_stored(name: &str, dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::BF16 | Dtype::F16) && !name.ends_with("query_key_value.weight")
+/// Whether a matrix of this dtype stays in its stored dtype (every BF16/F16 matrix does;
+/// GPT-NeoX's fused q/k/v is regrouped into q, k and v as stored bytes: `Weight::select_rows`).
+fn kept_stored(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::BF16 | Dtype::F16)
 }
 
 /// Whether the load keeps BF16/F16 matrices in their stored dtype under `mode`: for `auto`,

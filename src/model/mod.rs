@@ -461,6 +461,33 @@ impl Model {
                 .any(|layer| layer.o.weight.is_stored())
     }
 
+    /// How many of the model's weight matrices (embedding, unembedding, every layer's q, k, v,
+    /// o and MLP matrices) are held as f32: all of them under `--weights f32`, none of a
+    /// BF16/F16 file's under `stored` (tests/engine_stored.rs).
+    pub fn matrices_held_as_f32(&self) -> usize {
+        use transformer::Mlp;
+        let t = &self.transformer;
+        let mut matrices = vec![&t.embed];
+        matrices.extend(&t.unembed);
+        for layer in &t.layers {
+            matrices.extend([
+                &layer.q.weight,
+                &layer.k.weight,
+                &layer.v.weight,
+                &layer.o.weight,
+            ]);
+            match &layer.mlp {
+                Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
+                    matrices.extend([&fc.weight, &proj.weight])
+                }
+                Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
+                    matrices.extend([&gate.weight, &up.weight, &down.weight])
+                }
+            }
+        }
+        matrices.iter().filter(|w| !w.is_stored()).count()
+    }
+
     pub fn n_embedding_rows(&self) -> usize {
         self.transformer.embed.nrows()
     }

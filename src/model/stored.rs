@@ -174,6 +174,30 @@ impl StoredMatrix {
             layout: self.layout,
         }
     }
+
+    /// Rows `rows` (in that order) as a row-major matrix of owned bytes in the same dtype: the
+    /// values are copied bit for bit, so products read exactly what they read from the file.
+    fn select_rows(&self, rows: &[usize]) -> StoredMatrix {
+        let view = self.view();
+        let cols = self.layout.dim.1;
+        let mut out = Vec::with_capacity(2 * rows.len() * cols);
+        for &r in rows {
+            assert!(r < self.layout.dim.0, "row in range");
+            if self.layout.strides.1 == 1 {
+                out.extend_from_slice(view.run(view.offset(r, 0), cols));
+            } else {
+                for c in 0..cols {
+                    out.extend_from_slice(view.run(view.offset(r, c), 1));
+                }
+            }
+        }
+        StoredMatrix::row_major(
+            Bytes::Owned(out.into()),
+            0,
+            self.layout.dtype,
+            (rows.len(), cols),
+        )
+    }
 }
 
 impl Layout {
@@ -450,10 +474,15 @@ impl Weight {
         }
     }
 
-    /// Rows `rows` (in that order) as an f32 matrix (a stored matrix is converted: GPT-NeoX's
-    /// fused q/k/v rows are interleaved by head, which no strided view describes).
+    /// Rows `rows` (in that order) as a weight of their own, in the dtype it is held in: an f32
+    /// copy, or for a stored matrix a copy of those rows' stored bytes (GPT-NeoX's fused q/k/v
+    /// rows are interleaved by head, which no strided view describes; the copy keeps them at
+    /// 2 bytes per value, and the mapped pages it was read from are clean and can be dropped).
     pub(crate) fn select_rows(&self, rows: &[usize]) -> Weight {
-        Weight::F32(self.f32().select(Axis(0), rows))
+        match self {
+            Weight::F32(w) => Weight::F32(w.select(Axis(0), rows)),
+            Weight::Stored(matrix) => Weight::Stored(matrix.select_rows(rows)),
+        }
     }
 
     /// Row `r` into `out` (embedding lookup).

@@ -203,7 +203,7 @@ impl Layer {
 }
 
 /// `norm` (of width `d`) over each `d`-wide head of `x` `(N, heads·d)`.
-fn per_head(norm: &Norm, x: Array2<f32>, d_head: usize) -> Array2<f32> {
+pub(crate) fn per_head(norm: &Norm, x: Array2<f32>, d_head: usize) -> Array2<f32> {
     let (rows, width) = x.dim();
     let heads = x
         .as_standard_layout()

@@ -20,11 +20,14 @@ use super::error::ModelError;
 use super::stored::{Half, StoredMatrix, Weight};
 
 /// The bytes of one safetensors file: a read-only map of a file, or bytes compiled in; shared
-/// by the matrices kept in their stored dtype, which keep the map alive.
+/// by the matrices kept in their stored dtype, which keep the map alive. `Owned` holds bytes
+/// gathered from a file (GPT-NeoX's q, k and v rows, interleaved by head in its fused matrix),
+/// still in the stored dtype.
 #[derive(Clone)]
 pub(crate) enum Bytes {
     Mapped(Arc<Mmap>),
     Static(&'static [u8]),
+    Owned(Arc<[u8]>),
 }
 
 impl Bytes {
@@ -32,6 +35,7 @@ impl Bytes {
         match self {
             Bytes::Mapped(map) => map,
             Bytes::Static(bytes) => bytes,
+            Bytes::Owned(bytes) => bytes,
         }
     }
 }

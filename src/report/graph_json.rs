@@ -32,7 +32,7 @@ use serde_json::{json, Map, Value};
 use super::diff::positions_text;
 use crate::attribute::export::{downstream_name, upstream_name, Graph, GraphConfig, GraphEntry};
 use crate::data::positions::PositionSet;
-use crate::model::{HeadInput, ModelConfig};
+use crate::model::{HeadInput, ModelConfig, ResidualTopology};
 use crate::resolve::bound::{
     BoundCircuit, Downstream, HeadId, Scope, SettingName, Settings, Upstream,
 };
@@ -70,9 +70,28 @@ fn node_of(d: Downstream) -> Option<Upstream> {
     }
 }
 
-/// `circuit` of a file with `settings`, on a model of shape `config`, as the graph.
-pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &ModelConfig) -> Graph {
+/// Why a circuit has no graph of this format.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum GraphExportError {
+    #[error("the EAP-IG / MIB graph of a circuit is not defined on this model: it normalizes each attention and MLP output before adding it to the residual stream (Gemma 2's post-norms), so no head or MLP writes a term of a later input, and the graph's edges (`a0.h1->a2.h3<q>`) would state ablations this circuit does not make")]
+    #[diagnostic(
+        code(circuit::export::post_norm),
+        help("node and QK-edge circuits are well defined here: share the .circuit file itself, or `circuit eval --format json` for its numbers (docs/semantics.md, \"Model families\")")
+    )]
+    PostNorm,
+}
+
+/// `circuit` of a file with `settings`, on a model of shape `config`, as the graph. Refused on
+/// a post-norm model, where the graph's edges mean nothing (the one topology rule).
+pub fn circuit_graph(
+    circuit: &BoundCircuit,
+    settings: &Settings,
+    config: &ModelConfig,
+) -> Result<Graph, GraphExportError> {
     let topology = config.residual;
+    if topology == ResidualTopology::SequentialPostNorm {
+        return Err(GraphExportError::PostNorm);
+    }
     let mlps_in_scope = settings.scope == Scope::HeadsAndMlps;
     // Where each kept node is kept (a QK edge keeps its head at its queries). In an
     // edge-complete circuit no node is ablated: every head and MLP computes everywhere.
@@ -183,12 +202,12 @@ pub fn circuit_graph(circuit: &BoundCircuit, settings: &Settings, config: &Model
                 .collect(),
         ),
     );
-    Graph {
+    Ok(Graph {
         cfg: GraphConfig::of(config),
         nodes,
         edges,
         extra,
-    }
+    })
 }
 
 /// What a reader of the format's fields alone gets differently from the circuit.

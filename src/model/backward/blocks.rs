@@ -306,6 +306,48 @@ pub(crate) fn swiglu_backward<F: NdFloat>(
     (d_gate, d_up)
 }
 
+// ---- Per-head norms (Qwen3's q_norm and k_norm) ------------------------------------------
+
+/// `x` `(N, heads·d)` as `(N·heads, d)`: one row per (row, head), the rows a norm of width `d`
+/// applied to each head on its own reads.
+fn rows_of_each_head<F: NdFloat>(x: ArrayView2<F>, d_head: usize) -> Array2<F> {
+    let (rows, width) = x.dim();
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows * width / d_head, d_head))
+        .expect("standard layout")
+}
+
+#[cfg(test)] // restated forward: the tests check it against the engine's
+/// RMSNorm of width `d` over each `d`-wide head of `x`: (N, heads·d) → (N, heads·d).
+pub(crate) fn per_head_rmsnorm_forward<F: NdFloat>(
+    x: ArrayView2<F>,
+    weight: ArrayView1<F>,
+    eps: F,
+    d_head: usize,
+) -> Array2<F> {
+    rmsnorm_forward(rows_of_each_head(x, d_head).view(), weight, eps)
+        .into_shape_with_order(x.raw_dim())
+        .expect("standard layout")
+}
+
+/// The backward of a norm applied to each `d`-wide head of `x` `(N, heads·d)` on its own (Qwen3
+/// norms every head of q and of k with one gain of width `d`): the heads are independent rows
+/// of that norm, so `x` and `dy` are read as `(N·heads, d)` rows by the norm's own backward
+/// `norm_backward(x, dy)` (e.g. [`rmsnorm_backward`] with its gain), and the result returned as
+/// `(N, heads·d)`.
+pub(crate) fn per_head_norm_backward<F: NdFloat>(
+    x: ArrayView2<F>,
+    dy: ArrayView2<F>,
+    d_head: usize,
+    norm_backward: impl FnOnce(ArrayView2<F>, ArrayView2<F>) -> Array2<F>,
+) -> Array2<F> {
+    let (x_rows, dy_rows) = (rows_of_each_head(x, d_head), rows_of_each_head(dy, d_head)); // (N·heads, d) each
+    norm_backward(x_rows.view(), dy_rows.view())
+        .into_shape_with_order(x.raw_dim())
+        .expect("standard layout") // (N, heads·d)
+}
+
 // ---- Rotary positions (Llama) ------------------------------------------------------------
 
 /// HF's rotate-half rotation of every head of `x` `(N, H·d)` in place, on its first `r`

@@ -14,7 +14,9 @@
 //! - the MLP norm's output `norm(resid_mid)` and the MLP pre-activations (`c_fc` output for
 //!   GPT-2; `gate` and `up` outputs for Llama): one `D × M` product (two for Llama) per
 //!   layer, the largest recomputation;
-//! - the rotary cos/sin tables (cheap).
+//! - the rotary cos/sin tables (cheap);
+//! - Qwen3's q and k projections before its per-head norms (the cache holds them after the
+//!   norms and rotary): one `D × H·d` and one `D × Hkv·d` product per layer.
 //!
 //! Shapes: `B` prompts right-padded to `T`, `N = B·T` rows, `H` query heads, `Hkv` key/value
 //! heads, `d` head size, `D` model width, `V` vocabulary.
@@ -31,7 +33,7 @@ use thiserror::Error;
 use super::cache::rows_as_prompts;
 use super::cache::CacheExtras;
 use super::stored::WeightView;
-use super::transformer::{Mlp, Norm, Positions};
+use super::transformer::{per_head, Layer, Mlp, Norm, Positions};
 use super::HeadInput;
 use super::ResidualTopology;
 use super::{ActivationCache, Model, ModelError, NoInterventions};
@@ -103,13 +105,6 @@ pub enum GradientError {
     #[error("{what}")]
     #[diagnostic(code(circuit::model::gradient_inputs))]
     Inputs { what: String },
-
-    #[error("the backward pass does not go through Qwen3's per-head q/k norms")]
-    #[diagnostic(
-        code(circuit::model::no_backward),
-        help("gradients that skipped the norms would be wrong; the forward, evaluation and scans of Qwen3 are exact")
-    )]
-    QkNorm,
 }
 
 /// ∂M/∂(activations) of one layer, `M` the metric averaged over prompts. Rows past a prompt's
@@ -440,11 +435,6 @@ fn gradients_inner(
     let transformer = &model.transformer;
     let unembed = transformer.unembed.as_ref().unwrap_or(&transformer.embed); // (V, D)
     let vocab = unembed.nrows();
-    // Every gradient entry point comes through here (the attribution's own refusal,
-    // `circuit::attribute::qk_norm`, answers first for `scores` and `discover`).
-    if model.config.has_qk_norm() {
-        return Err(GradientError::QkNorm);
-    }
     check_inputs(tokens, targets, &objective, vocab)?;
 
     // Path edges: each rebuilt reader's input is recomputed from the cached component outputs
@@ -707,22 +697,17 @@ fn gradients_inner(
         // k input gives its query head a key of its own, recomputed here for every head.
         let k_by_query_head =
             (group > 1 && head_readers.iter().any(|r| r.2 == HeadInput::K)).then(|| {
-                let normed = layer.attn_norm.apply(resid_pre.view()); // (N, D)
-                let shared = layer.k.apply(normed.view()); // (N, Hkv·d)
-                let mut k = Array2::<f32>::zeros((n_rows, n_heads * d_head)); // (N, H·d)
-                for h in 0..n_heads {
-                    let kv = h / group;
-                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
-                        .assign(&shared.slice(s![.., kv * d_head..(kv + 1) * d_head]));
-                }
-                for (_, h, _, x) in head_readers.iter().filter(|r| r.2 == HeadInput::K) {
-                    let kv = h / group;
-                    let x_normed = layer.attn_norm.apply(x.view()); // (N, D)
-                    let own = layer
-                        .k
-                        .apply_columns(x_normed.view(), kv * d_head..(kv + 1) * d_head); // (N, d)
-                    k.slice_mut(s![.., h * d_head..(h + 1) * d_head])
-                        .assign(&own);
+                let mut k = projections_by_query_head(
+                    layer,
+                    HeadInput::K,
+                    &resid_pre,
+                    &head_readers,
+                    n_heads,
+                    group,
+                    d_head,
+                ); // (N, H·d)
+                if let Some(norms) = &layer.qk_norm {
+                    k = per_head(&norms.k, k, d_head); // Qwen3's norm, before rotary
                 }
                 if let Some((cos, sin)) = &rotary {
                     blocks::rotate_half(&mut k, cos.view(), sin.view(), |r| r % seq, d_head, false);
@@ -769,6 +754,28 @@ fn gradients_inner(
             // The cache holds q and k after rotary; their gradients before it are turned back.
             blocks::rotate_half_backward(&mut d_q, cos.view(), sin.view(), |r| r % seq, d_head);
             blocks::rotate_half_backward(&mut d_k, cos.view(), sin.view(), |r| r % seq, d_head);
+        }
+        if let Some(norms) = &layer.qk_norm {
+            // Qwen3 normed each head's q and k before rotary: back through the norms, at the
+            // projections each query head normed (recomputed from the input it read).
+            let projected = |which| {
+                projections_by_query_head(
+                    layer,
+                    which,
+                    &resid_pre,
+                    &head_readers,
+                    n_heads,
+                    group,
+                    d_head,
+                )
+            }; // (N, H·d)
+            let (q_proj, k_proj) = (projected(HeadInput::Q), projected(HeadInput::K));
+            d_q = blocks::per_head_norm_backward(q_proj.view(), d_q.view(), d_head, |x, dy| {
+                norm_backward(&norms.q, x, dy)
+            }); // (N, H·d)
+            d_k = blocks::per_head_norm_backward(k_proj.view(), d_k.view(), d_head, |x, dy| {
+                norm_backward(&norms.k, x, dy)
+            }); // (N, H·d)
         }
 
         // ∂M/∂(the residual stream one head's q, k or v reads), pre-norm, at the input that
@@ -997,6 +1004,42 @@ fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array
                 + linear_input_gradient(up.weight.view(), d_up.view())
         }
     }
+}
+
+/// The projections `(N, H·d)` of one attention input (`which`: q, k or v) indexed by query
+/// head, as the forward computed them before any per-head norm and rotary: every head from the
+/// layer's normed `resid_pre` `(N, D)` (under grouped-query attention a key/value head copied
+/// for each query head of its group), except a head whose input a path edge rebuilt
+/// (`head_readers`: (reader, head, input, its rebuilt input `(N, D)`)), from that input.
+fn projections_by_query_head(
+    layer: &Layer,
+    which: HeadInput,
+    resid_pre: &Array2<f32>,
+    head_readers: &[(&PathReader, usize, HeadInput, Array2<f32>)],
+    n_heads: usize,
+    group: usize,
+    d_head: usize,
+) -> Array2<f32> {
+    let (linear, group) = match which {
+        HeadInput::Q => (&layer.q, 1),
+        HeadInput::K => (&layer.k, group),
+        HeadInput::V => (&layer.v, group),
+    };
+    let head = |h: usize| s![.., h * d_head..(h + 1) * d_head];
+    let normed = layer.attn_norm.apply(resid_pre.view()); // (N, D)
+    let shared = linear.apply(normed.view()); // (N, heads·d)
+    let mut out = Array2::<f32>::zeros((resid_pre.nrows(), n_heads * d_head)); // (N, H·d)
+    for h in 0..n_heads {
+        out.slice_mut(head(h))
+            .assign(&shared.slice(head(h / group)));
+    }
+    for (_, h, _, x) in head_readers.iter().filter(|r| r.2 == which) {
+        let source = h / group;
+        let x_normed = layer.attn_norm.apply(x.view()); // (N, D)
+        let own = linear.apply_columns(x_normed.view(), source * d_head..(source + 1) * d_head); // (N, d)
+        out.slice_mut(head(*h)).assign(&own);
+    }
+    out
 }
 
 /// `(B, T, H, d)` per-head outputs as `(N, H·d)` rows.

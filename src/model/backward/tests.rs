@@ -194,36 +194,63 @@ fn partial_rotary_backward_matches_finite_differences() {
     rotary_backward_on(10, 4, 17);
 }
 
-fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (seq, heads) = (5, 3);
-    let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
-        t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
-    });
-    let (cos, sin) = (angle.mapv(f64::cos), angle.mapv(f64::sin));
-    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
-    let r = random(&mut rng, (2 * seq, heads * d_head));
-    let forward = |x: &Array2<f64>| {
+/// f64 rotary tables for `seq` positions over `rotary_dim` dimensions, and the rotation and
+/// its backward on the rows of prompts of `seq` rows each.
+struct TestRotary {
+    cos: Array2<f64>,
+    sin: Array2<f64>,
+    seq: usize,
+}
+
+impl TestRotary {
+    fn new(seq: usize, rotary_dim: usize) -> TestRotary {
+        let angle = Array2::from_shape_fn((seq, rotary_dim / 2), |(t, i)| {
+            t as f64 * 10f64.powf(-((2 * i) as f64) / rotary_dim as f64)
+        });
+        TestRotary {
+            cos: angle.mapv(f64::cos),
+            sin: angle.mapv(f64::sin),
+            seq,
+        }
+    }
+
+    fn turned(&self, x: &Array2<f64>, d_head: usize) -> Array2<f64> {
         let mut y = x.clone();
+        let seq = self.seq;
         rotate_half(
             &mut y,
-            cos.view(),
-            sin.view(),
+            self.cos.view(),
+            self.sin.view(),
             |row| row % seq,
             d_head,
             false,
         );
         y
-    };
+    }
+
+    fn turned_back(&self, dy: &Array2<f64>, d_head: usize) -> Array2<f64> {
+        let mut dx = dy.clone();
+        let seq = self.seq;
+        rotate_half_backward(
+            &mut dx,
+            self.cos.view(),
+            self.sin.view(),
+            |row| row % seq,
+            d_head,
+        );
+        dx
+    }
+}
+
+fn rotary_backward_on(d_head: usize, rotary_dim: usize, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (seq, heads) = (5, 3);
+    let rotary = TestRotary::new(seq, rotary_dim);
+    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
+    let r = random(&mut rng, (2 * seq, heads * d_head));
+    let forward = |x: &Array2<f64>| rotary.turned(x, d_head);
     let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
-    let mut analytic = r.clone();
-    rotate_half_backward(
-        &mut analytic,
-        cos.view(),
-        sin.view(),
-        |row| row % seq,
-        d_head,
-    );
+    let analytic = rotary.turned_back(&r, d_head);
     check("rotary", &analytic, &numeric);
     // The dimensions past `rotary_dim` pass unchanged.
     let turned = forward(&x);
@@ -362,6 +389,36 @@ fn attention_backward_with_constant_terms_matches_finite_differences() {
         None,
     );
     assert!((&unmasked.v - &grads.v).iter().any(|x| x.abs() > 1e-3));
+}
+
+/// Qwen3's q (or k) path before the scores: a per-head RMSNorm with one gain of width `d`,
+/// then rotary. The backward turns the gradient back, then passes it through each head's norm.
+#[test]
+fn per_head_norm_then_rotary_backward_matches_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let (seq, heads, d_head) = (4, 3, 6);
+    let rotary = TestRotary::new(seq, d_head);
+    let x = random(&mut rng, (2 * seq, heads * d_head)); // two prompts of `seq` rows
+    let r = random(&mut rng, (2 * seq, heads * d_head));
+    let w = random(&mut rng, (1, d_head)).row(0).to_owned() + 1.0;
+    let eps = 1e-6;
+    let forward = |x: &Array2<f64>| {
+        rotary.turned(
+            &per_head_rmsnorm_forward(x.view(), w.view(), eps, d_head),
+            d_head,
+        )
+    };
+    let numeric = numeric_gradient(&x, |x| weighted_sum(&forward(x), &r));
+    let d_normed = rotary.turned_back(&r, d_head);
+    let analytic = per_head_norm_backward(x.view(), d_normed.view(), d_head, |x, dy| {
+        rmsnorm_backward(x, w.view(), eps, dy)
+    });
+    check("per-head rmsnorm + rotary", &analytic, &numeric);
+    // Each head is a norm of its own: the norm of the whole row would be another function.
+    let whole = rmsnorm_forward(x.view(), Array1::from_elem(heads * d_head, 1.0).view(), eps);
+    let ones = Array1::from_elem(d_head, 1.0);
+    let per_head = per_head_rmsnorm_forward(x.view(), ones.view(), eps, d_head);
+    assert!((&whole - &per_head).iter().any(|v| v.abs() > 1e-3));
 }
 
 #[test]
@@ -509,6 +566,16 @@ fn restated_forwards_match_the_cache(model: &Model) {
                 )
             };
             let (mut q, mut k, v) = (project(&layer.q), project(&layer.k), project(&layer.v));
+            if let Some(norms) = &layer.qk_norm {
+                // Qwen3: each head of q and of k normed with its own gain, before rotary.
+                let per_head = |norm: &Norm, x: &Array2<f32>| match norm {
+                    Norm::Rms { weight, eps } => {
+                        per_head_rmsnorm_forward(x.view(), weight.view(), *eps, d_head)
+                    }
+                    Norm::Layer { .. } => panic!("Qwen3's q/k norms are RMSNorms"),
+                };
+                (q, k) = (per_head(&norms.q, &q), per_head(&norms.k, &k));
+            }
             if let Positions::Rotary { inv_freq } = &t.positions {
                 let (cos, sin) = rotary_tables(inv_freq, len);
                 rotate_half(&mut q, cos.view(), sin.view(), |r| r, d_head, false);
@@ -644,4 +711,13 @@ fn restated_forwards_match_the_engine_on_a_grouped_query_llama() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models/llama-gqa-bf16");
     restated_forwards_match_the_cache(&Model::load(&dir).unwrap());
+}
+
+#[test]
+fn restated_forwards_match_the_engine_on_qwen3_with_per_head_qk_norms() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
+    let model = Model::load(&dir).unwrap();
+    assert!(model.transformer.layers.iter().all(|l| l.qk_norm.is_some()));
+    restated_forwards_match_the_cache(&model);
 }
