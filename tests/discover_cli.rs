@@ -12,20 +12,8 @@ use std::process::Output;
 
 use cli_support::{command, stderr, stdout};
 
-const SMALL: &str = r#"model "toy-seqcont"
-dataset numerals = seqcont.numerals(n = 16, seed = 0, form = "template")
-reference numerals.corrupt
-ablate heads and mlps by mean
-metric logit_diff
-
-heads movers = 0.0..3, 1.0
-
-circuit movers_nodes {
-  movers @ END
-  mlp 0 @ S1, S2, S3, S4, END
-  mlp 1, 2 @ END
-}
-"#;
+/// The file discovery runs on (16 prompts: about a second a run); python/tests reads it too.
+const SMALL: &str = include_str!("fixtures/discover/small.circuit");
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -728,14 +716,7 @@ fn rank_exact_ranks_by_the_scan_and_its_file_passes_circuit_test() {
 #[test]
 fn on_qwen3_discovery_ranks_by_gradients_and_its_output_passes_circuit_test() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
-    {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    write(dir.path(), "digits.jsonl", &lines);
+    cli_support::digits_jsonl(dir.path(), 3, 4);
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3-bf16");
     let input = write(
         dir.path(),

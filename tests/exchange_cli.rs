@@ -326,18 +326,7 @@ fn an_exported_edge_complete_circuit_imports_back_to_the_same_faithfulness() {
 #[test]
 fn a_scores_graph_of_a_parallel_model_says_parallel_attn_mlp_and_imports() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [
-        ("1234", "5", "6"),
-        ("2345", "6", "7"),
-        ("3456", "7", "8"),
-        ("4567", "8", "9"),
-    ] {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    let dataset = write(dir.path(), "digits.jsonl", &lines);
+    let dataset = cli_support::digits_jsonl(dir.path(), 4, 4);
     let model = fixture("models/neox-parallel-f16");
     let text = format!(
         "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate heads and mlps by mean\nmetric logit_diff\n",

@@ -3,6 +3,8 @@
 //! single-ablation circuit written out as a `.circuit` file, on the built-in model and on
 //! stories260K (a real pretrained Llama).
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
 
 use circuit::attribute::Entry;
@@ -347,20 +349,7 @@ fn shards_merge_into_the_whole_scan() {
 
 /// A file over a small digits dataset for the model fixture `model`, scope `scope`.
 fn digits_file(dir: &Path, model: &str, scope: &str) -> PathBuf {
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [
-        ("1234", "5", "6"),
-        ("2345", "6", "7"),
-        ("3456", "7", "8"),
-        ("4567", "8", "9"),
-        ("5678", "9", "0"),
-        ("0123", "4", "5"),
-    ] {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    std::fs::write(dir.join("digits.jsonl"), lines).unwrap();
+    cli_support::digits_jsonl(dir, 6, 4);
     let text = format!(
         "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nablate {scope} by mean\nmetric logit_diff\n",
         repo(&format!("tests/fixtures/models/{model}")).display()
@@ -409,20 +398,7 @@ fn incremental_equals_naive_on_gpt_neox_with_the_parallel_residual() {
 #[test]
 fn incremental_equals_naive_under_sliding_window_attention() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [
-        ("123456", "7", "8"),
-        ("234567", "8", "9"),
-        ("345678", "9", "0"),
-        ("456789", "0", "1"),
-        ("567890", "1", "2"),
-        ("012345", "6", "7"),
-    ] {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    std::fs::write(dir.path().join("digits.jsonl"), lines).unwrap();
+    cli_support::digits_jsonl(dir.path(), 6, 6);
     for fixture in ["mistral-window-f32", "qwen2-window-f16"] {
         let model = repo(&format!("tests/fixtures/models/{fixture}"));
         let text = format!(

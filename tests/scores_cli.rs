@@ -2,6 +2,8 @@
 //! graph export, the heat map, determinism across thread counts, and every bad request as a
 //! coded error with nothing written.
 
+mod cli_support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -339,14 +341,7 @@ fn bad_requests_are_coded_errors_and_write_nothing() {
 /// A circuit file in `d` over fixture model `fixture` and three digit prompts, ablating heads
 /// and MLPs by mean under logit_diff.
 fn digits_circuit(d: &Path, fixture: &str) -> std::path::PathBuf {
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [("1234", "5", "6"), ("2345", "6", "7"), ("3456", "7", "8")]
-    {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    std::fs::write(d.join("digits.jsonl"), lines).unwrap();
+    cli_support::digits_jsonl(d, 3, 4);
     let model = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
         .join(fixture);

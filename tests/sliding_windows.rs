@@ -8,6 +8,8 @@
 //! (`tests/fixtures/models/mistral-window-f32`, checked against transformers in
 //! engine_parity), with prompts of 7 tokens (BOS, 5 digits, and the last digit at `END`).
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
 
 use circuit::measure::session::select_circuits;
@@ -21,19 +23,7 @@ fn fixture() -> PathBuf {
 
 /// A `.circuit` file on the fixture with `settings` and `circuits`, and its digits dataset.
 fn write_file(dir: &Path, settings: &str, circuits: &str) -> PathBuf {
-    let mut lines = String::new();
-    for (prompt, answer, distractor) in [
-        ("123456", "7", "8"),
-        ("234567", "8", "9"),
-        ("345678", "9", "0"),
-        ("456789", "0", "1"),
-        ("567890", "1", "2"),
-    ] {
-        lines.push_str(&format!(
-            "{{\"prompt\": \"{prompt}\", \"answer\": \"{answer}\", \"distractor\": \"{distractor}\"}}\n"
-        ));
-    }
-    std::fs::write(dir.join("digits.jsonl"), lines).unwrap();
+    cli_support::digits_jsonl(dir, 5, 6);
     let text = format!(
         "model \"{}\"\ndataset digits = \"digits.jsonl\"\nreference digits\nmetric logit_diff\n{settings}\n{circuits}",
         fixture().display()

@@ -119,20 +119,8 @@ def test_import_prompts_equals_dataset_import(tmp_path):
     assert re.search(r'"S3":\[4,5\]', jsonl.splitlines()[0])
 
 
-SMALL = """model "toy-seqcont"
-dataset numerals = seqcont.numerals(n = 16, seed = 0, form = "template")
-reference numerals.corrupt
-ablate heads and mlps by mean
-metric logit_diff
-
-heads movers = 0.0..3, 1.0
-
-circuit movers_nodes {
-  movers @ END
-  mlp 0 @ S1, S2, S3, S4, END
-  mlp 1, 2 @ END
-}
-"""
+# The file tests/discover_cli.rs discovers on (16 prompts).
+SMALL = (ROOT / "tests/fixtures/discover/small.circuit").read_text()
 
 
 def test_discover_equals_discover_json(tmp_path):

@@ -92,3 +92,26 @@ pub fn assert_fails(args: &[&str], code: i32, needle: &str) -> String {
     );
     err
 }
+
+/// `DIR/digits.jsonl`: `count` (at most 6) prompts of `len` consecutive digits starting at 1,
+/// 2, 3, 4, 5 and then 0 (`"1234"`, …, `"0123"`; digits count mod 10), each answered by the
+/// next digit against the one after it (`"5"` against `"6"`): the small dataset the family
+/// fixtures' tests share.
+pub fn digits_jsonl(dir: &Path, count: usize, len: usize) -> PathBuf {
+    assert!(count <= 6, "six prompts at most");
+    let digit = |i: usize| char::from(b'0' + (i % 10) as u8);
+    let lines: String = (1..=count)
+        .map(|i| i % 6)
+        .map(|start| {
+            let prompt: String = (start..start + len).map(digit).collect();
+            format!(
+                "{{\"prompt\": \"{prompt}\", \"answer\": \"{}\", \"distractor\": \"{}\"}}\n",
+                digit(start + len),
+                digit(start + len + 1)
+            )
+        })
+        .collect();
+    let path = dir.join("digits.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
