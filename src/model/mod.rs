@@ -84,6 +84,19 @@ pub struct ForwardOutput {
     pub cache: Option<ActivationCache>,
 }
 
+/// A forward that kept everything or nothing, as [`ForwardOutput`].
+fn with_cache((logits, lengths, kept): ForwardKept) -> ForwardOutput {
+    let cache = kept.map(|kept| match kept {
+        Kept::Everything(cache) => cache,
+        Kept::Selected(_) => unreachable!("asked for everything or nothing"),
+    });
+    ForwardOutput {
+        logits,
+        lengths,
+        cache,
+    }
+}
+
 /// Where the weight bytes came from, for [`Model::weights_hash`].
 enum WeightOrigin {
     Files(Vec<PathBuf>),
@@ -260,7 +273,8 @@ impl Model {
         } else {
             Keep::Nothing
         };
-        self.forward_with(tokens, options.all_logits, keep, hooks)
+        let kept = self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
+        Ok(with_cache(kept))
     }
 
     /// The input embeddings of `tokens` (token + learned position embedding, as the forward's
@@ -287,26 +301,8 @@ impl Model {
         extras: CacheExtras,
         hooks: &dyn Interventions,
     ) -> Result<ForwardOutput, ModelError> {
-        self.forward_with(tokens, false, Keep::Everything(extras), hooks)
-    }
-
-    fn forward_with(
-        &self,
-        tokens: &[Vec<u32>],
-        all_logits: bool,
-        keep: Keep,
-        hooks: &dyn Interventions,
-    ) -> Result<ForwardOutput, ModelError> {
-        let (logits, lengths, kept) = self.forward_keeping(tokens, all_logits, keep, hooks)?;
-        let cache = kept.map(|kept| match kept {
-            Kept::Everything(cache) => cache,
-            Kept::Selected(_) => unreachable!("asked for everything or nothing"),
-        });
-        Ok(ForwardOutput {
-            logits,
-            lengths,
-            cache,
-        })
+        let kept = self.forward_keeping(tokens, false, Keep::Everything(extras), hooks)?;
+        Ok(with_cache(kept))
     }
 
     /// [`Model::forward`] keeping only the intermediates `selection` names (the reference
