@@ -20,8 +20,10 @@
 //! its reference prompt; answer `" 5"`, distractor `" 7"`; `ablate heads and mlps by resample`
 //! (what TransformerLens's `attribution_patch` computes, clean and corrupt swapped: see the
 //! script) or, with `--ablation mean`, by the mean over the reference prompts; `metric
-//! logit_diff`. (Under resample, QK-edge scores run one more forward, over the paired reference
-//! prompts, instead of storing every head's reference terms: `attribute::paired_forward`.)
+//! logit_diff`. (Under resample, QK-edge scores read each term's reference value from the
+//! reference pass's own attention, `ReferenceNeeds::source_attention`, instead of storing every
+//! head's reference terms; prompts are scored a few per gradient pass as the memory budget
+//! allows, `attribute::prompts_per_pass`.)
 //!
 //! Each measurement runs in its own child process (rayon and matrixmultiply size their thread
 //! pools once per process, and the peak RSS is the process's): it opens the file, times the

@@ -28,7 +28,10 @@ fn stories() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K")
 }
 
-const WITH_HEAD_INPUTS: GradientOptions = GradientOptions { head_inputs: true };
+const WITH_HEAD_INPUTS: GradientOptions = GradientOptions {
+    head_inputs: true,
+    prompts_in_mean: None,
+};
 
 /// Where a nudge is added.
 #[derive(Clone, Copy, Debug)]

@@ -82,7 +82,10 @@ fn everything(model: &Model) -> Vec<Vec<f32>> {
         &tokens,
         &targets,
         Objective::from_metric_name("logit_diff", None).unwrap(),
-        GradientOptions { head_inputs: true },
+        GradientOptions {
+            head_inputs: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     out.push(grads.resid_final.iter().copied().collect());

@@ -70,6 +70,7 @@ fn needs(edges: bool) -> ReferenceNeeds {
             Default::default()
         },
         head_outputs: true,
+        source_attention: false,
     }
 }
 

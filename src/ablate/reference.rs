@@ -113,6 +113,11 @@ pub struct ReferenceValues {
     embed: Option<Array3<f32>>,
     /// Per head with QK edges, `(S, T_q, T_k, d)`: the term `A[q,k]·v[k]` per source.
     edge_terms: BTreeMap<HeadId, Array4<f32>>,
+    /// Per layer `(S, H, T_q, T_k)` and `(S, T, H, d)`: each source's own attention pattern and
+    /// values by query head, under resample with [`ReferenceNeeds::source_attention`] (empty
+    /// otherwise). A QK-edge term `A_r[q,k]·v_r[k]` of any head is computed from them
+    /// ([`ReferenceValues::add_edge_term`]) instead of stored per head (`(S, T, T, d)` each).
+    source_attention: Vec<(Array4<f32>, Array4<f32>)>,
     /// `(S, T_q)`, only under `align by label` with QK edges: whether `ref(z)[q]` equals
     /// `Σ_{k≤q} ref(A[q,k]·v[k])` in algebra for this source (see
     /// [`ReferenceValues::add_edge_base`]). `None`: it always does (position alignment).
@@ -126,15 +131,26 @@ pub struct ReferenceNeeds {
     pub edge_heads: BTreeSet<HeadId>,
     /// Whether per-head outputs are needed (path edges).
     pub head_outputs: bool,
+    /// Under resample at position alignment: whether each reference prompt's own attention
+    /// pattern and values are kept, every layer (`(R, H, T, T)` and `(R, T, H, d)`, 2 MB per
+    /// layer for GPT-2 small at 32 × 16 tokens), so that the QK-edge term of every head is
+    /// computed from them without storing `(R, T, T, d)` per head (QK-edge scores).
+    pub source_attention: bool,
 }
 
 impl ReferenceNeeds {
     /// What the reference forward pass must keep to build values covering these needs: the
     /// attention pattern and values only of layers with QK-edge heads, head outputs only for
     /// path edges (`z` and the MLP outputs always).
-    pub fn cache_selection(&self) -> crate::model::CacheSelection {
+    /// (`n_layers`: every layer's attention with [`Self::source_attention`].)
+    pub fn cache_selection(&self, n_layers: usize) -> crate::model::CacheSelection {
+        let mut attention_layers: BTreeSet<usize> =
+            self.edge_heads.iter().map(|h| h.layer).collect();
+        if self.source_attention {
+            attention_layers.extend(0..n_layers);
+        }
         crate::model::CacheSelection {
-            attention_layers: self.edge_heads.iter().map(|h| h.layer).collect(),
+            attention_layers,
             head_outputs: self.head_outputs,
         }
     }
@@ -162,6 +178,10 @@ pub struct ReferenceShape {
     pub edge_heads: Vec<HeadId>,
     /// Whether per-head outputs are stored.
     pub head_outputs: bool,
+    /// Whether each source's attention pattern and values are stored (resample only; left out
+    /// of the serialized shape when not, so other entries keep their keys).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub source_attention: bool,
 }
 
 /// `sum += values` element by element in f64: reference statistics are summed in f64, in
@@ -194,6 +214,7 @@ impl ReferenceValues {
             head_out: Vec::new(),
             embed: None,
             edge_terms: BTreeMap::new(),
+            source_attention: Vec::new(),
             edge_base_is_ref_z: None,
         }
     }
@@ -218,6 +239,7 @@ impl ReferenceValues {
             head_out,
             embed,
             edge_terms,
+            source_attention: Vec::new(),
             edge_base_is_ref_z,
         }
     }
@@ -345,6 +367,25 @@ impl ReferenceValues {
         if let Some(flags) = &self.edge_base_is_ref_z {
             expect("edge_base_is_ref_z", flags.shape(), &[s_, t])?;
         }
+        let n_attention = if shape.source_attention {
+            shape.n_layers
+        } else {
+            0
+        };
+        if self.source_attention.len() != n_attention {
+            return Err(format!(
+                "{} layers of source attention, expected {n_attention}",
+                self.source_attention.len()
+            ));
+        }
+        for (l, (pattern, v)) in self.source_attention.iter().enumerate() {
+            expect(
+                &format!("source_pattern.{l}"),
+                pattern.shape(),
+                &[s_, h, t, t],
+            )?;
+            expect(&format!("source_v.{l}"), v.shape(), &[s_, t, h, d])?;
+        }
         let all_finite = self.z.iter().all(|a| a.iter().all(|x| x.is_finite()))
             && self.mlp_out.iter().all(|a| a.iter().all(|x| x.is_finite()))
             && self
@@ -355,7 +396,9 @@ impl ReferenceValues {
             && self
                 .edge_terms
                 .values()
-                .all(|a| a.iter().all(|x| x.is_finite()));
+                .all(|a| a.iter().all(|x| x.is_finite()))
+            && (self.source_attention.iter())
+                .all(|(p, v)| p.iter().chain(v).all(|x| x.is_finite()));
         if !all_finite {
             return Err("a value is not finite".to_string());
         }
@@ -369,7 +412,10 @@ impl ReferenceValues {
                 .edge_heads
                 .iter()
                 .all(|h| self.edge_terms.contains_key(h))
-                && (!needs.head_outputs || !self.head_out.is_empty()))
+                && (!needs.head_outputs || !self.head_out.is_empty())
+                && (!needs.source_attention
+                    || self.kind != AblationKind::Resample
+                    || !self.source_attention.is_empty()))
     }
 
     /// The replacement for head `head`'s `z` at position `t` of evaluated prompt `prompt`,
@@ -403,15 +449,24 @@ impl ReferenceValues {
         self.add_z(head.layer, prompt, q, head.head, out);
     }
 
-    /// The replacement for the term `A[q,k]·v[k]` of `head`, added into `out` (`(d,)`).
+    /// The replacement for the term `A[q,k]·v[k]` of `head`, added into `out` (`(d,)`): the
+    /// stored term, or (a head without stored terms, under [`ReferenceNeeds::source_attention`])
+    /// the source's `A_r[q,k]·v_r[k]`, computed as the stored terms are (f64, rounded to f32).
     pub fn add_edge_term(&self, head: HeadId, prompt: usize, q: usize, k: usize, out: &mut [f64]) {
         if self.kind == AblationKind::Zero {
             return;
         }
-        let terms = self.edge_terms.get(&head).unwrap_or_else(|| {
-            panic!("reference edge terms of head {head} were not computed; ReferenceNeeds must list every head with QK edges")
-        });
         let src = self.source_of_prompt[prompt];
+        let Some(terms) = self.edge_terms.get(&head) else {
+            let (pattern, v) = self.source_attention.get(head.layer).unwrap_or_else(|| {
+                panic!("reference edge terms of head {head} were not computed; ReferenceNeeds must list every head with QK edges (or ask for source_attention)")
+            });
+            let a = pattern[[src, head.head, q, k]] as f64;
+            for (o, &x) in out.iter_mut().zip(v.slice(s![src, k, head.head, ..])) {
+                *o += (a * x as f64) as f32 as f64;
+            }
+            return;
+        };
         for (o, &x) in out.iter_mut().zip(terms.slice(s![src, q, k, ..])) {
             *o += x as f64;
         }
@@ -487,6 +542,9 @@ pub struct ReferenceBuilder {
     /// `(S, T, D)`, with the head outputs.
     embed: Option<ndarray::Array3<f64>>,
     edge_terms: BTreeMap<HeadId, ndarray::Array4<f64>>,
+    /// Per layer, each source's pattern `(S, H, T, T)` and values `(S, T, H, d)` (resample
+    /// with `needs.source_attention`: copies, nothing is summed).
+    source_attention: Vec<(Array4<f32>, Array4<f32>)>,
 }
 
 impl ReferenceBuilder {
@@ -509,6 +567,7 @@ impl ReferenceBuilder {
             head_out: Vec::new(),
             embed: None,
             edge_terms: BTreeMap::new(),
+            source_attention: Vec::new(),
         }
     }
 
@@ -535,6 +594,12 @@ impl ReferenceBuilder {
                 embed.slice(s![row, ..len, ..]),
             );
         }
+    }
+
+    /// Whether each source's attention is kept: only under resample, where a source is one
+    /// reference prompt.
+    fn keeps_source_attention(&self) -> bool {
+        self.needs.source_attention && self.kind == AblationKind::Resample
     }
 
     fn n_sources(&self) -> usize {
@@ -569,6 +634,15 @@ impl ReferenceBuilder {
                 self.edge_terms
                     .insert(*head, ndarray::Array4::zeros((n_src, t_all, t_all, d)));
             }
+            if self.keeps_source_attention() {
+                for acts in layers {
+                    let (_, _, h, d) = acts.z.dim();
+                    self.source_attention.push((
+                        Array4::zeros((n_src, h, t_all, t_all)),
+                        Array4::zeros((n_src, t_all, h, d)),
+                    ));
+                }
+            }
         }
         for row in 0..n_batch {
             let r = self.seen + row;
@@ -593,6 +667,14 @@ impl ReferenceBuilder {
                         acts.head_out().slice(s![row, ..len, .., ..]),
                     );
                 }
+            }
+            for (acts, (pattern, v)) in layers.iter().zip(&mut self.source_attention) {
+                let (p_row, v_row) = acts.attention();
+                pattern
+                    .slice_mut(s![src, .., ..len, ..len])
+                    .assign(&p_row.slice(s![row, .., ..len, ..len]));
+                v.slice_mut(s![src, ..len, .., ..])
+                    .assign(&v_row.slice(s![row, ..len, .., ..]));
             }
             for (head, terms) in self.edge_terms.iter_mut() {
                 for q in 0..len {
@@ -644,6 +726,7 @@ impl ReferenceBuilder {
                 .into_iter()
                 .map(|(h, a)| (h, to_f32_4(a)))
                 .collect(),
+            source_attention: self.source_attention,
             edge_base_is_ref_z: None,
         }
     }
@@ -686,6 +769,18 @@ impl ReferenceValues {
                 format!("edge.{}.{}", h.layer, h.head),
                 a.shape(),
                 a.iter().copied().collect(),
+            );
+        }
+        for (l, (pattern, v)) in self.source_attention.iter().enumerate() {
+            push(
+                format!("source_pattern.{l}"),
+                pattern.shape(),
+                pattern.iter().copied().collect(),
+            );
+            push(
+                format!("source_v.{l}"),
+                v.shape(),
+                v.iter().copied().collect(),
             );
         }
         let sources: Vec<u8> = self
@@ -801,7 +896,15 @@ impl ReferenceValues {
             Ok(_) => return None,
             Err(_) => None,
         };
-        Some(ReferenceValues::from_parts(
+        let source_attention = (0..count("source_pattern."))
+            .map(|l| {
+                Some((
+                    array4(&format!("source_pattern.{l}"))?,
+                    array4(&format!("source_v.{l}"))?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let mut values = ReferenceValues::from_parts(
             kind,
             source_of_prompt,
             z,
@@ -810,6 +913,8 @@ impl ReferenceValues {
             embed,
             edge_terms,
             edge_base_is_ref_z,
-        ))
+        );
+        values.source_attention = source_attention;
+        Some(values)
     }
 }

@@ -89,6 +89,7 @@ fn reference(kind: AblationKind, acts: &Attention, n_eval: usize) -> ReferenceVa
     let needs = ReferenceNeeds {
         edge_heads: [HeadId { layer: 0, head: 1 }].into(),
         head_outputs: true,
+        source_attention: false,
     };
     ReferenceValues::build(
         kind,

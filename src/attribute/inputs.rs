@@ -7,7 +7,7 @@ use ndarray::{s, Array1, Array3};
 
 use crate::ablate::LabelAlignment;
 use crate::data::slots::Slot;
-use crate::model::{ForwardOptions, Model, ModelError, NoInterventions};
+use crate::model::{Model, ModelError};
 use crate::resolve::bound::AblationKind;
 
 /// The slot of every token as reports name it (`END`, `S4`, `S1+1`, `start+2`).
@@ -38,18 +38,8 @@ pub fn reference_embeddings(
         return Ok(out);
     }
     // Every reference prompt's embedding, (T_r, D) each.
-    let mut embeddings: Vec<ndarray::Array2<f32>> = Vec::with_capacity(reference_ids.len());
-    let options = ForwardOptions {
-        all_logits: false,
-        cache: true,
-    };
-    for chunk in reference_ids.chunks(32) {
-        let forward = model.forward(chunk, &options, &NoInterventions)?;
-        let cache = forward.cache.expect("the cache was asked for");
-        for (r, ids) in chunk.iter().enumerate() {
-            embeddings.push(cache.embed.slice(s![r, ..ids.len(), ..]).to_owned());
-        }
-    }
+    // The embedding alone: no forward pass (it would cost a forward and its cache).
+    let embeddings = model.input_embeddings(reference_ids)?;
     let n_ref = embeddings.len();
     match (kind, alignment) {
         (AblationKind::Mean, None) => {

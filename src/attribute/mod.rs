@@ -278,13 +278,11 @@ pub struct AttributionInputs<'a> {
     /// section 8): `õ` is the reference embedding, so `reference` must hold it
     /// (`ReferenceNeeds::head_outputs`).
     pub embed_edges: bool,
-    /// Under resample ablation at position alignment, the reference prompts (evaluated prompt
-    /// `b` reads `b mod R`): QK-edge scores then compute each term's reference value from their
-    /// forward, a chunk of prompts at a time, instead of reading every head's stored terms from
-    /// `reference` (`(R, T, T, d)` per head, which grows with the prompts times `T²`).
-    pub paired_reference: Option<&'a [Vec<u32>]>,
     /// Called once per gradient pass (progress bars).
     pub on_pass: Option<&'a (dyn Fn() + Sync)>,
+    /// Prompts per gradient pass; `None`: as many as the memory budget allows
+    /// ([`prompts_per_pass`]). The scores are the same either way.
+    pub prompts_per_pass: Option<usize>,
     /// Scores relative to a circuit: its ablations in place (`o` is then each component's
     /// value in the circuit's forward, the backward stops at what the circuit holds constant,
     /// and a term or path the circuit already ablates scores 0).
@@ -334,43 +332,135 @@ pub fn scores(
     granularity: Granularity,
 ) -> Result<ScoreSet, AttributeError> {
     check_request(method, granularity, inputs.metric, inputs.circuit.is_some())?;
+    if method == Method::Exact {
+        return Err(AttributeError::ExactIsAScan);
+    }
     let targets: Vec<(u32, u32)> = inputs
         .targets
         .iter()
         .map(|t| (t.answer, t.distractor))
         .collect();
+    let n_prompts = inputs.ids.len();
     let options = GradientOptions {
         head_inputs: granularity == Granularity::PathEdges,
+        // Each pass's gradients carry the 1/P of the mean over all prompts.
+        prompts_in_mean: Some(n_prompts),
     };
-    // The full model's own END logits (kl's reference): the clean run's.
-    let clean = clean_run(inputs, &targets, options)?;
-    let objective = objective(inputs.metric, &clean)?;
-    let entries = match method {
-        Method::Eap | Method::EapIg { .. } => {
-            let gradient = match method {
-                Method::EapIg { steps } => {
-                    integrated_gradients(inputs, &targets, objective, options, &clean, steps)?
-                }
-                _ => MeanGradients::of(&clean),
-            };
-            match granularity {
-                Granularity::Nodes => node_scores(inputs, &clean, &gradient),
-                Granularity::QkEdges => qk_edge_scores(inputs, &clean, &gradient)?,
-                Granularity::PathEdges => path_edge_scores(inputs, &clean, &gradient),
+    let components = match (method, granularity) {
+        (Method::Eap | Method::EapIg { .. }, Granularity::PathEdges) => path_components(inputs).0,
+        (Method::Eap | Method::EapIg { .. }, Granularity::Nodes) => {
+            let n_layers = inputs.model.config.n_layers;
+            let mut components = head_components(n_layers, inputs.model.config.n_heads);
+            // Heads layer by layer, then (in scope) the MLPs: component `n_layers · H + layer`.
+            if inputs.mlps_in_scope {
+                components.extend((0..n_layers).map(Component::Mlp));
             }
+            components
         }
-        Method::Attention | Method::Qkvo | Method::Dla => {
-            cheap_scores(inputs, &clean, method, granularity)
-        }
-        Method::Exact => return Err(AttributeError::ExactIsAScan),
+        _ => head_components(inputs.model.config.n_layers, inputs.model.config.n_heads),
     };
+    let mut aggregate = Aggregate::new(inputs.slots, method.additive(), components);
+    // The scores are sums over prompts of per-prompt terms, so the prompts are scored a pass of
+    // a few at a time (peak memory); each pass adds its prompts' terms in prompt order.
+    let per_pass = prompts_per_pass(inputs, method, granularity);
+    for start in (0..n_prompts).step_by(per_pass.max(1)) {
+        let range = start..(start + per_pass).min(n_prompts);
+        let seq = inputs.ids[range.clone()].iter().map(Vec::len).max();
+        let pass = AttributionInputs {
+            ids: &inputs.ids[range.clone()],
+            targets: &inputs.targets[range.clone()],
+            reference_embeddings: inputs
+                .reference_embeddings
+                .map(|x| x.slice_move(s![range.clone(), ..seq.unwrap_or(0), ..])),
+            ..*inputs
+        };
+        let targets = &targets[range.clone()];
+        // The full model's own END logits (kl's reference): the clean run's.
+        let clean = clean_run(&pass, targets, options)?;
+        let objective = objective(inputs.metric, &clean)?;
+        let scored = Scored {
+            inputs: &pass,
+            offset: start,
+            clean: &clean,
+        };
+        match method {
+            Method::Eap | Method::EapIg { .. } => {
+                let gradient = match method {
+                    Method::EapIg { steps } => {
+                        integrated_gradients(&pass, targets, objective, options, &clean, steps)?
+                    }
+                    _ => MeanGradients::of(&clean),
+                };
+                match granularity {
+                    Granularity::Nodes => node_scores(&scored, &gradient, &mut aggregate),
+                    Granularity::QkEdges => qk_edge_scores(&scored, &gradient, &mut aggregate),
+                    Granularity::PathEdges => path_edge_scores(&scored, &gradient, &mut aggregate),
+                }
+            }
+            _ => cheap_scores(&scored, method, granularity, &mut aggregate),
+        }
+    }
     Ok(ScoreSet {
         method,
         granularity,
-        entries,
+        entries: aggregate.finish(),
         slots: slot_order(inputs.slots),
-        n_prompts: inputs.ids.len(),
+        n_prompts,
     })
+}
+
+/// One pass's prompts as the score functions read them: `inputs` holds the pass's prompts
+/// (and reference embeddings), which are prompts `offset..` of the whole set; the reference
+/// values, the slots and a circuit's masks are indexed by the whole set's prompt index.
+struct Scored<'s, 'a> {
+    inputs: &'s AttributionInputs<'a>,
+    offset: usize,
+    /// The pass's clean run.
+    clean: &'s Gradients,
+}
+
+/// How many prompts one gradient pass scores. A pass's activations and gradients grow with its
+/// prompts, the weights do not: passes hold about half the weights' bytes of them (at least
+/// 256 MiB), so that attribution's peak memory stays near twice the weight bytes (issue 14;
+/// docs/performance.md, "Attribution memory"). The scores do not depend on it (a product's rows
+/// are computed alone, `model::linalg::kernel_for`; attention per prompt; the sums in prompt
+/// order), which `attribute::tests` checks.
+fn prompts_per_pass(inputs: &AttributionInputs, method: Method, granularity: Granularity) -> usize {
+    let n_prompts = inputs.ids.len().max(1);
+    if let Some(n) = inputs.prompts_per_pass {
+        return n.clamp(1, n_prompts);
+    }
+    if inputs.circuit.is_some() {
+        // A circuit's hooks and masks index the whole set's prompts: one pass.
+        return n_prompts;
+    }
+    let config = &inputs.model.config;
+    let (d, m, h, layers) = (
+        config.d_model,
+        config.d_mlp,
+        config.n_heads,
+        config.n_layers,
+    );
+    let seq = inputs.ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let gated = !matches!(
+        config.architecture,
+        crate::model::Architecture::Gpt2 | crate::model::Architecture::GptNeox
+    );
+    // Per layer q, k, v, o (4 D², at most) and two or three D × M matrices; the embedding.
+    let weights = layers * (4 * d * d + if gated { 3 } else { 2 } * d * m) + config.vocab_size * d;
+    let budget_floats = (weights / 2).max((256 << 20) / 4);
+    // Per token and layer: the cache (residual streams, q, k, v, z: ~12 D; the MLP
+    // pre-activations, M or 2M; scores and pattern, 2·H·T), the gradients (~4 D + H·T) and the
+    // backward's temporaries (~4 D); path edges add every head's q/k/v input gradient (3·H·D).
+    // eap-ig holds the clean run's, the running sum and the current point's at once (measured:
+    // about twice eap's per prompt, three times the head-input gradients).
+    let ig = matches!(method, Method::EapIg { .. });
+    let mut per_token = (20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq) * (1 + ig as usize);
+    if granularity == Granularity::PathEdges {
+        per_token += 3 * h * d * if ig { 3 } else { 1 };
+    }
+    let tokens = budget_floats / (per_token * layers.max(1));
+    (tokens / seq).clamp(1, n_prompts)
 }
 
 /// The gradients at the clean run. Under `kl` the objective needs the full model's END logits
@@ -716,22 +806,14 @@ fn delta_dot(
         .sum()
 }
 
-fn node_scores(
-    inputs: &AttributionInputs,
-    clean: &Gradients,
-    gradient: &MeanGradients,
-) -> Vec<Entry> {
+fn node_scores(scored: &Scored, gradient: &MeanGradients, aggregate: &mut Aggregate) {
+    let (inputs, clean) = (scored.inputs, scored.clean);
     let cache = &clean.activations;
     let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
-    // Heads layer by layer, then (in scope) the MLPs: component `n_layers · H + layer`.
-    let mut components = head_components(n_layers, n_heads);
-    if inputs.mlps_in_scope {
-        components.extend((0..n_layers).map(Component::Mlp));
-    }
-    let mut aggregate = Aggregate::new(inputs.slots, true, components);
     let mut ablated = vec![0.0f64; d_head];
-    for (b, &len) in clean.lengths.iter().enumerate() {
+    for (local, &len) in clean.lengths.iter().enumerate() {
+        let b = scored.offset + local;
         for t in 0..len {
             let row = aggregate.row(b, t, None);
             for (layer, lc) in cache.layers.iter().enumerate() {
@@ -740,8 +822,8 @@ fn node_scores(
                     inputs.reference.add_z(layer, b, t, h, &mut ablated);
                     row[layer * n_heads + h] += delta_dot(
                         &ablated,
-                        lc.z.slice(s![b, t, h, ..]),
-                        gradient.z[layer].slice(s![b, t, h, ..]),
+                        lc.z.slice(s![local, t, h, ..]),
+                        gradient.z[layer].slice(s![local, t, h, ..]),
                     );
                 }
                 if inputs.mlps_in_scope {
@@ -750,14 +832,13 @@ fn node_scores(
                         layer,
                         b,
                         t,
-                        lc.mlp_out.slice(s![b, t, ..]),
-                        gradient.mlp_out[layer].slice(s![b, t, ..]),
+                        lc.mlp_out.slice(s![local, t, ..]),
+                        gradient.mlp_out[layer].slice(s![local, t, ..]),
                     );
                 }
             }
         }
     }
-    aggregate.finish()
 }
 
 /// `(õ − o) · g` of an MLP output (`õ = 0` under zero ablation).
@@ -776,120 +857,44 @@ fn mlp_delta_dot(
     delta_dot(&ablated, clean, gradient)
 }
 
-fn qk_edge_scores(
-    inputs: &AttributionInputs,
-    clean: &Gradients,
-    gradient: &MeanGradients,
-) -> Result<Vec<Entry>, AttributeError> {
+fn qk_edge_scores(scored: &Scored, gradient: &MeanGradients, aggregate: &mut Aggregate) {
+    let (inputs, clean) = (scored.inputs, scored.clean);
     let cache = &clean.activations;
-    let n_layers = cache.layers.len();
     let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
-    let mut aggregate = Aggregate::new(inputs.slots, true, head_components(n_layers, n_heads));
     let mut ablated = vec![0.0f64; d_head];
     let computed = ComputedTerms::of(inputs.circuit.map(|c| c.kept));
-    let n_prompts = clean.lengths.len();
-    // Prompts in chunks, so that paired reference terms are computed for one chunk at a time.
-    let chunk = if inputs.paired_reference.is_some() {
-        PAIRED_CHUNK
-    } else {
-        n_prompts.max(1)
-    };
-    for start in (0..n_prompts).step_by(chunk) {
-        let prompts = start..(start + chunk).min(n_prompts);
-        let paired = match inputs.paired_reference {
-            Some(reference) => Some(paired_forward(inputs.model, reference, prompts.clone())?),
-            None => None,
-        };
-        for b in prompts {
-            let len = clean.lengths[b];
-            for q in 0..len {
-                for k in 0..=q {
-                    let row = aggregate.row(b, q, Some(k));
-                    for (layer, lc) in cache.layers.iter().enumerate() {
-                        let group = n_heads / lc.v.dim().2;
-                        for h in 0..n_heads {
-                            if !computed.contains(layer, b, q, h, k) {
-                                // The circuit already holds this term at ẽ: ablating it
-                                // changes nothing (its score stays 0).
-                                continue;
-                            }
-                            let head = HeadId { layer, head: h };
-                            ablated.iter_mut().for_each(|x| *x = 0.0);
-                            match &paired {
-                                Some(p) => p.add_edge_term(layer, b - start, h, q, k, &mut ablated),
-                                None => inputs.reference.add_edge_term(head, b, q, k, &mut ablated),
-                            }
-                            // ẽ − e with the clean term e = A[q,k]·v[k] (values by key/value
-                            // head under GQA), dotted with ∂M/∂z_h[q].
-                            let a = lc.pattern[[b, h, q, k]] as f64;
-                            let v = lc.v.slice(s![b, k, h / group, ..]);
-                            let g = gradient.z[layer].slice(s![b, q, h, ..]);
-                            row[layer * n_heads + h] += ablated
-                                .iter()
-                                .zip(v)
-                                .zip(g)
-                                .map(|((&r, &v), &g)| (r - a * v as f64) * g as f64)
-                                .sum::<f64>();
+    for (local, &len) in clean.lengths.iter().enumerate() {
+        let b = scored.offset + local;
+        for q in 0..len {
+            for k in 0..=q {
+                let row = aggregate.row(b, q, Some(k));
+                for (layer, lc) in cache.layers.iter().enumerate() {
+                    let group = n_heads / lc.v.dim().2;
+                    for h in 0..n_heads {
+                        if !computed.contains(layer, b, q, h, k) {
+                            // The circuit already holds this term at ẽ: ablating it changes
+                            // nothing (its score stays 0).
+                            continue;
                         }
+                        let head = HeadId { layer, head: h };
+                        ablated.iter_mut().for_each(|x| *x = 0.0);
+                        inputs.reference.add_edge_term(head, b, q, k, &mut ablated);
+                        // ẽ − e with the clean term e = A[q,k]·v[k] (values by key/value head
+                        // under GQA), dotted with ∂M/∂z_h[q].
+                        let a = lc.pattern[[local, h, q, k]] as f64;
+                        let v = lc.v.slice(s![local, k, h / group, ..]);
+                        let g = gradient.z[layer].slice(s![local, q, h, ..]);
+                        row[layer * n_heads + h] += ablated
+                            .iter()
+                            .zip(v)
+                            .zip(g)
+                            .map(|((&r, &v), &g)| (r - a * v as f64) * g as f64)
+                            .sum::<f64>();
                     }
                 }
             }
         }
     }
-    Ok(aggregate.finish())
-}
-
-/// Evaluated prompts per paired reference forward (QK-edge scores under resample).
-const PAIRED_CHUNK: usize = 32;
-
-/// The forward of the paired reference prompts of some evaluated prompts (row `i`: the partner
-/// of the chunk's `i`-th prompt), whose pattern and values give each QK-edge term's resample
-/// value `ẽ = A_r[q,k]·v_r[k]` as the stored reference terms would (rounded to f32 like them).
-struct PairedTerms {
-    cache: crate::model::ActivationCache,
-}
-
-impl PairedTerms {
-    fn add_edge_term(
-        &self,
-        layer: usize,
-        row: usize,
-        h: usize,
-        q: usize,
-        k: usize,
-        out: &mut [f64],
-    ) {
-        let lc = &self.cache.layers[layer];
-        let a = lc.pattern[[row, h, q, k]] as f64;
-        for (o, &v) in out
-            .iter_mut()
-            .zip(lc.v_by_query_head.slice(s![row, k, h, ..]))
-        {
-            *o += (a * v as f64) as f32 as f64;
-        }
-    }
-}
-
-/// [`PairedTerms`] of evaluated prompts `prompts`: prompt `b` reads reference `b mod R`, as
-/// resample ablation pairs them at position alignment.
-fn paired_forward(
-    model: &Model,
-    reference: &[Vec<u32>],
-    prompts: std::ops::Range<usize>,
-) -> Result<PairedTerms, AttributeError> {
-    let ids: Vec<Vec<u32>> = prompts
-        .map(|b| reference[b % reference.len()].clone())
-        .collect();
-    let options = crate::model::ForwardOptions {
-        all_logits: false,
-        cache: true,
-    };
-    let out = model
-        .forward(&ids, &options, &crate::model::NoInterventions)
-        .map_err(backward::GradientError::from)?;
-    Ok(PairedTerms {
-        cache: out.cache.expect("the cache was asked for"),
-    })
 }
 
 /// (prompt, query token, head).
@@ -997,27 +1002,26 @@ pub fn reader_of(d: Downstream) -> backward::Reader {
     }
 }
 
-fn path_edge_scores(
-    inputs: &AttributionInputs,
-    clean: &Gradients,
-    gradient: &MeanGradients,
-) -> Vec<Entry> {
-    let cache = &clean.activations;
-    let n_layers = cache.layers.len();
-    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
-    let d_model = cache.embed.dim().2;
-    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
-    let downs = downstreams(n_layers, n_heads);
-    let residual = inputs.model.config.residual;
-    // The path edges, in (upstream, downstream) order: pair (i, j) is component `pair[i][j]`.
+/// The path edges as components, in (upstream, downstream) order, and the index of each:
+/// pair (i, j) of [`upstreams`] × [`downstreams`] is component `pair[i][j]`.
+#[allow(clippy::type_complexity)]
+fn path_components(inputs: &AttributionInputs) -> (Vec<Component>, Vec<Vec<Option<usize>>>) {
+    let config = &inputs.model.config;
+    let ups = upstreams(
+        config.n_layers,
+        config.n_heads,
+        inputs.mlps_in_scope,
+        inputs.embed_edges,
+    );
+    let downs = downstreams(config.n_layers, config.n_heads);
     let mut components = Vec::new();
-    let pair: Vec<Vec<Option<usize>>> = ups
+    let pair = ups
         .iter()
         .map(|&u| {
             downs
                 .iter()
                 .map(|&d| {
-                    d.reads(u, residual).then(|| {
+                    d.reads(u, config.residual).then(|| {
                         components.push(Component::Path { from: u, to: d });
                         components.len() - 1
                     })
@@ -1025,7 +1029,19 @@ fn path_edge_scores(
                 .collect()
         })
         .collect();
-    let mut aggregate = Aggregate::new(inputs.slots, true, components);
+    (components, pair)
+}
+
+fn path_edge_scores(scored: &Scored, gradient: &MeanGradients, aggregate: &mut Aggregate) {
+    let (inputs, clean) = (scored.inputs, scored.clean);
+    let cache = &clean.activations;
+    let n_layers = cache.layers.len();
+    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
+    let d_model = cache.embed.dim().2;
+    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
+    let downs = downstreams(n_layers, n_heads);
+    let residual = inputs.model.config.residual;
+    let pair = path_components(inputs).1;
     // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
     let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
     let readers: Vec<Option<&backward::PathReader>> = downs
@@ -1039,14 +1055,15 @@ fn path_edge_scores(
     };
     let writer_index: Vec<usize> = ups.iter().map(|&u| shape.upstream_index(u)).collect();
     let mut ablated = vec![0.0f64; d_head];
-    for (b, &len) in clean.lengths.iter().enumerate() {
+    for (local, &len) in clean.lengths.iter().enumerate() {
+        let b = scored.offset + local;
         // ũ − u of every upstream component at every token of prompt b, in the residual
         // stream: (T, U, D). A head's is (z̃ − z)·W_O^h, one product per head over the tokens.
         let mut delta = Array3::<f32>::zeros((len, ups.len(), d_model));
         for (i, u) in ups.iter().enumerate() {
             match *u {
                 Upstream::Head(h) => {
-                    let z = cache.layers[h.layer].z.slice(s![b, ..len, h.head, ..]); // (T, d)
+                    let z = cache.layers[h.layer].z.slice(s![local, ..len, h.head, ..]); // (T, d)
                     let mut dz = Array2::<f32>::zeros((len, d_head)); // (T, d)
                     for (t, mut row) in dz.rows_mut().into_iter().enumerate() {
                         ablated.iter_mut().for_each(|x| *x = 0.0);
@@ -1062,7 +1079,7 @@ fn path_edge_scores(
                 }
                 Upstream::Mlp(l) => {
                     for t in 0..len {
-                        let o = cache.layers[l].mlp_out.slice(s![b, t, ..]);
+                        let o = cache.layers[l].mlp_out.slice(s![local, t, ..]);
                         let mut target = delta.slice_mut(s![t, i, ..]);
                         match inputs.reference.mlp_out(l, b, t) {
                             Some(r) => target.assign(&(&r - &o)),
@@ -1072,7 +1089,7 @@ fn path_edge_scores(
                 }
                 Upstream::Embed => {
                     for t in 0..len {
-                        let x = cache.embed.slice(s![b, t, ..]);
+                        let x = cache.embed.slice(s![local, t, ..]);
                         let mut target = delta.slice_mut(s![t, i, ..]);
                         match inputs.reference.embed(b, t) {
                             Some(r) => target.assign(&(&r - &x)),
@@ -1096,10 +1113,10 @@ fn path_edge_scores(
                             HeadInput::K => 1,
                             HeadInput::V => 2,
                         };
-                        per[i].slice(s![b, t, h.head, ..])
+                        per[i].slice(s![local, t, h.head, ..])
                     }
-                    Downstream::Mlp(l) => gradient.mlp_in[l].slice(s![b, t, ..]),
-                    Downstream::Logits => gradient.resid_final.slice(s![b, t, ..]),
+                    Downstream::Mlp(l) => gradient.mlp_in[l].slice(s![local, t, ..]),
+                    Downstream::Logits => gradient.resid_final.slice(s![local, t, ..]),
                 };
                 grads.row_mut(j).assign(&g);
             }
@@ -1121,20 +1138,18 @@ fn path_edge_scores(
             }
         }
     }
-    aggregate.finish()
 }
 
 /// `attention`, `qkvo` and `dla` per QK edge (nodes: summed over keys).
 fn cheap_scores(
-    inputs: &AttributionInputs,
-    clean: &Gradients,
+    scored: &Scored,
     method: Method,
     granularity: Granularity,
-) -> Vec<Entry> {
+    aggregate: &mut Aggregate,
+) {
+    let (inputs, clean) = (scored.inputs, scored.clean);
     let cache = &clean.activations;
     let (_, seq, n_heads, _) = cache.layers[0].z.dim();
-    let components = head_components(cache.layers.len(), n_heads);
-    let mut aggregate = Aggregate::new(inputs.slots, method.additive(), components);
     // dla: ∂M/∂(final residual) at END with the final norm's scale frozen, (B, D).
     let dla_direction = (method == Method::Dla).then(|| {
         let x = Array2::from_shape_fn(
@@ -1143,15 +1158,20 @@ fn cheap_scores(
         ); // (B, D)
         backward::frozen_final_norm_backward(inputs.model, x.view(), clean.final_normed_end.view())
     });
-    for (b, &len) in clean.lengths.iter().enumerate() {
+    for (local, &len) in clean.lengths.iter().enumerate() {
+        let b = scored.offset + local;
         for (layer, lc) in cache.layers.iter().enumerate() {
             let group = n_heads / lc.v.dim().2;
             for h in 0..n_heads {
                 let w_o = backward::head_output_weight(inputs.model, layer, h); // (d, D)
                                                                                 // Per key: v[k] W_O^h, (T, D); its norm for qkvo, its direct effect for dla.
-                let written = lc.v.slice(s![b, .., h / group, ..]).dot(&w_o); // (T, D)
+                let written = lc.v.slice(s![local, .., h / group, ..]).dot(&w_o); // (T, D)
                 let per_key: Vec<f64> = match &dla_direction {
-                    Some(u) => written.dot(&u.row(b)).iter().map(|&x| x as f64).collect(),
+                    Some(u) => written
+                        .dot(&u.row(local))
+                        .iter()
+                        .map(|&x| x as f64)
+                        .collect(),
                     None => written
                         .rows()
                         .into_iter()
@@ -1166,7 +1186,7 @@ fn cheap_scores(
                 };
                 for q in queries {
                     for (k, &per_key) in per_key.iter().enumerate().take(q + 1) {
-                        let a = lc.pattern[[b, h, q, k]] as f64;
+                        let a = lc.pattern[[local, h, q, k]] as f64;
                         let value = match method {
                             Method::Attention => a,
                             _ => a * per_key,
@@ -1178,5 +1198,4 @@ fn cheap_scores(
             }
         }
     }
-    aggregate.finish()
 }

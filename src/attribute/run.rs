@@ -55,7 +55,7 @@ impl ScoreReport {
 
 /// Computes the scores of `request` on an opened file. `with_nodes` also computes node scores
 /// of the same method (the graph export needs both). `on_pass` is called after each gradient
-/// pass (`1` for eap, `steps` for eap-ig).
+/// pass (each pass scores a few prompts: `1` per pass for eap, `steps` for eap-ig).
 pub fn score_session(
     session: &mut Session,
     request: Request,
@@ -112,14 +112,16 @@ pub fn score_session(
     needs.head_outputs |= request.embed_edges && request.granularity == Granularity::PathEdges;
     let qk_edge_terms =
         request.granularity == Granularity::QkEdges && request.method.in_metric_units();
-    // Under resample at position alignment each term's reference value is the paired prompt's,
-    // computed from its forward while scoring instead of stored for every head.
+    // Under resample at position alignment each term's reference value is the paired prompt's
+    // `A_r[q,k]·v_r[k]`, computed while scoring from the reference pass's own pattern and values
+    // (`ReferenceNeeds::source_attention`) instead of stored for every head.
     let paired = settings.ablation == AblationKind::Resample && session.label_alignment().is_none();
     let reference_ids: Vec<Vec<u32>> = session
         .reference_prompts()
         .iter()
         .map(|p| p.ids.clone())
         .collect();
+    needs.source_attention = qk_edge_terms && paired;
     if qk_edge_terms && !paired {
         needs.edge_heads = (0..n_layers)
             .flat_map(|layer| (0..n_heads).map(move |head| HeadId { layer, head }))
@@ -173,8 +175,8 @@ pub fn score_session(
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
         embed_edges: request.embed_edges,
-        paired_reference: (qk_edge_terms && paired).then_some(reference_ids.as_slice()),
         on_pass,
+        prompts_per_pass: None,
         circuit: circuit_in_place,
     };
     let set = scores(&inputs, request.method, request.granularity)?;

@@ -86,8 +86,8 @@ impl Fixture {
             reference_embeddings: x_ref,
             mlps_in_scope: true,
             embed_edges: false,
-            paired_reference: None,
             on_pass: None,
+            prompts_per_pass: None,
             circuit: None,
         }
     }
@@ -440,6 +440,60 @@ fn scores_are_bit_identical_across_thread_counts() {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             assert_eq!(x.score.to_bits(), y.score.to_bits(), "{x:?} vs {y:?}");
+        }
+    }
+}
+
+#[test]
+fn scores_are_bit_identical_whatever_the_prompts_per_pass() {
+    // Attribution scores a few prompts per gradient pass (peak memory): passes of 5 prompts
+    // (12 prompts: 5, 5 and 2) must give the one-pass numbers bit for bit, for every method and
+    // granularity, under mean and resample ablation (also `kl`, whose reference logits and
+    // 1/P come per pass).
+    for text in [FILE.to_string(), FILE.replace("by mean", "by resample")] {
+        let f = fixture(&text, true);
+        let reference_ids = f.reference_ids();
+        let x_ref = reference_embeddings(
+            f.session.model(),
+            f.session.settings().ablation,
+            &f.ids,
+            &reference_ids,
+            None,
+        )
+        .unwrap();
+        for (method, metric) in [
+            (Method::Eap, "logit_diff"),
+            (Method::EapIg { steps: 3 }, "logit_diff"),
+            (Method::EapIg { steps: 2 }, "kl"),
+            (Method::Qkvo, "logit_diff"),
+            (Method::Dla, "logit_diff"),
+            (Method::Attention, "logit_diff"),
+        ] {
+            for granularity in [
+                Granularity::Nodes,
+                Granularity::QkEdges,
+                Granularity::PathEdges,
+            ] {
+                if check_request(method, granularity, metric, false).is_err() {
+                    continue;
+                }
+                let mut inputs = f.inputs(metric, Some(x_ref.view()));
+                inputs.prompts_per_pass = Some(f.ids.len());
+                let one = scores(&inputs, method, granularity).unwrap();
+                inputs.prompts_per_pass = Some(5);
+                let passes = scores(&inputs, method, granularity).unwrap();
+                let what = format!("{} {} {metric}", method.name(), granularity.name());
+                assert_eq!(one.entries.len(), passes.entries.len(), "{what}");
+                for (a, b) in one.entries.iter().zip(&passes.entries) {
+                    assert_eq!(
+                        a.score.to_bits(),
+                        b.score.to_bits(),
+                        "{what}: {a:?} vs {b:?}"
+                    );
+                    assert_eq!(a.n_prompts, b.n_prompts, "{what}");
+                }
+                assert!(one.entries.iter().any(|e| e.score != 0.0), "{what}");
+            }
         }
     }
 }
@@ -1012,9 +1066,10 @@ fn eap_ig_relative_to_a_circuit_averages_the_circuits_gradients_along_the_path()
 }
 
 #[test]
-fn resample_qk_edge_scores_from_the_paired_forward_equal_the_stored_terms() {
+fn resample_qk_edge_scores_from_the_reference_attention_equal_the_stored_terms() {
     // Under resample the stored reference terms are (R, T, T, d) per head; computing them
-    // from the paired prompts' forward while scoring must give the same numbers, bit for bit.
+    // while scoring from the reference pass's own pattern and values
+    // (`ReferenceNeeds::source_attention`) must give the same numbers, bit for bit.
     let text = FILE.replace("by mean", "by resample");
     let f = fixture(&text, true);
     let stored = scores(
@@ -1023,12 +1078,20 @@ fn resample_qk_edge_scores_from_the_paired_forward_equal_the_stored_terms() {
         Granularity::QkEdges,
     )
     .unwrap();
-    let reference_ids = f.reference_ids();
-    let mut inputs = f.inputs("logit_diff", None);
-    inputs.paired_reference = Some(&reference_ids);
-    let streamed = scores(&inputs, Method::Eap, Granularity::QkEdges).unwrap();
-    assert_eq!(stored.entries.len(), streamed.entries.len());
-    for (a, b) in stored.entries.iter().zip(&streamed.entries) {
+    let mut g = fixture(&text, false);
+    let needs = ReferenceNeeds {
+        source_attention: true,
+        ..Default::default()
+    };
+    g.reference = g.session.reference_values(&needs).unwrap().clone();
+    let from_attention = scores(
+        &g.inputs("logit_diff", None),
+        Method::Eap,
+        Granularity::QkEdges,
+    )
+    .unwrap();
+    assert_eq!(stored.entries.len(), from_attention.entries.len());
+    for (a, b) in stored.entries.iter().zip(&from_attention.entries) {
         assert_eq!(a.score.to_bits(), b.score.to_bits(), "{a:?} vs {b:?}");
     }
     assert!(stored.entries.iter().any(|e| e.score.abs() > 1e-3));

@@ -114,18 +114,15 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         relative_to.is_some(),
     )?;
 
+    // The passes are counted, not foreseen: prompts are scored a few per pass as memory allows
+    // (`attribute::prompts_per_pass`), `steps` passes each under eap-ig.
     let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(match method {
-            Method::EapIg { steps } => steps as u64,
-            Method::Eap => 1,
-            _ => 1,
-        });
+        let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} scoring [{bar:30}] {pos}/{len} gradient passes ({elapsed})",
+                "{spinner} scoring: {pos} gradient passes ({elapsed})",
             )
-            .expect("a valid template")
-            .progress_chars("=> "),
+            .expect("a valid template"),
         );
         bar
     });

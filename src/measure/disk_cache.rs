@@ -127,6 +127,9 @@ impl CacheKeys {
                     hasher.update(format!("edge {head}\n"));
                 }
                 hasher.update(format!("head_outputs {}\n", needs.head_outputs));
+                if needs.source_attention {
+                    hasher.update(b"source_attention\n");
+                }
             }
             Entry::Metrics { plan_key } => {
                 hasher.update(b"per-prompt metrics\n");

@@ -359,6 +359,7 @@ impl<'a> Evaluator<'a> {
             let mut union = have.clone();
             union.edge_heads.extend(needs.edge_heads.iter().copied());
             union.head_outputs |= needs.head_outputs;
+            union.source_attention |= needs.source_attention;
             let values = self.reference_values(&union)?;
             self.reference = Some((union, values));
             return Ok(());
@@ -421,6 +422,9 @@ impl<'a> Evaluator<'a> {
             n_sources,
             edge_heads: needs.edge_heads.iter().copied().collect(),
             head_outputs: needs.head_outputs,
+            source_attention: needs.source_attention
+                && self.settings.ablation == AblationKind::Resample
+                && self.label_alignment.is_none(),
         }
     }
 
@@ -462,7 +466,7 @@ impl<'a> Evaluator<'a> {
         };
         // The pass keeps only what the statistics read (no per-head writes without path edges,
         // attention patterns only of layers with QK-edge heads).
-        let selection = needs.cache_selection();
+        let selection = needs.cache_selection(self.model.config.n_layers);
         // Over the evaluated prompts themselves, this pass's END logits are the full model's,
         // the same bits as its own pass (no hooks; a row of a product does not depend on the
         // rows beside it, `model::linalg::kernel_for`): kept, they save that pass.

@@ -46,7 +46,8 @@ pub struct LayerCache {
     pub pattern: Array4<f32>,
     /// `(B, T, H, d)` after [`Interventions::edit_z`](super::Interventions::edit_z).
     pub z: Array4<f32>,
-    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias.
+    /// `(B, T, H, D)`: `z_h · W_O^h` per head, without the output bias; empty `(0, 0, 0, 0)`
+    /// when the forward was asked to leave it out ([`CacheExtras::head_outputs`]).
     pub head_out: Array4<f32>,
     /// `(B, T, D)`: the attention output including its bias.
     pub attn_out: Array3<f32>,
@@ -57,6 +58,11 @@ pub struct LayerCache {
     pub mlp_out: Array3<f32>,
     /// `(B, T, D)`: `resid_mid + mlp_out`.
     pub resid_post: Array3<f32>,
+    /// `(N, M)`: the MLP activation's input (`c_fc(x)`, or `gate(x)` of a gated MLP), with
+    /// [`CacheExtras::mlp_pre_activations`] (the backward reads it instead of recomputing it).
+    pub mlp_pre_activation: Option<Array2<f32>>,
+    /// `(N, M)`: a gated MLP's `up(x)`, likewise.
+    pub mlp_up: Option<Array2<f32>>,
 }
 
 /// The few intermediates reference statistics read (`ablate::reference`), so that a forward
@@ -95,12 +101,31 @@ pub struct SelectedLayer {
     pub head_out: Option<Array4<f32>>,
 }
 
+/// What an [`ActivationCache`] holds beyond the intermediates every forward computes anyway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheExtras {
+    /// Each head's own write `z_h · W_O^h` (a product per head and `(B, T, H, D)` floats per
+    /// layer, 226 MB for GPT-2 small at 32 × 16 tokens): only path-edge readers use it.
+    pub head_outputs: bool,
+    /// The MLP pre-activations (`(N, M)` per layer, two for gated MLPs), which the backward
+    /// would otherwise recompute (a `D × M` product per layer).
+    pub mlp_pre_activations: bool,
+}
+
+impl CacheExtras {
+    /// What [`Model::forward`](super::Model::forward)'s cache has always held.
+    pub(crate) const PUBLIC: CacheExtras = CacheExtras {
+        head_outputs: true,
+        mlp_pre_activations: false,
+    };
+}
+
 /// What a forward pass keeps for its caller besides the logits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Keep<'a> {
     Nothing,
-    /// An [`ActivationCache`].
-    Everything,
+    /// An [`ActivationCache`], with these extras.
+    Everything(CacheExtras),
     /// [`SelectedActivations`].
     Selected(&'a CacheSelection),
 }
@@ -170,9 +195,14 @@ impl<'s> Recorder<'s> {
         self.record_outputs
             || match self.keep {
                 Keep::Nothing => false,
-                Keep::Everything => true,
+                Keep::Everything(extras) => extras.head_outputs,
                 Keep::Selected(selection) => selection.head_outputs,
             }
+    }
+
+    /// Whether the MLP block must keep its activation's input for the cache.
+    pub(crate) fn wants_mlp_pre_activations(&self) -> bool {
+        matches!(self.keep, Keep::Everything(extras) if extras.mlp_pre_activations)
     }
 
     /// After a layer's attention block: its heads' outputs join the component outputs.
@@ -198,10 +228,10 @@ impl<'s> Recorder<'s> {
         if self.record_outputs {
             self.mlp_outs.push(mlp.out.clone());
         }
-        let selection = match self.keep {
+        let (selection, extras) = match self.keep {
             Keep::Nothing => return,
-            Keep::Everything => None,
-            Keep::Selected(selection) => Some(selection),
+            Keep::Everything(extras) => (None, extras),
+            Keep::Selected(selection) => (Some(selection), CacheExtras::PUBLIC),
         };
         if let Some(selection) = selection {
             let index = self.selected.len();
@@ -231,11 +261,16 @@ impl<'s> Recorder<'s> {
             scores: attention.scores,
             pattern: attention.pattern,
             z: attention.z,
-            head_out: attention.head_out.expect("computed for the cache"),
+            head_out: match extras.head_outputs {
+                true => attention.head_out.expect("computed for the cache"),
+                false => Array4::zeros((0, 0, 0, 0)),
+            },
             attn_out: self.to3(&attention.out),
             resid_mid: self.to3(resid_mid),
             mlp_out: mlp.out,
             resid_post: self.to3(resid_post),
+            mlp_pre_activation: mlp.activations.pre_activation,
+            mlp_up: mlp.activations.up.filter(|_| extras.mlp_pre_activations),
         });
     }
 
@@ -243,7 +278,7 @@ impl<'s> Recorder<'s> {
     pub(crate) fn finish(self, resid_final: &Array2<f32>) -> Option<Kept> {
         match self.keep {
             Keep::Nothing => None,
-            Keep::Everything => Some(Kept::Everything(ActivationCache {
+            Keep::Everything(_) => Some(Kept::Everything(ActivationCache {
                 resid_final: self.to3(resid_final),
                 layers: self.layers,
                 embed: self.embed,

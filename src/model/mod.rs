@@ -55,7 +55,7 @@ pub use stored::{set_weights_mode, weights_mode, WeightsMode};
 pub use tokenizer::{Encoded, Tokenizer};
 pub use topology::{Component, ResidualTopology, Unread};
 
-use cache::{Keep, Kept};
+use cache::{CacheExtras, Keep, Kept};
 
 /// What [`Model::forward_keeping`] returns: logits, each prompt's length, and what was kept.
 type ForwardKept = (Array3<f32>, Vec<usize>, Option<Kept>);
@@ -82,6 +82,19 @@ pub struct ForwardOutput {
     pub lengths: Vec<usize>,
     /// Present when [`ForwardOptions::cache`] was set.
     pub cache: Option<ActivationCache>,
+}
+
+/// A forward that kept everything or nothing, as [`ForwardOutput`].
+fn with_cache((logits, lengths, kept): ForwardKept) -> ForwardOutput {
+    let cache = kept.map(|kept| match kept {
+        Kept::Everything(cache) => cache,
+        Kept::Selected(_) => unreachable!("asked for everything or nothing"),
+    });
+    ForwardOutput {
+        logits,
+        lengths,
+        cache,
+    }
 }
 
 /// Where the weight bytes came from, for [`Model::weights_hash`].
@@ -256,21 +269,40 @@ impl Model {
         hooks: &dyn Interventions,
     ) -> Result<ForwardOutput, ModelError> {
         let keep = if options.cache {
-            Keep::Everything
+            Keep::Everything(CacheExtras::PUBLIC)
         } else {
             Keep::Nothing
         };
-        let (logits, lengths, kept) =
-            self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
-        let cache = kept.map(|kept| match kept {
-            Kept::Everything(cache) => cache,
-            Kept::Selected(_) => unreachable!("asked for everything or nothing"),
-        });
-        Ok(ForwardOutput {
-            logits,
-            lengths,
-            cache,
-        })
+        let kept = self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
+        Ok(with_cache(kept))
+    }
+
+    /// The input embeddings of `tokens` (token + learned position embedding, as the forward's
+    /// first block computes them), each prompt `(T_b, D)`: no layer runs.
+    pub fn input_embeddings(&self, tokens: &[Vec<u32>]) -> Result<Vec<Array2<f32>>, ModelError> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                self.check_prompt(ids, || format!("#{i}"))?;
+                let ids = Array2::from_shape_vec((1, ids.len()), ids.clone())
+                    .expect("one row of its own length");
+                Ok(self.transformer.embed_forward(&ids)) // (T_b, D)
+            })
+            .collect()
+    }
+
+    /// The END-logits forward of the backward pass: its cache holds `extras` (each head's
+    /// write only when path edges read it, the MLP pre-activations the backward would
+    /// otherwise recompute).
+    pub(crate) fn forward_for_backward(
+        &self,
+        tokens: &[Vec<u32>],
+        extras: CacheExtras,
+        hooks: &dyn Interventions,
+    ) -> Result<ForwardOutput, ModelError> {
+        let kept = self.forward_keeping(tokens, false, Keep::Everything(extras), hooks)?;
+        Ok(with_cache(kept))
     }
 
     /// [`Model::forward`] keeping only the intermediates `selection` names (the reference
@@ -345,9 +377,13 @@ impl Model {
         lengths: &[usize],
         hooks: &dyn Interventions,
     ) -> String {
-        let (_, kept) = self
-            .transformer
-            .forward(ids, lengths, false, Keep::Everything, hooks);
+        let (_, kept) = self.transformer.forward(
+            ids,
+            lengths,
+            false,
+            Keep::Everything(CacheExtras::PUBLIC),
+            hooks,
+        );
         let Some(Kept::Everything(cache)) = kept else {
             unreachable!("the cache was asked for")
         };

@@ -356,7 +356,7 @@ impl Transformer {
                     prompts,
                     hooks,
                     &recorder.outputs(),
-                    false, // the pre-activation is for a backward pass
+                    recorder.wants_mlp_pre_activations(), // for a backward pass
                 )
             };
             resid = &resid_mid + &mlp.out_rows(); // (N_q, D)

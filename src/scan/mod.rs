@@ -765,6 +765,7 @@ impl Scan {
                         Default::default()
                     },
                     head_outputs: false,
+                    source_attention: false,
                 };
                 let reference: ReferenceValues = session.reference_values(&needs)?.clone();
                 let picked: Vec<&Candidate> = todo.iter().map(|&c| &self.candidates[c]).collect();

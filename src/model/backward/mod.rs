@@ -31,11 +31,12 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use super::cache::rows_as_prompts;
+use super::cache::CacheExtras;
 use super::stored::WeightView;
 use super::transformer::{per_head, Layer, Mlp, Norm, Positions};
 use super::HeadInput;
 use super::ResidualTopology;
-use super::{ActivationCache, ForwardOptions, Model, ModelError, NoInterventions};
+use super::{ActivationCache, Model, ModelError, NoInterventions};
 use blocks::EndMetric;
 
 /// The scalar whose gradient is taken, per prompt at its END logits (averaged over prompts).
@@ -147,6 +148,10 @@ pub struct GradientOptions {
     /// residual streams (for GPT-2 small at 32 × 16 tokens, 680 MB in all); only path-edge
     /// scores need them.
     pub head_inputs: bool,
+    /// `M` is the mean over this many prompts, of which these are some (attribution scores a
+    /// few prompts per pass: each pass's gradients carry the whole set's `1/P`); `None`: over
+    /// these prompts.
+    pub prompts_in_mean: Option<usize>,
 }
 
 /// The result of [`gradients`].
@@ -432,11 +437,18 @@ fn gradients_inner(
     let vocab = unembed.nrows();
     check_inputs(tokens, targets, &objective, vocab)?;
 
-    let forward_options = ForwardOptions {
-        all_logits: false,
-        cache: true,
+    // Path edges: each rebuilt reader's input is recomputed from the cached component outputs
+    // with the hooks (as the forward built it), and its gradient kept, so that each writer's
+    // gradient leaves out the readers it does not reach.
+    let paths = kept.map(|k| k.paths).unwrap_or(&[]);
+    let extras = CacheExtras {
+        // Each head's own write `(B, T, H, D)` per layer is the cache's largest part (226 MB for
+        // GPT-2 small at 32 × 16 tokens, and 1/12 of the forward's products) and only rebuilt
+        // path-edge inputs read it (peak memory and time, `benches/eap.rs`).
+        head_outputs: !paths.is_empty(),
+        mlp_pre_activations: true,
     };
-    let out = model.forward(tokens, &forward_options, hooks)?;
+    let out = model.forward_for_backward(tokens, extras, hooks)?;
     let mut cache = out.cache.expect("asked for the cache");
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
@@ -454,6 +466,7 @@ fn gradients_inner(
         .collect();
 
     // ---- the metric and the final norm + unembedding -------------------------------------
+    let prompts_in_mean = options.prompts_in_mean.unwrap_or(batch);
     let mut d_logits = Array2::<f32>::zeros((batch, vocab)); // (B, V)
     for (b, &(answer, distractor)) in targets.iter().enumerate() {
         let logits = out.logits.slice(s![b, 0, ..]).mapv(f64::from); // (V,)
@@ -476,7 +489,7 @@ fn gradients_inner(
             distractor as usize,
         );
         // M is the mean over prompts.
-        let scaled = gradient.mapv(|g| (g / batch as f64) as f32);
+        let scaled = gradient.mapv(|g| (g / prompts_in_mean as f64) as f32);
         d_logits.row_mut(b).assign(&scaled);
     }
     if let Some(cap) = transformer.scaling.final_logit_softcap {
@@ -501,20 +514,8 @@ fn gradients_inner(
     let scale = transformer.score_scale();
     let softcap = transformer.scaling.attn_logit_softcap;
 
-    // Path edges: each rebuilt reader's input is recomputed from the cached component outputs
-    // with the hooks (as the forward built it), and its gradient kept, so that each writer's
-    // gradient leaves out the readers it does not reach.
-    let paths = kept.map(|k| k.paths).unwrap_or(&[]);
     let topology = model.config.residual;
     let outputs = PathOutputs::take(&mut cache, transformer, !paths.is_empty());
-    if paths.is_empty() {
-        // Each head's own write `(B, T, H, D)` per layer is the cache's largest part (226 MB for
-        // GPT-2 small at 32 × 16 tokens) and only rebuilt path-edge inputs read it: freed before
-        // the backward's own arrays are made (peak memory, `benches/eap.rs`).
-        for layer in &mut cache.layers {
-            layer.head_out = Array4::zeros((0, 0, 0, 0));
-        }
-    }
     let mut read: Vec<(&PathReader, Array2<f32>)> = Vec::new(); // (reader, ∂M/∂input (N, D))
     if let Some(p) = paths.iter().find(|p| p.reader == Reader::Logits) {
         read.push((p, d_resid.clone()));
@@ -557,8 +558,10 @@ fn gradients_inner(
             Some(input.into_shape_with_order((n_rows, d_model)).unwrap())
         }); // (N, D)
         let mlp_in = rebuilt_mlp_in.as_ref().unwrap_or(&mlp_read); // (N, D)
-        let mlp_x = layer.mlp_norm.apply(mlp_in.view()); // (N, D), recomputed
-                                                         // A frozen MLP output passes nothing back into the MLP.
+                                                                   // The norm's output, recomputed only where the cache lacks what the MLP computed from it.
+        let mlp_x = (lc.mlp_pre_activation.is_none() || layer.mlp_post_norm.is_some())
+            .then(|| layer.mlp_norm.apply(mlp_in.view())); // (N, D)
+                                                           // A frozen MLP output passes nothing back into the MLP.
         let d_mlp_through = match kept {
             Some(kept) => {
                 let mut d = d_mlp_out.clone(); // (N, D)
@@ -575,12 +578,28 @@ fn gradients_inner(
         // output (recomputed).
         let d_mlp_through = match &layer.mlp_post_norm {
             Some(post_norm) => {
-                let raw = layer.mlp.forward(mlp_x.view(), false).1; // (N, D)
+                let x = mlp_x.as_ref().expect("recomputed under a post-norm");
+                let raw = layer.mlp.forward(x.view(), false).1; // (N, D)
                 norm_backward(post_norm, raw.view(), d_mlp_through.view())
             }
             None => d_mlp_through,
         }; // (N, D)
-        let d_mlp_x = mlp_backward(&layer.mlp, mlp_x.view(), d_mlp_through.view()); // (N, D)
+        let recomputed;
+        let pre = match (&lc.mlp_pre_activation, &mlp_x) {
+            (Some(pre), _) => PreActivations {
+                pre: pre.view(),
+                up: lc.mlp_up.as_ref().map(|u| u.view()),
+            },
+            (None, Some(x)) => {
+                recomputed = mlp_pre_activations(&layer.mlp, x.view());
+                PreActivations {
+                    pre: recomputed.0.view(),
+                    up: recomputed.1.as_ref().map(|u| u.view()),
+                }
+            }
+            (None, None) => unreachable!("the norm's output is recomputed without the cache's"),
+        };
+        let d_mlp_x = mlp_backward(&layer.mlp, pre, d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_in.view(), d_mlp_x.view()); // (N, D)
                                                                                       // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
                                                                                       // input, rebuilt or not, is the stream it reads + constants).
@@ -944,31 +963,42 @@ fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2
     }
 }
 
-/// The backward of the engine's [`Mlp`] at its (normed) input `x` `(N, D)`: recomputes the
-/// pre-activations, then `dx` `(N, D)` from `d_out` `(N, D)`.
-fn mlp_backward(mlp: &Mlp, x: ArrayView2<f32>, d_out: ArrayView2<f32>) -> Array2<f32> {
+/// The inputs of an MLP's activation: `c_fc(x)` (or a gated MLP's `gate(x)`) and a gated MLP's
+/// `up(x)`, each `(N, M)`, as the forward computed them.
+struct PreActivations<'a> {
+    pre: ArrayView2<'a, f32>,
+    up: Option<ArrayView2<'a, f32>>,
+}
+
+/// [`PreActivations`] recomputed from the MLP's (normed) input `x` `(N, D)` (when the forward's
+/// cache does not hold them), with the forward's own products.
+fn mlp_pre_activations(mlp: &Mlp, x: ArrayView2<f32>) -> (Array2<f32>, Option<Array2<f32>>) {
+    match mlp {
+        Mlp::GeluNew { fc, .. } | Mlp::GeluErf { fc, .. } => (fc.apply(x), None), // (N, M)
+        Mlp::SwiGlu { gate, up, .. } | Mlp::GeGlu { gate, up, .. } => {
+            (gate.apply(x), Some(up.apply(x))) // (N, M) each
+        }
+    }
+}
+
+/// The backward of the engine's [`Mlp`] at its activations' inputs `pre`: `dx` `(N, D)` of its
+/// (normed) input from `d_out` `(N, D)`.
+fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array2<f32> {
     match mlp {
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
-            let pre =
-                super::linalg::affine(x, fc.weight.view(), fc.bias.as_ref().map(|b| b.view())); // (N, M)
             let d_hidden = linear_input_gradient(proj.weight.view(), d_out); // (N, M)
             let d_pre = match mlp {
-                Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.view(), d_hidden.view()),
-                _ => blocks::gelu_erf_backward(pre.view(), d_hidden.view()),
+                Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.pre, d_hidden.view()),
+                _ => blocks::gelu_erf_backward(pre.pre, d_hidden.view()),
             }; // (N, M)
             linear_input_gradient(fc.weight.view(), d_pre.view())
         }
         Mlp::SwiGlu { gate, up, down } | Mlp::GeGlu { gate, up, down } => {
-            let gate_pre =
-                super::linalg::affine(x, gate.weight.view(), gate.bias.as_ref().map(|b| b.view())); // (N, M)
-            let up_pre =
-                super::linalg::affine(x, up.weight.view(), up.bias.as_ref().map(|b| b.view())); // (N, M)
+            let up_pre = pre.up.expect("a gated MLP's up(x)"); // (N, M)
             let d_hidden = linear_input_gradient(down.weight.view(), d_out); // (N, M)
             let (d_gate, d_up) = match mlp {
-                Mlp::GeGlu { .. } => {
-                    blocks::geglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view())
-                }
-                _ => blocks::swiglu_backward(gate_pre.view(), up_pre.view(), d_hidden.view()),
+                Mlp::GeGlu { .. } => blocks::geglu_backward(pre.pre, up_pre, d_hidden.view()),
+                _ => blocks::swiglu_backward(pre.pre, up_pre, d_hidden.view()),
             };
             linear_input_gradient(gate.weight.view(), d_gate.view())
                 + linear_input_gradient(up.weight.view(), d_up.view())
