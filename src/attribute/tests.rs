@@ -356,7 +356,7 @@ fn embed_path_edges_into_every_input_sum_to_the_derivative_along_the_reference_e
 
 #[test]
 fn eap_ig_with_one_step_is_eap_and_more_steps_differ() {
-    let f = fixture(FILE, false);
+    let f = fixture(FILE, true);
     let model = f.session.model();
     let reference_ids = f.reference_ids();
     let x_ref = reference_embeddings(
@@ -368,9 +368,21 @@ fn eap_ig_with_one_step_is_eap_and_more_steps_differ() {
     )
     .unwrap();
     let inputs = f.inputs("logit_diff", Some(x_ref.view()));
+    // Bit for bit at every granularity.
+    for granularity in [
+        Granularity::Nodes,
+        Granularity::QkEdges,
+        Granularity::PathEdges,
+    ] {
+        let eap = scores(&inputs, Method::Eap, granularity).unwrap();
+        let one = scores(&inputs, Method::EapIg { steps: 1 }, granularity).unwrap();
+        assert!(eap.entries.iter().any(|e| e.score != 0.0));
+        assert_eq!(eap.entries.len(), one.entries.len());
+        for (a, b) in eap.entries.iter().zip(&one.entries) {
+            assert_eq!(a.score.to_bits(), b.score.to_bits(), "{a:?} vs {b:?}");
+        }
+    }
     let eap = scores(&inputs, Method::Eap, Granularity::Nodes).unwrap();
-    let one = scores(&inputs, Method::EapIg { steps: 1 }, Granularity::Nodes).unwrap();
-    assert_eq!(eap.entries, one.entries);
     let five = scores(&inputs, Method::EapIg { steps: 5 }, Granularity::Nodes).unwrap();
     let differ = eap
         .entries
