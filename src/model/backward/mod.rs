@@ -499,7 +499,7 @@ fn gradients_inner(
     }
     let resid_final = rows(&cache.resid_final); // (N, D)
     let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
-    let d_normed = super::matmul(d_logits.view(), unembed.view()); // (B, D)
+    let d_normed = unembedding_backward(unembed, d_logits.view()); // (B, D)
     let d_end = norm_backward(&transformer.final_norm, end_resid.view(), d_normed.view()); // (B, D)
     let mut d_resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D): ∂M/∂resid_post
     for (&row, d) in end_rows.iter().zip(d_end.rows()) {
@@ -953,6 +953,40 @@ fn linear_input_gradient<'w>(
     dy: ArrayView2<f32>,
 ) -> Array2<f32> {
     super::matmul(dy, weight.into().t())
+}
+
+/// `d_logits · W_U`, `(B, D)`, through the `(V, D)` unembedding. Under `logit_diff` a prompt's
+/// gradient is nonzero at two logits only, so its row is two rows of `W_U` (in vocabulary
+/// order) instead of a product that reads the whole matrix (154 MB at GPT-2 small, on every
+/// gradient pass); a dense gradient (`prob`, `logprob`, `kl`) takes the product.
+fn unembedding_backward(unembed: &super::stored::Weight, d_logits: ArrayView2<f32>) -> Array2<f32> {
+    /// Nonzero logits per prompt up to which rows are gathered instead.
+    const GATHERED: usize = 8;
+    let nonzero: Vec<Vec<(usize, f32)>> = d_logits
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, &g)| g != 0.0)
+                .map(|(v, &g)| (v, g))
+                .take(GATHERED + 1)
+                .collect()
+        })
+        .collect();
+    if nonzero.iter().any(|n| n.len() > GATHERED) {
+        return super::matmul(d_logits, unembed.view()); // (B, D)
+    }
+    let d_model = unembed.ncols();
+    let mut out = Array2::<f32>::zeros((d_logits.nrows(), d_model)); // (B, D)
+    let mut w_row = Array1::<f32>::zeros(d_model); // (D,)
+    for (mut row, entries) in out.rows_mut().into_iter().zip(&nonzero) {
+        for &(v, g) in entries {
+            unembed.row_into(v, w_row.view_mut());
+            row.scaled_add(g, &w_row);
+        }
+    }
+    out
 }
 
 /// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.

@@ -721,3 +721,29 @@ fn restated_forwards_match_the_engine_on_qwen3_with_per_head_qk_norms() {
     assert!(model.transformer.layers.iter().all(|l| l.qk_norm.is_some()));
     restated_forwards_match_the_cache(&model);
 }
+
+#[test]
+fn the_unembedding_backward_gathers_rows_for_sparse_gradients_and_equals_the_product() {
+    // logit_diff's gradient is nonzero at two logits per prompt: the rows of W_U are gathered
+    // instead of the (B, V)·(V, D) product; a dense gradient takes the product. Both agree.
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (vocab, d_model) = (300, 24);
+    let w = random(&mut rng, (vocab, d_model)).mapv(|x| x as f32); // (V, D)
+    let unembed = crate::model::stored::Weight::F32(w.clone());
+    let mut sparse = Array2::<f32>::zeros((3, vocab)); // (B, V)
+    for (b, (answer, distractor)) in [(5, 17), (299, 0), (42, 43)].into_iter().enumerate() {
+        sparse[[b, answer]] = 0.25 + b as f32;
+        sparse[[b, distractor]] = -0.75;
+    }
+    let dense = random(&mut rng, (3, vocab)).mapv(|x| x as f32); // (B, V)
+    for d_logits in [sparse, dense] {
+        let got = unembedding_backward(&unembed, d_logits.view()); // (B, D)
+        let expected = d_logits.mapv(f64::from).dot(&w.mapv(f64::from)); // (B, D), f64
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                (*g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                "{g} vs {e}"
+            );
+        }
+    }
+}
