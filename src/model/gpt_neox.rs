@@ -43,16 +43,7 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     };
     // nn.Linear(d_in → d_out), stored (out, in); biases as `bias` says.
     let linear =
-        |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-                bias: if bias {
-                    Some(vector(&format!("{name}.bias"), d_out)?)
-                } else {
-                    None
-                },
-            })
-        };
+        |name: &str, d_in: usize, d_out: usize, bias: bool| files.linear(name, d_in, d_out, bias);
     let layer_norm = |name: &str| -> Result<Norm, ModelError> {
         Ok(Norm::Layer {
             weight: vector(&format!("{name}.weight"), d)?,

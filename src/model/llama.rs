@@ -48,16 +48,8 @@ pub(crate) fn load(config: &ModelConfig, files: &WeightFiles) -> Result<Transfor
     // or if the file has one (Llama's attention_bias / mlp_bias).
     let linear_with =
         |name: &str, d_in: usize, d_out: usize, required: bool| -> Result<Linear, ModelError> {
-            let bias_name = format!("{name}.bias");
-            let bias = if required || (optional_bias && files.contains(&bias_name)) {
-                Some(Array1::from(files.tensor(&bias_name, &[d_out])?))
-            } else {
-                None
-            };
-            Ok(Linear {
-                weight: matrix(&format!("{name}.weight"), d_out, d_in)?.reversed_axes(), // (in, out)
-                bias,
-            })
+            let bias = required || (optional_bias && files.contains(&format!("{name}.bias")));
+            files.linear(name, d_in, d_out, bias)
         };
     let linear = |name: &str, d_in: usize, d_out: usize| linear_with(name, d_in, d_out, false);
     let qkv_bias = required_bias;
