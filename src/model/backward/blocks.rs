@@ -12,6 +12,9 @@
 //! `T_q` query rows and `T_k` key rows of one (prompt, head).
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, NdFloat};
+use rayon::prelude::*;
+
+use crate::model::numerics::{exp, widest_simd};
 
 fn constant<F: NdFloat>(x: f64) -> F {
     F::from(x).expect("a small constant fits every float type")
@@ -55,10 +58,16 @@ pub(crate) fn layernorm_backward<F: NdFloat>(
 ) -> Array2<F> {
     let width = F::from(x.ncols()).expect("row width");
     let mut dx = Array2::zeros(x.raw_dim());
+    // One buffer each for x̂ and g, reused row after row (path edges call this 432 times a
+    // layer at GPT-2 small; two allocations per row were a good part of it).
+    let (mut x_hat, mut g) = (Array1::zeros(x.ncols()), Array1::zeros(x.ncols())); // (W,)
     for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
         let (mean, inv) = layernorm_statistics(x, eps);
-        let x_hat = x.mapv(|v| (v - mean) * inv); // (W,)
-        let g = &dy * &weight; // (W,)
+        x_hat.zip_mut_with(&x, |h, &v| *h = (v - mean) * inv);
+        ndarray::Zip::from(&mut g)
+            .and(&dy)
+            .and(&weight)
+            .for_each(|g, &dy, &w| *g = dy * w);
         let g_mean = g.sum() / width;
         let g_dot_x_hat = g.dot(&x_hat) / width;
         for ((dx, &g), &x_hat) in dx.iter_mut().zip(&g).zip(&x_hat) {
@@ -124,9 +133,13 @@ pub(crate) fn rmsnorm_backward<F: NdFloat>(
 ) -> Array2<F> {
     let width = F::from(x.ncols()).expect("row width");
     let mut dx = Array2::zeros(x.raw_dim());
+    let mut g = Array1::zeros(x.ncols()); // (W,), reused row after row
     for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
         let inv = rms_inverse(x, eps);
-        let g = &dy * &weight; // (W,)
+        ndarray::Zip::from(&mut g)
+            .and(&dy)
+            .and(&weight)
+            .for_each(|g, &dy, &w| *g = dy * w);
         let g_dot_x = g.dot(&x) / width;
         for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
             *dx = inv * g - x * inv * inv * inv * g_dot_x;
@@ -205,6 +218,41 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
             + half * x * (F::one() - t * t) * c * (F::one() + three * a * x * x);
         *d *= slope;
     });
+    dx
+}
+
+/// [`gelu_new_backward`] for the engine's f32: the same derivative written with `s = σ(2u)`
+/// (`1 + tanh u = 2s`, `1 − tanh²u = 4s(1 − s)`, `s(1 − s) = e·s²` for `e = e^(−2u)`) and the
+/// engine's own `exp`, in a loop the
+/// compiler vectorizes. libm's scalar `tanhf` (with its `expm1f`) was ~6% of a path-edge run
+/// (perf, `benches/eap.rs`); the tests hold this to the generic form in f64.
+pub(crate) fn gelu_new_backward_f32(x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
+    const C: f32 = SQRT_2_OVER_PI as f32;
+    const A: f32 = GELU_CUBIC as f32;
+    let (Some(xs), Some(_)) = (x.as_slice(), dy.as_slice()) else {
+        return gelu_new_backward(x, dy);
+    };
+    let mut dx = dy.to_owned();
+    let chunk = 1 << 14;
+    dx.as_slice_mut()
+        .expect("a new array is in standard layout")
+        .par_chunks_mut(chunk)
+        .zip(xs.par_chunks(chunk))
+        .for_each(|(d, x)| {
+            widest_simd(
+                #[inline(always)]
+                || {
+                    for (d, &x) in d.iter_mut().zip(x) {
+                        let u = C * (x + A * x * x * x);
+                        // s(1 − s) as e·s², not from 1 − s (which cancels as s → 1).
+                        let e = exp(-2.0 * u);
+                        let s = 1.0 / (1.0 + e);
+                        let s_one_minus_s = if e.is_infinite() { 0.0 } else { e * s * s };
+                        *d *= s + 2.0 * x * s_one_minus_s * C * (1.0 + 3.0 * A * x * x);
+                    }
+                },
+            )
+        });
     dx
 }
 

@@ -1022,7 +1022,7 @@ fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
             let d_hidden = linear_input_gradient(proj.weight.view(), d_out); // (N, M)
             let d_pre = match mlp {
-                Mlp::GeluNew { .. } => blocks::gelu_new_backward(pre.pre, d_hidden.view()),
+                Mlp::GeluNew { .. } => blocks::gelu_new_backward_f32(pre.pre, d_hidden.view()),
                 _ => blocks::gelu_erf_backward(pre.pre, d_hidden.view()),
             }; // (N, M)
             linear_input_gradient(fc.weight.view(), d_pre.view())

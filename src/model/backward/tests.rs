@@ -130,6 +130,28 @@ fn gelu_new_backward_matches_finite_differences() {
 }
 
 #[test]
+fn the_f32_gelu_new_backward_is_the_generic_one_to_f32_rounding() {
+    // Wide inputs (both saturated tails, where σ(2u) is 0 or 1) and odd lengths (the
+    // vectorized loop's remainder).
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    for (rows, cols) in [(3, 7), (5, 4099), (1, 1)] {
+        let x = random(&mut rng, (rows, cols)) * 12.0;
+        let dy = random(&mut rng, (rows, cols));
+        let (x32, dy32) = (x.mapv(|v| v as f32), dy.mapv(|v| v as f32));
+        let exact = gelu_new_backward(x32.mapv(f64::from).view(), dy32.mapv(f64::from).view());
+        let fast = gelu_new_backward_f32(x32.view(), dy32.view());
+        for ((&e, &f), &d) in exact.iter().zip(&fast).zip(&dy32) {
+            // The slope's terms are at most ~1.1: a few f32 ulp of them, times |dy|.
+            let error = (e - f as f64).abs();
+            assert!(
+                error <= 1e-6 * (d as f64).abs() + 1e-12,
+                "slope × dy: f64 {e}, f32 {f} (|error| {error:e}, dy {d})"
+            );
+        }
+    }
+}
+
+#[test]
 fn gelu_erf_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(15);
     let x = random(&mut rng, (4, 10)) * 4.0;
