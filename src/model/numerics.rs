@@ -45,9 +45,27 @@ unsafe fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
 /// (the same function; one `exp` is several times cheaper than `tanh`).
 #[inline]
 pub(crate) fn gelu_new(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-    x / (1.0 + exp(-2.0 * u))
+    x / (1.0 + exp(-2.0 * gelu_new_u(x)))
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044715;
+
+/// `u = √(2/π)(x + 0.044715x³)` of [`gelu_new`].
+#[inline(always)]
+fn gelu_new_u(x: f32) -> f32 {
+    SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)
+}
+
+/// The derivative of [`gelu_new`], with `s = σ(2u)` (`1 + tanh u = 2s`, `1 − tanh²u =
+/// 4s(1 − s)`): `s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²)`, `s(1 − s)` taken as `e·s²` for
+/// `e = e^(−2u)` (from `1 − s` it cancels as `s → 1`). One `exp`, no `tanh`.
+#[inline]
+pub(crate) fn gelu_new_slope(x: f32) -> f32 {
+    let e = exp(-2.0 * gelu_new_u(x));
+    let s = 1.0 / (1.0 + e);
+    let s_one_minus_s = if e.is_infinite() { 0.0 } else { e * s * s };
+    s + 2.0 * x * s_one_minus_s * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x)
 }
 
 /// The exact GELU `x · Φ(x) = 0.5·x·(1 + erf(x/√2))` (torch's `gelu`, GPT-NeoX's MLP), with

@@ -14,7 +14,7 @@
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, NdFloat};
 use rayon::prelude::*;
 
-use crate::model::numerics::{exp, widest_simd};
+use crate::model::numerics::{gelu_new_slope, widest_simd};
 
 fn constant<F: NdFloat>(x: f64) -> F {
     F::from(x).expect("a small constant fits every float type")
@@ -221,18 +221,15 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
     dx
 }
 
-/// [`gelu_new_backward`] for the engine's f32: the same derivative written with `s = σ(2u)`
-/// (`1 + tanh u = 2s`, `1 − tanh²u = 4s(1 − s)`, `s(1 − s) = e·s²` for `e = e^(−2u)`) and the
-/// engine's own `exp`, in a loop the
-/// compiler vectorizes. libm's scalar `tanhf` (with its `expm1f`) was ~6% of a path-edge run
-/// (perf, `benches/eap.rs`); the tests hold this to the generic form in f64.
+/// [`gelu_new_backward`] for the engine's f32: `dy` times [`gelu_new_slope`] (one vectorized
+/// `exp` an element) in parallel chunks of plain slices. libm's scalar `tanhf` (with its
+/// `expm1f`) was ~6% of a path-edge run (perf, `benches/eap.rs`); the tests hold this to the
+/// generic form in f64.
 pub(crate) fn gelu_new_backward_f32(x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
-    const C: f32 = SQRT_2_OVER_PI as f32;
-    const A: f32 = GELU_CUBIC as f32;
-    let (Some(xs), Some(_)) = (x.as_slice(), dy.as_slice()) else {
+    let Some(xs) = x.as_slice() else {
         return gelu_new_backward(x, dy);
     };
-    let mut dx = dy.to_owned();
+    let mut dx = dy.to_owned(); // standard layout, whatever dy's
     let chunk = 1 << 14;
     dx.as_slice_mut()
         .expect("a new array is in standard layout")
@@ -243,12 +240,7 @@ pub(crate) fn gelu_new_backward_f32(x: ArrayView2<f32>, dy: ArrayView2<f32>) -> 
                 #[inline(always)]
                 || {
                     for (d, &x) in d.iter_mut().zip(x) {
-                        let u = C * (x + A * x * x * x);
-                        // s(1 − s) as e·s², not from 1 − s (which cancels as s → 1).
-                        let e = exp(-2.0 * u);
-                        let s = 1.0 / (1.0 + e);
-                        let s_one_minus_s = if e.is_infinite() { 0.0 } else { e * s * s };
-                        *d *= s + 2.0 * x * s_one_minus_s * C * (1.0 + 3.0 * A * x * x);
+                        *d *= gelu_new_slope(x);
                     }
                 },
             )
