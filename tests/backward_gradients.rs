@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use circuit::measure::{mean, per_prompt_metrics, Targets, ALL_METRICS};
-use circuit::model::backward::{gradients, GradientOptions, Gradients, Objective};
+use circuit::model::backward::{
+    gradients, GradientOptions, Gradients, HeadInputGradients, HeadInputSink, Objective,
+};
 use circuit::model::{
     ComponentOutputs, ForwardOptions, HeadInput, Interventions, Model, ModelSource,
     ResidualTopology,
@@ -30,6 +32,7 @@ fn stories() -> PathBuf {
 
 const WITH_HEAD_INPUTS: GradientOptions = GradientOptions {
     head_inputs: true,
+    head_input_sink: None,
     prompts_in_mean: None,
 };
 
@@ -698,4 +701,77 @@ fn gradients_do_not_depend_on_the_thread_count() {
         assert_eq!((&a.q, &a.k, &a.v), (&b.q, &b.k, &b.v));
     }
     assert_eq!(one_thread.resid_final, three_threads.resid_final);
+}
+
+/// Records what a [`HeadInputSink`] is handed, in order.
+#[derive(Default)]
+struct Recorder {
+    forwards: std::sync::Mutex<Vec<ndarray::Array3<f32>>>,
+    layers: std::sync::Mutex<Vec<(usize, HeadInputGradients)>>,
+}
+
+impl HeadInputSink for Recorder {
+    fn forward(&self, activations: &circuit::model::ActivationCache) {
+        assert!(
+            self.layers.lock().unwrap().is_empty(),
+            "the forward comes first"
+        );
+        self.forwards
+            .lock()
+            .unwrap()
+            .push(activations.embed.clone());
+    }
+    fn layer(&self, layer: usize, gradients: HeadInputGradients) {
+        self.layers.lock().unwrap().push((layer, gradients));
+    }
+}
+
+#[test]
+fn a_head_input_sink_is_handed_every_layer_last_first_and_the_rest_is_unchanged() {
+    // Path-edge scores take the head-input gradients layer by layer (`attribute::path_edges`):
+    // the sink must get exactly what the pass would have kept, after the forward's activations.
+    let model = Model::load(&stories()).unwrap();
+    let case = Case::new(&model, 501);
+    let kept = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::LogitDiff,
+        WITH_HEAD_INPUTS,
+    )
+    .unwrap();
+    let recorder = Recorder::default();
+    let handed = gradients(
+        &model,
+        &case.tokens,
+        &case.targets,
+        Objective::LogitDiff,
+        GradientOptions {
+            head_input_sink: Some(&recorder),
+            ..WITH_HEAD_INPUTS
+        },
+    )
+    .unwrap();
+    let forwards = recorder.forwards.into_inner().unwrap();
+    assert_eq!(forwards, vec![kept.activations.embed.clone()]);
+    let layers = recorder.layers.into_inner().unwrap();
+    let order: Vec<usize> = layers.iter().map(|l| l.0).collect();
+    assert_eq!(order, (0..kept.layers.len()).rev().collect::<Vec<_>>());
+    for (layer, got) in &layers {
+        let want = kept.layers[*layer].head_inputs.as_ref().unwrap();
+        assert_eq!(
+            (&got.q, &got.k, &got.v),
+            (&want.q, &want.k, &want.v),
+            "layer {layer}"
+        );
+        assert!(got.q.iter().any(|&x| x != 0.0), "layer {layer}");
+    }
+    for (a, b) in handed.layers.iter().zip(&kept.layers) {
+        assert!(a.head_inputs.is_none(), "handed over, not kept");
+        assert_eq!(
+            (&a.z, &a.pattern, &a.mlp_in, &a.mlp_out, &a.resid_pre),
+            (&b.z, &b.pattern, &b.mlp_in, &b.mlp_out, &b.resid_pre)
+        );
+    }
+    assert_eq!(handed.resid_final, kept.resid_final);
 }

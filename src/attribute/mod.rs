@@ -22,6 +22,7 @@
 
 pub mod export;
 pub mod inputs;
+mod path_edges;
 pub mod run;
 #[cfg(test)]
 mod tests;
@@ -343,6 +344,7 @@ pub fn scores(
     let n_prompts = inputs.ids.len();
     let options = GradientOptions {
         head_inputs: granularity == Granularity::PathEdges,
+        head_input_sink: None,
         // Each pass's gradients carry the 1/P of the mean over all prompts.
         prompts_in_mean: Some(n_prompts),
     };
@@ -375,6 +377,24 @@ pub fn scores(
             ..*inputs
         };
         let targets = &targets[range.clone()];
+        // Path edges: each layer's head-input gradients are scored as the backward makes them.
+        let path_scorer = matches!(
+            (method, granularity),
+            (Method::Eap | Method::EapIg { .. }, Granularity::PathEdges)
+        )
+        .then(|| {
+            let points = match method {
+                Method::EapIg { steps } => steps,
+                _ => 1,
+            };
+            path_edges::PathEdgeScorer::new(&pass, start, 1.0 / points as f64)
+        });
+        let options = GradientOptions {
+            head_input_sink: path_scorer
+                .as_ref()
+                .map(|s| s as &dyn backward::HeadInputSink),
+            ..options
+        };
         // The full model's own END logits (kl's reference): the clean run's.
         let clean = clean_run(&pass, targets, options)?;
         let objective = objective(inputs.metric, &clean)?;
@@ -394,7 +414,9 @@ pub fn scores(
                 match granularity {
                     Granularity::Nodes => node_scores(&scored, &gradient, &mut aggregate),
                     Granularity::QkEdges => qk_edge_scores(&scored, &gradient, &mut aggregate),
-                    Granularity::PathEdges => path_edge_scores(&scored, &gradient, &mut aggregate),
+                    Granularity::PathEdges => path_scorer
+                        .expect("made for path edges")
+                        .finish(&gradient, &mut aggregate),
                 }
             }
             _ => cheap_scores(&scored, method, granularity, &mut aggregate),
@@ -451,15 +473,20 @@ fn prompts_per_pass(inputs: &AttributionInputs, method: Method, granularity: Gra
     let budget_floats = (weights / 2).max((256 << 20) / 4);
     // Per token and layer: the cache (residual streams, q, k, v, z: ~12 D; the MLP
     // pre-activations, M or 2M; scores and pattern, 2·H·T), the gradients (~4 D + H·T) and the
-    // backward's temporaries (~4 D); path edges add every head's q/k/v input gradient (3·H·D).
-    // eap-ig holds the clean run's, the running sum and the current point's at once (measured:
-    // about twice eap's per prompt, three times the head-input gradients).
+    // backward's temporaries (~4 D). eap-ig holds the clean run's, the running sum and the
+    // current point's at once (measured: about twice eap's per prompt).
     let ig = matches!(method, Method::EapIg { .. });
-    let mut per_token = (20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq) * (1 + ig as usize);
+    let mut per_token =
+        (20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq) * (1 + ig as usize) * layers.max(1);
     if granularity == Granularity::PathEdges {
-        per_token += 3 * h * d * if ig { 3 } else { 1 };
+        // Path edges: a few layers' q/k/v input gradients at a time (3·H·D each), every
+        // upstream's ũ − u (U·D) and each component's sum in f64 (`path_edges`).
+        let upstreams = upstreams(layers, h, inputs.mlps_in_scope, inputs.embed_edges).len();
+        let components = path_components(inputs).0.len();
+        let held = path_edges::LAYERS_PER_PRODUCT.min(layers.max(1));
+        per_token += 3 * h * d * held + upstreams * d + 2 * components;
     }
-    let tokens = budget_floats / (per_token * layers.max(1));
+    let tokens = budget_floats / per_token;
     (tokens / seq).clamp(1, n_prompts)
 }
 
@@ -1030,114 +1057,6 @@ fn path_components(inputs: &AttributionInputs) -> (Vec<Component>, Vec<Vec<Optio
         })
         .collect();
     (components, pair)
-}
-
-fn path_edge_scores(scored: &Scored, gradient: &MeanGradients, aggregate: &mut Aggregate) {
-    let (inputs, clean) = (scored.inputs, scored.clean);
-    let cache = &clean.activations;
-    let n_layers = cache.layers.len();
-    let (_, _, n_heads, d_head) = cache.layers[0].z.dim();
-    let d_model = cache.embed.dim().2;
-    let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
-    let downs = downstreams(n_layers, n_heads);
-    let residual = inputs.model.config.residual;
-    let pair = path_components(inputs).1;
-    // Relative to a circuit: the rebuilt input of each downstream, if the circuit rebuilds it.
-    let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
-    let readers: Vec<Option<&backward::PathReader>> = downs
-        .iter()
-        .map(|d| paths.iter().find(|p| p.reader == reader_of(*d)))
-        .collect();
-    let shape = crate::plan::PlanShape {
-        n_layers,
-        n_heads,
-        residual,
-    };
-    let writer_index: Vec<usize> = ups.iter().map(|&u| shape.upstream_index(u)).collect();
-    let mut ablated = vec![0.0f64; d_head];
-    for (local, &len) in clean.lengths.iter().enumerate() {
-        let b = scored.offset + local;
-        // ũ − u of every upstream component at every token of prompt b, in the residual
-        // stream: (T, U, D). A head's is (z̃ − z)·W_O^h, one product per head over the tokens.
-        let mut delta = Array3::<f32>::zeros((len, ups.len(), d_model));
-        for (i, u) in ups.iter().enumerate() {
-            match *u {
-                Upstream::Head(h) => {
-                    let z = cache.layers[h.layer].z.slice(s![local, ..len, h.head, ..]); // (T, d)
-                    let mut dz = Array2::<f32>::zeros((len, d_head)); // (T, d)
-                    for (t, mut row) in dz.rows_mut().into_iter().enumerate() {
-                        ablated.iter_mut().for_each(|x| *x = 0.0);
-                        inputs.reference.add_z(h.layer, b, t, h.head, &mut ablated);
-                        for ((out, &a), &o) in row.iter_mut().zip(&ablated).zip(z.row(t)) {
-                            *out = (a - o as f64) as f32;
-                        }
-                    }
-                    let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
-                    delta
-                        .slice_mut(s![.., i, ..])
-                        .assign(&crate::model::matmul(dz.view(), w_o.view())); // (T, D)
-                }
-                Upstream::Mlp(l) => {
-                    for t in 0..len {
-                        let o = cache.layers[l].mlp_out.slice(s![local, t, ..]);
-                        let mut target = delta.slice_mut(s![t, i, ..]);
-                        match inputs.reference.mlp_out(l, b, t) {
-                            Some(r) => target.assign(&(&r - &o)),
-                            None => target.assign(&o.mapv(|x| -x)),
-                        }
-                    }
-                }
-                Upstream::Embed => {
-                    for t in 0..len {
-                        let x = cache.embed.slice(s![local, t, ..]);
-                        let mut target = delta.slice_mut(s![t, i, ..]);
-                        match inputs.reference.embed(b, t) {
-                            Some(r) => target.assign(&(&r - &x)),
-                            None => target.assign(&x.mapv(|v| -v)),
-                        }
-                    }
-                }
-            }
-        }
-        let mut grads = Array2::<f32>::zeros((downs.len(), d_model)); // (Dn, D)
-        for t in 0..len {
-            // ∂M/∂(each downstream input) at (b, t): (Dn, D).
-            for (j, d) in downs.iter().enumerate() {
-                let g = match *d {
-                    Downstream::Head(h, which) => {
-                        let per = gradient.head_inputs[h.layer]
-                            .as_ref()
-                            .expect("path edges ask for head-input gradients");
-                        let i = match which {
-                            HeadInput::Q => 0,
-                            HeadInput::K => 1,
-                            HeadInput::V => 2,
-                        };
-                        per[i].slice(s![local, t, h.head, ..])
-                    }
-                    Downstream::Mlp(l) => gradient.mlp_in[l].slice(s![local, t, ..]),
-                    Downstream::Logits => gradient.resid_final.slice(s![local, t, ..]),
-                };
-                grads.row_mut(j).assign(&g);
-            }
-            let products = crate::model::matmul(delta.index_axis(Axis(0), t), grads.t()); // (U, Dn)
-            let row = aggregate.row(b, t, None);
-            for (i, pairs) in pair.iter().enumerate() {
-                for (j, component) in pairs.iter().enumerate() {
-                    let Some(component) = *component else {
-                        continue;
-                    };
-                    // A path the circuit already cuts carries ũ: cutting it changes nothing.
-                    if let Some(r) = &readers[j] {
-                        if !r.reached_by(b, t, writer_index[i]) {
-                            continue;
-                        }
-                    }
-                    row[component] += products[[i, j]] as f64;
-                }
-            }
-        }
-    }
 }
 
 /// `attention`, `qkvo` and `dla` per QK edge (nodes: summed over keys).

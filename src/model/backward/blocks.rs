@@ -48,6 +48,7 @@ fn layernorm_statistics<F: NdFloat>(x: ArrayView1<F>, eps: F) -> (F, F) {
     (mean, F::one() / (var + eps).sqrt())
 }
 
+#[cfg(test)] // the pass prepares the statistics once: [`NormBackwardAt`]
 /// `dx = inv · (g − mean(g) − x̂ · mean(g · x̂))` per row, with `g = dy · w` and
 /// `x̂ = (x − mean) · inv` the normalized input (the bias has no effect on `dx`).
 pub(crate) fn layernorm_backward<F: NdFloat>(
@@ -56,25 +57,90 @@ pub(crate) fn layernorm_backward<F: NdFloat>(
     eps: F,
     dy: ArrayView2<F>,
 ) -> Array2<F> {
-    let width = F::from(x.ncols()).expect("row width");
-    let mut dx = Array2::zeros(x.raw_dim());
-    // One buffer each for x̂ and g, reused row after row (path edges call this 432 times a
-    // layer at GPT-2 small; two allocations per row were a good part of it).
-    let (mut x_hat, mut g) = (Array1::zeros(x.ncols()), Array1::zeros(x.ncols())); // (W,)
-    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
-        let (mean, inv) = layernorm_statistics(x, eps);
-        x_hat.zip_mut_with(&x, |h, &v| *h = (v - mean) * inv);
-        ndarray::Zip::from(&mut g)
-            .and(&dy)
-            .and(&weight)
-            .for_each(|g, &dy, &w| *g = dy * w);
-        let g_mean = g.sum() / width;
-        let g_dot_x_hat = g.dot(&x_hat) / width;
-        for ((dx, &g), &x_hat) in dx.iter_mut().zip(&g).zip(&x_hat) {
-            *dx = inv * (g - g_mean - x_hat * g_dot_x_hat);
+    NormBackwardAt::layer(x, weight, eps).apply(dy)
+}
+
+/// A norm's backward at fixed input rows `x` `(N, W)`: the per-row statistics computed once,
+/// then applied to any number of `dy` `(N, W)` (path edges take 3·H gradients a layer back
+/// through the same attention norm at the same input). The arithmetic of every row is the
+/// single-use [`layernorm_backward`]'s and [`rmsnorm_backward`]'s, which are this applied once.
+pub(crate) struct NormBackwardAt<'w, F> {
+    weight: ArrayView1<'w, F>,
+    /// LayerNorm: the normalized rows `x̂ = (x − mean) · inv`; RMSNorm: `x` itself. (N, W)
+    rows: Array2<F>,
+    /// `1/σ` (LayerNorm) or `1/rms` (RMSNorm) per row. (N,)
+    inv: Vec<F>,
+    centred: bool,
+}
+
+impl<'w, F: NdFloat> NormBackwardAt<'w, F> {
+    /// LayerNorm with gain `weight` at `x`.
+    pub(crate) fn layer(x: ArrayView2<F>, weight: ArrayView1<'w, F>, eps: F) -> Self {
+        let mut rows = Array2::zeros(x.raw_dim());
+        let mut inv = Vec::with_capacity(x.nrows());
+        for (x, mut x_hat) in x.rows().into_iter().zip(rows.rows_mut()) {
+            let (mean, i) = layernorm_statistics(x, eps);
+            x_hat.zip_mut_with(&x, |h, &v| *h = (v - mean) * i);
+            inv.push(i);
+        }
+        NormBackwardAt {
+            weight,
+            rows,
+            inv,
+            centred: true,
         }
     }
-    dx
+
+    /// RMSNorm with gain `weight` at `x`.
+    pub(crate) fn rms(x: ArrayView2<F>, weight: ArrayView1<'w, F>, eps: F) -> Self {
+        NormBackwardAt {
+            weight,
+            rows: x.to_owned(),
+            inv: x.rows().into_iter().map(|x| rms_inverse(x, eps)).collect(),
+            centred: false,
+        }
+    }
+
+    /// `dx` for `dy` `(N, W)`.
+    pub(crate) fn apply(&self, dy: ArrayView2<F>) -> Array2<F> {
+        let mut dx = Array2::zeros(dy.raw_dim());
+        self.apply_into(dy, &mut dx.view_mut());
+        dx
+    }
+
+    /// `dx` for `dy` `(N, W)`, written into the `N` rows (last axis) of `dx` in row-major
+    /// order, e.g. one head's `(B, T, W)` slice of a `(B, T, H, W)` array.
+    pub(crate) fn apply_into<D: ndarray::Dimension>(
+        &self,
+        dy: ArrayView2<F>,
+        dx: &mut ndarray::ArrayViewMut<F, D>,
+    ) {
+        let width = F::from(self.rows.ncols()).expect("row width");
+        let mut g = Array1::zeros(self.rows.ncols()); // (W,), reused row after row
+        let mut dx_rows = dx.rows_mut().into_iter();
+        for ((row, dy), &inv) in self.rows.rows().into_iter().zip(dy.rows()).zip(&self.inv) {
+            let mut dx = dx_rows.next().expect("dx has a row per input row");
+            ndarray::Zip::from(&mut g)
+                .and(&dy)
+                .and(&self.weight)
+                .for_each(|g, &dy, &w| *g = dy * w);
+            if self.centred {
+                // LayerNorm: `row` is x̂.
+                let g_mean = g.sum() / width;
+                let g_dot_x_hat = g.dot(&row) / width;
+                for ((dx, &g), &x_hat) in dx.iter_mut().zip(&g).zip(&row) {
+                    *dx = inv * (g - g_mean - x_hat * g_dot_x_hat);
+                }
+            } else {
+                // RMSNorm: `row` is x.
+                let g_dot_x = g.dot(&row) / width;
+                for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(&row) {
+                    *dx = inv * g - x * inv * inv * inv * g_dot_x;
+                }
+            }
+        }
+        assert!(dx_rows.next().is_none(), "dx has a row per input row");
+    }
 }
 
 /// LayerNorm's backward with `1/σ` held at its value at `x` (its centring, being linear, is
@@ -124,6 +190,7 @@ fn rms_inverse<F: NdFloat>(x: ArrayView1<F>, eps: F) -> F {
     F::one() / (x.dot(&x) / width + eps).sqrt()
 }
 
+#[cfg(test)] // the pass prepares the statistics once: [`NormBackwardAt`]
 /// `dx = inv · g − x · inv³ · mean(g · x)` per row, with `g = dy · w`.
 pub(crate) fn rmsnorm_backward<F: NdFloat>(
     x: ArrayView2<F>,
@@ -131,21 +198,7 @@ pub(crate) fn rmsnorm_backward<F: NdFloat>(
     eps: F,
     dy: ArrayView2<F>,
 ) -> Array2<F> {
-    let width = F::from(x.ncols()).expect("row width");
-    let mut dx = Array2::zeros(x.raw_dim());
-    let mut g = Array1::zeros(x.ncols()); // (W,), reused row after row
-    for ((x, dy), mut dx) in x.rows().into_iter().zip(dy.rows()).zip(dx.rows_mut()) {
-        let inv = rms_inverse(x, eps);
-        ndarray::Zip::from(&mut g)
-            .and(&dy)
-            .and(&weight)
-            .for_each(|g, &dy, &w| *g = dy * w);
-        let g_dot_x = g.dot(&x) / width;
-        for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
-            *dx = inv * g - x * inv * inv * inv * g_dot_x;
-        }
-    }
-    dx
+    NormBackwardAt::rms(x, weight, eps).apply(dy)
 }
 
 /// RMSNorm's backward with `1/rms` held at its value at `x`: `dx = inv · dy · w`.

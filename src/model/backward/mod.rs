@@ -142,16 +142,40 @@ pub struct HeadInputGradients {
 }
 
 /// What [`gradients`] computes besides the z, pattern, MLP and residual gradients.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GradientOptions {
+#[derive(Clone, Copy, Default)]
+pub struct GradientOptions<'s> {
     /// Per-head q/k/v input gradients: `3 · (B, T, H, D)` per layer, as much memory as `3H`
     /// residual streams (for GPT-2 small at 32 × 16 tokens, 680 MB in all); only path-edge
     /// scores need them.
     pub head_inputs: bool,
+    /// With `head_inputs`: hand each layer's to this as the backward produces them instead of
+    /// keeping them in [`LayerGradients::head_inputs`] (which is then `None`), so that one
+    /// layer's are held at a time, not all.
+    pub head_input_sink: Option<&'s dyn HeadInputSink>,
     /// `M` is the mean over this many prompts, of which these are some (attribution scores a
     /// few prompts per pass: each pass's gradients carry the whole set's `1/P`); `None`: over
     /// these prompts.
     pub prompts_in_mean: Option<usize>,
+}
+
+impl std::fmt::Debug for GradientOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GradientOptions")
+            .field("head_inputs", &self.head_inputs)
+            .field("head_input_sink", &self.head_input_sink.is_some())
+            .field("prompts_in_mean", &self.prompts_in_mean)
+            .finish()
+    }
+}
+
+/// Takes the head-input gradients of [`GradientOptions::head_input_sink`]: path-edge scores
+/// multiply each layer's at once (`attribute::path_edges`), which holds a third of the memory
+/// a pass would otherwise need at GPT-2 small, and no copy of them for integrated gradients.
+pub trait HeadInputSink: Sync {
+    /// The forward's activations, after the forward and before the backward's first layer.
+    fn forward(&self, activations: &ActivationCache);
+    /// Layer `layer`'s gradients, last layer first.
+    fn layer(&self, layer: usize, gradients: HeadInputGradients);
 }
 
 /// The result of [`gradients`].
@@ -450,6 +474,9 @@ fn gradients_inner(
     };
     let out = model.forward_for_backward(tokens, extras, hooks)?;
     let mut cache = out.cache.expect("asked for the cache");
+    if let Some(sink) = options.head_input_sink.filter(|_| options.head_inputs) {
+        sink.forward(&cache);
+    }
     let (batch, seq, d_model) = cache.resid_final.dim();
     let n_rows = batch * seq;
     let (n_heads, d_head) = (transformer.n_heads, transformer.d_head);
@@ -778,9 +805,17 @@ fn gradients_inner(
             }); // (N, H·d)
         }
 
-        // ∂M/∂(the residual stream one head's q, k or v reads), pre-norm, at the input that
-        // head read (rebuilt by path edges, or resid_pre).
-        let input_gradient = |h: usize, which: HeadInput, d_proj: &Array2<f32>| {
+        // The attention norm's backward at the shared stream, its statistics computed once
+        // (path edges take 3·H head-input gradients a layer through it).
+        let shared_norm = norm_backward_at(&layer.attn_norm, resid_pre.view());
+        let rebuilt_input = |h: usize, which: HeadInput| {
+            head_readers
+                .iter()
+                .find(|r| r.1 == h && r.2 == which)
+                .map(|r| &r.3) // (N, D)
+        };
+        // ∂M/∂(the normed input one head's q, k or v projection reads): (N, D).
+        let projection_input_gradient = |h: usize, which: HeadInput, d_proj: &Array2<f32>| {
             let (linear, source) = match which {
                 HeadInput::Q => (&layer.q, h),
                 HeadInput::K => (&layer.k, h / group),
@@ -791,29 +826,52 @@ fn gradients_inner(
                 .weight
                 .view()
                 .columns(source * d_head..(source + 1) * d_head); // (D, d)
-            let d_x = linear_input_gradient(weight, d_head_proj); // (N, D)
-            let input = head_readers
-                .iter()
-                .find(|r| r.1 == h && r.2 == which)
-                .map(|r| &r.3)
-                .unwrap_or(&resid_pre); // (N, D)
-            norm_backward(&layer.attn_norm, input.view(), d_x.view()) // (N, D)
+            linear_input_gradient(weight, d_head_proj) // (N, D)
         };
-        let head_inputs = options.head_inputs.then(|| {
-            let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
-                let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
-                for h in 0..n_heads {
-                    out.slice_mut(s![.., .., h, ..])
-                        .assign(&to3(input_gradient(h, which, d_proj)));
+        // ∂M/∂(the residual stream one head's q, k or v reads), pre-norm, at the input that
+        // head read (rebuilt by path edges, or resid_pre).
+        let input_gradient = |h: usize, which: HeadInput, d_proj: &Array2<f32>| {
+            let d_x = projection_input_gradient(h, which, d_proj); // (N, D)
+            match rebuilt_input(h, which) {
+                Some(input) => norm_backward(&layer.attn_norm, input.view(), d_x.view()),
+                None => shared_norm.apply(d_x.view()),
+            } // (N, D)
+        };
+        // Every head's own input gradients, when asked for (the shared stream's below is not
+        // their sum, which would round differently from the pass without them).
+        let head_inputs = options
+            .head_inputs
+            .then(|| {
+                let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
+                    let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
+                    for h in 0..n_heads {
+                        let d_x = projection_input_gradient(h, which, d_proj); // (N, D)
+                        let mut target = out.slice_mut(s![.., .., h, ..]); // (B, T, D)
+                        match rebuilt_input(h, which) {
+                            Some(input) => target.assign(&to3(norm_backward(
+                                &layer.attn_norm,
+                                input.view(),
+                                d_x.view(),
+                            ))),
+                            None => shared_norm.apply_into(d_x.view(), &mut target),
+                        }
+                    }
+                    out
+                };
+                let gradients = HeadInputGradients {
+                    q: per_head(HeadInput::Q, &d_q),
+                    k: per_head(HeadInput::K, &d_k),
+                    v: per_head(HeadInput::V, &d_v),
+                };
+                match options.head_input_sink {
+                    Some(sink) => {
+                        sink.layer(index, gradients);
+                        None
+                    }
+                    None => Some(gradients),
                 }
-                out
-            };
-            HeadInputGradients {
-                q: per_head(HeadInput::Q, &d_q),
-                k: per_head(HeadInput::K, &d_k),
-                v: per_head(HeadInput::V, &d_v),
-            }
-        });
+            })
+            .flatten();
         // Rebuilt inputs: their gradients reach the stream as they are (the input is
         // resid_pre + constants) and are kept for the writers below; their projections leave
         // the shared path.
@@ -845,7 +903,7 @@ fn gradients_inner(
         let d_x = linear_input_gradient(layer.q.weight.view(), d_q.view())
             + linear_input_gradient(layer.k.weight.view(), d_k_shared.view())
             + linear_input_gradient(layer.v.weight.view(), d_v_shared.view()); // (N, D)
-        let d_attn_in = norm_backward(&layer.attn_norm, resid_pre.view(), d_x.view()); // (N, D)
+        let d_attn_in = shared_norm.apply(d_x.view()); // (N, D)
         d_resid = &d_mid + &d_attn_in + &d_rebuilt; // (N, D): ∂M/∂resid_pre
         if parallel {
             d_resid += &d_mlp_in; // the MLP read resid_pre itself
@@ -991,9 +1049,15 @@ fn unembedding_backward(unembed: &super::stored::Weight, d_logits: ArrayView2<f3
 
 /// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.
 fn norm_backward(norm: &Norm, x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
+    norm_backward_at(norm, x).apply(dy)
+}
+
+/// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`, its statistics computed
+/// once for many gradients.
+fn norm_backward_at<'n>(norm: &'n Norm, x: ArrayView2<f32>) -> blocks::NormBackwardAt<'n, f32> {
     match norm {
-        Norm::Layer { weight, eps, .. } => blocks::layernorm_backward(x, weight.view(), *eps, dy),
-        Norm::Rms { weight, eps } => blocks::rmsnorm_backward(x, weight.view(), *eps, dy),
+        Norm::Layer { weight, eps, .. } => blocks::NormBackwardAt::layer(x, weight.view(), *eps),
+        Norm::Rms { weight, eps } => blocks::NormBackwardAt::rms(x, weight.view(), *eps),
     }
 }
 

@@ -1,0 +1,338 @@
+//! Path-edge scores: `(ũ − u) · ∂M/∂(v's residual input)` for every upstream `u` and every
+//! downstream input `v` that reads it (docs/semantics.md, "Path edges").
+//!
+//! The head-input gradients are `3 · (B, T, H, D)` per layer, half of a gradient pass's memory
+//! at GPT-2 small if every layer's were kept (and under `eap-ig` a running sum of them besides).
+//! So a [`PathEdgeScorer`] is the backward's [`HeadInputSink`]: the forward hands it the clean
+//! activations, from which it computes every upstream's `ũ − u`, and the backward hands it each
+//! layer's head-input gradients, which it multiplies a few layers at a time
+//! ([`LAYERS_PER_PRODUCT`]) and lets go. Those layers' heads read only the upstreams written
+//! before the last of them, a prefix of [`super::upstreams`], so each token's product is
+//! `(U', D)·(D, 3H·layers)`: about two thirds of the multiply-adds of one product with every
+//! upstream. Under `eap-ig` each point's gradients are scored as they come (the score is
+//! linear in the gradient), weighted `1/m`; the MLP and logit inputs (one `(B, T, D)` each per
+//! layer) are averaged over the points as before and scored once.
+//!
+//! Each (prompt, token)'s values are summed over the points in a buffer and added to the
+//! [`Aggregate`] in prompt order, then token order, when the pass is done
+//! ([`PathEdgeScorer::finish`]), so the sums do not depend on how many prompts a pass holds.
+
+use std::sync::Mutex;
+
+use ndarray::{s, Array2, Array3, Array4};
+use rayon::prelude::*;
+
+use super::{downstreams, upstreams};
+use super::{path_components, reader_of, Aggregate, AttributionInputs, MeanGradients};
+use crate::model::backward::{self, HeadInputGradients, HeadInputSink};
+use crate::model::{ActivationCache, HeadInput};
+use crate::resolve::bound::{Downstream, Upstream};
+
+/// One pass's path-edge scores (see the module's documentation).
+pub(super) struct PathEdgeScorer<'s, 'a> {
+    inputs: &'s AttributionInputs<'a>,
+    /// The pass's first prompt in the whole set (reference values and masks index it).
+    offset: usize,
+    ups: Vec<Upstream>,
+    downs: Vec<Downstream>,
+    /// Component of pair (upstream i, downstream j), if `j` reads `i`.
+    pair: Vec<Vec<Option<usize>>>,
+    /// Relative to a circuit: each downstream's rebuilt input, if the circuit rebuilds it.
+    readers: Vec<Option<&'s backward::PathReader>>,
+    /// Each upstream's index as a path reader's writer mask reads it.
+    writer_index: Vec<usize>,
+    /// Per layer: how many upstreams (a prefix of `ups`) write before its attention.
+    before_layer: Vec<usize>,
+    /// Per layer: its heads' q/k/v inputs, as indices into `downs`.
+    head_columns: Vec<Vec<usize>>,
+    /// The weight of one gradient pass's head-input products (`1/m` under `eap-ig`).
+    head_weight: f64,
+    n_components: usize,
+    state: Mutex<State>,
+}
+
+/// How many layers' head-input gradients are held and multiplied together: one product per
+/// token and layer, `(U_L, D)·(D, 3H)`, is too narrow for the product kernels to run fast
+/// (measured at GPT-2 small, `benches/eap.rs`: 3× the time of one product per token with every
+/// upstream and downstream; 3, 4, 6 or 12 layers at a time were within the noise of each other,
+/// and 4 holds a third of the memory of 12).
+pub(super) const LAYERS_PER_PRODUCT: usize = 4;
+
+/// The component of a product no component reads.
+const NOT_READ: usize = usize::MAX;
+
+struct State {
+    /// `ũ − u` of every upstream at every token, `(B, T, U, D)`, from the clean forward.
+    delta: Option<Array4<f32>>,
+    /// The layers (index, gradients) received since the last product.
+    held: Vec<(usize, HeadInputGradients)>,
+    /// Each component's value at each (prompt, token) so far, `(B, T, components)`.
+    sums: Array3<f64>,
+}
+
+impl<'s, 'a> PathEdgeScorer<'s, 'a> {
+    /// The scorer of the pass `inputs` (prompts `offset..` of the whole set); `head_weight`
+    /// weighs each gradient pass's head-input products (`1/m` under `eap-ig`, else 1).
+    pub(super) fn new(
+        inputs: &'s AttributionInputs<'a>,
+        offset: usize,
+        head_weight: f64,
+    ) -> PathEdgeScorer<'s, 'a> {
+        let config = &inputs.model.config;
+        let (n_layers, n_heads) = (config.n_layers, config.n_heads);
+        let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
+        let downs = downstreams(n_layers, n_heads);
+        let (components, pair) = path_components(inputs);
+        let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
+        let readers = downs
+            .iter()
+            .map(|d| paths.iter().find(|p| p.reader == reader_of(*d)))
+            .collect();
+        let shape = crate::plan::PlanShape {
+            n_layers,
+            n_heads,
+            residual: config.residual,
+        };
+        let writer_index = ups.iter().map(|&u| shape.upstream_index(u)).collect();
+        let layer_of = |u: &Upstream| match *u {
+            Upstream::Embed => None,
+            Upstream::Head(h) => Some(h.layer),
+            Upstream::Mlp(l) => Some(l),
+        };
+        let before_layer = (0..n_layers)
+            .map(|layer| {
+                ups.iter()
+                    .take_while(|u| layer_of(u).is_none_or(|l| l < layer))
+                    .count()
+            })
+            .collect();
+        let head_columns = (0..n_layers)
+            .map(|layer| {
+                (downs.iter().enumerate())
+                    .filter(|(_, d)| matches!(d, Downstream::Head(h, _) if h.layer == layer))
+                    .map(|(j, _)| j)
+                    .collect()
+            })
+            .collect();
+        let seq = inputs.ids.iter().map(Vec::len).max().unwrap_or(0);
+        PathEdgeScorer {
+            inputs,
+            offset,
+            ups,
+            downs,
+            pair,
+            readers,
+            writer_index,
+            before_layer,
+            head_columns,
+            head_weight,
+            n_components: components.len(),
+            state: Mutex::new(State {
+                delta: None,
+                held: Vec::new(),
+                sums: Array3::zeros((inputs.ids.len(), seq, components.len())),
+            }),
+        }
+    }
+
+    /// `ũ − u` of every upstream at every token of the pass, `(B, T, U, D)`, in the residual
+    /// stream: a head's is `(z̃ − z)·W_O^h`, one product per (prompt, head) over the tokens.
+    fn deltas(&self, cache: &ActivationCache) -> Array4<f32> {
+        let inputs = self.inputs;
+        let (batch, seq, d_model) = cache.embed.dim();
+        let d_head = cache.layers[0].z.dim().3;
+        let mut delta = Array4::<f32>::zeros((batch, seq, self.ups.len(), d_model));
+        delta
+            .outer_iter_mut()
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(local, mut delta)| {
+                let (b, len) = (self.offset + local, inputs.ids[local].len());
+                let mut ablated = vec![0.0f64; d_head];
+                for (i, u) in self.ups.iter().enumerate() {
+                    match *u {
+                        Upstream::Head(h) => {
+                            let z = cache.layers[h.layer].z.slice(s![local, ..len, h.head, ..]); // (T, d)
+                            let mut dz = Array2::<f32>::zeros((len, d_head)); // (T, d)
+                            for (t, mut row) in dz.rows_mut().into_iter().enumerate() {
+                                ablated.iter_mut().for_each(|x| *x = 0.0);
+                                inputs.reference.add_z(h.layer, b, t, h.head, &mut ablated);
+                                for ((out, &a), &o) in row.iter_mut().zip(&ablated).zip(z.row(t)) {
+                                    *out = (a - o as f64) as f32;
+                                }
+                            }
+                            let w_o = backward::head_output_weight(inputs.model, h.layer, h.head); // (d, D)
+                            delta
+                                .slice_mut(s![..len, i, ..])
+                                .assign(&crate::model::matmul(dz.view(), w_o.view()));
+                            // (T, D)
+                        }
+                        Upstream::Mlp(l) => {
+                            for t in 0..len {
+                                let o = cache.layers[l].mlp_out.slice(s![local, t, ..]);
+                                let mut target = delta.slice_mut(s![t, i, ..]);
+                                match inputs.reference.mlp_out(l, b, t) {
+                                    Some(r) => target.assign(&(&r - &o)),
+                                    None => target.assign(&o.mapv(|x| -x)),
+                                }
+                            }
+                        }
+                        Upstream::Embed => {
+                            for t in 0..len {
+                                let x = cache.embed.slice(s![local, t, ..]);
+                                let mut target = delta.slice_mut(s![t, i, ..]);
+                                match inputs.reference.embed(b, t) {
+                                    Some(r) => target.assign(&(&r - &x)),
+                                    None => target.assign(&x.mapv(|v| -v)),
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        delta
+    }
+
+    /// Multiplies the downstream gradients `gradient(local, t, c)` (one `(D,)` row per column
+    /// `c`, downstream `columns[c]` of `downs`) by the first `n_ups` upstreams' `ũ − u` at
+    /// every token, and adds each product, times `weight`, to its component's sum.
+    fn score<'g>(
+        &self,
+        state: &mut State,
+        n_ups: usize,
+        columns: &[usize],
+        weight: f64,
+        gradient: impl Fn(usize, usize, usize) -> ndarray::ArrayView1<'g, f32> + Sync,
+    ) {
+        let State { delta, sums, .. } = state;
+        let delta = delta
+            .as_ref()
+            .expect("the forward hands the scorer its activations before the backward");
+        let d_model = delta.dim().3;
+        // The component of each (upstream, column) product, `NOT_READ` where the column's input
+        // does not read that upstream: (U', C), row-major.
+        let component: Vec<usize> = (0..n_ups)
+            .flat_map(|i| columns.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| self.pair[i][j].unwrap_or(NOT_READ))
+            .collect();
+        let rebuilt = columns.iter().any(|&j| self.readers[j].is_some());
+        (sums.outer_iter_mut(), delta.outer_iter())
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(local, (mut sums, delta))| {
+                let b = self.offset + local;
+                let mut grads = Array2::<f32>::zeros((columns.len(), d_model)); // (C, D)
+                for t in 0..self.inputs.ids[local].len() {
+                    for c in 0..columns.len() {
+                        grads.row_mut(c).assign(&gradient(local, t, c));
+                    }
+                    let ups = delta.slice(s![t, ..n_ups, ..]); // (U', D)
+                    let products = crate::model::matmul(ups, grads.t()); // (U', C)
+                    let products = products.as_slice().expect("a fresh product is standard");
+                    let mut sums = sums.row_mut(t);
+                    let sums = sums.as_slice_mut().expect("a row of a standard array");
+                    for (k, (&p, &component)) in products.iter().zip(&component).enumerate() {
+                        if component == NOT_READ {
+                            continue;
+                        }
+                        // A path the circuit already cuts carries ũ: cutting it changes nothing.
+                        if rebuilt {
+                            let (i, j) = (k / columns.len(), columns[k % columns.len()]);
+                            if let Some(r) = &self.readers[j] {
+                                if !r.reached_by(b, t, self.writer_index[i]) {
+                                    continue;
+                                }
+                            }
+                        }
+                        sums[component] += p as f64 * weight;
+                    }
+                }
+            });
+    }
+
+    /// The MLP and logit inputs' scores from the (averaged) gradients, then every sum into
+    /// `aggregate`, prompt by prompt, token by token.
+    pub(super) fn finish(self, gradient: &MeanGradients, aggregate: &mut Aggregate) {
+        let mut state = self.state.lock().expect("no scoring thread panicked");
+        let n_ups = self.ups.len();
+        let mlp_columns: Vec<(usize, usize)> = (self.downs.iter().enumerate())
+            .filter_map(|(j, d)| match d {
+                Downstream::Mlp(l) => Some((j, *l)),
+                _ => None,
+            })
+            .collect();
+        // One product per token: every MLP's input and the logits', against every upstream.
+        let mut columns: Vec<usize> = mlp_columns.iter().map(|&(j, _)| j).collect();
+        columns.push(self.downs.len() - 1);
+        debug_assert_eq!(self.downs[self.downs.len() - 1], Downstream::Logits);
+        self.score(
+            &mut state,
+            n_ups,
+            &columns,
+            1.0,
+            |local, t, c| match mlp_columns.get(c) {
+                Some(&(_, l)) => gradient.mlp_in[l].slice(s![local, t, ..]),
+                None => gradient.resid_final.slice(s![local, t, ..]),
+            },
+        );
+        for (local, sums) in state.sums.outer_iter().enumerate() {
+            let b = self.offset + local;
+            for t in 0..self.inputs.ids[local].len() {
+                let row = aggregate.row(b, t, None);
+                debug_assert_eq!(row.len(), self.n_components);
+                for (sum, &value) in row.iter_mut().zip(sums.row(t)) {
+                    *sum += value;
+                }
+            }
+        }
+    }
+}
+
+impl HeadInputSink for PathEdgeScorer<'_, '_> {
+    fn forward(&self, activations: &ActivationCache) {
+        let mut state = self.state.lock().expect("no scoring thread panicked");
+        // The clean run comes first; the integrated-gradient points reuse its ũ − u.
+        if state.delta.is_none() {
+            state.delta = Some(self.deltas(activations));
+        }
+    }
+
+    fn layer(&self, layer: usize, gradients: HeadInputGradients) {
+        let mut state = self.state.lock().expect("no scoring thread panicked");
+        state.held.push((layer, gradients));
+        if !layer.is_multiple_of(LAYERS_PER_PRODUCT) {
+            return;
+        }
+        // Layers `layer..` are held: one product per token for all their heads' inputs,
+        // against the upstreams written before the last of them.
+        let held = std::mem::take(&mut state.held);
+        let last = held.iter().map(|h| h.0).max().expect("this layer");
+        let mut columns = Vec::new(); // indices into `downs`
+        let mut sources = Vec::new(); // (held layer, head, input) per column
+        for (k, (l, _)) in held.iter().enumerate() {
+            for &j in &self.head_columns[*l] {
+                let Downstream::Head(h, which) = self.downs[j] else {
+                    unreachable!("head columns are heads' inputs")
+                };
+                columns.push(j);
+                sources.push((k, h.head, which));
+            }
+        }
+        self.score(
+            &mut state,
+            self.before_layer[last],
+            &columns,
+            self.head_weight,
+            |local, t, c| {
+                let (k, head, which) = sources[c];
+                let gradients = &held[k].1;
+                let per_head = match which {
+                    HeadInput::Q => &gradients.q,
+                    HeadInput::K => &gradients.k,
+                    HeadInput::V => &gradients.v,
+                }; // (B, T, H, D)
+                per_head.slice(s![local, t, head, ..])
+            },
+        );
+    }
+}
