@@ -406,3 +406,63 @@ fn qwen3_scores_every_method_and_granularity() {
         assert!(table.contains("0."), "{extra:?}: {table}");
     }
 }
+
+#[test]
+fn progress_counts_gradient_passes_against_their_total_and_quiet_silences_it() {
+    // Off a terminal (`CIRCUIT_PROGRESS_SECONDS=0`: a line per pass) each line counts the
+    // gradient passes done of a total foreseen from the start: the built-in model's 8 prompts
+    // fit one pass, so eap-ig with m = 3 makes 3, the graph export's node scores 3 more.
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "small.circuit", SMALL);
+    let file = file.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["scores", file, "--method", "eap-ig", "--steps", "3"];
+        args.extend_from_slice(extra);
+        Command::new(BIN)
+            .args(&args)
+            .env("CIRCUIT_CACHE_DIR", "off")
+            .env("CIRCUIT_PROGRESS_SECONDS", "0")
+            .output()
+            .unwrap()
+    };
+    let counts = |out: &Output| -> Vec<(u64, u64)> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|line| {
+                let rest = line
+                    .strip_prefix(&format!("scoring {file}: "))
+                    .unwrap_or_else(|| panic!("{line}"));
+                assert!(
+                    rest.contains(" gradient passes (") && rest.contains(" left"),
+                    "{line}"
+                );
+                let (done, total) = rest.split(' ').next().unwrap().split_once('/').unwrap();
+                (done.parse().unwrap(), total.parse().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(counts(&run(&[])), vec![(1, 3), (2, 3), (3, 3)]);
+    let graph = dir.path().join("graph.json");
+    let export = run(&[
+        "--granularity",
+        "path-edges",
+        "--format",
+        "eap-ig-json",
+        "-o",
+        graph.to_str().unwrap(),
+    ]);
+    assert_eq!(counts(&export), (1..=6).map(|k| (k, 6)).collect::<Vec<_>>());
+    let mut quiet = Command::new(BIN);
+    quiet
+        .args(["--quiet", "scores", file, "--method", "eap-ig"])
+        .env("CIRCUIT_CACHE_DIR", "off")
+        .env("CIRCUIT_PROGRESS_SECONDS", "0");
+    let quiet = quiet.output().unwrap();
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+}

@@ -431,6 +431,21 @@ pub fn scores(
     })
 }
 
+/// How many gradient passes [`scores`] makes (each a forward and backward of a few prompts;
+/// `m` per few prompts under eap-ig): what its `on_pass` calls count to.
+pub fn gradient_passes(
+    inputs: &AttributionInputs,
+    method: Method,
+    granularity: Granularity,
+) -> usize {
+    let per_pass = prompts_per_pass(inputs, method, granularity).max(1);
+    let points = match method {
+        Method::EapIg { steps } => steps.max(1),
+        _ => 1,
+    };
+    inputs.ids.len().div_ceil(per_pass) * points
+}
+
 /// One pass's prompts as the score functions read them: `inputs` holds the pass's prompts
 /// (and reference embeddings), which are prompts `offset..` of the whole set; the reference
 /// values, the slots and a circuit's masks are indexed by the whole set's prompt index.

@@ -54,14 +54,15 @@ impl ScoreReport {
 }
 
 /// Computes the scores of `request` on an opened file. `with_nodes` also computes node scores
-/// of the same method (the graph export needs both). `on_pass` is called after each gradient
-/// pass (each pass scores a few prompts: `1` per pass for eap, `steps` for eap-ig).
+/// of the same method (the graph export needs both). `on_pass(done, total)` is called after
+/// each gradient pass (a forward and backward of a few prompts: one per few prompts for eap,
+/// `steps` for eap-ig), `total` the passes of the whole request.
 pub fn score_session(
     session: &mut Session,
     request: Request,
     circuit: Option<&BoundCircuit>,
     with_nodes: bool,
-    on_pass: Option<&(dyn Fn() + Sync)>,
+    on_pass: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) -> miette::Result<ScoreReport> {
     let settings = session.settings().clone();
     // Checked before any forward pass.
@@ -175,12 +176,33 @@ pub fn score_session(
         reference_embeddings: x_ref.as_ref().map(|x| x.view()),
         mlps_in_scope: settings.scope == Scope::HeadsAndMlps,
         embed_edges: request.embed_edges,
-        on_pass,
+        on_pass: None,
         prompts_per_pass: None,
         circuit: circuit_in_place,
     };
+    let nodes_too = with_nodes && request.granularity != Granularity::Nodes;
+    let total = super::gradient_passes(&inputs, request.method, request.granularity)
+        + if nodes_too {
+            super::gradient_passes(&inputs, request.method, Granularity::Nodes)
+        } else {
+            0
+        };
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let count = || {
+        let done = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(f) = on_pass {
+            f(done, total);
+        }
+    };
+    if let Some(f) = on_pass {
+        f(0, total);
+    }
+    let inputs = AttributionInputs {
+        on_pass: on_pass.map(|_| &count as &(dyn Fn() + Sync)),
+        ..inputs
+    };
     let set = scores(&inputs, request.method, request.granularity)?;
-    let nodes_for_export = if with_nodes && request.granularity != Granularity::Nodes {
+    let nodes_for_export = if nodes_too {
         Some(scores(&inputs, request.method, Granularity::Nodes)?)
     } else {
         None

@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::io::IsTerminal;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Set once by `main` from the global `--quiet` flag.
@@ -164,17 +165,13 @@ impl Progress {
                 state.start.elapsed().as_secs_f64()
             );
         }
-        let (done, total) = (state.done.get(), state.total.get().max(state.done.get()));
-        let elapsed = state.start.elapsed().as_secs_f64();
-        let left = if done > 0 {
-            elapsed * (total - done) as f64 / done as f64
-        } else {
-            0.0
-        };
-        let percent = (100 * done).checked_div(total).unwrap_or(0);
-        format!(
-            "evaluating {}: {done}/{total} prompt runs ({percent}%), {:.0}s elapsed, about {:.0}s left",
-            state.what, elapsed, left
+        let what = format!("evaluating {}", state.what);
+        counted_line(
+            &what,
+            state.done.get(),
+            state.total.get(),
+            "prompt runs",
+            state.start,
         )
     }
 
@@ -190,6 +187,110 @@ impl Progress {
     /// Clears the bar (a log needs no closing line: the report follows).
     pub fn finish(&self) {
         if let Sink::Bar(bar) = &self.0.sink {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `WHAT: 120/480 UNIT (25%), 10s elapsed, about 30s left`.
+fn counted_line(what: &str, done: u64, total: u64, unit: &str, start: Instant) -> String {
+    let total = total.max(done);
+    let elapsed = start.elapsed().as_secs_f64();
+    let left = if done > 0 {
+        elapsed * (total - done) as f64 / done as f64
+    } else {
+        0.0
+    };
+    let percent = (100 * done).checked_div(total).unwrap_or(0);
+    format!(
+        "{what}: {done}/{total} {unit} ({percent}%), {elapsed:.0}s elapsed, about {left:.0}s left"
+    )
+}
+
+/// Progress of `circuit scores`, counted in gradient passes (a few prompts through the forward
+/// and the backward once; `m` per few prompts under eap-ig), as the bar or log lines of
+/// [`Progress`]. Shareable across threads: attribution reports its passes from inside.
+pub struct PassProgress {
+    what: String,
+    bar: Option<indicatif::ProgressBar>,
+    /// Off a terminal: the interval between log lines and when the last was printed.
+    log: Option<(Duration, Mutex<Instant>)>,
+    start: Instant,
+}
+
+impl PassProgress {
+    /// Progress of scoring `what` (a file name), shown as stderr and `--quiet` allow.
+    pub fn start(what: &str) -> PassProgress {
+        let what = format!("scoring {what}");
+        let (mut bar, mut log) = (None, None);
+        if QUIET.load(Ordering::Relaxed) {
+        } else if std::io::stderr().is_terminal() {
+            // Until the first count: the reference, full and empty runs, whose length the
+            // passes' total does not include.
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}, {elapsed} elapsed")
+                    .expect("a valid template"),
+            );
+            b.set_message(format!("{what}: the reference, full and empty runs"));
+            b.enable_steady_tick(Duration::from_millis(200));
+            bar = Some(b);
+        } else {
+            let seconds = std::env::var("CIRCUIT_PROGRESS_SECONDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(LOG_EVERY_SECONDS);
+            log = Some((Duration::from_secs(seconds), Mutex::new(Instant::now())));
+        }
+        PassProgress {
+            what,
+            bar,
+            log,
+            start: Instant::now(),
+        }
+    }
+
+    /// Whether anything is shown (else attribution need not report its passes).
+    pub fn shown(&self) -> bool {
+        self.bar.is_some() || self.log.is_some()
+    }
+
+    /// `done` of `total` gradient passes are done (`done = 0`: the passes start).
+    pub fn pass(&self, done: usize, total: usize) {
+        if let Some(bar) = &self.bar {
+            if bar.length() != Some(total as u64) {
+                bar.set_length(total as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {msg} [{bar:30}] {pos}/{len} gradient passes, {elapsed} elapsed, about {eta} left",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_message(self.what.clone());
+            }
+            bar.set_position(done as u64);
+        }
+        // Off a terminal, a line says what has been done (none yet is no news).
+        if let Some((every, last)) = self.log.as_ref().filter(|_| done > 0) {
+            let mut last = last.lock().expect("no progress thread panicked");
+            if last.elapsed() >= *every || done == total {
+                *last = Instant::now();
+                let line = counted_line(
+                    &self.what,
+                    done as u64,
+                    total as u64,
+                    "gradient passes",
+                    self.start,
+                );
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }

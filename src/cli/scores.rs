@@ -1,7 +1,6 @@
 //! `circuit scores`: attribution scores of every head, MLP, QK edge or path edge of a file's
 //! model on its dataset, ranked (docs/semantics.md, "Attribution scores").
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -114,25 +113,18 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         relative_to.is_some(),
     )?;
 
-    // The passes are counted, not foreseen: prompts are scored a few per pass as memory allows
-    // (`attribute::prompts_per_pass`), `steps` passes each under eap-ig.
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} scoring: {pos} gradient passes ({elapsed})",
-            )
-            .expect("a valid template"),
-        );
-        bar
-    });
+    // Every gradient pass (a few prompts through the forward and backward, `m` of them under
+    // eap-ig) is counted against the total the attribution foresees.
+    let progress = super::progress::PassProgress::start(&args.file.display().to_string());
     let options = SessionOptions {
         disk_cache: circuit::measure::disk_cache::cache_dir(),
         ..Default::default()
     };
     let mut session = Session::open(file, options)?;
-    let tick = bar.clone().map(|b| move || b.inc(1));
-    let on_pass = tick.as_ref().map(|f| f as &(dyn Fn() + Sync));
+    let tick = |done: usize, total: usize| progress.pass(done, total);
+    let on_pass = progress
+        .shown()
+        .then_some(&tick as &(dyn Fn(usize, usize) + Sync));
     let with_nodes = args.format == ScoresFormat::EapIgJson;
     let result = score_session(
         &mut session,
@@ -145,9 +137,7 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         with_nodes,
         on_pass,
     );
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    progress.finish();
     let mut report = result?;
     let settings = SettingsReport::new(session.settings(), session.provenance());
     print_report(&args, &mut report, &settings, &file.settings.model)
