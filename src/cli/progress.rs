@@ -274,7 +274,7 @@ impl PassProgress {
         // Off a terminal, a line says what has been done (none yet is no news).
         if let Some((every, last)) = self.log.as_ref().filter(|_| done > 0) {
             let mut last = last.lock().expect("no progress thread panicked");
-            if last.elapsed() >= *every || done == total {
+            if last.elapsed() >= *every {
                 *last = Instant::now();
                 let line = counted_line(
                     &self.what,
