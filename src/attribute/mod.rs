@@ -383,11 +383,7 @@ pub fn scores(
             (Method::Eap | Method::EapIg { .. }, Granularity::PathEdges)
         )
         .then(|| {
-            let points = match method {
-                Method::EapIg { steps } => steps,
-                _ => 1,
-            };
-            path_edges::PathEdgeScorer::new(&pass, start, 1.0 / points as f64)
+            path_edges::PathEdgeScorer::new(&pass, start, 1.0 / gradient_points(method) as f64)
         });
         let options = GradientOptions {
             head_input_sink: path_scorer
@@ -439,11 +435,15 @@ pub fn gradient_passes(
     granularity: Granularity,
 ) -> usize {
     let per_pass = prompts_per_pass(inputs, method, granularity).max(1);
-    let points = match method {
+    inputs.ids.len().div_ceil(per_pass) * gradient_points(method)
+}
+
+/// The gradient passes per pass's prompts: the `m` points of eap-ig, else the clean run alone.
+fn gradient_points(method: Method) -> usize {
+    match method {
         Method::EapIg { steps } => steps.max(1),
         _ => 1,
-    };
-    inputs.ids.len().div_ceil(per_pass) * points
+    }
 }
 
 /// One pass's prompts as the score functions read them: `inputs` holds the pass's prompts

@@ -22,6 +22,15 @@ pub fn set_quiet(quiet: bool) {
 /// overrides it (0 prints a line after every batch).
 const LOG_EVERY_SECONDS: u64 = 5;
 
+/// The interval between two log lines off a terminal.
+fn log_every() -> Duration {
+    let seconds = std::env::var("CIRCUIT_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LOG_EVERY_SECONDS);
+    Duration::from_secs(seconds)
+}
+
 enum Sink {
     Bar(indicatif::ProgressBar),
     Log {
@@ -84,12 +93,8 @@ impl Progress {
             }
             Sink::Bar(bar)
         } else {
-            let seconds = std::env::var("CIRCUIT_PROGRESS_SECONDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(LOG_EVERY_SECONDS);
             Sink::Log {
-                every: Duration::from_secs(seconds),
+                every: log_every(),
                 last: Cell::new(Instant::now()),
             }
         };
@@ -236,11 +241,7 @@ impl PassProgress {
             b.enable_steady_tick(Duration::from_millis(200));
             bar = Some(b);
         } else {
-            let seconds = std::env::var("CIRCUIT_PROGRESS_SECONDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(LOG_EVERY_SECONDS);
-            log = Some((Duration::from_secs(seconds), Mutex::new(Instant::now())));
+            log = Some((log_every(), Mutex::new(Instant::now())));
         }
         PassProgress {
             what,

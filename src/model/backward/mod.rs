@@ -26,7 +26,7 @@ pub(crate) mod blocks;
 mod tests;
 
 use miette::Diagnostic;
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, Axis, CowArray, Ix2};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView2, ArrayViewMut3, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 use thiserror::Error;
 
@@ -829,13 +829,20 @@ fn gradients_inner(
             linear_input_gradient(weight, d_head_proj) // (N, D)
         };
         // ∂M/∂(the residual stream one head's q, k or v reads), pre-norm, at the input that
-        // head read (rebuilt by path edges, or resid_pre).
+        // head read (rebuilt by path edges, or resid_pre), into `target` (B, T, D).
+        let input_gradient_into =
+            |h: usize, which: HeadInput, d_proj: &Array2<f32>, target: &mut ArrayViewMut3<f32>| {
+                let d_x = projection_input_gradient(h, which, d_proj); // (N, D)
+                match rebuilt_input(h, which) {
+                    Some(input) => norm_backward_at(&layer.attn_norm, input.view())
+                        .apply_into(d_x.view(), target),
+                    None => shared_norm.apply_into(d_x.view(), target),
+                }
+            };
         let input_gradient = |h: usize, which: HeadInput, d_proj: &Array2<f32>| {
-            let d_x = projection_input_gradient(h, which, d_proj); // (N, D)
-            match rebuilt_input(h, which) {
-                Some(input) => norm_backward(&layer.attn_norm, input.view(), d_x.view()),
-                None => shared_norm.apply(d_x.view()),
-            } // (N, D)
+            let mut g = Array3::<f32>::zeros((batch, seq, d_model));
+            input_gradient_into(h, which, d_proj, &mut g.view_mut());
+            g.into_shape_with_order((n_rows, d_model)).unwrap() // (N, D)
         };
         // Every head's own input gradients, when asked for (the shared stream's below is not
         // their sum, which would round differently from the pass without them).
@@ -845,16 +852,8 @@ fn gradients_inner(
                 let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
                     let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
                     for h in 0..n_heads {
-                        let d_x = projection_input_gradient(h, which, d_proj); // (N, D)
                         let mut target = out.slice_mut(s![.., .., h, ..]); // (B, T, D)
-                        match rebuilt_input(h, which) {
-                            Some(input) => target.assign(&to3(norm_backward(
-                                &layer.attn_norm,
-                                input.view(),
-                                d_x.view(),
-                            ))),
-                            None => shared_norm.apply_into(d_x.view(), &mut target),
-                        }
+                        input_gradient_into(h, which, d_proj, &mut target);
                     }
                     out
                 };
