@@ -783,18 +783,21 @@ impl Aggregate {
             cells,
             ..
         } = self;
-        let mut order: Vec<(usize, usize)> = (0..components.len())
-            .flat_map(|c| (0..cells.len()).map(move |cell| (c, cell)))
-            .collect();
-        order.sort_by(|&(a, x), &(b, y)| {
+        // The order is by component, then by cell: sorting each alone and nesting them gives
+        // the same sequence as sorting every (component, cell) pair (half a million at GPT-2
+        // small's path edges, a tenth of the scores' time when sorted as pairs).
+        let mut component_order: Vec<usize> = (0..components.len()).collect();
+        component_order.sort_by(|&a, &b| components[a].cmp(&components[b]));
+        let mut cell_order: Vec<usize> = (0..cells.len()).collect();
+        cell_order.sort_by(|&x, &y| {
             let name = |k: Option<usize>| k.map(|k| names[k].as_str());
-            components[a]
-                .cmp(&components[b])
-                .then_with(|| names[cells[x].query].cmp(&names[cells[y].query]))
+            names[cells[x].query]
+                .cmp(&names[cells[y].query])
                 .then_with(|| name(cells[x].key).cmp(&name(cells[y].key)))
         });
-        order
-            .into_iter()
+        component_order
+            .iter()
+            .flat_map(|&c| cell_order.iter().map(move |&cell| (c, cell)))
             .map(|(c, i)| {
                 let cell = &cells[i];
                 let sum = cell.sums[c];
