@@ -162,19 +162,20 @@ fn gemm_crate(
 /// themselves when few rows share it (a gradient pass of a few prompts). Into a column-major
 /// output it computes `y = x·w` directly: it packs `x` (small) and reads `w` in place. The sums
 /// are the same (the same micro-kernel over the same k-blocks, which depend on `inner` alone;
-/// `a_row_does_not_depend_on_how_many_rows_share_the_product` checks them bit for bit).
-/// Measured on the Intel Xeon (AVX-512) machines, 1 thread, against the row-major output
+/// `a_transposed_weight_gives_the_same_sums_through_a_column_major_output` checks them bit for
+/// bit). Measured on the Intel Xeon (AVX-512) machines, 1 thread, against the row-major output
 /// (2026-12-02, a scratch program timing both on GPT-2 small's backward shapes): `(N, 3072) ·
 /// (3072, 768)` 2.2–2.4× faster at 80–112 rows and 1.1× at 512; `(N, 768)·(768, 768)` 1.1–1.7×
-/// up to 256 rows, 0.87× at 512; `(N, 768)·(768, 3072)` 1.3–2× up to 80 rows, 0.7× at 512;
-/// `(N, 64)·(64, 768)` (a head's) 0.7× above 16 rows. Hence: when `rows·cols ≤ 256·inner`.
+/// up to 256 rows, 0.87× at 512; `(N, 768)·(768, 3072)` 1.3–2× up to 80 rows (an `eap-ig` pass
+/// of 5 prompts), 1.04× at 112, 0.7× at 512; `(N, 64)·(64, 768)` (a head's) 0.7× above 16
+/// rows. Hence: when `rows·cols ≤ 384·inner`.
 fn reads_a_transposed_weight_faster_column_major(
     rows: usize,
     inner: usize,
     cols: usize,
     w: ArrayView2<f32>,
 ) -> bool {
-    w.strides()[0] == 1 && w.strides()[1] != 1 && rows * cols <= 256 * inner
+    w.strides()[0] == 1 && w.strides()[1] != 1 && rows * cols <= 384 * inner
 }
 
 /// `y = a` for a column-major `a` and a `y` of any strides (row-major in practice), in square
