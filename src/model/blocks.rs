@@ -391,6 +391,29 @@ fn map_in_place(a: &mut Array2<f32>, f: impl Fn(f32) -> f32 + Sync) {
         });
 }
 
+/// `a[i] = f(a[i], b[i])` elementwise, in parallel chunks at the widest vector width, for a
+/// standard-layout `a` and a `b` of its shape (a copy of `b` first if it is not contiguous):
+/// the two-input [`map_in_place`] of the backward's activation slopes.
+pub(crate) fn zip_in_place(
+    a: &mut Array2<f32>,
+    b: ArrayView2<f32>,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    assert_eq!(a.dim(), b.dim(), "zip_in_place: same shapes");
+    let b = b.as_standard_layout();
+    let chunk = 1 << 14;
+    a.as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(chunk)
+        .zip(b.as_slice().expect("standard layout").par_chunks(chunk))
+        .for_each(|(a, b)| {
+            widest_simd(
+                #[inline(always)]
+                || a.iter_mut().zip(b).for_each(|(a, &b)| *a = f(*a, b)),
+            )
+        });
+}
+
 /// cos and sin of `t · inv_freq[i]` for positions `t < seq`: two (T, d/2) tables.
 pub(super) fn rotary_tables(inv_freq: &[f32], seq: usize) -> (Array2<f32>, Array2<f32>) {
     let angle = Array2::from_shape_fn((seq, inv_freq.len()), |(t, i)| t as f32 * inv_freq[i]);

@@ -12,9 +12,9 @@
 //! `T_q` query rows and `T_k` key rows of one (prompt, head).
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, NdFloat};
-use rayon::prelude::*;
 
-use crate::model::numerics::{gelu_new_slope, widest_simd};
+use crate::model::blocks::zip_in_place;
+use crate::model::numerics::{gelu_new, gelu_new_slope};
 
 fn constant<F: NdFloat>(x: f64) -> F {
     F::from(x).expect("a small constant fits every float type")
@@ -271,7 +271,10 @@ pub(crate) fn linear_backward<F: NdFloat>(weight: ArrayView2<F>, dy: ArrayView2<
 
 // ---- gelu_new (GPT-2's MLP) --------------------------------------------------------------
 
+// The generic (f64-tested) forms below; the pass runs the f32 ones (`numerics`).
+#[cfg(test)]
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+#[cfg(test)]
 const GELU_CUBIC: f64 = 0.044715;
 
 #[cfg(test)] // restated forward: the tests check it against the engine's
@@ -285,6 +288,7 @@ pub(crate) fn gelu_new_forward<F: NdFloat>(x: ArrayView2<F>) -> Array2<F> {
     x.mapv(|x: F| half * x * (F::one() + (c * (x + a * x * x * x)).tanh()))
 }
 
+#[cfg(test)] // the pass runs [`gelu_new_backward_f32`]; the tests hold it to this
 /// `dx = dy · (0.5(1 + tanh u) + 0.5x(1 − tanh²u) · √(2/π)(1 + 3·0.044715x²))`.
 pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>) -> Array2<F> {
     let (c, a, half, three): (F, F, F, F) = (
@@ -308,25 +312,8 @@ pub(crate) fn gelu_new_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
 /// `expm1f`) was ~6% of a path-edge run (perf, `benches/eap.rs`); the tests hold this to the
 /// generic form in f64.
 pub(crate) fn gelu_new_backward_f32(x: ArrayView2<f32>, dy: ArrayView2<f32>) -> Array2<f32> {
-    let Some(xs) = x.as_slice() else {
-        return gelu_new_backward(x, dy);
-    };
-    let mut dx = dy.to_owned(); // standard layout, whatever dy's
-    let chunk = 1 << 14;
-    dx.as_slice_mut()
-        .expect("a new array is in standard layout")
-        .par_chunks_mut(chunk)
-        .zip(xs.par_chunks(chunk))
-        .for_each(|(d, x)| {
-            widest_simd(
-                #[inline(always)]
-                || {
-                    for (d, &x) in d.iter_mut().zip(x) {
-                        *d *= gelu_new_slope(x);
-                    }
-                },
-            )
-        });
+    let mut dx = dy.as_standard_layout().into_owned();
+    zip_in_place(&mut dx, x, |d, x| d * gelu_new_slope(x));
     dx
 }
 
@@ -359,6 +346,7 @@ pub(crate) fn gelu_erf_backward<F: NdFloat>(x: ArrayView2<F>, dy: ArrayView2<F>)
 
 /// `(dgate, dup)` for `h = gelu_tanh(gate)·up`: `dgate = gelu_tanh'(gate)·dh·up` (the
 /// derivative of [`gelu_new_backward`]), `dup = dh·gelu_tanh(gate)`.
+#[cfg(test)] // the pass runs [`geglu_backward_f32`]; the tests hold it to this
 pub(crate) fn geglu_backward<F: NdFloat>(
     gate: ArrayView2<F>,
     up: ArrayView2<F>,
@@ -374,6 +362,22 @@ pub(crate) fn geglu_backward<F: NdFloat>(
     d_up.zip_mut_with(&gate, |d, &x| {
         *d *= half * x * (F::one() + (c * (x + a * x * x * x)).tanh());
     });
+    (d_gate, d_up)
+}
+
+/// [`geglu_backward`] for the engine's f32, as [`gelu_new_backward_f32`] is for GPT-2's MLP:
+/// `dgate = (dh·up)·gelu_new_slope(gate)`, `dup = dh·gelu_new(gate)` (the forward's own
+/// `gelu_new`), one vectorized `exp` an element instead of libm's `tanhf`; the tests hold it to
+/// the generic form in f64.
+pub(crate) fn geglu_backward_f32(
+    gate: ArrayView2<f32>,
+    up: ArrayView2<f32>,
+    dh: ArrayView2<f32>,
+) -> (Array2<f32>, Array2<f32>) {
+    let mut d_gate = &dh * &up; // (N, M), standard layout
+    zip_in_place(&mut d_gate, gate, |d, x| d * gelu_new_slope(x));
+    let mut d_up = dh.as_standard_layout().into_owned();
+    zip_in_place(&mut d_up, gate, |d, x| d * gelu_new(x));
     (d_gate, d_up)
 }
 

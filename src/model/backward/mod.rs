@@ -1094,7 +1094,7 @@ fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array
             let up_pre = pre.up.expect("a gated MLP's up(x)"); // (N, M)
             let d_hidden = linear_input_gradient(down.weight.view(), d_out); // (N, M)
             let (d_gate, d_up) = match mlp {
-                Mlp::GeGlu { .. } => blocks::geglu_backward(pre.pre, up_pre, d_hidden.view()),
+                Mlp::GeGlu { .. } => blocks::geglu_backward_f32(pre.pre, up_pre, d_hidden.view()),
                 _ => blocks::swiglu_backward(pre.pre, up_pre, d_hidden.view()),
             };
             linear_input_gradient(gate.weight.view(), d_gate.view())

@@ -194,6 +194,44 @@ fn geglu_backward_matches_finite_differences() {
 }
 
 #[test]
+fn the_f32_geglu_backward_is_the_generic_one_to_f32_rounding() {
+    // As the gelu_new test: saturated tails, odd lengths, and a transposed (non-contiguous)
+    // gate, which the slices path copies first.
+    let mut rng = ChaCha8Rng::seed_from_u64(26);
+    for (rows, cols) in [(3, 7), (5, 4099), (1, 1)] {
+        let to32 = |a: Array2<f64>| a.mapv(|v| v as f32);
+        let gate = to32(random(&mut rng, (rows, cols)) * 12.0);
+        let up = to32(random(&mut rng, (rows, cols)) * 2.0);
+        let dh = to32(random(&mut rng, (rows, cols)));
+        let gate_t = gate.t().as_standard_layout().into_owned(); // (cols, rows)
+        let f64s = |a: &Array2<f32>| a.mapv(f64::from);
+        let (exact_gate, exact_up) =
+            geglu_backward(f64s(&gate).view(), f64s(&up).view(), f64s(&dh).view());
+        for gate in [gate.view(), gate_t.t()] {
+            let (fast_gate, fast_up) = geglu_backward_f32(gate, up.view(), dh.view());
+            for (name, exact, fast) in [
+                ("gate", &exact_gate, &fast_gate),
+                ("up", &exact_up, &fast_up),
+            ] {
+                for (((&e, &f), &d), &u) in exact.iter().zip(fast).zip(&dh).zip(&up) {
+                    // gelu's slope is at most ~1.1 and gelu(x) at most |x| ≤ 12: a few f32
+                    // ulp of them, times |dh·up| or |dh|.
+                    let scale = match name {
+                        "gate" => (d as f64 * u as f64).abs(),
+                        _ => 12.0 * (d as f64).abs(),
+                    };
+                    let error = (e - f as f64).abs();
+                    assert!(
+                        error <= 1e-6 * scale + 1e-12,
+                        "geglu {name}: f64 {e}, f32 {f} (|error| {error:e})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn soft_cap_backward_matches_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     let x = random(&mut rng, (3, 7)) * 6.0;
