@@ -126,18 +126,9 @@ impl<'w, F: NdFloat> NormBackwardAt<'w, F> {
             // arithmetic element by element as ndarray's iterators, which do not vectorize
             // (path edges apply this 3·H times a layer; measured 3× faster at GPT-2 small).
             let g = g.as_slice_mut().expect("a fresh array");
-            match dy.as_slice() {
-                Some(dy) => g
-                    .iter_mut()
-                    .zip(dy)
-                    .zip(weight)
-                    .for_each(|((g, &dy), &w)| *g = dy * w),
-                None => g
-                    .iter_mut()
-                    .zip(&dy)
-                    .zip(weight)
-                    .for_each(|((g, &dy), &w)| *g = dy * w),
-            }
+            let dy = dy.as_standard_layout(); // borrowed: the pass's rows are contiguous
+            let dy = dy.as_slice().expect("standard layout");
+            (g.iter_mut().zip(dy).zip(weight)).for_each(|((g, &dy), &w)| *g = dy * w);
             let (g, g_view) = (&*g, ArrayView1::from(&*g));
             let row = row.as_slice().expect("rows of a fresh array");
             if self.centred {
