@@ -6,32 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../system_support/mod.rs"]
+mod system_support;
+use system_support::installed_program;
+
 /// The Chromium binary, or `None` (with a loud message) when it is absent outside CI.
 pub fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join(name))
-                    .find(|p| p.is_file())
-            })
-        });
-    match found {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("CI is set but chromium is not installed: .ci/run installs it (apt-get install chromium)")
-        }
-        None => {
-            // Written to the process's stderr, not through `eprintln!`, which the test harness
-            // captures and hides for a passing test.
-            use std::io::Write as _;
-            let _ = std::io::stderr().write_all(
-                b"\n!!!!!! SKIPPED: chromium is not installed, so the HTML page was not loaded in a browser.\n!!!!!! Install it (apt-get install chromium) to run this test; under CI=true it is required.\n\n",
-            );
-            None
-        }
-    }
+    installed_program(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "apt-get install chromium",
+        "the HTML page's rendering in a browser",
+    )
 }
 
 fn base_command(chromium: &Path, profile: &Path) -> Command {
