@@ -615,7 +615,8 @@ fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() 
             );
         }
     }
-    // Without head inputs, the rest is the same, bit for bit.
+    // Without head inputs, the rest is the same to f32 rounding: with them, the attention's
+    // share of ∂M/∂resid_pre is their sum, without them one product over every head.
     let lean = gradients(
         &model,
         &case.tokens,
@@ -627,7 +628,43 @@ fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() 
     for layer in &lean.layers {
         assert!(layer.head_inputs.is_none());
     }
-    assert_same_gradients_but_head_inputs(&lean, &grads);
+    assert_close_gradients_but_head_inputs(&lean, &grads);
+}
+
+/// Every gradient of `a` but the head inputs is `b`'s to 1e-5 of each array's largest value
+/// (and not all zero).
+fn assert_close_gradients_but_head_inputs(a: &Gradients, b: &Gradients) {
+    /// The gradients compared, by name.
+    fn named(g: &Gradients) -> Vec<(String, ndarray::ArrayViewD<'_, f32>)> {
+        let mut all = vec![("resid_final".to_string(), g.resid_final.view().into_dyn())];
+        for (l, layer) in g.layers.iter().enumerate() {
+            all.push((format!("layer {l} z"), layer.z.view().into_dyn()));
+            all.push((
+                format!("layer {l} pattern"),
+                layer.pattern.view().into_dyn(),
+            ));
+            all.push((format!("layer {l} mlp_in"), layer.mlp_in.view().into_dyn()));
+            all.push((
+                format!("layer {l} mlp_out"),
+                layer.mlp_out.view().into_dyn(),
+            ));
+            all.push((
+                format!("layer {l} resid_pre"),
+                layer.resid_pre.view().into_dyn(),
+            ));
+        }
+        all
+    }
+    assert_eq!(a.layers.len(), b.layers.len());
+    for ((what, a), (_, b)) in named(a).into_iter().zip(named(b)) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let difference = (&a - &b).iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            scale > 0.0 && difference <= 1e-5 * scale,
+            "{what}: {difference} of {scale}"
+        );
+    }
 }
 
 /// Every gradient of `a` but the head inputs is `b`'s, bit for bit.

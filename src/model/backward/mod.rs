@@ -844,8 +844,13 @@ fn gradients_inner(
             input_gradient_into(h, which, d_proj, &mut g.view_mut());
             g.into_shape_with_order((n_rows, d_model)).unwrap() // (N, D)
         };
-        // Every head's own input gradients, when asked for (the shared stream's below is not
-        // their sum, which would round differently from the pass without them).
+        // Every head's own input gradients, when asked for, and their sum: the attention's
+        // whole share of ∂M/∂resid_pre (rebuilt inputs' included), so that the shared
+        // stream's product below is not computed a second time (3·D² multiply-adds a token
+        // and layer, a quarter of the layer's backward). The sum rounds differently from that
+        // product: with head inputs the other gradients agree with the pass without them to
+        // f32 rounding, not bit for bit (tests/backward_gradients.rs).
+        let mut heads_sum = None; // (N, D)
         let head_inputs = options
             .head_inputs
             .then(|| {
@@ -862,6 +867,7 @@ fn gradients_inner(
                     k: per_head(HeadInput::K, &d_k),
                     v: per_head(HeadInput::V, &d_v),
                 };
+                heads_sum = Some(sum_of_head_inputs(&gradients, n_rows));
                 match options.head_input_sink {
                     Some(sink) => {
                         sink.layer(index, gradients);
@@ -885,25 +891,31 @@ fn gradients_inner(
             d_rebuilt += &g;
             read.push((p, g));
         }
-        for (_, h, which, _) in &head_readers {
-            let d_proj = match which {
-                HeadInput::Q => &mut d_q,
-                HeadInput::K => &mut d_k,
-                HeadInput::V => &mut d_v,
-            };
-            d_proj
-                .slice_mut(s![.., h * d_head..(h + 1) * d_head])
-                .fill(0.0);
-        }
-
-        // The shared residual stream: every other head's q, k, v read the same normed input.
-        let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
-        let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
-        let d_x = linear_input_gradient(layer.q.weight.view(), d_q.view())
-            + linear_input_gradient(layer.k.weight.view(), d_k_shared.view())
-            + linear_input_gradient(layer.v.weight.view(), d_v_shared.view()); // (N, D)
-        let d_attn_in = shared_norm.apply(d_x.view()); // (N, D)
-        d_resid = &d_mid + &d_attn_in + &d_rebuilt; // (N, D): ∂M/∂resid_pre
+        // ∂M/∂resid_pre (N, D)
+        d_resid = match heads_sum {
+            Some(sum) => &d_mid + &sum, // every head's, rebuilt or shared
+            None => {
+                for (_, h, which, _) in &head_readers {
+                    let d_proj = match which {
+                        HeadInput::Q => &mut d_q,
+                        HeadInput::K => &mut d_k,
+                        HeadInput::V => &mut d_v,
+                    };
+                    d_proj
+                        .slice_mut(s![.., h * d_head..(h + 1) * d_head])
+                        .fill(0.0);
+                }
+                // The shared residual stream: every other head's q, k, v read the same
+                // normed input.
+                let d_k_shared = blocks::sum_query_heads_per_kv_head(d_k.view(), group, d_head); // (N, Hkv·d)
+                let d_v_shared = blocks::sum_query_heads_per_kv_head(d_v.view(), group, d_head); // (N, Hkv·d)
+                let d_x = linear_input_gradient(layer.q.weight.view(), d_q.view())
+                    + linear_input_gradient(layer.k.weight.view(), d_k_shared.view())
+                    + linear_input_gradient(layer.v.weight.view(), d_v_shared.view()); // (N, D)
+                let d_attn_in = shared_norm.apply(d_x.view()); // (N, D)
+                &d_mid + &d_attn_in + &d_rebuilt
+            }
+        };
         if parallel {
             d_resid += &d_mlp_in; // the MLP read resid_pre itself
         }
@@ -927,6 +939,27 @@ fn gradients_inner(
         final_normed_end: d_normed,
         activations: cache,
     })
+}
+
+/// `Σ_h (q + k + v)[.., .., h, ..]` of one layer's head-input gradients, `(N, D)`, summed in
+/// order: q's heads, then k's, then v's (the same bits at any thread count).
+fn sum_of_head_inputs(gradients: &HeadInputGradients, n_rows: usize) -> Array2<f32> {
+    let (_, _, n_heads, d_model) = gradients.q.dim();
+    let mut sum = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
+    for per_head in [&gradients.q, &gradients.k, &gradients.v] {
+        let rows = per_head
+            .view()
+            .into_shape_with_order((n_rows, n_heads, d_model))
+            .expect("head-input gradients are standard layout"); // (N, H, D)
+        ndarray::Zip::from(sum.rows_mut())
+            .and(rows.outer_iter())
+            .for_each(|mut sum, heads| {
+                for head in heads.outer_iter() {
+                    sum += &head;
+                }
+            });
+    }
+    sum
 }
 
 /// The final norm's backward with its scale frozen at the forward's value: for END rows `x`
