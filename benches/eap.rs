@@ -26,10 +26,12 @@
 //! allows, `attribute::prompts_per_pass`.)
 //!
 //! Each measurement runs in its own child process (rayon and matrixmultiply size their thread
-//! pools once per process, and the peak RSS is the process's): it opens the file, times the
-//! plain forward (median of 5 after a warm-up), then calls `score_session` twice. The first call
-//! also computes what the session memoizes (the reference forward, the full and empty
-//! circuits' metrics); the second is the attribution alone, the number the goal is about.
+//! pools once per process, and the peak RSS is the process's): it opens the file, runs one
+//! forward and a first `score_session`, which also computes what the session memoizes (the
+//! reference forward, the full and empty circuits' metrics). Then, three rounds: the plain
+//! forward (median of 3), then `score_session` again, the attribution alone; the number the
+//! goal is about is the median round's ratio of the two (the range and the same ratio in CPU
+//! time are printed beside it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +51,9 @@ use random_gpt2::{peak_rss_bytes, rss_bytes};
 const PROMPTS: usize = 32;
 const SEQ: usize = 16;
 const IG_STEPS: usize = 5;
-const FORWARD_REPETITIONS: usize = 5;
+const FORWARD_REPETITIONS: usize = 3;
+/// Rounds of (END forwards, warm scores); the reported ratio is the median round's.
+const ROUNDS: usize = 3;
 
 fn measurements() -> Vec<(Method, Granularity)> {
     let mut out = Vec::new();
@@ -186,23 +190,25 @@ fn child(dir: &Path, only: &str, small: bool) {
     write_ids(dir, &session);
 
     // The plain END-logits forward of the same prompts, the unit of the goal.
-    let forward = || {
+    let forward = |session: &Session| {
         let out = session
             .model()
             .forward(&ids, &ForwardOptions::default(), &NoInterventions)
             .unwrap();
         std::hint::black_box(out.logits);
     };
-    forward();
-    let mut times: Vec<f64> = (0..FORWARD_REPETITIONS)
-        .map(|_| {
-            let t = Instant::now();
-            forward();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let plain = times[FORWARD_REPETITIONS / 2];
+    // One (wall, CPU) median of a few forwards.
+    let time_forwards = |session: &Session| {
+        let (mut times, mut cpu_times): (Vec<f64>, Vec<f64>) = (0..FORWARD_REPETITIONS)
+            .map(|_| {
+                let (t, cpu) = (Instant::now(), cpu_seconds());
+                forward(session);
+                (t.elapsed().as_secs_f64(), cpu_seconds() - cpu)
+            })
+            .unzip();
+        (median(&mut times), median(&mut cpu_times))
+    };
+    forward(&session);
 
     // The scores `circuit scores` computes (embedding edges are discovery's extra candidates).
     let request = Request {
@@ -213,10 +219,33 @@ fn child(dir: &Path, only: &str, small: bool) {
     let t = Instant::now();
     let first = score_session(&mut session, request, None, false, None).expect("scores");
     let cold = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let second = score_session(&mut session, request, None, false, None).expect("scores");
-    let warm = t.elapsed().as_secs_f64();
-    assert_eq!(first.set.entries, second.set.entries, "deterministic");
+    // Rounds of (forwards, scores), each round's ratio from its own forwards: this host's speed
+    // drifts by ±15% over seconds, and a ratio of neighbours drifts less than one of a single
+    // forward median taken before every score.
+    let mut ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
+    let mut plains = Vec::new();
+    let mut warms = Vec::new();
+    let mut second = None;
+    for _ in 0..ROUNDS {
+        let (plain, plain_cpu) = time_forwards(&session);
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        let scores = score_session(&mut session, request, None, false, None).expect("scores");
+        let (warm, warm_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        assert_eq!(first.set.entries, scores.set.entries, "deterministic");
+        ratios.push(warm / plain);
+        cpu_ratios.push(warm_cpu / plain_cpu);
+        plains.push(plain);
+        warms.push(warm);
+        second = Some(scores);
+    }
+    let second = second.expect("at least one round");
+    let (lowest, highest) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    let (ratio, cpu_ratio) = (median(&mut ratios), median(&mut cpu_ratios));
+    let (plain, warm) = (median(&mut plains), median(&mut warms));
     let peak = peak_rss_bytes();
     let weight_bytes = std::fs::metadata(dir.join("model.safetensors"))
         .unwrap()
@@ -228,13 +257,13 @@ fn child(dir: &Path, only: &str, small: bool) {
     let config = &session.model().config;
     println!(
         "{only:<18} {ablation:<8} {} layers x {} heads, d_model {}, {PROMPTS} prompts x {SEQ} tokens, {threads} thread(s): \
-         scores {warm:6.2} s = {:5.2} END forwards (goal <= {budget}); first call {cold:6.2} s \
+         scores {warm:6.2} s = {ratio:5.2} END forwards (goal <= {budget}; median of {ROUNDS} rounds, \
+         {lowest:.2}–{highest:.2}; in CPU time {cpu_ratio:.2}); first call {cold:6.2} s \
          (+ reference, full, empty); END forward median {plain:.3} s; {} scores; \
          peak RSS {:.0} MB = {:.2} x weight bytes ({:.0} MB; {:.0} MB resident after opening the file)",
         config.n_layers,
         config.n_heads,
         config.d_model,
-        warm / plain,
         second.set.entries.len(),
         peak / 1e6,
         peak / weight_bytes,
@@ -244,6 +273,25 @@ fn child(dir: &Path, only: &str, small: bool) {
     if small {
         write_scores(dir, only, &second.set);
     }
+}
+
+/// The middle value (the upper one of an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The CPU time this process has used, every thread's (steadier than the wall clock on a shared
+/// host, where another tenant's load stretches the wall time of one phase and not the other's).
+fn cpu_seconds() -> f64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid timespec for the call to write.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9
 }
 
 /// Token ids of the clean and reference prompts, for `scripts/bench_eap.py`.
