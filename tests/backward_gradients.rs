@@ -631,32 +631,36 @@ fn head_input_gradients_add_up_to_the_residual_gradient_and_padding_gets_none() 
     assert_close_gradients_but_head_inputs(&lean, &grads);
 }
 
+/// Every gradient but the head inputs, by name.
+fn gradients_but_head_inputs(g: &Gradients) -> Vec<(String, ndarray::ArrayViewD<'_, f32>)> {
+    let mut all = vec![("resid_final".to_string(), g.resid_final.view().into_dyn())];
+    for (l, layer) in g.layers.iter().enumerate() {
+        all.push((format!("layer {l} z"), layer.z.view().into_dyn()));
+        all.push((
+            format!("layer {l} pattern"),
+            layer.pattern.view().into_dyn(),
+        ));
+        all.push((format!("layer {l} mlp_in"), layer.mlp_in.view().into_dyn()));
+        all.push((
+            format!("layer {l} mlp_out"),
+            layer.mlp_out.view().into_dyn(),
+        ));
+        all.push((
+            format!("layer {l} resid_pre"),
+            layer.resid_pre.view().into_dyn(),
+        ));
+    }
+    all
+}
+
 /// Every gradient of `a` but the head inputs is `b`'s to 1e-5 of each array's largest value
 /// (and not all zero).
 fn assert_close_gradients_but_head_inputs(a: &Gradients, b: &Gradients) {
-    /// The gradients compared, by name.
-    fn named(g: &Gradients) -> Vec<(String, ndarray::ArrayViewD<'_, f32>)> {
-        let mut all = vec![("resid_final".to_string(), g.resid_final.view().into_dyn())];
-        for (l, layer) in g.layers.iter().enumerate() {
-            all.push((format!("layer {l} z"), layer.z.view().into_dyn()));
-            all.push((
-                format!("layer {l} pattern"),
-                layer.pattern.view().into_dyn(),
-            ));
-            all.push((format!("layer {l} mlp_in"), layer.mlp_in.view().into_dyn()));
-            all.push((
-                format!("layer {l} mlp_out"),
-                layer.mlp_out.view().into_dyn(),
-            ));
-            all.push((
-                format!("layer {l} resid_pre"),
-                layer.resid_pre.view().into_dyn(),
-            ));
-        }
-        all
-    }
     assert_eq!(a.layers.len(), b.layers.len());
-    for ((what, a), (_, b)) in named(a).into_iter().zip(named(b)) {
+    for ((what, a), (_, b)) in gradients_but_head_inputs(a)
+        .into_iter()
+        .zip(gradients_but_head_inputs(b))
+    {
         assert_eq!(a.shape(), b.shape(), "{what}");
         let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let difference = (&a - &b).iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -670,13 +674,12 @@ fn assert_close_gradients_but_head_inputs(a: &Gradients, b: &Gradients) {
 /// Every gradient of `a` but the head inputs is `b`'s, bit for bit.
 fn assert_same_gradients_but_head_inputs(a: &Gradients, b: &Gradients) {
     assert_eq!(a.layers.len(), b.layers.len());
-    for (a, b) in a.layers.iter().zip(&b.layers) {
-        assert_eq!(
-            (&a.z, &a.pattern, &a.mlp_in, &a.mlp_out, &a.resid_pre),
-            (&b.z, &b.pattern, &b.mlp_in, &b.mlp_out, &b.resid_pre)
-        );
+    for ((what, a), (_, b)) in gradients_but_head_inputs(a)
+        .into_iter()
+        .zip(gradients_but_head_inputs(b))
+    {
+        assert_eq!(a, b, "{what}");
     }
-    assert_eq!(a.resid_final, b.resid_final);
 }
 
 #[test]

@@ -880,17 +880,16 @@ fn gradients_inner(
         // Rebuilt inputs: their gradients reach the stream as they are (the input is
         // resid_pre + constants) and are kept for the writers below; their projections leave
         // the shared path.
-        let mut d_rebuilt = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
-        for (p, h, which, _) in &head_readers {
-            let d_proj = match which {
-                HeadInput::Q => &d_q,
-                HeadInput::K => &d_k,
-                HeadInput::V => &d_v,
-            };
-            let g = input_gradient(*h, *which, d_proj); // (N, D)
-            d_rebuilt += &g;
-            read.push((p, g));
-        }
+        let rebuilt_gradients: Vec<Array2<f32>> = (head_readers.iter())
+            .map(|(_, h, which, _)| {
+                let d_proj = match which {
+                    HeadInput::Q => &d_q,
+                    HeadInput::K => &d_k,
+                    HeadInput::V => &d_v,
+                };
+                input_gradient(*h, *which, d_proj) // (N, D)
+            })
+            .collect();
         // ∂M/∂resid_pre (N, D)
         d_resid = match heads_sum {
             Some(sum) => &d_mid + &sum, // every head's, rebuilt or shared
@@ -913,9 +912,14 @@ fn gradients_inner(
                     + linear_input_gradient(layer.k.weight.view(), d_k_shared.view())
                     + linear_input_gradient(layer.v.weight.view(), d_v_shared.view()); // (N, D)
                 let d_attn_in = shared_norm.apply(d_x.view()); // (N, D)
+                let mut d_rebuilt = Array2::<f32>::zeros((n_rows, d_model)); // (N, D)
+                for g in &rebuilt_gradients {
+                    d_rebuilt += g;
+                }
                 &d_mid + &d_attn_in + &d_rebuilt
             }
         };
+        read.extend(head_readers.iter().map(|r| r.0).zip(rebuilt_gradients));
         if parallel {
             d_resid += &d_mlp_in; // the MLP read resid_pre itself
         }
