@@ -365,6 +365,7 @@ pub fn scores(
     // The scores are sums over prompts of per-prompt terms, so the prompts are scored a pass of
     // a few at a time (peak memory); each pass adds its prompts' terms in prompt order.
     let per_pass = prompts_per_pass(inputs, method, granularity);
+    let mut recycled_deltas = None; // path edges: one pass's `ũ − u` array, for the next
     for start in (0..n_prompts).step_by(per_pass.max(1)) {
         let range = start..(start + per_pass).min(n_prompts);
         let seq = inputs.ids[range.clone()].iter().map(Vec::len).max();
@@ -383,7 +384,8 @@ pub fn scores(
             (Method::Eap | Method::EapIg { .. }, Granularity::PathEdges)
         )
         .then(|| {
-            path_edges::PathEdgeScorer::new(&pass, start, 1.0 / gradient_points(method) as f64)
+            let weight = 1.0 / gradient_points(method) as f64;
+            path_edges::PathEdgeScorer::new(&pass, start, weight, recycled_deltas.take())
         });
         let options = GradientOptions {
             head_input_sink: path_scorer
@@ -410,9 +412,11 @@ pub fn scores(
                 match granularity {
                     Granularity::Nodes => node_scores(&scored, &gradient, &mut aggregate),
                     Granularity::QkEdges => qk_edge_scores(&scored, &gradient, &mut aggregate),
-                    Granularity::PathEdges => path_scorer
-                        .expect("made for path edges")
-                        .finish(&gradient, &mut aggregate),
+                    Granularity::PathEdges => {
+                        recycled_deltas = path_scorer
+                            .expect("made for path edges")
+                            .finish(&gradient, &mut aggregate);
+                    }
                 }
             }
             _ => cheap_scores(&scored, method, granularity, &mut aggregate),

@@ -48,6 +48,8 @@ pub(super) struct PathEdgeScorer<'s, 'a> {
     head_columns: Vec<Vec<usize>>,
     /// The weight of one gradient pass's head-input products (`1/m` under `eap-ig`).
     head_weight: f64,
+    /// The previous pass's `ũ − u` array, overwritten by this pass's if its shape fits.
+    recycled: Mutex<Option<Array4<f32>>>,
     n_components: usize,
     state: Mutex<State>,
 }
@@ -73,10 +75,15 @@ struct State {
 impl<'s, 'a> PathEdgeScorer<'s, 'a> {
     /// The scorer of the pass `inputs` (prompts `offset..` of the whole set); `head_weight`
     /// weighs each gradient pass's head-input products (`1/m` under `eap-ig`, else 1).
+    /// `recycled` is the previous pass's `ũ − u` array ([`PathEdgeScorer::finish`] hands it
+    /// back): this pass writes its own into it when the shapes agree. A fresh array of that
+    /// size (62 MB a pass at GPT-2 small) is new pages, and the kernel's first-touch faults on
+    /// them took about a third of an END forward per `eap` call (`perf record`, 2026-12-03).
     pub(super) fn new(
         inputs: &'s AttributionInputs<'a>,
         offset: usize,
         head_weight: f64,
+        recycled: Option<Array4<f32>>,
     ) -> PathEdgeScorer<'s, 'a> {
         let config = &inputs.model.config;
         let (n_layers, n_heads) = (config.n_layers, config.n_heads);
@@ -126,6 +133,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
             before_layer,
             head_columns,
             head_weight,
+            recycled: Mutex::new(recycled),
             n_components: components.len(),
             state: Mutex::new(State {
                 delta: None,
@@ -139,11 +147,16 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
     /// stream, one upstream per thread: a head's is `(z̃ − z)·W_O^h`, one product over every
     /// token of the pass (`(B·T, d)·(d, D)`, zero at padding; one product per prompt and head
     /// took three times as long at GPT-2 small, most of it each small product's set-up).
+    /// Every value is written, padding included (zero there), so a recycled array's old values
+    /// never survive.
     fn deltas(&self, cache: &ActivationCache) -> Array4<f32> {
         let inputs = self.inputs;
         let (batch, seq, d_model) = cache.embed.dim();
         let d_head = cache.layers[0].z.dim().3;
-        let mut delta = Array4::<f32>::zeros((batch, seq, self.ups.len(), d_model));
+        let shape = (batch, seq, self.ups.len(), d_model);
+        let recycled = (self.recycled.lock().expect("no scoring thread panicked").take())
+            .filter(|r| r.dim() == shape);
+        let mut delta = recycled.unwrap_or_else(|| Array4::<f32>::zeros(shape));
         let prompts =
             || (0..batch).map(|local| (local, self.offset + local, inputs.ids[local].len()));
         (delta.axis_iter_mut(Axis(2)), &self.ups)
@@ -180,6 +193,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                             let target = delta.slice_mut(s![local, t, ..]);
                             difference_into(inputs.reference.mlp_out(l, b, t), o, target);
                         }
+                        delta.slice_mut(s![local, len.., ..]).fill(0.0);
                     }
                 }
                 Upstream::Embed => {
@@ -189,6 +203,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                             let target = delta.slice_mut(s![local, t, ..]);
                             difference_into(inputs.reference.embed(b, t), x, target);
                         }
+                        delta.slice_mut(s![local, len.., ..]).fill(0.0);
                     }
                 }
             });
@@ -262,8 +277,13 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
     }
 
     /// The MLP and logit inputs' scores from the (averaged) gradients, then every sum into
-    /// `aggregate`, prompt by prompt, token by token.
-    pub(super) fn finish(self, gradient: &MeanGradients, aggregate: &mut Aggregate) {
+    /// `aggregate`, prompt by prompt, token by token. Returns the `ũ − u` array for the next
+    /// pass to write its own into ([`PathEdgeScorer::new`]).
+    pub(super) fn finish(
+        self,
+        gradient: &MeanGradients,
+        aggregate: &mut Aggregate,
+    ) -> Option<Array4<f32>> {
         let mut state = self.state.lock().expect("no scoring thread panicked");
         let n_ups = self.ups.len();
         let mlp_columns: Vec<(usize, usize)> = (self.downs.iter().enumerate())
@@ -296,6 +316,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                 }
             }
         }
+        state.delta.take()
     }
 }
 
