@@ -115,20 +115,47 @@ impl<'w, F: NdFloat> NormBackwardAt<'w, F> {
         dy: ArrayView2<F>,
         dx: &mut ndarray::ArrayViewMut<F, D>,
     ) {
+        let mut dy_rows = dy.rows().into_iter();
+        self.apply_rows(dx, |g, weight, _| {
+            let dy = dy_rows.next().expect("dy has a row per input row");
+            let dy = dy.as_standard_layout(); // borrowed: the pass's rows are contiguous
+            let dy = dy.as_slice().expect("standard layout");
+            (g.iter_mut().zip(dy).zip(weight)).for_each(|((g, &dy), &w)| *g = dy * w);
+        });
+    }
+
+    /// `dx` for `dy` `(N, W)` held in the rows of `dx` itself (the same arithmetic, so the
+    /// same bits, as [`NormBackwardAt::apply_into`]).
+    pub(crate) fn apply_in_place<D: ndarray::Dimension>(
+        &self,
+        dx: &mut ndarray::ArrayViewMut<F, D>,
+    ) {
+        self.apply_rows(dx, |g, weight, dy| {
+            let dy = dy.as_standard_layout(); // borrowed: the pass's rows are contiguous
+            let dy = dy.as_slice().expect("standard layout");
+            (g.iter_mut().zip(dy).zip(weight)).for_each(|((g, &dy), &w)| *g = dy * w);
+        });
+    }
+
+    /// The rows of `dx` from `g = dy · w`, row by row: `fill_g(g, w, dx_row)` writes the
+    /// row's `g` (reading `dx_row` as it was, if it holds `dy`) before `dx_row` is written.
+    fn apply_rows<D: ndarray::Dimension>(
+        &self,
+        dx: &mut ndarray::ArrayViewMut<F, D>,
+        mut fill_g: impl FnMut(&mut [F], &[F], ndarray::ArrayView1<F>),
+    ) {
         let width = F::from(self.rows.ncols()).expect("row width");
         let mut g = Array1::zeros(self.rows.ncols()); // (W,), reused row after row
         let weight = self.weight.as_standard_layout(); // (W,) contiguous
         let weight = weight.as_slice().expect("standard layout");
         let mut dx_rows = dx.rows_mut().into_iter();
-        for ((row, dy), &inv) in self.rows.rows().into_iter().zip(dy.rows()).zip(&self.inv) {
+        for (row, &inv) in self.rows.rows().into_iter().zip(&self.inv) {
             let mut dx = dx_rows.next().expect("dx has a row per input row");
             // Over contiguous slices where the rows are (always, in the pass): the same
             // arithmetic element by element as ndarray's iterators, which do not vectorize
             // (path edges apply this 3·H times a layer; measured 3× faster at GPT-2 small).
             let g = g.as_slice_mut().expect("a fresh array");
-            let dy = dy.as_standard_layout(); // borrowed: the pass's rows are contiguous
-            let dy = dy.as_slice().expect("standard layout");
-            (g.iter_mut().zip(dy).zip(weight)).for_each(|((g, &dy), &w)| *g = dy * w);
+            fill_g(g, weight, dx.view());
             let (g, g_view) = (&*g, ArrayView1::from(&*g));
             let row = row.as_slice().expect("rows of a fresh array");
             if self.centred {
