@@ -36,8 +36,15 @@ pub(super) struct PathEdgeScorer<'s, 'a> {
     offset: usize,
     ups: Vec<Upstream>,
     downs: Vec<Downstream>,
-    /// Component of pair (upstream i, downstream j), if `j` reads `i`.
-    pair: Vec<Vec<Option<usize>>>,
+    /// Where the sums hold pair (upstream i, downstream j), if `j` reads `i`: downstream by
+    /// downstream, its upstreams in order (so that a column's sums are one slice).
+    slot: Vec<Vec<Option<usize>>>,
+    /// The component (index into `path_components`) each slot of the sums is.
+    component_of_slot: Vec<usize>,
+    /// Per downstream `j`, `(first slot, n)` when `j` reads exactly the first `n` upstreams
+    /// (every downstream, in every topology the engine has): a column's products are then
+    /// added to its sums as one slice, which vectorizes.
+    prefix_columns: Option<Vec<(usize, usize)>>,
     /// Relative to a circuit: each downstream's rebuilt input, if the circuit rebuilds it.
     readers: Vec<Option<&'s backward::PathReader>>,
     /// Each upstream's index as a path reader's writer mask reads it.
@@ -68,7 +75,8 @@ struct State {
     delta: Option<Array4<f32>>,
     /// The layers (index, gradients) received since the last product.
     held: Vec<(usize, HeadInputGradients)>,
-    /// Each component's value at each (prompt, token) so far, `(B, T, components)`.
+    /// Each slot's value at each (prompt, token) so far, `(B, T, slots)`: the components in
+    /// slot order (`component_of_slot`).
     sums: Array3<f64>,
 }
 
@@ -90,6 +98,24 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
         let downs = downstreams(n_layers, n_heads);
         let (components, pair) = path_components(inputs);
+        let mut slot = vec![vec![None; downs.len()]; ups.len()];
+        let mut component_of_slot = Vec::with_capacity(components.len());
+        let mut prefix_columns = Some(Vec::with_capacity(downs.len()));
+        for j in 0..downs.len() {
+            let first = component_of_slot.len();
+            for (i, slots) in slot.iter_mut().enumerate() {
+                if let Some(component) = pair[i][j] {
+                    slots[j] = Some(component_of_slot.len());
+                    component_of_slot.push(component);
+                }
+            }
+            let n = component_of_slot.len() - first;
+            let is_prefix = (0..ups.len()).all(|i| pair[i][j].is_some() == (i < n));
+            prefix_columns = prefix_columns.filter(|_| is_prefix).map(|mut columns| {
+                columns.push((first, n));
+                columns
+            });
+        }
         let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
         let readers = downs
             .iter()
@@ -127,7 +153,9 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
             offset,
             ups,
             downs,
-            pair,
+            slot,
+            component_of_slot,
+            prefix_columns,
             readers,
             writer_index,
             before_layer,
@@ -154,8 +182,12 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         let (batch, seq, d_model) = cache.embed.dim();
         let d_head = cache.layers[0].z.dim().3;
         let shape = (batch, seq, self.ups.len(), d_model);
-        let recycled = (self.recycled.lock().expect("no scoring thread panicked").take())
-            .filter(|r| r.dim() == shape);
+        let recycled = (self
+            .recycled
+            .lock()
+            .expect("no scoring thread panicked")
+            .take())
+        .filter(|r| r.dim() == shape);
         let mut delta = recycled.unwrap_or_else(|| Array4::<f32>::zeros(shape));
         let prompts =
             || (0..batch).map(|local| (local, self.offset + local, inputs.ids[local].len()));
@@ -233,12 +265,23 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         // column `c`: the gemm crate then reads the gradients `(C, D)` in place as the right
         // factor and packs only the upstreams (measured at GPT-2 small's three shapes: 1.1–1.7×
         // faster than matrixmultiply's row-major product). The products a component reads,
-        // `(k, component)`; the rest are not read.
+        // `(k, slot)`; the rest are not read.
         let read: Vec<(usize, usize)> = (columns.iter().enumerate())
-            .flat_map(|(c, &j)| (0..n_ups).map(move |i| (c * n_ups + i, self.pair[i][j])))
-            .filter_map(|(k, component)| Some((k, component?)))
+            .flat_map(|(c, &j)| (0..n_ups).map(move |i| (c * n_ups + i, self.slot[i][j])))
+            .filter_map(|(k, slot)| Some((k, slot?)))
             .collect();
         let rebuilt = columns.iter().any(|&j| self.readers[j].is_some());
+        // Without rebuilt readers, each column's products add to one slice of the sums.
+        let slices: Option<Vec<(usize, usize)>> = (self.prefix_columns.as_ref())
+            .filter(|_| !rebuilt)
+            .map(|prefixes| {
+                let slices: Vec<(usize, usize)> = columns.iter().map(|&j| prefixes[j]).collect();
+                assert!(
+                    slices.iter().all(|&(_, n)| n <= n_ups),
+                    "a column reads only upstreams written before its layer"
+                );
+                slices
+            });
         (sums.outer_iter_mut(), delta.outer_iter())
             .into_par_iter()
             .enumerate()
@@ -260,7 +303,16 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                     let products = products.as_slice_memory_order().expect("a fresh array");
                     let mut sums = sums.row_mut(t);
                     let sums = sums.as_slice_mut().expect("a row of a standard array");
-                    for &(k, component) in &read {
+                    if let Some(slices) = &slices {
+                        // The same additions as the loop below, in slices.
+                        for (c, &(first, n)) in slices.iter().enumerate() {
+                            let products = &products[c * n_ups..c * n_ups + n];
+                            (sums[first..first + n].iter_mut().zip(products))
+                                .for_each(|(sum, &p)| *sum += p as f64 * weight);
+                        }
+                        continue;
+                    }
+                    for &(k, slot) in &read {
                         // A path the circuit already cuts carries ũ: cutting it changes nothing.
                         if rebuilt {
                             let (i, j) = (k % n_ups, columns[k / n_ups]);
@@ -270,7 +322,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                                 }
                             }
                         }
-                        sums[component] += products[k] as f64 * weight;
+                        sums[slot] += products[k] as f64 * weight;
                     }
                 }
             });
@@ -311,8 +363,8 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
             for t in 0..self.inputs.ids[local].len() {
                 let row = aggregate.row(b, t, None);
                 debug_assert_eq!(row.len(), self.n_components);
-                for (sum, &value) in row.iter_mut().zip(sums.row(t)) {
-                    *sum += value;
+                for (&component, &value) in self.component_of_slot.iter().zip(sums.row(t)) {
+                    row[component] += value;
                 }
             }
         }
