@@ -242,16 +242,17 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         delta
     }
 
-    /// Multiplies the downstream gradients `gradient(local, t, c)` (one `(D,)` row per column
-    /// `c`, downstream `columns[c]` of `downs`) by the first `n_ups` upstreams' `ũ − u` at
-    /// every token, and adds each product, times `weight`, to its component's sum.
-    fn score<'g>(
+    /// Multiplies the downstream gradients that `fill(local, t, grads)` writes into `grads`
+    /// `(C, D)` (row `c` for column `c`, downstream `columns[c]` of `downs`) by the first
+    /// `n_ups` upstreams' `ũ − u` at every token, and adds each product, times `weight`, to
+    /// its component's sum.
+    fn score(
         &self,
         state: &mut State,
         n_ups: usize,
         columns: &[usize],
         weight: f64,
-        gradient: impl Fn(usize, usize, usize) -> ndarray::ArrayView1<'g, f32> + Sync,
+        fill: impl Fn(usize, usize, &mut Array2<f32>) + Sync,
     ) {
         let State { delta, sums, .. } = state;
         let delta = delta
@@ -290,9 +291,7 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                 let mut grads = Array2::<f32>::zeros((columns.len(), d_model)); // (C, D)
                 let mut products = Array2::<f32>::zeros((n_ups, columns.len()).f()); // (U', C)
                 for t in 0..self.inputs.ids[local].len() {
-                    for c in 0..columns.len() {
-                        grads.row_mut(c).assign(&gradient(local, t, c));
-                    }
+                    fill(local, t, &mut grads);
                     let ups = delta.slice(s![t, ..n_ups, ..]); // (U', D)
                     Kernel::Gemm.product_into_on_this_thread(
                         ups,
@@ -348,16 +347,14 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         let mut columns: Vec<usize> = mlp_columns.iter().map(|&(j, _)| j).collect();
         columns.push(self.downs.len() - 1);
         debug_assert_eq!(self.downs[self.downs.len() - 1], Downstream::Logits);
-        self.score(
-            &mut state,
-            n_ups,
-            &columns,
-            1.0,
-            |local, t, c| match mlp_columns.get(c) {
-                Some(&(_, l)) => gradient.mlp_in[l].slice(s![local, t, ..]),
-                None => gradient.resid_final.slice(s![local, t, ..]),
-            },
-        );
+        self.score(&mut state, n_ups, &columns, 1.0, |local, t, grads| {
+            for (c, mut row) in grads.outer_iter_mut().enumerate() {
+                row.assign(&match mlp_columns.get(c) {
+                    Some(&(_, l)) => gradient.mlp_in[l].slice(s![local, t, ..]),
+                    None => gradient.resid_final.slice(s![local, t, ..]),
+                });
+            }
+        });
         for (local, sums) in state.sums.outer_iter().enumerate() {
             let b = self.offset + local;
             for t in 0..self.inputs.ids[local].len() {
@@ -408,15 +405,25 @@ impl HeadInputSink for PathEdgeScorer<'_, '_> {
         // against the upstreams written before the last of them.
         let held = std::mem::take(&mut state.held);
         let last = held.iter().map(|h| h.0).max().expect("this layer");
+        // Columns input by input, head by head within one (the order of a token's rows in
+        // the gradients), so that each token's `(C, D)` is copied a block of `H` rows at a time.
         let mut columns = Vec::new(); // indices into `downs`
-        let mut sources = Vec::new(); // (held layer, head, input) per column
+        let mut blocks = Vec::new(); // (held layer, input) per block of H columns
         for (k, (l, _)) in held.iter().enumerate() {
-            for &j in &self.head_columns[*l] {
-                let Downstream::Head(h, which) = self.downs[j] else {
-                    unreachable!("head columns are heads' inputs")
-                };
-                columns.push(j);
-                sources.push((k, h.head, which));
+            for input in [HeadInput::Q, HeadInput::K, HeadInput::V] {
+                let mut block: Vec<(usize, usize)> = (self.head_columns[*l].iter())
+                    .filter_map(|&j| match self.downs[j] {
+                        Downstream::Head(h, which) if which == input => Some((h.head, j)),
+                        _ => None,
+                    })
+                    .collect();
+                block.sort_unstable();
+                assert!(
+                    block.iter().enumerate().all(|(i, &(head, _))| i == head),
+                    "every head of the layer, once"
+                );
+                columns.extend(block.iter().map(|&(_, j)| j));
+                blocks.push((k, input, block.len()));
             }
         }
         self.score(
@@ -424,15 +431,23 @@ impl HeadInputSink for PathEdgeScorer<'_, '_> {
             self.before_layer[last],
             &columns,
             self.head_weight,
-            |local, t, c| {
-                let (k, head, which) = sources[c];
-                let gradients = &held[k].1;
-                let per_head = match which {
-                    HeadInput::Q => &gradients.q,
-                    HeadInput::K => &gradients.k,
-                    HeadInput::V => &gradients.v,
-                }; // (B, T, H, D)
-                per_head.slice(s![local, t, head, ..])
+            |local, t, grads| {
+                let mut first = 0;
+                for &(k, input, n_heads) in &blocks {
+                    let gradients = &held[k].1;
+                    let per_head = match input {
+                        HeadInput::Q => &gradients.q,
+                        HeadInput::K => &gradients.k,
+                        HeadInput::V => &gradients.v,
+                    }; // (B, T, H, D)
+                    let source = per_head.slice(s![local, t, .., ..]); // (H, D)
+                    let mut target = grads.slice_mut(s![first..first + n_heads, ..]); // (H, D)
+                    match (source.as_slice(), target.as_slice_mut()) {
+                        (Some(source), Some(target)) => target.copy_from_slice(source),
+                        _ => target.assign(&source),
+                    }
+                    first += n_heads;
+                }
             },
         );
     }
