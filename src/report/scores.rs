@@ -173,7 +173,46 @@ fn json_score<'a>(report: &ScoreReport, e: &'a Entry) -> JsonScore<'a> {
     }
 }
 
+/// The JSON report, field by field in its order.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    method: &'static str,
+    steps: Option<usize>,
+    granularity: &'static str,
+    relative_to: String,
+    settings: &'a SettingsReport,
+    provenance: &'a crate::measure::file::Provenance,
+    n_prompts: usize,
+    metric_full: f64,
+    metric_empty: f64,
+    units: String,
+    slots: &'a [String],
+    n_scores: usize,
+    scores: ShownScores<'a>,
+}
+
+/// The shown scores, each made as it is serialized (none are held all at once).
+struct ShownScores<'a> {
+    report: &'a ScoreReport,
+    shown: &'a [usize],
+}
+
+impl serde::Serialize for ShownScores<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let entries = &self.report.set.entries;
+        serializer.collect_seq(
+            self.shown
+                .iter()
+                .map(|&i| json_score(self.report, &entries[i])),
+        )
+    }
+}
+
 /// Every score (or the `top` by |score|), ranked, with what it is relative to. Deterministic.
+/// Serialized from typed structs, each score made as it is written, not through a
+/// `serde_json::Value`: a `Value` of the 512,736 path-edge scores of GPT-2 small took 750 MB
+/// more than the scores themselves (peak RSS of `circuit scores --format json` 3.2× the
+/// weight bytes, against 1.7× for the text table).
 pub fn to_json(report: &ScoreReport, settings: &SettingsReport, top: Option<usize>) -> String {
     let set = &report.set;
     let ranking = set.ranking();
@@ -182,21 +221,21 @@ pub fn to_json(report: &ScoreReport, settings: &SettingsReport, top: Option<usiz
         Method::EapIg { steps } => Some(steps),
         _ => None,
     };
-    let value = serde_json::json!({
-        "method": set.method.name(),
-        "steps": steps,
-        "granularity": set.granularity.name(),
-        "relative_to": relative_to(report),
-        "settings": settings,
-        "provenance": report.provenance,
-        "n_prompts": set.n_prompts,
-        "metric_full": report.full,
-        "metric_empty": report.empty,
-        "units": units(report),
-        "slots": set.slots,
-        "n_scores": ranking.len(),
-        "scores": shown.iter().map(|&i| json_score(report, &set.entries[i])).collect::<Vec<_>>(),
-    });
+    let value = JsonReport {
+        method: set.method.name(),
+        steps,
+        granularity: set.granularity.name(),
+        relative_to: relative_to(report),
+        settings,
+        provenance: &report.provenance,
+        n_prompts: set.n_prompts,
+        metric_full: report.full,
+        metric_empty: report.empty,
+        units: units(report),
+        slots: &set.slots,
+        n_scores: ranking.len(),
+        scores: ShownScores { report, shown },
+    };
     let mut text = serde_json::to_string_pretty(&value).expect("scores serialize");
     text.push('\n');
     text
