@@ -36,15 +36,13 @@ pub(super) struct PathEdgeScorer<'s, 'a> {
     offset: usize,
     ups: Vec<Upstream>,
     downs: Vec<Downstream>,
-    /// Where the sums hold pair (upstream i, downstream j), if `j` reads `i`: downstream by
-    /// downstream, its upstreams in order (so that a column's sums are one slice).
-    slot: Vec<Vec<Option<usize>>>,
+    /// Per downstream `j`, `(first slot, n)`: `j` reads the first `n` upstreams (upstreams are
+    /// in the order they write, so what a downstream reads is a prefix), and the sums hold
+    /// pair (upstream `i < n`, `j`) at slot `first + i`. A column's products are added to its
+    /// sums as one slice, which vectorizes.
+    column_slots: Vec<(usize, usize)>,
     /// The component (index into `path_components`) each slot of the sums is.
     component_of_slot: Vec<usize>,
-    /// Per downstream `j`, `(first slot, n)` when `j` reads exactly the first `n` upstreams
-    /// (every downstream, in every topology the engine has): a column's products are then
-    /// added to its sums as one slice, which vectorizes.
-    prefix_columns: Option<Vec<(usize, usize)>>,
     /// Relative to a circuit: each downstream's rebuilt input, if the circuit rebuilds it.
     readers: Vec<Option<&'s backward::PathReader>>,
     /// Each upstream's index as a path reader's writer mask reads it.
@@ -55,8 +53,6 @@ pub(super) struct PathEdgeScorer<'s, 'a> {
     head_columns: Vec<Vec<usize>>,
     /// The weight of one gradient pass's head-input products (`1/m` under `eap-ig`).
     head_weight: f64,
-    /// The previous pass's `ũ − u` array, overwritten by this pass's if its shape fits.
-    recycled: Mutex<Option<Array4<f32>>>,
     n_components: usize,
     state: Mutex<State>,
 }
@@ -73,6 +69,8 @@ pub(super) const LAYERS_PER_PRODUCT: usize = 4;
 struct State {
     /// `ũ − u` of every upstream at every token, `(B, T, U, D)`, from the clean forward.
     delta: Option<Array4<f32>>,
+    /// The previous pass's `ũ − u` array, overwritten by this pass's if its shape fits.
+    recycled: Option<Array4<f32>>,
     /// The layers (index, gradients) received since the last product.
     held: Vec<(usize, HeadInputGradients)>,
     /// Each slot's value at each (prompt, token) so far, `(B, T, slots)`: the components in
@@ -98,24 +96,19 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         let ups = upstreams(n_layers, n_heads, inputs.mlps_in_scope, inputs.embed_edges);
         let downs = downstreams(n_layers, n_heads);
         let (components, pair) = path_components(inputs);
-        let mut slot = vec![vec![None; downs.len()]; ups.len()];
         let mut component_of_slot = Vec::with_capacity(components.len());
-        let mut prefix_columns = Some(Vec::with_capacity(downs.len()));
-        for j in 0..downs.len() {
-            let first = component_of_slot.len();
-            for (i, slots) in slot.iter_mut().enumerate() {
-                if let Some(component) = pair[i][j] {
-                    slots[j] = Some(component_of_slot.len());
-                    component_of_slot.push(component);
-                }
-            }
-            let n = component_of_slot.len() - first;
-            let is_prefix = (0..ups.len()).all(|i| pair[i][j].is_some() == (i < n));
-            prefix_columns = prefix_columns.filter(|_| is_prefix).map(|mut columns| {
-                columns.push((first, n));
-                columns
-            });
-        }
+        let column_slots = (0..downs.len())
+            .map(|j| {
+                let first = component_of_slot.len();
+                component_of_slot.extend(pair.iter().map_while(|readers| readers[j]));
+                let n = component_of_slot.len() - first;
+                assert!(
+                    pair[n..].iter().all(|readers| readers[j].is_none()),
+                    "a downstream reads a prefix of the upstreams"
+                );
+                (first, n)
+            })
+            .collect();
         let paths = inputs.circuit.map(|c| c.kept.paths).unwrap_or(&[]);
         let readers = downs
             .iter()
@@ -153,18 +146,17 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
             offset,
             ups,
             downs,
-            slot,
+            column_slots,
             component_of_slot,
-            prefix_columns,
             readers,
             writer_index,
             before_layer,
             head_columns,
             head_weight,
-            recycled: Mutex::new(recycled),
             n_components: components.len(),
             state: Mutex::new(State {
                 delta: None,
+                recycled,
                 held: Vec::new(),
                 sums: Array3::zeros((inputs.ids.len(), seq, components.len())),
             }),
@@ -177,17 +169,12 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
     /// took three times as long at GPT-2 small, most of it each small product's set-up).
     /// Every value is written, padding included (zero there), so a recycled array's old values
     /// never survive.
-    fn deltas(&self, cache: &ActivationCache) -> Array4<f32> {
+    fn deltas(&self, cache: &ActivationCache, recycled: Option<Array4<f32>>) -> Array4<f32> {
         let inputs = self.inputs;
         let (batch, seq, d_model) = cache.embed.dim();
         let d_head = cache.layers[0].z.dim().3;
         let shape = (batch, seq, self.ups.len(), d_model);
-        let recycled = (self
-            .recycled
-            .lock()
-            .expect("no scoring thread panicked")
-            .take())
-        .filter(|r| r.dim() == shape);
+        let recycled = recycled.filter(|r| r.dim() == shape);
         let mut delta = recycled.unwrap_or_else(|| Array4::<f32>::zeros(shape));
         let prompts =
             || (0..batch).map(|local| (local, self.offset + local, inputs.ids[local].len()));
@@ -265,24 +252,14 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
         // The products are `(U', C)` column-major, product `k = c·U' + i` for upstream `i` and
         // column `c`: the gemm crate then reads the gradients `(C, D)` in place as the right
         // factor and packs only the upstreams (measured at GPT-2 small's three shapes: 1.1–1.7×
-        // faster than matrixmultiply's row-major product). The products a component reads,
-        // `(k, slot)`; the rest are not read.
-        let read: Vec<(usize, usize)> = (columns.iter().enumerate())
-            .flat_map(|(c, &j)| (0..n_ups).map(move |i| (c * n_ups + i, self.slot[i][j])))
-            .filter_map(|(k, slot)| Some((k, slot?)))
-            .collect();
-        let rebuilt = columns.iter().any(|&j| self.readers[j].is_some());
-        // Without rebuilt readers, each column's products add to one slice of the sums.
-        let slices: Option<Vec<(usize, usize)>> = (self.prefix_columns.as_ref())
-            .filter(|_| !rebuilt)
-            .map(|prefixes| {
-                let slices: Vec<(usize, usize)> = columns.iter().map(|&j| prefixes[j]).collect();
-                assert!(
-                    slices.iter().all(|&(_, n)| n <= n_ups),
-                    "a column reads only upstreams written before its layer"
-                );
-                slices
-            });
+        // faster than matrixmultiply's row-major product). Column `c` adds its first `n`
+        // products (the upstreams it reads) to its slots `first..first + n`; the rest are not
+        // read.
+        let slices: Vec<(usize, usize)> = columns.iter().map(|&j| self.column_slots[j]).collect();
+        assert!(
+            slices.iter().all(|&(_, n)| n <= n_ups),
+            "a column reads only upstreams written before its layer"
+        );
         (sums.outer_iter_mut(), delta.outer_iter())
             .into_par_iter()
             .enumerate()
@@ -302,26 +279,17 @@ impl<'s, 'a> PathEdgeScorer<'s, 'a> {
                     let products = products.as_slice_memory_order().expect("a fresh array");
                     let mut sums = sums.row_mut(t);
                     let sums = sums.as_slice_mut().expect("a row of a standard array");
-                    if let Some(slices) = &slices {
-                        // The same additions as the loop below, in slices.
-                        for (c, &(first, n)) in slices.iter().enumerate() {
-                            let products = &products[c * n_ups..c * n_ups + n];
-                            (sums[first..first + n].iter_mut().zip(products))
-                                .for_each(|(sum, &p)| *sum += p as f64 * weight);
+                    for (c, &(first, n)) in slices.iter().enumerate() {
+                        let products = &products[c * n_ups..c * n_ups + n];
+                        let column_sums = sums[first..first + n].iter_mut().zip(products);
+                        match &self.readers[columns[c]] {
+                            None => column_sums.for_each(|(sum, &p)| *sum += p as f64 * weight),
+                            // A path the circuit already cuts carries ũ: cutting it changes
+                            // nothing.
+                            Some(r) => (column_sums.enumerate())
+                                .filter(|&(i, _)| r.reached_by(b, t, self.writer_index[i]))
+                                .for_each(|(_, (sum, &p))| *sum += p as f64 * weight),
                         }
-                        continue;
-                    }
-                    for &(k, slot) in &read {
-                        // A path the circuit already cuts carries ũ: cutting it changes nothing.
-                        if rebuilt {
-                            let (i, j) = (k % n_ups, columns[k / n_ups]);
-                            if let Some(r) = &self.readers[j] {
-                                if !r.reached_by(b, t, self.writer_index[i]) {
-                                    continue;
-                                }
-                            }
-                        }
-                        sums[slot] += products[k] as f64 * weight;
                     }
                 }
             });
@@ -391,7 +359,8 @@ impl HeadInputSink for PathEdgeScorer<'_, '_> {
         let mut state = self.state.lock().expect("no scoring thread panicked");
         // The clean run comes first; the integrated-gradient points reuse its ũ − u.
         if state.delta.is_none() {
-            state.delta = Some(self.deltas(activations));
+            let recycled = state.recycled.take();
+            state.delta = Some(self.deltas(activations, recycled));
         }
     }
 
