@@ -394,7 +394,14 @@ pub fn scores(
             ..options
         };
         // The full model's own END logits (kl's reference): the clean run's.
-        let clean = clean_run(&pass, targets, options)?;
+        let mut clean = clean_run(&pass, targets, options)?;
+        if granularity == Granularity::PathEdges && matches!(method, Method::EapIg { .. }) {
+            // The path-edge scorer has taken every upstream's `ũ − u` from the clean run's
+            // activations, and the integrated-gradient points read only its embeddings: its
+            // cache (most of a pass's memory) goes before the points run theirs, so that a pass
+            // holds as many prompts as under `eap` (`prompts_per_pass`).
+            clean.activations.layers = Vec::new();
+        }
         let objective = objective(inputs.metric, &clean)?;
         let scored = Scored {
             inputs: &pass,
@@ -493,10 +500,14 @@ fn prompts_per_pass(inputs: &AttributionInputs, method: Method, granularity: Gra
     // Per token and layer: the cache (residual streams, q, k, v, z: ~12 D; the MLP
     // pre-activations, M or 2M; scores and pattern, 2·H·T), the gradients (~4 D + H·T) and the
     // backward's temporaries (~4 D). eap-ig holds the clean run's, the running sum and the
-    // current point's at once (measured: about twice eap's per prompt).
+    // current point's at once (measured: about twice eap's per prompt), except that path edges
+    // let go of the clean run's cache before the points ([`scores`]): its `ũ − u` is taken.
     let ig = matches!(method, Method::EapIg { .. });
+    let cache = 12 * d + if gated { 2 } else { 1 } * m + 2 * h * seq;
+    let gradients = 8 * d + h * seq;
+    let clean_cache_kept = ig && granularity != Granularity::PathEdges;
     let mut per_token =
-        (20 * d + if gated { 2 } else { 1 } * m + 3 * h * seq) * (1 + ig as usize) * layers.max(1);
+        (cache * (1 + clean_cache_kept as usize) + gradients * (1 + ig as usize)) * layers.max(1);
     if granularity == Granularity::PathEdges {
         // Path edges: a few layers' q/k/v input gradients at a time (3·H·D each), every
         // upstream's ũ − u (U·D) and each component's sum in f64 (`path_edges`).
