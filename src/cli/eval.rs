@@ -1,6 +1,7 @@
 //! `circuit eval`: faithfulness of each circuit of a file against the full model and the empty
 //! circuit, as a table, JSON or markdown, and with `--svg` as a chart.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -122,7 +123,22 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
 /// Writes `text` to `output` atomically, or to stdout.
 pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
     match output {
-        Some(path) => circuit::util::write_atomic(path, text.as_bytes()).map_err(|e| {
+        Some(_) => emit_with(output, |out| out.write_all(text.as_bytes())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// [`emit`] of what `write` writes, streamed (to the file atomically, or to standard output)
+/// instead of made whole first.
+pub fn emit_with(
+    output: Option<&Path>,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> miette::Result<()> {
+    match output {
+        Some(path) => circuit::util::write_atomic_with(path, write).map_err(|e| {
             miette::miette!(
                 code = "circuit::eval::write",
                 "cannot write {}: {e}",
@@ -130,8 +146,14 @@ pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
             )
         }),
         None => {
-            print!("{text}");
-            Ok(())
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            write(&mut out).and_then(|()| out.flush()).map_err(|e| {
+                miette::miette!(
+                    code = "circuit::eval::write",
+                    "cannot write to standard output: {e}"
+                )
+            })
         }
     }
 }

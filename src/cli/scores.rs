@@ -10,7 +10,7 @@ use circuit::measure::{metric_name, Session, SessionOptions};
 use circuit::report::SettingsReport;
 use circuit::scan::{Engine, ScanError, ScanGranularity, ScanRequest, Shard};
 
-use super::eval::{emit, resolve, write_picture};
+use super::eval::{emit, emit_with, resolve, write_picture};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodArg {
@@ -196,11 +196,14 @@ fn print_report(
     }
     let (report, settings) = (&*report, settings);
     let text = match args.format {
-        ScoresFormat::Text => {
-            circuit::report::scores::to_text(report, settings, args.top.unwrap_or(20))
-        }
-        ScoresFormat::Json => circuit::report::scores::to_json(report, settings, args.top),
-        ScoresFormat::EapIgJson => export::eap_ig_json(
+        ScoresFormat::Text => Some(circuit::report::scores::to_text(
+            report,
+            settings,
+            args.top.unwrap_or(20),
+        )),
+        // Streamed as it is made, below.
+        ScoresFormat::Json => None,
+        ScoresFormat::EapIgJson => Some(export::eap_ig_json(
             report
                 .nodes_for_export
                 .as_ref()
@@ -208,7 +211,7 @@ fn print_report(
             &report.set,
             export::GraphConfig::of(&model.config()?),
             args.top,
-        ),
+        )),
     };
     // The picture first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
@@ -216,6 +219,11 @@ fn print_report(
         let svg = circuit::report::scores::heat_map(report, &title, 4);
         write_picture(path, &svg, "score heat map")?;
     }
-    emit(&text, args.output.as_deref())?;
+    match text {
+        Some(text) => emit(&text, args.output.as_deref())?,
+        None => emit_with(args.output.as_deref(), |out| {
+            circuit::report::scores::write_json(out, report, settings, args.top)
+        })?,
+    }
     Ok(ExitCode::SUCCESS)
 }
