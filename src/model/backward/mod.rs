@@ -860,12 +860,18 @@ fn gradients_inner(
         let head_inputs = options
             .head_inputs
             .then(|| {
+                // Heads in parallel: each head's product has only `d` inner terms and its norm
+                // backward runs row by row, so one product at a time kept a second thread
+                // idle (2 threads took as long as 1, `benches/eap.rs`). Each head's values
+                // are computed alone, so they do not depend on the thread count.
                 let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
                     let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
-                    for h in 0..n_heads {
-                        let mut target = out.slice_mut(s![.., .., h, ..]); // (B, T, D)
-                        input_gradient_into(h, which, d_proj, &mut target);
-                    }
+                    out.axis_iter_mut(Axis(2))
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(h, mut target)| {
+                            input_gradient_into(h, which, d_proj, &mut target) // (B, T, D)
+                        });
                     out
                 };
                 let gradients = HeadInputGradients {
