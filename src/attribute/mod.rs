@@ -395,11 +395,8 @@ pub fn scores(
         };
         // The full model's own END logits (kl's reference): the clean run's.
         let mut clean = clean_run(&pass, targets, options)?;
-        if granularity == Granularity::PathEdges && matches!(method, Method::EapIg { .. }) {
-            // The path-edge scorer has taken every upstream's `ũ − u` from the clean run's
-            // activations, and the integrated-gradient points read only its embeddings: its
-            // cache (most of a pass's memory) goes before the points run theirs, so that a pass
-            // holds as many prompts as under `eap` (`prompts_per_pass`).
+        if clean_cache_let_go_before_points(method, granularity) {
+            // Most of a pass's memory: gone before the integrated-gradient points run theirs.
             clean.activations.layers = Vec::new();
         }
         let objective = objective(inputs.metric, &clean)?;
@@ -436,6 +433,14 @@ pub fn scores(
         slots: slot_order(inputs.slots),
         n_prompts,
     })
+}
+
+/// Whether [`scores`] lets go of the clean run's activation cache before eap-ig's gradient
+/// points run their own forwards, so that [`prompts_per_pass`] counts it once, not twice. Path
+/// edges: the path-edge scorer has taken every upstream's `ũ − u` from it and the points read
+/// only its embeddings (the node and QK-edge scores read it after the points).
+fn clean_cache_let_go_before_points(method: Method, granularity: Granularity) -> bool {
+    matches!(method, Method::EapIg { .. }) && granularity == Granularity::PathEdges
 }
 
 /// How many gradient passes [`scores`] makes (each a forward and backward of a few prompts;
@@ -505,7 +510,7 @@ fn prompts_per_pass(inputs: &AttributionInputs, method: Method, granularity: Gra
     let ig = matches!(method, Method::EapIg { .. });
     let cache = 12 * d + if gated { 2 } else { 1 } * m + 2 * h * seq;
     let gradients = 8 * d + h * seq;
-    let clean_cache_kept = ig && granularity != Granularity::PathEdges;
+    let clean_cache_kept = ig && !clean_cache_let_go_before_points(method, granularity);
     let mut per_token =
         (cache * (1 + clean_cache_kept as usize) + gradients * (1 + ig as usize)) * layers.max(1);
     if granularity == Granularity::PathEdges {
