@@ -125,6 +125,34 @@ fn every_command_ends_quietly_on_a_closed_pipe() {
     }
 }
 
+/// A report into a standard output that cannot take it (a full disk: `/dev/full`) is a coded
+/// error naming standard output, never a panic: the text is written through `emit`, the JSON of
+/// `scores` streamed through `emit_with`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_standard_output_is_a_coded_error() {
+    let friends = "tests/fixtures/eval/friends.circuit";
+    for args in [
+        vec!["eval", friends],
+        vec!["eval", friends, "--json"],
+        vec!["scores", friends, "--format", "json"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full opens for writing");
+        let o = circuit(&args).stdout(full).output().unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("circuit::eval::write")
+                && err.contains("cannot write to standard output")
+                && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// `circuit fmt link.circuit` formats the link's target; the link stays a link.
 #[cfg(unix)]
 #[test]

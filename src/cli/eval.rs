@@ -122,13 +122,7 @@ pub fn write_picture(path: &Path, svg: &str, what: &str) -> miette::Result<()> {
 
 /// Writes `text` to `output` atomically, or to stdout.
 pub fn emit(text: &str, output: Option<&Path>) -> miette::Result<()> {
-    match output {
-        Some(_) => emit_with(output, |out| out.write_all(text.as_bytes())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
+    emit_with(output, |out| out.write_all(text.as_bytes()))
 }
 
 /// [`emit`] of what `write` writes, streamed (to the file atomically, or to standard output)
