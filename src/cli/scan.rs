@@ -11,7 +11,7 @@ use circuit::scan::{merge, Engine, ScanGranularity, ScanOptions, ScanRequest, Sc
 use circuit::util::outputs::{check_outputs, Output};
 
 use super::cache::CacheArgs;
-use super::eval::{emit, write_picture};
+use super::eval::{emit, emit_with, write_picture};
 use super::progress::Progress;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,12 +152,6 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
     }
     let report = result.score_report();
     let settings = result.settings_report();
-    let text = match args.format.unwrap_or(ScanFormat::Text) {
-        ScanFormat::Text => {
-            circuit::report::scores::to_text(&report, &settings, args.top.unwrap_or(20))
-        }
-        ScanFormat::Json => circuit::report::scores::to_json(&report, &settings, args.top),
-    };
     // The picture first: a bad --svg path fails the command before any report is printed.
     if let Some(path) = &args.svg {
         // From the scan itself, so that merged parts draw the unsharded scan's picture.
@@ -168,7 +162,17 @@ pub fn execute(args: Args) -> miette::Result<ExitCode> {
         let svg = circuit::report::scores::heat_map(&report, &title, 4);
         write_picture(path, &svg, "scan heat map")?;
     }
-    emit(&text, args.output.as_deref())?;
+    let output = args.output.as_deref();
+    match args.format.unwrap_or(ScanFormat::Text) {
+        ScanFormat::Text => emit(
+            &circuit::report::scores::to_text(&report, &settings, args.top.unwrap_or(20)),
+            output,
+        )?,
+        // Streamed as it is made, as `circuit scores` does.
+        ScanFormat::Json => emit_with(output, |out| {
+            circuit::report::scores::write_json(out, &report, &settings, args.top)
+        })?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
