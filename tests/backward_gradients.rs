@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use circuit::measure::{mean, per_prompt_metrics, Targets, ALL_METRICS};
 use circuit::model::backward::{
-    gradients, GradientOptions, Gradients, HeadInputGradients, HeadInputSink, Objective,
+    gradients, EndLogits, GradientOptions, Gradients, HeadInputGradients, HeadInputSink, Objective,
 };
 use circuit::model::{
     ComponentOutputs, ForwardOptions, HeadInput, Interventions, Model, ModelSource,
@@ -206,8 +206,28 @@ fn check_against_finite_differences(label: &str, model: &Model, name: &str, seed
         WITH_HEAD_INPUTS,
     )
     .unwrap();
-    // The gradients' forward is the clean one.
-    assert_eq!(grads.logits, clean.logits.index_axis(Axis(1), 0));
+    // The gradients' forward is the clean one: every END logit, or under `logit_diff` the two it
+    // reads, computed without the unembedding's product (so equal to f32 rounding).
+    let clean_end = clean.logits.index_axis(Axis(1), 0); // (B, V)
+    match &grads.logits {
+        EndLogits::Full(logits) => {
+            assert_ne!(name, "logit_diff", "logit_diff reads two logits a prompt");
+            assert_eq!(logits, &clean_end);
+        }
+        EndLogits::AnswerAndDistractor(pair) => {
+            assert_eq!(name, "logit_diff", "{name} reads every logit");
+            for (b, &(answer, distractor)) in case.targets.iter().enumerate() {
+                for (i, token) in [answer, distractor].into_iter().enumerate() {
+                    let full = clean_end[[b, token as usize]];
+                    assert!(
+                        (pair[[b, i]] - full).abs() <= 1e-5 * (1.0 + full.abs()),
+                        "{label} prompt {b}: logit {} of the pass, {full} of the forward",
+                        pair[[b, i]]
+                    );
+                }
+            }
+        }
+    }
 
     let config = &model.config;
     let mut sites = vec![Site::ResidFinal];
@@ -475,8 +495,8 @@ fn check_against_autograd(name: &str, model: &Model) -> f64 {
     }
     // And the metric itself, on the END logits the gradients were taken at.
     for (p, &(answer, distractor)) in targets.iter().enumerate() {
-        let row = grads.logits.row(p);
-        let value = row[answer as usize] as f64 - row[distractor as usize] as f64;
+        let (answer, distractor) = grads.logits.answer_and_distractor(p, (answer, distractor));
+        let value = answer as f64 - distractor as f64;
         let reference = fixture_array(&tensors, &format!("p{p}.metric"))[[0]];
         assert!(
             (value - reference).abs() <= 1e-4 * (1.0 + reference.abs()),

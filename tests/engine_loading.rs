@@ -622,6 +622,52 @@ fn non_finite_logits_name_the_first_block_they_appear_in() {
     }
 }
 
+#[test]
+fn a_gradient_pass_whose_logits_are_not_finite_is_the_same_error_under_every_metric() {
+    // Under `logit_diff` the pass computes its two logits a prompt itself, outside the
+    // forward's unembedding (`EndLogits::AnswerAndDistractor`): an infinite input must still be
+    // the forward's coded error, naming the prompt and the block.
+    use circuit::model::backward::{gradients_at_embeddings, GradientError, Objective};
+    let model = Model::load(&fixture()).unwrap();
+    let prompts: Vec<Vec<u32>> = ["ab", "a b c"]
+        .iter()
+        .map(|p| model.encode_prompt(p).unwrap())
+        .collect();
+    let targets = vec![(1, 2), (3, 4)];
+    let embedded = model.input_embeddings(&prompts).unwrap();
+    let seq = prompts.iter().map(Vec::len).max().unwrap();
+    let mut embeddings = ndarray::Array3::<f32>::zeros((2, seq, model.config.d_model)); // (B, T, D)
+    for (b, e) in embedded.iter().enumerate() {
+        (embeddings.slice_mut(ndarray::s![b, ..e.nrows(), ..])).assign(e);
+    }
+    embeddings[[1, prompts[1].len() - 1, 5]] = f32::INFINITY;
+    let clean = model
+        .forward(&prompts, &ForwardOptions::default(), &NoInterventions)
+        .unwrap();
+    let full = clean.logits.index_axis(ndarray::Axis(1), 0).to_owned(); // (B, V)
+    for metric in ["logit_diff", "prob", "logprob", "kl"] {
+        let objective = Objective::from_metric_name(metric, Some(full.view())).unwrap();
+        let err = gradients_at_embeddings(
+            &model,
+            &prompts,
+            &targets,
+            objective,
+            Default::default(),
+            embeddings.view(),
+            None,
+        )
+        .expect_err("infinite activations");
+        let GradientError::Model(err) = err else {
+            panic!("{metric}: not the forward's error: {err}");
+        };
+        check(
+            &err,
+            "circuit::model::non_finite_activations",
+            &["prompt #1", "the embedding"],
+        );
+    }
+}
+
 /// The fixture's weights with the JSON header entry of `tensor` edited by `edit`.
 fn edit_header(dir: &Path, tensor: &str, edit: impl Fn(&mut serde_json::Value)) {
     let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();

@@ -566,10 +566,7 @@ fn clean_run(
 }
 
 fn objective<'g>(metric: &str, clean: &'g Gradients) -> Result<Objective<'g>, AttributeError> {
-    Ok(Objective::from_metric_name(
-        metric,
-        Some(clean.logits.view()),
-    )?)
+    Ok(Objective::from_metric_name(metric, clean.logits.full())?)
 }
 
 /// `∂M/∂(activation)` as the scores read it: the clean run's (borrowed: `eap` copies nothing,

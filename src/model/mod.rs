@@ -59,6 +59,7 @@ use cache::{CacheExtras, Keep, Kept};
 
 /// What [`Model::forward_keeping`] returns: logits, each prompt's length, and what was kept.
 type ForwardKept = (Array3<f32>, Vec<usize>, Option<Kept>);
+pub(crate) use transformer::LogitRows;
 use transformer::Transformer;
 use weights::WeightFiles;
 
@@ -82,6 +83,17 @@ pub struct ForwardOutput {
     pub lengths: Vec<usize>,
     /// Present when [`ForwardOptions::cache`] was set.
     pub cache: Option<ActivationCache>,
+}
+
+/// `tokens` as `(B, seq)` ids, right-padded with 0.
+fn padded_ids(tokens: &[Vec<u32>], seq: usize) -> Array2<u32> {
+    let mut ids = Array2::<u32>::zeros((tokens.len(), seq)); // (B, T)
+    for (mut row, prompt) in ids.axis_iter_mut(Axis(0)).zip(tokens) {
+        for (slot, &id) in row.iter_mut().zip(prompt) {
+            *slot = id;
+        }
+    }
+    ids
 }
 
 /// A forward that kept everything or nothing, as [`ForwardOutput`].
@@ -273,7 +285,12 @@ impl Model {
         } else {
             Keep::Nothing
         };
-        let kept = self.forward_keeping(tokens, options.all_logits, keep, hooks)?;
+        let logits = if options.all_logits {
+            LogitRows::All
+        } else {
+            LogitRows::End
+        };
+        let kept = self.forward_keeping(tokens, logits, keep, hooks)?;
         Ok(with_cache(kept))
     }
 
@@ -292,16 +309,17 @@ impl Model {
             .collect()
     }
 
-    /// The END-logits forward of the backward pass: its cache holds `extras` (each head's
-    /// write only when path edges read it, the MLP pre-activations the backward would
-    /// otherwise recompute).
+    /// The forward of the backward pass: its cache holds `extras` (each head's write only when
+    /// path edges read it, the MLP pre-activations the backward would otherwise recompute);
+    /// its logits are the END logits, or none ([`LogitRows::Skipped`]).
     pub(crate) fn forward_for_backward(
         &self,
         tokens: &[Vec<u32>],
         extras: CacheExtras,
+        logits: LogitRows,
         hooks: &dyn Interventions,
     ) -> Result<ForwardOutput, ModelError> {
-        let kept = self.forward_keeping(tokens, false, Keep::Everything(extras), hooks)?;
+        let kept = self.forward_keeping(tokens, logits, Keep::Everything(extras), hooks)?;
         Ok(with_cache(kept))
     }
 
@@ -315,7 +333,7 @@ impl Model {
         hooks: &dyn Interventions,
     ) -> Result<(Array3<f32>, SelectedActivations), ModelError> {
         let (logits, _, kept) =
-            self.forward_keeping(tokens, false, Keep::Selected(selection), hooks)?;
+            self.forward_keeping(tokens, LogitRows::End, Keep::Selected(selection), hooks)?;
         let selected = match kept {
             Some(Kept::Selected(selected)) => selected,
             // No prompts: nothing ran.
@@ -332,10 +350,11 @@ impl Model {
     fn forward_keeping(
         &self,
         tokens: &[Vec<u32>],
-        all_logits: bool,
+        logits: LogitRows,
         keep: Keep,
         hooks: &dyn Interventions,
     ) -> Result<ForwardKept, ModelError> {
+        let all_logits = logits == LogitRows::All;
         for (i, ids) in tokens.iter().enumerate() {
             self.check_prompt(ids, || format!("#{i}"))?;
         }
@@ -345,15 +364,10 @@ impl Model {
             let vocab = self.transformer.embed.nrows();
             return Ok((Array3::zeros((0, 1, vocab)), lengths, None));
         }
-        let mut ids = Array2::<u32>::zeros((tokens.len(), seq)); // (B, T), right-padded with 0
-        for (mut row, prompt) in ids.axis_iter_mut(Axis(0)).zip(tokens) {
-            for (slot, &id) in row.iter_mut().zip(prompt) {
-                *slot = id;
-            }
-        }
+        let ids = padded_ids(tokens, seq);
         let (logits, kept) = self
             .transformer
-            .forward(&ids, &lengths, all_logits, keep, hooks);
+            .forward(&ids, &lengths, logits, keep, hooks);
         // Rows past a prompt's length are padding, whatever they hold.
         let real_rows = |b: usize| if all_logits { lengths[b] } else { 1 };
         let non_finite = (0..tokens.len()).find(|&b| {
@@ -369,6 +383,23 @@ impl Model {
         Ok((logits, lengths, kept))
     }
 
+    /// The error of a forward of `tokens` whose END logits at `prompt` are not finite, for
+    /// logits computed outside the forward (the backward's, under `logit_diff`), as
+    /// [`Model::forward_keeping`] reports its own.
+    pub(crate) fn non_finite_logits(
+        &self,
+        tokens: &[Vec<u32>],
+        prompt: usize,
+        hooks: &dyn Interventions,
+    ) -> ModelError {
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let seq = lengths.iter().copied().max().unwrap_or(0);
+        ModelError::NonFiniteActivations {
+            prompt,
+            location: self.first_non_finite(&padded_ids(tokens, seq), &lengths, hooks),
+        }
+    }
+
     /// Where a forward whose logits are not finite first goes wrong: run again with the cache,
     /// and name the first block whose output at a real token is not finite.
     fn first_non_finite(
@@ -380,7 +411,7 @@ impl Model {
         let (_, kept) = self.transformer.forward(
             ids,
             lengths,
-            false,
+            LogitRows::End,
             Keep::Everything(CacheExtras::PUBLIC),
             hooks,
         );

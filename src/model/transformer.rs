@@ -258,8 +258,7 @@ impl Transformer {
     }
 
     /// Runs `ids` `(B, T)` (right-padded; `lengths[b]` real tokens each) through the model.
-    /// Returns logits `(B, T, V)` if `all_logits` else `(B, 1, V)` at each prompt's last token,
-    /// and the intermediates `keep` asks for.
+    /// Returns the logits `logits` asks for and the intermediates `keep` asks for.
     ///
     /// The blocks (`blocks.rs`) wired along the residual stream as `self.residual` says:
     /// sequentially, `resid_mid = resid_pre + attn(resid_pre)`, `resid_post = resid_mid +
@@ -269,10 +268,11 @@ impl Transformer {
         &self,
         ids: &Array2<u32>,
         lengths: &[usize],
-        all_logits: bool,
+        logits: LogitRows,
         keep: Keep,
         hooks: &dyn Interventions,
     ) -> (Array3<f32>, Option<Kept>) {
+        let all_logits = logits == LogitRows::All;
         let (prompts, seq) = ids.dim();
         let batch = Batch { prompts, seq };
         let group = self.n_heads / self.n_kv_heads;
@@ -383,9 +383,27 @@ impl Transformer {
         } else {
             Rows::Selected(&end_rows)
         };
-        let logits = self.unembed_forward(&resid, prompts, read_at); // (B, T or 1, V)
+        let logits = match logits {
+            LogitRows::Skipped => Array3::zeros((prompts, 1, 0)),
+            _ => self.unembed_forward(&resid, prompts, read_at), // (B, T or 1, V)
+        };
         (logits, recorder.finish(&resid))
     }
+}
+
+/// Which logits a forward computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogitRows {
+    /// At each prompt's last real token, `(B, 1, V)`.
+    End,
+    /// At every position, `(B, T, V)`.
+    All,
+    /// None, `(B, 1, 0)`: a gradient pass under `logit_diff`, which reads two logits a prompt
+    /// and computes them itself (`backward::answer_and_distractor_logits`), so that its
+    /// `(B, D)·(D, V)` unembedding is not run: GPT-2's W_U is 154 MB, read once per pass of a
+    /// few prompts (measured 2026-12-04, `benches/eap.rs` path edges: 25–30 ms a pass of 8
+    /// prompts, 4 passes of a 3.1 s call).
+    Skipped,
 }
 
 /// The MLP of layer `index` when the hooks replace its whole output

@@ -185,9 +185,8 @@ pub struct Gradients {
     pub layers: Vec<LayerGradients>,
     /// The final residual stream, before the final norm, `(B, T, D)`: nonzero only at END.
     pub resid_final: Array3<f32>,
-    /// The END logits of this forward, `(B, V)`: the metric's values are
-    /// `crate::measure::per_prompt_metrics` of these.
-    pub logits: Array2<f32>,
+    /// The END logits of this forward the metric read.
+    pub logits: EndLogits,
     /// Real token count per prompt.
     pub lengths: Vec<usize>,
     /// ∂M/∂(the final norm's output) at each prompt's END row, `(B, D)`: what the
@@ -197,6 +196,40 @@ pub struct Gradients {
     /// `head_out` is empty `(0, 0, 0, 0)` unless a circuit's path edges needed it (freed for
     /// memory; `z · W_O^h` is each head's write).
     pub activations: ActivationCache,
+}
+
+/// The END logits a gradient pass's metric read, one row per prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndLogits {
+    /// Every token's, `(B, V)`: `prob`, `logprob` and `kl` read the whole distribution (the
+    /// metric's values are `crate::measure::per_prompt_metrics` of these).
+    Full(Array2<f32>),
+    /// The answer's and the distractor's, `(B, 2)`: all that `logit_diff` reads. The pass
+    /// computes these two from the final norm's END rows and does not run the unembedding's
+    /// product ([`crate::model::LogitRows::Skipped`]); they equal the full product's entries to
+    /// f32 rounding (the same terms, summed in another order).
+    AnswerAndDistractor(Array2<f32>),
+}
+
+impl EndLogits {
+    /// Every token's logits `(B, V)`, if the pass computed them.
+    pub fn full(&self) -> Option<ArrayView2<'_, f32>> {
+        match self {
+            EndLogits::Full(logits) => Some(logits.view()),
+            EndLogits::AnswerAndDistractor(_) => None,
+        }
+    }
+
+    /// Prompt `b`'s (answer, distractor) logits.
+    pub fn answer_and_distractor(&self, b: usize, targets: (u32, u32)) -> (f32, f32) {
+        match self {
+            EndLogits::Full(logits) => (
+                logits[[b, targets.0 as usize]],
+                logits[[b, targets.1 as usize]],
+            ),
+            EndLogits::AnswerAndDistractor(pair) => (pair[[b, 0]], pair[[b, 1]]),
+        }
+    }
 }
 
 /// Gradients of `M = mean_p metric_p(END logits of prompt p)` on the unedited forward of
@@ -472,7 +505,13 @@ fn gradients_inner(
         head_outputs: !paths.is_empty(),
         mlp_pre_activations: true,
     };
-    let out = model.forward_for_backward(tokens, extras, hooks)?;
+    // `logit_diff` reads two logits a prompt: computed below from the final norm's END rows,
+    // without the unembedding's product.
+    let logit_rows = match objective {
+        Objective::LogitDiff => super::LogitRows::Skipped,
+        _ => super::LogitRows::End,
+    };
+    let out = model.forward_for_backward(tokens, extras, logit_rows, hooks)?;
     let mut cache = out.cache.expect("asked for the cache");
     if let Some(sink) = options.head_input_sink.filter(|_| options.head_inputs) {
         sink.forward(&cache);
@@ -494,38 +533,63 @@ fn gradients_inner(
 
     // ---- the metric and the final norm + unembedding -------------------------------------
     let prompts_in_mean = options.prompts_in_mean.unwrap_or(batch);
-    let mut d_logits = Array2::<f32>::zeros((batch, vocab)); // (B, V)
-    for (b, &(answer, distractor)) in targets.iter().enumerate() {
-        let logits = out.logits.slice(s![b, 0, ..]).mapv(f64::from); // (V,)
-        let full_row;
-        let end_metric = match objective {
-            Objective::LogitDiff => EndMetric::LogitDiff,
-            Objective::Prob => EndMetric::Prob,
-            Objective::Logprob => EndMetric::Logprob,
-            Objective::Kl { full_logits } => {
-                full_row = full_logits.row(b).mapv(f64::from);
-                EndMetric::Kl {
-                    full_logits: full_row.view(),
-                }
-            }
-        };
-        let gradient = blocks::metric_backward(
-            end_metric,
-            logits.view(),
-            answer as usize,
-            distractor as usize,
-        );
-        // M is the mean over prompts.
-        let scaled = gradient.mapv(|g| (g / prompts_in_mean as f64) as f32);
-        d_logits.row_mut(b).assign(&scaled);
-    }
-    if let Some(cap) = transformer.scaling.final_logit_softcap {
-        // Gemma 2: the metric read the capped logits; through the cap to the product's.
-        let capped = out.logits.index_axis(Axis(1), 0); // (B, V)
-        d_logits = blocks::soft_cap_backward(capped, cap, d_logits.view()); // (B, V)
-    }
     let resid_final = rows(&cache.resid_final); // (N, D)
     let end_resid = resid_final.select(Axis(0), &end_rows); // (B, D)
+    let mut d_logits = Array2::<f32>::zeros((batch, vocab)); // (B, V)
+    let end_logits = match logit_rows {
+        super::LogitRows::Skipped => {
+            let pair =
+                answer_and_distractor_logits(transformer, unembed, end_resid.view(), targets); // (B, 2)
+            if let Some(prompt) = (0..batch).find(|&b| pair.row(b).iter().any(|x| !x.is_finite())) {
+                return Err(model.non_finite_logits(tokens, prompt, hooks).into());
+            }
+            // ∂(answer − distractor)/∂(the two logits), M the mean over prompts; through
+            // Gemma 2's cap to the product's.
+            let weight = (1.0 / prompts_in_mean as f64) as f32;
+            let mut d_pair = Array2::from_shape_fn((batch, 2), |(_, i)| [weight, -weight][i]);
+            if let Some(cap) = transformer.scaling.final_logit_softcap {
+                d_pair = blocks::soft_cap_backward(pair.view(), cap, d_pair.view());
+            }
+            for (b, &(answer, distractor)) in targets.iter().enumerate() {
+                d_logits[[b, answer as usize]] += d_pair[[b, 0]];
+                d_logits[[b, distractor as usize]] += d_pair[[b, 1]];
+            }
+            EndLogits::AnswerAndDistractor(pair)
+        }
+        _ => EndLogits::Full(out.logits.index_axis(Axis(1), 0).to_owned()),
+    };
+    if let EndLogits::Full(full) = &end_logits {
+        for (b, &(answer, distractor)) in targets.iter().enumerate() {
+            let logits = full.row(b).mapv(f64::from); // (V,)
+            let full_row;
+            let end_metric = match objective {
+                Objective::LogitDiff => EndMetric::LogitDiff,
+                Objective::Prob => EndMetric::Prob,
+                Objective::Logprob => EndMetric::Logprob,
+                Objective::Kl { full_logits } => {
+                    full_row = full_logits.row(b).mapv(f64::from);
+                    EndMetric::Kl {
+                        full_logits: full_row.view(),
+                    }
+                }
+            };
+            let gradient = blocks::metric_backward(
+                end_metric,
+                logits.view(),
+                answer as usize,
+                distractor as usize,
+            );
+            // M is the mean over prompts.
+            let scaled = gradient.mapv(|g| (g / prompts_in_mean as f64) as f32);
+            d_logits.row_mut(b).assign(&scaled);
+        }
+    }
+    if let (Some(cap), EndLogits::Full(capped)) =
+        (transformer.scaling.final_logit_softcap, &end_logits)
+    {
+        // Gemma 2: the metric read the capped logits `(B, V)`; through the cap to the product's.
+        d_logits = blocks::soft_cap_backward(capped.view(), cap, d_logits.view());
+    }
     let d_normed = unembedding_backward(unembed, d_logits.view()); // (B, D)
     let d_end = norm_backward(&transformer.final_norm, end_resid.view(), d_normed.view()); // (B, D)
     let mut d_resid = Array2::<f32>::zeros((n_rows, d_model)); // (N, D): ∂M/∂resid_post
@@ -950,7 +1014,7 @@ fn gradients_inner(
     Ok(Gradients {
         layers,
         resid_final: d_resid_final,
-        logits: out.logits.index_axis(Axis(1), 0).to_owned(),
+        logits: end_logits,
         lengths: out.lengths,
         final_normed_end: d_normed,
         activations: cache,
@@ -1093,6 +1157,31 @@ fn unembedding_backward(unembed: &super::stored::Weight, d_logits: ArrayView2<f3
         }
     }
     out
+}
+
+/// Each prompt's (answer, distractor) END logits `(B, 2)` from its END row of the final
+/// residual stream `end_resid` `(B, D)`: the final norm, the two rows of the unembedding, and
+/// Gemma 2's cap, as the forward's unembedding computes every token's.
+fn answer_and_distractor_logits(
+    transformer: &super::transformer::Transformer,
+    unembed: &super::stored::Weight,
+    end_resid: ArrayView2<f32>,
+    targets: &[(u32, u32)],
+) -> Array2<f32> {
+    let normed = transformer.final_norm.apply(end_resid); // (B, D)
+    let mut w_row = Array1::<f32>::zeros(normed.ncols()); // (D,)
+    let mut pair = Array2::<f32>::zeros((targets.len(), 2)); // (B, 2)
+    for (b, &(answer, distractor)) in targets.iter().enumerate() {
+        for (i, token) in [answer, distractor].into_iter().enumerate() {
+            unembed.row_into(token as usize, w_row.view_mut());
+            let logit = normed.row(b).dot(&w_row);
+            pair[[b, i]] = match transformer.scaling.final_logit_softcap {
+                Some(cap) => super::transformer::soft_cap(logit, cap),
+                None => logit,
+            };
+        }
+    }
+    pair
 }
 
 /// The backward of the engine's [`Norm`] at input rows `x` `(N, D)`.
