@@ -599,13 +599,18 @@ impl circuit::model::Interventions for InfiniteMlpOut {
     }
 }
 
+/// `"ab"` and `"a b c"`, encoded: prompt #1 is the longer.
+fn two_prompts_of_unequal_length(model: &Model) -> Vec<Vec<u32>> {
+    ["ab", "a b c"]
+        .iter()
+        .map(|p| model.encode_prompt(p).unwrap())
+        .collect()
+}
+
 #[test]
 fn non_finite_logits_name_the_first_block_they_appear_in() {
     let model = Model::load(&fixture()).unwrap();
-    let prompts: Vec<Vec<u32>> = ["ab", "a b c"]
-        .iter()
-        .map(|p| model.encode_prompt(p).unwrap())
-        .collect();
+    let prompts = two_prompts_of_unequal_length(&model);
     for all_logits in [false, true] {
         let options = ForwardOptions {
             all_logits,
@@ -629,10 +634,7 @@ fn a_gradient_pass_whose_logits_are_not_finite_is_the_same_error_under_every_met
     // the forward's coded error, naming the prompt and the block.
     use circuit::model::backward::{gradients_at_embeddings, GradientError, Objective};
     let model = Model::load(&fixture()).unwrap();
-    let prompts: Vec<Vec<u32>> = ["ab", "a b c"]
-        .iter()
-        .map(|p| model.encode_prompt(p).unwrap())
-        .collect();
+    let prompts = two_prompts_of_unequal_length(&model);
     let targets = vec![(1, 2), (3, 4)];
     let embedded = model.input_embeddings(&prompts).unwrap();
     let seq = prompts.iter().map(Vec::len).max().unwrap();

@@ -85,8 +85,9 @@ pub struct ForwardOutput {
     pub cache: Option<ActivationCache>,
 }
 
-/// `tokens` as `(B, seq)` ids, right-padded with 0.
-fn padded_ids(tokens: &[Vec<u32>], seq: usize) -> Array2<u32> {
+/// `tokens` as `(B, T)` ids, `T` the longest prompt's length, right-padded with 0.
+fn padded_ids(tokens: &[Vec<u32>]) -> Array2<u32> {
+    let seq = tokens.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Array2::<u32>::zeros((tokens.len(), seq)); // (B, T)
     for (mut row, prompt) in ids.axis_iter_mut(Axis(0)).zip(tokens) {
         for (slot, &id) in row.iter_mut().zip(prompt) {
@@ -359,12 +360,11 @@ impl Model {
             self.check_prompt(ids, || format!("#{i}"))?;
         }
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
-        let seq = lengths.iter().copied().max().unwrap_or(0);
         if tokens.is_empty() {
             let vocab = self.transformer.embed.nrows();
             return Ok((Array3::zeros((0, 1, vocab)), lengths, None));
         }
-        let ids = padded_ids(tokens, seq);
+        let ids = padded_ids(tokens);
         let (logits, kept) = self
             .transformer
             .forward(&ids, &lengths, logits, keep, hooks);
@@ -393,10 +393,9 @@ impl Model {
         hooks: &dyn Interventions,
     ) -> ModelError {
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
-        let seq = lengths.iter().copied().max().unwrap_or(0);
         ModelError::NonFiniteActivations {
             prompt,
-            location: self.first_non_finite(&padded_ids(tokens, seq), &lengths, hooks),
+            location: self.first_non_finite(&padded_ids(tokens), &lengths, hooks),
         }
     }
 
