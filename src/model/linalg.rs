@@ -326,6 +326,51 @@ fn transpose(a: ArrayView2<f32>) -> Array2<f32> {
     out
 }
 
+/// `dst = srcᵀ`: `src` a row-major `(rows, cols)` matrix, `dst` its row-major `(cols, rows)`
+/// transpose, in 16 × 16 tiles copied through fixed-size arrays, which the compiler turns into
+/// whole-row loads and stores (measured 2026-12-04, AMD EPYC, a (156, 768) matrix in cache:
+/// 0.47 ns an element, against 0.74 for [`copy_in_tiles`]' element-by-element view reads).
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    assert_eq!(
+        src.len(),
+        rows * cols,
+        "transpose_into: the source is (rows, cols)"
+    );
+    assert_eq!(
+        dst.len(),
+        rows * cols,
+        "transpose_into: the target is (cols, rows)"
+    );
+    let (whole_rows, whole_cols) = (rows / TILE * TILE, cols / TILE * TILE);
+    for r0 in (0..whole_rows).step_by(TILE) {
+        for c0 in (0..whole_cols).step_by(TILE) {
+            let mut tile = [[0f32; TILE]; TILE];
+            for (i, row) in tile.iter_mut().enumerate() {
+                let start = (r0 + i) * cols + c0;
+                row.copy_from_slice(&src[start..start + TILE]);
+            }
+            let mut transposed = [[0f32; TILE]; TILE];
+            for (j, out) in transposed.iter_mut().enumerate() {
+                for (i, value) in out.iter_mut().enumerate() {
+                    *value = tile[i][j];
+                }
+            }
+            for (j, out) in transposed.iter().enumerate() {
+                let start = (c0 + j) * rows + r0;
+                dst[start..start + TILE].copy_from_slice(out);
+            }
+        }
+    }
+    // The ragged edges: the last rows (every column) and the last columns (the whole rows).
+    for r in 0..rows {
+        let first_col = if r < whole_rows { whole_cols } else { 0 };
+        for c in first_col..cols {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
 /// `x·w`: (N, K) · (K, M) → (N, M) with `kernel`.
 pub fn product(kernel: Kernel, x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f32> {
     let mut y = Array2::zeros((x.nrows(), w.ncols()));
@@ -434,6 +479,26 @@ pub(crate) mod tests {
                     "{inner}×{cols} + b, rows {rows:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn transpose_into_moves_every_element_once() {
+        // Whole tiles, ragged rows, ragged columns, both, and smaller than one tile.
+        for (rows, cols) in [
+            (32, 48),
+            (156, 768),
+            (17, 32),
+            (32, 21),
+            (39, 53),
+            (5, 3),
+            (1, 1),
+        ] {
+            let a = random(rows, cols, 3);
+            let mut t = vec![f32::NAN; rows * cols];
+            transpose_into(a.as_slice().unwrap(), rows, cols, &mut t);
+            let t = Array2::from_shape_vec((cols, rows), t).unwrap();
+            assert_eq!(t, a.t(), "{rows}×{cols}");
         }
     }
 

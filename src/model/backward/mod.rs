@@ -176,6 +176,15 @@ pub trait HeadInputSink: Sync {
     fn forward(&self, activations: &ActivationCache);
     /// Layer `layer`'s gradients, last layer first.
     fn layer(&self, layer: usize, gradients: HeadInputGradients);
+    /// An array of `shape` `(B, T, H, D)` that an earlier [`HeadInputSink::layer`] handed over
+    /// and the sink is done with, for the backward to write a later layer's gradients into
+    /// (it overwrites every element), or `None` for a fresh one. Each is megabytes (4.7 MB a
+    /// pass of 8 prompts at GPT-2 small, three a layer), so fresh ones are fresh pages: their
+    /// faults took 2–3% of an `eap` call (`perf record`, 2026-12-04).
+    fn recycled(&self, shape: (usize, usize, usize, usize)) -> Option<Array4<f32>> {
+        let _ = shape;
+        None
+    }
 }
 
 /// The result of [`gradients`].
@@ -929,7 +938,11 @@ fn gradients_inner(
                 // idle (2 threads took as long as 1, `benches/eap.rs`). Each head's values
                 // are computed alone, so they do not depend on the thread count.
                 let per_head = |which: HeadInput, d_proj: &Array2<f32>| {
-                    let mut out = Array4::<f32>::zeros((batch, seq, n_heads, d_model)); // (B, T, H, D)
+                    let shape = (batch, seq, n_heads, d_model);
+                    let mut out = (options.head_input_sink)
+                        .and_then(|sink| sink.recycled(shape))
+                        .filter(|out| out.dim() == shape)
+                        .unwrap_or_else(|| Array4::<f32>::zeros(shape)); // (B, T, H, D)
                     out.axis_iter_mut(Axis(2))
                         .into_par_iter()
                         .enumerate()
