@@ -699,7 +699,7 @@ fn gradients_inner(
             }
             (None, None) => unreachable!("the norm's output is recomputed without the cache's"),
         };
-        let d_mlp_x = mlp_backward(&layer.mlp, pre, d_mlp_through.view()); // (N, D)
+        let d_mlp_x = mlp_backward_where_nonzero(&layer.mlp, pre, d_mlp_through.view()); // (N, D)
         let d_mlp_in = norm_backward(&layer.mlp_norm, mlp_in.view(), d_mlp_x.view()); // (N, D)
                                                                                       // ∂M/∂(the attention's output): through the MLP too only when the MLP reads it (the
                                                                                       // input, rebuilt or not, is the stream it reads + constants).
@@ -1231,6 +1231,38 @@ fn mlp_pre_activations(mlp: &Mlp, x: ArrayView2<f32>) -> (Array2<f32>, Option<Ar
 
 /// The backward of the engine's [`Mlp`] at its activations' inputs `pre`: `dx` `(N, D)` of its
 /// (normed) input from `d_out` `(N, D)`.
+/// [`mlp_backward`] on the rows where `d_out` is not zero, when those are at most half: the
+/// last layer's output gradient is nonzero at each prompt's END row only (nothing reads the
+/// last layer's other rows), so its MLP backward is `B` rows instead of `B·T` (at GPT-2 small
+/// a twelfth of the MLP backward's products; 1.7% of an `eap` call). A row of zeros gives
+/// zeros (`0·w` summed from a zero start, the activation's derivative times 0; the forward's
+/// activations are finite), so the other rows are zero as before, and the computed rows are
+/// the same sums (a product's row does not depend on how many rows share it, `linalg`).
+fn mlp_backward_where_nonzero(
+    mlp: &Mlp,
+    pre: PreActivations,
+    d_out: ArrayView2<f32>,
+) -> Array2<f32> {
+    let nonzero: Vec<usize> = (0..d_out.nrows())
+        .filter(|&r| d_out.row(r).iter().any(|&g| g != 0.0))
+        .collect();
+    if 2 * nonzero.len() > d_out.nrows() {
+        return mlp_backward(mlp, pre, d_out);
+    }
+    let rows = |a: ArrayView2<f32>| a.select(Axis(0), &nonzero);
+    let (pre_rows, up_rows) = (rows(pre.pre), pre.up.map(rows)); // (R, M)
+    let picked = PreActivations {
+        pre: pre_rows.view(),
+        up: up_rows.as_ref().map(|u| u.view()),
+    };
+    let d_rows = mlp_backward(mlp, picked, rows(d_out).view()); // (R, D)
+    let mut d_in = Array2::<f32>::zeros((d_out.nrows(), d_rows.ncols())); // (N, D)
+    for (&r, row) in nonzero.iter().zip(d_rows.rows()) {
+        d_in.row_mut(r).assign(&row);
+    }
+    d_in
+}
+
 fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array2<f32> {
     match mlp {
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
