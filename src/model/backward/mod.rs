@@ -1234,7 +1234,8 @@ fn mlp_pre_activations(mlp: &Mlp, x: ArrayView2<f32>) -> (Array2<f32>, Option<Ar
 /// [`mlp_backward`] on the rows where `d_out` is not zero, when those are at most half: the
 /// last layer's output gradient is nonzero at each prompt's END row only (nothing reads the
 /// last layer's other rows), so its MLP backward is `B` rows instead of `B·T` (at GPT-2 small
-/// a twelfth of the MLP backward's products; 1.7% of an `eap` call). A row of zeros gives
+/// a twelfth of the MLP backward's products, about 1.7% of an `eap` call by its multiply-adds:
+/// less than the bench's run-to-run noise, 2026-12-04). A row of zeros gives
 /// zeros (`0·w` summed from a zero start, the activation's derivative times 0; the forward's
 /// activations are finite), so the other rows are zero as before, and the computed rows are
 /// the same sums (a product's row does not depend on how many rows share it, `linalg`).
