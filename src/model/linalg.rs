@@ -329,7 +329,8 @@ fn transpose(a: ArrayView2<f32>) -> Array2<f32> {
 /// `dst = srcᵀ`: `src` a row-major `(rows, cols)` matrix, `dst` its row-major `(cols, rows)`
 /// transpose, in 16 × 16 tiles copied through fixed-size arrays, which the compiler turns into
 /// whole-row loads and stores (measured 2026-12-04, AMD EPYC, a (156, 768) matrix in cache:
-/// 0.47 ns an element, against 0.74 for [`copy_in_tiles`]' element-by-element view reads).
+/// 0.47 ns an element, against 0.74 for 8 × 8 tiles moved element by element; it is what
+/// [`copy_in_tiles`] does for views of any strides).
 pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 16;
     assert_eq!(

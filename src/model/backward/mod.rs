@@ -1229,8 +1229,6 @@ fn mlp_pre_activations(mlp: &Mlp, x: ArrayView2<f32>) -> (Array2<f32>, Option<Ar
     }
 }
 
-/// The backward of the engine's [`Mlp`] at its activations' inputs `pre`: `dx` `(N, D)` of its
-/// (normed) input from `d_out` `(N, D)`.
 /// [`mlp_backward`] on the rows where `d_out` is not zero, when those are at most half: the
 /// last layer's output gradient is nonzero at each prompt's END row only (nothing reads the
 /// last layer's other rows), so its MLP backward is `B` rows instead of `B·T` (at GPT-2 small
@@ -1264,6 +1262,8 @@ fn mlp_backward_where_nonzero(
     d_in
 }
 
+/// The backward of the engine's [`Mlp`] at its activations' inputs `pre`: `dx` `(N, D)` of its
+/// (normed) input from `d_out` `(N, D)`.
 fn mlp_backward(mlp: &Mlp, pre: PreActivations, d_out: ArrayView2<f32>) -> Array2<f32> {
     match mlp {
         Mlp::GeluNew { fc, proj } | Mlp::GeluErf { fc, proj } => {
